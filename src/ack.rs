@@ -1,0 +1,220 @@
+//! Acknowledgements: how sinks tell the pipeline that output is stored, so checkpoints can advance.
+//!
+//! Every micro-batch the pipeline takes from its source gets a sequence number and an *ack group*.
+//! Each piece of output derived from that batch (rows for each sink, rows for the error output) carries
+//! an [`Ack`] handle of the group. A sink calls [`Ack::acknowledge`] once the AWS call, file write or
+//! other operation that stores the data has succeeded. When every handle of a group has been
+//! acknowledged, the group reports its batch as done; the [`AckTracker`] then advances the committed
+//! source position over the longest prefix of done batches. A handle dropped without being acknowledged
+//! marks its batch as failed, and the position never moves past a failed batch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::record::Position;
+
+/// The outcome of one micro-batch's ack group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckEvent {
+    pub(crate) seq: u64,
+    pub(crate) failed: bool,
+}
+
+/// What the tracker hears: a batch handed out, or a batch's outcome. Both travel on one channel
+/// so that a registration always arrives before the outcome of the same batch.
+#[derive(Debug)]
+pub(crate) enum TrackerMsg {
+    Register(u64, Position),
+    Done(AckEvent),
+}
+
+struct AckGroup {
+    seq: u64,
+    failed: AtomicBool,
+    events: Option<mpsc::UnboundedSender<TrackerMsg>>,
+}
+
+impl Drop for AckGroup {
+    fn drop(&mut self) {
+        if let Some(tx) = &self.events {
+            // The receiver is gone only when the pipeline has already stopped; nothing to report then.
+            let _ = tx.send(TrackerMsg::Done(AckEvent {
+                seq: self.seq,
+                failed: self.failed.load(Ordering::Acquire),
+            }));
+        }
+    }
+}
+
+/// A handle that a sink acknowledges once the data it came with is stored.
+///
+/// Dropping an `Ack` without calling [`acknowledge`](Ack::acknowledge) marks the data as not stored:
+/// the source position covering it is never committed, so it is read again after a restart.
+/// A sink that splits one batch into several requests can [`split`](Ack::split) the handle: the batch
+/// counts as stored only when every part is acknowledged.
+pub struct Ack {
+    group: Arc<AckGroup>,
+    done: bool,
+}
+
+impl Ack {
+    /// A handle that is tracked by nobody: for sinks used on their own, outside a pipeline.
+    pub fn untracked() -> Self {
+        Self::new(u64::MAX, None)
+    }
+
+    pub(crate) fn new(seq: u64, events: Option<mpsc::UnboundedSender<TrackerMsg>>) -> Self {
+        Self {
+            group: Arc::new(AckGroup {
+                seq,
+                failed: AtomicBool::new(false),
+                events,
+            }),
+            done: false,
+        }
+    }
+
+    /// Another handle on the same batch; the batch is stored only once both are acknowledged.
+    pub fn split(&self) -> Self {
+        Self {
+            group: Arc::clone(&self.group),
+            done: false,
+        }
+    }
+
+    /// Declares the data stored.
+    pub fn acknowledge(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.done {
+            self.group.failed.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ack").field("seq", &self.group.seq).finish()
+    }
+}
+
+/// Turns ack events into the source position that is safe to commit.
+#[derive(Debug, Default)]
+pub(crate) struct AckTracker {
+    /// Batches handed out and not yet part of the committed prefix: position reached after each,
+    /// and whether it is done.
+    pending: BTreeMap<u64, (Position, bool)>,
+    committed: Position,
+    failed: Vec<u64>,
+}
+
+impl AckTracker {
+    /// Registers batch `seq`, which brings the source to `position`.
+    pub(crate) fn register(&mut self, seq: u64, position: Position) {
+        self.pending.insert(seq, (position, false));
+    }
+
+    /// Records an event; returns the new committable position when it moved.
+    pub(crate) fn on_event(&mut self, event: AckEvent) -> Option<Position> {
+        if event.failed {
+            self.failed.push(event.seq);
+            return None;
+        }
+        if let Some(entry) = self.pending.get_mut(&event.seq) {
+            entry.1 = true;
+        }
+        let mut moved = false;
+        while let Some(entry) = self.pending.first_entry() {
+            if !entry.get().1 {
+                break;
+            }
+            let (position, _) = entry.remove();
+            self.committed.advance(&position);
+            moved = moved || !position.is_empty();
+        }
+        moved.then(|| self.committed.clone())
+    }
+
+    /// Batches whose output was dropped without being stored.
+    pub(crate) fn failed(&self) -> &[u64] {
+        &self.failed
+    }
+
+    /// Batches not yet acknowledged.
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<TrackerMsg>) -> Vec<AckEvent> {
+        let mut v = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let TrackerMsg::Done(e) = m {
+                v.push(e);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn group_reports_once_all_parts_acknowledged() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let a = Ack::new(7, Some(tx));
+        let b = a.split();
+        a.acknowledge();
+        assert!(drain(&mut rx).is_empty());
+        b.acknowledge();
+        assert_eq!(
+            drain(&mut rx),
+            vec![AckEvent {
+                seq: 7,
+                failed: false
+            }]
+        );
+    }
+
+    #[test]
+    fn dropped_handle_fails_the_batch() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let a = Ack::new(1, Some(tx));
+        let b = a.split();
+        a.acknowledge();
+        drop(b);
+        assert_eq!(
+            drain(&mut rx),
+            vec![AckEvent {
+                seq: 1,
+                failed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn position_advances_over_contiguous_prefix_only() {
+        let mut t = AckTracker::default();
+        t.register(0, Position::single("s", "10"));
+        t.register(1, Position::single("s", "20"));
+        t.register(2, Position::single("s", "30"));
+        // Batch 1 finishes first: nothing is committable while batch 0 is outstanding.
+        assert_eq!(t.on_event(AckEvent { seq: 1, failed: false }), None);
+        let p = t.on_event(AckEvent { seq: 0, failed: false }).unwrap();
+        assert_eq!(p.get("s"), Some("20"));
+        assert_eq!(t.outstanding(), 1);
+        // A failed batch blocks the position for good.
+        assert_eq!(t.on_event(AckEvent { seq: 2, failed: true }), None);
+        assert_eq!(t.failed(), &[2]);
+    }
+}

@@ -1,0 +1,184 @@
+//! The `rivulet` command line: run a pipeline file, or replay a captured file through a query.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rivulet::{Error, Pipeline, PipelineConfig, PipelineMetrics, ReplayOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "rivulet", version, about = "Streaming SQL over AWS data streams, files and generated data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a pipeline described by a TOML file until stopped (Ctrl-C) or until a finite source ends.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Seconds between progress lines on standard error (0: none).
+        #[arg(long, default_value_t = 2.0)]
+        progress_interval: f64,
+    },
+    /// Replays a captured file as a stream through a query and writes the output as JSON lines.
+    Replay {
+        /// File holding the SQL.
+        #[arg(long)]
+        sql: PathBuf,
+        /// The captured input: NDJSON, or CSV with a header row.
+        #[arg(long)]
+        input: PathBuf,
+        /// Format of the input.
+        #[arg(long, value_enum, default_value_t = InputFormat::Json)]
+        input_format: InputFormat,
+        /// Input field holding each record's time (ISO-8601 or epoch milliseconds), used as ROWTIME.
+        #[arg(long)]
+        rowtime: Option<String>,
+        /// Writes one <STREAM>.ndjson per output stream here instead of printing to standard output.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum InputFormat {
+    Json,
+    Csv,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RIVULET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                Error::Config { .. } | Error::ConfigParse { .. } | Error::Sql(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> rivulet::Result<()> {
+    match cli.command {
+        Command::Run {
+            pipeline,
+            progress_interval,
+        } => {
+            let config = PipelineConfig::from_file(&pipeline)?;
+            let p = config.build().await?;
+            let interval = (progress_interval > 0.0).then(|| Duration::from_secs_f64(progress_interval));
+            drive(p, interval).await
+        }
+        Command::Replay {
+            sql,
+            input,
+            input_format,
+            rowtime,
+            output_dir,
+        } => {
+            let p = ReplayOptions {
+                sql_file: sql,
+                input,
+                csv: matches!(input_format, InputFormat::Csv),
+                rowtime,
+                output_dir,
+            }
+            .build()
+            .await?;
+            drive(p, None).await
+        }
+    }
+}
+
+/// Runs a pipeline with signal handling and an optional progress line.
+async fn drive(pipeline: Pipeline, progress: Option<Duration>) -> rivulet::Result<()> {
+    let handle = pipeline.shutdown_handle();
+    let metrics = pipeline.metrics();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("rivulet: stopping; flushing sinks (press Ctrl-C again to abort)");
+        handle.shutdown();
+        wait_for_signal().await;
+        eprintln!("rivulet: aborted");
+        std::process::exit(130);
+    });
+    let printer = progress.map(|every| tokio::spawn(print_progress(Arc::clone(&metrics), every)));
+    let result = pipeline.run().await;
+    if let Some(p) = printer {
+        p.abort();
+    }
+    let report = result?;
+    if progress.is_some() {
+        let m = report.metrics;
+        eprintln!(
+            "rivulet: done in {:.1}s: {} records in, {} rows out, {} errors",
+            report.elapsed.as_secs_f64(),
+            m.records_in,
+            m.rows_out,
+            m.records_error
+        );
+    }
+    Ok(())
+}
+
+async fn print_progress(metrics: Arc<PipelineMetrics>, every: Duration) {
+    let mut last = metrics.snapshot();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = metrics.snapshot();
+        let rate = (now.records_in - last.records_in) as f64 / every.as_secs_f64();
+        eprintln!(
+            "rivulet: {} records in ({:.0}/s), {} rows out, {} errors",
+            now.records_in, rate, now.rows_out, now.records_error
+        );
+        last = now;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

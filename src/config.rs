@@ -1,0 +1,642 @@
+//! Pipeline configuration files (TOML), validated before anything starts.
+//!
+//! ```toml
+//! [source]
+//! type = "generator"        # or "file" (path, follow)
+//! rate = 100                # records per second; omit to go as fast as possible
+//! limit = 1000              # omit to run until stopped
+//!
+//! [format]
+//! type = "json"             # or "csv" (delimiter, quote, escape, header)
+//! rowtime = "event_time"    # optional: ROWTIME from this column instead of the arrival time
+//! # columns = [{ name = "sym", type = "VARCHAR(8)", path = "$.ticker_symbol" }]
+//! # (omitted: inferred from the first `infer_sample` records)
+//!
+//! [query]
+//! sql = "SELECT ticker_symbol, price FROM source WHERE price > 100"   # or sql_file = "q.sql"
+//!
+//! [[sinks]]
+//! type = "stdout"           # or "file" (path, roll_bytes, roll_interval_secs)
+//! format = "json"           # or "csv"
+//!
+//! [error_output]            # optional; default: JSON lines on standard error
+//! type = "file"
+//! path = "errors.ndjson"
+//!
+//! [batch]                   # optional
+//! max_rows = 8192
+//! max_latency_ms = 200
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::format::{parse_sql_type, Column, CsvOptions, JsonPath, OutputFormat, RecordFormat};
+use crate::pipeline::{BatchSettings, Pipeline};
+use crate::sink::{FileSink, Sink, StdoutSink};
+use crate::source::{FileSource, Framing, GeneratorFormat, GeneratorSource, Source};
+use crate::{Error, Result};
+
+/// A pipeline as described by a TOML file. Load with [`PipelineConfig::from_file`], then
+/// [`build`](PipelineConfig::build) it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    source: SourceConfig,
+    #[serde(default)]
+    format: FormatConfig,
+    #[serde(default)]
+    query: QueryConfig,
+    #[serde(default)]
+    sinks: Vec<SinkConfig>,
+    #[serde(default)]
+    error_output: Option<SinkConfig>,
+    #[serde(default)]
+    batch: BatchConfig,
+    #[serde(skip)]
+    base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum SourceConfig {
+    Generator {
+        rate: Option<f64>,
+        limit: Option<u64>,
+        #[serde(default = "default_seed")]
+        seed: u64,
+        start_time_ms: Option<i64>,
+    },
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatKind {
+    #[default]
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatConfig {
+    #[serde(default, rename = "type")]
+    kind: FormatKind,
+    delimiter: Option<String>,
+    quote: Option<String>,
+    escape: Option<String>,
+    #[serde(default)]
+    header: bool,
+    columns: Option<Vec<ColumnConfig>>,
+    #[serde(default = "default_infer_sample")]
+    infer_sample: usize,
+    rowtime: Option<String>,
+    max_record_bytes: Option<usize>,
+}
+
+impl Default for FormatConfig {
+    fn default() -> Self {
+        Self {
+            kind: FormatKind::Json,
+            delimiter: None,
+            quote: None,
+            escape: None,
+            header: false,
+            columns: None,
+            infer_sample: default_infer_sample(),
+            rowtime: None,
+            max_record_bytes: None,
+        }
+    }
+}
+
+fn default_infer_sample() -> usize {
+    1000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColumnConfig {
+    name: String,
+    #[serde(rename = "type")]
+    sql_type: String,
+    path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryConfig {
+    sql: Option<String>,
+    sql_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EncodingConfig {
+    #[default]
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum SinkConfig {
+    Stdout {
+        #[serde(default)]
+        format: EncodingConfig,
+    },
+    Stderr {
+        #[serde(default)]
+        format: EncodingConfig,
+    },
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        format: EncodingConfig,
+        roll_bytes: Option<u64>,
+        roll_interval_secs: Option<u64>,
+        #[serde(default)]
+        truncate: bool,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchConfig {
+    #[serde(default = "default_max_rows")]
+    max_rows: usize,
+    #[serde(default = "default_latency")]
+    max_latency_ms: u64,
+    #[serde(default = "default_sink_queue")]
+    sink_queue: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: default_max_rows(),
+            max_latency_ms: default_latency(),
+            sink_queue: default_sink_queue(),
+        }
+    }
+}
+
+fn default_max_rows() -> usize {
+    8192
+}
+fn default_latency() -> u64 {
+    200
+}
+fn default_sink_queue() -> usize {
+    4
+}
+
+fn single_byte(key: &str, value: &Option<String>, default: u8) -> Result<u8> {
+    match value {
+        None => Ok(default),
+        Some(s) if s == "\\t" => Ok(b'\t'),
+        Some(s) if s.len() == 1 => Ok(s.as_bytes()[0]),
+        Some(s) => Err(Error::config(
+            key,
+            format!("must be a single ASCII character (or \"\\t\"), got {s:?}"),
+        )),
+    }
+}
+
+/// Options of `rivulet replay`: a captured file replayed as a stream through a query.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// File holding the SQL.
+    pub sql_file: PathBuf,
+    /// The captured input (NDJSON, or CSV with a header row).
+    pub input: PathBuf,
+    /// `json` or `csv`.
+    pub csv: bool,
+    /// Input field that gives `ROWTIME` (ISO-8601 or epoch milliseconds).
+    pub rowtime: Option<String>,
+    /// Directory for `<STREAM>.ndjson` files; `None` writes the output stream to standard output.
+    pub output_dir: Option<PathBuf>,
+}
+
+impl ReplayOptions {
+    /// Builds the replay pipeline. Its error output goes to `error_stream.ndjson` in the output
+    /// directory, or to standard error.
+    pub async fn build(&self) -> Result<Pipeline> {
+        let sql = std::fs::read_to_string(&self.sql_file)
+            .map_err(|e| Error::io(format!("reading {}", self.sql_file.display()), e))?;
+        let (format, framing) = if self.csv {
+            (
+                RecordFormat::Csv(CsvOptions {
+                    has_header: true,
+                    ..CsvOptions::default()
+                }),
+                Framing::CsvRows { quote: b'"' },
+            )
+        } else {
+            (RecordFormat::Json, Framing::Lines)
+        };
+        let source = FileSource::builder(&self.input)
+            .with_framing(framing)
+            .build()?;
+        let mut b = Pipeline::builder()
+            .source(source)
+            .format(format)
+            .sql(sql)
+            .batch_settings(BatchSettings::default());
+        if let Some(r) = &self.rowtime {
+            b = b.rowtime_field(r.clone());
+        }
+        b = match &self.output_dir {
+            None => b.sink(StdoutSink::new(OutputFormat::JsonLines)),
+            Some(dir) => b
+                .sink(
+                    FileSink::builder(dir.join(format!("{}.ndjson", crate::DESTINATION_STREAM)))
+                        .with_truncate(true)
+                        .build()?,
+                )
+                .error_output(
+                    FileSink::builder(dir.join(format!("{}.ndjson", crate::ERROR_STREAM)))
+                        .with_truncate(true)
+                        .build()?,
+                ),
+        };
+        b.build().await
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and validates a configuration file. Relative paths in it are relative to its directory.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::from_toml_str(&text, base).map_err(|e| match e {
+            Error::ConfigParse { message, .. } => Error::ConfigParse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text; relative paths are resolved against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self> {
+        let mut config: PipelineConfig = toml::from_str(text).map_err(|e| Error::ConfigParse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        config.base_dir = base_dir.into();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Checks every setting that can be checked without running anything.
+    pub fn validate(&self) -> Result<()> {
+        match &self.source {
+            SourceConfig::Generator { rate, .. } => {
+                if let Some(r) = rate {
+                    if !(r.is_finite() && *r > 0.0) {
+                        return Err(Error::config(
+                            "source.rate",
+                            format!("must be a positive number of records per second, got {r}"),
+                        ));
+                    }
+                }
+            }
+            SourceConfig::File { path, .. } => {
+                let p = self.resolve(path);
+                if !p.is_file() {
+                    return Err(Error::config(
+                        "source.path",
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+        }
+        self.record_format()?;
+        self.columns()?;
+        if let (Some(rt), Some(cols)) = (&self.format.rowtime, &self.format.columns) {
+            if !cols.iter().any(|c| &c.name == rt) {
+                return Err(Error::config(
+                    "format.rowtime",
+                    format!("`{rt}` is not one of the columns"),
+                ));
+            }
+        }
+        if self.format.infer_sample == 0 {
+            return Err(Error::config("format.infer_sample", "must be at least 1"));
+        }
+        match (&self.query.sql, &self.query.sql_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "query",
+                    "give either `sql` or `sql_file`, not both",
+                ))
+            }
+            (None, Some(f)) if !self.resolve(f).is_file() => {
+                return Err(Error::config(
+                    "query.sql_file",
+                    format!("{} is not a readable file", self.resolve(f).display()),
+                ))
+            }
+            (Some(s), None) if s.trim().is_empty() => {
+                return Err(Error::config("query.sql", "is empty"))
+            }
+            _ => {}
+        }
+        if self.sinks.is_empty() {
+            return Err(Error::config(
+                "sinks",
+                "at least one [[sinks]] entry is required",
+            ));
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            check_sink(&format!("sinks[{i}]"), s)?;
+        }
+        if let Some(s) = &self.error_output {
+            check_sink("error_output", s)?;
+        }
+        if self.batch.max_rows == 0 {
+            return Err(Error::config("batch.max_rows", "must be at least 1"));
+        }
+        if self.batch.max_latency_ms == 0 {
+            return Err(Error::config("batch.max_latency_ms", "must be at least 1"));
+        }
+        if self.batch.sink_queue == 0 {
+            return Err(Error::config("batch.sink_queue", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn record_format(&self) -> Result<RecordFormat> {
+        Ok(match self.format.kind {
+            FormatKind::Json => {
+                for (key, set) in [
+                    ("format.delimiter", self.format.delimiter.is_some()),
+                    ("format.quote", self.format.quote.is_some()),
+                    ("format.escape", self.format.escape.is_some()),
+                    ("format.header", self.format.header),
+                ] {
+                    if set {
+                        return Err(Error::config(key, "applies to CSV only; set format.type = \"csv\""));
+                    }
+                }
+                RecordFormat::Json
+            }
+            FormatKind::Csv => RecordFormat::Csv(CsvOptions {
+                delimiter: single_byte("format.delimiter", &self.format.delimiter, b',')?,
+                quote: single_byte("format.quote", &self.format.quote, b'"')?,
+                escape: match &self.format.escape {
+                    None => None,
+                    e => Some(single_byte("format.escape", e, b'\\')?),
+                },
+                has_header: self.format.header,
+            }),
+        })
+    }
+
+    fn columns(&self) -> Result<Option<Vec<Column>>> {
+        let Some(cols) = &self.format.columns else {
+            return Ok(None);
+        };
+        if cols.is_empty() {
+            return Err(Error::config(
+                "format.columns",
+                "is empty; list the columns or remove the key to infer them",
+            ));
+        }
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let data_type = parse_sql_type(&c.sql_type)
+                    .map_err(|e| Error::config(format!("format.columns[{i}].type"), e.to_string()))?;
+                let mut col = Column::new(&c.name, data_type);
+                if let Some(p) = &c.path {
+                    if matches!(self.format.kind, FormatKind::Csv) {
+                        return Err(Error::config(
+                            format!("format.columns[{i}].path"),
+                            "CSV columns are read by position; paths apply to JSON",
+                        ));
+                    }
+                    let path: JsonPath = p.parse().map_err(|e: Error| {
+                        Error::config(format!("format.columns[{i}].path"), e.to_string())
+                    })?;
+                    col = col.with_path(path);
+                }
+                Ok(col)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn build_sink(&self, s: &SinkConfig) -> Result<Box<dyn Sink>> {
+        let encoding = |e: &EncodingConfig| match e {
+            EncodingConfig::Json => OutputFormat::JsonLines,
+            EncodingConfig::Csv => OutputFormat::Csv {
+                delimiter: b',',
+                header: true,
+            },
+        };
+        Ok(match s {
+            SinkConfig::Stdout { format } => Box::new(StdoutSink::new(encoding(format))),
+            SinkConfig::Stderr { format } => Box::new(StdoutSink::stderr(encoding(format))),
+            SinkConfig::File {
+                path,
+                format,
+                roll_bytes,
+                roll_interval_secs,
+                truncate,
+            } => Box::new(
+                FileSink::builder(self.resolve(path))
+                    .with_format(encoding(format))
+                    .with_roll_bytes(*roll_bytes)
+                    .with_roll_interval(roll_interval_secs.map(Duration::from_secs))
+                    .with_truncate(*truncate)
+                    .build()?,
+            ),
+        })
+    }
+
+    /// Builds the pipeline: opens the source and sinks and plans the query. A query the engine
+    /// rejects is reported against the key `query.sql`.
+    pub async fn build(&self) -> Result<Pipeline> {
+        let format = self.record_format()?;
+        let columns = self.columns()?;
+        let source: Box<dyn Source> = match &self.source {
+            SourceConfig::Generator {
+                rate,
+                limit,
+                seed,
+                start_time_ms,
+            } => Box::new(
+                GeneratorSource::builder()
+                    .with_rate(*rate)
+                    .with_limit(*limit)
+                    .with_seed(*seed)
+                    .with_start_time_ms(*start_time_ms)
+                    .with_format(match format {
+                        RecordFormat::Csv(_) => GeneratorFormat::Csv,
+                        _ => GeneratorFormat::Json,
+                    })
+                    .build()?,
+            ),
+            SourceConfig::File { path, follow } => {
+                let (framing, header) = match &format {
+                    RecordFormat::Csv(o) => (Framing::CsvRows { quote: o.quote }, o.has_header),
+                    _ => (Framing::Lines, false),
+                };
+                // With inferred columns the pipeline reads the header itself.
+                let skip = usize::from(header && columns.is_some());
+                Box::new(
+                    FileSource::builder(self.resolve(path))
+                        .with_framing(framing)
+                        .with_follow(*follow)
+                        .with_skip_records(skip)
+                        .build()?,
+                )
+            }
+        };
+        let sql = match (&self.query.sql, &self.query.sql_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(f)) => {
+                let p = self.resolve(f);
+                std::fs::read_to_string(&p)
+                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
+            }
+            (None, None) => "SELECT * FROM source".to_owned(),
+        };
+        let mut b = Pipeline::builder()
+            .boxed_source(source)
+            .format(format)
+            .infer_sample(self.format.infer_sample)
+            .sql(sql)
+            .batch_settings(BatchSettings {
+                max_rows: self.batch.max_rows,
+                max_latency: Duration::from_millis(self.batch.max_latency_ms),
+                sink_queue: self.batch.sink_queue,
+            });
+        if let Some(c) = columns {
+            b = b.columns(c);
+        }
+        if let Some(r) = &self.format.rowtime {
+            b = b.rowtime_field(r.clone());
+        }
+        if let Some(m) = self.format.max_record_bytes {
+            b = b.max_record_bytes(m);
+        }
+        for s in &self.sinks {
+            b = b.boxed_sink(self.build_sink(s)?);
+        }
+        if let Some(e) = &self.error_output {
+            b = b.boxed_error_output(self.build_sink(e)?);
+        }
+        b.build().await.map_err(|e| match e {
+            Error::Sql(message) => Error::config("query.sql", message),
+            Error::Format(message) => Error::config("format", message),
+            other => other,
+        })
+    }
+}
+
+fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
+    if let SinkConfig::File {
+        path,
+        roll_bytes,
+        roll_interval_secs,
+        ..
+    } = s
+    {
+        if path.as_os_str().is_empty() {
+            return Err(Error::config(format!("{key}.path"), "is empty"));
+        }
+        if *roll_bytes == Some(0) {
+            return Err(Error::config(format!("{key}.roll_bytes"), "must be greater than 0"));
+        }
+        if *roll_interval_secs == Some(0) {
+            return Err(Error::config(
+                format!("{key}.roll_interval_secs"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PipelineConfig> {
+        PipelineConfig::from_toml_str(text, ".")
+    }
+
+    const SINK: &str = "\n[[sinks]]\ntype = \"stdout\"\n";
+
+    #[test]
+    fn minimal_generator_config() {
+        let c = parse(&format!("[source]\ntype = \"generator\"\nlimit = 10\n{SINK}")).unwrap();
+        assert!(matches!(c.source, SourceConfig::Generator { limit: Some(10), .. }));
+    }
+
+    #[test]
+    fn errors_name_the_offending_key() {
+        let cases = [
+            ("[source]\ntype = \"generator\"\nrat = 5\n", "rat"),
+            ("[source]\ntype = \"generator\"\nrate = -1\n", "source.rate"),
+            ("[source]\ntype = \"kafka\"\n", "kafka"),
+            (
+                "[source]\ntype = \"generator\"\n[format]\ncolumns = [{ name = \"a\", type = \"VARCHR\" }]\n",
+                "format.columns[0].type",
+            ),
+            (
+                "[source]\ntype = \"generator\"\n[format]\ncolumns = [{ name = \"a\", type = \"INT\", path = \"a.b\" }]\n",
+                "format.columns[0].path",
+            ),
+            ("[source]\ntype = \"generator\"\n[format]\ndelimiter = \";\"\n", "format.delimiter"),
+            ("[source]\ntype = \"generator\"\n[batch]\nmax_rows = 0\n", "batch.max_rows"),
+            ("[source]\ntype = \"file\"\npath = \"/nonexistent/in.ndjson\"\n", "source.path"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&format!("{text}{SINK}")).unwrap_err().to_string();
+            assert!(err.contains(key), "expected `{key}` in: {err}");
+        }
+        let err = parse("[source]\ntype = \"generator\"\n").unwrap_err().to_string();
+        assert!(err.contains("sinks"), "{err}");
+        let err = parse(&format!(
+            "[source]\ntype = \"generator\"\n{SINK}\n[[sinks]]\ntype = \"file\"\npath = \"x\"\nroll_bytes = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sinks[1].roll_bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn invalid_sql_is_reported_against_query_sql() {
+        let c = parse(&format!(
+            "[source]\ntype = \"generator\"\nlimit = 5\n[query]\nsql = \"SELECT COUNT(*) FROM source\"\n{SINK}"
+        ))
+        .unwrap();
+        let err = c.build().await.unwrap_err().to_string();
+        assert!(err.contains("query.sql"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! # rivulet
+//!
+//! Streaming analytics on AWS data streams, as a library: records from a source (Kinesis, a file,
+//! the built-in generator) are decoded into Apache Arrow micro-batches, transformed with SQL on
+//! Apache DataFusion, and written to sinks, with every record that cannot be processed sent to an
+//! error output with its reason. Sinks acknowledge what they have stored, and those
+//! acknowledgements drive the source's checkpoints.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> rivulet::Result<()> {
+//! use rivulet::{GeneratorSource, MemorySink, Pipeline};
+//!
+//! let sink = MemorySink::new();
+//! let output = sink.handle();
+//! let report = Pipeline::builder()
+//!     .source(GeneratorSource::builder().with_limit(Some(500)).build()?)
+//!     .sql("SELECT ticker_symbol, price FROM SOURCE_SQL_STREAM_001 WHERE price > 100")
+//!     .sink(sink)
+//!     .build()
+//!     .await?
+//!     .run()
+//!     .await?;
+//! assert_eq!(report.metrics.records_in, 500);
+//! assert_eq!(output.num_rows() as u64, report.metrics.rows_out);
+//! # Ok(()) }
+//! ```
+//!
+//! The parts, from input to output: [`Source`] and [`Record`]; [`RecordDecoder`] and
+//! [`RecordFormat`]; [`StreamQuery`]; [`Sink`], [`OutputBatch`] and [`Ack`]; [`Pipeline`] ties them
+//! together, and [`PipelineConfig`] builds one from a TOML file.
+
+mod ack;
+mod config;
+mod error;
+mod format;
+mod metrics;
+mod pipeline;
+mod record;
+mod sink;
+mod source;
+mod sql;
+
+pub use ack::Ack;
+
+pub use config::{PipelineConfig, ReplayOptions};
+pub use error::{Error, Result};
+pub use format::{
+    infer_schema, parse_sql_type, Column, CsvOptions, DecodeFailure, DecodeOutput, Encoder,
+    FailureKind, JsonPath, DEFAULT_MAX_RECORD_BYTES, OutputFormat, RecordDecoder, RecordDecoderBuilder, RecordFormat,
+    ROWTIME,
+};
+pub use metrics::{MetricsSnapshot, PipelineMetrics};
+pub use pipeline::{BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle};
+pub use record::{Position, Record, RecordId};
+pub use sink::{
+    error_schema, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink,
+    MemorySinkHandle, NullSink, OutputBatch, OutputData, Sink, StdoutSink, DESTINATION_STREAM,
+    ERROR_STREAM,
+};
+pub use source::{
+    FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,
+    GeneratorSourceBuilder, Source, SourceBatch,
+};
+pub use sql::{QueryOutput, RowFailure, StreamQuery, SOURCE_ALIAS, SOURCE_STREAM};

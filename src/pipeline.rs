@@ -1,0 +1,641 @@
+//! The pipeline runtime: source → decode → SQL → sinks, with an error output.
+//!
+//! Four kinds of task run concurrently, joined by bounded channels so that a slow sink slows the
+//! source down instead of filling memory:
+//!
+//! ```text
+//! source task ──chunks──▶ processing task ──batches──▶ one task per sink (and the error output)
+//!      ▲                  (micro-batching,                         │
+//!      └──── commits ◀── decode, SQL)  ◀──────── acknowledgements ─┘
+//! ```
+//!
+//! The source task also tracks acknowledgements and calls [`Source::commit`] with the position up to
+//! which every output has been stored.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::ack::{Ack, AckTracker, TrackerMsg};
+use crate::format::{infer_schema, Column, RecordDecoder, RecordFormat};
+use crate::metrics::{MetricsSnapshot, PipelineMetrics};
+use crate::record::{Position, Record};
+use crate::sink::{ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM};
+use crate::source::{now_ms, Source, SourceBatch};
+use crate::sql::StreamQuery;
+use crate::{Error, Result};
+
+/// Source chunks buffered between the source and processing tasks.
+const CHUNK_QUEUE: usize = 2;
+
+/// How often an idle sink is asked to flush.
+const SINK_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// When micro-batches close and how much is buffered between stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// A micro-batch closes once it holds this many records (default 8,192).
+    pub max_rows: usize,
+    /// … or once its first record has waited this long (default 200 ms).
+    pub max_latency: Duration,
+    /// Micro-batches queued per sink before the pipeline waits for it (default 4).
+    pub sink_queue: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_rows: 8192,
+            max_latency: Duration::from_millis(200),
+            sink_queue: 4,
+        }
+    }
+}
+
+/// Stops a running pipeline gracefully: the source stops, everything already read is processed,
+/// and every sink is flushed.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Requests the shutdown. Returns at once; [`Pipeline::run`] returns when it is complete.
+    pub fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct PipelineReport {
+    /// Final counters.
+    pub metrics: MetricsSnapshot,
+    /// The last position committed to the source.
+    pub committed: Position,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// A streaming pipeline, built with [`Pipeline::builder`] and started with [`Pipeline::run`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> rivulet::Result<()> {
+/// use rivulet::{GeneratorSource, MemorySink, Pipeline};
+///
+/// let sink = MemorySink::new();
+/// let rows = sink.handle();
+/// let report = Pipeline::builder()
+///     .source(GeneratorSource::builder().with_limit(Some(1000)).build()?)
+///     .sql("SELECT ticker_symbol, price FROM source WHERE sector = 'TECHNOLOGY'")
+///     .sink(sink)
+///     .build()
+///     .await?
+///     .run()
+///     .await?;
+/// assert_eq!(report.metrics.records_in, 1000);
+/// assert_eq!(rows.num_rows() as u64, report.metrics.rows_out);
+/// # Ok(()) }
+/// ```
+pub struct Pipeline {
+    source: Box<dyn Source>,
+    replay: Vec<SourceBatch>,
+    decoder: RecordDecoder,
+    query: StreamQuery,
+    sinks: Vec<Box<dyn Sink>>,
+    error_sink: Box<dyn Sink>,
+    batch: BatchSettings,
+    metrics: Arc<PipelineMetrics>,
+    shutdown_tx: Arc<watch::Sender<bool>>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("source", &self.source.name())
+            .field("sql", &self.query.sql())
+            .field("sinks", &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>())
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+/// Builder for [`Pipeline`].
+pub struct PipelineBuilder {
+    source: Option<Box<dyn Source>>,
+    format: RecordFormat,
+    columns: Option<Vec<Column>>,
+    infer_sample: usize,
+    rowtime_field: Option<String>,
+    max_record_bytes: Option<usize>,
+    sql: String,
+    sinks: Vec<Box<dyn Sink>>,
+    error_sink: Option<Box<dyn Sink>>,
+    batch: BatchSettings,
+}
+
+impl fmt::Debug for PipelineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineBuilder")
+            .field("format", &self.format)
+            .field("sql", &self.sql)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// A builder. Defaults: JSON records, schema inferred from the first 1,000 records,
+    /// `SELECT * FROM source`, errors written as JSON lines to standard error.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder {
+            source: None,
+            format: RecordFormat::Json,
+            columns: None,
+            infer_sample: 1000,
+            rowtime_field: None,
+            max_record_bytes: None,
+            sql: "SELECT * FROM source".into(),
+            sinks: Vec::new(),
+            error_sink: None,
+            batch: BatchSettings::default(),
+        }
+    }
+
+    /// Live counters.
+    pub fn metrics(&self) -> Arc<PipelineMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// A handle that stops the pipeline gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            tx: Arc::clone(&self.shutdown_tx),
+        }
+    }
+
+    /// Schema of the output rows.
+    pub fn output_schema(&self) -> &SchemaRef {
+        self.query.output_schema()
+    }
+
+    /// Runs until a finite source ends or a shutdown is requested, then flushes every sink.
+    pub async fn run(self) -> Result<PipelineReport> {
+        let started = Instant::now();
+        let Pipeline {
+            source,
+            replay,
+            decoder,
+            query,
+            sinks,
+            error_sink,
+            batch,
+            metrics,
+            shutdown_tx,
+        } = self;
+        let (chunk_tx, chunk_rx) = mpsc::channel::<SourceBatch>(CHUNK_QUEUE);
+        let (tracker_tx, tracker_rx) = mpsc::unbounded_channel::<TrackerMsg>();
+        let mut tasks: JoinSet<Result<Option<Position>>> = JoinSet::new();
+
+        let mut sink_txs = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
+            sink_txs.push(tx);
+            tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
+        }
+        let (error_tx, error_rx) = mpsc::channel(batch.sink_queue.max(1));
+        tasks.spawn(run_sink(error_sink, error_rx, Arc::new(PipelineMetrics::default())));
+
+        tasks.spawn(run_processing(Processing {
+            chunks: chunk_rx,
+            tracker: tracker_tx,
+            decoder,
+            query,
+            sinks: sink_txs,
+            errors: error_tx,
+            settings: batch,
+            metrics: Arc::clone(&metrics),
+            seq: 0,
+        }));
+        tasks.spawn(run_source(
+            source,
+            replay,
+            chunk_tx,
+            tracker_rx,
+            shutdown_tx.subscribe(),
+            Arc::clone(&metrics),
+        ));
+
+        let mut committed = Position::new();
+        let mut first_error: Option<Error> = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(Some(p))) => committed = p,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                        // Stop reading; the other tasks drain and end as their channels close.
+                        shutdown_tx.send_replace(true);
+                    }
+                }
+                Err(join) => {
+                    if first_error.is_none() {
+                        first_error = Some(Error::Pipeline(format!("a pipeline task panicked: {join}")));
+                        shutdown_tx.send_replace(true);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(PipelineReport {
+            metrics: metrics.snapshot(),
+            committed,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+impl PipelineBuilder {
+    /// The source (required).
+    pub fn source(mut self, source: impl Source + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The source, already boxed.
+    pub fn boxed_source(mut self, source: Box<dyn Source>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Payload format (default JSON).
+    pub fn format(mut self, format: RecordFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Input columns. Without them the schema is inferred from the first records (for CSV with a
+    /// header, the first record is the header and is not processed as data).
+    pub fn columns(mut self, columns: Vec<Column>) -> Self {
+        self.columns = Some(columns);
+        self
+    }
+
+    /// Number of records read to infer a schema (default 1,000).
+    pub fn infer_sample(mut self, records: usize) -> Self {
+        self.infer_sample = records.max(1);
+        self
+    }
+
+    /// Takes `ROWTIME` from this input column instead of the arrival time.
+    pub fn rowtime_field(mut self, field: impl Into<String>) -> Self {
+        self.rowtime_field = Some(field.into());
+        self
+    }
+
+    /// Records larger than this go to the error output (default 10 MiB).
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = Some(bytes);
+        self
+    }
+
+    /// The query (default `SELECT * FROM source`).
+    pub fn sql(mut self, sql: impl Into<String>) -> Self {
+        self.sql = sql.into();
+        self
+    }
+
+    /// Adds a sink; every sink receives every output row.
+    pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    /// Adds a sink, already boxed.
+    pub fn boxed_sink(mut self, sink: Box<dyn Sink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Where records that cannot be processed go (default: JSON lines on standard error).
+    pub fn error_output(mut self, sink: impl Sink + 'static) -> Self {
+        self.error_sink = Some(Box::new(sink));
+        self
+    }
+
+    /// The error output, already boxed.
+    pub fn boxed_error_output(mut self, sink: Box<dyn Sink>) -> Self {
+        self.error_sink = Some(sink);
+        self
+    }
+
+    /// Micro-batch and buffering settings.
+    pub fn batch_settings(mut self, settings: BatchSettings) -> Self {
+        self.batch = settings;
+        self
+    }
+
+    /// Checks the configuration, infers the schema when none was given (reading the sample from the
+    /// source; those records are processed first when the pipeline runs) and plans the query.
+    pub async fn build(self) -> Result<Pipeline> {
+        let mut source = self
+            .source
+            .ok_or_else(|| Error::config("source", "a pipeline needs a source"))?;
+        if self.sinks.is_empty() {
+            return Err(Error::config("sinks", "a pipeline needs at least one sink"));
+        }
+        if self.batch.max_rows == 0 {
+            return Err(Error::config("batch.max_rows", "must be at least 1"));
+        }
+        let mut replay = Vec::new();
+        let columns = match self.columns {
+            Some(c) => c,
+            None => {
+                let mut sample: Vec<Record> = Vec::new();
+                while sample.len() < self.infer_sample {
+                    match source.next_batch().await? {
+                        Some(b) => {
+                            sample.extend(b.records.iter().cloned());
+                            replay.push(b);
+                        }
+                        None => break,
+                    }
+                }
+                if let RecordFormat::Csv(opts) = &self.format {
+                    if opts.has_header {
+                        // The header is schema, not data.
+                        if let Some(first) = replay.iter_mut().find(|b| !b.records.is_empty()) {
+                            first.records.remove(0);
+                        }
+                    }
+                }
+                let sample_len = sample.len().min(self.infer_sample);
+                if sample_len == 0 {
+                    return Err(Error::Format(
+                        "cannot infer a schema: the source yielded no records; give the columns explicitly".into(),
+                    ));
+                }
+                let schema = infer_schema(&self.format, &sample[..sample_len])?;
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| Column::new(f.name(), f.data_type().clone()))
+                    .collect()
+            }
+        };
+        let mut decoder = RecordDecoder::builder(self.format)
+            .with_columns(columns)
+            .with_rowtime_field(self.rowtime_field)
+            .with_batch_size(self.batch.max_rows);
+        if let Some(max) = self.max_record_bytes {
+            decoder = decoder.with_max_record_bytes(max);
+        }
+        let decoder = decoder.build()?;
+        let query = StreamQuery::new(&self.sql, Arc::clone(decoder.schema())).await?;
+        let (shutdown_tx, _) = watch::channel(false);
+        Ok(Pipeline {
+            source,
+            replay,
+            decoder,
+            query,
+            sinks: self.sinks,
+            error_sink: self.error_sink.unwrap_or_else(|| {
+                Box::new(crate::sink::StdoutSink::stderr(Default::default()))
+            }),
+            batch: self.batch,
+            metrics: Arc::new(PipelineMetrics::default()),
+            shutdown_tx: Arc::new(shutdown_tx),
+        })
+    }
+}
+
+async fn run_source(
+    mut source: Box<dyn Source>,
+    replay: Vec<SourceBatch>,
+    chunks: mpsc::Sender<SourceBatch>,
+    mut tracker_rx: mpsc::UnboundedReceiver<TrackerMsg>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<PipelineMetrics>,
+) -> Result<Option<Position>> {
+    let mut tracker = AckTracker::default();
+    let mut last_commit: Option<Position> = None;
+    let mut replay = replay.into_iter();
+
+    async fn apply(
+        msg: TrackerMsg,
+        tracker: &mut AckTracker,
+        source: &mut Box<dyn Source>,
+        last: &mut Option<Position>,
+    ) -> Result<()> {
+        let moved = match msg {
+            TrackerMsg::Register(seq, pos) => {
+                tracker.register(seq, pos);
+                None
+            }
+            TrackerMsg::Done(ev) => tracker.on_event(ev),
+        };
+        if let Some(p) = moved {
+            source.commit(&p).await?;
+            *last = Some(p);
+        }
+        Ok(())
+    }
+
+    loop {
+        while let Ok(msg) = tracker_rx.try_recv() {
+            apply(msg, &mut tracker, &mut source, &mut last_commit).await?;
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let next = match replay.next() {
+            Some(b) => Some(b),
+            None => tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                r = source.next_batch() => r?,
+            },
+        };
+        let Some(batch) = next else { break };
+        let bytes: u64 = batch.records.iter().map(|r| r.payload().len() as u64).sum();
+        let n = batch.records.len() as u64;
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            sent = chunks.send(batch) => {
+                if sent.is_err() {
+                    // Processing has stopped (it failed); its error is reported by its task.
+                    break;
+                }
+                metrics.add_in(n, bytes);
+            }
+        }
+    }
+    drop(chunks);
+    // Wait for every batch handed out to be stored, committing as acknowledgements come in.
+    while let Some(msg) = tracker_rx.recv().await {
+        apply(msg, &mut tracker, &mut source, &mut last_commit).await?;
+    }
+    if !tracker.failed().is_empty() {
+        tracing::warn!(
+            batches = tracker.failed().len(),
+            "some output was not stored; the source position was not committed past it"
+        );
+    }
+    Ok(last_commit)
+}
+
+struct Processing {
+    chunks: mpsc::Receiver<SourceBatch>,
+    tracker: mpsc::UnboundedSender<TrackerMsg>,
+    decoder: RecordDecoder,
+    query: StreamQuery,
+    sinks: Vec<mpsc::Sender<OutputBatch>>,
+    errors: mpsc::Sender<OutputBatch>,
+    settings: BatchSettings,
+    metrics: Arc<PipelineMetrics>,
+    seq: u64,
+}
+
+async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
+    let mut pending: Vec<Record> = Vec::new();
+    let mut pending_pos = Position::new();
+    let mut deadline: Option<Instant> = None;
+    let mut open = true;
+    while open || !pending.is_empty() {
+        let mut flush = !open;
+        if open {
+            let wait = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                chunk = p.chunks.recv() => match chunk {
+                    Some(mut chunk) => {
+                        if pending.is_empty() && !chunk.records.is_empty() {
+                            deadline = Some(Instant::now() + p.settings.max_latency);
+                        }
+                        // A chunk larger than a micro-batch is cut; only the part that ends the
+                        // chunk carries its position.
+                        while pending.len() + chunk.records.len() > p.settings.max_rows {
+                            let take = p.settings.max_rows - pending.len();
+                            let rest = chunk.records.split_off(take);
+                            pending.append(&mut chunk.records);
+                            chunk.records = rest;
+                            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos)).await?;
+                            deadline = Some(Instant::now() + p.settings.max_latency);
+                        }
+                        pending.append(&mut chunk.records);
+                        pending_pos.advance(&chunk.position);
+                        flush = pending.len() >= p.settings.max_rows;
+                    }
+                    None => {
+                        open = false;
+                        flush = true;
+                    }
+                },
+                () = wait => flush = true,
+            }
+        }
+        if flush && (!pending.is_empty() || !pending_pos.is_empty()) {
+            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos))
+                .await?;
+            deadline = None;
+        }
+    }
+    Ok(None)
+}
+
+impl Processing {
+    async fn process(&mut self, records: Vec<Record>, position: Position) -> Result<()> {
+        let seq = self.seq;
+        self.seq += 1;
+        // Registered before any output exists, so the tracker knows the batch before its acks.
+        let _ = self.tracker.send(TrackerMsg::Register(seq, position));
+        let root = Ack::new(seq, Some(self.tracker.clone()));
+        self.metrics.add_batch();
+
+        let decoded = self.decoder.decode(&records)?;
+        let mut errors: Vec<ErrorRecord> = decoded
+            .failures
+            .iter()
+            .map(|f| ErrorRecord {
+                stage: ErrorStage::Decode,
+                kind: f.kind.as_str().to_owned(),
+                reason: f.reason.clone(),
+                record: records[f.index].clone(),
+            })
+            .collect();
+
+        let output = self.query.execute(&decoded.batch).await?;
+        errors.extend(output.failures.iter().map(|f| ErrorRecord {
+            stage: ErrorStage::Sql,
+            kind: "sql".to_owned(),
+            reason: f.reason.clone(),
+            record: records[decoded.row_records[f.row]].clone(),
+        }));
+
+        let rows = output.batch.num_rows() as u64;
+        self.metrics.add_out(rows);
+        if rows > 0 {
+            let stream: Arc<str> = Arc::from(DESTINATION_STREAM);
+            for tx in &self.sinks {
+                let out = OutputBatch {
+                    stream: Arc::clone(&stream),
+                    data: OutputData::Rows(output.batch.clone()),
+                    ack: root.split(),
+                };
+                tx.send(out).await.map_err(|_| {
+                    Error::Pipeline("a sink stopped while the pipeline was running".into())
+                })?;
+            }
+        }
+        if !errors.is_empty() {
+            self.metrics.add_error(errors.len() as u64);
+            let out = OutputBatch {
+                stream: Arc::from(ERROR_STREAM),
+                data: OutputData::Rows(ErrorRecord::to_batch(&errors, now_ms())),
+                ack: root.split(),
+            };
+            self.errors.send(out).await.map_err(|_| {
+                Error::Pipeline("the error output stopped while the pipeline was running".into())
+            })?;
+        }
+        root.acknowledge();
+        Ok(())
+    }
+}
+
+async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<OutputBatch>,
+    metrics: Arc<PipelineMetrics>,
+) -> Result<Option<Position>> {
+    loop {
+        match tokio::time::timeout(SINK_FLUSH_INTERVAL, rx.recv()).await {
+            Ok(Some(batch)) => {
+                let rows = batch.data.len() as u64;
+                sink.write(batch).await?;
+                metrics.add_to_sink(rows);
+                if rx.is_empty() {
+                    sink.flush().await?;
+                }
+            }
+            Ok(None) => {
+                sink.flush().await?;
+                return Ok(None);
+            }
+            Err(_) => sink.flush().await?,
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! A local file read as a stream: once, or followed as it grows.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{now_ms, Source, SourceBatch};
+use crate::record::{Position, Record};
+use crate::{Error, Result};
+
+/// Bytes read per call.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// How a file is cut into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Framing {
+    /// One record per line (`\n`, with an optional `\r` before it). Blank lines are skipped.
+    #[default]
+    Lines,
+    /// One record per CSV row: a line break inside a quoted field does not end the record.
+    CsvRows {
+        /// The quote character.
+        quote: u8,
+    },
+}
+
+/// Reads records from a local file.
+///
+/// Payloads are slices of the buffers the file is read into, so records are not copied. The position
+/// is the byte offset after the last whole record returned; a restart from a committed position
+/// resumes there.
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    partition: Arc<str>,
+    framing: Framing,
+    follow: bool,
+    poll_interval: Duration,
+    skip_records: usize,
+    file: Option<tokio::fs::File>,
+    /// Offset in the file of the first byte of `pending`.
+    offset: u64,
+    /// Bytes read that do not yet form a whole record.
+    pending: BytesMut,
+    eof: bool,
+}
+
+/// Builder for [`FileSource`].
+#[derive(Debug, Clone)]
+pub struct FileSourceBuilder {
+    path: PathBuf,
+    framing: Framing,
+    follow: bool,
+    poll_interval: Duration,
+    skip_records: usize,
+    start_offset: u64,
+}
+
+impl FileSource {
+    /// A builder reading `path` once, as lines.
+    pub fn builder(path: impl Into<PathBuf>) -> FileSourceBuilder {
+        FileSourceBuilder {
+            path: path.into(),
+            framing: Framing::Lines,
+            follow: false,
+            poll_interval: Duration::from_millis(200),
+            skip_records: 0,
+            start_offset: 0,
+        }
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        let mut file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        if self.offset > 0 {
+            file.seek(std::io::SeekFrom::Start(self.offset))
+                .await
+                .map_err(|e| Error::io(format!("seeking in {}", self.path.display()), e))?;
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Cuts whole records off the front of `pending`. At end of input, a last record without a
+    /// terminator counts too.
+    fn take_records(&mut self, at_eof: bool) -> Vec<Record> {
+        let data = self.pending.split().freeze();
+        let arrival = now_ms();
+        let mut records = Vec::new();
+        let mut start = 0usize;
+        let mut in_quotes = false;
+        let mut i = 0usize;
+        let bytes = &data[..];
+        while i < bytes.len() {
+            let end = match self.framing {
+                Framing::Lines => match memchr::memchr(b'\n', &bytes[i..]) {
+                    Some(p) => i + p,
+                    None => break,
+                },
+                Framing::CsvRows { quote } => {
+                    let mut j = i;
+                    let mut found = None;
+                    while j < bytes.len() {
+                        let b = bytes[j];
+                        if b == quote {
+                            in_quotes = !in_quotes;
+                        } else if b == b'\n' && !in_quotes {
+                            found = Some(j);
+                            break;
+                        }
+                        j += 1;
+                    }
+                    match found {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+            };
+            self.push_record(&data, start, end, arrival, &mut records);
+            start = end + 1;
+            i = start;
+        }
+        if at_eof && start < data.len() {
+            self.push_record(&data, start, data.len(), arrival, &mut records);
+            start = data.len();
+        }
+        self.offset += start as u64;
+        self.pending = BytesMut::from(&data[start..]);
+        records
+    }
+
+    fn push_record(
+        &mut self,
+        data: &Bytes,
+        start: usize,
+        end: usize,
+        arrival: i64,
+        out: &mut Vec<Record>,
+    ) {
+        let mut end = end;
+        if end > start && data[end - 1] == b'\r' {
+            end -= 1;
+        }
+        if data[start..end].iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        if self.skip_records > 0 {
+            self.skip_records -= 1;
+            return;
+        }
+        out.push(Record::new(data.slice(start..end), arrival));
+    }
+
+    fn position(&self) -> Position {
+        Position::single(self.partition.as_ref(), self.offset.to_string())
+    }
+}
+
+impl FileSourceBuilder {
+    /// How the file is cut into records.
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// Keeps reading as the file grows instead of ending at its end (like `tail -f`).
+    pub fn with_follow(mut self, follow: bool) -> Self {
+        self.follow = follow;
+        self
+    }
+
+    /// How often a followed file is checked for new data.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Skips the first `n` records of the file, e.g. a CSV header line.
+    pub fn with_skip_records(mut self, n: usize) -> Self {
+        self.skip_records = n;
+        self
+    }
+
+    /// Starts at a byte offset, e.g. one a previous run committed.
+    pub fn with_start_offset(mut self, offset: u64) -> Self {
+        self.start_offset = offset;
+        self
+    }
+
+    /// Builds the source; fails when the file does not exist.
+    pub fn build(self) -> Result<FileSource> {
+        let meta = std::fs::metadata(&self.path)
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::source(
+                self.path.display().to_string(),
+                "not a regular file",
+            ));
+        }
+        // A header is only at the very start of the file.
+        let skip_records = if self.start_offset == 0 {
+            self.skip_records
+        } else {
+            0
+        };
+        Ok(FileSource {
+            partition: Arc::from(self.path.display().to_string()),
+            path: self.path,
+            framing: self.framing,
+            follow: self.follow,
+            poll_interval: self.poll_interval,
+            skip_records,
+            file: None,
+            offset: self.start_offset,
+            pending: BytesMut::new(),
+            eof: false,
+        })
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn name(&self) -> &str {
+        &self.partition
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        if self.eof {
+            return Ok(None);
+        }
+        if self.file.is_none() {
+            self.open().await?;
+        }
+        loop {
+            let Some(file) = self.file.as_mut() else {
+                return Ok(None);
+            };
+            let before = self.pending.len();
+            self.pending.reserve(CHUNK_BYTES);
+            let n = (&mut *file)
+                .take(CHUNK_BYTES as u64)
+                .read_buf(&mut self.pending)
+                .await
+                .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+            debug_assert_eq!(self.pending.len(), before + n);
+            if n > 0 {
+                let records = self.take_records(false);
+                if records.is_empty() {
+                    // A record longer than one chunk: keep reading.
+                    continue;
+                }
+                return Ok(Some(SourceBatch {
+                    records,
+                    position: self.position(),
+                }));
+            }
+            if !self.follow {
+                self.eof = true;
+                let records = self.take_records(true);
+                return Ok(Some(SourceBatch {
+                    records,
+                    position: self.position(),
+                }));
+            }
+            // Following: a truncated file (rotated or rewritten) is read again from its start.
+            let len = tokio::fs::metadata(&self.path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let read_to = self.offset + self.pending.len() as u64;
+            if len < read_to {
+                tracing::warn!(path = %self.path.display(), "file shrank; reading it again from the start");
+                self.offset = 0;
+                self.pending.clear();
+                self.open().await?;
+                continue;
+            }
+            tokio::time::sleep(self.poll_interval).await;
+            return Ok(Some(SourceBatch {
+                records: Vec::new(),
+                position: self.position(),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(mut s: FileSource) -> (Vec<String>, Position) {
+        let mut out = Vec::new();
+        let mut pos = Position::new();
+        while let Some(b) = s.next_batch().await.unwrap() {
+            out.extend(
+                b.records
+                    .iter()
+                    .map(|r| String::from_utf8(r.payload().to_vec()).unwrap()),
+            );
+            pos = b.position;
+        }
+        (out, pos)
+    }
+
+    #[tokio::test]
+    async fn lines_blank_lines_crlf_and_missing_final_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.ndjson");
+        std::fs::write(&p, "{\"a\":1}\r\n\n{\"a\":2}\n{\"a\":3}").unwrap();
+        let (lines, pos) = read_all(FileSource::builder(&p).build().unwrap()).await;
+        assert_eq!(lines, vec!["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]);
+        assert_eq!(pos.get(&p.display().to_string()), Some("25"));
+    }
+
+    #[tokio::test]
+    async fn csv_rows_keep_quoted_line_breaks_and_skip_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.csv");
+        std::fs::write(&p, "a,b\n1,\"x\ny\"\n2,z\n").unwrap();
+        let s = FileSource::builder(&p)
+            .with_framing(Framing::CsvRows { quote: b'"' })
+            .with_skip_records(1)
+            .build()
+            .unwrap();
+        let (rows, _) = read_all(s).await;
+        assert_eq!(rows, vec!["1,\"x\ny\"", "2,z"]);
+    }
+
+    #[tokio::test]
+    async fn resumes_from_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.ndjson");
+        std::fs::write(&p, "one\ntwo\nthree\n").unwrap();
+        let s = FileSource::builder(&p)
+            .with_start_offset(4)
+            .build()
+            .unwrap();
+        assert_eq!(read_all(s).await.0, vec!["two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn record_longer_than_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.ndjson");
+        let big = "x".repeat(CHUNK_BYTES * 2 + 17);
+        std::fs::write(&p, format!("{big}\nsmall\n")).unwrap();
+        let (lines, _) = read_all(FileSource::builder(&p).build().unwrap()).await;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), big.len());
+    }
+
+    #[tokio::test]
+    async fn follow_picks_up_appended_lines() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("grow.ndjson");
+        std::fs::write(&p, "a\n").unwrap();
+        let mut s = FileSource::builder(&p)
+            .with_follow(true)
+            .with_poll_interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let first = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(first.records.len(), 1);
+        // Nothing new yet: an empty batch, not the end.
+        assert!(s.next_batch().await.unwrap().unwrap().records.is_empty());
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"b\nc").unwrap();
+        let next = s.next_batch().await.unwrap().unwrap();
+        // "c" has no newline yet: a followed file may still be mid-write.
+        assert_eq!(next.records.len(), 1);
+        assert_eq!(&next.records[0].payload()[..], b"b");
+    }
+}

@@ -1,0 +1,55 @@
+//! Sources: where records come from.
+//!
+//! A [`Source`] yields [`SourceBatch`]es: records plus the [`Position`] the source has reached after
+//! them. The pipeline hands positions back through [`Source::commit`] once everything derived from
+//! the records before them has been stored by every sink; that is where a source persists its
+//! checkpoint.
+
+mod file;
+mod generator;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+pub use file::{FileSource, FileSourceBuilder, Framing};
+pub use generator::{GeneratorFormat, GeneratorSource, GeneratorSourceBuilder};
+
+use crate::record::{Position, Record};
+use crate::Result;
+
+/// Records read from a source, with the position reached after them.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBatch {
+    /// The records, in source order.
+    pub records: Vec<Record>,
+    /// The position after the last record; committing it means none of these is read again.
+    pub position: Position,
+}
+
+/// A stream of records.
+///
+/// Implementations must be cancel safe in one sense: the pipeline may drop a pending
+/// [`next_batch`](Source::next_batch) future at shutdown. Records not yet returned are simply read
+/// again after a restart, from the last committed position.
+#[async_trait]
+pub trait Source: Send + Debug {
+    /// A short name for logs and errors.
+    fn name(&self) -> &str;
+
+    /// The next records. `Ok(None)` means a finite source has ended. An idle unbounded source should
+    /// return an empty batch every few hundred milliseconds rather than block indefinitely, so that
+    /// commits and time-based batching keep flowing.
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
+
+    /// Every record up to `position` has been processed and its output stored. A source with
+    /// checkpoints persists `position` here. The default does nothing.
+    async fn commit(&mut self, position: &Position) -> Result<()> {
+        let _ = position;
+        Ok(())
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,411 @@
+//! Stateless streaming SQL: a query planned once and run on every micro-batch.
+//!
+//! The input stream is registered as `SOURCE_SQL_STREAM_001` and as `source`. Identifiers are
+//! case-sensitive, as written (JSON member names are), while function names are not:
+//! `SELECT UPPER(ticker_symbol) FROM SOURCE_SQL_STREAM_001` works for a member `ticker_symbol`.
+//! Every input row has `ROWTIME`, its arrival time; `SELECT *` includes it only when the query
+//! names `ROWTIME` somewhere.
+//!
+//! Queries that need state across batches — aggregates, window functions, joins, `DISTINCT`,
+//! `ORDER BY`, `LIMIT`, subqueries — are refused with an error saying so.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::common::TableReference;
+
+use crate::format::ROWTIME;
+use crate::{Error, Result};
+
+/// Name under which the input stream is registered.
+pub const SOURCE_STREAM: &str = "SOURCE_SQL_STREAM_001";
+/// Short alias of the input stream.
+pub const SOURCE_ALIAS: &str = "source";
+
+/// Holds the micro-batch the plan reads on its next execution.
+#[derive(Debug)]
+struct BatchSlot {
+    schema: SchemaRef,
+    batch: Mutex<Option<RecordBatch>>,
+}
+
+impl PartitionStream for BatchSlot {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batch = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::iter(batch.map(Ok)),
+        ))
+    }
+}
+
+/// A row the query could not evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowFailure {
+    /// Row index in the input batch.
+    pub row: usize,
+    /// The evaluation error.
+    pub reason: String,
+}
+
+/// Result of running a query on one micro-batch.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// Output rows, in input order.
+    pub batch: RecordBatch,
+    /// Input rows that failed (e.g. a `CAST` of a bad value); all other rows were evaluated.
+    pub failures: Vec<RowFailure>,
+}
+
+/// A stateless SQL query over a stream, planned once and run per micro-batch.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> rivulet::Result<()> {
+/// use std::sync::Arc;
+/// use arrow::array::{Float64Array, RecordBatch, StringArray};
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use rivulet::StreamQuery;
+///
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("sym", DataType::Utf8, true),
+///     Field::new("price", DataType::Float64, true),
+/// ]));
+/// let mut q = StreamQuery::new(
+///     "SELECT LOWER(sym) AS s FROM source WHERE price > 10",
+///     Arc::clone(&schema),
+/// ).await?;
+/// let batch = RecordBatch::try_new(schema, vec![
+///     Arc::new(StringArray::from(vec!["AMZN", "F"])),
+///     Arc::new(Float64Array::from(vec![84.5, 9.0])),
+/// ])?;
+/// let out = q.execute(&batch).await?;
+/// assert_eq!(out.batch.num_rows(), 1);
+/// # Ok(()) }
+/// ```
+pub struct StreamQuery {
+    sql: String,
+    plan: Arc<dyn ExecutionPlan>,
+    slot: Arc<BatchSlot>,
+    task_ctx: Arc<TaskContext>,
+    /// Input columns the table exposes (all but an unreferenced ROWTIME).
+    projection: Option<Vec<usize>>,
+    output_schema: SchemaRef,
+}
+
+impl fmt::Debug for StreamQuery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamQuery")
+            .field("sql", &self.sql)
+            .field("output_schema", &self.output_schema)
+            .finish()
+    }
+}
+
+/// A DataFusion session set up for per-batch stream queries.
+fn session() -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    SessionContext::new_with_config(config)
+}
+
+/// True when `sql` names `ROWTIME` (outside string literals and comments).
+fn mentions_rowtime(sql: &str) -> bool {
+    Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map(|tokens| {
+            tokens
+                .iter()
+                .any(|t| matches!(t, Token::Word(w) if w.value == ROWTIME))
+        })
+        .unwrap_or(true)
+}
+
+/// Refuses plans that need state across micro-batches.
+fn check_stateless(plan: &LogicalPlan) -> Result<()> {
+    let mut problem: Option<&'static str> = None;
+    plan.apply_with_subqueries(|node| {
+        problem = match node {
+            LogicalPlan::Aggregate(_) => Some(
+                "aggregates (GROUP BY, COUNT, SUM, …) over a stream need a window; windowed \
+                 aggregation is not available yet",
+            ),
+            LogicalPlan::Window(_) => Some("window functions (OVER …) over a stream need state"),
+            LogicalPlan::Join(_) => Some("joins over a stream need state"),
+            LogicalPlan::Distinct(_) => Some("DISTINCT over a stream needs state"),
+            LogicalPlan::Sort(_) => Some("ORDER BY over an unbounded stream never completes"),
+            LogicalPlan::Limit(_) => Some("LIMIT over an unbounded stream is not supported"),
+            LogicalPlan::Subquery(_) => Some("subqueries over a stream need state"),
+            LogicalPlan::RecursiveQuery(_) => Some("recursive queries are not supported on streams"),
+            LogicalPlan::Dml(_)
+            | LogicalPlan::Ddl(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+            | LogicalPlan::DescribeTable(_) => Some("only SELECT queries run on a stream"),
+            _ => None,
+        };
+        Ok(if problem.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match problem {
+        Some(why) => Err(Error::Sql(format!("cannot run this query on a stream: {why}"))),
+        None => Ok(()),
+    }
+}
+
+impl StreamQuery {
+    /// Plans `sql` against input batches of `input_schema` (as produced by the decoder, with
+    /// `ROWTIME` last). Fails on invalid SQL or a query that needs state.
+    pub async fn new(sql: &str, input_schema: SchemaRef) -> Result<Self> {
+        let ctx = session();
+        let keep_rowtime = mentions_rowtime(sql);
+        let projection: Option<Vec<usize>> = match input_schema.index_of(ROWTIME) {
+            Ok(i) if !keep_rowtime => Some(
+                (0..input_schema.fields().len())
+                    .filter(|&c| c != i)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let table_schema = match &projection {
+            Some(p) => Arc::new(input_schema.project(p)?),
+            None => Arc::clone(&input_schema),
+        };
+        let slot = Arc::new(BatchSlot {
+            schema: Arc::clone(&table_schema),
+            batch: Mutex::new(None),
+        });
+        let table = Arc::new(StreamingTable::try_new(
+            Arc::clone(&table_schema),
+            vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
+        )?);
+        for name in [SOURCE_STREAM, SOURCE_ALIAS] {
+            ctx.register_table(TableReference::bare(name), Arc::clone(&table) as _)?;
+        }
+        let state = ctx.state();
+        let logical = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| Error::Sql(describe(&e)))?;
+        check_stateless(&logical)?;
+        let plan = state
+            .create_physical_plan(&logical)
+            .await
+            .map_err(|e| Error::Sql(describe(&e)))?;
+        let output_schema = plan.schema();
+        Ok(Self {
+            sql: sql.to_owned(),
+            plan,
+            slot,
+            task_ctx: ctx.task_ctx(),
+            projection,
+            output_schema,
+        })
+    }
+
+    /// Schema of the output rows.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.output_schema
+    }
+
+    /// The SQL text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        *self
+            .slot
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(batch);
+        Ok(datafusion::physical_plan::collect(
+            Arc::clone(&self.plan),
+            Arc::clone(&self.task_ctx),
+        )
+        .await?)
+    }
+
+    /// Runs the query on one micro-batch. When evaluation fails (a bad `CAST`, a function error),
+    /// the batch is split until the failing rows are found: they are reported in
+    /// [`QueryOutput::failures`] and every other row is evaluated.
+    pub async fn execute(&mut self, batch: &RecordBatch) -> Result<QueryOutput> {
+        let input = match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch.clone(),
+        };
+        let mut failures = Vec::new();
+        let mut outputs = Vec::new();
+        let mut ranges = VecDeque::from([(0usize, input.num_rows())]);
+        if input.num_rows() == 0 {
+            ranges.clear();
+        }
+        while let Some((offset, len)) = ranges.pop_front() {
+            match self.run(input.slice(offset, len)).await {
+                Ok(out) => outputs.extend(out),
+                Err(e) if len == 1 => failures.push(RowFailure {
+                    row: offset,
+                    reason: describe_error(&e),
+                }),
+                Err(_) => {
+                    let half = len / 2;
+                    ranges.push_front((offset + half, len - half));
+                    ranges.push_front((offset, half));
+                }
+            }
+        }
+        let batch = match outputs.len() {
+            0 => RecordBatch::new_empty(Arc::clone(&self.output_schema)),
+            1 => outputs.pop().expect("one batch"),
+            _ => arrow::compute::concat_batches(&self.output_schema, &outputs)?,
+        };
+        Ok(QueryOutput { batch, failures })
+    }
+}
+
+fn describe(e: &datafusion::error::DataFusionError) -> String {
+    e.strip_backtrace().to_string()
+}
+
+fn describe_error(e: &Error) -> String {
+    match e {
+        Error::DataFusion(d) => describe(d),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    fn input() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ticker_symbol", DataType::Utf8, true),
+            Field::new("price", DataType::Float64, true),
+            Field::new("qty", DataType::Utf8, true),
+            Field::new(
+                ROWTIME,
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["AMZN", "TSLA", "F", "AAPL"])),
+                Arc::new(Float64Array::from(vec![84.5, 250.0, 9.0, 180.0])),
+                Arc::new(StringArray::from(vec!["10", "x", "3", "4"])),
+                Arc::new(
+                    TimestampMillisecondArray::from(vec![0, 1000, 2000, 3000]).with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn q(sql: &str) -> Result<StreamQuery> {
+        StreamQuery::new(sql, input().schema()).await
+    }
+
+    #[tokio::test]
+    async fn projection_filter_functions_case_and_regex() {
+        let mut query = q("SELECT LOWER(ticker_symbol) AS sym, price * 2 AS double_price, \
+             CASE WHEN price > 100 THEN 'high' ELSE 'low' END AS band, \
+             regexp_replace(ticker_symbol, '[AEIOU]', '_', 'g') AS masked \
+             FROM SOURCE_SQL_STREAM_001 WHERE price > 50")
+            .await
+            .unwrap();
+        let out = query.execute(&input()).await.unwrap();
+        let b = out.batch;
+        assert_eq!(b.num_rows(), 3);
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "amzn");
+        assert_eq!(b.column(2).as_string::<i32>().value(0), "low");
+        assert_eq!(b.column(2).as_string::<i32>().value(1), "high");
+        assert_eq!(b.column(3).as_string::<i32>().value(2), "__PL");
+        // Planned once, run again on another batch.
+        assert_eq!(query.execute(&input()).await.unwrap().batch.num_rows(), 3);
+    }
+
+    #[tokio::test]
+    async fn rowtime_is_hidden_from_star_unless_named() {
+        let mut star = q("SELECT * FROM source").await.unwrap();
+        assert_eq!(star.output_schema().fields().len(), 3);
+        assert_eq!(star.execute(&input()).await.unwrap().batch.num_rows(), 4);
+        let mut named = q("SELECT ticker_symbol, ROWTIME FROM source WHERE ROWTIME >= TIMESTAMP '1970-01-01T00:00:02Z'")
+            .await
+            .unwrap();
+        let out = named.execute(&input()).await.unwrap().batch;
+        assert_eq!(out.num_rows(), 2);
+        assert_eq!(out.schema().field(1).name(), ROWTIME);
+    }
+
+    #[tokio::test]
+    async fn bad_cast_fails_only_its_row() {
+        let mut query = q("SELECT ticker_symbol, CAST(qty AS BIGINT) AS n FROM source")
+            .await
+            .unwrap();
+        let out = query.execute(&input()).await.unwrap();
+        assert_eq!(out.failures.len(), 1);
+        assert_eq!(out.failures[0].row, 1);
+        assert!(out.failures[0].reason.contains("x"), "{}", out.failures[0].reason);
+        let n: &Int64Array = out.batch.column(1).as_primitive();
+        assert_eq!(n.values(), &[10, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn stateful_queries_are_refused() {
+        for (sql, word) in [
+            ("SELECT ticker_symbol, COUNT(*) FROM source GROUP BY ticker_symbol", "aggregates"),
+            ("SELECT SUM(price) FROM source", "aggregates"),
+            ("SELECT a.price FROM source a JOIN source b ON a.ticker_symbol = b.ticker_symbol", "joins"),
+            ("SELECT DISTINCT ticker_symbol FROM source", "DISTINCT"),
+            ("SELECT price, AVG(price) OVER () FROM source", "window"),
+            ("SELECT * FROM source ORDER BY price", "ORDER BY"),
+            ("SELECT * FROM source LIMIT 1", "LIMIT"),
+            ("SELECT * FROM source WHERE price > (SELECT AVG(price) FROM source)", "state"),
+        ] {
+            let err = q(sql).await.unwrap_err().to_string();
+            assert!(err.contains("cannot run this query on a stream"), "{sql}: {err}");
+            assert!(err.contains(word), "{sql}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_column_and_bad_syntax_are_sql_errors() {
+        let err = q("SELECT nope FROM source").await.unwrap_err();
+        assert!(matches!(err, Error::Sql(_)), "{err:?}");
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err = q("SELEC * FROM source").await.unwrap_err();
+        assert!(matches!(err, Error::Sql(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The `rivulet` binary: replay and run.
+
+use std::process::Command;
+
+use crate::support::data;
+
+fn rivulet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rivulet"))
+}
+
+#[test]
+fn replay_to_stdout_gives_the_expected_json_lines() {
+    let out = rivulet()
+        .args(["replay", "--sql"])
+        .arg(data("replay_filter.sql"))
+        .arg("--input")
+        .arg(data("ticker_sample.ndjson"))
+        .args(["--rowtime", "event_time"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let expected = std::fs::read_to_string(data("replay_filter.expected.ndjson")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+    // The line that is not JSON went to the error output (standard error here), not nowhere.
+    assert!(stderr.contains("\"kind\":\"malformed\""), "{stderr}");
+}
+
+#[test]
+fn replay_to_output_dir_writes_one_file_per_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rivulet()
+        .args(["replay", "--sql"])
+        .arg(data("replay_filter.sql"))
+        .arg("--input")
+        .arg(data("ticker_sample.ndjson"))
+        .args(["--rowtime", "event_time", "--output-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let expected = std::fs::read_to_string(data("replay_filter.expected.ndjson")).unwrap();
+    let got = std::fs::read_to_string(dir.path().join("DESTINATION_SQL_STREAM.ndjson")).unwrap();
+    assert_eq!(got, expected);
+    let errors = std::fs::read_to_string(dir.path().join("error_stream.ndjson")).unwrap();
+    assert_eq!(errors.lines().count(), 1);
+    let e: serde_json::Value = serde_json::from_str(errors.trim()).unwrap();
+    assert_eq!(e["kind"], "malformed");
+    assert_eq!(e["raw_data"], "bm90IGpzb24gYXQgYWxs"); // base64 of "not json at all"
+}
+
+#[test]
+fn replay_csv_with_epoch_millisecond_rowtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("q.sql");
+    std::fs::write(&sql, "SELECT ticker_symbol, CAST(price AS DOUBLE) * 2 AS p2, ROWTIME FROM source").unwrap();
+    let out = rivulet()
+        .args(["replay", "--input-format", "csv", "--sql"])
+        .arg(&sql)
+        .arg("--input")
+        .arg(data("ticks.csv"))
+        .args(["--rowtime", "event_ms", "--output-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = std::fs::read_to_string(dir.path().join("DESTINATION_SQL_STREAM.ndjson")).unwrap();
+    assert_eq!(
+        got,
+        "{\"ticker_symbol\":\"AMZN\",\"p2\":169.02,\"ROWTIME\":\"2026-01-01T00:00:00Z\"}\n\
+         {\"ticker_symbol\":\"BRK,B\",\"p2\":801.0,\"ROWTIME\":\"2026-01-01T00:00:01Z\"}\n"
+    );
+    let errors = std::fs::read_to_string(dir.path().join("error_stream.ndjson")).unwrap();
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+}
+
+#[test]
+fn run_with_an_unknown_key_exits_non_zero_naming_it() {
+    let out = rivulet().arg("run").arg(data("bad_key.toml")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rate_per_sec"), "{stderr}");
+}
+
+#[test]
+fn run_with_a_stateful_query_exits_non_zero_naming_query_sql() {
+    let out = rivulet().arg("run").arg(data("bad_sql.toml")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("query.sql"), "{stderr}");
+    assert!(stderr.contains("aggregates"), "{stderr}");
+}
+
+#[test]
+fn run_quickstart_config_writes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml"),
+    )
+    .unwrap()
+    .replace("rate = 2000", "rate = 50000");
+    let cfg = dir.path().join("quickstart.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = rivulet()
+        .arg("run")
+        .arg(&cfg)
+        .args(["--progress-interval", "0.05"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("10000 records in"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let file =
+        std::fs::read_to_string(dir.path().join("quickstart-output/tech-movers.ndjson")).unwrap();
+    assert_eq!(stdout, file);
+    assert!(file.lines().count() > 0);
+    for line in file.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["sector"], "TECHNOLOGY");
+        assert!(v["change"].as_f64().unwrap().abs() > 4.0, "{line}");
+    }
+}

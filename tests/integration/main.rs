@@ -1,0 +1,5 @@
+//! Integration tests of rivulet through its public API and its command line.
+
+mod cli;
+mod pipeline;
+mod support;

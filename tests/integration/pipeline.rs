@@ -1,0 +1,1 @@
+//! Pipelines end to end through the public API.

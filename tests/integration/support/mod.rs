@@ -1,0 +1,12 @@
+//! Shared test helpers.
+
+pub(crate) mod moto;
+
+use std::path::PathBuf;
+
+/// Path of a fixture in `tests/data`.
+pub(crate) fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
