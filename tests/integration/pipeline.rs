@@ -1,1 +1,346 @@
 //! Pipelines end to end through the public API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Float64Type;
+use async_trait::async_trait;
+use bytes::Bytes;
+use rivulet::{
+    BatchSettings, FileSink, GeneratorSource, MemorySink, OutputBatch, Pipeline, Position,
+    Record, Sink, Source, SourceBatch,
+};
+
+/// A finite source of fixed payloads in batches, recording the positions committed to it.
+#[derive(Debug)]
+struct ScriptedSource {
+    batches: std::vec::IntoIter<Vec<&'static str>>,
+    next_offset: u64,
+    commits: Arc<Mutex<Vec<Position>>>,
+}
+
+impl ScriptedSource {
+    fn new(batches: Vec<Vec<&'static str>>) -> (Self, Arc<Mutex<Vec<Position>>>) {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        (
+            Self {
+                batches: batches.into_iter(),
+                next_offset: 0,
+                commits: Arc::clone(&commits),
+            },
+            commits,
+        )
+    }
+}
+
+#[async_trait]
+impl Source for ScriptedSource {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn next_batch(&mut self) -> rivulet::Result<Option<SourceBatch>> {
+        let Some(payloads) = self.batches.next() else {
+            return Ok(None);
+        };
+        let records = payloads
+            .into_iter()
+            .map(|p| {
+                self.next_offset += 1;
+                Record::new(Bytes::from_static(p.as_bytes()), 1_000)
+                    .with_shard_id("shard-0")
+                    .with_sequence_number(self.next_offset.to_string())
+                    .with_partition_key("pk")
+            })
+            .collect();
+        Ok(Some(SourceBatch {
+            records,
+            position: Position::single("shard-0", self.next_offset.to_string()),
+        }))
+    }
+
+    async fn commit(&mut self, position: &Position) -> rivulet::Result<()> {
+        self.commits.lock().unwrap().push(position.clone());
+        Ok(())
+    }
+}
+
+/// A sink that takes its time: each write sleeps.
+#[derive(Debug)]
+struct SlowSink {
+    delay: Duration,
+    rows: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Sink for SlowSink {
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    async fn write(&mut self, batch: OutputBatch) -> rivulet::Result<()> {
+        tokio::time::sleep(self.delay).await;
+        self.rows
+            .fetch_add(batch.data.len() as u64, Ordering::SeqCst);
+        batch.ack.acknowledge();
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> rivulet::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink whose writes fail.
+#[derive(Debug)]
+struct BrokenSink;
+
+#[async_trait]
+impl Sink for BrokenSink {
+    fn name(&self) -> &str {
+        "broken"
+    }
+
+    async fn write(&mut self, _batch: OutputBatch) -> rivulet::Result<()> {
+        Err(std::io::Error::other("disk on fire").into_sink_error())
+    }
+
+    async fn flush(&mut self) -> rivulet::Result<()> {
+        Ok(())
+    }
+}
+
+trait IntoSinkError {
+    fn into_sink_error(self) -> rivulet::Error;
+}
+
+impl IntoSinkError for std::io::Error {
+    fn into_sink_error(self) -> rivulet::Error {
+        rivulet::Error::Io {
+            context: "writing to the broken sink".into(),
+            source: self,
+        }
+    }
+}
+
+#[tokio::test]
+async fn generator_sql_file_sink_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out/expensive.ndjson");
+    let report = Pipeline::builder()
+        .source(
+            GeneratorSource::builder()
+                .with_limit(Some(25_000))
+                .with_start_time_ms(Some(0))
+                .build()
+                .unwrap(),
+        )
+        .sql("SELECT ticker_symbol, price, ROWTIME FROM source WHERE price > 150")
+        .sink(FileSink::builder(&path).build().unwrap())
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    let m = report.metrics;
+    assert_eq!(m.records_in, 25_000);
+    assert_eq!(m.records_error, 0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count() as u64, m.rows_out);
+    assert!(m.rows_out > 0 && m.rows_out < 25_000);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["price"].as_f64().unwrap() > 150.0, "{line}");
+        assert!(v["ROWTIME"].as_str().unwrap().starts_with("1970-01-01T"), "{line}");
+    }
+    assert_eq!(report.committed.get("generator"), Some("25000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_every_accepted_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.ndjson");
+    let pipeline = Pipeline::builder()
+        .source(GeneratorSource::builder().build().unwrap()) // unbounded, as fast as possible
+        .sql("SELECT * FROM source")
+        .sink(FileSink::builder(&path).build().unwrap())
+        .build()
+        .await
+        .unwrap();
+    let handle = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("shutdown completes")
+        .unwrap()
+        .unwrap();
+    let m = report.metrics;
+    assert!(m.records_in > 0);
+    let lines = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+    assert_eq!(m.records_in, lines + m.records_error, "{m:?}");
+    assert_eq!(m.records_error, 0);
+    // Everything accepted was stored, so the committed position covers all of it.
+    assert_eq!(report.committed.get("generator"), Some(m.records_in.to_string().as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_bounds_in_flight_records_when_a_sink_is_slow() {
+    let rows = Arc::new(AtomicU64::new(0));
+    let settings = BatchSettings {
+        max_rows: 500,
+        max_latency: Duration::from_millis(50),
+        sink_queue: 2,
+    };
+    let pipeline = Pipeline::builder()
+        .source(GeneratorSource::builder().build().unwrap())
+        .sql("SELECT ticker_symbol FROM source")
+        .sink(SlowSink {
+            delay: Duration::from_millis(20),
+            rows: Arc::clone(&rows),
+        })
+        .batch_settings(settings)
+        .build()
+        .await
+        .unwrap();
+    let metrics = pipeline.metrics();
+    let handle = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+    // Generator chunks are at most 4,096 records: two queued, one being cut into micro-batches,
+    // plus the sink queue and the batch the sink holds.
+    let bound = 3 * 4096 + (settings.sink_queue as u64 + 2) * settings.max_rows as u64;
+    let mut max_seen = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let read = metrics.snapshot().records_in;
+        let stored = rows.load(Ordering::SeqCst);
+        max_seen = max_seen.max(read.saturating_sub(stored));
+    }
+    handle.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert!(
+        max_seen <= bound,
+        "{max_seen} records in flight, more than the bound {bound}"
+    );
+    // The slow sink stored far fewer than an unthrottled generator would make in a second.
+    assert!(report.metrics.records_in < 200_000, "{:?}", report.metrics);
+    assert_eq!(report.metrics.records_in, rows.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn bad_records_reach_the_error_output_and_good_ones_are_kept() {
+    let (source, commits) = ScriptedSource::new(vec![
+        vec![
+            r#"{"sym":"A","px":1.5}"#,
+            r#"{"sym":"B","px":"#,
+            r#"{"sym":"C","px":3.5}"#,
+        ],
+        vec![r#"{"sym":"D","px":"high"}"#, r#"{"sym":"E","px":5.5}"#],
+    ]);
+    let out = MemorySink::new();
+    let out_rows = out.handle();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    let report = Pipeline::builder()
+        .source(source)
+        .columns(vec![
+            rivulet::Column::new("sym", arrow::datatypes::DataType::Utf8),
+            rivulet::Column::new("px", arrow::datatypes::DataType::Float64),
+        ])
+        .sql("SELECT sym, px FROM source")
+        .sink(out)
+        .error_output(errors)
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    let m = report.metrics;
+    assert_eq!((m.records_in, m.rows_out, m.records_error), (5, 3, 2));
+    let good: Vec<f64> = out_rows
+        .batches()
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(good, vec![1.5, 3.5, 5.5]);
+    let errs = error_rows.batches();
+    let errs = arrow::compute::concat_batches(&errs[0].schema(), &errs).unwrap();
+    let kinds: Vec<&str> = errs.column(2).as_string::<i32>().iter().flatten().collect();
+    assert_eq!(kinds, vec!["malformed", "malformed"]);
+    let seqs: Vec<&str> = errs.column(7).as_string::<i32>().iter().flatten().collect();
+    assert_eq!(seqs, vec!["2", "4"]);
+    assert!(errs.column(3).as_string::<i32>().value(0).contains("JSON"));
+    // Acknowledgements drove the commits, in order, up to the last record.
+    let commits = commits.lock().unwrap();
+    assert_eq!(commits.last().unwrap().get("shard-0"), Some("5"));
+    let offsets: Vec<u64> = commits
+        .iter()
+        .map(|p| p.get("shard-0").unwrap().parse().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+}
+
+#[tokio::test]
+async fn a_failing_sink_stops_the_pipeline_without_committing() {
+    let (source, commits) = ScriptedSource::new(vec![vec![r#"{"a":1}"#], vec![r#"{"a":2}"#]]);
+    let err = Pipeline::builder()
+        .source(source)
+        .sink(BrokenSink)
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    assert!(
+        commits.lock().unwrap().is_empty(),
+        "nothing was stored, so nothing may be committed"
+    );
+}
+
+#[tokio::test]
+async fn inferred_schema_sample_records_are_processed_too() {
+    let (source, _) = ScriptedSource::new(vec![
+        vec![r#"{"n":1,"s":"x"}"#, r#"{"n":2,"s":"y"}"#],
+        vec![r#"{"n":3,"s":"z"}"#],
+    ]);
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let report = Pipeline::builder()
+        .source(source)
+        .infer_sample(2)
+        .sql("SELECT n * 10 AS n10 FROM source")
+        .sink(out)
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.metrics.records_in, 3);
+    assert_eq!(rows.num_rows(), 3);
+}
+
+#[tokio::test]
+async fn a_stateful_query_is_refused_at_build() {
+    let err = Pipeline::builder()
+        .source(GeneratorSource::builder().with_limit(Some(1)).build().unwrap())
+        .sql("SELECT sector, AVG(price) FROM source GROUP BY sector")
+        .sink(MemorySink::new())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, rivulet::Error::Sql(_)), "{err:?}");
+    assert!(err.to_string().contains("need a window"), "{err}");
+}
