@@ -209,12 +209,29 @@ mod tests {
         t.register(1, Position::single("s", "20"));
         t.register(2, Position::single("s", "30"));
         // Batch 1 finishes first: nothing is committable while batch 0 is outstanding.
-        assert_eq!(t.on_event(AckEvent { seq: 1, failed: false }), None);
-        let p = t.on_event(AckEvent { seq: 0, failed: false }).unwrap();
+        assert_eq!(
+            t.on_event(AckEvent {
+                seq: 1,
+                failed: false
+            }),
+            None
+        );
+        let p = t
+            .on_event(AckEvent {
+                seq: 0,
+                failed: false,
+            })
+            .unwrap();
         assert_eq!(p.get("s"), Some("20"));
         assert_eq!(t.outstanding(), 1);
         // A failed batch blocks the position for good.
-        assert_eq!(t.on_event(AckEvent { seq: 2, failed: true }), None);
+        assert_eq!(
+            t.on_event(AckEvent {
+                seq: 2,
+                failed: true
+            }),
+            None
+        );
         assert_eq!(t.failed(), &[2]);
     }
 }

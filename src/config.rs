@@ -398,7 +398,10 @@ impl PipelineConfig {
                     ("format.header", self.format.header),
                 ] {
                     if set {
-                        return Err(Error::config(key, "applies to CSV only; set format.type = \"csv\""));
+                        return Err(Error::config(
+                            key,
+                            "applies to CSV only; set format.type = \"csv\"",
+                        ));
                     }
                 }
                 RecordFormat::Json
@@ -428,8 +431,9 @@ impl PipelineConfig {
         cols.iter()
             .enumerate()
             .map(|(i, c)| {
-                let data_type = parse_sql_type(&c.sql_type)
-                    .map_err(|e| Error::config(format!("format.columns[{i}].type"), e.to_string()))?;
+                let data_type = parse_sql_type(&c.sql_type).map_err(|e| {
+                    Error::config(format!("format.columns[{i}].type"), e.to_string())
+                })?;
                 let mut col = Column::new(&c.name, data_type);
                 if let Some(p) = &c.path {
                     if matches!(self.format.kind, FormatKind::Csv) {
@@ -570,7 +574,10 @@ fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
             return Err(Error::config(format!("{key}.path"), "is empty"));
         }
         if *roll_bytes == Some(0) {
-            return Err(Error::config(format!("{key}.roll_bytes"), "must be greater than 0"));
+            return Err(Error::config(
+                format!("{key}.roll_bytes"),
+                "must be greater than 0",
+            ));
         }
         if *roll_interval_secs == Some(0) {
             return Err(Error::config(
@@ -594,8 +601,17 @@ mod tests {
 
     #[test]
     fn minimal_generator_config() {
-        let c = parse(&format!("[source]\ntype = \"generator\"\nlimit = 10\n{SINK}")).unwrap();
-        assert!(matches!(c.source, SourceConfig::Generator { limit: Some(10), .. }));
+        let c = parse(&format!(
+            "[source]\ntype = \"generator\"\nlimit = 10\n{SINK}"
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.source,
+            SourceConfig::Generator {
+                limit: Some(10),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -620,7 +636,9 @@ mod tests {
             let err = parse(&format!("{text}{SINK}")).unwrap_err().to_string();
             assert!(err.contains(key), "expected `{key}` in: {err}");
         }
-        let err = parse("[source]\ntype = \"generator\"\n").unwrap_err().to_string();
+        let err = parse("[source]\ntype = \"generator\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sinks"), "{err}");
         let err = parse(&format!(
             "[source]\ntype = \"generator\"\n{SINK}\n[[sinks]]\ntype = \"file\"\npath = \"x\"\nroll_bytes = 0\n"

@@ -47,16 +47,15 @@ pub use config::{PipelineConfig, ReplayOptions};
 pub use error::{Error, Result};
 pub use format::{
     infer_schema, parse_sql_type, Column, CsvOptions, DecodeFailure, DecodeOutput, Encoder,
-    FailureKind, JsonPath, DEFAULT_MAX_RECORD_BYTES, OutputFormat, RecordDecoder, RecordDecoderBuilder, RecordFormat,
-    ROWTIME,
+    FailureKind, JsonPath, OutputFormat, RecordDecoder, RecordDecoderBuilder, RecordFormat,
+    DEFAULT_MAX_RECORD_BYTES, ROWTIME,
 };
 pub use metrics::{MetricsSnapshot, PipelineMetrics};
 pub use pipeline::{BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle};
 pub use record::{Position, Record, RecordId};
 pub use sink::{
-    error_schema, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink,
-    MemorySinkHandle, NullSink, OutputBatch, OutputData, Sink, StdoutSink, DESTINATION_STREAM,
-    ERROR_STREAM,
+    error_schema, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink, MemorySinkHandle,
+    NullSink, OutputBatch, OutputData, Sink, StdoutSink, DESTINATION_STREAM, ERROR_STREAM,
 };
 pub use source::{
     FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,

@@ -25,7 +25,9 @@ use crate::ack::{Ack, AckTracker, TrackerMsg};
 use crate::format::{infer_schema, Column, RecordDecoder, RecordFormat};
 use crate::metrics::{MetricsSnapshot, PipelineMetrics};
 use crate::record::{Position, Record};
-use crate::sink::{ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM};
+use crate::sink::{
+    ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
+};
 use crate::source::{now_ms, Source, SourceBatch};
 use crate::sql::StreamQuery;
 use crate::{Error, Result};
@@ -120,7 +122,10 @@ impl fmt::Debug for Pipeline {
         f.debug_struct("Pipeline")
             .field("source", &self.source.name())
             .field("sql", &self.query.sql())
-            .field("sinks", &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>())
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
             .field("batch", &self.batch)
             .finish()
     }
@@ -209,7 +214,11 @@ impl Pipeline {
             tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
         }
         let (error_tx, error_rx) = mpsc::channel(batch.sink_queue.max(1));
-        tasks.spawn(run_sink(error_sink, error_rx, Arc::new(PipelineMetrics::default())));
+        tasks.spawn(run_sink(
+            error_sink,
+            error_rx,
+            Arc::new(PipelineMetrics::default()),
+        ));
 
         tasks.spawn(run_processing(Processing {
             chunks: chunk_rx,
@@ -246,7 +255,8 @@ impl Pipeline {
                 }
                 Err(join) => {
                     if first_error.is_none() {
-                        first_error = Some(Error::Pipeline(format!("a pipeline task panicked: {join}")));
+                        first_error =
+                            Some(Error::Pipeline(format!("a pipeline task panicked: {join}")));
                         shutdown_tx.send_replace(true);
                     }
                 }
@@ -407,9 +417,9 @@ impl PipelineBuilder {
             decoder,
             query,
             sinks: self.sinks,
-            error_sink: self.error_sink.unwrap_or_else(|| {
-                Box::new(crate::sink::StdoutSink::stderr(Default::default()))
-            }),
+            error_sink: self
+                .error_sink
+                .unwrap_or_else(|| Box::new(crate::sink::StdoutSink::stderr(Default::default()))),
             batch: self.batch,
             metrics: Arc::new(PipelineMetrics::default()),
             shutdown_tx: Arc::new(shutdown_tx),
@@ -548,8 +558,11 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
             }
         }
         if flush && (!pending.is_empty() || !pending_pos.is_empty()) {
-            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos))
-                .await?;
+            p.process(
+                std::mem::take(&mut pending),
+                std::mem::take(&mut pending_pos),
+            )
+            .await?;
             deadline = None;
         }
     }

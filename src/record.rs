@@ -23,7 +23,11 @@ pub struct RecordId {
 
 impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.partition, self.sequence, self.sub_sequence)
+        write!(
+            f,
+            "{}/{}/{}",
+            self.partition, self.sequence, self.sub_sequence
+        )
     }
 }
 

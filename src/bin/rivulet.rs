@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rivulet::{Error, Pipeline, PipelineConfig, PipelineMetrics, ReplayOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "rivulet", version, about = "Streaming SQL over AWS data streams, files and generated data")]
+#[command(
+    name = "rivulet",
+    version,
+    about = "Streaming SQL over AWS data streams, files and generated data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +79,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             match e {
-                Error::Config { .. } | Error::ConfigParse { .. } | Error::Sql(_) => ExitCode::from(2),
+                Error::Config { .. } | Error::ConfigParse { .. } | Error::Sql(_) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -90,7 +96,8 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
         } => {
             let config = PipelineConfig::from_file(&pipeline)?;
             let p = config.build().await?;
-            let interval = (progress_interval > 0.0).then(|| Duration::from_secs_f64(progress_interval));
+            let interval =
+                (progress_interval > 0.0).then(|| Duration::from_secs_f64(progress_interval));
             drive(p, interval).await
         }
         Command::Replay {

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray,
+};
 use arrow::buffer::NullBuffer;
 use arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -73,7 +75,7 @@ enum Layout {
 
 enum Inner {
     Json(arrow::json::reader::Decoder),
-    Csv(arrow::csv::reader::Decoder),
+    Csv(Box<arrow::csv::reader::Decoder>),
 }
 
 impl fmt::Debug for Inner {
@@ -171,7 +173,9 @@ impl RecordDecoder {
                     .build_decoder()
                     .expect("a JSON decoder builds for any schema accepted by the builder"),
             ),
-            RecordFormat::Csv(opts) => Inner::Csv(csv_builder(schema, opts, batch_size).build_decoder()),
+            RecordFormat::Csv(opts) => Inner::Csv(Box::new(
+                csv_builder(schema, opts, batch_size).build_decoder(),
+            )),
         }
     }
 
@@ -297,7 +301,9 @@ impl RecordDecoder {
                         .zip(times.iter())
                         .filter_map(|(&i, t)| t.map(|_| i))
                         .collect();
-                    arrow::compute::filter(&times, &keep)?.as_primitive().clone()
+                    arrow::compute::filter(&times, &keep)?
+                        .as_primitive()
+                        .clone()
                 } else {
                     times
                 }
@@ -335,7 +341,9 @@ impl RecordDecoder {
                         (RecordFormat::Json, n) => {
                             format!("record holds {n} JSON values; expected one object")
                         }
-                        (RecordFormat::Csv(_), n) => format!("record holds {n} CSV rows; expected one"),
+                        (RecordFormat::Csv(_), n) => {
+                            format!("record holds {n} CSV rows; expected one")
+                        }
                     },
                 }),
                 Err(e) => {
@@ -378,7 +386,12 @@ impl RecordDecoder {
 
 fn strip_arrow_prefix(e: &ArrowError) -> String {
     let s = e.to_string();
-    for prefix in ["Json error: ", "Parser error: ", "Csv error: ", "Invalid argument error: "] {
+    for prefix in [
+        "Json error: ",
+        "Parser error: ",
+        "Csv error: ",
+        "Invalid argument error: ",
+    ] {
         if let Some(rest) = s.strip_prefix(prefix) {
             return rest.to_owned();
         }
@@ -493,7 +506,10 @@ impl RecordDecoderBuilder {
                 )));
             }
             if self.columns[..i].iter().any(|o| o.name == c.name) {
-                return Err(Error::Format(format!("column `{}` is defined twice", c.name)));
+                return Err(Error::Format(format!(
+                    "column `{}` is defined twice",
+                    c.name
+                )));
             }
             if c.path.is_some() && matches!(self.format, RecordFormat::Csv(_)) {
                 return Err(Error::Format(format!(
@@ -630,9 +646,9 @@ fn json_layout(columns: &[Column]) -> Result<(SchemaRef, Layout)> {
                 match &node.leaf {
                     Some((t, owner)) if t != &c.data_type => {
                         return Err(Error::Format(format!(
-                            "columns `{owner}` and `{}` read {path} with different types ({t} and {})",
-                            c.name, c.data_type
-                        )))
+                        "columns `{owner}` and `{}` read {path} with different types ({t} and {})",
+                        c.name, c.data_type
+                    )))
                     }
                     Some(_) => {}
                     None => node.leaf = Some((c.data_type.clone(), c.name.clone())),
@@ -641,10 +657,17 @@ fn json_layout(columns: &[Column]) -> Result<(SchemaRef, Layout)> {
         }
         paths.push(indexes);
     }
-    let flat = paths.iter().enumerate().all(|(i, p)| p.len() == 1 && p[0] == i)
+    let flat = paths
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.len() == 1 && p[0] == i)
         && root.children.len() == columns.len();
     let schema = Arc::new(Schema::new(root.fields()));
-    let layout = if flat { Layout::Flat } else { Layout::Nested(paths) };
+    let layout = if flat {
+        Layout::Flat
+    } else {
+        Layout::Nested(paths)
+    };
     Ok((schema, layout))
 }
 
@@ -680,14 +703,19 @@ mod tests {
     fn valid_json_with_rowtime_from_arrival() {
         let mut d = json(ab());
         let out = d
-            .decode(&recs(&[br#"{"a":1,"b":"x"}"#, br#"{"b":"y","a":2,"extra":true}"#]))
+            .decode(&recs(&[
+                br#"{"a":1,"b":"x"}"#,
+                br#"{"b":"y","a":2,"extra":true}"#,
+            ]))
             .unwrap();
         assert!(out.failures.is_empty());
         let b = &out.batch;
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.column(0).as_primitive::<Int64Type>().values(), &[1, 2]);
         assert_eq!(b.schema().field(2).name(), ROWTIME);
-        let rt = b.column(2).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let rt = b
+            .column(2)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
         assert_eq!(rt.values(), &[1000, 1001]);
     }
 
@@ -696,11 +724,11 @@ mod tests {
         let mut d = json(ab());
         let input = recs(&[
             br#"{"a":1,"b":"x"}"#,
-            br#"{"a":"#,                  // truncated
-            br#"{"a":"not a number"}"#,   // wrong type
+            br#"{"a":"#,                     // truncated
+            br#"{"a":"not a number"}"#,      // wrong type
             b"{\"a\":3,\"b\":\"\xff\xfe\"}", // not UTF-8
-            br#"{"a":4}{"a":5}"#,        // two values in one record
-            b"   ",                      // nothing
+            br#"{"a":4}{"a":5}"#,            // two values in one record
+            b"   ",                          // nothing
             br#"{"a":6,"b":"z"}"#,
         ]);
         let out = d.decode(&input).unwrap();
@@ -712,9 +740,20 @@ mod tests {
         );
         let failed: Vec<usize> = out.failures.iter().map(|f| f.index).collect();
         assert_eq!(failed, vec![1, 2, 3, 4, 5]);
-        assert!(out.failures.iter().all(|f| f.kind == FailureKind::Malformed));
-        assert!(out.failures[4].reason.contains("no JSON value"), "{:?}", out.failures[4]);
-        assert!(out.failures[3].reason.contains("2 JSON values"), "{:?}", out.failures[3]);
+        assert!(out
+            .failures
+            .iter()
+            .all(|f| f.kind == FailureKind::Malformed));
+        assert!(
+            out.failures[4].reason.contains("no JSON value"),
+            "{:?}",
+            out.failures[4]
+        );
+        assert!(
+            out.failures[3].reason.contains("2 JSON values"),
+            "{:?}",
+            out.failures[3]
+        );
         // The decoder is healthy afterwards.
         let again = d.decode(&recs(&[br#"{"a":7}"#])).unwrap();
         assert_eq!(again.batch.num_rows(), 1);
@@ -726,7 +765,10 @@ mod tests {
         let mut d = json(ab());
         let out = d.decode(&recs(&[big.as_bytes()])).unwrap();
         assert_eq!(out.batch.num_rows(), 1);
-        assert_eq!(out.batch.column(1).as_string::<i32>().value(0).len(), 1_500_000);
+        assert_eq!(
+            out.batch.column(1).as_string::<i32>().value(0).len(),
+            1_500_000
+        );
 
         let mut small = RecordDecoder::builder(RecordFormat::Json)
             .with_columns(ab())
@@ -745,7 +787,8 @@ mod tests {
         let mut d = json(vec![
             Column::new("sym", DataType::Utf8).with_path("$.q.sym".parse().unwrap()),
             Column::new("px", DataType::Float64).with_path("$.q.px".parse().unwrap()),
-            Column::new("venue", DataType::Utf8).with_path("$['meta']['venue name']".parse().unwrap()),
+            Column::new("venue", DataType::Utf8)
+                .with_path("$['meta']['venue name']".parse().unwrap()),
             Column::new("id", DataType::Int64),
         ]);
         let out = d
@@ -757,7 +800,12 @@ mod tests {
             .unwrap();
         assert!(out.failures.is_empty(), "{:?}", out.failures);
         let b = out.batch;
-        let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<_> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         assert_eq!(names, ["sym", "px", "venue", "id", "ROWTIME"]);
         let sym = b.column(0).as_string::<i32>();
         assert_eq!(sym.value(0), "A");

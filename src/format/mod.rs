@@ -8,7 +8,10 @@ mod decode;
 mod encode;
 mod schema;
 
-pub use decode::{DecodeFailure, DEFAULT_MAX_RECORD_BYTES, DecodeOutput, FailureKind, RecordDecoder, RecordDecoderBuilder};
+pub use decode::{
+    DecodeFailure, DecodeOutput, FailureKind, RecordDecoder, RecordDecoderBuilder,
+    DEFAULT_MAX_RECORD_BYTES,
+};
 pub use encode::{Encoder, OutputFormat};
 pub use schema::{infer_schema, parse_sql_type, Column, JsonPath};
 

@@ -149,7 +149,9 @@ pub fn parse_sql_type(name: &str) -> Result<DataType> {
     let trimmed = name.trim();
     let upper = trimmed.to_ascii_uppercase();
     let (base, args) = match upper.find('(') {
-        Some(i) if upper.ends_with(')') => (upper[..i].trim(), Some(&upper[i + 1..upper.len() - 1])),
+        Some(i) if upper.ends_with(')') => {
+            (upper[..i].trim(), Some(&upper[i + 1..upper.len() - 1]))
+        }
         _ => (upper.as_str(), None),
     };
     let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));

@@ -270,7 +270,11 @@ mod tests {
     fn records(n: usize) -> OutputBatch {
         OutputBatch {
             stream: "s".into(),
-            data: OutputData::Encoded((0..n).map(|i| Bytes::from(format!("{{\"i\":{i}}}"))).collect()),
+            data: OutputData::Encoded(
+                (0..n)
+                    .map(|i| Bytes::from(format!("{{\"i\":{i}}}")))
+                    .collect(),
+            ),
             ack: Ack::untracked(),
         }
     }
@@ -280,7 +284,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/out.ndjson");
         for truncate in [false, false, true] {
-            let mut s = FileSink::builder(&p).with_truncate(truncate).build().unwrap();
+            let mut s = FileSink::builder(&p)
+                .with_truncate(truncate)
+                .build()
+                .unwrap();
             s.write(records(2)).await.unwrap();
             s.flush().await.unwrap();
         }
@@ -316,11 +323,16 @@ mod tests {
     async fn acknowledges_only_after_writing() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let dir = tempfile::tempdir().unwrap();
-        let mut s = FileSink::builder(dir.path().join("o.ndjson")).build().unwrap();
+        let mut s = FileSink::builder(dir.path().join("o.ndjson"))
+            .build()
+            .unwrap();
         let mut b = records(1);
         b.ack = Ack::new(3, Some(tx));
         s.write(b).await.unwrap();
-        assert!(rx.try_recv().is_err(), "acknowledged before the data was written");
+        assert!(
+            rx.try_recv().is_err(),
+            "acknowledged before the data was written"
+        );
         s.flush().await.unwrap();
         match rx.try_recv().unwrap() {
             crate::ack::TrackerMsg::Done(ev) => assert_eq!((ev.seq, ev.failed), (3, false)),

@@ -17,6 +17,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::TableReference;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -25,7 +26,6 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use datafusion::common::TableReference;
 
 use crate::format::ROWTIME;
 use crate::{Error, Result};
@@ -159,7 +159,9 @@ fn check_stateless(plan: &LogicalPlan) -> Result<()> {
             LogicalPlan::Sort(_) => Some("ORDER BY over an unbounded stream never completes"),
             LogicalPlan::Limit(_) => Some("LIMIT over an unbounded stream is not supported"),
             LogicalPlan::Subquery(_) => Some("subqueries over a stream need state"),
-            LogicalPlan::RecursiveQuery(_) => Some("recursive queries are not supported on streams"),
+            LogicalPlan::RecursiveQuery(_) => {
+                Some("recursive queries are not supported on streams")
+            }
             LogicalPlan::Dml(_)
             | LogicalPlan::Ddl(_)
             | LogicalPlan::Copy(_)
@@ -176,7 +178,9 @@ fn check_stateless(plan: &LogicalPlan) -> Result<()> {
         })
     })?;
     match problem {
-        Some(why) => Err(Error::Sql(format!("cannot run this query on a stream: {why}"))),
+        Some(why) => Err(Error::Sql(format!(
+            "cannot run this query on a stream: {why}"
+        ))),
         None => Ok(()),
     }
 }
@@ -247,11 +251,10 @@ impl StreamQuery {
             .batch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(batch);
-        Ok(datafusion::physical_plan::collect(
-            Arc::clone(&self.plan),
-            Arc::clone(&self.task_ctx),
+        Ok(
+            datafusion::physical_plan::collect(Arc::clone(&self.plan), Arc::clone(&self.task_ctx))
+                .await?,
         )
-        .await?)
     }
 
     /// Runs the query on one micro-batch. When evaluation fails (a bad `CAST`, a function error),
@@ -339,12 +342,14 @@ mod tests {
 
     #[tokio::test]
     async fn projection_filter_functions_case_and_regex() {
-        let mut query = q("SELECT LOWER(ticker_symbol) AS sym, price * 2 AS double_price, \
+        let mut query = q(
+            "SELECT LOWER(ticker_symbol) AS sym, price * 2 AS double_price, \
              CASE WHEN price > 100 THEN 'high' ELSE 'low' END AS band, \
              regexp_replace(ticker_symbol, '[AEIOU]', '_', 'g') AS masked \
-             FROM SOURCE_SQL_STREAM_001 WHERE price > 50")
-            .await
-            .unwrap();
+             FROM SOURCE_SQL_STREAM_001 WHERE price > 50",
+        )
+        .await
+        .unwrap();
         let out = query.execute(&input()).await.unwrap();
         let b = out.batch;
         assert_eq!(b.num_rows(), 3);
@@ -377,7 +382,11 @@ mod tests {
         let out = query.execute(&input()).await.unwrap();
         assert_eq!(out.failures.len(), 1);
         assert_eq!(out.failures[0].row, 1);
-        assert!(out.failures[0].reason.contains("x"), "{}", out.failures[0].reason);
+        assert!(
+            out.failures[0].reason.contains("x"),
+            "{}",
+            out.failures[0].reason
+        );
         let n: &Int64Array = out.batch.column(1).as_primitive();
         assert_eq!(n.values(), &[10, 3, 4]);
     }
@@ -385,17 +394,29 @@ mod tests {
     #[tokio::test]
     async fn stateful_queries_are_refused() {
         for (sql, word) in [
-            ("SELECT ticker_symbol, COUNT(*) FROM source GROUP BY ticker_symbol", "aggregates"),
+            (
+                "SELECT ticker_symbol, COUNT(*) FROM source GROUP BY ticker_symbol",
+                "aggregates",
+            ),
             ("SELECT SUM(price) FROM source", "aggregates"),
-            ("SELECT a.price FROM source a JOIN source b ON a.ticker_symbol = b.ticker_symbol", "joins"),
+            (
+                "SELECT a.price FROM source a JOIN source b ON a.ticker_symbol = b.ticker_symbol",
+                "joins",
+            ),
             ("SELECT DISTINCT ticker_symbol FROM source", "DISTINCT"),
             ("SELECT price, AVG(price) OVER () FROM source", "window"),
             ("SELECT * FROM source ORDER BY price", "ORDER BY"),
             ("SELECT * FROM source LIMIT 1", "LIMIT"),
-            ("SELECT * FROM source WHERE price > (SELECT AVG(price) FROM source)", "state"),
+            (
+                "SELECT * FROM source WHERE price > (SELECT AVG(price) FROM source)",
+                "state",
+            ),
         ] {
             let err = q(sql).await.unwrap_err().to_string();
-            assert!(err.contains("cannot run this query on a stream"), "{sql}: {err}");
+            assert!(
+                err.contains("cannot run this query on a stream"),
+                "{sql}: {err}"
+            );
             assert!(err.contains(word), "{sql}: {err}");
         }
     }

@@ -38,7 +38,11 @@ fn replay_to_output_dir_writes_one_file_per_stream() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     let expected = std::fs::read_to_string(data("replay_filter.expected.ndjson")).unwrap();
     let got = std::fs::read_to_string(dir.path().join("DESTINATION_SQL_STREAM.ndjson")).unwrap();
@@ -54,7 +58,11 @@ fn replay_to_output_dir_writes_one_file_per_stream() {
 fn replay_csv_with_epoch_millisecond_rowtime() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("q.sql");
-    std::fs::write(&sql, "SELECT ticker_symbol, CAST(price AS DOUBLE) * 2 AS p2, ROWTIME FROM source").unwrap();
+    std::fs::write(
+        &sql,
+        "SELECT ticker_symbol, CAST(price AS DOUBLE) * 2 AS p2, ROWTIME FROM source",
+    )
+    .unwrap();
     let out = rivulet()
         .args(["replay", "--input-format", "csv", "--sql"])
         .arg(&sql)
@@ -64,7 +72,11 @@ fn replay_csv_with_epoch_millisecond_rowtime() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = std::fs::read_to_string(dir.path().join("DESTINATION_SQL_STREAM.ndjson")).unwrap();
     assert_eq!(
         got,
@@ -77,7 +89,11 @@ fn replay_csv_with_epoch_millisecond_rowtime() {
 
 #[test]
 fn run_with_an_unknown_key_exits_non_zero_naming_it() {
-    let out = rivulet().arg("run").arg(data("bad_key.toml")).output().unwrap();
+    let out = rivulet()
+        .arg("run")
+        .arg(data("bad_key.toml"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rate_per_sec"), "{stderr}");
@@ -85,7 +101,11 @@ fn run_with_an_unknown_key_exits_non_zero_naming_it() {
 
 #[test]
 fn run_with_a_stateful_query_exits_non_zero_naming_query_sql() {
-    let out = rivulet().arg("run").arg(data("bad_sql.toml")).output().unwrap();
+    let out = rivulet()
+        .arg("run")
+        .arg(data("bad_sql.toml"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("query.sql"), "{stderr}");

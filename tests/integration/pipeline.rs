@@ -9,8 +9,8 @@ use arrow::datatypes::Float64Type;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rivulet::{
-    BatchSettings, FileSink, GeneratorSource, MemorySink, OutputBatch, Pipeline, Position,
-    Record, Sink, Source, SourceBatch,
+    BatchSettings, FileSink, GeneratorSource, MemorySink, OutputBatch, Pipeline, Position, Record,
+    Sink, Source, SourceBatch,
 };
 
 /// A finite source of fixed payloads in batches, recording the positions committed to it.
@@ -154,7 +154,10 @@ async fn generator_sql_file_sink_end_to_end() {
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["price"].as_f64().unwrap() > 150.0, "{line}");
-        assert!(v["ROWTIME"].as_str().unwrap().starts_with("1970-01-01T"), "{line}");
+        assert!(
+            v["ROWTIME"].as_str().unwrap().starts_with("1970-01-01T"),
+            "{line}"
+        );
     }
     assert_eq!(report.committed.get("generator"), Some("25000"));
 }
@@ -185,7 +188,10 @@ async fn shutdown_flushes_every_accepted_record() {
     assert_eq!(m.records_in, lines + m.records_error, "{m:?}");
     assert_eq!(m.records_error, 0);
     // Everything accepted was stored, so the committed position covers all of it.
-    assert_eq!(report.committed.get("generator"), Some(m.records_in.to_string().as_str()));
+    assert_eq!(
+        report.committed.get("generator"),
+        Some(m.records_in.to_string().as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,12 +271,7 @@ async fn bad_records_reach_the_error_output_and_good_ones_are_kept() {
     let good: Vec<f64> = out_rows
         .batches()
         .iter()
-        .flat_map(|b| {
-            b.column(1)
-                .as_primitive::<Float64Type>()
-                .values()
-                .to_vec()
-        })
+        .flat_map(|b| b.column(1).as_primitive::<Float64Type>().values().to_vec())
         .collect();
     assert_eq!(good, vec![1.5, 3.5, 5.5]);
     let errs = error_rows.batches();
@@ -335,7 +336,12 @@ async fn inferred_schema_sample_records_are_processed_too() {
 #[tokio::test]
 async fn a_stateful_query_is_refused_at_build() {
     let err = Pipeline::builder()
-        .source(GeneratorSource::builder().with_limit(Some(1)).build().unwrap())
+        .source(
+            GeneratorSource::builder()
+                .with_limit(Some(1))
+                .build()
+                .unwrap(),
+        )
         .sql("SELECT sector, AVG(price) FROM source GROUP BY sector")
         .sink(MemorySink::new())
         .build()

@@ -72,7 +72,10 @@ impl MotoServer {
         let server = MotoServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_status(port, "GET", "/moto-api/").is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(server)
