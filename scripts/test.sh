@@ -36,3 +36,6 @@ cargo clippy --all-targets --all-features -- -D warnings
 
 step "cargo test --all-features"
 cargo test --all-features
+
+step "cargo run --example quickstart (the library quickstart checks its own result)"
+cargo run --quiet --all-features --example quickstart

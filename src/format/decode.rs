@@ -75,14 +75,15 @@ enum Layout {
 
 enum Inner {
     Json(arrow::json::reader::Decoder),
-    Csv(Box<arrow::csv::reader::Decoder>),
+    /// The decoder and its batch size.
+    Csv(Box<arrow::csv::reader::Decoder>, usize),
 }
 
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Json(_) => f.write_str("Json"),
-            Self::Csv(_) => f.write_str("Csv"),
+            Self::Csv(..) => f.write_str("Csv"),
         }
     }
 }
@@ -91,14 +92,31 @@ impl Inner {
     fn decode(&mut self, buf: &[u8]) -> std::result::Result<usize, ArrowError> {
         match self {
             Self::Json(d) => d.decode(buf),
-            Self::Csv(d) => d.decode(buf),
+            Self::Csv(d, _) => d.decode(buf),
         }
     }
 
     fn flush(&mut self) -> std::result::Result<Option<RecordBatch>, ArrowError> {
         match self {
             Self::Json(d) => d.flush(),
-            Self::Csv(d) => d.flush(),
+            Self::Csv(d, _) => d.flush(),
+        }
+    }
+
+    /// Rows buffered since the last flush (for JSON, including one being decoded).
+    fn buffered(&self) -> usize {
+        match self {
+            Self::Json(d) => d.len(),
+            Self::Csv(d, batch_size) => batch_size - d.capacity(),
+        }
+    }
+
+    /// True while a JSON value is open.
+    fn has_partial(&self) -> bool {
+        match self {
+            Self::Json(d) => d.has_partial_record(),
+            // A CSV row that is not finished is not counted by `buffered`.
+            Self::Csv(..) => false,
         }
     }
 }
@@ -170,12 +188,15 @@ impl RecordDecoder {
             RecordFormat::Json => Inner::Json(
                 arrow::json::ReaderBuilder::new(Arc::clone(schema))
                     .with_batch_size(batch_size)
+                    // A number or boolean in a text column is kept as its text.
+                    .with_coerce_primitive(true)
                     .build_decoder()
                     .expect("a JSON decoder builds for any schema accepted by the builder"),
             ),
-            RecordFormat::Csv(opts) => Inner::Csv(Box::new(
-                csv_builder(schema, opts, batch_size).build_decoder(),
-            )),
+            RecordFormat::Csv(opts) => Inner::Csv(
+                Box::new(csv_builder(schema, opts, batch_size).build_decoder()),
+                batch_size,
+            ),
         }
     }
 
@@ -183,16 +204,32 @@ impl RecordDecoder {
         self.inner = Self::new_inner(&self.format, &self.decode_schema, self.batch_size);
     }
 
-    /// Feeds the given records, separated by newlines, and returns what the decoder made of them.
+    /// Feeds the given records and returns what the decoder made of them.
+    ///
+    /// With `checked`, every record must end exactly one whole row: a record that leaves a value
+    /// open, or holds none or several, is an error even when the bytes happen to parse together
+    /// (an unclosed object continued by the next record would otherwise shift rows silently).
     fn try_decode(
         &mut self,
         records: &[Record],
         indexes: &[usize],
+        checked: bool,
     ) -> std::result::Result<Vec<RecordBatch>, ArrowError> {
+        let json = matches!(self.format, RecordFormat::Json);
         let mut batches = Vec::new();
-        for &i in indexes {
-            self.feed(records[i].payload(), &mut batches)?;
-            self.feed(b"\n", &mut batches)?;
+        let mut flushed = 0usize;
+        for (k, &i) in indexes.iter().enumerate() {
+            let payload = records[i].payload();
+            self.feed(payload, &mut batches, &mut flushed)?;
+            // A JSON object ends itself; anything else needs a separator from the next record.
+            if !(json && payload.last() == Some(&b'}')) {
+                self.feed(b"\n", &mut batches, &mut flushed)?;
+            }
+            if checked && (self.inner.has_partial() || flushed + self.inner.buffered() != k + 1) {
+                return Err(ArrowError::ParseError(
+                    "a record does not hold exactly one whole row".into(),
+                ));
+            }
         }
         if let Some(b) = self.inner.flush()? {
             batches.push(b);
@@ -204,14 +241,24 @@ impl RecordDecoder {
         &mut self,
         mut buf: &[u8],
         batches: &mut Vec<RecordBatch>,
+        flushed: &mut usize,
     ) -> std::result::Result<(), ArrowError> {
         while !buf.is_empty() {
             let n = self.inner.decode(buf)?;
             buf = &buf[n..];
             if !buf.is_empty() {
                 // The decoder's batch is full.
-                if let Some(b) = self.inner.flush()? {
-                    batches.push(b);
+                match self.inner.flush()? {
+                    Some(b) => {
+                        *flushed += b.num_rows();
+                        batches.push(b);
+                    }
+                    None if n == 0 => {
+                        return Err(ArrowError::ParseError(
+                            "the decoder made no progress".into(),
+                        ))
+                    }
+                    None => {}
                 }
             }
         }
@@ -245,12 +292,12 @@ impl RecordDecoder {
 
         // Fast path: the whole batch in one go. Any error, or a record count that does not match
         // the row count (a record holding two JSON values, or none), sends us to the slow path.
-        let (batches, good) = match self.try_decode(records, &candidates) {
+        let (batches, good) = match self.try_decode(records, &candidates, true) {
             Ok(b) if Self::rows(&b) == candidates.len() => (b, candidates),
             _ => {
                 self.reset();
                 let good = self.isolate_failures(records, &candidates, &mut failures);
-                let batches = self.try_decode(records, &good).map_err(|e| {
+                let batches = self.try_decode(records, &good, true).map_err(|e| {
                     Error::Format(format!("records that decoded alone failed together: {e}"))
                 })?;
                 if Self::rows(&batches) != good.len() {
@@ -331,7 +378,7 @@ impl RecordDecoder {
             RecordFormat::Csv(_) => "CSV",
         };
         for &i in candidates {
-            match self.try_decode(records, &[i]) {
+            match self.try_decode(records, &[i], false) {
                 Ok(b) if Self::rows(&b) == 1 => good.push(i),
                 Ok(b) => failures.push(DecodeFailure {
                     index: i,
@@ -760,6 +807,52 @@ mod tests {
     }
 
     #[test]
+    fn an_unclosed_record_cannot_swallow_the_next_one() {
+        // Concatenated, these two parse as two rows; but neither record is a row on its own.
+        let mut d = json(ab());
+        let out = d
+            .decode(&recs(&[
+                br#"{"a":1,"b":{"x":1}"#,
+                br#","z":2}{"a":3}"#,
+                br#"{"a":4}"#,
+            ]))
+            .unwrap();
+        assert_eq!(out.row_records, vec![2]);
+        let failed: Vec<usize> = out.failures.iter().map(|f| f.index).collect();
+        assert_eq!(failed, vec![0, 1]);
+
+        let mut c = RecordDecoder::builder(RecordFormat::Csv(CsvOptions::default()))
+            .with_columns(vec![
+                Column::new("s", DataType::Utf8),
+                Column::new("n", DataType::Int64),
+            ])
+            .build()
+            .unwrap();
+        let out = c
+            .decode(&recs(&[b"\"open,1", b"x\",1\ny,2", b"z,3"]))
+            .unwrap();
+        assert_eq!(out.row_records, vec![2]);
+    }
+
+    #[test]
+    fn batches_larger_than_the_decoder_batch_size() {
+        let mut d = RecordDecoder::builder(RecordFormat::Json)
+            .with_columns(ab())
+            .with_batch_size(3)
+            .build()
+            .unwrap();
+        let input: Vec<Record> = (0..10)
+            .map(|i| Record::new(Bytes::from(format!(r#"{{"a":{i}}}"#)), 0))
+            .collect();
+        let out = d.decode(&input).unwrap();
+        assert_eq!(out.batch.num_rows(), 10);
+        assert_eq!(
+            out.batch.column(0).as_primitive::<Int64Type>().values(),
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        );
+    }
+
+    #[test]
     fn huge_records_decode_and_oversized_ones_fail() {
         let big = format!(r#"{{"a":1,"b":"{}"}}"#, "x".repeat(1_500_000));
         let mut d = json(ab());
@@ -814,6 +907,20 @@ mod tests {
         assert!(px.is_null(1));
         assert_eq!(px.value(2), 2.5);
         assert_eq!(b.column(2).as_string::<i32>().value(0), "X");
+    }
+
+    #[test]
+    fn numbers_in_text_columns_keep_their_text() {
+        let mut d = json(ab());
+        let out = d
+            .decode(&recs(&[
+                br#"{"a":1,"b":1767225600000}"#,
+                br#"{"a":2,"b":true}"#,
+            ]))
+            .unwrap();
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+        let b = out.batch.column(1).as_string::<i32>();
+        assert_eq!((b.value(0), b.value(1)), ("1767225600000", "true"));
     }
 
     #[test]

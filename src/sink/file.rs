@@ -320,6 +320,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rolls_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut s = FileSink::builder(&out)
+            .with_format(OutputFormat::Csv {
+                delimiter: b',',
+                header: true,
+            })
+            .with_roll_interval(Some(Duration::from_millis(50)))
+            .build()
+            .unwrap();
+        s.write(records(1)).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // An idle flush closes the old file; the next write opens a new one.
+        s.flush().await.unwrap();
+        s.write(records(1)).await.unwrap();
+        s.flush().await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files.iter().all(|f| f.extension().unwrap() == "csv"));
+    }
+
+    #[tokio::test]
     async fn acknowledges_only_after_writing() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let dir = tempfile::tempdir().unwrap();

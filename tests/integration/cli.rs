@@ -1,11 +1,45 @@
 //! The `rivulet` binary: replay and run.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use crate::support::data;
 
 fn rivulet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rivulet"))
+}
+
+/// Runs `cmd` and asserts that it succeeded, showing its standard error when it did not.
+fn succeed(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `rivulet run` of a fixture that must be refused as a configuration error (exit status 2).
+fn run_config_error(config: &str) -> String {
+    let out = rivulet().arg("run").arg(data(config)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// `rivulet replay` of a fixture with ROWTIME from `rowtime`, writing into `dir`.
+fn replay_into(dir: &Path, sql: &Path, input: &str, rowtime: &str, csv: bool) -> Output {
+    let mut cmd = rivulet();
+    cmd.arg("replay")
+        .arg("--sql")
+        .arg(sql)
+        .arg("--input")
+        .arg(data(input));
+    if csv {
+        cmd.args(["--input-format", "csv"]);
+    }
+    succeed(cmd.args(["--rowtime", rowtime, "--output-dir"]).arg(dir))
 }
 
 #[test]
@@ -29,19 +63,12 @@ fn replay_to_stdout_gives_the_expected_json_lines() {
 #[test]
 fn replay_to_output_dir_writes_one_file_per_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let out = rivulet()
-        .args(["replay", "--sql"])
-        .arg(data("replay_filter.sql"))
-        .arg("--input")
-        .arg(data("ticker_sample.ndjson"))
-        .args(["--rowtime", "event_time", "--output-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = replay_into(
+        dir.path(),
+        &data("replay_filter.sql"),
+        "ticker_sample.ndjson",
+        "event_time",
+        false,
     );
     assert!(out.stdout.is_empty());
     let expected = std::fs::read_to_string(data("replay_filter.expected.ndjson")).unwrap();
@@ -63,20 +90,7 @@ fn replay_csv_with_epoch_millisecond_rowtime() {
         "SELECT ticker_symbol, CAST(price AS DOUBLE) * 2 AS p2, ROWTIME FROM source",
     )
     .unwrap();
-    let out = rivulet()
-        .args(["replay", "--input-format", "csv", "--sql"])
-        .arg(&sql)
-        .arg("--input")
-        .arg(data("ticks.csv"))
-        .args(["--rowtime", "event_ms", "--output-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_into(dir.path(), &sql, "ticks.csv", "event_ms", true);
     let got = std::fs::read_to_string(dir.path().join("DESTINATION_SQL_STREAM.ndjson")).unwrap();
     assert_eq!(
         got,
@@ -89,25 +103,13 @@ fn replay_csv_with_epoch_millisecond_rowtime() {
 
 #[test]
 fn run_with_an_unknown_key_exits_non_zero_naming_it() {
-    let out = rivulet()
-        .arg("run")
-        .arg(data("bad_key.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = run_config_error("bad_key.toml");
     assert!(stderr.contains("rate_per_sec"), "{stderr}");
 }
 
 #[test]
 fn run_with_a_stateful_query_exits_non_zero_naming_query_sql() {
-    let out = rivulet()
-        .arg("run")
-        .arg(data("bad_sql.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = run_config_error("bad_sql.toml");
     assert!(stderr.contains("query.sql"), "{stderr}");
     assert!(stderr.contains("aggregates"), "{stderr}");
 }
@@ -116,7 +118,7 @@ fn run_with_a_stateful_query_exits_non_zero_naming_query_sql() {
 fn run_quickstart_config_writes_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml"),
     )
     .unwrap()
     .replace("rate = 2000", "rate = 50000");

@@ -9,8 +9,8 @@ use arrow::datatypes::Float64Type;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rivulet::{
-    BatchSettings, FileSink, GeneratorSource, MemorySink, OutputBatch, Pipeline, Position, Record,
-    Sink, Source, SourceBatch,
+    BatchSettings, FileSink, GeneratorSource, MemorySink, OutputBatch, Pipeline, PipelineBuilder,
+    PipelineReport, Position, Record, Sink, Source, SourceBatch,
 };
 
 /// A finite source of fixed payloads in batches, recording the positions committed to it.
@@ -125,26 +125,27 @@ impl IntoSinkError for std::io::Error {
     }
 }
 
+async fn run_to_end(builder: PipelineBuilder) -> PipelineReport {
+    builder.build().await.unwrap().run().await.unwrap()
+}
+
 #[tokio::test]
 async fn generator_sql_file_sink_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out/expensive.ndjson");
-    let report = Pipeline::builder()
-        .source(
-            GeneratorSource::builder()
-                .with_limit(Some(25_000))
-                .with_start_time_ms(Some(0))
-                .build()
-                .unwrap(),
-        )
-        .sql("SELECT ticker_symbol, price, ROWTIME FROM source WHERE price > 150")
-        .sink(FileSink::builder(&path).build().unwrap())
-        .build()
-        .await
-        .unwrap()
-        .run()
-        .await
-        .unwrap();
+    let report = run_to_end(
+        Pipeline::builder()
+            .source(
+                GeneratorSource::builder()
+                    .with_limit(Some(25_000))
+                    .with_start_time_ms(Some(0))
+                    .build()
+                    .unwrap(),
+            )
+            .sql("SELECT ticker_symbol, price, ROWTIME FROM source WHERE price > 150")
+            .sink(FileSink::builder(&path).build().unwrap()),
+    )
+    .await;
     let m = report.metrics;
     assert_eq!(m.records_in, 25_000);
     assert_eq!(m.records_error, 0);
@@ -251,21 +252,18 @@ async fn bad_records_reach_the_error_output_and_good_ones_are_kept() {
     let out_rows = out.handle();
     let errors = MemorySink::new();
     let error_rows = errors.handle();
-    let report = Pipeline::builder()
-        .source(source)
-        .columns(vec![
-            rivulet::Column::new("sym", arrow::datatypes::DataType::Utf8),
-            rivulet::Column::new("px", arrow::datatypes::DataType::Float64),
-        ])
-        .sql("SELECT sym, px FROM source")
-        .sink(out)
-        .error_output(errors)
-        .build()
-        .await
-        .unwrap()
-        .run()
-        .await
-        .unwrap();
+    let report = run_to_end(
+        Pipeline::builder()
+            .source(source)
+            .columns(vec![
+                rivulet::Column::new("sym", arrow::datatypes::DataType::Utf8),
+                rivulet::Column::new("px", arrow::datatypes::DataType::Float64),
+            ])
+            .sql("SELECT sym, px FROM source")
+            .sink(out)
+            .error_output(errors),
+    )
+    .await;
     let m = report.metrics;
     assert_eq!((m.records_in, m.rows_out, m.records_error), (5, 3, 2));
     let good: Vec<f64> = out_rows
@@ -318,17 +316,14 @@ async fn inferred_schema_sample_records_are_processed_too() {
     ]);
     let out = MemorySink::new();
     let rows = out.handle();
-    let report = Pipeline::builder()
-        .source(source)
-        .infer_sample(2)
-        .sql("SELECT n * 10 AS n10 FROM source")
-        .sink(out)
-        .build()
-        .await
-        .unwrap()
-        .run()
-        .await
-        .unwrap();
+    let report = run_to_end(
+        Pipeline::builder()
+            .source(source)
+            .infer_sample(2)
+            .sql("SELECT n * 10 AS n10 FROM source")
+            .sink(out),
+    )
+    .await;
     assert_eq!(report.metrics.records_in, 3);
     assert_eq!(rows.num_rows(), 3);
 }
