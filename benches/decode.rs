@@ -53,6 +53,39 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    // For scale: arrow-json's decoder alone on the same bytes as one contiguous buffer (no
+    // per-record framing, no error isolation, no ROWTIME) — the ceiling of the path above.
+    let mut contiguous = Vec::with_capacity(bytes + records.len());
+    for r in &records {
+        contiguous.extend_from_slice(r.payload());
+        contiguous.push(b'\n');
+    }
+    group.throughput(Throughput::Bytes(bytes as u64));
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(
+        ticker_columns()
+            .into_iter()
+            .map(|c| arrow::datatypes::Field::new(c.name, c.data_type, true))
+            .collect::<Vec<_>>(),
+    ));
+    group.bench_function(BenchmarkId::new("arrow_json_alone_bytes", BATCH), |b| {
+        b.iter(|| {
+            let mut d = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(BATCH)
+                .build_decoder()
+                .unwrap();
+            let mut buf = &contiguous[..];
+            let mut rows = 0;
+            while !buf.is_empty() {
+                let n = d.decode(buf).unwrap();
+                buf = &buf[n..];
+                if let Some(batch) = d.flush().unwrap() {
+                    rows += batch.num_rows();
+                }
+            }
+            assert_eq!(rows, records.len());
+        })
+    });
+
     // The same rows as CSV.
     let mut decoder = RecordDecoder::builder(RecordFormat::Json)
         .with_columns(ticker_columns())
