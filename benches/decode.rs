@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
     ));
     group.bench_function(BenchmarkId::new("arrow_json_alone_bytes", BATCH), |b| {
         b.iter(|| {
-            let mut d = arrow::json::ReaderBuilder::new(schema.clone())
+            let mut d = arrow::json::ReaderBuilder::new(std::sync::Arc::clone(&schema))
                 .with_batch_size(BATCH)
                 .build_decoder()
                 .unwrap();
