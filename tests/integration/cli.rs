@@ -144,3 +144,50 @@ fn run_quickstart_config_writes_its_file() {
         assert!(v["change"].as_f64().unwrap().abs() > 4.0, "{line}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_run_gracefully_and_flushes_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("forever.toml");
+    std::fs::write(
+        &cfg,
+        "[source]\ntype = \"generator\"\nrate = 20000\n\n\
+         [[sinks]]\ntype = \"file\"\npath = \"all.ndjson\"\n",
+    )
+    .unwrap();
+    let child = rivulet()
+        .arg("run")
+        .arg(&cfg)
+        .args(["--progress-interval", "0.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The summary line reports what was read; every one of those records is in the file.
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("done in"))
+        .unwrap_or_else(|| panic!("no summary line in: {stderr}"));
+    let records_in: usize = summary
+        .split(": ")
+        .nth(2)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the count in {summary:?}"));
+    assert!(records_in > 0, "{summary}");
+    let lines = std::fs::read_to_string(dir.path().join("all.ndjson"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, records_in, "{summary}");
+}
