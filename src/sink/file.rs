@@ -32,7 +32,6 @@ pub struct FileSink {
     name: String,
     path: PathBuf,
     roll: Option<(u64, Duration)>,
-    truncate: bool,
     prefix: String,
     encoder: Encoder,
     open: Option<OpenFile>,
@@ -85,16 +84,9 @@ impl FileSink {
         } else {
             self.path.clone()
         };
-        let mut opts = tokio::fs::OpenOptions::new();
-        opts.create(true);
-        if self.truncate && self.roll.is_none() {
-            opts.write(true).truncate(true);
-            // Truncate once: later opens of the same file (none in single-file mode) would append.
-            self.truncate = false;
-        } else {
-            opts.append(true);
-        }
-        let file = opts
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
             .open(&path)
             .await
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -202,6 +194,19 @@ impl FileSinkBuilder {
         if self.roll_bytes == Some(0) {
             return Err(Error::config("roll_bytes", "must be greater than 0"));
         }
+        if !rolling {
+            // The file exists from the start, empty when truncating, even if no row ever comes:
+            // an output stream that produced nothing is an empty file, not a missing one.
+            let mut opts = std::fs::OpenOptions::new();
+            opts.create(true);
+            if self.truncate {
+                opts.write(true).truncate(true);
+            } else {
+                opts.append(true);
+            }
+            opts.open(&self.path)
+                .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        }
         let roll = rolling.then(|| {
             (
                 self.roll_bytes.unwrap_or(u64::MAX),
@@ -212,7 +217,6 @@ impl FileSinkBuilder {
             name: format!("file:{}", self.path.display()),
             path: self.path,
             roll,
-            truncate: self.truncate,
             prefix: self.prefix,
             encoder: Encoder::new(self.format),
             open: None,

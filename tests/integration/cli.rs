@@ -82,6 +82,29 @@ fn replay_to_output_dir_writes_one_file_per_stream() {
 }
 
 #[test]
+fn replay_with_no_output_rows_still_writes_empty_stream_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("none.sql");
+    std::fs::write(&sql, "SELECT * FROM source WHERE price < 0").unwrap();
+    let clean = dir.path().join("clean.ndjson");
+    std::fs::write(&clean, "{\"price\": 1.0}\n").unwrap();
+    succeed(
+        rivulet()
+            .arg("replay")
+            .arg("--sql")
+            .arg(&sql)
+            .arg("--input")
+            .arg(&clean)
+            .arg("--output-dir")
+            .arg(dir.path()),
+    );
+    for stream in ["DESTINATION_SQL_STREAM", "error_stream"] {
+        let text = std::fs::read_to_string(dir.path().join(format!("{stream}.ndjson"))).unwrap();
+        assert_eq!(text, "", "{stream}");
+    }
+}
+
+#[test]
 fn replay_csv_with_epoch_millisecond_rowtime() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("q.sql");
