@@ -474,7 +474,15 @@ fn to_epoch_millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
                 .map(|v| v.and_then(parse_time_ms))
                 .collect()
         }
-        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
+        // A zoned timestamp is an instant: cast it between zones (which keeps the instant), not to
+        // a naive type (which would shift it to local wall time). A naive one is taken as UTC.
+        DataType::Timestamp(_, Some(_)) => arrow::compute::cast(
+            array,
+            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        )?
+        .as_primitive()
+        .clone(),
+        DataType::Timestamp(_, None) | DataType::Date32 | DataType::Date64 => {
             arrow::compute::cast(array, &ms)?.as_primitive().clone()
         }
         t if t.is_integer() || t.is_floating() => {
@@ -991,6 +999,24 @@ mod tests {
             kinds,
             vec![(2, FailureKind::BadRowtime), (3, FailureKind::BadRowtime)]
         );
+    }
+
+    #[test]
+    fn rowtime_from_a_zoned_timestamp_keeps_the_instant() {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into()));
+        let mut d = RecordDecoder::builder(RecordFormat::Json)
+            .with_columns(vec![Column::new("t", ts)])
+            .with_rowtime_field(Some("t".into()))
+            .build()
+            .unwrap();
+        let out = d
+            .decode(&recs(&[br#"{"t":"2026-01-01T02:00:00+02:00"}"#]))
+            .unwrap();
+        let rt = out
+            .batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        assert_eq!(rt.value(0), 1_767_225_600_000);
     }
 
     #[test]
