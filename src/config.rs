@@ -241,7 +241,10 @@ impl ReplayOptions {
                     has_header: true,
                     ..CsvOptions::default()
                 }),
-                Framing::CsvRows { quote: b'"' },
+                Framing::CsvRows {
+                    quote: b'"',
+                    escape: None,
+                },
             )
         } else {
             (RecordFormat::Json, Framing::Lines)
@@ -379,8 +382,11 @@ impl PipelineConfig {
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
         }
-        if self.batch.max_latency_ms == 0 {
-            return Err(Error::config("batch.max_latency_ms", "must be at least 1"));
+        if !(1..=3_600_000).contains(&self.batch.max_latency_ms) {
+            return Err(Error::config(
+                "batch.max_latency_ms",
+                "must be between 1 and 3600000 (one hour)",
+            ));
         }
         if self.batch.sink_queue == 0 {
             return Err(Error::config("batch.sink_queue", "must be at least 1"));
@@ -506,7 +512,13 @@ impl PipelineConfig {
             ),
             SourceConfig::File { path, follow } => {
                 let (framing, header) = match &format {
-                    RecordFormat::Csv(o) => (Framing::CsvRows { quote: o.quote }, o.has_header),
+                    RecordFormat::Csv(o) => (
+                        Framing::CsvRows {
+                            quote: o.quote,
+                            escape: o.escape,
+                        },
+                        o.has_header,
+                    ),
                     _ => (Framing::Lines, false),
                 };
                 // With inferred columns the pipeline reads the header itself.

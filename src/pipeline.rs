@@ -35,8 +35,14 @@ use crate::{Error, Result};
 /// Source chunks buffered between the source and processing tasks.
 const CHUNK_QUEUE: usize = 2;
 
-/// How often an idle sink is asked to flush.
+/// How often a sink is asked to flush, busy or idle.
 const SINK_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long schema inference waits for a first record from an idle source.
+const INFER_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest accepted `max_latency` of a micro-batch.
+const MAX_BATCH_LATENCY: Duration = Duration::from_secs(3600);
 
 /// When micro-batches close and how much is buffered between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,13 +371,28 @@ impl PipelineBuilder {
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
         }
+        if self.batch.max_latency.is_zero() || self.batch.max_latency > MAX_BATCH_LATENCY {
+            return Err(Error::config(
+                "batch.max_latency_ms",
+                format!("must be between 1 ms and {} s", MAX_BATCH_LATENCY.as_secs()),
+            ));
+        }
         let mut replay = Vec::new();
         let columns = match self.columns {
             Some(c) => c,
             None => {
+                // Sample until enough records, the end of the source, or the source going idle
+                // (an empty batch) once it has given something; an idle source that has given
+                // nothing is waited for, up to INFER_WAIT.
                 let mut sample: Vec<Record> = Vec::new();
+                let started = Instant::now();
                 while sample.len() < self.infer_sample {
                     match source.next_batch().await? {
+                        Some(b) if b.records.is_empty() => {
+                            if !sample.is_empty() || started.elapsed() >= INFER_WAIT {
+                                break;
+                            }
+                        }
                         Some(b) => {
                             sample.extend(b.records.iter().cloned());
                             replay.push(b);
@@ -535,6 +556,11 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                         if pending.is_empty() && !chunk.records.is_empty() {
                             deadline = Some(Instant::now() + p.settings.max_latency);
                         }
+                        // An idle source's empty batch still moves its position: commit it now
+                        // rather than whenever the next record comes.
+                        let idle_position = pending.is_empty()
+                            && chunk.records.is_empty()
+                            && !chunk.position.is_empty();
                         // A chunk larger than a micro-batch is cut; only the part that ends the
                         // chunk carries its position.
                         while pending.len() + chunk.records.len() > p.settings.max_rows {
@@ -547,7 +573,7 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                         }
                         pending.append(&mut chunk.records);
                         pending_pos.advance(&chunk.position);
-                        flush = pending.len() >= p.settings.max_rows;
+                        flush = idle_position || pending.len() >= p.settings.max_rows;
                     }
                     None => {
                         open = false;
@@ -634,21 +660,28 @@ async fn run_sink(
     mut rx: mpsc::Receiver<OutputBatch>,
     metrics: Arc<PipelineMetrics>,
 ) -> Result<Option<Position>> {
+    let mut last_flush = Instant::now();
     loop {
         match tokio::time::timeout(SINK_FLUSH_INTERVAL, rx.recv()).await {
             Ok(Some(batch)) => {
                 let rows = batch.data.len() as u64;
                 sink.write(batch).await?;
                 metrics.add_to_sink(rows);
-                if rx.is_empty() {
+                // Flush when caught up, and at least every interval when the sink is the
+                // bottleneck, so acknowledgements (and checkpoints) keep moving.
+                if rx.is_empty() || last_flush.elapsed() >= SINK_FLUSH_INTERVAL {
                     sink.flush().await?;
+                    last_flush = Instant::now();
                 }
             }
             Ok(None) => {
                 sink.flush().await?;
                 return Ok(None);
             }
-            Err(_) => sink.flush().await?,
+            Err(_) => {
+                sink.flush().await?;
+                last_flush = Instant::now();
+            }
         }
     }
 }

@@ -378,7 +378,13 @@ impl RecordDecoder {
             RecordFormat::Csv(_) => "CSV",
         };
         for &i in candidates {
-            match self.try_decode(records, &[i], false) {
+            let attempt = self.try_decode(records, &[i], false);
+            if !matches!(&attempt, Ok(b) if Self::rows(b) == 1) {
+                // Whatever the decoder holds now (an open quote, half an object) must not leak into
+                // the next record.
+                self.reset();
+            }
+            match attempt {
                 Ok(b) if Self::rows(&b) == 1 => good.push(i),
                 Ok(b) => failures.push(DecodeFailure {
                     index: i,
@@ -393,14 +399,11 @@ impl RecordDecoder {
                         }
                     },
                 }),
-                Err(e) => {
-                    failures.push(DecodeFailure {
-                        index: i,
-                        kind: FailureKind::Malformed,
-                        reason: format!("invalid {what}: {}", strip_arrow_prefix(&e)),
-                    });
-                    self.reset();
-                }
+                Err(e) => failures.push(DecodeFailure {
+                    index: i,
+                    kind: FailureKind::Malformed,
+                    reason: format!("invalid {what}: {}", strip_arrow_prefix(&e)),
+                }),
             }
         }
         good
@@ -840,6 +843,24 @@ mod tests {
             .decode(&recs(&[b"\"open,1", b"x\",1\ny,2", b"z,3"]))
             .unwrap();
         assert_eq!(out.row_records, vec![2]);
+    }
+
+    #[test]
+    fn an_unclosed_csv_quote_does_not_leak_into_other_records() {
+        let mut c = RecordDecoder::builder(RecordFormat::Csv(CsvOptions::default()))
+            .with_columns(vec![
+                Column::new("n", DataType::Int64),
+                Column::new("s", DataType::Utf8),
+            ])
+            .build()
+            .unwrap();
+        for (input, good) in [
+            (vec![&b"1,a"[..], b"2,\"b"], vec![0]),
+            (vec![&b"2,\"b"[..], b"1,a", b"3,c"], vec![1, 2]),
+        ] {
+            let out = c.decode(&recs(&input)).unwrap();
+            assert_eq!(out.row_records, good, "{:?}", out.failures);
+        }
     }
 
     #[test]

@@ -231,9 +231,34 @@ fn infer_json(sample: &[Record]) -> Result<SchemaRef> {
         arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok::<_, _>))?;
     let fields: Vec<Field> = order
         .iter()
-        .filter_map(|name| inferred.field_with_name(name).ok().cloned())
+        .filter_map(|name| inferred.field_with_name(name).ok())
+        .map(|f| f.clone().with_data_type(null_as_text(f.data_type())))
         .collect();
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// A member that was null in every sampled record has no type to infer; text accepts whatever
+/// value comes later (numbers and booleans keep their text), where `Null` would reject it.
+fn null_as_text(t: &DataType) -> DataType {
+    match t {
+        DataType::Null => DataType::Utf8,
+        DataType::List(item) => DataType::List(Arc::new(
+            item.as_ref()
+                .clone()
+                .with_data_type(null_as_text(item.data_type())),
+        )),
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(null_as_text(f.data_type()))
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 fn infer_csv(opts: &CsvOptions, sample: &[Record]) -> Result<SchemaRef> {
@@ -302,6 +327,21 @@ mod tests {
         assert_eq!(names, ["z", "a", "m"]);
         assert_eq!(s.field(0).data_type(), &DataType::Int64);
         assert_eq!(s.field(2).data_type(), &DataType::Float64);
+    }
+
+    #[test]
+    fn members_null_in_the_whole_sample_become_text() {
+        let rec = |s: &'static str| Record::new(Bytes::from_static(s.as_bytes()), 0);
+        let s = infer_schema(
+            &RecordFormat::Json,
+            &[rec(r#"{"a": 1, "d": null, "o": {"x": null}}"#)],
+        )
+        .unwrap();
+        assert_eq!(s.field(1).data_type(), &DataType::Utf8);
+        let DataType::Struct(inner) = s.field(2).data_type() else {
+            panic!("{:?}", s.field(2))
+        };
+        assert_eq!(inner[0].data_type(), &DataType::Utf8);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Framing {
     CsvRows {
         /// The quote character.
         quote: u8,
+        /// The escape character inside quoted fields, if the dialect has one.
+        escape: Option<u8>,
     },
 }
 
@@ -42,7 +44,11 @@ pub struct FileSource {
     follow: bool,
     poll_interval: Duration,
     skip_records: usize,
+    /// Records skipped at the start of the file (a header), again whenever it is read anew.
+    header_records: usize,
     file: Option<tokio::fs::File>,
+    /// Identity of the open file, to notice a rotation (a new file under the same name).
+    file_id: Option<u64>,
     /// Offset in the file of the first byte of `pending`.
     offset: u64,
     /// Bytes read that do not yet form a whole record.
@@ -88,8 +94,17 @@ impl FileSource {
                 .await
                 .map_err(|e| Error::io(format!("seeking in {}", self.path.display()), e))?;
         }
+        self.file_id = file.metadata().await.ok().and_then(|m| file_identity(&m));
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Starts over at the beginning of whatever file now has the path.
+    async fn reopen_from_start(&mut self) -> Result<()> {
+        self.offset = 0;
+        self.pending.clear();
+        self.skip_records = self.header_records;
+        self.open().await
     }
 
     /// Cuts whole records off the front of `pending`. At end of input, a last record without a
@@ -108,11 +123,16 @@ impl FileSource {
                     Some(p) => i + p,
                     None => break,
                 },
-                Framing::CsvRows { quote } => {
+                Framing::CsvRows { quote, escape } => {
                     let mut j = i;
                     let mut found = None;
                     while j < bytes.len() {
                         let b = bytes[j];
+                        if in_quotes && Some(b) == escape && b != quote {
+                            // The escaped byte (a quote, say) is data.
+                            j += 2;
+                            continue;
+                        }
                         if b == quote {
                             in_quotes = !in_quotes;
                         } else if b == b'\n' && !in_quotes {
@@ -221,7 +241,9 @@ impl FileSourceBuilder {
             follow: self.follow,
             poll_interval: self.poll_interval,
             skip_records,
+            header_records: self.skip_records,
             file: None,
+            file_id: None,
             offset: self.start_offset,
             pending: BytesMut::new(),
             eof: false,
@@ -273,17 +295,22 @@ impl Source for FileSource {
                     position: self.position(),
                 }));
             }
-            // Following: a truncated file (rotated or rewritten) is read again from its start.
-            let len = tokio::fs::metadata(&self.path)
-                .await
-                .map(|m| m.len())
-                .unwrap_or(0);
+            // Following: a file that was replaced (rotated) or shrank (truncated) is read again
+            // from its start.
+            let meta = tokio::fs::metadata(&self.path).await.ok();
+            let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            let replaced = match (meta.as_ref().and_then(file_identity), self.file_id) {
+                (Some(now), Some(open)) => now != open,
+                _ => false,
+            };
             let read_to = self.offset + self.pending.len() as u64;
-            if len < read_to {
-                tracing::warn!(path = %self.path.display(), "file shrank; reading it again from the start");
-                self.offset = 0;
-                self.pending.clear();
-                self.open().await?;
+            if replaced || len < read_to {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    replaced,
+                    "file was replaced or shrank; reading it again from the start"
+                );
+                self.reopen_from_start().await?;
                 continue;
             }
             tokio::time::sleep(self.poll_interval).await;
@@ -292,6 +319,20 @@ impl Source for FileSource {
                 position: self.position(),
             }));
         }
+    }
+}
+
+/// The inode of a file, where the platform has one.
+fn file_identity(meta: &std::fs::Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
     }
 }
 
@@ -327,14 +368,17 @@ mod tests {
     async fn csv_rows_keep_quoted_line_breaks_and_skip_header() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("in.csv");
-        std::fs::write(&p, "a,b\n1,\"x\ny\"\n2,z\n").unwrap();
+        std::fs::write(&p, "a,b\n1,\"x\ny\"\n2,\"q\\\"\nr\"\n3,z\n").unwrap();
         let s = FileSource::builder(&p)
-            .with_framing(Framing::CsvRows { quote: b'"' })
+            .with_framing(Framing::CsvRows {
+                quote: b'"',
+                escape: Some(b'\\'),
+            })
             .with_skip_records(1)
             .build()
             .unwrap();
         let (rows, _) = read_all(s).await;
-        assert_eq!(rows, vec!["1,\"x\ny\"", "2,z"]);
+        assert_eq!(rows, vec!["1,\"x\ny\"", "2,\"q\\\"\nr\"", "3,z"]);
     }
 
     #[tokio::test]
@@ -358,6 +402,29 @@ mod tests {
         let (lines, _) = read_all(FileSource::builder(&p).build().unwrap()).await;
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].len(), big.len());
+    }
+
+    #[tokio::test]
+    async fn follow_rereads_a_rotated_file_skipping_its_header_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rot.csv");
+        std::fs::write(&p, "h\na\nb\n").unwrap();
+        let mut s = FileSource::builder(&p)
+            .with_follow(true)
+            .with_skip_records(1)
+            .with_poll_interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        assert_eq!(s.next_batch().await.unwrap().unwrap().records.len(), 2);
+        // Rotate: a new, longer file under the same name.
+        std::fs::rename(&p, dir.path().join("rot.csv.1")).unwrap();
+        std::fs::write(&p, "h\nc\nd\ne\nf\n").unwrap();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let b = s.next_batch().await.unwrap().unwrap();
+            got.extend(b.records.iter().map(|r| r.payload().clone()));
+        }
+        assert_eq!(got, ["c", "d", "e", "f"]);
     }
 
     #[tokio::test]

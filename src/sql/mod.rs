@@ -48,11 +48,12 @@ impl PartitionStream for BatchSlot {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        // Cloned, not taken: a query may scan the stream more than once (`UNION ALL`).
         let batch = self
             .batch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+            .clone();
         Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             futures::stream::iter(batch.map(Ok)),
@@ -245,16 +246,21 @@ impl StreamQuery {
         &self.sql
     }
 
-    async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+    fn set_slot(&self, batch: Option<RecordBatch>) {
         *self
             .slot
             .batch
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(batch);
-        Ok(
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = batch;
+    }
+
+    async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.set_slot(Some(batch));
+        let out =
             datafusion::physical_plan::collect(Arc::clone(&self.plan), Arc::clone(&self.task_ctx))
-                .await?,
-        )
+                .await;
+        self.set_slot(None);
+        Ok(out?)
     }
 
     /// Runs the query on one micro-batch. When evaluation fails (a bad `CAST`, a function error),
@@ -372,6 +378,18 @@ mod tests {
         let out = named.execute(&input()).await.unwrap().batch;
         assert_eq!(out.num_rows(), 2);
         assert_eq!(out.schema().field(1).name(), ROWTIME);
+    }
+
+    #[tokio::test]
+    async fn a_query_may_read_the_stream_twice() {
+        let mut query = q("SELECT ticker_symbol FROM source WHERE price > 200 \
+             UNION ALL SELECT ticker_symbol FROM source WHERE price < 10")
+        .await
+        .unwrap();
+        let out = query.execute(&input()).await.unwrap().batch;
+        let mut syms: Vec<&str> = out.column(0).as_string::<i32>().iter().flatten().collect();
+        syms.sort_unstable();
+        assert_eq!(syms, ["F", "TSLA"]);
     }
 
     #[tokio::test]

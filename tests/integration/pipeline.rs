@@ -345,3 +345,41 @@ async fn a_stateful_query_is_refused_at_build() {
     assert!(matches!(err, rivulet::Error::Sql(_)), "{err:?}");
     assert!(err.to_string().contains("need a window"), "{err}");
 }
+
+#[tokio::test]
+async fn inference_on_a_followed_file_returns_once_the_file_goes_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.ndjson");
+    std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n").unwrap();
+    let source = rivulet::FileSource::builder(&path)
+        .with_follow(true)
+        .with_poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let pipeline = tokio::time::timeout(
+        Duration::from_secs(5),
+        Pipeline::builder().source(source).sink(out).build(),
+    )
+    .await
+    .expect("build() returns although the followed file has fewer records than the sample size")
+    .unwrap();
+    let handle = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rows.num_rows() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sampled records were not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.metrics.records_in, 2);
+    assert_eq!(
+        report.committed.get(&path.display().to_string()),
+        Some("16")
+    );
+}
