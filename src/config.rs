@@ -1,32 +1,4 @@
 //! Pipeline configuration files (TOML), validated before anything starts.
-//!
-//! ```toml
-//! [source]
-//! type = "generator"        # or "file" (path, follow)
-//! rate = 100                # records per second; omit to go as fast as possible
-//! limit = 1000              # omit to run until stopped
-//!
-//! [format]
-//! type = "json"             # or "csv" (delimiter, quote, escape, header)
-//! rowtime = "event_time"    # optional: ROWTIME from this column instead of the arrival time
-//! # columns = [{ name = "sym", type = "VARCHAR(8)", path = "$.ticker_symbol" }]
-//! # (omitted: inferred from the first `infer_sample` records)
-//!
-//! [query]
-//! sql = "SELECT ticker_symbol, price FROM source WHERE price > 100"   # or sql_file = "q.sql"
-//!
-//! [[sinks]]
-//! type = "stdout"           # or "file" (path, roll_bytes, roll_interval_secs)
-//! format = "json"           # or "csv"
-//!
-//! [error_output]            # optional; default: JSON lines on standard error
-//! type = "file"
-//! path = "errors.ndjson"
-//!
-//! [batch]                   # optional
-//! max_rows = 8192
-//! max_latency_ms = 200
-//! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,7 +12,50 @@ use crate::source::{FileSource, Framing, GeneratorFormat, GeneratorSource, Sourc
 use crate::{Error, Result};
 
 /// A pipeline as described by a TOML file. Load with [`PipelineConfig::from_file`], then
-/// [`build`](PipelineConfig::build) it.
+/// [`build`](PipelineConfig::build) it. Unknown keys are errors; relative paths are relative to
+/// the file. Every key:
+///
+/// ```toml
+/// [source]
+/// type = "generator"        # or "file"
+/// rate = 100                # generator: records per second; omit to go as fast as possible
+/// limit = 1000              # generator: stop after this many; omit to run until stopped
+/// seed = 42                 # generator: seed of the random walk
+/// start_time_ms = 0         # generator: synthetic clock from this epoch time; omit for wall time
+/// # path = "in.ndjson"      # file: the file to read
+/// # follow = false          # file: keep reading as it grows
+///
+/// [format]
+/// type = "json"             # or "csv"
+/// # delimiter = ","         # csv: one character, or "\t"
+/// # quote = "\""            # csv
+/// # escape = "\\"           # csv: none by default (quotes are doubled)
+/// # header = false          # csv: the file starts with a header row
+/// rowtime = "event_time"    # optional: ROWTIME from this column instead of the arrival time
+/// infer_sample = 1000       # records read to infer columns when `columns` is omitted
+/// max_record_bytes = 10485760
+/// # columns = [{ name = "sym", type = "VARCHAR(8)", path = "$.ticker_symbol" }]
+///
+/// [query]
+/// sql = "SELECT ticker_symbol, price FROM source WHERE price > 100"   # or sql_file = "q.sql"
+///
+/// [[sinks]]                 # one or more
+/// type = "stdout"           # or "stderr", or "file"
+/// format = "json"           # or "csv"
+/// # path = "out.ndjson"     # file: the file, or a directory when rolling
+/// # roll_bytes = 67108864   # file: roll into a new file at this size
+/// # roll_interval_secs = 300 # file: … or at this age
+/// # truncate = false        # file: empty a single file at start instead of appending
+///
+/// [error_output]            # optional, any sink type; default: JSON lines on standard error
+/// type = "file"
+/// path = "errors.ndjson"
+///
+/// [batch]                   # optional
+/// max_rows = 8192           # a micro-batch closes at this many records…
+/// max_latency_ms = 200      # …or when its first record has waited this long
+/// sink_queue = 4            # micro-batches queued per sink
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
