@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
@@ -36,10 +36,25 @@ struct AckGroup {
     seq: u64,
     failed: AtomicBool,
     events: Option<mpsc::UnboundedSender<TrackerMsg>>,
+    /// Handles of other batches that complete when this group does, with the same outcome.
+    dependents: Mutex<Vec<Ack>>,
 }
 
 impl Drop for AckGroup {
     fn drop(&mut self) {
+        let failed = self.failed.load(Ordering::Acquire);
+        let dependents = std::mem::take(
+            &mut *self
+                .dependents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for ack in dependents {
+            if !failed {
+                ack.acknowledge();
+            }
+            // Dropped unacknowledged when this group failed: the dependent fails too.
+        }
         if let Some(tx) = &self.events {
             // The receiver is gone only when the pipeline has already stopped; nothing to report then.
             let _ = tx.send(TrackerMsg::Done(AckEvent {
@@ -73,6 +88,7 @@ impl Ack {
                 seq,
                 failed: AtomicBool::new(false),
                 events,
+                dependents: Mutex::new(Vec::new()),
             }),
             done: false,
         }
@@ -84,6 +100,16 @@ impl Ack {
             group: Arc::clone(&self.group),
             done: false,
         }
+    }
+
+    /// Makes `other` complete when this handle's batch does, with the same outcome: used for
+    /// batches whose rows reach a sink only as part of a later batch's output (windows).
+    pub(crate) fn attach(&self, other: Ack) {
+        self.group
+            .dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(other);
     }
 
     /// Declares the data stored.

@@ -9,6 +9,7 @@ use crate::format::{parse_sql_type, Column, CsvOptions, JsonPath, OutputFormat, 
 use crate::pipeline::{BatchSettings, Pipeline};
 use crate::sink::{FileSink, Sink, StdoutSink};
 use crate::source::{FileSource, Framing, GeneratorFormat, GeneratorSource, Source};
+use crate::sql::WatermarkSettings;
 use crate::{Error, Result};
 
 /// A pipeline as described by a TOML file. Load with [`PipelineConfig::from_file`], then
@@ -38,10 +39,13 @@ use crate::{Error, Result};
 ///
 /// [query]
 /// sql = "SELECT ticker_symbol, price FROM source WHERE price > 100"   # or sql_file = "q.sql"
+/// allowed_lateness_ms = 0   # windows: how far behind the newest event time a row may arrive
+/// idle_timeout_ms = 60000   # windows: a shard quiet this long stops holding the watermark
 ///
 /// [[sinks]]                 # one or more
 /// type = "stdout"           # or "stderr", or "file"
 /// format = "json"           # or "csv"
+/// stream = "DESTINATION_SQL_STREAM"  # the stream it receives (`INSERT INTO name …` makes others)
 /// # path = "out.ndjson"     # file: the file, or a directory when rolling
 /// # roll_bytes = 67108864   # file: roll into a new file at this size
 /// # roll_interval_secs = 300 # file: … or at this age
@@ -149,11 +153,30 @@ struct ColumnConfig {
     path: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QueryConfig {
     sql: Option<String>,
     sql_file: Option<PathBuf>,
+    #[serde(default)]
+    allowed_lateness_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    idle_timeout_ms: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            sql: None,
+            sql_file: None,
+            allowed_lateness_ms: 0,
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -170,13 +193,16 @@ enum SinkConfig {
     Stdout {
         #[serde(default)]
         format: EncodingConfig,
+        stream: Option<String>,
     },
     Stderr {
         #[serde(default)]
         format: EncodingConfig,
+        stream: Option<String>,
     },
     File {
         path: PathBuf,
+        stream: Option<String>,
         #[serde(default)]
         format: EncodingConfig,
         roll_bytes: Option<u64>,
@@ -242,6 +268,8 @@ pub struct ReplayOptions {
     pub rowtime: Option<String>,
     /// Directory for `<STREAM>.ndjson` files; `None` writes the output stream to standard output.
     pub output_dir: Option<PathBuf>,
+    /// Allowed lateness and idle timeout of windowed queries.
+    pub watermark: WatermarkSettings,
 }
 
 impl ReplayOptions {
@@ -270,24 +298,36 @@ impl ReplayOptions {
         let mut b = Pipeline::builder()
             .source(source)
             .format(format)
-            .sql(sql)
+            .sql(sql.clone())
+            .watermark(self.watermark)
             .batch_settings(BatchSettings::default());
         if let Some(r) = &self.rowtime {
             b = b.rowtime_field(r.clone());
         }
         b = match &self.output_dir {
-            None => b.sink(StdoutSink::new(OutputFormat::JsonLines)),
-            Some(dir) => b
-                .sink(
-                    FileSink::builder(dir.join(format!("{}.ndjson", crate::DESTINATION_STREAM)))
+            None => {
+                // The last statement's stream: DESTINATION_SQL_STREAM when there is a SELECT.
+                let streams = crate::sql::output_stream_names(&sql)?;
+                let main = if streams.iter().any(|s| s == crate::DESTINATION_STREAM) {
+                    crate::DESTINATION_STREAM.to_owned()
+                } else {
+                    streams.last().cloned().unwrap_or_default()
+                };
+                b.sink_for(main, StdoutSink::new(OutputFormat::JsonLines))
+            }
+            Some(dir) => {
+                for stream in crate::sql::output_stream_names(&sql)? {
+                    let file = FileSink::builder(dir.join(format!("{stream}.ndjson")))
                         .with_truncate(true)
-                        .build()?,
-                )
-                .error_output(
+                        .build()?;
+                    b = b.sink_for(stream, file);
+                }
+                b.error_output(
                     FileSink::builder(dir.join(format!("{}.ndjson", crate::ERROR_STREAM)))
                         .with_truncate(true)
                         .build()?,
-                ),
+                )
+            }
         };
         b.build().await
     }
@@ -483,14 +523,15 @@ impl PipelineConfig {
             },
         };
         Ok(match s {
-            SinkConfig::Stdout { format } => Box::new(StdoutSink::new(encoding(format))),
-            SinkConfig::Stderr { format } => Box::new(StdoutSink::stderr(encoding(format))),
+            SinkConfig::Stdout { format, .. } => Box::new(StdoutSink::new(encoding(format))),
+            SinkConfig::Stderr { format, .. } => Box::new(StdoutSink::stderr(encoding(format))),
             SinkConfig::File {
                 path,
                 format,
                 roll_bytes,
                 roll_interval_secs,
                 truncate,
+                ..
             } => Box::new(
                 FileSink::builder(self.resolve(path))
                     .with_format(encoding(format))
@@ -576,13 +617,26 @@ impl PipelineConfig {
             b = b.max_record_bytes(m);
         }
         for s in &self.sinks {
-            b = b.boxed_sink(self.build_sink(s)?);
+            let stream = match s {
+                SinkConfig::Stdout { stream, .. }
+                | SinkConfig::Stderr { stream, .. }
+                | SinkConfig::File { stream, .. } => stream.as_deref(),
+            };
+            b = b.boxed_sink_for(
+                stream.unwrap_or(crate::DESTINATION_STREAM),
+                self.build_sink(s)?,
+            );
         }
+        b = b.watermark(WatermarkSettings {
+            allowed_lateness: Duration::from_millis(self.query.allowed_lateness_ms),
+            idle_timeout: Duration::from_millis(self.query.idle_timeout_ms),
+        });
         if let Some(e) = &self.error_output {
             b = b.boxed_error_output(self.build_sink(e)?);
         }
         b.build().await.map_err(|e| match e {
             Error::Sql(message) => Error::config("query.sql", message),
+            Error::Config { key, message } if key == "sinks" => Error::config("sinks", message),
             Error::Format(message) => Error::config("format", message),
             other => other,
         })

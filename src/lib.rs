@@ -61,4 +61,7 @@ pub use source::{
     FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,
     GeneratorSourceBuilder, Source, SourceBatch,
 };
-pub use sql::{QueryOutput, RowFailure, StreamQuery, SOURCE_ALIAS, SOURCE_STREAM};
+pub use sql::{
+    QueryOutput, RowFailure, SqlIssue, SqlOutput, SqlProgram, StreamQuery, WatermarkSettings,
+    SOURCE_ALIAS, SOURCE_STREAM,
+};

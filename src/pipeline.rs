@@ -12,6 +12,7 @@
 //! The source task also tracks acknowledgements and calls [`Source::commit`] with the position up to
 //! which every output has been stored.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use crate::sink::{
     ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
 };
 use crate::source::{now_ms, Source, SourceBatch};
-use crate::sql::StreamQuery;
+use crate::sql::{SqlOutput, SqlProgram, WatermarkSettings};
 use crate::{Error, Result};
 
 /// Source chunks buffered between the source and processing tasks.
@@ -37,6 +38,9 @@ const CHUNK_QUEUE: usize = 2;
 
 /// How often a sink is asked to flush, busy or idle.
 const SINK_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often a pipeline with open windows re-checks its watermark while no records come.
+const WINDOW_TICK: Duration = Duration::from_secs(1);
 
 /// How long schema inference waits for a first record from an idle source.
 const INFER_WAIT: Duration = Duration::from_secs(10);
@@ -115,8 +119,8 @@ pub struct Pipeline {
     source: Box<dyn Source>,
     replay: Vec<SourceBatch>,
     decoder: RecordDecoder,
-    query: StreamQuery,
-    sinks: Vec<Box<dyn Sink>>,
+    program: SqlProgram,
+    sinks: Vec<(Arc<str>, Box<dyn Sink>)>,
     error_sink: Box<dyn Sink>,
     batch: BatchSettings,
     metrics: Arc<PipelineMetrics>,
@@ -127,10 +131,14 @@ impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("source", &self.source.name())
-            .field("sql", &self.query.sql())
+            .field("sql", &self.program)
             .field(
                 "sinks",
-                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+                &self
+                    .sinks
+                    .iter()
+                    .map(|(stream, s)| format!("{stream} → {}", s.name()))
+                    .collect::<Vec<_>>(),
             )
             .field("batch", &self.batch)
             .finish()
@@ -146,9 +154,10 @@ pub struct PipelineBuilder {
     rowtime_field: Option<String>,
     max_record_bytes: Option<usize>,
     sql: String,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<(String, Box<dyn Sink>)>,
     error_sink: Option<Box<dyn Sink>>,
     batch: BatchSettings,
+    watermark: WatermarkSettings,
 }
 
 impl fmt::Debug for PipelineBuilder {
@@ -175,6 +184,7 @@ impl Pipeline {
             sinks: Vec::new(),
             error_sink: None,
             batch: BatchSettings::default(),
+            watermark: WatermarkSettings::default(),
         }
     }
 
@@ -190,9 +200,23 @@ impl Pipeline {
         }
     }
 
-    /// Schema of the output rows.
-    pub fn output_schema(&self) -> &SchemaRef {
-        self.query.output_schema()
+    /// Schema of the rows of `DESTINATION_SQL_STREAM` (or of the last statement's stream when no
+    /// statement is a bare `SELECT`).
+    pub fn output_schema(&self) -> SchemaRef {
+        self.program
+            .stream_schema(DESTINATION_STREAM)
+            .or_else(|| {
+                self.program
+                    .output_streams()
+                    .last()
+                    .map(|s| Arc::clone(&s.1))
+            })
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()))
+    }
+
+    /// The planned SQL.
+    pub fn program(&self) -> &SqlProgram {
+        &self.program
     }
 
     /// Runs until a finite source ends or a shutdown is requested, then flushes every sink.
@@ -202,7 +226,7 @@ impl Pipeline {
             source,
             replay,
             decoder,
-            query,
+            program,
             sinks,
             error_sink,
             batch,
@@ -214,9 +238,9 @@ impl Pipeline {
         let mut tasks: JoinSet<Result<Option<Position>>> = JoinSet::new();
 
         let mut sink_txs = Vec::with_capacity(sinks.len());
-        for sink in sinks {
+        for (stream, sink) in sinks {
             let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
-            sink_txs.push(tx);
+            sink_txs.push((stream, tx));
             tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
         }
         let (error_tx, error_rx) = mpsc::channel(batch.sink_queue.max(1));
@@ -230,12 +254,14 @@ impl Pipeline {
             chunks: chunk_rx,
             tracker: tracker_tx,
             decoder,
-            query,
+            program,
             sinks: sink_txs,
             errors: error_tx,
             settings: batch,
             metrics: Arc::clone(&metrics),
             seq: 0,
+            held: VecDeque::new(),
+            partitions: HashMap::new(),
         }));
         tasks.spawn(run_source(
             source,
@@ -329,15 +355,30 @@ impl PipelineBuilder {
         self
     }
 
-    /// Adds a sink; every sink receives every output row.
-    pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
-        self.sinks.push(Box::new(sink));
+    /// Adds a sink for `DESTINATION_SQL_STREAM`, the rows of the SQL's `SELECT` statement.
+    pub fn sink(self, sink: impl Sink + 'static) -> Self {
+        self.boxed_sink_for(DESTINATION_STREAM, Box::new(sink))
+    }
+
+    /// Adds a sink, already boxed, for `DESTINATION_SQL_STREAM`.
+    pub fn boxed_sink(self, sink: Box<dyn Sink>) -> Self {
+        self.boxed_sink_for(DESTINATION_STREAM, sink)
+    }
+
+    /// Adds a sink for the rows of one stream (`INSERT INTO stream …` in the SQL).
+    pub fn sink_for(self, stream: impl Into<String>, sink: impl Sink + 'static) -> Self {
+        self.boxed_sink_for(stream, Box::new(sink))
+    }
+
+    /// Adds a sink, already boxed, for the rows of one stream.
+    pub fn boxed_sink_for(mut self, stream: impl Into<String>, sink: Box<dyn Sink>) -> Self {
+        self.sinks.push((stream.into(), sink));
         self
     }
 
-    /// Adds a sink, already boxed.
-    pub fn boxed_sink(mut self, sink: Box<dyn Sink>) -> Self {
-        self.sinks.push(sink);
+    /// Event-time settings of windowed queries: allowed lateness and idle timeout.
+    pub fn watermark(mut self, settings: WatermarkSettings) -> Self {
+        self.watermark = settings;
         self
     }
 
@@ -430,14 +471,31 @@ impl PipelineBuilder {
             decoder = decoder.with_max_record_bytes(max);
         }
         let decoder = decoder.build()?;
-        let query = StreamQuery::new(&self.sql, Arc::clone(decoder.schema())).await?;
+        let program =
+            SqlProgram::new(&self.sql, Arc::clone(decoder.schema()), self.watermark).await?;
+        let streams = program.output_streams();
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for (stream, sink) in self.sinks {
+            let Some((name, _)) = streams.iter().find(|(n, _)| **n == *stream) else {
+                let known: Vec<&str> = streams.iter().map(|(n, _)| &**n).collect();
+                return Err(Error::config(
+                    "sinks",
+                    format!(
+                        "sink {} reads stream {stream}, which no statement writes (streams: {})",
+                        sink.name(),
+                        known.join(", ")
+                    ),
+                ));
+            };
+            sinks.push((Arc::clone(name), sink));
+        }
         let (shutdown_tx, _) = watch::channel(false);
         Ok(Pipeline {
             source,
             replay,
             decoder,
-            query,
-            sinks: self.sinks,
+            program,
+            sinks,
             error_sink: self
                 .error_sink
                 .unwrap_or_else(|| Box::new(crate::sink::StdoutSink::stderr(Default::default()))),
@@ -528,12 +586,28 @@ struct Processing {
     chunks: mpsc::Receiver<SourceBatch>,
     tracker: mpsc::UnboundedSender<TrackerMsg>,
     decoder: RecordDecoder,
-    query: StreamQuery,
-    sinks: Vec<mpsc::Sender<OutputBatch>>,
+    program: SqlProgram,
+    sinks: Vec<(Arc<str>, mpsc::Sender<OutputBatch>)>,
     errors: mpsc::Sender<OutputBatch>,
     settings: BatchSettings,
     metrics: Arc<PipelineMetrics>,
     seq: u64,
+    /// Acknowledgements of micro-batches whose rows are still in open windows: they complete only
+    /// once the windows holding those rows are emitted and stored.
+    held: VecDeque<(u64, Ack)>,
+    /// Source partition (shard) numbers, for per-partition watermarks.
+    partitions: HashMap<Arc<str>, u32>,
+}
+
+/// Why the processing task runs the SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A micro-batch of records.
+    Batch,
+    /// No records for a while: let idle partitions time out and due windows close.
+    Tick,
+    /// The source has ended: emit every open window.
+    End,
 }
 
 async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
@@ -541,6 +615,9 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
     let mut pending_pos = Position::new();
     let mut deadline: Option<Instant> = None;
     let mut open = true;
+    let stateful = p.program.is_stateful();
+    let mut ticker = tokio::time::interval(WINDOW_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while open || !pending.is_empty() {
         let mut flush = !open;
         if open {
@@ -548,6 +625,13 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
+                }
+            };
+            let tick = async {
+                if stateful {
+                    ticker.tick().await;
+                } else {
+                    std::future::pending::<()>().await;
                 }
             };
             tokio::select! {
@@ -568,7 +652,7 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                             let rest = chunk.records.split_off(take);
                             pending.append(&mut chunk.records);
                             chunk.records = rest;
-                            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos)).await?;
+                            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos), Step::Batch).await?;
                             deadline = Some(Instant::now() + p.settings.max_latency);
                         }
                         pending.append(&mut chunk.records);
@@ -581,57 +665,109 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                     }
                 },
                 () = wait => flush = true,
+                () = tick => {
+                    if pending.is_empty() && pending_pos.is_empty() {
+                        p.process(Vec::new(), Position::new(), Step::Tick).await?;
+                    }
+                }
             }
         }
         if flush && (!pending.is_empty() || !pending_pos.is_empty()) {
             p.process(
                 std::mem::take(&mut pending),
                 std::mem::take(&mut pending_pos),
+                Step::Batch,
             )
             .await?;
             deadline = None;
         }
     }
+    if stateful {
+        p.process(Vec::new(), Position::new(), Step::End).await?;
+    }
+    // Whatever is still held has had all its output emitted by now.
+    for (_, ack) in p.held.drain(..) {
+        ack.acknowledge();
+    }
     Ok(None)
 }
 
 impl Processing {
-    async fn process(&mut self, records: Vec<Record>, position: Position) -> Result<()> {
+    async fn process(
+        &mut self,
+        records: Vec<Record>,
+        position: Position,
+        step: Step,
+    ) -> Result<()> {
         let seq = self.seq;
         self.seq += 1;
         // Registered before any output exists, so the tracker knows the batch before its acks.
         let _ = self.tracker.send(TrackerMsg::Register(seq, position));
         let root = Ack::new(seq, Some(self.tracker.clone()));
-        self.metrics.add_batch();
+        let mut errors: Vec<ErrorRecord> = Vec::new();
+        let output: SqlOutput = match step {
+            Step::Batch => {
+                self.metrics.add_batch();
+                let decoded = self.decoder.decode(&records)?;
+                errors.extend(decoded.failures.iter().map(|f| ErrorRecord {
+                    stage: ErrorStage::Decode,
+                    kind: f.kind.as_str().to_owned(),
+                    reason: f.reason.clone(),
+                    record: records[f.index].clone(),
+                }));
+                let partitions: Vec<u32> = if self.program.is_stateful() {
+                    decoded
+                        .row_records
+                        .iter()
+                        .map(|&r| self.partition_of(&records[r]))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let output = self
+                    .program
+                    .process(&decoded.batch, &partitions, seq)
+                    .await?;
+                for issue in &output.issues {
+                    let record = match issue.input_row {
+                        Some(row) => records[decoded.row_records[row]].clone(),
+                        None => derived_record(issue.row.as_ref())?,
+                    };
+                    errors.push(ErrorRecord {
+                        stage: ErrorStage::Sql,
+                        kind: issue.kind.clone(),
+                        reason: issue.reason.clone(),
+                        record,
+                    });
+                }
+                output
+            }
+            Step::Tick => self.program.tick(seq).await?,
+            Step::End => self.program.finish(seq).await?,
+        };
+        if step != Step::Batch {
+            for issue in &output.issues {
+                errors.push(ErrorRecord {
+                    stage: ErrorStage::Sql,
+                    kind: issue.kind.clone(),
+                    reason: issue.reason.clone(),
+                    record: derived_record(issue.row.as_ref())?,
+                });
+            }
+        }
 
-        let decoded = self.decoder.decode(&records)?;
-        let mut errors: Vec<ErrorRecord> = decoded
-            .failures
-            .iter()
-            .map(|f| ErrorRecord {
-                stage: ErrorStage::Decode,
-                kind: f.kind.as_str().to_owned(),
-                reason: f.reason.clone(),
-                record: records[f.index].clone(),
-            })
-            .collect();
-
-        let output = self.query.execute(&decoded.batch).await?;
-        errors.extend(output.failures.iter().map(|f| ErrorRecord {
-            stage: ErrorStage::Sql,
-            kind: "sql".to_owned(),
-            reason: f.reason.clone(),
-            record: records[decoded.row_records[f.row]].clone(),
-        }));
-
-        let rows = output.batch.num_rows() as u64;
-        self.metrics.add_out(rows);
-        if rows > 0 {
-            let stream: Arc<str> = Arc::from(DESTINATION_STREAM);
-            for tx in &self.sinks {
+        for (stream, batch) in &output.streams {
+            let rows = batch.num_rows() as u64;
+            if &**stream == DESTINATION_STREAM {
+                self.metrics.add_out(rows);
+            }
+            for (wanted, tx) in &self.sinks {
+                if wanted != stream {
+                    continue;
+                }
                 let out = OutputBatch {
-                    stream: Arc::clone(&stream),
-                    data: OutputData::Rows(output.batch.clone()),
+                    stream: Arc::clone(stream),
+                    data: OutputData::Rows(batch.clone()),
                     ack: root.split(),
                 };
                 tx.send(out).await.map_err(|_| {
@@ -650,9 +786,51 @@ impl Processing {
                 Error::Pipeline("the error output stopped while the pipeline was running".into())
             })?;
         }
-        root.acknowledge();
+        // Earlier batches whose rows are no longer in any open window complete together with
+        // this one, whose output holds what those windows produced.
+        let oldest_open = self.program.oldest_open_batch();
+        while let Some((s, _)) = self.held.front() {
+            if oldest_open.is_some_and(|o| *s >= o) {
+                break;
+            }
+            if let Some((_, ack)) = self.held.pop_front() {
+                root.attach(ack);
+            }
+        }
+        if oldest_open.is_some_and(|o| o <= seq) {
+            self.held.push_back((seq, root));
+        } else {
+            root.acknowledge();
+        }
         Ok(())
     }
+
+    fn partition_of(&mut self, record: &Record) -> u32 {
+        let Some(shard) = record.shard_id() else {
+            return 0;
+        };
+        if let Some(p) = self.partitions.get(shard) {
+            return *p;
+        }
+        let next = u32::try_from(self.partitions.len()).unwrap_or(u32::MAX);
+        self.partitions.insert(Arc::from(shard), next);
+        next
+    }
+}
+
+/// An error-output record for a row that does not come from one input record (an aggregate's
+/// output): the row itself, as JSON.
+fn derived_record(row: Option<&arrow::array::RecordBatch>) -> Result<Record> {
+    let mut payload = Vec::new();
+    if let Some(row) = row {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut payload);
+        w.write(row)?;
+        w.finish()?;
+        if payload.last() == Some(&b'\n') {
+            payload.pop();
+        }
+    }
+    Ok(Record::new(bytes::Bytes::from(payload), now_ms()))
 }
 
 async fn run_sink(

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use rivulet::{Error, Pipeline, PipelineConfig, PipelineMetrics, ReplayOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rivulet::{Error, Pipeline, PipelineConfig, PipelineMetrics, ReplayOptions, WatermarkSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,22 +31,57 @@ enum Command {
     },
     /// Replays a captured file as a stream through a query and writes the output as JSON lines.
     Replay {
-        /// File holding the SQL.
-        #[arg(long)]
-        sql: PathBuf,
-        /// The captured input: NDJSON, or CSV with a header row.
-        #[arg(long)]
-        input: PathBuf,
-        /// Format of the input.
-        #[arg(long, value_enum, default_value_t = InputFormat::Json)]
-        input_format: InputFormat,
-        /// Input field holding each record's time (ISO-8601 or epoch milliseconds), used as ROWTIME.
-        #[arg(long)]
-        rowtime: Option<String>,
-        /// Writes one <STREAM>.ndjson per output stream here instead of printing to standard output.
+        #[command(flatten)]
+        query: QueryArgs,
+        /// Writes one <STREAM>.ndjson per output stream (and error_stream.ndjson) here instead of
+        /// printing the main stream to standard output.
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+    /// Prints the streaming plan of a query: what runs per batch, what is windowed, on which time
+    /// column, with which lateness. The input file gives the schema.
+    Explain {
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    /// File holding the SQL (one or more statements separated by `;`).
+    #[arg(long)]
+    sql: PathBuf,
+    /// The captured input: NDJSON, or CSV with a header row.
+    #[arg(long)]
+    input: PathBuf,
+    /// Format of the input.
+    #[arg(long, value_enum, default_value_t = InputFormat::Json)]
+    input_format: InputFormat,
+    /// Input field holding each record's time (ISO-8601 or epoch milliseconds), used as ROWTIME.
+    #[arg(long)]
+    rowtime: Option<String>,
+    /// How far behind the newest event time a row may arrive before its window is emitted.
+    #[arg(long, default_value_t = 0)]
+    lateness_ms: u64,
+    /// A partition without rows for this long stops holding the watermark back.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+}
+
+impl QueryArgs {
+    fn replay(self, output_dir: Option<PathBuf>) -> ReplayOptions {
+        ReplayOptions {
+            sql_file: self.sql,
+            input: self.input,
+            csv: matches!(self.input_format, InputFormat::Csv),
+            rowtime: self.rowtime,
+            output_dir,
+            watermark: WatermarkSettings {
+                allowed_lateness: Duration::from_millis(self.lateness_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -100,23 +135,14 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
                 (progress_interval > 0.0).then(|| Duration::from_secs_f64(progress_interval));
             drive(p, interval).await
         }
-        Command::Replay {
-            sql,
-            input,
-            input_format,
-            rowtime,
-            output_dir,
-        } => {
-            let p = ReplayOptions {
-                sql_file: sql,
-                input,
-                csv: matches!(input_format, InputFormat::Csv),
-                rowtime,
-                output_dir,
-            }
-            .build()
-            .await?;
+        Command::Replay { query, output_dir } => {
+            let p = query.replay(output_dir).build().await?;
             drive(p, None).await
+        }
+        Command::Explain { query } => {
+            let p = query.replay(None).build().await?;
+            print!("{}", p.program().explain());
+            Ok(())
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Stateless streaming SQL: a query planned once and run on every micro-batch.
+//! Streaming SQL: queries planned once and run on every micro-batch.
 //!
 //! The input stream is registered as `SOURCE_SQL_STREAM_001` and as `source`. Identifiers are
 //! case-sensitive, as written (JSON member names are), while function names are not:
@@ -6,8 +6,21 @@
 //! Every input row has `ROWTIME`, its arrival time; `SELECT *` includes it only when the query
 //! names `ROWTIME` somewhere.
 //!
-//! Queries that need state across batches — aggregates, window functions, joins, `DISTINCT`,
-//! `ORDER BY`, `LIMIT`, subqueries — are refused with an error saying so.
+//! [`StreamQuery`] runs one stateless query; [`SqlProgram`] runs several statements, chained by
+//! stream name, including windowed aggregates (`TUMBLE`, `HOP`, `SESSION`) whose state is kept
+//! across micro-batches and emitted as the event-time watermark passes each window's end.
+//! Shapes that cannot run on an unbounded stream — an aggregate without a window, joins,
+//! `DISTINCT`, `ORDER BY`, `LIMIT`, subqueries — are refused with an error saying why.
+
+mod over;
+mod program;
+mod rewrite;
+mod watermark;
+mod window;
+
+pub(crate) use program::output_stream_names;
+pub use program::{SqlIssue, SqlOutput, SqlProgram};
+pub use watermark::WatermarkSettings;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,12 +29,13 @@ use std::sync::{Arc, Mutex};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -37,9 +51,25 @@ pub const SOURCE_ALIAS: &str = "source";
 
 /// Holds the micro-batch the plan reads on its next execution.
 #[derive(Debug)]
-struct BatchSlot {
+pub(crate) struct BatchSlot {
     schema: SchemaRef,
     batch: Mutex<Option<RecordBatch>>,
+}
+
+impl BatchSlot {
+    pub(crate) fn new(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            batch: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn set(&self, batch: Option<RecordBatch>) {
+        *self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = batch;
+    }
 }
 
 impl PartitionStream for BatchSlot {
@@ -58,6 +88,96 @@ impl PartitionStream for BatchSlot {
             Arc::clone(&self.schema),
             futures::stream::iter(batch.map(Ok)),
         ))
+    }
+}
+
+/// The batch slots a physical plan reads.
+pub(crate) fn slots_read(
+    plan: &Arc<dyn ExecutionPlan>,
+    slots: &[Arc<BatchSlot>],
+) -> Vec<Arc<BatchSlot>> {
+    let mut found: Vec<Arc<BatchSlot>> = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(exec) = node.downcast_ref::<StreamingTableExec>() {
+            for p in exec.partitions() {
+                for s in slots {
+                    let same = std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(s));
+                    if same && !found.iter().any(|f| Arc::ptr_eq(f, s)) {
+                        found.push(Arc::clone(s));
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// A physical plan run once per micro-batch, reading the batch from one slot.
+pub(crate) struct PerBatch {
+    plan: Arc<dyn ExecutionPlan>,
+    slot: Arc<BatchSlot>,
+    task_ctx: Arc<TaskContext>,
+}
+
+impl PerBatch {
+    pub(crate) fn new(
+        plan: Arc<dyn ExecutionPlan>,
+        slot: Arc<BatchSlot>,
+        task_ctx: Arc<TaskContext>,
+    ) -> Self {
+        Self {
+            plan,
+            slot,
+            task_ctx,
+        }
+    }
+
+    pub(crate) fn display(&self) -> String {
+        datafusion::physical_plan::displayable(self.plan.as_ref())
+            .indent(false)
+            .to_string()
+    }
+
+    async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.slot.set(Some(batch));
+        let out =
+            datafusion::physical_plan::collect(Arc::clone(&self.plan), Arc::clone(&self.task_ctx))
+                .await;
+        self.slot.set(None);
+        Ok(out?)
+    }
+
+    /// Runs the plan on `input`. When evaluation fails (a bad `CAST`, a function error), the batch
+    /// is split until the failing rows are found; every other row is evaluated.
+    pub(crate) async fn execute_rows(&self, input: &RecordBatch) -> Result<QueryOutput> {
+        let schema = self.plan.schema();
+        let mut failures = Vec::new();
+        let mut outputs = Vec::new();
+        let mut ranges = VecDeque::from([(0usize, input.num_rows())]);
+        if input.num_rows() == 0 {
+            ranges.clear();
+        }
+        while let Some((offset, len)) = ranges.pop_front() {
+            match self.run(input.slice(offset, len)).await {
+                Ok(out) => outputs.extend(out),
+                Err(e) if len == 1 => failures.push(RowFailure {
+                    row: offset,
+                    reason: describe_error(&e),
+                }),
+                Err(_) => {
+                    let half = len / 2;
+                    ranges.push_front((offset + half, len - half));
+                    ranges.push_front((offset, half));
+                }
+            }
+        }
+        let batch = match outputs.len() {
+            0 => RecordBatch::new_empty(schema),
+            1 => outputs.pop().expect("one batch"),
+            _ => arrow::compute::concat_batches(&schema, &outputs)?,
+        };
+        Ok(QueryOutput { batch, failures })
     }
 }
 
@@ -107,9 +227,7 @@ pub struct QueryOutput {
 /// ```
 pub struct StreamQuery {
     sql: String,
-    plan: Arc<dyn ExecutionPlan>,
-    slot: Arc<BatchSlot>,
-    task_ctx: Arc<TaskContext>,
+    exec: PerBatch,
     /// Input columns the table exposes (all but an unreferenced ROWTIME).
     projection: Option<Vec<usize>>,
     output_schema: SchemaRef,
@@ -134,7 +252,7 @@ fn session() -> SessionContext {
 }
 
 /// True when `sql` names `ROWTIME` (outside string literals and comments).
-fn mentions_rowtime(sql: &str) -> bool {
+pub(crate) fn mentions_rowtime(sql: &str) -> bool {
     Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
         .map(|tokens| {
@@ -145,50 +263,10 @@ fn mentions_rowtime(sql: &str) -> bool {
         .unwrap_or(true)
 }
 
-/// Refuses plans that need state across micro-batches.
-fn check_stateless(plan: &LogicalPlan) -> Result<()> {
-    let mut problem: Option<&'static str> = None;
-    plan.apply_with_subqueries(|node| {
-        problem = match node {
-            LogicalPlan::Aggregate(_) => Some(
-                "aggregates (GROUP BY, COUNT, SUM, …) over a stream need a window; windowed \
-                 aggregation is not available yet",
-            ),
-            LogicalPlan::Window(_) => Some("window functions (OVER …) over a stream need state"),
-            LogicalPlan::Join(_) => Some("joins over a stream need state"),
-            LogicalPlan::Distinct(_) => Some("DISTINCT over a stream needs state"),
-            LogicalPlan::Sort(_) => Some("ORDER BY over an unbounded stream never completes"),
-            LogicalPlan::Limit(_) => Some("LIMIT over an unbounded stream is not supported"),
-            LogicalPlan::Subquery(_) => Some("subqueries over a stream need state"),
-            LogicalPlan::RecursiveQuery(_) => {
-                Some("recursive queries are not supported on streams")
-            }
-            LogicalPlan::Dml(_)
-            | LogicalPlan::Ddl(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Explain(_)
-            | LogicalPlan::Analyze(_)
-            | LogicalPlan::DescribeTable(_) => Some("only SELECT queries run on a stream"),
-            _ => None,
-        };
-        Ok(if problem.is_some() {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    match problem {
-        Some(why) => Err(Error::Sql(format!(
-            "cannot run this query on a stream: {why}"
-        ))),
-        None => Ok(()),
-    }
-}
-
 impl StreamQuery {
     /// Plans `sql` against input batches of `input_schema` (as produced by the decoder, with
-    /// `ROWTIME` last). Fails on invalid SQL or a query that needs state.
+    /// `ROWTIME` last). Fails on invalid SQL or a query that needs state (plan windowed aggregates with
+    /// [`SqlProgram`]).
     pub async fn new(sql: &str, input_schema: SchemaRef) -> Result<Self> {
         let ctx = session();
         let keep_rowtime = mentions_rowtime(sql);
@@ -204,10 +282,7 @@ impl StreamQuery {
             Some(p) => Arc::new(input_schema.project(p)?),
             None => Arc::clone(&input_schema),
         };
-        let slot = Arc::new(BatchSlot {
-            schema: Arc::clone(&table_schema),
-            batch: Mutex::new(None),
-        });
+        let slot = Arc::new(BatchSlot::new(Arc::clone(&table_schema)));
         let table = Arc::new(StreamingTable::try_new(
             Arc::clone(&table_schema),
             vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
@@ -220,7 +295,7 @@ impl StreamQuery {
             .create_logical_plan(sql)
             .await
             .map_err(|e| Error::Sql(describe(&e)))?;
-        check_stateless(&logical)?;
+        program::check_shape(&logical, false, false)?;
         let plan = state
             .create_physical_plan(&logical)
             .await
@@ -228,9 +303,7 @@ impl StreamQuery {
         let output_schema = plan.schema();
         Ok(Self {
             sql: sql.to_owned(),
-            plan,
-            slot,
-            task_ctx: ctx.task_ctx(),
+            exec: PerBatch::new(plan, slot, ctx.task_ctx()),
             projection,
             output_schema,
         })
@@ -246,23 +319,6 @@ impl StreamQuery {
         &self.sql
     }
 
-    fn set_slot(&self, batch: Option<RecordBatch>) {
-        *self
-            .slot
-            .batch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = batch;
-    }
-
-    async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.set_slot(Some(batch));
-        let out =
-            datafusion::physical_plan::collect(Arc::clone(&self.plan), Arc::clone(&self.task_ctx))
-                .await;
-        self.set_slot(None);
-        Ok(out?)
-    }
-
     /// Runs the query on one micro-batch. When evaluation fails (a bad `CAST`, a function error),
     /// the batch is split until the failing rows are found: they are reported in
     /// [`QueryOutput::failures`] and every other row is evaluated.
@@ -271,36 +327,11 @@ impl StreamQuery {
             Some(p) => batch.project(p)?,
             None => batch.clone(),
         };
-        let mut failures = Vec::new();
-        let mut outputs = Vec::new();
-        let mut ranges = VecDeque::from([(0usize, input.num_rows())]);
-        if input.num_rows() == 0 {
-            ranges.clear();
-        }
-        while let Some((offset, len)) = ranges.pop_front() {
-            match self.run(input.slice(offset, len)).await {
-                Ok(out) => outputs.extend(out),
-                Err(e) if len == 1 => failures.push(RowFailure {
-                    row: offset,
-                    reason: describe_error(&e),
-                }),
-                Err(_) => {
-                    let half = len / 2;
-                    ranges.push_front((offset + half, len - half));
-                    ranges.push_front((offset, half));
-                }
-            }
-        }
-        let batch = match outputs.len() {
-            0 => RecordBatch::new_empty(Arc::clone(&self.output_schema)),
-            1 => outputs.pop().expect("one batch"),
-            _ => arrow::compute::concat_batches(&self.output_schema, &outputs)?,
-        };
-        Ok(QueryOutput { batch, failures })
+        self.exec.execute_rows(&input).await
     }
 }
 
-fn describe(e: &datafusion::error::DataFusionError) -> String {
+pub(crate) fn describe(e: &datafusion::error::DataFusionError) -> String {
     e.strip_backtrace().to_string()
 }
 
@@ -414,20 +445,20 @@ mod tests {
         for (sql, word) in [
             (
                 "SELECT ticker_symbol, COUNT(*) FROM source GROUP BY ticker_symbol",
-                "aggregates",
+                "without a window",
             ),
-            ("SELECT SUM(price) FROM source", "aggregates"),
+            ("SELECT SUM(price) FROM source", "TUMBLE"),
             (
                 "SELECT a.price FROM source a JOIN source b ON a.ticker_symbol = b.ticker_symbol",
-                "joins",
+                "join",
             ),
             ("SELECT DISTINCT ticker_symbol FROM source", "DISTINCT"),
-            ("SELECT price, AVG(price) OVER () FROM source", "window"),
+            ("SELECT price, AVG(price) OVER () FROM source", "OVER"),
             ("SELECT * FROM source ORDER BY price", "ORDER BY"),
             ("SELECT * FROM source LIMIT 1", "LIMIT"),
             (
                 "SELECT * FROM source WHERE price > (SELECT AVG(price) FROM source)",
-                "state",
+                "subqueries",
             ),
         ] {
             let err = q(sql).await.unwrap_err().to_string();

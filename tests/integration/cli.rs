@@ -134,7 +134,7 @@ fn run_with_an_unknown_key_exits_non_zero_naming_it() {
 fn run_with_a_stateful_query_exits_non_zero_naming_query_sql() {
     let stderr = run_config_error("bad_sql.toml");
     assert!(stderr.contains("query.sql"), "{stderr}");
-    assert!(stderr.contains("aggregates"), "{stderr}");
+    assert!(stderr.contains("without a window"), "{stderr}");
 }
 
 #[test]

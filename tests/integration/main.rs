@@ -2,4 +2,5 @@
 
 mod cli;
 mod pipeline;
+mod sql_cases;
 mod support;

@@ -343,7 +343,7 @@ async fn a_stateful_query_is_refused_at_build() {
         .await
         .unwrap_err();
     assert!(matches!(err, rivulet::Error::Sql(_)), "{err:?}");
-    assert!(err.to_string().contains("need a window"), "{err}");
+    assert!(err.to_string().contains("without a window"), "{err}");
 }
 
 #[tokio::test]

@@ -1,0 +1,446 @@
+//! Row-by-row sliding aggregates: `AGG(x) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN
+//! INTERVAL '1' MINUTE PRECEDING AND CURRENT ROW)` and `ROWS n PRECEDING`.
+//!
+//! Each input row gives one output row, emitted once the watermark has passed its time (so every
+//! row of its frame has arrived). Rows are kept per partition key only as long as a future row's
+//! frame can reach them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use arrow::compute::kernels::cast::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::window::{
+    PlainAggregateWindowExpr, SlidingAggregateWindowExpr, WindowExpr,
+};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::watermark::{Millis, WatermarkSettings, WatermarkTracker};
+use super::window::{fmt_millis, time_to_millis, BatchContext, RowIssue};
+use crate::{Error, Result};
+
+/// How far back a frame reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// `RANGE BETWEEN <ms> PRECEDING AND CURRENT ROW`: rows with time in `[t - ms, t]`.
+    Range(Millis),
+    /// `ROWS BETWEEN n PRECEDING AND CURRENT ROW`.
+    Rows(u64),
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Range(ms) => write!(f, "RANGE {} PRECEDING", fmt_millis(*ms)),
+            Frame::Rows(n) => write!(f, "ROWS {n} PRECEDING"),
+        }
+    }
+}
+
+/// A planned `OVER` aggregate: what to evaluate per input row.
+#[derive(Debug, Clone)]
+pub(crate) struct OverPlan {
+    pub(crate) frame: Frame,
+    pub(crate) time_expr: Arc<dyn PhysicalExpr>,
+    pub(crate) partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
+    pub(crate) args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub(crate) row_column: Option<usize>,
+    /// Input columns, then one column per aggregate.
+    pub(crate) output_schema: SchemaRef,
+}
+
+fn bound_millis(v: &ScalarValue) -> Option<Millis> {
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Some(i64::from(i.days) * 86_400_000 + i.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Some(i64::from(i.days) * 86_400_000 + i64::from(i.milliseconds))
+        }
+        ScalarValue::DurationMillisecond(Some(ms)) => Some(*ms),
+        ScalarValue::DurationSecond(Some(s)) => Some(s * 1000),
+        ScalarValue::DurationMicrosecond(Some(us)) => Some(us / 1000),
+        ScalarValue::DurationNanosecond(Some(ns)) => Some(ns / 1_000_000),
+        _ => None,
+    }
+}
+
+impl OverPlan {
+    /// Builds the plan from the window expressions of a DataFusion window operator.
+    pub(crate) fn from_window_exprs(
+        exprs: &[Arc<dyn WindowExpr>],
+        input_schema: &SchemaRef,
+        output_schema: SchemaRef,
+        row_column: Option<usize>,
+    ) -> Result<Self> {
+        let unsupported =
+            |why: String| Error::Sql(format!("cannot run this OVER window on a stream: {why}"));
+        let first = exprs
+            .first()
+            .ok_or_else(|| unsupported("no window expression".into()))?;
+        let mut aggs = Vec::new();
+        let mut args = Vec::new();
+        let mut frame_of_first: Option<Frame> = None;
+        for e in exprs {
+            let agg = if let Some(p) = e.as_any().downcast_ref::<PlainAggregateWindowExpr>() {
+                p.get_aggregate_expr().clone()
+            } else if let Some(s) = e.as_any().downcast_ref::<SlidingAggregateWindowExpr>() {
+                s.get_aggregate_expr().clone()
+            } else {
+                return Err(unsupported(format!(
+                    "{} is not an aggregate function; only aggregates (SUM, COUNT, AVG, …) run \
+                     OVER a stream",
+                    e.name()
+                )));
+            };
+            if e.partition_by().len() != first.partition_by().len()
+                || e.partition_by()
+                    .iter()
+                    .zip(first.partition_by())
+                    .any(|(a, b)| a.to_string() != b.to_string())
+                || e.order_by().len() != 1
+                || e.order_by()[0].expr.to_string() != first.order_by()[0].expr.to_string()
+            {
+                return Err(unsupported(
+                    "every OVER window of a statement must have the same PARTITION BY and \
+                     ORDER BY (one time column)"
+                        .into(),
+                ));
+            }
+            let f = e.get_window_frame();
+            let unbounded = || {
+                unsupported(
+                    "the frame must be bounded: write RANGE BETWEEN INTERVAL '1' MINUTE \
+                     PRECEDING AND CURRENT ROW or ROWS BETWEEN n PRECEDING AND CURRENT ROW"
+                        .into(),
+                )
+            };
+            if !matches!(f.end_bound, WindowFrameBound::CurrentRow) {
+                return Err(unbounded());
+            }
+            let frame = match (&f.units, &f.start_bound) {
+                (WindowFrameUnits::Range, WindowFrameBound::Preceding(v)) if !v.is_null() => {
+                    Frame::Range(bound_millis(v).ok_or_else(|| {
+                        unsupported(format!(
+                            "RANGE needs an interval such as INTERVAL '10' SECOND, got {v}"
+                        ))
+                    })?)
+                }
+                (WindowFrameUnits::Range, WindowFrameBound::CurrentRow) => Frame::Range(0),
+                (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v)) if !v.is_null() => {
+                    Frame::Rows(match v {
+                        ScalarValue::UInt64(Some(n)) => *n,
+                        other => u64::try_from(
+                            other
+                                .cast_to(&DataType::Int64)
+                                .ok()
+                                .and_then(|s| match s {
+                                    ScalarValue::Int64(Some(n)) => Some(n),
+                                    _ => None,
+                                })
+                                .unwrap_or(-1),
+                        )
+                        .map_err(|_| unbounded())?,
+                    })
+                }
+                (WindowFrameUnits::Rows, WindowFrameBound::CurrentRow) => Frame::Rows(0),
+                _ => return Err(unbounded()),
+            };
+            if frame_of_first.is_some_and(|f0| f0 != frame) {
+                return Err(unsupported(
+                    "every OVER window of a statement must have the same frame".into(),
+                ));
+            }
+            frame_of_first = Some(frame);
+            args.push(agg.expressions());
+            aggs.push(Arc::new(agg));
+        }
+        let _ = input_schema;
+        Ok(Self {
+            frame: frame_of_first.unwrap_or(Frame::Rows(0)),
+            time_expr: Arc::clone(&first.order_by()[0].expr),
+            partition_by: first.partition_by().to_vec(),
+            aggs,
+            args,
+            row_column,
+            output_schema,
+        })
+    }
+}
+
+/// One row kept for frames: its time, arrival order and aggregate arguments.
+#[derive(Debug, Clone)]
+struct Entry {
+    t: Millis,
+    arrival: u64,
+    args: Vec<ScalarValue>,
+    /// Where the row's input columns are while it waits to be emitted.
+    pending: Option<(u64, usize)>,
+}
+
+/// The `OVER` operator.
+pub(crate) struct OverAggregate {
+    plan: OverPlan,
+    watermark: WatermarkTracker,
+    keys: RowConverter,
+    partitions: HashMap<OwnedRow, VecDeque<Entry>>,
+    /// Input batches holding rows not yet emitted, with how many such rows each holds and the
+    /// micro-batch they came in.
+    chunks: HashMap<u64, (RecordBatch, usize, u64)>,
+    next_chunk: u64,
+    arrivals: u64,
+}
+
+impl std::fmt::Debug for OverAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverAggregate")
+            .field("frame", &self.plan.frame)
+            .field("partitions", &self.partitions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OverAggregate {
+    pub(crate) fn new(
+        plan: OverPlan,
+        settings: WatermarkSettings,
+        input: &SchemaRef,
+    ) -> Result<Self> {
+        let fields = plan
+            .partition_by
+            .iter()
+            .map(|e| Ok(SortField::new(e.data_type(input)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            keys: RowConverter::new(fields)?,
+            plan,
+            watermark: WatermarkTracker::new(settings),
+            partitions: HashMap::new(),
+            chunks: HashMap::new(),
+            next_chunk: 0,
+            arrivals: 0,
+        })
+    }
+
+    pub(crate) fn plan(&self) -> &OverPlan {
+        &self.plan
+    }
+
+    /// Rows kept (waiting or needed by future frames).
+    pub(crate) fn live_states(&self) -> usize {
+        self.partitions.values().map(VecDeque::len).sum()
+    }
+
+    pub(crate) fn oldest_seq(&self) -> Option<u64> {
+        self.chunks.values().map(|c| c.2).min()
+    }
+
+    pub(crate) fn refresh(&mut self, now: std::time::Instant) {
+        self.watermark.refresh(now);
+    }
+
+    pub(crate) fn finish(&mut self) {
+        self.watermark.finish();
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &BatchContext<'_>,
+    ) -> Result<Vec<RowIssue>> {
+        let n = batch.num_rows();
+        let mut issues = Vec::new();
+        if n == 0 {
+            return Ok(issues);
+        }
+        let time_col = self.plan.time_expr.evaluate(batch)?.into_array(n)?;
+        let (times, _) = time_to_millis(&time_col)?;
+        let row_ids: Option<UInt64Array> = match self.plan.row_column {
+            Some(c) => Some(
+                cast_with_options(batch.column(c), &DataType::UInt64, &CastOptions::default())?
+                    .as_primitive()
+                    .clone(),
+            ),
+            None => None,
+        };
+        let row_id = |i: usize| {
+            row_ids
+                .as_ref()
+                .and_then(|r| r.is_valid(i).then(|| r.value(i)))
+        };
+        let key_cols = self
+            .plan
+            .partition_by
+            .iter()
+            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.keys.convert_columns(&key_cols)?;
+        let args: Vec<Vec<ArrayRef>> = self
+            .plan
+            .args
+            .iter()
+            .map(|a| {
+                a.iter()
+                    .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let chunk = self.next_chunk;
+        let mut kept = 0;
+        for i in 0..n {
+            if times.is_null(i) {
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "bad_time",
+                    reason: "the OVER window's time value is null or not a timestamp".into(),
+                });
+                continue;
+            }
+            let t = times.value(i);
+            let wm = self.watermark.watermark();
+            if t < wm {
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "late",
+                    reason: format!(
+                        "event time {t} ms is behind the watermark {wm} ms: rows after it were \
+                         already emitted"
+                    ),
+                });
+                continue;
+            }
+            let partition = row_id(i)
+                .and_then(|r| ctx.partitions.get(r as usize).copied())
+                .unwrap_or(0);
+            self.watermark.observe(partition, t, ctx.now);
+            let entry = Entry {
+                t,
+                arrival: self.arrivals,
+                args: args
+                    .iter()
+                    .flatten()
+                    .map(|a| ScalarValue::try_from_array(a, i))
+                    .collect::<datafusion::error::Result<_>>()?,
+                pending: Some((chunk, i)),
+            };
+            self.arrivals += 1;
+            kept += 1;
+            let list = self.partitions.entry(keys.row(i).owned()).or_default();
+            let at = list.partition_point(|e| (e.t, e.arrival) <= (t, entry.arrival));
+            list.insert(at, entry);
+        }
+        if kept > 0 {
+            self.chunks.insert(chunk, (batch.clone(), kept, ctx.seq));
+            self.next_chunk += 1;
+        }
+        Ok(issues)
+    }
+
+    /// Emits every waiting row whose time the watermark has passed, in time order.
+    pub(crate) fn emit_ready(&mut self) -> Result<Option<RecordBatch>> {
+        let wm = self.watermark.watermark();
+        // (t, arrival, chunk, row, aggregate values)
+        let mut ready: Vec<(Millis, u64, u64, usize, Vec<ScalarValue>)> = Vec::new();
+        let widths: Vec<usize> = self.plan.args.iter().map(Vec::len).collect();
+        for list in self.partitions.values_mut() {
+            for i in 0..list.len() {
+                let e = &list[i];
+                if e.t >= wm {
+                    break;
+                }
+                let Some((chunk, row)) = e.pending else {
+                    continue;
+                };
+                let lo = match self.plan.frame {
+                    Frame::Range(ms) => {
+                        let from = e.t.saturating_sub(ms);
+                        list.partition_point(|x| x.t < from)
+                    }
+                    Frame::Rows(n) => i.saturating_sub(usize::try_from(n).unwrap_or(usize::MAX)),
+                };
+                let hi = match self.plan.frame {
+                    // Peers (same time) are part of a RANGE frame's current row.
+                    Frame::Range(_) => list.partition_point(|x| x.t <= e.t),
+                    Frame::Rows(_) => i + 1,
+                };
+                let mut values = Vec::with_capacity(self.plan.aggs.len());
+                let mut offset = 0;
+                for (agg, w) in self.plan.aggs.iter().zip(&widths) {
+                    let mut acc = agg.create_accumulator()?;
+                    let cols = (0..*w)
+                        .map(|c| {
+                            ScalarValue::iter_to_array(
+                                list.range(lo..hi).map(|x| x.args[offset + c].clone()),
+                            )
+                        })
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    acc.update_batch(&cols)?;
+                    values.push(acc.evaluate()?);
+                    offset += w;
+                }
+                ready.push((e.t, e.arrival, chunk, row, values));
+                list[i].pending = None;
+            }
+            // Forget rows no future frame can reach: future rows have time >= watermark.
+            let keep_from = match self.plan.frame {
+                Frame::Range(ms) => {
+                    let from = wm.saturating_sub(ms);
+                    list.partition_point(|x| x.t < from && x.pending.is_none())
+                }
+                Frame::Rows(n) => {
+                    let done = list.partition_point(|x| x.t < wm && x.pending.is_none());
+                    done.saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))
+                }
+            };
+            list.drain(..keep_from);
+        }
+        self.partitions.retain(|_, l| !l.is_empty());
+        if ready.is_empty() {
+            return Ok(None);
+        }
+        ready.sort_by_key(|r| (r.0, r.1));
+        // Input columns of the emitted rows, gathered from their chunks.
+        let mut chunk_ids: Vec<u64> = ready.iter().map(|r| r.2).collect();
+        chunk_ids.sort_unstable();
+        chunk_ids.dedup();
+        let sources: Vec<&RecordBatch> = chunk_ids.iter().map(|c| &self.chunks[c].0).collect();
+        let index: Vec<(usize, usize)> = ready
+            .iter()
+            .map(|r| (chunk_ids.binary_search(&r.2).unwrap_or(0), r.3))
+            .collect();
+        let ncols = sources[0].num_columns();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.plan.output_schema.fields().len());
+        for c in 0..ncols {
+            let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
+            cols.push(arrow::compute::interleave(&arrays, &index)?);
+        }
+        for a in 0..self.plan.aggs.len() {
+            let values = ready.iter().map(|r| r.4[a].clone());
+            let arr = ScalarValue::iter_to_array(values)?;
+            let field = self.plan.output_schema.field(ncols + a);
+            cols.push(if arr.data_type() == field.data_type() {
+                arr
+            } else {
+                arrow::compute::cast(&arr, field.data_type())?
+            });
+        }
+        for r in &ready {
+            if let Some(c) = self.chunks.get_mut(&r.2) {
+                c.1 -= 1;
+            }
+        }
+        self.chunks.retain(|_, c| c.1 > 0);
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&self.plan.output_schema),
+            cols,
+        )?))
+    }
+}

@@ -1,0 +1,1027 @@
+//! A program of streaming SQL statements: stateless parts run per micro-batch through
+//! DataFusion, windowed aggregates through [`WindowAggregate`], statements chained by stream name.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::TableReference;
+use datafusion::execution::registry::FunctionRegistry;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::physical_expr::ScalarFunctionExpr;
+use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use super::over::{OverAggregate, OverPlan};
+use super::rewrite::{
+    rewrite_query, EventTime, WindowBound, WindowClause, ROW_ID, WINDOW_END_FN, WINDOW_START_FN,
+};
+use super::watermark::WatermarkSettings;
+use super::window::{
+    fmt_millis, BatchContext, GroupColumn, RowIssue, WindowAggregate, WindowAggregatePlan,
+};
+use super::{
+    describe, mentions_rowtime, slots_read, BatchSlot, PerBatch, SOURCE_ALIAS, SOURCE_STREAM,
+};
+use crate::format::ROWTIME;
+use crate::sink::DESTINATION_STREAM;
+use crate::{Error, Result};
+
+/// A row the program could not process, and why.
+#[derive(Debug, Clone)]
+pub struct SqlIssue {
+    /// Index of the input row (in the batch given to [`SqlProgram::process`]) the issue traces
+    /// back to; `None` for rows derived from several inputs (an aggregate's output).
+    pub input_row: Option<usize>,
+    /// The row itself when it has no input row (one row).
+    pub row: Option<RecordBatch>,
+    /// `sql` (evaluation failed), `late` (its window was already emitted) or `bad_time`.
+    pub kind: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// What one call of [`SqlProgram::process`] produced.
+#[derive(Debug, Default)]
+pub struct SqlOutput {
+    /// Rows per output stream (only streams with rows), in statement order.
+    pub streams: Vec<(Arc<str>, RecordBatch)>,
+    /// Rows that went to no stream.
+    pub issues: Vec<SqlIssue>,
+}
+
+/// A stateful operator between two per-batch plans.
+enum Operator {
+    Group(WindowAggregate, WindowClause),
+    Over(OverAggregate),
+}
+
+impl Operator {
+    fn push(&mut self, batch: &RecordBatch, ctx: &BatchContext<'_>) -> Result<Vec<RowIssue>> {
+        match self {
+            Operator::Group(op, _) => op.push(batch, ctx),
+            Operator::Over(op) => op.push(batch, ctx),
+        }
+    }
+
+    fn emit_ready(&mut self) -> Result<Option<RecordBatch>> {
+        match self {
+            Operator::Group(op, _) => op.emit_ready(),
+            Operator::Over(op) => op.emit_ready(),
+        }
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        match self {
+            Operator::Group(op, _) => op.refresh(now),
+            Operator::Over(op) => op.refresh(now),
+        }
+    }
+
+    fn finish(&mut self) {
+        match self {
+            Operator::Group(op, _) => op.finish(),
+            Operator::Over(op) => op.finish(),
+        }
+    }
+
+    fn live_states(&self) -> usize {
+        match self {
+            Operator::Group(op, _) => op.live_states(),
+            Operator::Over(op) => op.live_states(),
+        }
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        match self {
+            Operator::Group(op, _) => op.oldest_seq(),
+            Operator::Over(op) => op.oldest_seq(),
+        }
+    }
+}
+
+struct Windowed {
+    pre: PerBatch,
+    op: Operator,
+    post: PerBatch,
+}
+
+enum Stage {
+    Stateless(PerBatch),
+    Windowed(Box<Windowed>),
+}
+
+struct Statement_ {
+    sql: String,
+    /// The stream it reads.
+    input: String,
+    output: Arc<str>,
+    stage: Stage,
+    /// Schema of the stream as other statements read it (all nullable, with the row id).
+    stream_schema: SchemaRef,
+    /// Schema of the rows given to sinks (without the row id).
+    visible_schema: SchemaRef,
+}
+
+/// Streaming SQL: one or more statements over the input stream.
+///
+/// Each statement is a `SELECT` (its rows form `DESTINATION_SQL_STREAM`) or
+/// `INSERT INTO stream_name SELECT …`; a later statement can read an earlier one's stream by name.
+/// The input is `SOURCE_SQL_STREAM_001` (alias `source`). Windowed aggregates group by
+/// `TUMBLE(ts, size)`, `HOP(ts, slide, size)` or `SESSION(ts, gap)`; their rows come out when the
+/// watermark passes the window's end.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> rivulet::Result<()> {
+/// use std::sync::Arc;
+/// use arrow::array::{Int64Array, RecordBatch, StringArray};
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use rivulet::{SqlProgram, WatermarkSettings};
+///
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("sym", DataType::Utf8, true),
+///     Field::new("ts", DataType::Int64, true), // epoch milliseconds
+/// ]));
+/// let mut program = SqlProgram::new(
+///     "SELECT sym, COUNT(*) AS n, window_start FROM source \
+///      GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)",
+///     Arc::clone(&schema),
+///     WatermarkSettings::default(),
+/// ).await?;
+/// let batch = RecordBatch::try_new(schema, vec![
+///     Arc::new(StringArray::from(vec!["A", "A", "B", "A"])),
+///     Arc::new(Int64Array::from(vec![1_000, 2_000, 3_000, 12_000])),
+/// ])?;
+/// // The row at 12 s moves the watermark past the first window's end.
+/// let out = program.process(&batch, &[], 0).await?;
+/// assert_eq!(out.streams[0].1.num_rows(), 2); // (A, 2) and (B, 1)
+/// let out = program.finish(1).await?;
+/// assert_eq!(out.streams[0].1.num_rows(), 1); // (A, 1) for [10 s, 20 s)
+/// # Ok(()) }
+/// ```
+pub struct SqlProgram {
+    statements: Vec<Statement_>,
+    slots: HashMap<String, Arc<BatchSlot>>,
+    source_projection: Option<Vec<usize>>,
+    source_schema: SchemaRef,
+    settings: WatermarkSettings,
+}
+
+impl fmt::Debug for SqlProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlProgram")
+            .field(
+                "statements",
+                &self.statements.iter().map(|s| &s.sql).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A DataFusion session for streaming statements: one partition, case-sensitive identifiers, the
+/// window markers registered, and no rewrite of `COUNT(DISTINCT x)` into two aggregations.
+fn streaming_state() -> SessionState {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    let base = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    let rules = base
+        .optimizers()
+        .iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .cloned()
+        .collect();
+    let mut state = SessionStateBuilder::new_from_existing(base)
+        .with_optimizer_rules(rules)
+        .build();
+    for udf in [
+        ScalarUDF::from(WindowBound::start()),
+        ScalarUDF::from(WindowBound::end()),
+        ScalarUDF::from(EventTime::new()),
+    ] {
+        let _ = state.register_udf(Arc::new(udf));
+    }
+    state
+}
+
+fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Refuses plan shapes that cannot run on an unbounded stream, saying what to write instead.
+pub(crate) fn check_shape(plan: &LogicalPlan, windowed: bool, over: bool) -> Result<()> {
+    let mut problem: Option<String> = None;
+    let mut aggregates = 0;
+    plan.apply_with_subqueries(|node| {
+        let p: Option<String> = match node {
+            LogicalPlan::Aggregate(a) => {
+                aggregates += 1;
+                if !windowed {
+                    Some(
+                        "an aggregate (GROUP BY, COUNT, SUM, …) over a stream never completes \
+                         without a window: add TUMBLE(ts, INTERVAL '1' MINUTE), HOP(ts, slide, \
+                         size) or SESSION(ts, gap) to GROUP BY"
+                            .into(),
+                    )
+                } else if a
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e, datafusion::logical_expr::Expr::GroupingSet(_)))
+                {
+                    Some("GROUPING SETS, CUBE and ROLLUP are not supported on streams".into())
+                } else {
+                    None
+                }
+            }
+            LogicalPlan::Window(_) if windowed => Some(
+                "a statement can have a group window (TUMBLE, HOP, SESSION) or OVER windows, \
+                 not both; give one of them its own statement"
+                    .into(),
+            ),
+            LogicalPlan::Window(_) if !over => Some("OVER windows need state".into()),
+            LogicalPlan::Join(_) => Some(
+                "a join of streams needs a time bound on both sides, which is not supported; \
+                 aggregate each stream in its own statement instead"
+                    .into(),
+            ),
+            LogicalPlan::Distinct(_) => Some(
+                "SELECT DISTINCT over a stream never completes; use GROUP BY with a window".into(),
+            ),
+            LogicalPlan::Sort(_) => Some(
+                "ORDER BY over an unbounded stream never completes; rows come out in window \
+                 order, sort them downstream if needed"
+                    .into(),
+            ),
+            LogicalPlan::Limit(_) => Some("LIMIT over an unbounded stream is not supported".into()),
+            LogicalPlan::Subquery(_) => Some(
+                "subqueries in expressions are not supported on streams; give the inner query \
+                 its own statement"
+                    .into(),
+            ),
+            LogicalPlan::RecursiveQuery(_) => {
+                Some("recursive queries are not supported on streams".into())
+            }
+            LogicalPlan::Dml(_)
+            | LogicalPlan::Ddl(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+            | LogicalPlan::DescribeTable(_) => Some("only SELECT queries run on a stream".into()),
+            _ => None,
+        };
+        let stop = p.is_some();
+        if p.is_some() {
+            problem = p;
+        }
+        Ok(if stop {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    if let Some(why) = problem {
+        return Err(Error::Sql(format!(
+            "cannot run this query on a stream: {why}"
+        )));
+    }
+    if windowed && aggregates > 1 {
+        return Err(Error::Sql(
+            "cannot run this query on a stream: one windowed aggregate per statement; give the \
+             other aggregate its own statement (INSERT INTO stream_name SELECT …)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// True when the plan has `OVER` windows.
+fn has_over(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        found |= matches!(node, LogicalPlan::Window(_));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Splits a planned `OVER` query into the per-batch part below the window operator, the
+/// operator, and the per-batch part above it.
+fn split_over(
+    plan: &Arc<dyn ExecutionPlan>,
+    input_slot: &Arc<BatchSlot>,
+    task_ctx: &Arc<TaskContext>,
+) -> Result<(PerBatch, OverPlan, PerBatch, SchemaRef)> {
+    let is_window = |p: &Arc<dyn ExecutionPlan>| {
+        p.downcast_ref::<BoundedWindowAggExec>().is_some()
+            || p.downcast_ref::<WindowAggExec>().is_some()
+    };
+    let node = find_node(plan, &is_window)
+        .ok_or_else(|| Error::Sql("cannot plan the OVER window: no window operator".into()))?;
+    let (exprs, input) = if let Some(b) = node.downcast_ref::<BoundedWindowAggExec>() {
+        (b.window_expr().to_vec(), Arc::clone(b.input()))
+    } else if let Some(w) = node.downcast_ref::<WindowAggExec>() {
+        (w.window_expr().to_vec(), Arc::clone(w.input()))
+    } else {
+        unreachable!("found by is_window")
+    };
+    if find_node(&input, &is_window).is_some() {
+        return Err(Error::Sql(
+            "cannot run this query on a stream: OVER windows with different PARTITION BY or \
+             ORDER BY; give each its own statement"
+                .into(),
+        ));
+    }
+    // The operator orders rows itself; a sort below it would only cost time.
+    let input = match input.downcast_ref::<SortExec>() {
+        Some(sort) => Arc::clone(sort.input()),
+        None => input,
+    };
+    let input_schema = input.schema();
+    let output_schema = node.schema();
+    let over = OverPlan::from_window_exprs(
+        &exprs,
+        &input_schema,
+        Arc::clone(&output_schema),
+        input_schema.index_of(ROW_ID).ok(),
+    )?;
+    let (post, _) = replace_with_slot(plan, &node, task_ctx)?;
+    Ok((
+        PerBatch::new(input, Arc::clone(input_slot), Arc::clone(task_ctx)),
+        over,
+        post,
+        input_schema,
+    ))
+}
+
+/// The plan with `node` replaced by a slot that receives the operator's output.
+fn replace_with_slot(
+    plan: &Arc<dyn ExecutionPlan>,
+    node: &Arc<dyn ExecutionPlan>,
+    task_ctx: &Arc<TaskContext>,
+) -> Result<(PerBatch, Arc<BatchSlot>)> {
+    let schema = node.schema();
+    let slot = Arc::new(BatchSlot::new(Arc::clone(&schema)));
+    let exec: Arc<dyn ExecutionPlan> = Arc::new(StreamingTableExec::try_new(
+        schema,
+        vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
+        None,
+        Vec::new(),
+        false,
+        None,
+    )?);
+    let replaced = Arc::clone(plan)
+        .transform_down(|n| {
+            Ok(if Arc::ptr_eq(&n, node) {
+                Transformed::new(Arc::clone(&exec), true, TreeNodeRecursion::Jump)
+            } else {
+                Transformed::no(n)
+            })
+        })?
+        .data;
+    Ok((
+        PerBatch::new(replaced, Arc::clone(&slot), Arc::clone(task_ctx)),
+        slot,
+    ))
+}
+
+fn find_node(
+    plan: &Arc<dyn ExecutionPlan>,
+    pred: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    if pred(plan) {
+        return Some(Arc::clone(plan));
+    }
+    plan.children().into_iter().find_map(|c| find_node(c, pred))
+}
+
+fn is_aggregate(p: &Arc<dyn ExecutionPlan>) -> bool {
+    p.downcast_ref::<AggregateExec>().is_some()
+}
+
+/// Splits a planned windowed aggregate into the per-batch part below it, the window operator,
+/// and the per-batch part above it (reading the operator's output).
+fn split_windowed(
+    plan: &Arc<dyn ExecutionPlan>,
+    clause: &WindowClause,
+    input_slot: &Arc<BatchSlot>,
+    task_ctx: &Arc<TaskContext>,
+) -> Result<(PerBatch, WindowAggregatePlan, PerBatch)> {
+    let internal = |what: &str| Error::Sql(format!("cannot plan the windowed aggregate: {what}"));
+    let top = find_node(plan, &is_aggregate).ok_or_else(|| internal("no aggregate in the plan"))?;
+    let top_exec = top
+        .downcast_ref::<AggregateExec>()
+        .ok_or_else(|| internal("unexpected aggregate"))?;
+    let agg_node = match top_exec.mode() {
+        AggregateMode::Final | AggregateMode::FinalPartitioned => {
+            let first = top_exec
+                .input()
+                .children()
+                .into_iter()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| Arc::clone(top_exec.input()));
+            find_node(top_exec.input(), &is_aggregate)
+                .or_else(|| find_node(&first, &is_aggregate))
+                .ok_or_else(|| internal("final aggregate without a partial one"))?
+        }
+        _ => Arc::clone(&top),
+    };
+    let agg = agg_node
+        .downcast_ref::<AggregateExec>()
+        .ok_or_else(|| internal("unexpected aggregate"))?;
+    let input = Arc::clone(agg.input());
+    let input_schema = input.schema();
+    let mut time_expr = None;
+    let mut row_expr = None;
+    let mut keys = Vec::new();
+    let mut key_fields = Vec::new();
+    let mut group_columns = Vec::new();
+    for (expr, name) in agg.group_expr().expr() {
+        let marker = expr
+            .downcast_ref::<ScalarFunctionExpr>()
+            .map(|f| (f.name().to_owned(), f.args().to_vec()));
+        match marker {
+            Some((n, args)) if n == WINDOW_START_FN => {
+                time_expr = args.first().cloned();
+                row_expr = args.get(1).cloned();
+                group_columns.push(GroupColumn::Start);
+            }
+            Some((n, _)) if n == WINDOW_END_FN => group_columns.push(GroupColumn::End),
+            _ => {
+                group_columns.push(GroupColumn::Key(keys.len()));
+                key_fields.push(Field::new(name, expr.data_type(&input_schema)?, true));
+                keys.push(Arc::clone(expr));
+            }
+        }
+    }
+    let time_expr = time_expr.ok_or_else(|| internal("the window's time column was lost"))?;
+    let aggs = agg.aggr_expr().to_vec();
+    let agg_args = aggregate_expressions(&aggs, &AggregateMode::Single, 0)?;
+    let output_schema = top.schema();
+    let (post, _) = replace_with_slot(plan, &top, task_ctx)?;
+    let window_plan = WindowAggregatePlan {
+        spec: clause.spec,
+        time_expr,
+        row_expr,
+        keys,
+        key_schema: Arc::new(Schema::new(key_fields)),
+        aggs,
+        agg_args,
+        filters: agg.filter_expr().to_vec(),
+        group_columns,
+        output_schema,
+    };
+    Ok((
+        PerBatch::new(input, Arc::clone(input_slot), Arc::clone(task_ctx)),
+        window_plan,
+        post,
+    ))
+}
+
+fn plan_error(e: &datafusion::error::DataFusionError, sql: &str) -> Error {
+    Error::Sql(format!("{} (in statement: {sql})", describe(e)))
+}
+
+impl SqlProgram {
+    /// Plans `sql` (statements separated by `;`) against input batches of `input_schema` (as the
+    /// decoder produces them, with `ROWTIME` last).
+    pub async fn new(
+        sql: &str,
+        input_schema: SchemaRef,
+        settings: WatermarkSettings,
+    ) -> Result<Self> {
+        let state = streaming_state();
+        let ctx = SessionContext::new_with_state(state);
+        let task_ctx = ctx.task_ctx();
+        let keep_rowtime = mentions_rowtime(sql);
+        let source_projection: Option<Vec<usize>> = match input_schema.index_of(ROWTIME) {
+            Ok(i) if !keep_rowtime => Some(
+                (0..input_schema.fields().len())
+                    .filter(|&c| c != i)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let visible = match &source_projection {
+            Some(p) => input_schema.project(p)?,
+            None => input_schema.as_ref().clone(),
+        };
+        let mut fields: Vec<Field> = visible
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(ROW_ID, DataType::UInt64, true));
+        let source_schema = Arc::new(Schema::new(fields));
+        let mut slots = HashMap::new();
+        let source_slot = Arc::new(BatchSlot::new(Arc::clone(&source_schema)));
+        let table = Arc::new(StreamingTable::try_new(
+            Arc::clone(&source_schema),
+            vec![Arc::clone(&source_slot) as Arc<dyn PartitionStream>],
+        )?);
+        for name in [SOURCE_STREAM, SOURCE_ALIAS] {
+            ctx.register_table(TableReference::bare(name), Arc::clone(&table) as _)?;
+        }
+        slots.insert(SOURCE_STREAM.to_owned(), source_slot);
+
+        let parsed = Parser::parse_sql(&GenericDialect {}, sql)
+            .map_err(|e| Error::Sql(format!("cannot parse the SQL: {e}")))?;
+        if parsed.is_empty() {
+            return Err(Error::Sql("the SQL holds no statement".into()));
+        }
+        let mut statements: Vec<Statement_> = Vec::new();
+        for stmt in parsed {
+            let (output, mut query) = match stmt {
+                Statement::Query(q) => (DESTINATION_STREAM.to_owned(), q),
+                Statement::Insert(insert) => {
+                    let name = match &insert.table {
+                        TableObject::TableName(n) => {
+                            n.0.last()
+                                .and_then(|p| p.as_ident())
+                                .map(|i| i.value.clone())
+                                .unwrap_or_default()
+                        }
+                        other => {
+                            return Err(Error::Sql(format!(
+                                "INSERT INTO takes a stream name, got `{other}`"
+                            )))
+                        }
+                    };
+                    let source = insert
+                        .source
+                        .ok_or_else(|| Error::Sql(format!("INSERT INTO {name} needs a SELECT")))?;
+                    (name, source)
+                }
+                other => {
+                    return Err(Error::Sql(format!(
+                        "only SELECT … and INSERT INTO stream_name SELECT … statements run on a \
+                         stream, got `{other}`"
+                    )))
+                }
+            };
+            if output == SOURCE_STREAM || output == SOURCE_ALIAS {
+                return Err(Error::Sql(format!(
+                    "cannot write into the input stream {output}"
+                )));
+            }
+            if statements.iter().any(|s| *s.output == *output) {
+                return Err(Error::Sql(format!(
+                    "stream {output} is written by two statements; give each its own stream"
+                )));
+            }
+            let state = ctx.state();
+            let aggregates = state.aggregate_functions();
+            let clause = rewrite_query(&mut query, &|name| aggregates.contains_key(name))?;
+            let text = query.to_string();
+            let logical = state
+                .statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(
+                    query.clone(),
+                ))))
+                .await
+                .map_err(|e| plan_error(&e, &text))?;
+            let over = has_over(&logical);
+            check_shape(&logical, clause.is_some(), over)?;
+            let logical = state
+                .optimize(&logical)
+                .map_err(|e| plan_error(&e, &text))?;
+            let physical = state
+                .create_physical_plan(&logical)
+                .await
+                .map_err(|e| plan_error(&e, &text))?;
+            let out_schema = physical.schema();
+            let known: Vec<Arc<BatchSlot>> = slots.values().cloned().collect();
+            let reads = slots_read(&physical, &known);
+            let [input_slot] = reads.as_slice() else {
+                return Err(Error::Sql(format!(
+                    "a statement reads exactly one stream (source or an earlier statement's \
+                     stream); this one reads {}: {text}",
+                    reads.len()
+                )));
+            };
+            let input = slots
+                .iter()
+                .find(|(_, s)| Arc::ptr_eq(s, input_slot))
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            let stage = match &clause {
+                None if !over => Stage::Stateless(PerBatch::new(
+                    Arc::clone(&physical),
+                    Arc::clone(input_slot),
+                    Arc::clone(&task_ctx),
+                )),
+                Some(c) => {
+                    let (pre, plan, post) = split_windowed(&physical, c, input_slot, &task_ctx)?;
+                    Stage::Windowed(Box::new(Windowed {
+                        pre,
+                        op: Operator::Group(WindowAggregate::new(plan, settings)?, c.clone()),
+                        post,
+                    }))
+                }
+                None => {
+                    let (pre, plan, post, input_schema) =
+                        split_over(&physical, input_slot, &task_ctx)?;
+                    Stage::Windowed(Box::new(Windowed {
+                        pre,
+                        op: Operator::Over(OverAggregate::new(plan, settings, &input_schema)?),
+                        post,
+                    }))
+                }
+            };
+            let mut fields: Vec<Field> = out_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let visible_schema = Arc::new(Schema::new(
+                fields
+                    .iter()
+                    .filter(|f| f.name() != ROW_ID)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ));
+            if !fields.iter().any(|f| f.name() == ROW_ID) {
+                fields.push(Field::new(ROW_ID, DataType::UInt64, true));
+            }
+            let stream_schema = nullable(&Schema::new(fields));
+            let slot = Arc::new(BatchSlot::new(Arc::clone(&stream_schema)));
+            let table = Arc::new(StreamingTable::try_new(
+                Arc::clone(&stream_schema),
+                vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
+            )?);
+            ctx.register_table(TableReference::bare(output.as_str()), table as _)?;
+            slots.insert(output.clone(), slot);
+            statements.push(Statement_ {
+                sql: text,
+                input,
+                output: Arc::from(output.as_str()),
+                stage,
+                stream_schema,
+                visible_schema,
+            });
+        }
+        Ok(Self {
+            statements,
+            slots,
+            source_projection,
+            source_schema,
+            settings,
+        })
+    }
+
+    /// Output streams (name and schema of the rows sinks receive), in statement order.
+    pub fn output_streams(&self) -> Vec<(Arc<str>, SchemaRef)> {
+        self.statements
+            .iter()
+            .map(|s| (Arc::clone(&s.output), Arc::clone(&s.visible_schema)))
+            .collect()
+    }
+
+    /// Schema of an output stream.
+    pub fn stream_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.statements
+            .iter()
+            .find(|s| &*s.output == name)
+            .map(|s| Arc::clone(&s.visible_schema))
+    }
+
+    /// The watermark settings.
+    pub fn watermark_settings(&self) -> WatermarkSettings {
+        self.settings
+    }
+
+    /// True when some statement keeps state across micro-batches.
+    pub fn is_stateful(&self) -> bool {
+        self.statements
+            .iter()
+            .any(|s| matches!(s.stage, Stage::Windowed(_)))
+    }
+
+    /// Number of live (window, key) states over all statements.
+    pub fn live_window_states(&self) -> usize {
+        self.statements
+            .iter()
+            .map(|s| match &s.stage {
+                Stage::Windowed(w) => w.op.live_states(),
+                Stage::Stateless(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Sequence number of the oldest micro-batch whose rows are still in open window state.
+    pub fn oldest_open_batch(&self) -> Option<u64> {
+        self.statements
+            .iter()
+            .filter_map(|s| match &s.stage {
+                Stage::Windowed(w) => w.op.oldest_seq(),
+                Stage::Stateless(_) => None,
+            })
+            .min()
+    }
+
+    /// Runs one micro-batch. `partitions[i]` is the source partition of input row `i` (an empty
+    /// slice means one partition); `seq` numbers the micro-batch.
+    pub async fn process(
+        &mut self,
+        input: &RecordBatch,
+        partitions: &[u32],
+        seq: u64,
+    ) -> Result<SqlOutput> {
+        self.run(Some(input), partitions, seq, false).await
+    }
+
+    /// Emits what the watermark allows without new input (idle partitions time out).
+    pub async fn tick(&mut self, seq: u64) -> Result<SqlOutput> {
+        self.run(None, &[], seq, false).await
+    }
+
+    /// End of input: the watermark moves to +∞ and every open window is emitted.
+    pub async fn finish(&mut self, seq: u64) -> Result<SqlOutput> {
+        self.run(None, &[], seq, true).await
+    }
+
+    async fn run(
+        &mut self,
+        input: Option<&RecordBatch>,
+        partitions: &[u32],
+        seq: u64,
+        end: bool,
+    ) -> Result<SqlOutput> {
+        let mut out = SqlOutput::default();
+        let mut current: HashMap<String, RecordBatch> = HashMap::new();
+        if let Some(input) = input {
+            let visible = match &self.source_projection {
+                Some(p) => input.project(p)?,
+                None => input.clone(),
+            };
+            let mut cols = visible.columns().to_vec();
+            cols.push(Arc::new(UInt64Array::from_iter_values(
+                0..input.num_rows() as u64,
+            )));
+            let batch = RecordBatch::try_new(Arc::clone(&self.source_schema), cols)?;
+            current.insert(SOURCE_STREAM.to_owned(), batch);
+        }
+        let now = Instant::now();
+        let ctx = BatchContext {
+            seq,
+            partitions,
+            now,
+        };
+        let single = [0u32];
+        let ctx = if partitions.is_empty() {
+            BatchContext {
+                partitions: &single[..0],
+                ..ctx
+            }
+        } else {
+            ctx
+        };
+        for stmt in &mut self.statements {
+            let result = match &mut stmt.stage {
+                Stage::Stateless(plan) => {
+                    let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) else {
+                        continue;
+                    };
+                    let r = plan.execute_rows(src).await?;
+                    push_failures(&mut out.issues, src, &r.failures);
+                    r.batch
+                }
+                Stage::Windowed(w) => {
+                    if let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) {
+                        let r = w.pre.execute_rows(src).await?;
+                        push_failures(&mut out.issues, src, &r.failures);
+                        let issues = w.op.push(&r.batch, &ctx)?;
+                        for i in issues {
+                            out.issues.push(SqlIssue {
+                                input_row: i.row_id.map(|r| r as usize),
+                                row: i.row_id.is_none().then(|| r.batch.slice(i.index, 1)),
+                                kind: i.kind.to_owned(),
+                                reason: i.reason,
+                            });
+                        }
+                    }
+                    if end {
+                        w.op.finish();
+                    } else {
+                        w.op.refresh(now);
+                    }
+                    let Some(emitted) = w.op.emit_ready()? else {
+                        continue;
+                    };
+                    let r = w.post.execute_rows(&emitted).await?;
+                    for f in &r.failures {
+                        out.issues.push(SqlIssue {
+                            input_row: None,
+                            row: Some(emitted.slice(f.row, 1)),
+                            kind: "sql".into(),
+                            reason: f.reason.clone(),
+                        });
+                    }
+                    r.batch
+                }
+            };
+            if result.num_rows() == 0 {
+                continue;
+            }
+            // As the next statements read it: every column nullable, with a row id.
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(stmt.stream_schema.fields().len());
+            for f in stmt.stream_schema.fields() {
+                match result.schema().index_of(f.name()) {
+                    Ok(i) => cols.push(Arc::clone(result.column(i))),
+                    Err(_) => cols.push(new_null_array(f.data_type(), result.num_rows())),
+                }
+            }
+            let stream_batch = RecordBatch::try_new(Arc::clone(&stmt.stream_schema), cols)?;
+            let visible: Vec<usize> = (0..result.num_columns())
+                .filter(|&i| result.schema().field(i).name() != ROW_ID)
+                .collect();
+            let visible = result.project(&visible)?;
+            let visible =
+                RecordBatch::try_new(Arc::clone(&stmt.visible_schema), visible.columns().to_vec())
+                    .unwrap_or(visible);
+            out.streams.push((Arc::clone(&stmt.output), visible));
+            current.insert(stmt.output.to_string(), stream_batch);
+        }
+        for slot in self.slots.values() {
+            slot.set(None);
+        }
+        Ok(out)
+    }
+
+    /// Serialises the state of every windowed statement (for checkpoints).
+    pub fn snapshot(&mut self) -> Result<Vec<Vec<u8>>> {
+        self.statements
+            .iter_mut()
+            .filter_map(|s| match &mut s.stage {
+                Stage::Windowed(w) => Some(match &mut w.op {
+                    Operator::Group(op, _) => op.snapshot(),
+                    Operator::Over(_) => Err(Error::Pipeline(
+                        "saving the state of OVER windows is not supported yet".into(),
+                    )),
+                }),
+                Stage::Stateless(_) => None,
+            })
+            .collect()
+    }
+
+    /// Restores a [`Self::snapshot`] taken from a program planned from the same SQL.
+    pub fn restore(&mut self, state: &[Vec<u8>]) -> Result<()> {
+        let mut parts = state.iter();
+        for s in &mut self.statements {
+            if let Stage::Windowed(w) = &mut s.stage {
+                let bytes = parts.next().ok_or_else(|| {
+                    Error::Pipeline(
+                        "window state snapshot has fewer statements than the SQL".into(),
+                    )
+                })?;
+                match &mut w.op {
+                    Operator::Group(op, _) => op.restore(bytes)?,
+                    Operator::Over(_) => {
+                        return Err(Error::Pipeline(
+                            "restoring the state of OVER windows is not supported yet".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The streaming plan, for `rivulet explain`.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        let lateness = fmt_millis(
+            i64::try_from(self.settings.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+        );
+        let idle =
+            fmt_millis(i64::try_from(self.settings.idle_timeout.as_millis()).unwrap_or(i64::MAX));
+        for (i, stmt) in self.statements.iter().enumerate() {
+            s.push_str(&format!("statement {} → stream {}\n", i + 1, stmt.output));
+            s.push_str(&format!("  sql: {}\n", stmt.sql));
+            match &stmt.stage {
+                Stage::Stateless(p) => {
+                    s.push_str("  per batch (stateless):\n");
+                    push_indented(&mut s, &p.display(), 4);
+                }
+                Stage::Windowed(w) => {
+                    s.push_str("  per batch, before the window:\n");
+                    push_indented(&mut s, &w.pre.display(), 4);
+                    match &w.op {
+                        Operator::Group(op, clause) => {
+                            let plan = op.plan();
+                            let keys: Vec<String> =
+                                plan.keys.iter().map(|k| k.to_string()).collect();
+                            let aggs: Vec<String> =
+                                plan.aggs.iter().map(|a| a.name().to_owned()).collect();
+                            s.push_str(&format!(
+                                "  window: {} on event time `{}`; keys [{}]; aggregates [{}]\n",
+                                plan.spec,
+                                clause.time_sql,
+                                keys.join(", "),
+                                aggs.join(", ")
+                            ));
+                        }
+                        Operator::Over(op) => {
+                            let plan = op.plan();
+                            let keys: Vec<String> =
+                                plan.partition_by.iter().map(|k| k.to_string()).collect();
+                            let aggs: Vec<String> =
+                                plan.aggs.iter().map(|a| a.name().to_owned()).collect();
+                            s.push_str(&format!(
+                                "  window: OVER ({}) on event time `{}`; partitioned by [{}]; \
+                                 aggregates [{}]; one output row per input row\n",
+                                plan.frame,
+                                plan.time_expr,
+                                keys.join(", "),
+                                aggs.join(", ")
+                            ));
+                        }
+                    }
+                    s.push_str(&format!(
+                        "    watermark: largest event time per partition − {lateness} allowed \
+                         lateness, minimum over partitions active in the last {idle}; a window \
+                         is emitted when the watermark passes its end; later rows go to the \
+                         error output as `late`\n"
+                    ));
+                    s.push_str("  per batch, on emitted windows:\n");
+                    push_indented(&mut s, &w.post.display(), 4);
+                }
+            }
+        }
+        s
+    }
+}
+
+fn push_indented(out: &mut String, text: &str, n: usize) {
+    for line in text.lines() {
+        out.push_str(&" ".repeat(n));
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+fn push_failures(issues: &mut Vec<SqlIssue>, input: &RecordBatch, failures: &[super::RowFailure]) {
+    let ids = input
+        .schema()
+        .index_of(ROW_ID)
+        .ok()
+        .map(|i| input.column(i).as_primitive::<UInt64Type>().clone());
+    for f in failures {
+        let id = ids
+            .as_ref()
+            .and_then(|a| a.is_valid(f.row).then(|| a.value(f.row) as usize));
+        issues.push(SqlIssue {
+            input_row: id,
+            row: id.is_none().then(|| input.slice(f.row, 1)),
+            kind: "sql".into(),
+            reason: f.reason.clone(),
+        });
+    }
+}
+
+/// Names of the streams the statements of `sql` write, in order, without planning them.
+pub(crate) fn output_stream_names(sql: &str) -> Result<Vec<String>> {
+    let parsed = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| Error::Sql(format!("cannot parse the SQL: {e}")))?;
+    Ok(parsed
+        .iter()
+        .filter_map(|s| match s {
+            Statement::Query(_) => Some(DESTINATION_STREAM.to_owned()),
+            Statement::Insert(i) => match &i.table {
+                TableObject::TableName(n) => {
+                    n.0.last()
+                        .and_then(|p| p.as_ident())
+                        .map(|i| i.value.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}

@@ -1,0 +1,985 @@
+//! Group windows (tumbling, hopping, session) over DataFusion accumulators, driven by watermarks.
+//!
+//! State is kept per (window, key): for tumbling and hopping windows one
+//! [`GroupsAccumulator`] per aggregate per open window, with the window's keys interned by a
+//! DataFusion [`GroupValues`]; for session windows plain [`Accumulator`]s per session, because
+//! sessions merge. State is freed when the window is emitted, so memory follows the number of open
+//! windows × keys, not the number of rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
+};
+use arrow::compute::kernels::cast::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::watermark::{Millis, WatermarkSettings, WatermarkTracker};
+use crate::{Error, Result};
+
+/// The window of a windowed `GROUP BY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowSpec {
+    /// `TUMBLE(ts, size)`: epoch-aligned, non-overlapping.
+    Tumbling { size: Millis },
+    /// `HOP(ts, slide, size)`: epoch-aligned, every `slide`, `size` long.
+    Hopping { slide: Millis, size: Millis },
+    /// `SESSION(ts, gap)`: per key, closed after `gap` without rows.
+    Session { gap: Millis },
+}
+
+impl std::fmt::Display for WindowSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WindowSpec::Tumbling { size } => write!(f, "tumbling {}", fmt_millis(*size)),
+            WindowSpec::Hopping { slide, size } => {
+                write!(
+                    f,
+                    "hopping {} every {}",
+                    fmt_millis(*size),
+                    fmt_millis(*slide)
+                )
+            }
+            WindowSpec::Session { gap } => write!(f, "session with gap {}", fmt_millis(*gap)),
+        }
+    }
+}
+
+pub(crate) fn fmt_millis(ms: Millis) -> String {
+    if ms % 3_600_000 == 0 {
+        format!("{} h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// Where each group column of the aggregate's output comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupColumn {
+    /// The n-th key expression.
+    Key(usize),
+    /// The window's start.
+    Start,
+    /// The window's end.
+    End,
+}
+
+/// A planned windowed aggregate: what to evaluate on each input batch and how to lay out output.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowAggregatePlan {
+    pub(crate) spec: WindowSpec,
+    pub(crate) time_expr: Arc<dyn PhysicalExpr>,
+    /// Evaluates to the input row id (`UInt64`, null for derived rows), when the input has one.
+    pub(crate) row_expr: Option<Arc<dyn PhysicalExpr>>,
+    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) key_schema: SchemaRef,
+    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
+    pub(crate) agg_args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    pub(crate) group_columns: Vec<GroupColumn>,
+    pub(crate) output_schema: SchemaRef,
+}
+
+/// A row the operator did not aggregate, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RowIssue {
+    /// Row index in the batch given to [`WindowAggregate::push`].
+    pub(crate) index: usize,
+    /// The row's id (index of the input record in the micro-batch), when known.
+    pub(crate) row_id: Option<u64>,
+    /// `late` or `bad_time`.
+    pub(crate) kind: &'static str,
+    pub(crate) reason: String,
+}
+
+/// What a micro-batch carries besides its rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchContext<'a> {
+    /// Sequence number of the micro-batch (for holding its acknowledgement while state uses it).
+    pub(crate) seq: u64,
+    /// Source partition of each input record, indexed by row id.
+    pub(crate) partitions: &'a [u32],
+    pub(crate) now: Instant,
+}
+
+/// Converts a time column to epoch milliseconds: timestamps of any unit, dates, epoch
+/// milliseconds as integers, and ISO-8601 strings. Rows that have a value that is not a time come
+/// back as `Err` positions.
+pub(crate) fn time_to_millis(col: &ArrayRef) -> Result<(Int64Array, Vec<usize>)> {
+    let target = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let converted: ArrayRef = match col.data_type() {
+        DataType::Int64 => Arc::clone(col),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => cast_with_options(
+            col,
+            &DataType::Int64,
+            &CastOptions {
+                safe: true,
+                ..Default::default()
+            },
+        )?,
+        DataType::Timestamp(_, _)
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View => {
+            let ts = cast_with_options(
+                col,
+                &target,
+                &CastOptions {
+                    safe: true,
+                    ..Default::default()
+                },
+            )?;
+            cast_with_options(&ts, &DataType::Int64, &CastOptions::default())?
+        }
+        DataType::Null => {
+            let bad = Vec::new();
+            return Ok((Int64Array::new_null(col.len()), bad));
+        }
+        other => {
+            return Err(Error::Sql(format!(
+                "a window's time column must be a timestamp, an ISO-8601 string or epoch \
+                 milliseconds; got {other}"
+            )))
+        }
+    };
+    let millis = converted.as_primitive::<Int64Type>().clone();
+    let mut bad = Vec::new();
+    if millis.null_count() > col.null_count() {
+        for i in 0..col.len() {
+            if col.is_valid(i) && millis.is_null(i) {
+                bad.push(i);
+            }
+        }
+    }
+    Ok((millis, bad))
+}
+
+fn floor_to(t: Millis, step: Millis) -> Millis {
+    t - t.rem_euclid(step)
+}
+
+fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    exprs
+        .iter()
+        .map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?))
+        .collect()
+}
+
+fn take_all(cols: &[ArrayRef], idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
+    Ok(arrow::compute::take_arrays(cols, idx, None)?)
+}
+
+/// Interned keys and accumulators of one open tumbling or hopping window.
+struct WindowState {
+    groups: Option<Box<dyn GroupValues>>,
+    /// Number of groups when there are no key columns (0 or 1).
+    keyless_groups: usize,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    first_seq: u64,
+    scratch: Vec<usize>,
+}
+
+impl WindowState {
+    fn num_groups(&self) -> usize {
+        match &self.groups {
+            Some(g) => g.len(),
+            None => self.keyless_groups,
+        }
+    }
+}
+
+/// One open session of one key.
+struct Session {
+    start: Millis,
+    last: Millis,
+    accs: Vec<Box<dyn Accumulator>>,
+    first_seq: u64,
+}
+
+/// The windowed aggregate operator.
+pub(crate) struct WindowAggregate {
+    plan: WindowAggregatePlan,
+    watermark: WatermarkTracker,
+    /// Open tumbling/hopping windows by (end, start), so the next to close comes first.
+    windows: BTreeMap<(Millis, Millis), WindowState>,
+    /// Open sessions per key (keys as arrow rows), each key's sorted by start.
+    sessions: HashMap<OwnedRow, Vec<Session>>,
+    key_rows: RowConverter,
+    late_rows: u64,
+}
+
+impl std::fmt::Debug for WindowAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowAggregate")
+            .field("spec", &self.plan.spec)
+            .field("open_windows", &self.windows.len())
+            .field("open_sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rows of one window within a batch.
+struct Assignment {
+    start: Millis,
+    end: Millis,
+    rows: Vec<u32>,
+}
+
+impl WindowAggregate {
+    pub(crate) fn new(plan: WindowAggregatePlan, settings: WatermarkSettings) -> Result<Self> {
+        let key_rows = RowConverter::new(
+            plan.key_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            plan,
+            watermark: WatermarkTracker::new(settings),
+            windows: BTreeMap::new(),
+            sessions: HashMap::new(),
+            key_rows,
+            late_rows: 0,
+        })
+    }
+
+    pub(crate) fn plan(&self) -> &WindowAggregatePlan {
+        &self.plan
+    }
+
+    /// Number of live (window, key) states.
+    pub(crate) fn live_states(&self) -> usize {
+        self.windows
+            .values()
+            .map(WindowState::num_groups)
+            .sum::<usize>()
+            + self.sessions.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Sequence number of the oldest micro-batch that open state still holds rows of.
+    pub(crate) fn oldest_seq(&self) -> Option<u64> {
+        let w = self.windows.values().map(|w| w.first_seq).min();
+        let s = self
+            .sessions
+            .values()
+            .flat_map(|v| v.iter().map(|s| s.first_seq))
+            .min();
+        match (w, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Re-evaluates idle partitions.
+    pub(crate) fn refresh(&mut self, now: Instant) {
+        self.watermark.refresh(now);
+    }
+
+    /// End of input: every open window becomes complete.
+    pub(crate) fn finish(&mut self) {
+        self.watermark.finish();
+    }
+
+    /// Aggregates one batch (the output of the per-batch part of the query).
+    pub(crate) fn push(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &BatchContext<'_>,
+    ) -> Result<Vec<RowIssue>> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let time_col = self.plan.time_expr.evaluate(batch)?.into_array(n)?;
+        let (times, bad) = time_to_millis(&time_col)?;
+        let row_ids: Option<UInt64Array> = match &self.plan.row_expr {
+            Some(e) => {
+                let a = e.evaluate(batch)?.into_array(n)?;
+                Some(
+                    cast_with_options(&a, &DataType::UInt64, &CastOptions::default())?
+                        .as_primitive()
+                        .clone(),
+                )
+            }
+            None => None,
+        };
+        let row_id = |i: usize| {
+            row_ids
+                .as_ref()
+                .and_then(|r| r.is_valid(i).then(|| r.value(i)))
+        };
+        let mut issues = Vec::new();
+        let mut bad_iter = bad.into_iter().peekable();
+        let mut accepted: Vec<(u32, Millis, Millis)> = Vec::with_capacity(n); // (row, t, watermark before)
+        for i in 0..n {
+            if bad_iter.peek() == Some(&i) {
+                bad_iter.next();
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "bad_time",
+                    reason: "the window's time value is not a timestamp (ISO-8601 or epoch \
+                             milliseconds)"
+                        .into(),
+                });
+                continue;
+            }
+            if times.is_null(i) {
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "bad_time",
+                    reason: "the window's time value is null".into(),
+                });
+                continue;
+            }
+            let t = times.value(i);
+            let wm = self.watermark.watermark();
+            let late_by = match self.plan.spec {
+                WindowSpec::Tumbling { size } => {
+                    let end = floor_to(t, size) + size;
+                    (end <= wm).then_some(end)
+                }
+                WindowSpec::Hopping { slide, size } => {
+                    // The last window holding `t` ends latest.
+                    let end = floor_to(t, slide) + size;
+                    (end <= wm).then_some(end)
+                }
+                WindowSpec::Session { gap } => {
+                    let end = t.saturating_add(gap);
+                    (end <= wm).then_some(end)
+                }
+            };
+            if let Some(end) = late_by {
+                self.late_rows += 1;
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "late",
+                    reason: format!(
+                        "event time {} is for a window that ended at {} and was already emitted \
+                         (watermark {})",
+                        fmt_time(t),
+                        fmt_time(end),
+                        fmt_time(wm)
+                    ),
+                });
+                continue;
+            }
+            accepted.push((i as u32, t, wm));
+            let partition = row_id(i)
+                .and_then(|r| ctx.partitions.get(r as usize).copied())
+                .unwrap_or(0);
+            self.watermark.observe(partition, t, ctx.now);
+        }
+        if accepted.is_empty() {
+            return Ok(issues);
+        }
+        let keys = evaluate(&self.plan.keys, batch)?;
+        let args: Vec<Vec<ArrayRef>> = self
+            .plan
+            .agg_args
+            .iter()
+            .map(|a| evaluate(a, batch))
+            .collect::<Result<_>>()?;
+        let filters: Vec<Option<ArrayRef>> = self
+            .plan
+            .filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map(|f| Ok::<_, Error>(f.evaluate(batch)?.into_array(n)?))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        match self.plan.spec {
+            WindowSpec::Session { gap } => {
+                self.push_sessions(&accepted, gap, &keys, &args, &filters, ctx.seq)?
+            }
+            spec => {
+                let assignments = assign(spec, &accepted);
+                let whole = assignments.len() == 1 && assignments[0].rows.len() == n;
+                for a in assignments {
+                    self.update_window(a, whole, &keys, &args, &filters, ctx.seq)?;
+                }
+            }
+        }
+        Ok(issues)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_window(
+        &mut self,
+        a: Assignment,
+        whole: bool,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<ArrayRef>],
+        seq: u64,
+    ) -> Result<()> {
+        let count = a.rows.len();
+        let (keys, args, filters) = if whole {
+            (keys.to_vec(), args.to_vec(), filters.to_vec())
+        } else {
+            let idx = UInt32Array::from(a.rows);
+            (
+                take_all(keys, &idx)?,
+                args.iter()
+                    .map(|a| take_all(a, &idx))
+                    .collect::<Result<Vec<_>>>()?,
+                filters
+                    .iter()
+                    .map(|f| {
+                        f.as_ref()
+                            .map(|f| Ok::<_, Error>(arrow::compute::take(f, &idx, None)?))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
+        let state = match self.windows.entry((a.end, a.start)) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(new_window_state(&self.plan, seq)?)
+            }
+        };
+        let mut groups = std::mem::take(&mut state.scratch);
+        groups.clear();
+        let total = match &mut state.groups {
+            Some(g) => {
+                g.intern(&keys, &mut groups)?;
+                g.len()
+            }
+            None => {
+                groups.resize(count, 0);
+                state.keyless_groups = 1;
+                1
+            }
+        };
+        for ((acc, values), filter) in state.accs.iter_mut().zip(&args).zip(&filters) {
+            let filter = filter.as_ref().map(|f| f.as_boolean());
+            acc.update_batch(values, &groups, filter, total)?;
+        }
+        state.scratch = groups;
+        Ok(())
+    }
+
+    fn push_sessions(
+        &mut self,
+        accepted: &[(u32, Millis, Millis)],
+        gap: Millis,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<ArrayRef>],
+        seq: u64,
+    ) -> Result<()> {
+        let key_rows = self.key_rows.convert_columns(keys)?;
+        // Rows per key, sorted by time, cut into runs whose consecutive rows are < gap apart.
+        let mut by_key: HashMap<arrow::row::Row<'_>, Vec<(Millis, u32)>> = HashMap::new();
+        for &(i, t, _) in accepted {
+            by_key
+                .entry(key_rows.row(i as usize))
+                .or_default()
+                .push((t, i));
+        }
+        for (key, mut rows) in by_key {
+            rows.sort_unstable();
+            let mut start = 0;
+            while start < rows.len() {
+                let mut end = start + 1;
+                while end < rows.len() && rows[end].0 - rows[end - 1].0 < gap {
+                    end += 1;
+                }
+                let run = &rows[start..end];
+                let idx = UInt32Array::from_iter_values(run.iter().map(|r| r.1));
+                let mut accs = new_accumulators(&self.plan)?;
+                for ((acc, values), filter) in accs.iter_mut().zip(args).zip(filters) {
+                    let mut values = take_all(values, &idx)?;
+                    if let Some(f) = filter {
+                        let f = arrow::compute::take(f, &idx, None)?;
+                        values = values
+                            .iter()
+                            .map(|v| Ok(arrow::compute::filter(v, f.as_boolean())?))
+                            .collect::<Result<_>>()?;
+                    }
+                    acc.update_batch(&values)?;
+                }
+                let session = Session {
+                    start: run[0].0,
+                    last: run[run.len() - 1].0,
+                    accs,
+                    first_seq: seq,
+                };
+                let list = self.sessions.entry(key.owned()).or_default();
+                merge_session(list, session, gap)?;
+                start = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits every window the watermark has passed, as rows of the aggregate's output schema.
+    pub(crate) fn emit_ready(&mut self) -> Result<Option<RecordBatch>> {
+        let wm = self.watermark.watermark();
+        let mut batches = Vec::new();
+        while let Some(entry) = self.windows.first_entry() {
+            let (end, start) = *entry.key();
+            if end > wm {
+                break;
+            }
+            let state = entry.remove();
+            if let Some(b) = self.window_rows(start, end, state)? {
+                batches.push(b);
+            }
+        }
+        if !self.sessions.is_empty() {
+            let mut closed: Vec<(OwnedRow, Session)> = Vec::new();
+            let WindowSpec::Session { gap } = self.plan.spec else {
+                unreachable!("sessions only exist for session windows")
+            };
+            self.sessions.retain(|key, list| {
+                let mut keep = Vec::with_capacity(list.len());
+                for s in list.drain(..) {
+                    if s.last.saturating_add(gap) <= wm {
+                        closed.push((key.clone(), s));
+                    } else {
+                        keep.push(s);
+                    }
+                }
+                *list = keep;
+                !list.is_empty()
+            });
+            if !closed.is_empty() {
+                closed.sort_by_key(|(_, s)| s.start);
+                batches.push(self.session_rows(closed, gap)?);
+            }
+        }
+        match batches.len() {
+            0 => Ok(None),
+            1 => Ok(batches.pop()),
+            _ => Ok(Some(arrow::compute::concat_batches(
+                &self.plan.output_schema,
+                &batches,
+            )?)),
+        }
+    }
+
+    fn window_rows(
+        &self,
+        start: Millis,
+        end: Millis,
+        mut state: WindowState,
+    ) -> Result<Option<RecordBatch>> {
+        let n = state.num_groups();
+        if n == 0 {
+            return Ok(None);
+        }
+        let keys = match &mut state.groups {
+            Some(g) => g.emit(EmitTo::All)?,
+            None => Vec::new(),
+        };
+        let aggs = state
+            .accs
+            .iter_mut()
+            .map(|a| Ok(a.evaluate(EmitTo::All)?))
+            .collect::<Result<Vec<_>>>()?;
+        self.assemble(keys, vec![start; n], vec![end; n], aggs)
+            .map(Some)
+    }
+
+    fn session_rows(&self, closed: Vec<(OwnedRow, Session)>, gap: Millis) -> Result<RecordBatch> {
+        let n = closed.len();
+        let keys = self
+            .key_rows
+            .convert_rows(closed.iter().map(|(k, _)| k.row()))?;
+        let starts = closed.iter().map(|(_, s)| s.start).collect();
+        let ends = closed.iter().map(|(_, s)| s.last + gap).collect();
+        let mut columns: Vec<Vec<datafusion::common::ScalarValue>> =
+            vec![Vec::with_capacity(n); self.plan.aggs.len()];
+        for (_, mut s) in closed {
+            for (col, acc) in columns.iter_mut().zip(s.accs.iter_mut()) {
+                col.push(acc.evaluate()?);
+            }
+        }
+        let aggs = columns
+            .into_iter()
+            .zip(&self.plan.aggs)
+            .map(|(values, agg)| {
+                if values.is_empty() {
+                    Ok(arrow::array::new_empty_array(agg.field().data_type()))
+                } else {
+                    Ok(datafusion::common::ScalarValue::iter_to_array(values)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.assemble(keys, starts, ends, aggs)
+    }
+
+    fn assemble(
+        &self,
+        keys: Vec<ArrayRef>,
+        starts: Vec<Millis>,
+        ends: Vec<Millis>,
+        aggs: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let schema = &self.plan.output_schema;
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        let mut starts = Some(starts);
+        let mut ends = Some(ends);
+        for (i, g) in self.plan.group_columns.iter().enumerate() {
+            let col: ArrayRef = match g {
+                GroupColumn::Key(k) => Arc::clone(&keys[*k]),
+                GroupColumn::Start => time_array(starts.take().unwrap_or_default()),
+                GroupColumn::End => time_array(ends.take().unwrap_or_default()),
+            };
+            cols.push(conform(col, schema.field(i))?);
+        }
+        let base = self.plan.group_columns.len();
+        for (j, a) in aggs.into_iter().enumerate() {
+            cols.push(conform(a, schema.field(base + j))?);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+    }
+
+    /// Serialises all open state (windows, sessions, watermark) to Arrow IPC bytes. The state is
+    /// taken out and put back, so the operator continues exactly as before.
+    pub(crate) fn snapshot(&mut self) -> Result<Vec<u8>> {
+        let state_fields: Vec<Arc<Field>> = self
+            .plan
+            .aggs
+            .iter()
+            .map(|a| Ok(a.state_fields()?))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut fields: Vec<Arc<Field>> = vec![
+            Arc::new(Field::new("window_start", DataType::Int64, false)),
+            Arc::new(Field::new("window_end", DataType::Int64, false)),
+            Arc::new(Field::new("first_seq", DataType::UInt64, false)),
+        ];
+        fields.extend(self.plan.key_schema.fields().iter().cloned());
+        fields.extend(
+            state_fields
+                .iter()
+                .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+        );
+        let schema = Arc::new(Schema::new(fields));
+        let mut batches = Vec::new();
+        let windows = std::mem::take(&mut self.windows);
+        for ((end, start), mut state) in windows {
+            let n = state.num_groups();
+            let keys = match &mut state.groups {
+                Some(g) => g.emit(EmitTo::All)?,
+                None => Vec::new(),
+            };
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from(vec![start; n])),
+                Arc::new(Int64Array::from(vec![end; n])),
+                Arc::new(UInt64Array::from(vec![state.first_seq; n])),
+            ];
+            cols.extend(keys);
+            for acc in &mut state.accs {
+                cols.extend(acc.state(EmitTo::All)?);
+            }
+            batches.push(RecordBatch::try_new_with_options(
+                Arc::clone(&schema),
+                cols,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+            )?);
+        }
+        let sessions = std::mem::take(&mut self.sessions);
+        for (key, list) in sessions {
+            for mut s in list {
+                let mut cols: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(vec![s.start])),
+                    Arc::new(Int64Array::from(vec![s.last])),
+                    Arc::new(UInt64Array::from(vec![s.first_seq])),
+                ];
+                cols.extend(self.key_rows.convert_rows([key.row()])?);
+                for acc in &mut s.accs {
+                    for v in acc.state()? {
+                        cols.push(v.to_array()?);
+                    }
+                }
+                batches.push(RecordBatch::try_new_with_options(
+                    Arc::clone(&schema),
+                    cols,
+                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+                )?);
+            }
+        }
+        let (current, maxima) = self.watermark.snapshot();
+        let mut meta = HashMap::new();
+        meta.insert("watermark".to_owned(), current.to_string());
+        meta.insert(
+            "partitions".to_owned(),
+            maxima
+                .iter()
+                .map(|m| m.map_or_else(String::new, |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        let schema = Arc::new(schema.as_ref().clone().with_metadata(meta));
+        let mut out = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
+            for b in &batches {
+                w.write(&b.clone().with_schema(Arc::clone(&schema))?)?;
+            }
+            w.finish()?;
+        }
+        self.restore_batches(&batches)?;
+        Ok(out)
+    }
+
+    /// Replaces all state with a [`Self::snapshot`].
+    pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let schema = reader.schema();
+        let meta = schema.metadata();
+        let current: Millis = meta
+            .get("watermark")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Pipeline("window state snapshot has no watermark".into()))?;
+        let maxima: Vec<Option<Millis>> = meta
+            .get("partitions")
+            .map(|p| {
+                if p.is_empty() {
+                    Vec::new()
+                } else {
+                    p.split(',').map(|v| v.parse().ok()).collect()
+                }
+            })
+            .unwrap_or_default();
+        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+        self.windows.clear();
+        self.sessions.clear();
+        self.watermark.restore(current, &maxima, Instant::now());
+        self.restore_batches(&batches)
+    }
+
+    fn restore_batches(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        let nkeys = self.plan.key_schema.fields().len();
+        for b in batches {
+            let n = b.num_rows();
+            if n == 0 {
+                continue;
+            }
+            let start = b.column(0).as_primitive::<Int64Type>().value(0);
+            let end = b.column(1).as_primitive::<Int64Type>().value(0);
+            let first_seq = b
+                .column(2)
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .value(0);
+            let keys: Vec<ArrayRef> = b.columns()[3..3 + nkeys].to_vec();
+            let mut states = b.columns()[3 + nkeys..].iter();
+            let widths: Vec<usize> = self
+                .plan
+                .aggs
+                .iter()
+                .map(|a| Ok(a.state_fields()?.len()))
+                .collect::<Result<_>>()?;
+            if let WindowSpec::Session { .. } = self.plan.spec {
+                let mut accs = new_accumulators(&self.plan)?;
+                for (acc, w) in accs.iter_mut().zip(&widths) {
+                    let cols: Vec<ArrayRef> = states.by_ref().take(*w).cloned().collect();
+                    acc.merge_batch(&cols)?;
+                }
+                let key = self.key_rows.convert_columns(&keys)?.row(0).owned();
+                self.sessions.entry(key).or_default().push(Session {
+                    start,
+                    last: end,
+                    accs,
+                    first_seq,
+                });
+                continue;
+            }
+            let mut state = new_window_state(&self.plan, first_seq)?;
+            let mut groups = Vec::new();
+            let total = match &mut state.groups {
+                Some(g) => {
+                    g.intern(&keys, &mut groups)?;
+                    g.len()
+                }
+                None => {
+                    groups.resize(n, 0);
+                    state.keyless_groups = 1;
+                    1
+                }
+            };
+            for (acc, w) in state.accs.iter_mut().zip(&widths) {
+                let cols: Vec<ArrayRef> = states.by_ref().take(*w).cloned().collect();
+                acc.merge_batch(&cols, &groups, total)?;
+            }
+            self.windows.insert((end, start), state);
+        }
+        for list in self.sessions.values_mut() {
+            list.sort_by_key(|s| s.start);
+        }
+        Ok(())
+    }
+}
+
+fn fmt_time(t: Millis) -> String {
+    match t {
+        Millis::MIN => "-inf".into(),
+        Millis::MAX => "+inf".into(),
+        t => chrono::DateTime::from_timestamp_millis(t)
+            .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_else(|| t.to_string()),
+    }
+}
+
+fn time_array(values: Vec<Millis>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(values).with_timezone("UTC"))
+}
+
+/// Casts `col` to the type the plan declared for its output column, when they differ.
+fn conform(col: ArrayRef, field: &Field) -> Result<ArrayRef> {
+    if col.data_type() == field.data_type() {
+        Ok(col)
+    } else {
+        Ok(arrow::compute::cast(&col, field.data_type())?)
+    }
+}
+
+fn new_window_state(plan: &WindowAggregatePlan, seq: u64) -> Result<WindowState> {
+    let groups = if plan.key_schema.fields().is_empty() {
+        None
+    } else {
+        Some(new_group_values(
+            Arc::clone(&plan.key_schema),
+            &GroupOrdering::None,
+        )?)
+    };
+    let accs = plan
+        .aggs
+        .iter()
+        .map(|agg| -> Result<Box<dyn GroupsAccumulator>> {
+            if agg.groups_accumulator_supported() {
+                Ok(agg.create_groups_accumulator()?)
+            } else {
+                let agg = Arc::clone(agg);
+                Ok(Box::new(
+                    datafusion::physical_expr::GroupsAccumulatorAdapter::new(move || {
+                        agg.create_accumulator()
+                    }),
+                ))
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok(WindowState {
+        groups,
+        keyless_groups: 0,
+        accs,
+        first_seq: seq,
+        scratch: Vec::new(),
+    })
+}
+
+fn new_accumulators(plan: &WindowAggregatePlan) -> Result<Vec<Box<dyn Accumulator>>> {
+    plan.aggs
+        .iter()
+        .map(|a| Ok(a.create_accumulator()?))
+        .collect()
+}
+
+/// Adds `new` to a key's sessions, merging every session it comes within `gap` of.
+fn merge_session(list: &mut Vec<Session>, mut new: Session, gap: Millis) -> Result<()> {
+    let mut i = 0;
+    while i < list.len() {
+        let s = &list[i];
+        let overlaps =
+            s.start < new.last.saturating_add(gap) && new.start < s.last.saturating_add(gap);
+        if overlaps {
+            let mut old = list.remove(i);
+            for (into, from) in new.accs.iter_mut().zip(old.accs.iter_mut()) {
+                let state = from
+                    .state()?
+                    .into_iter()
+                    .map(|v| Ok(v.to_array()?))
+                    .collect::<Result<Vec<_>>>()?;
+                into.merge_batch(&state)?;
+            }
+            new.start = new.start.min(old.start);
+            new.last = new.last.max(old.last);
+            new.first_seq = new.first_seq.min(old.first_seq);
+            // The grown session may now reach sessions already passed: start over.
+            i = 0;
+        } else {
+            i += 1;
+        }
+    }
+    let at = list.partition_point(|s| s.start < new.start);
+    list.insert(at, new);
+    Ok(())
+}
+
+/// Assigns accepted rows to tumbling or hopping windows that are still open.
+fn assign(spec: WindowSpec, accepted: &[(u32, Millis, Millis)]) -> Vec<Assignment> {
+    let mut out: Vec<Assignment> = Vec::new();
+    let mut last: usize = 0;
+    let mut add = |start: Millis, end: Millis, row: u32, out: &mut Vec<Assignment>| {
+        if let Some(a) = out.get_mut(last) {
+            if a.start == start {
+                a.rows.push(row);
+                return;
+            }
+        }
+        if let Some(pos) = out.iter().position(|a| a.start == start) {
+            out[pos].rows.push(row);
+            last = pos;
+        } else {
+            out.push(Assignment {
+                start,
+                end,
+                rows: vec![row],
+            });
+            last = out.len() - 1;
+        }
+    };
+    match spec {
+        WindowSpec::Tumbling { size } => {
+            for &(row, t, _) in accepted {
+                let start = floor_to(t, size);
+                add(start, start + size, row, &mut out);
+            }
+        }
+        WindowSpec::Hopping { slide, size } => {
+            for &(row, t, wm) in accepted {
+                let mut start = floor_to(t, slide);
+                while start + size > t {
+                    if start + size > wm {
+                        add(start, start + size, row, &mut out);
+                    }
+                    start -= slide;
+                }
+            }
+        }
+        WindowSpec::Session { .. } => unreachable!("sessions are assigned per key"),
+    }
+    out
+}
