@@ -229,6 +229,46 @@ mod tests {
     }
 
     #[test]
+    fn attached_batch_completes_with_the_later_one_and_shares_its_failure() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let held = Ack::new(3, Some(tx.clone()));
+        let later = Ack::new(5, Some(tx.clone()));
+        let to_sink = later.split();
+        later.attach(held);
+        later.acknowledge();
+        assert!(
+            drain(&mut rx).is_empty(),
+            "batch 3 waits for batch 5's output"
+        );
+        to_sink.acknowledge();
+        let mut events = drain(&mut rx);
+        events.sort_by_key(|e| e.seq);
+        assert_eq!(
+            events,
+            vec![
+                AckEvent {
+                    seq: 3,
+                    failed: false
+                },
+                AckEvent {
+                    seq: 5,
+                    failed: false
+                }
+            ]
+        );
+
+        let held = Ack::new(8, Some(tx.clone()));
+        let later = Ack::new(9, Some(tx));
+        later.attach(held);
+        drop(later);
+        let events = drain(&mut rx);
+        assert!(
+            events.iter().all(|e| e.failed) && events.len() == 2,
+            "{events:?}"
+        );
+    }
+
+    #[test]
     fn position_advances_over_contiguous_prefix_only() {
         let mut t = AckTracker::default();
         t.register(0, Position::single("s", "10"));

@@ -365,7 +365,10 @@ fn rewrite_select(
     }
     let Some((at, clause)) = clause else {
         let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+        // A join is refused later with its own message; with one input the row id is unique.
+        let single_input = select.from.len() == 1 && select.from[0].joins.is_empty();
         if !grouped
+            && single_input
             && select.distinct.is_none()
             && !has_wildcard(select)
             && !aggregates(select, is_aggregate)

@@ -214,3 +214,29 @@ fn sigterm_stops_run_gracefully_and_flushes_every_record() {
         .count();
     assert_eq!(lines, records_in, "{summary}");
 }
+
+#[test]
+fn explain_prints_the_streaming_plan() {
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sql/having_and_post_projection/query.sql");
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sql/having_and_post_projection/input.ndjson");
+    let out = succeed(
+        rivulet()
+            .arg("explain")
+            .arg("--sql")
+            .arg(&sql)
+            .arg("--input")
+            .arg(&input)
+            .args(["--lateness-ms", "2500"]),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("statement 1 → stream DESTINATION_SQL_STREAM"),
+        "{text}"
+    );
+    assert!(text.contains("window: tumbling"), "{text}");
+    assert!(text.contains("on event time `ts`"), "{text}");
+    assert!(text.contains("2500 ms allowed lateness"), "{text}");
+    assert!(text.contains("per batch, before the window"), "{text}");
+}

@@ -4,3 +4,4 @@ mod cli;
 mod pipeline;
 mod sql_cases;
 mod support;
+mod windows;

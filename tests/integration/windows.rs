@@ -1,0 +1,379 @@
+//! Windowed streaming SQL through the public API: agreement with DataFusion's batch engine,
+//! state round trips, bounded state, and windows inside a running pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMillisecondType};
+use bytes::Bytes;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use rivulet::{
+    Column, GeneratorSource, MemorySink, Pipeline, Record, RecordDecoder, RecordFormat, SqlProgram,
+    WatermarkSettings,
+};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// Ticker records shaped like the reference file: `keys` tickers, one record per `step_ms`.
+fn ticker(n: usize, keys: u64, step_ms: f64) -> Vec<Record> {
+    let mut x: u64 = 7;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let k = next() % keys;
+            let price = 1.0 + (next() % 49_900) as f64 / 100.0;
+            let ts = T0 + (i as f64 * step_ms) as i64;
+            let line = format!(
+                r#"{{"ticker_symbol": "T{k:05}", "price": {price:.2}, "event_time": {ts}}}"#
+            );
+            Record::new(Bytes::from(line), 0)
+        })
+        .collect()
+}
+
+fn decoder() -> RecordDecoder {
+    RecordDecoder::builder(RecordFormat::Json)
+        .with_columns(vec![
+            Column::new("ticker_symbol", DataType::Utf8),
+            Column::new("price", DataType::Float64),
+            Column::new(
+                "event_time",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ),
+        ])
+        .with_batch_size(8192)
+        .build()
+        .unwrap()
+}
+
+fn batches(records: &[Record]) -> Vec<RecordBatch> {
+    let mut d = decoder();
+    records
+        .chunks(8192)
+        .map(|c| {
+            let out = d.decode(c).unwrap();
+            assert!(out.failures.is_empty());
+            out.batch
+        })
+        .collect()
+}
+
+const TUMBLING: &str =
+    "SELECT ticker_symbol, TUMBLE_START(event_time, INTERVAL '10' SECOND) AS ws, \
+     COUNT(*) AS n, AVG(price) AS avg_price, MIN(price) AS min_price, MAX(price) AS max_price \
+     FROM source GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '10' SECOND)";
+
+type Row = (String, i64, i64, f64, f64, f64);
+
+fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for b in batches {
+        let sym = b.column(0).as_string::<i32>();
+        let ws = b.column(1).as_primitive::<TimestampMillisecondType>();
+        let n = b.column(2).as_primitive::<Int64Type>();
+        let avg = b.column(3).as_primitive::<Float64Type>();
+        let min = b.column(4).as_primitive::<Float64Type>();
+        let max = b.column(5).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            out.push((
+                sym.value(i).to_owned(),
+                ws.value(i),
+                n.value(i),
+                avg.value(i),
+                min.value(i),
+                max.value(i),
+            ));
+        }
+    }
+    out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    out
+}
+
+async fn run_streaming(sql: &str, input: &[RecordBatch]) -> Vec<RecordBatch> {
+    let mut program = SqlProgram::new(sql, input[0].schema(), WatermarkSettings::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for (seq, b) in input.iter().enumerate() {
+        let o = program.process(b, &[], seq as u64).await.unwrap();
+        assert!(o.issues.is_empty(), "{:?}", o.issues.first());
+        out.extend(o.streams.into_iter().map(|s| s.1));
+    }
+    let o = program.finish(input.len() as u64).await.unwrap();
+    out.extend(o.streams.into_iter().map(|s| s.1));
+    out
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+#[tokio::test]
+async fn tumbling_windows_equal_datafusion_batch_group_by() {
+    // 200,000 records over 200 s: 20 windows × 100 tickers.
+    let input = batches(&ticker(200_000, 100, 1.0));
+    let streamed = rows(&run_streaming(TUMBLING, &input).await);
+
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(input[0].schema(), vec![input.clone()]).unwrap();
+    ctx.register_table("ticks", Arc::new(table)).unwrap();
+    let batch = ctx
+        .sql(
+            "SELECT ticker_symbol, \
+             CAST(date_bin(INTERVAL '10 seconds', event_time, TIMESTAMP '1970-01-01T00:00:00Z') AS TIMESTAMP(3) WITH TIME ZONE) AS ws, \
+             COUNT(*) AS n, AVG(price), MIN(price), MAX(price) FROM ticks \
+             GROUP BY ticker_symbol, ws",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = rows(&batch);
+    assert_eq!(expected.len(), 2000);
+    assert_eq!(streamed.len(), expected.len());
+    for (s, e) in streamed.iter().zip(&expected) {
+        assert_eq!((&s.0, s.1, s.2), (&e.0, e.1, e.2));
+        assert!(
+            close(s.3, e.3) && close(s.4, e.4) && close(s.5, e.5),
+            "{s:?} vs {e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn state_restored_mid_stream_gives_the_uninterrupted_output() {
+    let sql = "SELECT ticker_symbol, window_start, COUNT(*) AS n, SUM(price) AS total, \
+               COUNT(DISTINCT price) AS prices, APPROX_DISTINCT(CAST(price * 100 AS BIGINT)) AS approx, \
+               STDDEV(price) AS sd FROM source \
+               GROUP BY ticker_symbol, HOP(event_time, INTERVAL '5' SECOND, INTERVAL '20' SECOND)";
+    let input = batches(&ticker(60_000, 50, 1.0));
+    let whole = run_streaming(sql, &input).await;
+
+    let schema = input[0].schema();
+    let settings = WatermarkSettings::default();
+    let mut first = SqlProgram::new(sql, Arc::clone(&schema), settings)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let half = input.len() / 2;
+    for (seq, b) in input[..half].iter().enumerate() {
+        let o = first.process(b, &[], seq as u64).await.unwrap();
+        out.extend(o.streams.into_iter().map(|s| s.1));
+    }
+    let state = first.snapshot().unwrap();
+    assert!(
+        first.live_window_states() > 0,
+        "the cut must fall inside open windows"
+    );
+    drop(first);
+    let mut second = SqlProgram::new(sql, schema, settings).await.unwrap();
+    second.restore(&state).unwrap();
+    for (seq, b) in input[half..].iter().enumerate() {
+        let o = second.process(b, &[], (half + seq) as u64).await.unwrap();
+        out.extend(o.streams.into_iter().map(|s| s.1));
+    }
+    out.extend(
+        second
+            .finish(99)
+            .await
+            .unwrap()
+            .streams
+            .into_iter()
+            .map(|s| s.1),
+    );
+
+    let flat = |bs: &[RecordBatch]| {
+        let mut lines: Vec<String> = Vec::new();
+        for b in bs {
+            let mut buf = Vec::new();
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(b).unwrap();
+            w.finish().unwrap();
+            lines.extend(String::from_utf8(buf).unwrap().lines().map(str::to_owned));
+        }
+        lines.sort();
+        lines
+    };
+    let (a, b) = (flat(&whole), flat(&out));
+    assert!(!a.is_empty());
+    assert_eq!(a.len(), b.len());
+    // Counts, sums, distinct sets and sketches restore bit for bit; a variance's merge is
+    // floating-point arithmetic, so STDDEV may differ in the last bit.
+    let same = |x: &str, y: &str| {
+        let (x, y): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(x).unwrap(),
+            serde_json::from_str(y).unwrap(),
+        );
+        x.as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| match (v, &y[k]) {
+                (serde_json::Value::Number(p), serde_json::Value::Number(q)) if k == "sd" => {
+                    close(p.as_f64().unwrap(), q.as_f64().unwrap())
+                }
+                (p, q) => p == q,
+            })
+    };
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| !same(x, y)) {
+        panic!("restored run differs:\n  uninterrupted: {x}\n  restored:      {y}");
+    }
+}
+
+#[tokio::test]
+async fn live_state_is_bounded_by_open_windows_times_keys() {
+    // 100,000 distinct keys, 1,000,000 rows, 100 windows of 1 s.
+    let sql = "SELECT ticker_symbol, COUNT(*) AS n FROM source \
+               GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '1' SECOND)";
+    let records = ticker(1_000_000, 100_000, 0.1);
+    let input = batches(&records);
+    let mut program = SqlProgram::new(sql, input[0].schema(), WatermarkSettings::default())
+        .await
+        .unwrap();
+    let mut peak = 0;
+    let mut emitted = 0;
+    for (seq, b) in input.iter().enumerate() {
+        let o = program.process(b, &[], seq as u64).await.unwrap();
+        emitted += o.streams.iter().map(|s| s.1.num_rows()).sum::<usize>();
+        peak = peak.max(program.live_window_states());
+    }
+    emitted += program
+        .finish(input.len() as u64)
+        .await
+        .unwrap()
+        .streams
+        .iter()
+        .map(|s| s.1.num_rows())
+        .sum::<usize>();
+    assert_eq!(
+        program.live_window_states(),
+        0,
+        "everything is freed at the end"
+    );
+    // A window holds at most one state per key seen in it (~10,000 rows per window here), and
+    // at most two windows are open at once: far below one state per row.
+    assert!(peak <= 2 * 10_000, "peak live states {peak}");
+    assert!(emitted > 500_000, "{emitted}");
+}
+
+#[tokio::test]
+async fn a_pipeline_emits_windows_and_routes_streams_to_their_sinks() {
+    let main = MemorySink::new();
+    let main_rows = main.handle();
+    let filtered = MemorySink::new();
+    let filtered_rows = filtered.handle();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    let report = Pipeline::builder()
+        .source(
+            GeneratorSource::builder()
+                .with_limit(Some(5000))
+                .with_start_time_ms(Some(T0))
+                .build()
+                .unwrap(),
+        )
+        .rowtime_field("event_time")
+        .sql(
+            "INSERT INTO tech SELECT ticker_symbol, price, ROWTIME AS t FROM source \
+             WHERE sector = 'TECHNOLOGY'; \
+             SELECT ticker_symbol, COUNT(*) AS n, window_end FROM tech \
+             GROUP BY ticker_symbol, TUMBLE(t, INTERVAL '1' SECOND)",
+        )
+        .sink(main)
+        .sink_for("tech", filtered)
+        .error_output(errors)
+        .watermark(WatermarkSettings {
+            allowed_lateness: Duration::from_millis(0),
+            idle_timeout: Duration::from_secs(60),
+        })
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.metrics.records_in, 5000);
+    let tech = filtered_rows.num_rows();
+    assert!(tech > 0 && tech < 5000, "{tech}");
+    // Every technology row is counted in exactly one window.
+    let mut total = 0;
+    for b in main_rows.batches() {
+        total += b
+            .column(1)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .sum::<i64>();
+    }
+    assert_eq!(total as usize + error_rows.num_rows(), tech);
+    assert_eq!(
+        error_rows.num_rows(),
+        0,
+        "the generator's clock only moves forward"
+    );
+    assert!(
+        !report.committed.is_empty(),
+        "the position was committed once windows were stored"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_stream_shapes_say_what_to_write_instead() {
+    let schema = batches(&ticker(10, 2, 1.0))[0].schema();
+    let cases = [
+        (
+            "SELECT ticker_symbol, COUNT(*) FROM source GROUP BY ticker_symbol",
+            "TUMBLE",
+        ),
+        (
+            "SELECT a.price FROM source a JOIN source b ON a.ticker_symbol = b.ticker_symbol",
+            "time bound",
+        ),
+        ("SELECT * FROM source ORDER BY price", "ORDER BY"),
+        (
+            "SELECT COUNT(*) AS n FROM source GROUP BY TUMBLE(event_time, INTERVAL '1' SECOND) \
+             ORDER BY n",
+            "ORDER BY",
+        ),
+        (
+            "SELECT SUM(price) OVER (PARTITION BY ticker_symbol ORDER BY event_time) FROM source",
+            "bounded",
+        ),
+        ("INSERT INTO source SELECT * FROM source", "input stream"),
+        ("SELECT 1 FROM nowhere", "nowhere"),
+    ];
+    for (sql, hint) in cases {
+        let err = SqlProgram::new(sql, Arc::clone(&schema), WatermarkSettings::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(hint), "{sql}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn explain_names_the_window_time_column_and_lateness() {
+    let schema = batches(&ticker(10, 2, 1.0))[0].schema();
+    let program = SqlProgram::new(
+        &format!("{TUMBLING} HAVING COUNT(*) > 1"),
+        schema,
+        WatermarkSettings {
+            allowed_lateness: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+        },
+    )
+    .await
+    .unwrap();
+    let text = program.explain();
+    assert!(text.contains("tumbling 10 s"), "{text}");
+    assert!(text.contains("`event_time`"), "{text}");
+    assert!(text.contains("5 s allowed lateness"), "{text}");
+    assert!(text.contains("per batch, on emitted windows"), "{text}");
+}
