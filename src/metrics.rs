@@ -11,6 +11,8 @@ pub struct PipelineMetrics {
     records_error: AtomicU64,
     batches: AtomicU64,
     rows_stored: AtomicU64,
+    rows_late: AtomicU64,
+    window_states: AtomicU64,
 }
 
 /// A snapshot of [`PipelineMetrics`].
@@ -28,6 +30,10 @@ pub struct MetricsSnapshot {
     pub batches: u64,
     /// Rows handed to sinks, summed over sinks.
     pub rows_to_sinks: u64,
+    /// Rows that arrived for a window already emitted (also counted in `records_error`).
+    pub rows_late: u64,
+    /// Live (window, key) states after the last micro-batch.
+    pub window_states: u64,
 }
 
 impl PipelineMetrics {
@@ -40,6 +46,8 @@ impl PipelineMetrics {
             records_error: self.records_error.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             rows_to_sinks: self.rows_stored.load(Ordering::Relaxed),
+            rows_late: self.rows_late.load(Ordering::Relaxed),
+            window_states: self.window_states.load(Ordering::Relaxed),
         }
     }
 
@@ -54,6 +62,14 @@ impl PipelineMetrics {
 
     pub(crate) fn add_error(&self, n: u64) {
         self.records_error.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_late(&self, n: u64) {
+        self.rows_late.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_window_states(&self, n: u64) {
+        self.window_states.store(n, Ordering::Relaxed);
     }
 
     pub(crate) fn add_batch(&self) {

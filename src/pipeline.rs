@@ -463,16 +463,44 @@ impl PipelineBuilder {
                     .collect()
             }
         };
-        let mut decoder = RecordDecoder::builder(self.format)
-            .with_columns(columns)
-            .with_rowtime_field(self.rowtime_field)
-            .with_batch_size(self.batch.max_rows);
-        if let Some(max) = self.max_record_bytes {
-            decoder = decoder.with_max_record_bytes(max);
-        }
-        let decoder = decoder.build()?;
-        let program =
+        let make_decoder = |columns: Vec<Column>| {
+            let mut decoder = RecordDecoder::builder(self.format.clone())
+                .with_columns(columns)
+                .with_rowtime_field(self.rowtime_field.clone())
+                .with_batch_size(self.batch.max_rows);
+            if let Some(max) = self.max_record_bytes {
+                decoder = decoder.with_max_record_bytes(max);
+            }
+            decoder.build()
+        };
+        let mut decoder = make_decoder(columns.clone())?;
+        let mut program =
             SqlProgram::new(&self.sql, Arc::clone(decoder.schema()), self.watermark).await?;
+        // Build only the columns the SQL reads: JSON members nobody selects are still checked
+        // for well-formedness but never turned into arrays. (CSV keeps every column: its rows
+        // are positional.)
+        if matches!(self.format, RecordFormat::Json) {
+            if let Some(used) = program.input_columns_used() {
+                let names: Vec<String> = used
+                    .iter()
+                    .map(|&i| decoder.schema().field(i).name().clone())
+                    .collect();
+                let kept: Vec<Column> = columns
+                    .iter()
+                    .filter(|c| {
+                        names.iter().any(|n| *n == c.name)
+                            || self.rowtime_field.as_deref() == Some(c.name.as_str())
+                    })
+                    .cloned()
+                    .collect();
+                if !kept.is_empty() && kept.len() < columns.len() {
+                    decoder = make_decoder(kept)?;
+                    program =
+                        SqlProgram::new(&self.sql, Arc::clone(decoder.schema()), self.watermark)
+                            .await?;
+                }
+            }
+        }
         let streams = program.output_streams();
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for (stream, sink) in self.sinks {
@@ -775,6 +803,12 @@ impl Processing {
                 })?;
             }
         }
+        let late = errors.iter().filter(|e| e.kind == "late").count() as u64;
+        if late > 0 {
+            self.metrics.add_late(late);
+        }
+        self.metrics
+            .set_window_states(self.program.live_window_states() as u64);
         if !errors.is_empty() {
             self.metrics.add_error(errors.len() as u64);
             let out = OutputBatch {

@@ -187,8 +187,8 @@ async fn print_progress(metrics: Arc<PipelineMetrics>, every: Duration) {
         let now = metrics.snapshot();
         let rate = (now.records_in - last.records_in) as f64 / every.as_secs_f64();
         eprintln!(
-            "rivulet: {} records in ({:.0}/s), {} rows out, {} errors",
-            now.records_in, rate, now.rows_out, now.records_error
+            "rivulet: {} records in ({:.0}/s), {} rows out, {} errors ({} late), {} window states",
+            now.records_in, rate, now.rows_out, now.records_error, now.rows_late, now.window_states
         );
         last = now;
     }

@@ -133,6 +133,10 @@ impl PerBatch {
         }
     }
 
+    pub(crate) fn plan(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.plan
+    }
+
     pub(crate) fn display(&self) -> String {
         datafusion::physical_plan::displayable(self.plan.as_ref())
             .indent(false)

@@ -711,6 +711,51 @@ impl SqlProgram {
             .map(|s| Arc::clone(&s.visible_schema))
     }
 
+    /// Positions (in the input schema given to [`SqlProgram::new`]) of the input columns that some
+    /// statement reads, or `None` when a statement reads them all. A decoder needs to build only
+    /// these.
+    pub fn input_columns_used(&self) -> Option<Vec<usize>> {
+        let source = self.slots.get(SOURCE_STREAM)?;
+        let row_id = self.source_schema.index_of(ROW_ID).ok();
+        let mut used: Vec<usize> = Vec::new();
+        for stmt in &self.statements {
+            let plan = match &stmt.stage {
+                Stage::Stateless(p) => p,
+                Stage::Windowed(w) => &w.pre,
+            };
+            let mut all = false;
+            let _ = plan.plan().apply(|node| {
+                if let Some(exec) = node.downcast_ref::<StreamingTableExec>() {
+                    let reads_source = exec
+                        .partitions()
+                        .iter()
+                        .any(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(source)));
+                    if reads_source {
+                        match exec.projection() {
+                            Some(p) => used.extend(p.iter().copied()),
+                            None => all = true,
+                        }
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            if all {
+                return None;
+            }
+        }
+        used.retain(|c| Some(*c) != row_id);
+        let mut input: Vec<usize> = used
+            .into_iter()
+            .map(|c| match &self.source_projection {
+                Some(p) => p[c],
+                None => c,
+            })
+            .collect();
+        input.sort_unstable();
+        input.dedup();
+        Some(input)
+    }
+
     /// The watermark settings.
     pub fn watermark_settings(&self) -> WatermarkSettings {
         self.settings

@@ -377,3 +377,73 @@ async fn explain_names_the_window_time_column_and_lateness() {
     assert!(text.contains("5 s allowed lateness"), "{text}");
     assert!(text.contains("per batch, on emitted windows"), "{text}");
 }
+
+#[tokio::test]
+async fn late_rows_are_counted_and_reach_the_error_output_with_their_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        "{\"k\":\"a\",\"ts\":\"2026-01-01T00:00:01Z\"}\n\
+         {\"k\":\"a\",\"ts\":\"2026-01-01T00:00:12Z\"}\n\
+         {\"k\":\"a\",\"ts\":\"2026-01-01T00:00:03Z\"}\n\
+         {\"k\":\"a\",\"ts\":\"2026-01-01T00:00:13Z\"}\n",
+    )
+    .unwrap();
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    let report = Pipeline::builder()
+        .source(rivulet::FileSource::builder(&input).build().unwrap())
+        .sql("SELECT k, COUNT(*) AS n FROM source GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND)")
+        .sink(out)
+        .error_output(errors)
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.metrics.rows_late, 1);
+    assert_eq!(report.metrics.records_error, 1);
+    assert_eq!(report.metrics.window_states, 0);
+    let counts: Vec<i64> = rows
+        .batches()
+        .iter()
+        .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(counts, vec![1, 2]);
+    let e = &error_rows.batches()[0];
+    let kind = e.column_by_name("kind").unwrap().as_string::<i32>();
+    assert_eq!(kind.value(0), "late");
+    let raw = e.column_by_name("raw_data").unwrap().as_string::<i32>();
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(raw.value(0))
+        .unwrap();
+    assert_eq!(payload, b"{\"k\":\"a\",\"ts\":\"2026-01-01T00:00:03Z\"}");
+}
+
+#[tokio::test]
+async fn the_program_tells_which_input_columns_it_reads() {
+    let schema = batches(&ticker(10, 2, 1.0))[0].schema(); // ticker_symbol, price, event_time, ROWTIME
+    let used = |sql: &'static str| {
+        let schema = Arc::clone(&schema);
+        async move {
+            SqlProgram::new(sql, schema, WatermarkSettings::default())
+                .await
+                .unwrap()
+                .input_columns_used()
+        }
+    };
+    assert_eq!(
+        used("SELECT ticker_symbol, COUNT(*) AS n FROM source GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '1' SECOND)").await,
+        Some(vec![0, 2])
+    );
+    assert_eq!(
+        used("INSERT INTO s SELECT price FROM source; SELECT * FROM s").await,
+        Some(vec![1])
+    );
+    assert_eq!(used("SELECT * FROM source").await, Some(vec![0, 1, 2]));
+}
