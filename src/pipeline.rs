@@ -488,7 +488,7 @@ impl PipelineBuilder {
                 let kept: Vec<Column> = columns
                     .iter()
                     .filter(|c| {
-                        names.iter().any(|n| *n == c.name)
+                        names.contains(&c.name)
                             || self.rowtime_field.as_deref() == Some(c.name.as_str())
                     })
                     .cloned()
