@@ -39,3 +39,6 @@ cargo test --all-features
 
 step "cargo run --example quickstart (the library quickstart checks its own result)"
 cargo run --quiet --all-features --example quickstart
+
+step "cargo run --example windows (event-time windows; checks its own result)"
+cargo run --quiet --all-features --example windows
