@@ -11,6 +11,7 @@ use arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
+use super::flat_json::FlatJsonDecoder;
 use super::schema::Column;
 use super::{CsvOptions, RecordFormat, ROWTIME};
 use crate::record::Record;
@@ -153,6 +154,8 @@ pub struct RecordDecoder {
     max_record_bytes: usize,
     batch_size: usize,
     inner: Inner,
+    /// The fast path for flat JSON objects, when the columns allow it.
+    flat: Option<FlatJsonDecoder>,
 }
 
 /// Builder for [`RecordDecoder`].
@@ -290,9 +293,19 @@ impl RecordDecoder {
             }
         }
 
-        // Fast path: the whole batch in one go. Any error, or a record count that does not match
-        // the row count (a record holding two JSON values, or none), sends us to the slow path.
-        let (batches, good) = match self.try_decode(records, &candidates, true) {
+        // Fastest path: flat objects read straight into builders; it gives up on anything
+        // unusual. Then the whole batch through arrow-json in one go. Any error, or a record count
+        // that does not match the row count (a record holding two JSON values, or none), sends us
+        // to the slow path, which isolates the bad records.
+        let flat = self
+            .flat
+            .as_ref()
+            .and_then(|f| f.decode(records, &candidates).ok());
+        let attempt = match flat {
+            Some(b) => Ok(vec![b]),
+            None => self.try_decode(records, &candidates, true),
+        };
+        let (batches, good) = match attempt {
             Ok(b) if Self::rows(&b) == candidates.len() => (b, candidates),
             _ => {
                 self.reset();
@@ -638,6 +651,10 @@ impl RecordDecoderBuilder {
             }
         }
         let inner = RecordDecoder::new_inner(&self.format, &decode_schema, self.batch_size);
+        let flat = match (&self.format, &layout) {
+            (RecordFormat::Json, Layout::Flat) => FlatJsonDecoder::new(&decode_schema),
+            _ => None,
+        };
         Ok(RecordDecoder {
             format: self.format,
             decode_schema,
@@ -647,6 +664,7 @@ impl RecordDecoderBuilder {
             max_record_bytes: self.max_record_bytes,
             batch_size: self.batch_size,
             inner,
+            flat,
         })
     }
 }
@@ -1048,5 +1066,98 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("`ts`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod flat_json_tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn decoder() -> RecordDecoder {
+        RecordDecoder::builder(RecordFormat::Json)
+            .with_columns(vec![
+                Column::new("s", DataType::Utf8),
+                Column::new("i", DataType::Int64),
+                Column::new("n", DataType::Int32),
+                Column::new("f", DataType::Float64),
+                Column::new("g", DataType::Float32),
+                Column::new("b", DataType::Boolean),
+            ])
+            .build()
+            .unwrap()
+    }
+
+    fn recs(lines: &[&str]) -> Vec<Record> {
+        lines
+            .iter()
+            .map(|l| Record::new(Bytes::from(l.to_string()), 7))
+            .collect()
+    }
+
+    /// Decodes with the fast path and with arrow-json alone; both must agree exactly.
+    fn both(lines: &[&str]) -> (bool, DecodeOutput) {
+        let records = recs(lines);
+        let mut fast = decoder();
+        let all: Vec<usize> = (0..records.len()).collect();
+        let took_fast = fast.flat.as_ref().unwrap().decode(&records, &all).is_ok();
+        let a = fast.decode(&records).unwrap();
+        let mut general = decoder();
+        general.flat = None;
+        let b = general.decode(&records).unwrap();
+        assert_eq!(a.batch, b.batch, "{lines:?}");
+        assert_eq!(a.row_records, b.row_records);
+        assert_eq!(
+            a.failures
+                .iter()
+                .map(|f| (f.index, f.kind))
+                .collect::<Vec<_>>(),
+            b.failures
+                .iter()
+                .map(|f| (f.index, f.kind))
+                .collect::<Vec<_>>()
+        );
+        (took_fast, a)
+    }
+
+    #[test]
+    fn fast_path_agrees_with_arrow_json_on_what_it_accepts() {
+        let (fast, out) = both(&[
+            r#"{"s":"plain","i":1,"n":-2,"f":1.5,"g":2.25,"b":true}"#,
+            r#"  { "b" : false , "f" : -0.0 , "s" : "esc \"q\" \\ \/ \n\t \u00e9 \ud83d\ude00" }  "#,
+            r#"{"s":12,"i":-0,"f":1e3,"g":3}"#,
+            r#"{"s":1.50,"f":2.5E-3}"#,
+            r#"{"s":true}"#,
+            r#"{"s":null,"i":null,"f":null,"b":null}"#,
+            r#"{}"#,
+            r#"{"other":{"a":[1,2,{"b":"}\"]"}],"c":null},"s":"after nested","more":[[],{}],"x":"\\"}"#,
+            r#"{"i":9223372036854775807,"n":2147483647,"f":123456789012345678901234567890}"#,
+            "{\"s\":\"ünïcödé\"}",
+        ]);
+        assert!(fast, "these records should take the fast path");
+        assert_eq!(out.batch.num_rows(), 10);
+        assert!(out.failures.is_empty());
+    }
+
+    #[test]
+    fn anything_unusual_falls_back_to_the_same_result() {
+        for lines in [
+            vec![r#"{"f":"12.5"}"#, r#"{"f":1}"#],
+            vec![r#"{"i":1.5}"#],
+            vec![r#"{"i":1e2}"#],
+            vec![r#"{"n":3000000000}"#],
+            vec![r#"{"s":"a","s":"b"}"#],
+            vec![r#"{"s":"a"} {"s":"b"}"#, r#"{"s":"c"}"#],
+            vec![r#"{"s":"a""#, r#"{"s":"c"}"#],
+            vec![r#"[1,2]"#, r#"{"s":"c"}"#],
+            vec![r#"{"b":"yes"}"#],
+            vec![r#"{"s":{"nested":1}}"#, r#"{"s":"ok"}"#],
+            vec![r#"{"f":01}"#, r#"{"f":1}"#],
+            vec![r#"{"f":1e999}"#],
+            vec!["", r#"{"s":"x"}"#],
+        ] {
+            let (fast, _) = both(&lines);
+            assert!(!fast, "{lines:?} should not take the fast path");
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 mod decode;
 mod encode;
+mod flat_json;
 mod schema;
 
 pub use decode::{

@@ -1,0 +1,472 @@
+//! A fast decoder for the common shape of streaming JSON: one flat object per record, columns of
+//! text, integers, floats and booleans.
+//!
+//! It reads each record once, straight into Arrow builders, skipping members no column asks for.
+//! It accepts only input whose meaning is unambiguous; on anything else (a string in a numeric
+//! column, a fraction in an integer column, a duplicate member, malformed JSON, …) it gives up on
+//! the whole batch, and the general decoder (arrow-json) decodes it instead, with its own rules
+//! and per-record error isolation. So it never changes what a batch decodes to, only how fast.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder,
+};
+use arrow::datatypes::{DataType, SchemaRef};
+
+use crate::record::Record;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Utf8,
+    Int64,
+    Int32,
+    Float64,
+    Float32,
+    Boolean,
+}
+
+enum Column {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Int32(Int32Builder),
+    Float64(Float64Builder),
+    Float32(Float32Builder),
+    Boolean(BooleanBuilder),
+}
+
+impl Column {
+    fn new(kind: Kind, rows: usize) -> Self {
+        match kind {
+            Kind::Utf8 => Column::Utf8(StringBuilder::with_capacity(rows, rows * 8)),
+            Kind::Int64 => Column::Int64(Int64Builder::with_capacity(rows)),
+            Kind::Int32 => Column::Int32(Int32Builder::with_capacity(rows)),
+            Kind::Float64 => Column::Float64(Float64Builder::with_capacity(rows)),
+            Kind::Float32 => Column::Float32(Float32Builder::with_capacity(rows)),
+            Kind::Boolean => Column::Boolean(BooleanBuilder::with_capacity(rows)),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Column::Utf8(b) => b.append_null(),
+            Column::Int64(b) => b.append_null(),
+            Column::Int32(b) => b.append_null(),
+            Column::Float64(b) => b.append_null(),
+            Column::Float32(b) => b.append_null(),
+            Column::Boolean(b) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Column::Utf8(mut b) => Arc::new(b.finish()),
+            Column::Int64(mut b) => Arc::new(b.finish()),
+            Column::Int32(mut b) => Arc::new(b.finish()),
+            Column::Float64(mut b) => Arc::new(b.finish()),
+            Column::Float32(mut b) => Arc::new(b.finish()),
+            Column::Boolean(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The fast flat-object decoder for one schema.
+#[derive(Debug)]
+pub(crate) struct FlatJsonDecoder {
+    schema: SchemaRef,
+    names: Vec<Box<[u8]>>,
+    kinds: Vec<Kind>,
+}
+
+/// Gave up: the general decoder must handle this batch.
+pub(crate) struct Unsupported;
+
+type Step<T> = Result<T, Unsupported>;
+
+impl FlatJsonDecoder {
+    /// A decoder for `schema`, when every column has a type it handles.
+    pub(crate) fn new(schema: &SchemaRef) -> Option<Self> {
+        let kinds = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => Some(Kind::Utf8),
+                DataType::Int64 => Some(Kind::Int64),
+                DataType::Int32 => Some(Kind::Int32),
+                DataType::Float64 => Some(Kind::Float64),
+                DataType::Float32 => Some(Kind::Float32),
+                DataType::Boolean => Some(Kind::Boolean),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        if kinds.is_empty() {
+            return None;
+        }
+        Some(Self {
+            schema: Arc::clone(schema),
+            names: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_bytes().into())
+                .collect(),
+            kinds,
+        })
+    }
+
+    /// Decodes the records at `indexes`, one row each, or gives up.
+    pub(crate) fn decode(&self, records: &[Record], indexes: &[usize]) -> Step<RecordBatch> {
+        let rows = indexes.len();
+        let mut columns: Vec<Column> = self.kinds.iter().map(|&k| Column::new(k, rows)).collect();
+        let mut seen = vec![false; self.kinds.len()];
+        let mut scratch = String::new();
+        for &i in indexes {
+            seen.iter_mut().for_each(|s| *s = false);
+            self.record(records[i].payload(), &mut columns, &mut seen, &mut scratch)?;
+            for (c, s) in columns.iter_mut().zip(&seen) {
+                if !s {
+                    c.append_null();
+                }
+            }
+        }
+        let arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
+        RecordBatch::try_new(Arc::clone(&self.schema), arrays).map_err(|_| Unsupported)
+    }
+
+    fn record(
+        &self,
+        buf: &[u8],
+        columns: &mut [Column],
+        seen: &mut [bool],
+        scratch: &mut String,
+    ) -> Step<()> {
+        let mut p = skip_ws(buf, 0);
+        expect(buf, p, b'{')?;
+        p = skip_ws(buf, p + 1);
+        let mut next_guess = 0usize;
+        if buf.get(p) == Some(&b'}') {
+            p += 1;
+        } else {
+            loop {
+                expect(buf, p, b'"')?;
+                let (key, after) = plain_string(buf, p + 1)?;
+                p = skip_ws(buf, after);
+                expect(buf, p, b':')?;
+                p = skip_ws(buf, p + 1);
+                // Members usually come in the same order in every record: try the next one first.
+                let column = if self.names.get(next_guess).is_some_and(|n| **n == *key) {
+                    Some(next_guess)
+                } else {
+                    self.names.iter().position(|n| **n == *key)
+                };
+                p = match column {
+                    Some(c) => {
+                        if seen[c] {
+                            return Err(Unsupported); // duplicate member
+                        }
+                        seen[c] = true;
+                        next_guess = c + 1;
+                        value(buf, p, &mut columns[c], scratch)?
+                    }
+                    None => skip_value(buf, p, 0)?,
+                };
+                p = skip_ws(buf, p);
+                match buf.get(p) {
+                    Some(b',') => p = skip_ws(buf, p + 1),
+                    Some(b'}') => {
+                        p += 1;
+                        break;
+                    }
+                    _ => return Err(Unsupported),
+                }
+            }
+        }
+        if skip_ws(buf, p) == buf.len() {
+            Ok(())
+        } else {
+            Err(Unsupported)
+        }
+    }
+}
+
+fn skip_ws(buf: &[u8], mut p: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = buf.get(p) {
+        p += 1;
+    }
+    p
+}
+
+fn expect(buf: &[u8], p: usize, c: u8) -> Step<()> {
+    if buf.get(p) == Some(&c) {
+        Ok(())
+    } else {
+        Err(Unsupported)
+    }
+}
+
+/// A string without escapes starting after its opening quote: the bytes and the position after
+/// the closing quote.
+fn plain_string(buf: &[u8], start: usize) -> Step<(&[u8], usize)> {
+    let rest = &buf[start..];
+    let end = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
+    if rest[end] == b'\\' {
+        return Err(Unsupported);
+    }
+    Ok((&rest[..end], start + end + 1))
+}
+
+fn hex4(buf: &[u8], p: usize) -> Step<u32> {
+    let digits = buf.get(p..p + 4).ok_or(Unsupported)?;
+    let text = std::str::from_utf8(digits).map_err(|_| Unsupported)?;
+    u32::from_str_radix(text, 16).map_err(|_| Unsupported)
+}
+
+/// A string starting after its opening quote, escapes decoded into `out`; returns the position
+/// after the closing quote.
+fn escaped_string(buf: &[u8], start: usize, out: &mut String) -> Step<usize> {
+    out.clear();
+    let mut p = start;
+    loop {
+        let rest = &buf[p..];
+        let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
+        let chunk = std::str::from_utf8(&rest[..at]).map_err(|_| Unsupported)?;
+        if chunk.bytes().any(|b| b < 0x20) {
+            return Err(Unsupported); // control characters must be escaped
+        }
+        out.push_str(chunk);
+        p += at;
+        if buf[p] == b'"' {
+            return Ok(p + 1);
+        }
+        let c = *buf.get(p + 1).ok_or(Unsupported)?;
+        p += 2;
+        match c {
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
+            b'u' => {
+                let hi = hex4(buf, p)?;
+                p += 4;
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    if buf.get(p..p + 2) != Some(b"\\u") {
+                        return Err(Unsupported);
+                    }
+                    let lo = hex4(buf, p + 2)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err(Unsupported);
+                    }
+                    p += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                out.push(char::from_u32(code).ok_or(Unsupported)?);
+            }
+            _ => return Err(Unsupported),
+        }
+    }
+}
+
+/// The text of a JSON number starting at `p`, validated against the JSON grammar, and whether it
+/// is an integer (no fraction, no exponent).
+fn number(buf: &[u8], mut p: usize) -> Step<(&str, usize, bool)> {
+    let start = p;
+    if buf.get(p) == Some(&b'-') {
+        p += 1;
+    }
+    let digits = |buf: &[u8], mut p: usize| {
+        let s = p;
+        while buf.get(p).is_some_and(u8::is_ascii_digit) {
+            p += 1;
+        }
+        (p, p - s)
+    };
+    let (q, n) = digits(buf, p);
+    if n == 0 || (n > 1 && buf[p] == b'0') {
+        return Err(Unsupported);
+    }
+    p = q;
+    let mut integer = true;
+    if buf.get(p) == Some(&b'.') {
+        let (q, n) = digits(buf, p + 1);
+        if n == 0 {
+            return Err(Unsupported);
+        }
+        p = q;
+        integer = false;
+    }
+    if let Some(b'e' | b'E') = buf.get(p) {
+        p += 1;
+        if let Some(b'+' | b'-') = buf.get(p) {
+            p += 1;
+        }
+        let (q, n) = digits(buf, p);
+        if n == 0 {
+            return Err(Unsupported);
+        }
+        p = q;
+        integer = false;
+    }
+    // ASCII by construction.
+    let text = std::str::from_utf8(&buf[start..p]).map_err(|_| Unsupported)?;
+    Ok((text, p, integer))
+}
+
+fn literal(buf: &[u8], p: usize, word: &[u8]) -> Step<usize> {
+    if buf.get(p..p + word.len()) == Some(word) {
+        Ok(p + word.len())
+    } else {
+        Err(Unsupported)
+    }
+}
+
+/// Decodes one member's value into its column; returns the position after it.
+fn value(buf: &[u8], p: usize, column: &mut Column, scratch: &mut String) -> Step<usize> {
+    let c = *buf.get(p).ok_or(Unsupported)?;
+    if c == b'n' {
+        let end = literal(buf, p, b"null")?;
+        column.append_null();
+        return Ok(end);
+    }
+    match column {
+        Column::Utf8(b) => match c {
+            b'"' => {
+                let rest = &buf[p + 1..];
+                let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
+                if rest[at] == b'"' {
+                    let s = std::str::from_utf8(&rest[..at]).map_err(|_| Unsupported)?;
+                    if s.bytes().any(|b| b < 0x20) {
+                        return Err(Unsupported);
+                    }
+                    b.append_value(s);
+                    Ok(p + 1 + at + 1)
+                } else {
+                    let end = escaped_string(buf, p + 1, scratch)?;
+                    b.append_value(scratch.as_str());
+                    Ok(end)
+                }
+            }
+            // A number or boolean in a text column keeps its text, as the general decoder does.
+            b't' => {
+                let end = literal(buf, p, b"true")?;
+                b.append_value("true");
+                Ok(end)
+            }
+            b'f' => {
+                let end = literal(buf, p, b"false")?;
+                b.append_value("false");
+                Ok(end)
+            }
+            b'-' | b'0'..=b'9' => {
+                let (text, end, _) = number(buf, p)?;
+                b.append_value(text);
+                Ok(end)
+            }
+            _ => Err(Unsupported),
+        },
+        Column::Int64(b) => {
+            let (text, end, integer) = number(buf, p)?;
+            if !integer {
+                return Err(Unsupported);
+            }
+            b.append_value(text.parse().map_err(|_| Unsupported)?);
+            Ok(end)
+        }
+        Column::Int32(b) => {
+            let (text, end, integer) = number(buf, p)?;
+            if !integer {
+                return Err(Unsupported);
+            }
+            b.append_value(text.parse().map_err(|_| Unsupported)?);
+            Ok(end)
+        }
+        Column::Float64(b) => {
+            let (text, end, _) = number(buf, p)?;
+            let v: f64 = text.parse().map_err(|_| Unsupported)?;
+            if !v.is_finite() {
+                return Err(Unsupported);
+            }
+            b.append_value(v);
+            Ok(end)
+        }
+        Column::Float32(b) => {
+            let (text, end, _) = number(buf, p)?;
+            let v: f32 = text.parse().map_err(|_| Unsupported)?;
+            if !v.is_finite() {
+                return Err(Unsupported);
+            }
+            b.append_value(v);
+            Ok(end)
+        }
+        Column::Boolean(b) => match c {
+            b't' => {
+                let end = literal(buf, p, b"true")?;
+                b.append_value(true);
+                Ok(end)
+            }
+            b'f' => {
+                let end = literal(buf, p, b"false")?;
+                b.append_value(false);
+                Ok(end)
+            }
+            _ => Err(Unsupported),
+        },
+    }
+}
+
+/// Skips any JSON value a column does not ask for; returns the position after it.
+fn skip_value(buf: &[u8], p: usize, depth: usize) -> Step<usize> {
+    if depth > 64 {
+        return Err(Unsupported);
+    }
+    match *buf.get(p).ok_or(Unsupported)? {
+        b'"' => {
+            let mut q = p + 1;
+            loop {
+                let rest = buf.get(q..).ok_or(Unsupported)?;
+                let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
+                if std::str::from_utf8(&rest[..at]).is_err() {
+                    return Err(Unsupported);
+                }
+                q += at;
+                if buf[q] == b'"' {
+                    return Ok(q + 1);
+                }
+                q += 2; // an escape: the next byte never closes the string
+            }
+        }
+        b'{' | b'[' => {
+            let close = if buf[p] == b'{' { b'}' } else { b']' };
+            let object = close == b'}';
+            let mut q = skip_ws(buf, p + 1);
+            if buf.get(q) == Some(&close) {
+                return Ok(q + 1);
+            }
+            loop {
+                if object {
+                    expect(buf, q, b'"')?;
+                    q = skip_value(buf, q, depth + 1)?;
+                    q = skip_ws(buf, q);
+                    expect(buf, q, b':')?;
+                    q = skip_ws(buf, q + 1);
+                }
+                q = skip_value(buf, q, depth + 1)?;
+                q = skip_ws(buf, q);
+                match buf.get(q) {
+                    Some(b',') => q = skip_ws(buf, q + 1),
+                    Some(&c) if c == close => return Ok(q + 1),
+                    _ => return Err(Unsupported),
+                }
+            }
+        }
+        b't' => literal(buf, p, b"true"),
+        b'f' => literal(buf, p, b"false"),
+        b'n' => literal(buf, p, b"null"),
+        _ => number(buf, p).map(|(_, end, _)| end),
+    }
+}
