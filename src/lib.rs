@@ -62,6 +62,6 @@ pub use source::{
     GeneratorSourceBuilder, Source, SourceBatch,
 };
 pub use sql::{
-    QueryOutput, RowFailure, SqlIssue, SqlOutput, SqlProgram, StreamQuery, WatermarkSettings,
-    SOURCE_ALIAS, SOURCE_STREAM,
+    QueryOutput, RowFailure, SqlFunctions, SqlIssue, SqlOutput, SqlProgram, StreamQuery,
+    WatermarkSettings, SOURCE_ALIAS, SOURCE_STREAM,
 };

@@ -30,7 +30,7 @@ use crate::sink::{
     ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
 };
 use crate::source::{now_ms, Source, SourceBatch};
-use crate::sql::{SqlOutput, SqlProgram, WatermarkSettings};
+use crate::sql::{SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
 use crate::{Error, Result};
 
 /// Source chunks buffered between the source and processing tasks.
@@ -158,6 +158,7 @@ pub struct PipelineBuilder {
     error_sink: Option<Box<dyn Sink>>,
     batch: BatchSettings,
     watermark: WatermarkSettings,
+    functions: SqlFunctions,
 }
 
 impl fmt::Debug for PipelineBuilder {
@@ -185,6 +186,7 @@ impl Pipeline {
             error_sink: None,
             batch: BatchSettings::default(),
             watermark: WatermarkSettings::default(),
+            functions: SqlFunctions::default(),
         }
     }
 
@@ -376,6 +378,12 @@ impl PipelineBuilder {
         self
     }
 
+    /// User-defined scalar and aggregate functions the SQL may call.
+    pub fn functions(mut self, functions: SqlFunctions) -> Self {
+        self.functions = functions;
+        self
+    }
+
     /// Event-time settings of windowed queries: allowed lateness and idle timeout.
     pub fn watermark(mut self, settings: WatermarkSettings) -> Self {
         self.watermark = settings;
@@ -474,8 +482,13 @@ impl PipelineBuilder {
             decoder.build()
         };
         let mut decoder = make_decoder(columns.clone())?;
-        let mut program =
-            SqlProgram::new(&self.sql, Arc::clone(decoder.schema()), self.watermark).await?;
+        let mut program = SqlProgram::with_functions(
+            &self.sql,
+            Arc::clone(decoder.schema()),
+            self.watermark,
+            &self.functions,
+        )
+        .await?;
         // Build only the columns the SQL reads: JSON members nobody selects are still checked
         // for well-formedness but never turned into arrays. (CSV keeps every column: its rows
         // are positional.)
@@ -495,9 +508,13 @@ impl PipelineBuilder {
                     .collect();
                 if !kept.is_empty() && kept.len() < columns.len() {
                     decoder = make_decoder(kept)?;
-                    program =
-                        SqlProgram::new(&self.sql, Arc::clone(decoder.schema()), self.watermark)
-                            .await?;
+                    program = SqlProgram::with_functions(
+                        &self.sql,
+                        Arc::clone(decoder.schema()),
+                        self.watermark,
+                        &self.functions,
+                    )
+                    .await?;
                 }
             }
         }

@@ -19,7 +19,7 @@ mod watermark;
 mod window;
 
 pub(crate) use program::output_stream_names;
-pub use program::{SqlIssue, SqlOutput, SqlProgram};
+pub use program::{SqlFunctions, SqlIssue, SqlOutput, SqlProgram};
 pub use watermark::WatermarkSettings;
 
 use std::collections::VecDeque;

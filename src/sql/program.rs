@@ -14,7 +14,7 @@ use datafusion::common::TableReference;
 use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::{AggregateUDF, LogicalPlan, ScalarUDF};
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -321,6 +321,29 @@ pub(crate) fn check_shape(plan: &LogicalPlan, windowed: bool, over: bool) -> Res
     Ok(())
 }
 
+/// Refuses, at plan time, a window time column of a type that cannot hold a time.
+pub(crate) fn check_time_type(t: &DataType, what: &str) -> Result<()> {
+    if t.is_integer()
+        || matches!(
+            t,
+            DataType::Timestamp(_, _)
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Null
+        )
+    {
+        Ok(())
+    } else {
+        Err(Error::Sql(format!(
+            "the window's time column `{what}` is {t}; it must be a timestamp, ISO-8601 text or \
+             epoch milliseconds"
+        )))
+    }
+}
+
 /// True when the plan has `OVER` windows.
 fn has_over(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -482,6 +505,7 @@ fn split_windowed(
         }
     }
     let time_expr = time_expr.ok_or_else(|| internal("the window's time column was lost"))?;
+    check_time_type(&time_expr.data_type(&input_schema)?, &clause.time_sql)?;
     let aggs = agg.aggr_expr().to_vec();
     let agg_args = aggregate_expressions(&aggs, &AggregateMode::Single, 0)?;
     let output_schema = top.schema();
@@ -509,6 +533,33 @@ fn plan_error(e: &datafusion::error::DataFusionError, sql: &str) -> Error {
     Error::Sql(format!("{} (in statement: {sql})", describe(e)))
 }
 
+/// User-defined functions that statements may call: scalar functions and aggregates (usable in
+/// windows like the built-in ones).
+#[derive(Debug, Clone, Default)]
+pub struct SqlFunctions {
+    scalars: Vec<ScalarUDF>,
+    aggregates: Vec<AggregateUDF>,
+}
+
+impl SqlFunctions {
+    /// No functions beyond DataFusion's built-ins.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a scalar function.
+    pub fn with_udf(mut self, udf: ScalarUDF) -> Self {
+        self.scalars.push(udf);
+        self
+    }
+
+    /// Adds an aggregate function; its accumulator state is what windows keep and checkpoint.
+    pub fn with_udaf(mut self, udaf: AggregateUDF) -> Self {
+        self.aggregates.push(udaf);
+        self
+    }
+}
+
 impl SqlProgram {
     /// Plans `sql` (statements separated by `;`) against input batches of `input_schema` (as the
     /// decoder produces them, with `ROWTIME` last).
@@ -517,7 +568,23 @@ impl SqlProgram {
         input_schema: SchemaRef,
         settings: WatermarkSettings,
     ) -> Result<Self> {
-        let state = streaming_state();
+        Self::with_functions(sql, input_schema, settings, &SqlFunctions::default()).await
+    }
+
+    /// [`SqlProgram::new`], with user-defined functions available to the statements.
+    pub async fn with_functions(
+        sql: &str,
+        input_schema: SchemaRef,
+        settings: WatermarkSettings,
+        functions: &SqlFunctions,
+    ) -> Result<Self> {
+        let mut state = streaming_state();
+        for f in &functions.scalars {
+            state.register_udf(Arc::new(f.clone()))?;
+        }
+        for f in &functions.aggregates {
+            state.register_udaf(Arc::new(f.clone()))?;
+        }
         let ctx = SessionContext::new_with_state(state);
         let task_ctx = ctx.task_ctx();
         let keep_rowtime = mentions_rowtime(sql);

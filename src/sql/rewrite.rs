@@ -60,7 +60,11 @@ impl ScalarUDFImpl for EventTime {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        if let Some(t) = arg_types.first() {
+            super::program::check_time_type(t, "ORDER BY")
+                .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
+        }
         Ok(DataType::Timestamp(
             TimeUnit::Millisecond,
             Some("UTC".into()),

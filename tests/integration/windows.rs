@@ -347,6 +347,15 @@ async fn unsupported_stream_shapes_say_what_to_write_instead() {
             "bounded",
         ),
         ("INSERT INTO source SELECT * FROM source", "input stream"),
+        (
+            "SELECT COUNT(*) AS n FROM source GROUP BY TUMBLE(price, INTERVAL '1' SECOND)",
+            "must be a timestamp",
+        ),
+        (
+            "SELECT SUM(price) OVER (ORDER BY price ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS s \
+             FROM source",
+            "must be a timestamp",
+        ),
         ("SELECT 1 FROM nowhere", "nowhere"),
     ];
     for (sql, hint) in cases {
@@ -446,4 +455,97 @@ async fn the_program_tells_which_input_columns_it_reads() {
         Some(vec![1])
     );
     assert_eq!(used("SELECT * FROM source").await, Some(vec![0, 1, 2]));
+}
+
+/// A user-defined aggregate: the sum of squares.
+#[derive(Debug, Default)]
+struct SumOfSquares(f64);
+
+impl datafusion::logical_expr::Accumulator for SumOfSquares {
+    fn update_batch(&mut self, values: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        self.0 += values[0]
+            .as_primitive::<Float64Type>()
+            .iter()
+            .flatten()
+            .map(|v| v * v)
+            .sum::<f64>();
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> datafusion::error::Result<datafusion::scalar::ScalarValue> {
+        Ok(datafusion::scalar::ScalarValue::Float64(Some(self.0)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+
+    fn state(&mut self) -> datafusion::error::Result<Vec<datafusion::scalar::ScalarValue>> {
+        Ok(vec![datafusion::scalar::ScalarValue::Float64(Some(self.0))])
+    }
+
+    fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        self.0 += states[0]
+            .as_primitive::<Float64Type>()
+            .iter()
+            .flatten()
+            .sum::<f64>();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn user_defined_aggregates_run_in_windows_and_survive_a_restore() {
+    let udaf = datafusion::logical_expr::create_udaf(
+        "sum_sq",
+        vec![DataType::Float64],
+        Arc::new(DataType::Float64),
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(SumOfSquares::default()))),
+        Arc::new(vec![DataType::Float64]),
+    );
+    let functions = rivulet::SqlFunctions::new().with_udaf(udaf);
+    let sql =
+        "SELECT ticker_symbol, window_start, sum_sq(price) AS sq, SUM(price * price) AS check_sq \
+               FROM source GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '10' SECOND)";
+    let input = batches(&ticker(40_000, 10, 1.0));
+    let schema = input[0].schema();
+    let settings = WatermarkSettings::default();
+    let mut first = SqlProgram::with_functions(sql, Arc::clone(&schema), settings, &functions)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for (seq, b) in input[..2].iter().enumerate() {
+        out.extend(first.process(b, &[], seq as u64).await.unwrap().streams);
+    }
+    let state = first.snapshot().unwrap();
+    let mut second = SqlProgram::with_functions(sql, schema, settings, &functions)
+        .await
+        .unwrap();
+    second.restore(&state).unwrap();
+    for (seq, b) in input[2..].iter().enumerate() {
+        out.extend(
+            second
+                .process(b, &[], seq as u64 + 2)
+                .await
+                .unwrap()
+                .streams,
+        );
+    }
+    out.extend(second.finish(99).await.unwrap().streams);
+    let mut rows = 0;
+    for (_, b) in &out {
+        let sq = b.column(2).as_primitive::<Float64Type>();
+        let check = b.column(3).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            assert!(
+                close(sq.value(i), check.value(i)),
+                "{} vs {}",
+                sq.value(i),
+                check.value(i)
+            );
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 40, "4 windows of 10 s × 10 tickers");
 }
