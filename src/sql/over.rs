@@ -8,9 +8,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array,
+};
 use arrow::compute::kernels::cast::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
@@ -195,6 +197,7 @@ pub(crate) struct OverAggregate {
     chunks: HashMap<u64, (RecordBatch, usize, u64)>,
     next_chunk: u64,
     arrivals: u64,
+    input: SchemaRef,
 }
 
 impl std::fmt::Debug for OverAggregate {
@@ -225,6 +228,7 @@ impl OverAggregate {
             chunks: HashMap::new(),
             next_chunk: 0,
             arrivals: 0,
+            input: Arc::clone(input),
         })
     }
 
@@ -442,5 +446,196 @@ impl OverAggregate {
             Arc::clone(&self.plan.output_schema),
             cols,
         )?))
+    }
+
+    /// Serialises the kept rows (those waiting to be emitted with their input columns, and those
+    /// future frames still reach) and the watermark, as Arrow IPC bytes.
+    pub(crate) fn snapshot(&self) -> Result<Vec<u8>> {
+        let arg_types: Vec<DataType> = self
+            .plan
+            .args
+            .iter()
+            .flatten()
+            .map(|e| Ok(e.data_type(&self.input)?))
+            .collect::<Result<_>>()?;
+        let mut fields = vec![
+            Field::new("key", DataType::Binary, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("arrival", DataType::UInt64, false),
+            Field::new("seq", DataType::UInt64, false),
+            Field::new("pending", DataType::Boolean, false),
+        ];
+        fields.extend(
+            arg_types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("arg_{i}"), t.clone(), true)),
+        );
+        fields.extend(
+            self.input
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        let (current, maxima) = self.watermark.snapshot();
+        let mut meta = HashMap::new();
+        meta.insert("watermark".to_owned(), current.to_string());
+        meta.insert(
+            "partitions".to_owned(),
+            maxima
+                .iter()
+                .map(|m| m.map_or_else(String::new, |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        meta.insert("arrivals".to_owned(), self.arrivals.to_string());
+        let schema = Arc::new(Schema::new(fields).with_metadata(meta));
+
+        let chunk_ids: Vec<u64> = self.chunks.keys().copied().collect();
+        let mut sources: Vec<RecordBatch> =
+            chunk_ids.iter().map(|c| self.chunks[c].0.clone()).collect();
+        let null_row = RecordBatch::try_new(
+            Arc::clone(&self.input),
+            self.input
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), 1))
+                .collect(),
+        )?;
+        sources.push(null_row);
+        let null_source = sources.len() - 1;
+        let (mut keys, mut ts, mut arrivals, mut seqs, mut pending) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut args: Vec<Vec<ScalarValue>> = vec![Vec::new(); arg_types.len()];
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for (key, list) in &self.partitions {
+            for e in list {
+                keys.push(key.as_ref().to_vec());
+                ts.push(e.t);
+                arrivals.push(e.arrival);
+                for (col, v) in args.iter_mut().zip(&e.args) {
+                    col.push(v.clone());
+                }
+                match e.pending {
+                    Some((chunk, row)) => {
+                        let at = chunk_ids.iter().position(|c| *c == chunk).unwrap_or(0);
+                        seqs.push(self.chunks.get(&chunk).map_or(0, |c| c.2));
+                        pending.push(true);
+                        rows.push((at, row));
+                    }
+                    None => {
+                        seqs.push(0);
+                        pending.push(false);
+                        rows.push((null_source, 0));
+                    }
+                }
+            }
+        }
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(arrow::array::BinaryArray::from_iter_values(keys.iter())),
+            Arc::new(arrow::array::Int64Array::from(ts)),
+            Arc::new(UInt64Array::from(arrivals)),
+            Arc::new(UInt64Array::from(seqs)),
+            Arc::new(arrow::array::BooleanArray::from(pending)),
+        ];
+        for (values, t) in args.into_iter().zip(&arg_types) {
+            cols.push(if values.is_empty() {
+                arrow::array::new_empty_array(t)
+            } else {
+                ScalarValue::iter_to_array(values)?
+            });
+        }
+        for c in 0..self.input.fields().len() {
+            let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
+            cols.push(arrow::compute::interleave(&arrays, &rows)?);
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&schema), cols)?;
+        let mut out = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
+            w.write(&batch)?;
+            w.finish()?;
+        }
+        Ok(out)
+    }
+
+    /// Replaces all state with a [`Self::snapshot`].
+    pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let schema = reader.schema();
+        let meta = schema.metadata();
+        let number = |k: &str| -> Result<i64> {
+            meta.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Pipeline(format!("OVER state snapshot has no {k}")))
+        };
+        let current = number("watermark")?;
+        let arrivals = number("arrivals")?;
+        let maxima: Vec<Option<Millis>> = meta
+            .get("partitions")
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split(',').map(|v| v.parse().ok()).collect())
+            .unwrap_or_default();
+        self.partitions.clear();
+        self.chunks.clear();
+        self.watermark
+            .restore(current, &maxima, std::time::Instant::now());
+        self.arrivals = u64::try_from(arrivals).unwrap_or(0);
+        let nargs: usize = self.plan.args.iter().map(Vec::len).sum();
+        let parser = self.keys.parser();
+        for batch in reader {
+            let batch = batch?;
+            let keys = batch.column(0).as_binary::<i32>();
+            let ts = batch
+                .column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            let arr = batch
+                .column(2)
+                .as_primitive::<arrow::datatypes::UInt64Type>();
+            let seqs = batch
+                .column(3)
+                .as_primitive::<arrow::datatypes::UInt64Type>();
+            let pending = batch.column(4).as_boolean();
+            let waiting: Vec<u32> = (0..batch.num_rows())
+                .filter(|&i| pending.value(i))
+                .map(|i| i as u32)
+                .collect();
+            let chunk = self.next_chunk;
+            if !waiting.is_empty() {
+                let idx = UInt32Array::from(waiting.clone());
+                let input_cols = batch.columns()[5 + nargs..]
+                    .iter()
+                    .map(|c| Ok(arrow::compute::take(c, &idx, None)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let seq = waiting
+                    .iter()
+                    .map(|&i| seqs.value(i as usize))
+                    .min()
+                    .unwrap_or(0);
+                let rows = RecordBatch::try_new(Arc::clone(&self.input), input_cols)?;
+                self.chunks.insert(chunk, (rows, waiting.len(), seq));
+                self.next_chunk += 1;
+            }
+            for i in 0..batch.num_rows() {
+                let key = parser.parse(keys.value(i)).owned();
+                let args = (0..nargs)
+                    .map(|a| ScalarValue::try_from_array(batch.column(5 + a), i))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                let pending = waiting
+                    .binary_search(&(i as u32))
+                    .ok()
+                    .map(|pos| (chunk, pos));
+                self.partitions.entry(key).or_default().push_back(Entry {
+                    t: ts.value(i),
+                    arrival: arr.value(i),
+                    args,
+                    pending,
+                });
+            }
+        }
+        for list in self.partitions.values_mut() {
+            list.make_contiguous().sort_by_key(|e| (e.t, e.arrival));
+        }
+        Ok(())
     }
 }

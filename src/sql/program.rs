@@ -993,9 +993,7 @@ impl SqlProgram {
             .filter_map(|s| match &mut s.stage {
                 Stage::Windowed(w) => Some(match &mut w.op {
                     Operator::Group(op, _) => op.snapshot(),
-                    Operator::Over(_) => Err(Error::Pipeline(
-                        "saving the state of OVER windows is not supported yet".into(),
-                    )),
+                    Operator::Over(op) => op.snapshot(),
                 }),
                 Stage::Stateless(_) => None,
             })
@@ -1014,11 +1012,7 @@ impl SqlProgram {
                 })?;
                 match &mut w.op {
                     Operator::Group(op, _) => op.restore(bytes)?,
-                    Operator::Over(_) => {
-                        return Err(Error::Pipeline(
-                            "restoring the state of OVER windows is not supported yet".into(),
-                        ))
-                    }
+                    Operator::Over(op) => op.restore(bytes)?,
                 }
             }
         }
