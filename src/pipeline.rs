@@ -426,6 +426,7 @@ impl PipelineBuilder {
                 format!("must be between 1 ms and {} s", MAX_BATCH_LATENCY.as_secs()),
             ));
         }
+        source.set_max_batch_records(self.batch.max_rows);
         let mut replay = Vec::new();
         let columns = match self.columns {
             Some(c) => c,
@@ -700,7 +701,12 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                             p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos), Step::Batch).await?;
                             deadline = Some(Instant::now() + p.settings.max_latency);
                         }
-                        pending.append(&mut chunk.records);
+                        if pending.is_empty() {
+                            // Taken over whole rather than copied record by record.
+                            pending = std::mem::take(&mut chunk.records);
+                        } else {
+                            pending.append(&mut chunk.records);
+                        }
                         pending_pos.advance(&chunk.position);
                         flush = idle_position || pending.len() >= p.settings.max_rows;
                     }

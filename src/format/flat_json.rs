@@ -120,9 +120,16 @@ impl FlatJsonDecoder {
         let mut columns: Vec<Column> = self.kinds.iter().map(|&k| Column::new(k, rows)).collect();
         let mut seen = vec![false; self.kinds.len()];
         let mut scratch = String::new();
+        let mut members = MemberCache::default();
         for &i in indexes {
             seen.iter_mut().for_each(|s| *s = false);
-            self.record(records[i].payload(), &mut columns, &mut seen, &mut scratch)?;
+            self.record(
+                records[i].payload(),
+                &mut columns,
+                &mut seen,
+                &mut scratch,
+                &mut members,
+            )?;
             for (c, s) in columns.iter_mut().zip(&seen) {
                 if !s {
                     c.append_null();
@@ -139,11 +146,14 @@ impl FlatJsonDecoder {
         columns: &mut [Column],
         seen: &mut [bool],
         scratch: &mut String,
+        members: &mut MemberCache,
     ) -> Step<()> {
+        // Validated once: every value below is a slice of `text` cut at ASCII delimiters.
+        let text = std::str::from_utf8(buf).map_err(|_| Unsupported)?;
         let mut p = skip_ws(buf, 0);
         expect(buf, p, b'{')?;
         p = skip_ws(buf, p + 1);
-        let mut next_guess = 0usize;
+        let mut ordinal = 0usize;
         if buf.get(p) == Some(&b'}') {
             p += 1;
         } else {
@@ -153,22 +163,17 @@ impl FlatJsonDecoder {
                 p = skip_ws(buf, after);
                 expect(buf, p, b':')?;
                 p = skip_ws(buf, p + 1);
-                // Members usually come in the same order in every record: try the next one first.
-                let column = if self.names.get(next_guess).is_some_and(|n| **n == *key) {
-                    Some(next_guess)
-                } else {
-                    self.names.iter().position(|n| **n == *key)
-                };
+                let column = members.column(ordinal, key, &self.names);
+                ordinal += 1;
                 p = match column {
                     Some(c) => {
                         if seen[c] {
                             return Err(Unsupported); // duplicate member
                         }
                         seen[c] = true;
-                        next_guess = c + 1;
-                        value(buf, p, &mut columns[c], scratch)?
+                        value(text, p, &mut columns[c], scratch)?
                     }
-                    None => skip_value(buf, p, 0)?,
+                    None => skip_value(text, p, 0)?,
                 };
                 p = skip_ws(buf, p);
                 match buf.get(p) {
@@ -189,6 +194,30 @@ impl FlatJsonDecoder {
     }
 }
 
+/// Which column the n-th member of the last record went to: records of a stream usually have
+/// their members in the same order, so one comparison finds the column (or that there is none).
+#[derive(Default)]
+struct MemberCache {
+    slots: Vec<(Vec<u8>, Option<usize>)>,
+}
+
+impl MemberCache {
+    fn column(&mut self, ordinal: usize, key: &[u8], names: &[Box<[u8]>]) -> Option<usize> {
+        if let Some((cached, column)) = self.slots.get(ordinal) {
+            if cached.as_slice() == key {
+                return *column;
+            }
+        }
+        let column = names.iter().position(|n| **n == *key);
+        if ordinal < self.slots.len() {
+            self.slots[ordinal] = (key.to_vec(), column);
+        } else if ordinal == self.slots.len() && ordinal < 256 {
+            self.slots.push((key.to_vec(), column));
+        }
+        column
+    }
+}
+
 fn skip_ws(buf: &[u8], mut p: usize) -> usize {
     while let Some(b' ' | b'\n' | b'\r' | b'\t') = buf.get(p) {
         p += 1;
@@ -204,15 +233,26 @@ fn expect(buf: &[u8], p: usize, c: u8) -> Step<()> {
     }
 }
 
+/// Position of the first quote, backslash or control character at or after `p` (strings in
+/// records are short: a plain loop beats a vectorised search's set-up).
+fn string_end(buf: &[u8], mut p: usize) -> Step<usize> {
+    while let Some(&b) = buf.get(p) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            return Ok(p);
+        }
+        p += 1;
+    }
+    Err(Unsupported)
+}
+
 /// A string without escapes starting after its opening quote: the bytes and the position after
 /// the closing quote.
 fn plain_string(buf: &[u8], start: usize) -> Step<(&[u8], usize)> {
-    let rest = &buf[start..];
-    let end = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
-    if rest[end] == b'\\' {
+    let end = string_end(buf, start)?;
+    if buf[end] != b'"' {
         return Err(Unsupported);
     }
-    Ok((&rest[..end], start + end + 1))
+    Ok((&buf[start..end], end + 1))
 }
 
 fn hex4(buf: &[u8], p: usize) -> Step<u32> {
@@ -274,7 +314,8 @@ fn escaped_string(buf: &[u8], start: usize, out: &mut String) -> Step<usize> {
 
 /// The text of a JSON number starting at `p`, validated against the JSON grammar, and whether it
 /// is an integer (no fraction, no exponent).
-fn number(buf: &[u8], mut p: usize) -> Step<(&str, usize, bool)> {
+fn number(text: &str, mut p: usize) -> Step<(&str, usize, bool)> {
+    let buf = text.as_bytes();
     let start = p;
     if buf.get(p) == Some(&b'-') {
         p += 1;
@@ -312,9 +353,8 @@ fn number(buf: &[u8], mut p: usize) -> Step<(&str, usize, bool)> {
         p = q;
         integer = false;
     }
-    // ASCII by construction.
-    let text = std::str::from_utf8(&buf[start..p]).map_err(|_| Unsupported)?;
-    Ok((text, p, integer))
+    // ASCII by construction, so cut at character boundaries.
+    Ok((&text[start..p], p, integer))
 }
 
 fn literal(buf: &[u8], p: usize, word: &[u8]) -> Step<usize> {
@@ -326,7 +366,8 @@ fn literal(buf: &[u8], p: usize, word: &[u8]) -> Step<usize> {
 }
 
 /// Decodes one member's value into its column; returns the position after it.
-fn value(buf: &[u8], p: usize, column: &mut Column, scratch: &mut String) -> Step<usize> {
+fn value(text: &str, p: usize, column: &mut Column, scratch: &mut String) -> Step<usize> {
+    let buf = text.as_bytes();
     let c = *buf.get(p).ok_or(Unsupported)?;
     if c == b'n' {
         let end = literal(buf, p, b"null")?;
@@ -336,15 +377,12 @@ fn value(buf: &[u8], p: usize, column: &mut Column, scratch: &mut String) -> Ste
     match column {
         Column::Utf8(b) => match c {
             b'"' => {
-                let rest = &buf[p + 1..];
-                let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
-                if rest[at] == b'"' {
-                    let s = std::str::from_utf8(&rest[..at]).map_err(|_| Unsupported)?;
-                    if s.bytes().any(|b| b < 0x20) {
-                        return Err(Unsupported);
-                    }
-                    b.append_value(s);
-                    Ok(p + 1 + at + 1)
+                let at = string_end(buf, p + 1)?;
+                if buf[at] == b'"' {
+                    b.append_value(&text[p + 1..at]);
+                    Ok(at + 1)
+                } else if buf[at] < 0x20 {
+                    Err(Unsupported) // control characters must be escaped
                 } else {
                     let end = escaped_string(buf, p + 1, scratch)?;
                     b.append_value(scratch.as_str());
@@ -363,31 +401,31 @@ fn value(buf: &[u8], p: usize, column: &mut Column, scratch: &mut String) -> Ste
                 Ok(end)
             }
             b'-' | b'0'..=b'9' => {
-                let (text, end, _) = number(buf, p)?;
-                b.append_value(text);
+                let (digits, end, _) = number(text, p)?;
+                b.append_value(digits);
                 Ok(end)
             }
             _ => Err(Unsupported),
         },
         Column::Int64(b) => {
-            let (text, end, integer) = number(buf, p)?;
+            let (digits, end, integer) = number(text, p)?;
             if !integer {
                 return Err(Unsupported);
             }
-            b.append_value(text.parse().map_err(|_| Unsupported)?);
+            b.append_value(digits.parse().map_err(|_| Unsupported)?);
             Ok(end)
         }
         Column::Int32(b) => {
-            let (text, end, integer) = number(buf, p)?;
+            let (digits, end, integer) = number(text, p)?;
             if !integer {
                 return Err(Unsupported);
             }
-            b.append_value(text.parse().map_err(|_| Unsupported)?);
+            b.append_value(digits.parse().map_err(|_| Unsupported)?);
             Ok(end)
         }
         Column::Float64(b) => {
-            let (text, end, _) = number(buf, p)?;
-            let v: f64 = text.parse().map_err(|_| Unsupported)?;
+            let (digits, end, _) = number(text, p)?;
+            let v: f64 = digits.parse().map_err(|_| Unsupported)?;
             if !v.is_finite() {
                 return Err(Unsupported);
             }
@@ -395,8 +433,8 @@ fn value(buf: &[u8], p: usize, column: &mut Column, scratch: &mut String) -> Ste
             Ok(end)
         }
         Column::Float32(b) => {
-            let (text, end, _) = number(buf, p)?;
-            let v: f32 = text.parse().map_err(|_| Unsupported)?;
+            let (digits, end, _) = number(text, p)?;
+            let v: f32 = digits.parse().map_err(|_| Unsupported)?;
             if !v.is_finite() {
                 return Err(Unsupported);
             }
@@ -420,7 +458,8 @@ fn value(buf: &[u8], p: usize, column: &mut Column, scratch: &mut String) -> Ste
 }
 
 /// Skips any JSON value a column does not ask for; returns the position after it.
-fn skip_value(buf: &[u8], p: usize, depth: usize) -> Step<usize> {
+fn skip_value(text: &str, p: usize, depth: usize) -> Step<usize> {
+    let buf = text.as_bytes();
     if depth > 64 {
         return Err(Unsupported);
     }
@@ -428,16 +467,12 @@ fn skip_value(buf: &[u8], p: usize, depth: usize) -> Step<usize> {
         b'"' => {
             let mut q = p + 1;
             loop {
-                let rest = buf.get(q..).ok_or(Unsupported)?;
-                let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Unsupported)?;
-                if std::str::from_utf8(&rest[..at]).is_err() {
-                    return Err(Unsupported);
+                q = string_end(buf, q)?;
+                match buf[q] {
+                    b'"' => return Ok(q + 1),
+                    b'\\' => q += 2, // an escape: the next byte never closes the string
+                    _ => return Err(Unsupported),
                 }
-                q += at;
-                if buf[q] == b'"' {
-                    return Ok(q + 1);
-                }
-                q += 2; // an escape: the next byte never closes the string
             }
         }
         b'{' | b'[' => {
@@ -450,12 +485,12 @@ fn skip_value(buf: &[u8], p: usize, depth: usize) -> Step<usize> {
             loop {
                 if object {
                     expect(buf, q, b'"')?;
-                    q = skip_value(buf, q, depth + 1)?;
+                    q = skip_value(text, q, depth + 1)?;
                     q = skip_ws(buf, q);
                     expect(buf, q, b':')?;
                     q = skip_ws(buf, q + 1);
                 }
-                q = skip_value(buf, q, depth + 1)?;
+                q = skip_value(text, q, depth + 1)?;
                 q = skip_ws(buf, q);
                 match buf.get(q) {
                     Some(b',') => q = skip_ws(buf, q + 1),
@@ -467,6 +502,6 @@ fn skip_value(buf: &[u8], p: usize, depth: usize) -> Step<usize> {
         b't' => literal(buf, p, b"true"),
         b'f' => literal(buf, p, b"false"),
         b'n' => literal(buf, p, b"null"),
-        _ => number(buf, p).map(|(_, end, _)| end),
+        _ => number(text, p).map(|(_, end, _)| end),
     }
 }

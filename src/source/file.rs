@@ -53,6 +53,11 @@ pub struct FileSource {
     offset: u64,
     /// Bytes read that do not yet form a whole record.
     pending: BytesMut,
+    /// Bytes read and holding whole records not handed out yet (a batch stopped at
+    /// `max_batch_records`); they come before `pending`.
+    backlog: Bytes,
+    /// Most records per batch.
+    max_batch_records: usize,
     eof: bool,
 }
 
@@ -103,6 +108,7 @@ impl FileSource {
     async fn reopen_from_start(&mut self) -> Result<()> {
         self.offset = 0;
         self.pending.clear();
+        self.backlog = Bytes::new();
         self.skip_records = self.header_records;
         self.open().await
     }
@@ -110,14 +116,24 @@ impl FileSource {
     /// Cuts whole records off the front of `pending`. At end of input, a last record without a
     /// terminator counts too.
     fn take_records(&mut self, at_eof: bool) -> Vec<Record> {
-        let data = self.pending.split().freeze();
+        let data = if self.backlog.is_empty() {
+            self.pending.split().freeze()
+        } else {
+            std::mem::take(&mut self.backlog)
+        };
         let arrival = now_ms();
-        let mut records = Vec::new();
+        // Sized up front: a growing vector would copy every record several times.
+        let expected = match self.framing {
+            Framing::Lines => memchr::memchr_iter(b'\n', &data).count() + 1,
+            Framing::CsvRows { .. } => data.len() / 64 + 1,
+        };
+        let limit = self.max_batch_records.max(1);
+        let mut records = Vec::with_capacity(expected.min(limit));
         let mut start = 0usize;
         let mut in_quotes = false;
         let mut i = 0usize;
         let bytes = &data[..];
-        while i < bytes.len() {
+        while i < bytes.len() && records.len() < limit {
             let end = match self.framing {
                 Framing::Lines => match memchr::memchr(b'\n', &bytes[i..]) {
                     Some(p) => i + p,
@@ -150,6 +166,12 @@ impl FileSource {
             self.push_record(&data, start, end, arrival, &mut records);
             start = end + 1;
             i = start;
+        }
+        if records.len() == limit && start < data.len() {
+            // More whole records may follow: keep them, uncopied, for the next batch.
+            self.offset += start as u64;
+            self.backlog = data.slice(start..);
+            return records;
         }
         if at_eof && start < data.len() {
             self.push_record(&data, start, data.len(), arrival, &mut records);
@@ -246,6 +268,8 @@ impl FileSourceBuilder {
             file_id: None,
             offset: self.start_offset,
             pending: BytesMut::new(),
+            backlog: Bytes::new(),
+            max_batch_records: usize::MAX,
             eof: false,
         })
     }
@@ -257,6 +281,10 @@ impl Source for FileSource {
         &self.partition
     }
 
+    fn set_max_batch_records(&mut self, max: usize) {
+        self.max_batch_records = max.max(1);
+    }
+
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         if self.eof {
             return Ok(None);
@@ -265,6 +293,16 @@ impl Source for FileSource {
             self.open().await?;
         }
         loop {
+            if !self.backlog.is_empty() {
+                let records = self.take_records(false);
+                if !records.is_empty() {
+                    return Ok(Some(SourceBatch {
+                        records,
+                        position: self.position(),
+                    }));
+                }
+                // Only part of a record was left: it is in `pending` now; read on.
+            }
             let Some(file) = self.file.as_mut() else {
                 return Ok(None);
             };
@@ -303,7 +341,7 @@ impl Source for FileSource {
                 (Some(now), Some(open)) => now != open,
                 _ => false,
             };
-            let read_to = self.offset + self.pending.len() as u64;
+            let read_to = self.offset + (self.backlog.len() + self.pending.len()) as u64;
             if replaced || len < read_to {
                 tracing::warn!(
                     path = %self.path.display(),
@@ -379,6 +417,38 @@ mod tests {
             .unwrap();
         let (rows, _) = read_all(s).await;
         assert_eq!(rows, vec!["1,\"x\ny\"", "2,\"q\\\"\nr\"", "3,z"]);
+    }
+
+    #[tokio::test]
+    async fn batches_stop_at_the_pipeline_size_with_exact_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.ndjson");
+        let text: String = (0..25).map(|i| format!("line {i:02}\n")).collect();
+        std::fs::write(&p, &text).unwrap();
+        let mut s = FileSource::builder(&p).build().unwrap();
+        s.set_max_batch_records(10);
+        let key = p.display().to_string();
+        let mut sizes = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(b) = s.next_batch().await.unwrap() {
+            if b.records.is_empty() {
+                continue;
+            }
+            sizes.push(b.records.len());
+            lines.extend(
+                b.records
+                    .iter()
+                    .map(|r| String::from_utf8(r.payload().to_vec()).unwrap()),
+            );
+            // Each line is 8 bytes: the position is just after the last record handed out.
+            assert_eq!(
+                b.position.get(&key),
+                Some((lines.len() * 8).to_string().as_str())
+            );
+        }
+        assert_eq!(sizes, vec![10, 10, 5]);
+        assert_eq!(lines.len(), 25);
+        assert_eq!(lines[24], "line 24");
     }
 
     #[tokio::test]

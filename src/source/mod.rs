@@ -42,6 +42,12 @@ pub trait Source: Send + Debug {
     /// commits and time-based batching keep flowing.
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
 
+    /// The pipeline's micro-batch size: a source that can cut its batches there saves the
+    /// pipeline from copying records between batches. The default ignores it.
+    fn set_max_batch_records(&mut self, max: usize) {
+        let _ = max;
+    }
+
     /// Every record up to `position` has been processed and its output stored. A source with
     /// checkpoints persists `position` here. The default does nothing.
     async fn commit(&mut self, position: &Position) -> Result<()> {
