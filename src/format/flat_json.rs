@@ -149,7 +149,12 @@ impl FlatJsonDecoder {
         members: &mut MemberCache,
     ) -> Step<()> {
         // Validated once: every value below is a slice of `text` cut at ASCII delimiters.
-        let text = std::str::from_utf8(buf).map_err(|_| Unsupported)?;
+        let text = if buf.is_ascii() {
+            // SAFETY: ASCII bytes are valid UTF-8.
+            unsafe { std::str::from_utf8_unchecked(buf) }
+        } else {
+            std::str::from_utf8(buf).map_err(|_| Unsupported)?
+        };
         let mut p = skip_ws(buf, 0);
         expect(buf, p, b'{')?;
         p = skip_ws(buf, p + 1);
@@ -204,7 +209,8 @@ struct MemberCache {
 impl MemberCache {
     fn column(&mut self, ordinal: usize, key: &[u8], names: &[Box<[u8]>]) -> Option<usize> {
         if let Some((cached, column)) = self.slots.get(ordinal) {
-            if cached.as_slice() == key {
+            // Member names are short: a plain loop beats a call to memcmp.
+            if cached.len() == key.len() && cached.iter().zip(key).all(|(a, b)| a == b) {
                 return *column;
             }
         }

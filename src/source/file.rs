@@ -123,12 +123,8 @@ impl FileSource {
         };
         let arrival = now_ms();
         // Sized up front: a growing vector would copy every record several times.
-        let expected = match self.framing {
-            Framing::Lines => memchr::memchr_iter(b'\n', &data).count() + 1,
-            Framing::CsvRows { .. } => data.len() / 64 + 1,
-        };
         let limit = self.max_batch_records.max(1);
-        let mut records = Vec::with_capacity(expected.min(limit));
+        let mut records = Vec::with_capacity(limit.min(data.len() / 32 + 1));
         let mut start = 0usize;
         let mut in_quotes = false;
         let mut i = 0usize;
@@ -294,14 +290,29 @@ impl Source for FileSource {
         }
         loop {
             if !self.backlog.is_empty() {
-                let records = self.take_records(false);
-                if !records.is_empty() {
-                    return Ok(Some(SourceBatch {
-                        records,
-                        position: self.position(),
-                    }));
+                // A full batch waiting is handed out as it is; a smaller rest is topped up with
+                // the next read first, so batches stay full (copying only that rest's bytes).
+                let full = match self.framing {
+                    Framing::Lines => {
+                        memchr::memchr_iter(b'\n', &self.backlog)
+                            .take(self.max_batch_records)
+                            .count()
+                            >= self.max_batch_records
+                    }
+                    Framing::CsvRows { .. } => true,
+                };
+                if full {
+                    let records = self.take_records(false);
+                    if !records.is_empty() {
+                        return Ok(Some(SourceBatch {
+                            records,
+                            position: self.position(),
+                        }));
+                    }
+                } else {
+                    self.pending = BytesMut::from(&self.backlog[..]);
+                    self.backlog = Bytes::new();
                 }
-                // Only part of a record was left: it is in `pending` now; read on.
             }
             let Some(file) = self.file.as_mut() else {
                 return Ok(None);
