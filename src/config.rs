@@ -695,6 +695,36 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn windows_settings_and_sink_streams() {
+        let text = "[source]\ntype = \"generator\"\nlimit = 100\nstart_time_ms = 0\n\
+             [format]\nrowtime = \"event_time\"\n\
+             [query]\nsql = \"INSERT INTO tech SELECT ticker_symbol, ROWTIME AS t FROM source; \
+             SELECT COUNT(*) AS n FROM tech GROUP BY TUMBLE(t, INTERVAL '1' SECOND)\"\n\
+             allowed_lateness_ms = 250\nidle_timeout_ms = 5000\n\
+             [[sinks]]\ntype = \"stdout\"\n\
+             [[sinks]]\ntype = \"stderr\"\nstream = \"tech\"\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.query.allowed_lateness_ms, 250);
+        assert_eq!(c.query.idle_timeout_ms, 5000);
+        let p = c.build().await.unwrap();
+        assert_eq!(
+            p.program().watermark_settings().allowed_lateness,
+            Duration::from_millis(250)
+        );
+        let wrong = text.replace("stream = \"tech\"", "stream = \"nope\"");
+        let err = parse(&wrong)
+            .unwrap()
+            .build()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks") && err.contains("nope") && err.contains("tech"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn errors_name_the_offending_key() {
         let cases = [
