@@ -27,7 +27,8 @@
 //! ```
 //!
 //! The parts, from input to output: [`Source`] and [`Record`]; [`RecordDecoder`] and
-//! [`RecordFormat`]; [`StreamQuery`]; [`Sink`], [`OutputBatch`] and [`Ack`]; [`Pipeline`] ties them
+//! [`RecordFormat`]; [`SqlProgram`] (streaming SQL with event-time windows, see the `sql` notes in
+//! the README) and [`StreamQuery`]; [`Sink`], [`OutputBatch`] and [`Ack`]; [`Pipeline`] ties them
 //! together, and [`PipelineConfig`] builds one from a TOML file.
 
 mod ack;
