@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,6 +237,8 @@ impl Pipeline {
             shutdown_tx,
         } = self;
         let (chunk_tx, chunk_rx) = mpsc::channel::<SourceBatch>(CHUNK_QUEUE);
+        // Set when a finite source has ended (not when the pipeline is stopped).
+        let input_ended = Arc::new(AtomicBool::new(false));
         let (tracker_tx, tracker_rx) = mpsc::unbounded_channel::<TrackerMsg>();
         let mut tasks: JoinSet<Result<Option<Position>>> = JoinSet::new();
 
@@ -264,6 +267,7 @@ impl Pipeline {
             seq: 0,
             held: VecDeque::new(),
             partitions: HashMap::new(),
+            input_ended: Arc::clone(&input_ended),
         }));
         tasks.spawn(run_source(
             source,
@@ -272,6 +276,7 @@ impl Pipeline {
             tracker_rx,
             shutdown_tx.subscribe(),
             Arc::clone(&metrics),
+            input_ended,
         ));
 
         let mut committed = Position::new();
@@ -559,6 +564,7 @@ async fn run_source(
     mut tracker_rx: mpsc::UnboundedReceiver<TrackerMsg>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<PipelineMetrics>,
+    input_ended: Arc<AtomicBool>,
 ) -> Result<Option<Position>> {
     let mut tracker = AckTracker::default();
     let mut last_commit: Option<Position> = None;
@@ -599,7 +605,10 @@ async fn run_source(
                 r = source.next_batch() => r?,
             },
         };
-        let Some(batch) = next else { break };
+        let Some(batch) = next else {
+            input_ended.store(true, Ordering::Release);
+            break;
+        };
         let bytes: u64 = batch.records.iter().map(|r| r.payload().len() as u64).sum();
         let n = batch.records.len() as u64;
         tokio::select! {
@@ -643,6 +652,8 @@ struct Processing {
     held: VecDeque<(u64, Ack)>,
     /// Source partition (shard) numbers, for per-partition watermarks.
     partitions: HashMap<Arc<str>, u32>,
+    /// Whether the source reached its end (rather than the pipeline being stopped).
+    input_ended: Arc<AtomicBool>,
 }
 
 /// Why the processing task runs the SQL.
@@ -733,13 +744,23 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
             deadline = None;
         }
     }
-    if stateful {
+    if stateful && p.input_ended.load(Ordering::Acquire) {
+        // The input is complete: every window is too.
         p.process(Vec::new(), Position::new(), Step::End).await?;
+    } else if !p.held.is_empty() {
+        // Stopped with windows still open: emitting them would publish partial results as final.
+        // Their input is not committed, so it is read again, and the windows completed, after a
+        // restart.
+        tracing::warn!(
+            batches = p.held.len(),
+            window_states = p.program.live_window_states(),
+            "stopping with open windows: they were not emitted, and their input will be read \
+             again after a restart"
+        );
     }
-    // Whatever is still held has had all its output emitted by now.
-    for (_, ack) in p.held.drain(..) {
-        ack.acknowledge();
-    }
+    // Dropped unacknowledged: the source position is not committed past rows of unemitted
+    // windows. (After a finished input, nothing is held any more.)
+    p.held.clear();
     Ok(None)
 }
 

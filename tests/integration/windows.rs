@@ -608,3 +608,40 @@ async fn over_window_state_survives_a_restore() {
     let b = arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
     assert_eq!(a, b, "same rows in the same order");
 }
+
+#[tokio::test]
+async fn stopping_does_not_publish_open_windows_or_commit_their_input() {
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let pipeline = Pipeline::builder()
+        .source(
+            GeneratorSource::builder()
+                .with_rate(Some(2000.0))
+                .with_start_time_ms(Some(T0))
+                .build()
+                .unwrap(),
+        )
+        .rowtime_field("event_time")
+        .sql("SELECT sector, COUNT(*) AS n FROM source GROUP BY sector, TUMBLE(ROWTIME, INTERVAL '1' HOUR)")
+        .sink(out)
+        .build()
+        .await
+        .unwrap();
+    let stop = pipeline.shutdown_handle();
+    let run = tokio::spawn(pipeline.run());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.shutdown();
+    let report = run.await.unwrap().unwrap();
+    assert!(report.metrics.records_in > 0);
+    assert_eq!(
+        rows.num_rows(),
+        0,
+        "a partial hour must not be published as final"
+    );
+    assert!(
+        report.committed.is_empty(),
+        "rows of the open window must be read again after a restart: {:?}",
+        report.committed
+    );
+    assert!(report.metrics.window_states > 0);
+}
