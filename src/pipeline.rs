@@ -828,6 +828,13 @@ impl Processing {
             }
         }
 
+        // Output sent now may hold rows of batches still held for other open windows: those
+        // batches complete only once this output is stored too.
+        if !output.streams.is_empty() {
+            for (_, held) in &self.held {
+                root.attach(held.split());
+            }
+        }
         for (stream, batch) in &output.streams {
             let rows = batch.num_rows() as u64;
             if &**stream == DESTINATION_STREAM {

@@ -1155,6 +1155,9 @@ mod flat_json_tests {
             vec![r#"{"f":01}"#, r#"{"f":1}"#],
             vec![r#"{"f":1e999}"#],
             vec!["", r#"{"s":"x"}"#],
+            vec![r#"{"s":"a","junk":"\q"}"#, r#"{"s":"b"}"#],
+            vec![r#"{"s":"a","junk":"\u12"}"#],
+            vec![r#"{"s":"a","junk":"\ud800"}"#],
         ] {
             let (fast, _) = both(&lines);
             assert!(!fast, "{lines:?} should not take the fast path");

@@ -476,7 +476,19 @@ fn skip_value(text: &str, p: usize, depth: usize) -> Step<usize> {
                 q = string_end(buf, q)?;
                 match buf[q] {
                     b'"' => return Ok(q + 1),
-                    b'\\' => q += 2, // an escape: the next byte never closes the string
+                    // Only the escapes JSON defines; `\u` with four hex digits and no surrogate
+                    // (those are left to the general decoder's rules).
+                    b'\\' => match buf.get(q + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => q += 2,
+                        Some(b'u') => {
+                            let code = hex4(buf, q + 2)?;
+                            if (0xD800..0xE000).contains(&code) {
+                                return Err(Unsupported);
+                            }
+                            q += 6;
+                        }
+                        _ => return Err(Unsupported),
+                    },
                     _ => return Err(Unsupported),
                 }
             }

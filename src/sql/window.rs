@@ -183,7 +183,19 @@ pub(crate) fn time_to_millis(col: &ArrayRef) -> Result<(Int64Array, Vec<usize>)>
             )))
         }
     };
-    let millis = converted.as_primitive::<Int64Type>().clone();
+    let mut millis = converted.as_primitive::<Int64Type>().clone();
+    // Times beyond ±285,000 years are not times: refusing them keeps window arithmetic
+    // (start + size, t + gap) far from overflow.
+    if millis
+        .iter()
+        .flatten()
+        .any(|t| t.unsigned_abs() > MAX_ABS_MILLIS)
+    {
+        millis = millis
+            .iter()
+            .map(|t| t.filter(|t| t.unsigned_abs() <= MAX_ABS_MILLIS))
+            .collect();
+    }
     let mut bad = Vec::new();
     if millis.null_count() > col.null_count() {
         for i in 0..col.len() {
@@ -194,6 +206,9 @@ pub(crate) fn time_to_millis(col: &ArrayRef) -> Result<(Int64Array, Vec<usize>)>
     }
     Ok((millis, bad))
 }
+
+/// Largest accepted distance of an event time from the epoch (2^53 ms).
+const MAX_ABS_MILLIS: u64 = 1 << 53;
 
 /// Epoch milliseconds of `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z]` (UTC), or `None` for any other
 /// shape (which the general parser then handles).
@@ -421,6 +436,13 @@ impl WindowAggregate {
                 .as_ref()
                 .and_then(|r| r.is_valid(i).then(|| r.value(i)))
         };
+        let session_keys = match self.plan.spec {
+            WindowSpec::Session { .. } if !self.sessions.is_empty() => Some(
+                self.key_rows
+                    .convert_columns(&evaluate(&self.plan.keys, batch)?)?,
+            ),
+            _ => None,
+        };
         let mut issues = Vec::new();
         let mut bad_iter = bad.into_iter().peekable();
         let mut accepted: Vec<(u32, Millis, Millis)> = Vec::with_capacity(n); // (row, t, watermark before)
@@ -460,7 +482,17 @@ impl WindowAggregate {
                 }
                 WindowSpec::Session { gap } => {
                     let end = t.saturating_add(gap);
-                    (end <= wm).then_some(end)
+                    // Not late after all when it reaches a session of its key that is still
+                    // open: it extends that session backwards.
+                    let extends_open = || {
+                        session_keys.as_ref().is_some_and(|k| {
+                            self.sessions.get(&k.row(i).owned()).is_some_and(|list| {
+                                list.iter()
+                                    .any(|s| s.start < end && t < s.last.saturating_add(gap))
+                            })
+                        })
+                    };
+                    (end <= wm && !extends_open()).then_some(end)
                 }
             };
             if let Some(end) = late_by {

@@ -645,3 +645,82 @@ async fn stopping_does_not_publish_open_windows_or_commit_their_input() {
     );
     assert!(report.metrics.window_states > 0);
 }
+
+fn key_time_batch(rows: &[(&str, i64)]) -> RecordBatch {
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("k", DataType::Utf8, true),
+        arrow::datatypes::Field::new("ts", DataType::Int64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(arrow::array::StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(arrow::array::Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn times_beyond_any_calendar_are_bad_times_not_crashes() {
+    let batch = key_time_batch(&[("a", i64::MIN), ("a", 1_000), ("a", i64::MAX)]);
+    let mut program = SqlProgram::new(
+        "SELECT k, COUNT(*) AS n FROM source GROUP BY k, HOP(ts, INTERVAL '1' SECOND, INTERVAL '5' SECOND)",
+        batch.schema(),
+        WatermarkSettings::default(),
+    )
+    .await
+    .unwrap();
+    let out = program.process(&batch, &[], 0).await.unwrap();
+    let kinds: Vec<(Option<usize>, &str)> = out
+        .issues
+        .iter()
+        .map(|i| (i.input_row, i.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![(Some(0), "bad_time"), (Some(2), "bad_time")]);
+    let rows: usize = program
+        .finish(1)
+        .await
+        .unwrap()
+        .streams
+        .iter()
+        .map(|s| s.1.num_rows())
+        .sum();
+    assert_eq!(rows, 5, "the one good row is in five hopping windows");
+}
+
+#[tokio::test]
+async fn a_row_extending_an_open_session_backwards_is_not_late() {
+    let sql = "SELECT k, COUNT(*) AS n, SESSION_START(ts, INTERVAL '10' SECOND) AS s \
+               FROM source GROUP BY k, SESSION(ts, INTERVAL '10' SECOND)";
+    let first = key_time_batch(&[("a", 95_000), ("b", 100_000)]);
+    let mut program = SqlProgram::new(sql, first.schema(), WatermarkSettings::default())
+        .await
+        .unwrap();
+    assert!(program
+        .process(&first, &[], 0)
+        .await
+        .unwrap()
+        .issues
+        .is_empty());
+    // 88 s + 10 s gap ends before the watermark (100 s), but a's session [95 s, 105 s) is open.
+    let second = key_time_batch(&[("a", 88_000), ("b", 70_000)]);
+    let out = program.process(&second, &[], 1).await.unwrap();
+    let late: Vec<Option<usize>> = out.issues.iter().map(|i| i.input_row).collect();
+    assert_eq!(late, vec![Some(1)], "only b's row at 70 s is late");
+    let done = program.finish(2).await.unwrap();
+    let b = &done.streams[0].1;
+    let counts: Vec<i64> = b.column(1).as_primitive::<Int64Type>().values().to_vec();
+    let starts: Vec<i64> = b
+        .column(2)
+        .as_primitive::<TimestampMillisecondType>()
+        .values()
+        .to_vec();
+    let mut rows: Vec<(i64, i64)> = counts.into_iter().zip(starts).collect();
+    rows.sort_unstable();
+    assert_eq!(rows, vec![(1, 100_000), (2, 88_000)]);
+}
