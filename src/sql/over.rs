@@ -477,17 +477,8 @@ impl OverAggregate {
                 .iter()
                 .map(|f| f.as_ref().clone().with_nullable(true)),
         );
-        let (current, maxima) = self.watermark.snapshot();
         let mut meta = HashMap::new();
-        meta.insert("watermark".to_owned(), current.to_string());
-        meta.insert(
-            "partitions".to_owned(),
-            maxima
-                .iter()
-                .map(|m| m.map_or_else(String::new, |v| v.to_string()))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        self.watermark.save(&mut meta);
         meta.insert("arrivals".to_owned(), self.arrivals.to_string());
         let schema = Arc::new(Schema::new(fields).with_metadata(meta));
 
@@ -564,23 +555,14 @@ impl OverAggregate {
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
         let schema = reader.schema();
         let meta = schema.metadata();
-        let number = |k: &str| -> Result<i64> {
-            meta.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::Pipeline(format!("OVER state snapshot has no {k}")))
-        };
-        let current = number("watermark")?;
-        let arrivals = number("arrivals")?;
-        let maxima: Vec<Option<Millis>> = meta
-            .get("partitions")
-            .filter(|p| !p.is_empty())
-            .map(|p| p.split(',').map(|v| v.parse().ok()).collect())
-            .unwrap_or_default();
+        let arrivals: u64 = meta
+            .get("arrivals")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Pipeline("OVER state snapshot has no arrival count".into()))?;
         self.partitions.clear();
         self.chunks.clear();
-        self.watermark
-            .restore(current, &maxima, std::time::Instant::now());
-        self.arrivals = u64::try_from(arrivals).unwrap_or(0);
+        self.watermark.load(meta, std::time::Instant::now())?;
+        self.arrivals = arrivals;
         let nargs: usize = self.plan.args.iter().map(Vec::len).sum();
         let parser = self.keys.parser();
         for batch in reader {

@@ -117,29 +117,47 @@ impl WatermarkTracker {
         self.finished = true;
     }
 
-    /// Per-partition maxima, for checkpoints.
-    pub(crate) fn snapshot(&self) -> (Millis, Vec<Option<Millis>>) {
-        (
-            self.current,
-            self.partitions
-                .iter()
-                .map(|c| c.as_ref().map(|c| c.max_time))
-                .collect(),
-        )
-    }
-
-    /// Restores [`Self::snapshot`]; restored partitions count as just seen.
-    pub(crate) fn restore(&mut self, current: Millis, maxima: &[Option<Millis>], now: Instant) {
-        self.current = current;
-        self.partitions = maxima
+    /// Writes the watermark and the per-partition maxima into a snapshot's schema metadata.
+    pub(crate) fn save(&self, meta: &mut std::collections::HashMap<String, String>) {
+        meta.insert("watermark".to_owned(), self.current.to_string());
+        let maxima: Vec<String> = self
+            .partitions
             .iter()
-            .map(|m| {
-                m.map(|max_time| PartitionClock {
-                    max_time,
-                    last_seen: now,
-                })
+            .map(|c| {
+                c.as_ref()
+                    .map_or_else(String::new, |c| c.max_time.to_string())
             })
             .collect();
+        meta.insert("partitions".to_owned(), maxima.join(","));
+    }
+
+    /// Restores what [`Self::save`] wrote; restored partitions count as just seen.
+    pub(crate) fn load(
+        &mut self,
+        meta: &std::collections::HashMap<String, String>,
+        now: Instant,
+    ) -> crate::Result<()> {
+        self.current = meta
+            .get("watermark")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                crate::Error::Pipeline("window state snapshot has no watermark".into())
+            })?;
+        self.partitions = meta
+            .get("partitions")
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.split(',')
+                    .map(|v| {
+                        v.parse().ok().map(|max_time| PartitionClock {
+                            max_time,
+                            last_seen: now,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(())
     }
 }
 

@@ -854,17 +854,8 @@ impl WindowAggregate {
                 )?);
             }
         }
-        let (current, maxima) = self.watermark.snapshot();
         let mut meta = HashMap::new();
-        meta.insert("watermark".to_owned(), current.to_string());
-        meta.insert(
-            "partitions".to_owned(),
-            maxima
-                .iter()
-                .map(|m| m.map_or_else(String::new, |v| v.to_string()))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        self.watermark.save(&mut meta);
         let schema = Arc::new(schema.as_ref().clone().with_metadata(meta));
         let mut out = Vec::new();
         {
@@ -882,25 +873,10 @@ impl WindowAggregate {
     pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
         let schema = reader.schema();
-        let meta = schema.metadata();
-        let current: Millis = meta
-            .get("watermark")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::Pipeline("window state snapshot has no watermark".into()))?;
-        let maxima: Vec<Option<Millis>> = meta
-            .get("partitions")
-            .map(|p| {
-                if p.is_empty() {
-                    Vec::new()
-                } else {
-                    p.split(',').map(|v| v.parse().ok()).collect()
-                }
-            })
-            .unwrap_or_default();
         let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
         self.windows.clear();
         self.sessions.clear();
-        self.watermark.restore(current, &maxima, Instant::now());
+        self.watermark.load(schema.metadata(), Instant::now())?;
         self.restore_batches(&batches)
     }
 
