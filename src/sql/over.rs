@@ -11,7 +11,6 @@ use std::sync::Arc;
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array,
 };
-use arrow::compute::kernels::cast::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -23,7 +22,7 @@ use datafusion::physical_expr::window::{
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::watermark::{Millis, WatermarkSettings, WatermarkTracker};
-use super::window::{fmt_millis, time_to_millis, BatchContext, RowIssue};
+use super::window::{fmt_millis, row_ids, time_to_millis, BatchContext, RowIssue};
 use crate::{Error, Result};
 
 /// How far back a frame reaches.
@@ -266,11 +265,7 @@ impl OverAggregate {
         let time_col = self.plan.time_expr.evaluate(batch)?.into_array(n)?;
         let (times, _) = time_to_millis(&time_col)?;
         let row_ids: Option<UInt64Array> = match self.plan.row_column {
-            Some(c) => Some(
-                cast_with_options(batch.column(c), &DataType::UInt64, &CastOptions::default())?
-                    .as_primitive()
-                    .clone(),
-            ),
+            Some(c) => Some(row_ids(batch.column(c))?),
             None => None,
         };
         let row_id = |i: usize| {

@@ -281,6 +281,15 @@ pub(crate) fn iso_utc_millis(b: &[u8]) -> Option<Millis> {
     Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
+/// The hidden row id column as `UInt64` (null for rows derived from several inputs).
+pub(crate) fn row_ids(col: &ArrayRef) -> Result<UInt64Array> {
+    Ok(
+        cast_with_options(col, &DataType::UInt64, &CastOptions::default())?
+            .as_primitive()
+            .clone(),
+    )
+}
+
 fn floor_to(t: Millis, step: Millis) -> Millis {
     t - t.rem_euclid(step)
 }
@@ -421,14 +430,7 @@ impl WindowAggregate {
         let time_col = self.plan.time_expr.evaluate(batch)?.into_array(n)?;
         let (times, bad) = time_to_millis(&time_col)?;
         let row_ids: Option<UInt64Array> = match &self.plan.row_expr {
-            Some(e) => {
-                let a = e.evaluate(batch)?.into_array(n)?;
-                Some(
-                    cast_with_options(&a, &DataType::UInt64, &CastOptions::default())?
-                        .as_primitive()
-                        .clone(),
-                )
-            }
+            Some(e) => Some(row_ids(&e.evaluate(batch)?.into_array(n)?)?),
             None => None,
         };
         let row_id = |i: usize| {
