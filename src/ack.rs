@@ -29,7 +29,17 @@ pub(crate) struct AckEvent {
 #[derive(Debug)]
 pub(crate) enum TrackerMsg {
     Register(u64, Position),
+    /// The SQL window state right after batch `seq`: the batch is a checkpoint candidate.
+    State(u64, Vec<Vec<u8>>),
     Done(AckEvent),
+}
+
+/// A position that is safe to commit, with the window state that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Commit {
+    pub(crate) position: Position,
+    /// Window state after the batch that ends the position, when it was snapshotted.
+    pub(crate) state: Option<Vec<Vec<u8>>>,
 }
 
 struct AckGroup {
@@ -132,41 +142,104 @@ impl fmt::Debug for Ack {
     }
 }
 
+#[derive(Debug)]
+struct PendingBatch {
+    position: Position,
+    done: bool,
+    state: Option<Vec<Vec<u8>>>,
+}
+
 /// Turns ack events into the source position that is safe to commit.
 #[derive(Debug, Default)]
 pub(crate) struct AckTracker {
-    /// Batches handed out and not yet part of the committed prefix: position reached after each,
-    /// and whether it is done.
-    pending: BTreeMap<u64, (Position, bool)>,
+    /// Batches handed out and not yet part of the committed prefix.
+    pending: BTreeMap<u64, PendingBatch>,
     committed: Position,
     failed: Vec<u64>,
+    /// Only batches with a window-state snapshot are commit points (stateful SQL with a
+    /// checkpoint store): a position is worth nothing without the state that goes with it.
+    snapshots_only: bool,
 }
 
 impl AckTracker {
-    /// Registers batch `seq`, which brings the source to `position`.
-    pub(crate) fn register(&mut self, seq: u64, position: Position) {
-        self.pending.insert(seq, (position, false));
+    /// A tracker that commits only at batches with a window-state snapshot.
+    pub(crate) fn snapshots_only() -> Self {
+        Self {
+            snapshots_only: true,
+            ..Self::default()
+        }
     }
 
-    /// Records an event; returns the new committable position when it moved.
-    pub(crate) fn on_event(&mut self, event: AckEvent) -> Option<Position> {
+    /// Starts from an already committed position (a restored checkpoint): partitions that this
+    /// run never touches keep their offsets in later commits.
+    pub(crate) fn starting_at(mut self, position: Position) -> Self {
+        self.committed = position;
+        self
+    }
+
+    /// Registers batch `seq`, which brings the source to `position`.
+    pub(crate) fn register(&mut self, seq: u64, position: Position) {
+        self.pending.insert(
+            seq,
+            PendingBatch {
+                position,
+                done: false,
+                state: None,
+            },
+        );
+    }
+
+    /// Attaches the window state taken right after batch `seq`.
+    pub(crate) fn set_state(&mut self, seq: u64, state: Vec<Vec<u8>>) {
+        if let Some(entry) = self.pending.get_mut(&seq) {
+            entry.state = Some(state);
+        }
+    }
+
+    /// Handles one message; returns a new commit when the committable position moved.
+    pub(crate) fn on_message(&mut self, msg: TrackerMsg) -> Option<Commit> {
+        match msg {
+            TrackerMsg::Register(seq, position) => {
+                self.register(seq, position);
+                None
+            }
+            TrackerMsg::State(seq, state) => {
+                self.set_state(seq, state);
+                None
+            }
+            TrackerMsg::Done(event) => self.on_event(event),
+        }
+    }
+
+    /// Records an event; returns the new commit when the committable position moved.
+    pub(crate) fn on_event(&mut self, event: AckEvent) -> Option<Commit> {
         if event.failed {
             self.failed.push(event.seq);
             return None;
         }
         if let Some(entry) = self.pending.get_mut(&event.seq) {
-            entry.1 = true;
+            entry.done = true;
         }
-        let mut moved = false;
+        let mut commit = None;
         while let Some(entry) = self.pending.first_entry() {
-            if !entry.get().1 {
+            if !entry.get().done {
                 break;
             }
-            let (position, _) = entry.remove();
-            self.committed.advance(&position);
-            moved = moved || !position.is_empty();
+            let batch = entry.remove();
+            self.committed.advance(&batch.position);
+            let point = if self.snapshots_only {
+                batch.state.is_some()
+            } else {
+                !batch.position.is_empty() || batch.state.is_some()
+            };
+            if point {
+                commit = Some(Commit {
+                    position: self.committed.clone(),
+                    state: batch.state,
+                });
+            }
         }
-        moved.then(|| self.committed.clone())
+        commit
     }
 
     /// Batches whose output was dropped without being stored.
@@ -287,7 +360,8 @@ mod tests {
                 seq: 0,
                 failed: false,
             })
-            .unwrap();
+            .unwrap()
+            .position;
         assert_eq!(p.get("s"), Some("20"));
         assert_eq!(t.outstanding(), 1);
         // A failed batch blocks the position for good.
@@ -299,5 +373,28 @@ mod tests {
             None
         );
         assert_eq!(t.failed(), &[2]);
+    }
+
+    #[test]
+    fn with_window_state_only_snapshotted_batches_commit() {
+        let done = |seq| AckEvent { seq, failed: false };
+        let mut t = AckTracker::snapshots_only();
+        t.register(0, Position::single("s", "10"));
+        t.register(1, Position::single("s", "20"));
+        t.register(2, Position::single("s", "30"));
+        t.set_state(1, vec![vec![7]]);
+        // Batch 0 alone is done, but its position without the window state would lose the rows
+        // of its open windows.
+        assert_eq!(t.on_event(done(0)), None);
+        // Batches 1 and 2 done: the commit is batch 1's position with batch 1's state; batch 2's
+        // position has no state, so it is not a commit point.
+        assert_eq!(t.on_event(done(2)), None);
+        let c = t.on_event(done(1)).unwrap();
+        assert_eq!(c.position.get("s"), Some("20"));
+        assert_eq!(c.state, Some(vec![vec![7]]));
+        t.register(3, Position::single("s", "40"));
+        t.set_state(3, Vec::new());
+        let c = t.on_event(done(3)).unwrap();
+        assert_eq!(c.position.get("s"), Some("40"));
     }
 }

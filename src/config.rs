@@ -18,13 +18,26 @@ use crate::{Error, Result};
 ///
 /// ```toml
 /// [source]
-/// type = "generator"        # or "file"
+/// type = "generator"        # or "file", or "kinesis"
 /// rate = 100                # generator: records per second; omit to go as fast as possible
 /// limit = 1000              # generator: stop after this many; omit to run until stopped
 /// seed = 42                 # generator: seed of the random walk
 /// start_time_ms = 0         # generator: synthetic clock from this epoch time; omit for wall time
 /// # path = "in.ndjson"      # file: the file to read
 /// # follow = false          # file: keep reading as it grows
+/// # stream = "ticker-stream" # kinesis: stream name or ARN
+/// # region = "eu-west-1"    # kinesis: default from AWS_REGION / the AWS profile
+/// # endpoint_url = "http://127.0.0.1:4566"  # kinesis: another endpoint (VPC endpoint, emulator)
+/// # start_position = "trim_horizon"  # kinesis: or "latest", or "at_timestamp" (needs start_timestamp)
+/// # start_timestamp = "2026-01-27T00:00:00Z"  # kinesis: RFC 3339 time or epoch milliseconds
+/// # max_records = 10000     # kinesis: records per GetRecords call
+/// # poll_interval_ms = 200  # kinesis: least time between calls on a shard (≥ 200)
+/// # idle_poll_interval_ms = 1000  # kinesis: time between calls while a shard has nothing new
+/// # list_shards_interval_ms = 60000  # kinesis: how often new shards are looked for
+///
+/// [checkpoint]              # optional: resume after a stop or crash
+/// path = "state/checkpoint" # the checkpoint file (replaced atomically)
+/// interval_ms = 10000       # time between checkpoints
 ///
 /// [format]
 /// type = "json"             # or "csv"
@@ -74,8 +87,38 @@ pub struct PipelineConfig {
     error_output: Option<SinkConfig>,
     #[serde(default)]
     batch: BatchConfig,
+    #[serde(default)]
+    checkpoint: Option<CheckpointConfig>,
     #[serde(skip)]
     base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointConfig {
+    path: PathBuf,
+    #[serde(default = "default_checkpoint_interval_ms")]
+    interval_ms: u64,
+}
+
+fn default_checkpoint_interval_ms() -> u64 {
+    crate::pipeline::DEFAULT_CHECKPOINT_INTERVAL.as_millis() as u64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum StartPositionConfig {
+    #[default]
+    TrimHorizon,
+    Latest,
+    AtTimestamp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TimestampConfig {
+    Millis(i64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +135,18 @@ enum SourceConfig {
         path: PathBuf,
         #[serde(default)]
         follow: bool,
+    },
+    Kinesis {
+        stream: String,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        #[serde(default)]
+        start_position: StartPositionConfig,
+        start_timestamp: Option<TimestampConfig>,
+        max_records: Option<i32>,
+        poll_interval_ms: Option<u64>,
+        idle_poll_interval_ms: Option<u64>,
+        list_shards_interval_ms: Option<u64>,
     },
 }
 
@@ -390,6 +445,21 @@ impl PipelineConfig {
                     ));
                 }
             }
+            SourceConfig::Kinesis { .. } => {
+                self.kinesis_start()?;
+                self.poll_settings()?;
+            }
+        }
+        if let Some(c) = &self.checkpoint {
+            if c.interval_ms == 0 {
+                return Err(Error::config(
+                    "checkpoint.interval_ms",
+                    "must be at least 1",
+                ));
+            }
+            if c.path.as_os_str().is_empty() {
+                return Err(Error::config("checkpoint.path", "must name a file"));
+            }
         }
         self.record_format()?;
         self.columns()?;
@@ -543,6 +613,104 @@ impl PipelineConfig {
         })
     }
 
+    #[cfg(feature = "aws")]
+    fn kinesis_start(&self) -> Result<crate::kinesis::StartPosition> {
+        use crate::kinesis::StartPosition;
+        let SourceConfig::Kinesis {
+            start_position,
+            start_timestamp,
+            ..
+        } = &self.source
+        else {
+            return Ok(StartPosition::TrimHorizon);
+        };
+        match (start_position, start_timestamp) {
+            (StartPositionConfig::AtTimestamp, None) => Err(Error::config(
+                "source.start_timestamp",
+                "start_position = \"at_timestamp\" needs a start_timestamp",
+            )),
+            (StartPositionConfig::AtTimestamp, Some(TimestampConfig::Millis(ms))) => {
+                Ok(StartPosition::AtTimestamp(*ms))
+            }
+            (StartPositionConfig::AtTimestamp, Some(TimestampConfig::Text(t))) => {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|d| StartPosition::AtTimestamp(d.timestamp_millis()))
+                    .map_err(|e| {
+                        Error::config(
+                            "source.start_timestamp",
+                            format!("`{t}` is not an RFC 3339 time: {e}"),
+                        )
+                    })
+            }
+            (_, Some(_)) => Err(Error::config(
+                "source.start_timestamp",
+                "only used with start_position = \"at_timestamp\"",
+            )),
+            (StartPositionConfig::TrimHorizon, None) => Ok(StartPosition::TrimHorizon),
+            (StartPositionConfig::Latest, None) => Ok(StartPosition::Latest),
+        }
+    }
+
+    #[cfg(not(feature = "aws"))]
+    fn kinesis_start(&self) -> Result<()> {
+        Err(Error::config(
+            "source.type",
+            "the kinesis source needs rivulet built with the `aws` feature",
+        ))
+    }
+
+    #[cfg(feature = "aws")]
+    fn poll_settings(&self) -> Result<crate::kinesis::PollSettings> {
+        use crate::kinesis::{PollSettings, MAX_RECORDS_PER_CALL};
+        let mut p = PollSettings::default();
+        let SourceConfig::Kinesis {
+            max_records,
+            poll_interval_ms,
+            idle_poll_interval_ms,
+            list_shards_interval_ms,
+            ..
+        } = &self.source
+        else {
+            return Ok(p);
+        };
+        if let Some(m) = max_records {
+            if !(1..=MAX_RECORDS_PER_CALL).contains(m) {
+                return Err(Error::config(
+                    "source.max_records",
+                    format!("must be between 1 and {MAX_RECORDS_PER_CALL}"),
+                ));
+            }
+            p.max_records = *m;
+        }
+        if let Some(ms) = poll_interval_ms {
+            if *ms < 200 {
+                return Err(Error::config(
+                    "source.poll_interval_ms",
+                    "must be at least 200: a shard takes five GetRecords calls a second",
+                ));
+            }
+            p.min_interval = Duration::from_millis(*ms);
+        }
+        if let Some(ms) = idle_poll_interval_ms {
+            p.idle_interval = Duration::from_millis(*ms);
+        }
+        if let Some(ms) = list_shards_interval_ms {
+            if *ms == 0 {
+                return Err(Error::config(
+                    "source.list_shards_interval_ms",
+                    "must be at least 1",
+                ));
+            }
+            p.list_shards_interval = Duration::from_millis(*ms);
+        }
+        Ok(p)
+    }
+
+    #[cfg(not(feature = "aws"))]
+    fn poll_settings(&self) -> Result<()> {
+        self.kinesis_start()
+    }
+
     /// Builds the pipeline: opens the source and sinks and plans the query. A query the engine
     /// rejects is reported against the key `query.sql`.
     pub async fn build(&self) -> Result<Pipeline> {
@@ -586,6 +754,29 @@ impl PipelineConfig {
                         .with_skip_records(skip)
                         .build()?,
                 )
+            }
+            #[cfg(feature = "aws")]
+            SourceConfig::Kinesis {
+                stream,
+                region,
+                endpoint_url,
+                ..
+            } => {
+                let mut k = crate::kinesis::KinesisSource::builder(stream.clone())
+                    .start_position(self.kinesis_start()?)
+                    .poll_settings(self.poll_settings()?);
+                if let Some(r) = region {
+                    k = k.region(r.clone());
+                }
+                if let Some(u) = endpoint_url {
+                    k = k.endpoint_url(u.clone());
+                }
+                Box::new(k.build().await?)
+            }
+            #[cfg(not(feature = "aws"))]
+            SourceConfig::Kinesis { .. } => {
+                self.kinesis_start()?;
+                unreachable!("kinesis_start fails without the aws feature")
             }
         };
         let sql = match (&self.query.sql, &self.query.sql_file) {
@@ -633,6 +824,13 @@ impl PipelineConfig {
         });
         if let Some(e) = &self.error_output {
             b = b.boxed_error_output(self.build_sink(e)?);
+        }
+        if let Some(c) = &self.checkpoint {
+            b = b
+                .checkpoint_store(crate::checkpoint::FileCheckpointStore::new(
+                    self.resolve(&c.path),
+                ))
+                .checkpoint_interval(Duration::from_millis(c.interval_ms));
         }
         b.build().await.map_err(|e| match e {
             Error::Sql(message) => Error::config("query.sql", message),

@@ -32,9 +32,14 @@
 //! together, and [`PipelineConfig`] builds one from a TOML file.
 
 mod ack;
+mod checkpoint;
 mod config;
 mod error;
 mod format;
+#[cfg(feature = "aws")]
+pub mod kinesis;
+#[cfg(feature = "aws")]
+pub use kinesis::kpl;
 mod metrics;
 mod pipeline;
 mod record;
@@ -43,16 +48,20 @@ mod source;
 mod sql;
 
 pub use ack::Ack;
+pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore};
 
 pub use config::{PipelineConfig, ReplayOptions};
 pub use error::{Error, Result};
 pub use format::{
     infer_schema, parse_sql_type, Column, CsvOptions, DecodeFailure, DecodeOutput, Encoder,
-    FailureKind, JsonPath, OutputFormat, RecordDecoder, RecordDecoderBuilder, RecordFormat,
-    DEFAULT_MAX_RECORD_BYTES, ROWTIME,
+    FailureKind, JsonPath, MetadataColumn, OutputFormat, RecordDecoder, RecordDecoderBuilder,
+    RecordFormat, DEFAULT_MAX_RECORD_BYTES, ROWTIME,
 };
-pub use metrics::{MetricsSnapshot, PipelineMetrics};
-pub use pipeline::{BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle};
+pub use metrics::{MetricsSnapshot, PartitionHealth, PipelineMetrics, SourceHealth};
+pub use pipeline::{
+    BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle,
+    DEFAULT_CHECKPOINT_INTERVAL,
+};
 pub use record::{Position, Record, RecordId};
 pub use sink::{
     error_schema, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink, MemorySinkHandle,

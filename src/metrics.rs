@@ -1,6 +1,8 @@
 //! Counters of a running pipeline.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Live counters of a pipeline, readable while it runs.
 #[derive(Debug, Default)]
@@ -13,6 +15,7 @@ pub struct PipelineMetrics {
     rows_stored: AtomicU64,
     rows_late: AtomicU64,
     window_states: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 /// A snapshot of [`PipelineMetrics`].
@@ -34,6 +37,8 @@ pub struct MetricsSnapshot {
     pub rows_late: u64,
     /// Live (window, key) states after the last micro-batch.
     pub window_states: u64,
+    /// Checkpoints written to the checkpoint store.
+    pub checkpoints: u64,
 }
 
 impl PipelineMetrics {
@@ -48,6 +53,7 @@ impl PipelineMetrics {
             rows_to_sinks: self.rows_stored.load(Ordering::Relaxed),
             rows_late: self.rows_late.load(Ordering::Relaxed),
             window_states: self.window_states.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -78,5 +84,78 @@ impl PipelineMetrics {
 
     pub(crate) fn add_to_sink(&self, rows: u64) {
         self.rows_stored.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_checkpoint(&self) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Health of one source partition (a Kinesis shard).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionHealth {
+    /// How far the reader is behind the newest record (Kinesis `MillisBehindLatest`), once known.
+    pub millis_behind: Option<u64>,
+    /// Records read (sub-records of aggregated records counted one by one).
+    pub records: u64,
+    /// Reads refused for exceeding a service limit (throttling), each retried after a back-off.
+    pub throttles: u64,
+    /// Read iterators renewed after expiring.
+    pub renewals: u64,
+    /// Other failed calls that were retried.
+    pub retries: u64,
+    /// Sub-records dropped because their hash key lies outside the shard's range.
+    pub dropped_out_of_range: u64,
+    /// Read to its end (a closed shard after a split or merge).
+    pub finished: bool,
+}
+
+/// Per-partition health of a source, shared between the source's readers and whoever reports it.
+#[derive(Debug, Default)]
+pub struct SourceHealth {
+    partitions: Mutex<BTreeMap<String, PartitionHealth>>,
+}
+
+impl SourceHealth {
+    /// The health of every partition seen so far, by partition name.
+    pub fn partitions(&self) -> BTreeMap<String, PartitionHealth> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes one partition's entry.
+    pub(crate) fn update(&self, partition: &str, f: impl FnOnce(&mut PartitionHealth)) {
+        let mut map = self
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match map.get_mut(partition) {
+            Some(h) => f(h),
+            None => f(map.entry(partition.to_owned()).or_default()),
+        }
+    }
+
+    /// A one-line summary: partitions being read, the largest lag, throttles and renewals.
+    pub fn summary(&self) -> String {
+        let map = self
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let active = map.values().filter(|h| !h.finished).count();
+        let lag = map
+            .values()
+            .filter(|h| !h.finished)
+            .filter_map(|h| h.millis_behind)
+            .max();
+        let throttles: u64 = map.values().map(|h| h.throttles).sum();
+        let renewals: u64 = map.values().map(|h| h.renewals).sum();
+        let retries: u64 = map.values().map(|h| h.retries).sum();
+        let lag = lag.map_or_else(|| "?".to_owned(), |l| format!("{l} ms"));
+        format!(
+            "shards {active} open/{} seen, lag {lag}, throttled {throttles}, renewed {renewals}, retried {retries}",
+            map.len()
+        )
     }
 }

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::ack::{Ack, AckTracker, TrackerMsg};
-use crate::format::{infer_schema, Column, RecordDecoder, RecordFormat};
-use crate::metrics::{MetricsSnapshot, PipelineMetrics};
+use crate::ack::{Ack, AckTracker, Commit, TrackerMsg};
+use crate::checkpoint::{sql_fingerprint, Checkpoint, CheckpointStore};
+use crate::format::{infer_schema, Column, MetadataColumn, RecordDecoder, RecordFormat};
+use crate::metrics::{MetricsSnapshot, PipelineMetrics, SourceHealth};
 use crate::record::{Position, Record};
 use crate::sink::{
     ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
@@ -45,6 +46,9 @@ const WINDOW_TICK: Duration = Duration::from_secs(1);
 
 /// How long schema inference waits for a first record from an idle source.
 const INFER_WAIT: Duration = Duration::from_secs(10);
+
+/// Default time between checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Longest accepted `max_latency` of a micro-batch.
 const MAX_BATCH_LATENCY: Duration = Duration::from_secs(3600);
@@ -126,6 +130,18 @@ pub struct Pipeline {
     batch: BatchSettings,
     metrics: Arc<PipelineMetrics>,
     shutdown_tx: Arc<watch::Sender<bool>>,
+    checkpoints: Option<Checkpoints>,
+    /// Where the run starts: the restored checkpoint's position, or empty.
+    resumed: Position,
+    health: Option<Arc<SourceHealth>>,
+}
+
+/// The checkpoint store of a pipeline and how often it is written.
+#[derive(Debug, Clone)]
+struct Checkpoints {
+    store: Arc<dyn CheckpointStore>,
+    interval: Duration,
+    fingerprint: String,
 }
 
 impl fmt::Debug for Pipeline {
@@ -160,6 +176,8 @@ pub struct PipelineBuilder {
     batch: BatchSettings,
     watermark: WatermarkSettings,
     functions: SqlFunctions,
+    checkpoint_store: Option<Arc<dyn CheckpointStore>>,
+    checkpoint_interval: Duration,
 }
 
 impl fmt::Debug for PipelineBuilder {
@@ -188,6 +206,8 @@ impl Pipeline {
             batch: BatchSettings::default(),
             watermark: WatermarkSettings::default(),
             functions: SqlFunctions::default(),
+            checkpoint_store: None,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 
@@ -222,6 +242,16 @@ impl Pipeline {
         &self.program
     }
 
+    /// The source's live per-partition health (per shard lag and throttling), when it has one.
+    pub fn source_health(&self) -> Option<Arc<SourceHealth>> {
+        self.health.clone()
+    }
+
+    /// The position the run resumes from: the checkpoint's, or empty when it starts afresh.
+    pub fn resumed_from(&self) -> &Position {
+        &self.resumed
+    }
+
     /// Runs until a finite source ends or a shutdown is requested, then flushes every sink.
     pub async fn run(self) -> Result<PipelineReport> {
         let started = Instant::now();
@@ -235,7 +265,11 @@ impl Pipeline {
             batch,
             metrics,
             shutdown_tx,
+            checkpoints,
+            resumed,
+            health: _,
         } = self;
+        let stateful = program.is_stateful();
         let (chunk_tx, chunk_rx) = mpsc::channel::<SourceBatch>(CHUNK_QUEUE);
         // Set when a finite source has ended (not when the pipeline is stopped).
         let input_ended = Arc::new(AtomicBool::new(false));
@@ -268,16 +302,28 @@ impl Pipeline {
             held: VecDeque::new(),
             partitions: HashMap::new(),
             input_ended: Arc::clone(&input_ended),
+            snapshot_every: checkpoints
+                .as_ref()
+                .filter(|_| stateful)
+                .map(|c| c.interval),
+            last_snapshot: Instant::now(),
         }));
-        tasks.spawn(run_source(
+        let tracker = if stateful && checkpoints.is_some() {
+            AckTracker::snapshots_only()
+        } else {
+            AckTracker::default()
+        };
+        tasks.spawn(run_source(SourceTask {
             source,
             replay,
-            chunk_tx,
+            chunks: chunk_tx,
             tracker_rx,
-            shutdown_tx.subscribe(),
-            Arc::clone(&metrics),
+            tracker: tracker.starting_at(resumed),
+            shutdown: shutdown_tx.subscribe(),
+            metrics: Arc::clone(&metrics),
             input_ended,
-        ));
+            checkpoints,
+        }));
 
         let mut committed = Position::new();
         let mut first_error: Option<Error> = None;
@@ -413,6 +459,27 @@ impl PipelineBuilder {
         self
     }
 
+    /// Keeps checkpoints in `store`: the pipeline resumes from the stored one when it starts, and
+    /// writes a new one (source position plus window state) once everything before it is stored
+    /// by every sink.
+    pub fn checkpoint_store(mut self, store: impl CheckpointStore + 'static) -> Self {
+        self.checkpoint_store = Some(Arc::new(store));
+        self
+    }
+
+    /// The checkpoint store, already shared.
+    pub fn shared_checkpoint_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.checkpoint_store = Some(store);
+        self
+    }
+
+    /// Time between checkpoints (default 10 s). Shorter means less input read again after a
+    /// crash, at the cost of more writes (and window-state snapshots).
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
+    }
+
     /// Checks the configuration, infers the schema when none was given (reading the sample from the
     /// source; those records are processed first when the pipeline runs) and plans the query.
     pub async fn build(self) -> Result<Pipeline> {
@@ -431,7 +498,27 @@ impl PipelineBuilder {
                 format!("must be between 1 ms and {} s", MAX_BATCH_LATENCY.as_secs()),
             ));
         }
+        if self.checkpoint_interval.is_zero() {
+            return Err(Error::config(
+                "checkpoint.interval_ms",
+                "must be at least 1 ms",
+            ));
+        }
         source.set_max_batch_records(self.batch.max_rows);
+        // The checkpoint decides where the source starts, so it is read before any record.
+        let restored = match &self.checkpoint_store {
+            Some(store) => store.load().await?,
+            None => None,
+        };
+        if let Some(cp) = &restored {
+            source.resume(&cp.position).await?;
+            tracing::info!(
+                source = source.name(),
+                state_bytes = cp.state_bytes(),
+                "resuming from the checkpoint taken at {} ms",
+                cp.created_ms
+            );
+        }
         let mut replay = Vec::new();
         let columns = match self.columns {
             Some(c) => c,
@@ -477,9 +564,16 @@ impl PipelineBuilder {
                     .collect()
             }
         };
+        // Metadata columns (SHARD_ID, PARTITION_KEY, …) the SQL names, unless the input has a
+        // column of that name itself.
+        let metadata: Vec<MetadataColumn> = MetadataColumn::named_in(&self.sql)
+            .into_iter()
+            .filter(|m| !columns.iter().any(|c| c.name == m.name()))
+            .collect();
         let make_decoder = |columns: Vec<Column>| {
             let mut decoder = RecordDecoder::builder(self.format.clone())
                 .with_columns(columns)
+                .with_metadata(metadata.clone())
                 .with_rowtime_field(self.rowtime_field.clone())
                 .with_batch_size(self.batch.max_rows);
             if let Some(max) = self.max_record_bytes {
@@ -524,6 +618,19 @@ impl PipelineBuilder {
                 }
             }
         }
+        let fingerprint = sql_fingerprint(&self.sql);
+        if let Some(cp) = &restored {
+            if cp.state.iter().any(|s| !s.is_empty()) {
+                if cp.sql_fingerprint != fingerprint || !program.is_stateful() {
+                    return Err(Error::config(
+                        "checkpoint",
+                        "the checkpoint holds window state of a different SQL query; restore the \
+                         query it was taken with, or remove the checkpoint to start over",
+                    ));
+                }
+                program.restore(&cp.state)?;
+            }
+        }
         let streams = program.output_streams();
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for (stream, sink) in self.sinks {
@@ -541,7 +648,15 @@ impl PipelineBuilder {
             sinks.push((Arc::clone(name), sink));
         }
         let (shutdown_tx, _) = watch::channel(false);
+        let health = source.health();
         Ok(Pipeline {
+            checkpoints: self.checkpoint_store.map(|store| Checkpoints {
+                store,
+                interval: self.checkpoint_interval,
+                fingerprint,
+            }),
+            resumed: restored.map(|c| c.position).unwrap_or_default(),
+            health,
             source,
             replay,
             decoder,
@@ -557,43 +672,103 @@ impl PipelineBuilder {
     }
 }
 
-async fn run_source(
-    mut source: Box<dyn Source>,
+struct SourceTask {
+    source: Box<dyn Source>,
     replay: Vec<SourceBatch>,
     chunks: mpsc::Sender<SourceBatch>,
-    mut tracker_rx: mpsc::UnboundedReceiver<TrackerMsg>,
-    mut shutdown: watch::Receiver<bool>,
+    tracker_rx: mpsc::UnboundedReceiver<TrackerMsg>,
+    tracker: AckTracker,
+    shutdown: watch::Receiver<bool>,
     metrics: Arc<PipelineMetrics>,
     input_ended: Arc<AtomicBool>,
-) -> Result<Option<Position>> {
-    let mut tracker = AckTracker::default();
-    let mut last_commit: Option<Position> = None;
-    let mut replay = replay.into_iter();
+    checkpoints: Option<Checkpoints>,
+}
 
-    async fn apply(
-        msg: TrackerMsg,
-        tracker: &mut AckTracker,
-        source: &mut Box<dyn Source>,
-        last: &mut Option<Position>,
-    ) -> Result<()> {
-        let moved = match msg {
-            TrackerMsg::Register(seq, pos) => {
-                tracker.register(seq, pos);
-                None
+/// Commits positions to the source and writes checkpoints, at most one per interval unless a
+/// commit carries window state (those are already one per interval).
+struct Committer {
+    checkpoints: Option<Checkpoints>,
+    last_save: Instant,
+    /// A committed position not yet written to the store.
+    unsaved: Option<Position>,
+    last_commit: Option<Position>,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl Committer {
+    async fn apply(&mut self, commit: Commit, source: &mut Box<dyn Source>) -> Result<()> {
+        if let Some(cp) = &self.checkpoints {
+            if commit.state.is_some() || self.last_save.elapsed() >= cp.interval {
+                self.save(commit.position.clone(), commit.state.unwrap_or_default())
+                    .await?;
+            } else {
+                self.unsaved = Some(commit.position.clone());
             }
-            TrackerMsg::Done(ev) => tracker.on_event(ev),
+        }
+        source.commit(&commit.position).await?;
+        self.last_commit = Some(commit.position);
+        Ok(())
+    }
+
+    /// Writes a position held back by the interval once the interval has passed (or `force`).
+    async fn save_due(&mut self, force: bool) -> Result<()> {
+        let Some(cp) = &self.checkpoints else {
+            return Ok(());
         };
-        if let Some(p) = moved {
-            source.commit(&p).await?;
-            *last = Some(p);
+        if self.unsaved.is_some() && (force || self.last_save.elapsed() >= cp.interval) {
+            if let Some(position) = self.unsaved.take() {
+                self.save(position, Vec::new()).await?;
+            }
         }
         Ok(())
     }
 
+    async fn save(&mut self, position: Position, state: Vec<Vec<u8>>) -> Result<()> {
+        let Some(cp) = &self.checkpoints else {
+            return Ok(());
+        };
+        let checkpoint = Checkpoint {
+            position,
+            state,
+            sql_fingerprint: cp.fingerprint.clone(),
+            created_ms: now_ms(),
+        };
+        cp.store.save(&checkpoint).await?;
+        self.metrics.add_checkpoint();
+        self.last_save = Instant::now();
+        self.unsaved = None;
+        Ok(())
+    }
+}
+
+async fn run_source(task: SourceTask) -> Result<Option<Position>> {
+    let SourceTask {
+        mut source,
+        replay,
+        chunks,
+        mut tracker_rx,
+        mut tracker,
+        mut shutdown,
+        metrics,
+        input_ended,
+        checkpoints,
+    } = task;
+    let mut committer = Committer {
+        checkpoints,
+        last_save: Instant::now(),
+        unsaved: None,
+        last_commit: None,
+        metrics: Arc::clone(&metrics),
+    };
+    let mut replay = replay.into_iter();
+
     loop {
         while let Ok(msg) = tracker_rx.try_recv() {
-            apply(msg, &mut tracker, &mut source, &mut last_commit).await?;
+            if let Some(commit) = tracker.on_message(msg) {
+                committer.apply(commit, &mut source).await?;
+            }
         }
+        committer.save_due(false).await?;
         if *shutdown.borrow() {
             break;
         }
@@ -626,15 +801,18 @@ async fn run_source(
     drop(chunks);
     // Wait for every batch handed out to be stored, committing as acknowledgements come in.
     while let Some(msg) = tracker_rx.recv().await {
-        apply(msg, &mut tracker, &mut source, &mut last_commit).await?;
+        if let Some(commit) = tracker.on_message(msg) {
+            committer.apply(commit, &mut source).await?;
+        }
     }
+    committer.save_due(true).await?;
     if !tracker.failed().is_empty() {
         tracing::warn!(
             batches = tracker.failed().len(),
             "some output was not stored; the source position was not committed past it"
         );
     }
-    Ok(last_commit)
+    Ok(committer.last_commit)
 }
 
 struct Processing {
@@ -654,6 +832,9 @@ struct Processing {
     partitions: HashMap<Arc<str>, u32>,
     /// Whether the source reached its end (rather than the pipeline being stopped).
     input_ended: Arc<AtomicBool>,
+    /// With a checkpoint store and windows: how often the window state is snapshotted.
+    snapshot_every: Option<Duration>,
+    last_snapshot: Instant,
 }
 
 /// Why the processing task runs the SQL.
@@ -665,6 +846,8 @@ enum Step {
     Tick,
     /// The source has ended: emit every open window.
     End,
+    /// The pipeline stops with windows open: snapshot them for the last checkpoint.
+    Stop,
 }
 
 async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
@@ -747,6 +930,9 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
     if stateful && p.input_ended.load(Ordering::Acquire) {
         // The input is complete: every window is too.
         p.process(Vec::new(), Position::new(), Step::End).await?;
+    } else if stateful && p.snapshot_every.is_some() {
+        // Open windows go into the last checkpoint; the run after a restart completes them.
+        p.process(Vec::new(), Position::new(), Step::Stop).await?;
     } else if !p.held.is_empty() {
         // Stopped with windows still open: emitting them would publish partial results as final.
         // Their input is not committed, so it is read again, and the windows completed, after a
@@ -814,8 +1000,22 @@ impl Processing {
                 }
                 output
             }
-            Step::Tick => self.program.tick(seq).await?,
+            Step::Tick | Step::Stop => self.program.tick(seq).await?,
             Step::End => self.program.finish(seq).await?,
+        };
+        // A snapshot of the window state after this batch makes it a checkpoint: sent before any
+        // output, so the tracker has it before the batch can complete.
+        let snapshotted = match self.snapshot_every {
+            Some(every)
+                if matches!(step, Step::End | Step::Stop)
+                    || self.last_snapshot.elapsed() >= every =>
+            {
+                let state = self.program.snapshot()?;
+                let _ = self.tracker.send(TrackerMsg::State(seq, state));
+                self.last_snapshot = Instant::now();
+                true
+            }
+            _ => false,
         };
         if step != Step::Batch {
             for issue in &output.issues {
@@ -873,6 +1073,15 @@ impl Processing {
         }
         // Earlier batches whose rows are no longer in any open window complete together with
         // this one, whose output holds what those windows produced.
+        if snapshotted {
+            // The rows of every held batch are in the snapshot: they no longer wait for their
+            // windows, only for what they already sent.
+            for (_, ack) in self.held.drain(..) {
+                ack.acknowledge();
+            }
+            root.acknowledge();
+            return Ok(());
+        }
         let oldest_open = self.program.oldest_open_batch();
         while let Some((s, _)) = self.held.front() {
             if oldest_open.is_some_and(|o| *s >= o) {

@@ -39,10 +39,10 @@ impl fmt::Display for RecordId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     payload: Bytes,
-    partition_key: Option<String>,
+    partition_key: Option<Arc<str>>,
     arrival_time_ms: i64,
     shard_id: Option<Arc<str>>,
-    sequence_number: Option<String>,
+    sequence_number: Option<Arc<str>>,
     sub_sequence_number: Option<u64>,
 }
 
@@ -59,8 +59,9 @@ impl Record {
         }
     }
 
-    /// Sets the partition key.
-    pub fn with_partition_key(mut self, key: impl Into<String>) -> Self {
+    /// Sets the partition key. Sub-records of one aggregated record share their keys: pass an
+    /// `Arc<str>` to avoid a copy per record.
+    pub fn with_partition_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.partition_key = Some(key.into());
         self
     }
@@ -72,7 +73,7 @@ impl Record {
     }
 
     /// Sets the sequence number within the shard.
-    pub fn with_sequence_number(mut self, sequence: impl Into<String>) -> Self {
+    pub fn with_sequence_number(mut self, sequence: impl Into<Arc<str>>) -> Self {
         self.sequence_number = Some(sequence.into());
         self
     }
@@ -117,7 +118,7 @@ impl Record {
     pub fn id(&self) -> Option<RecordId> {
         Some(RecordId {
             partition: self.shard_id.as_deref()?.to_owned(),
-            sequence: self.sequence_number.clone()?,
+            sequence: self.sequence_number.as_deref()?.to_owned(),
             sub_sequence: self.sub_sequence_number.unwrap_or(0),
         })
     }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rivulet::{Error, Pipeline, PipelineConfig, PipelineMetrics, ReplayOptions, WatermarkSettings};
+use rivulet::{
+    Error, Pipeline, PipelineConfig, PipelineMetrics, ReplayOptions, SourceHealth,
+    WatermarkSettings,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -159,7 +162,9 @@ async fn drive(pipeline: Pipeline, progress: Option<Duration>) -> rivulet::Resul
         eprintln!("rivulet: aborted");
         std::process::exit(130);
     });
-    let printer = progress.map(|every| tokio::spawn(print_progress(Arc::clone(&metrics), every)));
+    let health = pipeline.source_health();
+    let printer = progress
+        .map(|every| tokio::spawn(print_progress(Arc::clone(&metrics), health.clone(), every)));
     let result = pipeline.run().await;
     if let Some(p) = printer {
         p.abort();
@@ -178,7 +183,11 @@ async fn drive(pipeline: Pipeline, progress: Option<Duration>) -> rivulet::Resul
     Ok(())
 }
 
-async fn print_progress(metrics: Arc<PipelineMetrics>, every: Duration) {
+async fn print_progress(
+    metrics: Arc<PipelineMetrics>,
+    health: Option<Arc<SourceHealth>>,
+    every: Duration,
+) {
     let mut last = metrics.snapshot();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -186,9 +195,20 @@ async fn print_progress(metrics: Arc<PipelineMetrics>, every: Duration) {
         tick.tick().await;
         let now = metrics.snapshot();
         let rate = (now.records_in - last.records_in) as f64 / every.as_secs_f64();
+        let source = health
+            .as_ref()
+            .map(|h| format!("; {}", h.summary()))
+            .unwrap_or_default();
         eprintln!(
-            "rivulet: {} records in ({:.0}/s), {} rows out, {} errors ({} late), {} window states",
-            now.records_in, rate, now.rows_out, now.records_error, now.rows_late, now.window_states
+            "rivulet: {} records in ({:.0}/s), {} rows out, {} errors ({} late), {} window states, \
+             {} checkpoints{source}",
+            now.records_in,
+            rate,
+            now.rows_out,
+            now.records_error,
+            now.rows_late,
+            now.window_states,
+            now.checkpoints
         );
         last = now;
     }

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::buffer::NullBuffer;
 use arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
@@ -13,7 +14,7 @@ use arrow::error::ArrowError;
 
 use super::flat_json::FlatJsonDecoder;
 use super::schema::Column;
-use super::{CsvOptions, RecordFormat, ROWTIME};
+use super::{CsvOptions, MetadataColumn, RecordFormat, ROWTIME};
 use crate::record::Record;
 use crate::{Error, Result};
 
@@ -151,6 +152,7 @@ pub struct RecordDecoder {
     output_schema: SchemaRef,
     layout: Layout,
     rowtime_column: Option<usize>,
+    metadata: Vec<MetadataColumn>,
     max_record_bytes: usize,
     batch_size: usize,
     inner: Inner,
@@ -164,6 +166,7 @@ pub struct RecordDecoderBuilder {
     format: RecordFormat,
     columns: Vec<Column>,
     rowtime_field: Option<String>,
+    metadata: Vec<MetadataColumn>,
     max_record_bytes: usize,
     batch_size: usize,
 }
@@ -176,12 +179,13 @@ impl RecordDecoder {
             format,
             columns: Vec::new(),
             rowtime_field: None,
+            metadata: Vec::new(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             batch_size: 8192,
         }
     }
 
-    /// Schema of the batches produced: the columns, then `ROWTIME`.
+    /// Schema of the batches produced: the columns, the metadata columns, then `ROWTIME`.
     pub fn schema(&self) -> &SchemaRef {
         &self.output_schema
     }
@@ -369,6 +373,31 @@ impl RecordDecoder {
                 }
             }
         };
+        for m in &self.metadata {
+            let rows = row_records.iter().map(|&i| &records[i]);
+            let array: ArrayRef = match m {
+                MetadataColumn::PartitionKey => {
+                    Arc::new(StringArray::from_iter(rows.map(Record::partition_key)))
+                }
+                MetadataColumn::SequenceNumber => {
+                    Arc::new(StringArray::from_iter(rows.map(Record::sequence_number)))
+                }
+                MetadataColumn::ShardId => {
+                    Arc::new(StringArray::from_iter(rows.map(Record::shard_id)))
+                }
+                MetadataColumn::SubSequenceNumber => {
+                    Arc::new(Int64Array::from_iter(rows.map(|r| {
+                        r.sequence_number()
+                            .map(|_| r.sub_sequence_number().unwrap_or(0) as i64)
+                    })))
+                }
+                MetadataColumn::ApproximateArrivalTime => Arc::new(
+                    TimestampMillisecondArray::from_iter_values(rows.map(Record::arrival_time_ms))
+                        .with_timezone("UTC"),
+                ),
+            };
+            columns.push(array);
+        }
         columns.push(Arc::new(rowtime.with_timezone("UTC")));
         let batch = RecordBatch::try_new(Arc::clone(&self.output_schema), columns)?;
         Ok(DecodeOutput {
@@ -550,6 +579,13 @@ impl RecordDecoderBuilder {
         self
     }
 
+    /// Adds record metadata columns (partition key, sequence number, …) after the payload's
+    /// columns.
+    pub fn with_metadata(mut self, metadata: Vec<MetadataColumn>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
     /// Records larger than this go to the failures as [`FailureKind::Oversized`].
     pub fn with_max_record_bytes(mut self, max: usize) -> Self {
         self.max_record_bytes = max;
@@ -574,6 +610,14 @@ impl RecordDecoderBuilder {
                 return Err(Error::Format(format!(
                     "column `{}` clashes with the built-in ROWTIME column; rename it",
                     c.name
+                )));
+            }
+            if let Some(m) = self.metadata.iter().find(|m| c.name == m.name()) {
+                return Err(Error::Format(format!(
+                    "column `{}` clashes with the metadata column {}; rename it or leave the \
+                     metadata out",
+                    c.name,
+                    m.name()
                 )));
             }
             if self.columns[..i].iter().any(|o| o.name == c.name) {
@@ -606,6 +650,9 @@ impl RecordDecoderBuilder {
             .iter()
             .map(|c| Field::new(&c.name, c.data_type.clone(), true))
             .collect();
+        for m in &self.metadata {
+            fields.push(Field::new(m.name(), m.data_type(), true));
+        }
         fields.push(Field::new(
             ROWTIME,
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
@@ -661,6 +708,7 @@ impl RecordDecoderBuilder {
             output_schema,
             layout,
             rowtime_column,
+            metadata: self.metadata,
             max_record_bytes: self.max_record_bytes,
             batch_size: self.batch_size,
             inner,

@@ -281,6 +281,29 @@ impl Source for FileSource {
         self.max_batch_records = max.max(1);
     }
 
+    async fn resume(&mut self, position: &Position) -> Result<()> {
+        if let Some(offset) = position.get(&self.partition) {
+            let offset: u64 = offset.parse().map_err(|_| {
+                Error::source(
+                    self.partition.as_ref(),
+                    format!("checkpoint offset `{offset}` is not a byte offset"),
+                )
+            })?;
+            if self.file.is_some() {
+                return Err(Error::source(
+                    self.partition.as_ref(),
+                    "cannot resume a file source that has started reading",
+                ));
+            }
+            self.offset = offset;
+            if offset > 0 {
+                // The header is before any committed offset.
+                self.skip_records = 0;
+            }
+        }
+        Ok(())
+    }
+
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         if self.eof {
             return Ok(None);

@@ -15,8 +15,10 @@ use async_trait::async_trait;
 pub use file::{FileSource, FileSourceBuilder, Framing};
 pub use generator::{GeneratorFormat, GeneratorSource, GeneratorSourceBuilder};
 
+use crate::metrics::SourceHealth;
 use crate::record::{Position, Record};
-use crate::Result;
+use crate::{Error, Result};
+use std::sync::Arc;
 
 /// Records read from a source, with the position reached after them.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +48,24 @@ pub trait Source: Send + Debug {
     /// pipeline from copying records between batches. The default ignores it.
     fn set_max_batch_records(&mut self, max: usize) {
         let _ = max;
+    }
+
+    /// Continues after `position`, which this source produced in an earlier run (read back from a
+    /// checkpoint). Called once, before the first [`next_batch`](Source::next_batch). The default
+    /// accepts only an empty position: such a source cannot resume.
+    async fn resume(&mut self, position: &Position) -> Result<()> {
+        if position.is_empty() {
+            return Ok(());
+        }
+        Err(Error::source(
+            self.name(),
+            "this source cannot resume from a checkpoint",
+        ))
+    }
+
+    /// Live per-partition health (lag, throttling), for sources that have partitions.
+    fn health(&self) -> Option<Arc<SourceHealth>> {
+        None
     }
 
     /// Every record up to `position` has been processed and its output stored. A source with

@@ -1,6 +1,8 @@
 //! Integration tests of rivulet through its public API and its command line.
 
 mod cli;
+#[cfg(feature = "aws")]
+mod kinesis;
 mod pipeline;
 mod sql_cases;
 mod support;

@@ -1,5 +1,6 @@
 //! Shared test helpers.
 
+pub(crate) mod fault_proxy;
 pub(crate) mod moto;
 
 use std::path::PathBuf;

@@ -1,12 +1,16 @@
 //! Starts a moto server (the AWS API emulator) on a free 127.0.0.1 port for a test, and stops it.
 //!
-//! The server binary is `$RIVULET_MOTO_SERVER`, else `moto_server` on `PATH`. When it cannot be
-//! found, tests that need it are skipped — unless `RIVULET_REQUIRE_MOTO=1` or `CI` is set, in which
-//! case they fail: CI must never pass by skipping.
+//! moto is located through its `moto_server` script: `$RIVULET_MOTO_SERVER`, else `moto_server` on
+//! `PATH`. When it cannot be found, tests that need it are skipped — unless `RIVULET_REQUIRE_MOTO=1`
+//! or `CI` is set, in which case they fail: CI must never pass by skipping.
+//!
+//! The server is not started through that script but through `moto_server.py` next to this file,
+//! run by the Python interpreter installed beside `moto_server` (the same virtualenv). It patches
+//! moto's Kinesis resharding to behave like the real service (see the script's header).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,12 @@ fn required() -> bool {
         || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
+/// The launcher that patches moto before running its server.
+const LAUNCHER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/integration/support/moto_server.py"
+);
+
 fn find_binary() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("RIVULET_MOTO_SERVER") {
         return Some(PathBuf::from(p));
@@ -29,6 +39,17 @@ fn find_binary() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("moto_server"))
         .find(|p| p.is_file())
+}
+
+/// The Python interpreter installed beside the `moto_server` script (the one that has moto), else
+/// `python3` from `PATH`.
+fn python_for(moto_server: &Path) -> PathBuf {
+    moto_server
+        .parent()
+        .into_iter()
+        .flat_map(|dir| [dir.join("python"), dir.join("python3")])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// Sends one HTTP request to 127.0.0.1:`port` and returns the status code.
@@ -63,15 +84,22 @@ impl MotoServer {
             .and_then(|l| l.local_addr())
             .expect("a free port on 127.0.0.1")
             .port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let python = python_for(&bin);
+        let child = Command::new(&python)
+            .args([LAUNCHER, "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let server = MotoServer { child, port };
+            .unwrap_or_else(|e| panic!("starting {} {LAUNCHER}: {e}", python.display()));
+        let mut server = MotoServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_status(port, "GET", "/moto-api/").is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "{} {LAUNCHER} exited before answering ({status})",
+                    python.display()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "moto_server did not answer within 30 s"

@@ -1,0 +1,278 @@
+//! The polling reader of one shard.
+//!
+//! It calls GetRecords at most five times a second (the per-shard limit), waits longer while the
+//! shard is idle or caught up, backs off with jitter when throttled, renews an expired iterator
+//! from the last record it delivered, and reports the shard's end with its children. It never
+//! skips or repeats a record: the iterator only moves on a successful response, and a renewed one
+//! starts right after the last record handed on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::api::{ApiError, KinesisApi};
+use super::shards::{RecordUnpacker, ShardInfo, ShardOffset};
+use crate::metrics::SourceHealth;
+use crate::record::Record;
+use crate::Error;
+
+/// Most records one GetRecords call may return.
+pub const MAX_RECORDS_PER_CALL: i32 = 10_000;
+
+/// How a shard is polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSettings {
+    /// Records asked for per GetRecords call (default and most: 10,000).
+    pub max_records: i32,
+    /// Least time between two GetRecords calls on one shard (default 200 ms: the service allows
+    /// five calls a second per shard, shared by every consumer).
+    pub min_interval: Duration,
+    /// Time between calls while the shard has nothing new (default 1 s).
+    pub idle_interval: Duration,
+    /// First back-off after a throttled or failed call (default 250 ms); it doubles up to
+    /// `max_backoff`, with jitter.
+    pub initial_backoff: Duration,
+    /// Longest back-off (default 10 s).
+    pub max_backoff: Duration,
+    /// How often the shard list is refreshed to pick up new shards (default 60 s); a shard that
+    /// ends also reports its children at once.
+    pub list_shards_interval: Duration,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        Self {
+            max_records: MAX_RECORDS_PER_CALL,
+            min_interval: Duration::from_millis(200),
+            idle_interval: Duration::from_secs(1),
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+            list_shards_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a shard reader tells the source.
+#[derive(Debug)]
+pub(crate) enum ReaderEvent {
+    /// Records, and the shard's offset after them.
+    Records {
+        shard: Arc<str>,
+        records: Vec<Record>,
+        offset: ShardOffset,
+    },
+    /// The shard is read to its end.
+    End {
+        shard: Arc<str>,
+        children: Vec<ShardInfo>,
+    },
+    /// Reading cannot go on.
+    Failed { shard: Arc<str>, error: Error },
+}
+
+/// Exponential back-off with full jitter.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        // Half fixed, half random: never zero, never in lockstep with other readers.
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Reads one shard from `start` until its end, sending what it reads on `events`.
+pub(crate) struct ShardReader {
+    pub(crate) api: Arc<dyn KinesisApi>,
+    pub(crate) shard: ShardInfo,
+    pub(crate) start: ShardOffset,
+    pub(crate) settings: PollSettings,
+    pub(crate) events: mpsc::Sender<ReaderEvent>,
+    pub(crate) health: Arc<SourceHealth>,
+}
+
+impl ShardReader {
+    pub(crate) async fn run(self) {
+        let shard = Arc::clone(&self.shard.id);
+        if let Err(error) = self.read().await {
+            // The source is gone when the send fails: nobody is left to tell.
+            let _ = self.events.send(ReaderEvent::Failed { shard, error }).await;
+        }
+    }
+
+    async fn read(&self) -> crate::Result<()> {
+        let id = Arc::clone(&self.shard.id);
+        let mut unpacker = RecordUnpacker::new(Arc::clone(&id))
+            .with_hash_range(self.shard.hash_range.0, self.shard.hash_range.1);
+        if let ShardOffset::After {
+            sequence,
+            sub: Some(sub),
+        } = &self.start
+        {
+            unpacker.skip_through(Arc::clone(sequence), *sub);
+        }
+        // Where a new iterator starts: the start, then after the last record delivered.
+        let mut from = self.start.clone();
+        let mut iterator: Option<String> = None;
+        let mut backoff = Backoff {
+            initial: self.settings.initial_backoff,
+            max: self.settings.max_backoff,
+            attempt: 0,
+        };
+        let mut next_call = Instant::now();
+        let fatal = |e: String| Error::source(&*id, e);
+        loop {
+            let it = match &iterator {
+                Some(it) => it.clone(),
+                None => match self.api.shard_iterator(&id, &from).await {
+                    Ok(it) => {
+                        iterator = Some(it.clone());
+                        it
+                    }
+                    Err(ApiError::Fatal(e)) => return Err(fatal(e)),
+                    Err(e) => {
+                        self.count_failure(&e);
+                        tokio::time::sleep(backoff.next()).await;
+                        continue;
+                    }
+                },
+            };
+            tokio::time::sleep_until(next_call).await;
+            let called = Instant::now();
+            let page = match self.api.get_records(&it, self.settings.max_records).await {
+                Ok(page) => page,
+                Err(ApiError::ExpiredIterator(e)) => {
+                    tracing::debug!(shard = %id, "renewing an expired iterator: {e}");
+                    self.health.update(&id, |h| h.renewals += 1);
+                    iterator = None;
+                    continue;
+                }
+                Err(ApiError::Fatal(e)) => return Err(fatal(e)),
+                Err(e) => {
+                    self.count_failure(&e);
+                    let wait = backoff.next();
+                    next_call = Instant::now() + wait;
+                    continue;
+                }
+            };
+            backoff.reset();
+            let raw = page.records.len();
+            let mut records = Vec::with_capacity(raw);
+            let mut stats = super::shards::UnpackStats::default();
+            for r in &page.records {
+                let s = unpacker.unpack(
+                    &r.data,
+                    &r.partition_key,
+                    &r.sequence,
+                    r.arrival_ms,
+                    &mut records,
+                );
+                stats.records += s.records;
+                stats.out_of_range += s.out_of_range;
+                stats.malformed_aggregates += s.malformed_aggregates;
+            }
+            if let Some(last) = page.records.last() {
+                from = ShardOffset::After {
+                    sequence: Arc::from(last.sequence.as_str()),
+                    sub: None,
+                };
+            }
+            let behind = page.millis_behind.map(|m| m.max(0) as u64);
+            self.health.update(&id, |h| {
+                h.records += stats.records;
+                h.dropped_out_of_range += stats.out_of_range;
+                if behind.is_some() {
+                    h.millis_behind = behind;
+                }
+            });
+            if raw > 0 {
+                let event = ReaderEvent::Records {
+                    shard: Arc::clone(&id),
+                    records,
+                    offset: from.clone(),
+                };
+                if self.events.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+            match page.next_iterator {
+                None => {
+                    self.health.update(&id, |h| {
+                        h.finished = true;
+                        h.millis_behind = Some(0);
+                    });
+                    let _ = self
+                        .events
+                        .send(ReaderEvent::End {
+                            shard: Arc::clone(&id),
+                            children: page.child_shards,
+                        })
+                        .await;
+                    return Ok(());
+                }
+                Some(next) => iterator = Some(next),
+            }
+            // Caught up or idle: no need to ask again soon.
+            let idle = raw == 0 || behind == Some(0);
+            let gap = if idle {
+                self.settings.idle_interval
+            } else {
+                self.settings.min_interval
+            };
+            next_call = called + gap.max(self.settings.min_interval);
+        }
+    }
+
+    fn count_failure(&self, e: &ApiError) {
+        match e {
+            ApiError::Throttled(m) => {
+                tracing::debug!(shard = %self.shard.id, "throttled, backing off: {m}");
+                self.health.update(&self.shard.id, |h| h.throttles += 1);
+            }
+            other => {
+                tracing::warn!(shard = %self.shard.id, "retrying after: {other}");
+                self.health.update(&self.shard.id, |h| h.retries += 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_and_stays_jittered() {
+        let mut b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            attempt: 0,
+        };
+        let first = b.next();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            let d = b.next();
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_secs(2));
+        }
+        let late = b.next();
+        assert!(late >= Duration::from_secs(1), "{late:?}");
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,734 @@
+//! The Kinesis source against a moto server on 127.0.0.1: start positions, resharding while
+//! producing, KPL aggregation, throttling and iterator expiry, checkpoints across restarts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::Client;
+use rivulet::kinesis::{KinesisSource, PollSettings, StartPosition};
+use rivulet::{
+    Column, FileCheckpointStore, MemorySink, MemorySinkHandle, NullSink, Pipeline, PipelineReport,
+    Position,
+};
+
+use crate::support::fault_proxy::{FaultProxy, Faults};
+use crate::support::moto::MotoServer;
+
+const REGION: &str = "us-east-1";
+
+fn client(endpoint: &str) -> Client {
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        // Faults must reach the source, which retries and counts them itself.
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+async fn create_stream(c: &Client, name: &str, shards: i32) {
+    c.create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream");
+}
+
+/// Shard ids, in ListShards order.
+async fn shard_ids(c: &Client, name: &str) -> Vec<(String, bool)> {
+    let out = c
+        .list_shards()
+        .stream_name(name)
+        .send()
+        .await
+        .expect("list shards");
+    out.shards()
+        .iter()
+        .map(|s| {
+            (
+                s.shard_id().to_owned(),
+                s.sequence_number_range()
+                    .and_then(|r| r.ending_sequence_number())
+                    .is_none(),
+            )
+        })
+        .collect()
+}
+
+/// Puts `{"id": i, "key": k}` records with partition key `k`; returns (shard, sequence) per id.
+async fn put(c: &Client, name: &str, items: &[(i64, String)]) -> Vec<(String, String)> {
+    let mut placed = Vec::new();
+    for chunk in items.chunks(100) {
+        let entries: Vec<PutRecordsRequestEntry> = chunk
+            .iter()
+            .map(|(id, key)| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(format!(r#"{{"id":{id},"key":"{key}"}}"#)))
+                    .partition_key(key)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = c
+            .put_records()
+            .stream_name(name)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("put records");
+        assert_eq!(out.failed_record_count(), Some(0));
+        placed.extend(out.records().iter().map(|r| {
+            (
+                r.shard_id().unwrap_or_default().to_owned(),
+                r.sequence_number().unwrap_or_default().to_owned(),
+            )
+        }));
+    }
+    placed
+}
+
+fn fast_polling() -> PollSettings {
+    PollSettings {
+        idle_interval: Duration::from_millis(200),
+        list_shards_interval: Duration::from_secs(1),
+        ..PollSettings::default()
+    }
+}
+
+/// Runs `sql` over the stream into a memory sink until `wanted` rows have arrived (or 60 s).
+struct Running {
+    rows: MemorySinkHandle,
+    shutdown: rivulet::ShutdownHandle,
+    task: tokio::task::JoinHandle<rivulet::Result<PipelineReport>>,
+    health: Arc<rivulet::SourceHealth>,
+}
+
+async fn start(source: KinesisSource, sql: &str) -> Running {
+    let sink = MemorySink::new();
+    let rows = sink.handle();
+    let pipeline = Pipeline::builder()
+        .source(source)
+        .columns(vec![
+            Column::new("id", arrow::datatypes::DataType::Int64),
+            Column::new("key", arrow::datatypes::DataType::Utf8),
+        ])
+        .sql(sql)
+        .sink(sink)
+        .error_output(NullSink::new())
+        .build()
+        .await
+        .expect("pipeline builds");
+    let shutdown = pipeline.shutdown_handle();
+    let health = pipeline.source_health().expect("kinesis reports health");
+    let task = tokio::spawn(pipeline.run());
+    Running {
+        rows,
+        shutdown,
+        task,
+        health,
+    }
+}
+
+impl Running {
+    async fn wait_for(&self, wanted: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.rows.num_rows() < wanted {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {wanted} rows after 60 s",
+                self.rows.num_rows()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) -> (Vec<RecordBatch>, PipelineReport) {
+        self.shutdown.shutdown();
+        let report = self.task.await.expect("joined").expect("pipeline ran");
+        (self.rows.batches(), report)
+    }
+}
+
+/// Rows as (id, key, shard, sequence, sub-sequence), in output order.
+fn rows(batches: &[RecordBatch]) -> Vec<(i64, String, String, String, i64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |name: &str| b.column_by_name(name).unwrap_or_else(|| panic!("{name}"));
+        let id = col("id").as_primitive::<Int64Type>();
+        let key = col("key").as_string::<i32>();
+        let shard = col("SHARD_ID").as_string::<i32>();
+        let seq = col("SEQUENCE_NUMBER").as_string::<i32>();
+        let sub = col("SUB_SEQUENCE_NUMBER").as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            assert!(!shard.is_null(i) && !seq.is_null(i));
+            out.push((
+                id.value(i),
+                key.value(i).to_owned(),
+                shard.value(i).to_owned(),
+                seq.value(i).to_owned(),
+                sub.value(i),
+            ));
+        }
+    }
+    out
+}
+
+const META_SQL: &str =
+    "SELECT id, key, SHARD_ID, SEQUENCE_NUMBER, SUB_SEQUENCE_NUMBER, PARTITION_KEY FROM source";
+
+/// Every id exactly once, and ids increasing within each key in output order.
+fn assert_exactly_once_in_key_order(got: &[(i64, String, String, String, i64)], expected: usize) {
+    let mut seen = HashSet::new();
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for (id, key, ..) in got {
+        assert!(seen.insert(*id), "id {id} read twice");
+        if let Some(prev) = last.insert(key, *id) {
+            assert!(prev < *id, "key {key}: id {id} came after {prev}");
+        }
+    }
+    assert_eq!(seen.len(), expected, "ids read: {}", seen.len());
+}
+
+fn items(ids: std::ops::Range<i64>, keys: i64) -> Vec<(i64, String)> {
+    ids.map(|i| (i, format!("key-{}", i % keys))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_two_shards_from_trim_horizon_with_metadata() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let c = client(&moto.endpoint());
+    create_stream(&c, "two", 2).await;
+    let input = items(0..400, 37);
+    let placed = put(&c, "two", &input).await;
+    assert!(
+        placed.iter().map(|p| &p.0).collect::<HashSet<_>>().len() == 2,
+        "records land on both shards"
+    );
+    let source = KinesisSource::builder("two")
+        .client(c.clone())
+        .poll_settings(fast_polling())
+        .build()
+        .await
+        .unwrap();
+    let run = start(source, META_SQL).await;
+    run.wait_for(400).await;
+    let health = run.health.partitions();
+    let (batches, report) = run.stop().await;
+    let got = rows(&batches);
+    assert_exactly_once_in_key_order(&got, 400);
+    // The metadata columns are the ones PutRecords reported.
+    for (id, key, shard, seq, sub) in &got {
+        let (want_shard, want_seq) = &placed[*id as usize];
+        assert_eq!((shard, seq, *sub), (want_shard, want_seq, 0), "id {id}");
+        assert_eq!(key, &format!("key-{}", id % 37));
+    }
+    assert_eq!(health.len(), 2);
+    assert_eq!(health.values().map(|h| h.records).sum::<u64>(), 400);
+    // The committed position names both shards at their last sequence numbers.
+    for (shard, _) in shard_ids(&c, "two").await {
+        let last = placed
+            .iter()
+            .filter(|p| p.0 == shard)
+            .map(|p| p.1.parse::<u128>().unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(
+            report.committed.get(&shard),
+            Some(last.to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_reads_only_what_is_written_after_the_start() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let c = client(&moto.endpoint());
+    create_stream(&c, "late", 2).await;
+    put(&c, "late", &items(0..50, 7)).await;
+    let source = KinesisSource::builder("late")
+        .client(c.clone())
+        .start_position(StartPosition::Latest)
+        .poll_settings(fast_polling())
+        .build()
+        .await
+        .unwrap();
+    let run = start(source, META_SQL).await;
+    // Both readers have made their first call once they report a lag.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run
+        .health
+        .partitions()
+        .values()
+        .filter(|h| h.millis_behind.is_some())
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "readers did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    put(&c, "late", &items(1000..1060, 7)).await;
+    run.wait_for(60).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (batches, _) = run.stop().await;
+    let got = rows(&batches);
+    assert_eq!(got.len(), 60);
+    assert!(got.iter().all(|r| r.0 >= 1000), "an old record was read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_timestamp_skips_earlier_records() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let c = client(&moto.endpoint());
+    create_stream(&c, "ts", 2).await;
+    put(&c, "ts", &items(0..40, 5)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let from = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    put(&c, "ts", &items(100..130, 5)).await;
+    let source = KinesisSource::builder("ts")
+        .client(c.clone())
+        .start_position(StartPosition::AtTimestamp(from))
+        .poll_settings(fast_polling())
+        .build()
+        .await
+        .unwrap();
+    let run = start(source, META_SQL).await;
+    run.wait_for(30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (batches, _) = run.stop().await;
+    let got = rows(&batches);
+    assert_exactly_once_in_key_order(&got, 30);
+    assert!(got.iter().all(|r| r.0 >= 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_while_producing_keep_every_record_once_and_in_key_order() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let c = client(&moto.endpoint());
+    create_stream(&c, "reshard", 2).await;
+    let source = KinesisSource::builder("reshard")
+        .client(c.clone())
+        .poll_settings(fast_polling())
+        .build()
+        .await
+        .unwrap();
+    let run = start(source, META_SQL).await;
+    let mut next = 0i64;
+    let mut produce = |n: i64| {
+        let batch = items(next..next + n, 23);
+        next += n;
+        batch
+    };
+    for round in 0..30 {
+        put(&c, "reshard", &produce(20)).await;
+        if round == 8 {
+            // Split the first shard in the middle of its range.
+            let shards = c.list_shards().stream_name("reshard").send().await.unwrap();
+            let s = &shards.shards()[0];
+            let range = s.hash_key_range().unwrap();
+            let lo: u128 = range.starting_hash_key().parse().unwrap();
+            let hi: u128 = range.ending_hash_key().parse().unwrap();
+            c.split_shard()
+                .stream_name("reshard")
+                .shard_to_split(s.shard_id())
+                .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
+                .send()
+                .await
+                .expect("split");
+        }
+        if round == 18 {
+            // Merge the split's two children back together.
+            let open: Vec<_> = c
+                .list_shards()
+                .stream_name("reshard")
+                .send()
+                .await
+                .unwrap()
+                .shards()
+                .iter()
+                .filter(|s| {
+                    s.parent_shard_id().is_some()
+                        && s.sequence_number_range()
+                            .is_some_and(|r| r.ending_sequence_number().is_none())
+                })
+                .map(|s| s.shard_id().to_owned())
+                .collect();
+            assert_eq!(open.len(), 2, "the split's children: {open:?}");
+            c.merge_shards()
+                .stream_name("reshard")
+                .shard_to_merge(&open[0])
+                .adjacent_shard_to_merge(&open[1])
+                .send()
+                .await
+                .expect("merge");
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    run.wait_for(600).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let health = run.health.partitions();
+    let (batches, report) = run.stop().await;
+    let got = rows(&batches);
+    assert_exactly_once_in_key_order(&got, 600);
+    // 2 original shards, 2 children of the split, 1 of the merge; 3 closed and read to the end.
+    assert_eq!(health.len(), 5, "{health:?}");
+    assert_eq!(health.values().filter(|h| h.finished).count(), 3);
+    let ended: Vec<_> = report
+        .committed
+        .iter()
+        .filter(|(_, o)| *o == "SHARD_END")
+        .collect();
+    assert_eq!(ended.len(), 3, "{:?}", report.committed);
+    // Every shard contributed records: children were read, not skipped.
+    let shards: HashSet<&str> = got.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(shards.len(), 5, "{shards:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let c = client(&moto.endpoint());
+    create_stream(&c, "kpl", 2).await;
+    let shards = shard_ids(&c, "kpl").await;
+    // Shard 1 owns the upper half of the hash-key space.
+    let upper = (1u128 << 127).to_string();
+    let payloads: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"id":{i},"key":"k{i}"}}"#))
+        .collect();
+    let aggregated = rivulet::kpl::aggregate(
+        payloads
+            .iter()
+            .enumerate()
+            // MD5("a") and MD5("c") both fall in shard 0's half of the hash-key space.
+            .map(|(i, p)| (if i % 2 == 0 { "a" } else { "c" }, None, p.as_bytes())),
+    );
+    // Sent with an explicit hash key of 1 so it lands on shard 0; one sub-record carries an
+    // explicit hash key of shard 1 and must be dropped there.
+    let mut with_stray: Vec<(&str, Option<&str>, &[u8])> = Vec::new();
+    let stray = r#"{"id":99,"key":"stray"}"#;
+    let kept = r#"{"id":10,"key":"k10"}"#;
+    with_stray.push(("c", Some("1"), kept.as_bytes()));
+    with_stray.push(("c", Some(upper.as_str()), stray.as_bytes()));
+    let with_stray = rivulet::kpl::aggregate(with_stray);
+    // The fixture written by an independent encoder, and its corrupted twin.
+    let fixture = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kpl/aggregated.bin"
+    ))
+    .unwrap();
+    let corrupt = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kpl/corrupt.bin"
+    ))
+    .unwrap();
+    let mut sent = Vec::new();
+    for (data, name) in [
+        (aggregated.to_vec(), "aggregated"),
+        (with_stray.to_vec(), "stray"),
+        (fixture.clone(), "fixture"),
+        (corrupt.clone(), "corrupt"),
+    ] {
+        let out = c
+            .put_record()
+            .stream_name("kpl")
+            .partition_key("outer")
+            .explicit_hash_key("1")
+            .data(Blob::new(data))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.shard_id(), shards[0].0);
+        sent.push((name, out.sequence_number().to_owned()));
+    }
+    let sink = MemorySink::new();
+    let out = sink.handle();
+    let error_sink = MemorySink::new();
+    let errors = error_sink.handle();
+    let source = KinesisSource::builder("kpl")
+        .client(c.clone())
+        .poll_settings(fast_polling())
+        .build()
+        .await
+        .unwrap();
+    let health = rivulet::Source::health(&source).unwrap();
+    let pipeline = Pipeline::builder()
+        .source(source)
+        .columns(vec![Column::new("id", arrow::datatypes::DataType::Int64)])
+        .sql("SELECT id, SEQUENCE_NUMBER, SUB_SEQUENCE_NUMBER, PARTITION_KEY FROM source")
+        .sink(sink)
+        .error_output(error_sink)
+        .build()
+        .await
+        .unwrap();
+    let stop = pipeline.shutdown_handle();
+    let task = tokio::spawn(pipeline.run());
+    let fixture_expected: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/kpl/expected.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    // The fixture's sub-records route by their own hash keys (computed independently, in
+    // Python): those of the upper half belong to shard 1 and are dropped on shard 0.
+    let in_shard0 = |want: &serde_json::Value| {
+        want["hash_key"].as_str().unwrap().parse::<u128>().unwrap() < (1u128 << 127)
+    };
+    let fixture_kept = fixture_expected.iter().filter(|w| in_shard0(w)).count();
+    assert!(fixture_kept > 0 && fixture_kept < fixture_expected.len());
+    // 5 + 1 kept + the fixture's kept sub-records + the corrupt record passed through as one.
+    let total = 5 + 1 + fixture_kept + 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.num_rows() + errors.num_rows() < total {
+        assert!(Instant::now() < deadline, "{:?}", health.partitions());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let shard0 = &health.partitions()[&shards[0].0];
+    assert_eq!(
+        shard0.dropped_out_of_range as usize,
+        1 + fixture_expected.len() - fixture_kept
+    );
+    assert_eq!(shard0.records as usize, total);
+
+    // (sequence, sub-sequence) → (id or raw payload, partition key), over output and errors.
+    let mut got: BTreeMap<(String, i64), (String, String)> = BTreeMap::new();
+    for b in out.batches() {
+        let id = b.column(0).as_primitive::<Int64Type>();
+        let seq = b.column(1).as_string::<i32>();
+        let sub = b.column(2).as_primitive::<Int64Type>();
+        let pk = b.column(3).as_string::<i32>();
+        for i in 0..b.num_rows() {
+            let key = (seq.value(i).to_owned(), sub.value(i));
+            let id = if id.is_null(i) {
+                "null".to_owned()
+            } else {
+                id.value(i).to_string()
+            };
+            let was = got.insert(key, (id, pk.value(i).to_owned()));
+            assert!(was.is_none(), "a sub-record read twice");
+        }
+    }
+    for b in errors.batches() {
+        let col = |n: &str| Arc::clone(b.column_by_name(n).unwrap());
+        let (raw, pk, seq, sub) = (
+            col("raw_data"),
+            col("partition_key"),
+            col("sequence_number"),
+            col("sub_sequence_number"),
+        );
+        let sub = sub.as_primitive::<arrow::datatypes::UInt64Type>();
+        for i in 0..b.num_rows() {
+            let key = (
+                seq.as_string::<i32>().value(i).to_owned(),
+                if sub.is_null(i) {
+                    -1
+                } else {
+                    sub.value(i) as i64
+                },
+            );
+            got.insert(
+                key,
+                (
+                    raw.as_string::<i32>().value(i).to_owned(),
+                    pk.as_string::<i32>().value(i).to_owned(),
+                ),
+            );
+        }
+    }
+    let seq_of = |name: &str| sent.iter().find(|s| s.0 == name).unwrap().1.clone();
+    for i in 0..5i64 {
+        let pk = if i % 2 == 0 { "a" } else { "c" };
+        assert_eq!(
+            got[&(seq_of("aggregated"), i)],
+            (i.to_string(), pk.to_owned())
+        );
+    }
+    assert_eq!(
+        got[&(seq_of("stray"), 0)],
+        ("10".to_owned(), "c".to_owned())
+    );
+    assert!(
+        !got.contains_key(&(seq_of("stray"), 1)),
+        "stray sub-record kept"
+    );
+    // Every sub-record of the independently encoded fixture, with its key and payload.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for want in &fixture_expected {
+        let sub = want["sub_sequence_number"].as_i64().unwrap();
+        let key = (seq_of("fixture"), sub);
+        if !in_shard0(want) {
+            assert!(
+                !got.contains_key(&key),
+                "sub-record {sub} belongs to shard 1"
+            );
+            continue;
+        }
+        let (value, pk) = &got[&key];
+        assert_eq!(pk, want["partition_key"].as_str().unwrap());
+        let data = b64.decode(want["data_base64"].as_str().unwrap()).unwrap();
+        match serde_json::from_slice::<serde_json::Value>(&data) {
+            Ok(v) if v.is_object() => {
+                let id = v.get("id").map_or("null".to_owned(), |i| i.to_string());
+                assert_eq!(value, &id);
+            }
+            // Not a row: it reached the error output with its bytes intact.
+            _ => assert_eq!(value, want["data_base64"].as_str().unwrap()),
+        }
+    }
+    // The corrupt aggregate passed through whole as one plain record: not JSON, so an error.
+    let (raw, pk) = &got[&(seq_of("corrupt"), -1)];
+    assert_eq!(pk, "outer");
+    assert_eq!(b64.decode(raw).unwrap(), corrupt);
+    let _ = fixture;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let direct = client(&moto.endpoint());
+    create_stream(&direct, "faulty", 2).await;
+    put(&direct, "faulty", &items(0..500, 11)).await;
+    let proxy = FaultProxy::start(
+        moto.port(),
+        Faults {
+            throttle: 0.3,
+            expire: 0.2,
+            seed: 7,
+        },
+    );
+    let through = client(&proxy.endpoint());
+    let source = KinesisSource::builder("faulty")
+        .client(through)
+        .poll_settings(PollSettings {
+            // Small reads: many calls, so many faults.
+            max_records: 25,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..fast_polling()
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = start(source, META_SQL).await;
+    // Records keep coming while faults are injected.
+    put(&direct, "faulty", &items(500..600, 11)).await;
+    run.wait_for(600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = run.health.partitions();
+    let (batches, _) = run.stop().await;
+    let got = rows(&batches);
+    assert_exactly_once_in_key_order(&got, 600);
+    // Within each shard, sequence numbers strictly increase: nothing repeated, nothing reordered.
+    let mut last: HashMap<String, u128> = HashMap::new();
+    for (_, _, shard, seq, _) in &got {
+        let seq: u128 = seq.parse().unwrap();
+        if let Some(prev) = last.insert(shard.clone(), seq) {
+            assert!(prev < seq, "shard {shard}: {seq} after {prev}");
+        }
+    }
+    let (throttles, expiries) = proxy.injected();
+    assert!(throttles > 5 && expiries > 3, "{throttles} {expiries}");
+    assert_eq!(
+        health.values().map(|h| h.throttles).sum::<u64>(),
+        throttles,
+        "every injected throttle was seen and retried"
+    );
+    assert_eq!(health.values().map(|h| h.renewals).sum::<u64>(), expiries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_resumes_after_the_last_committed_record() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let c = client(&moto.endpoint());
+    create_stream(&c, "resume", 2).await;
+    put(&c, "resume", &items(0..100, 9)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("checkpoint");
+    let run_once = |expect: usize| {
+        let c = c.clone();
+        let cp = cp.clone();
+        async move {
+            let source = KinesisSource::builder("resume")
+                .client(c)
+                .poll_settings(fast_polling())
+                .build()
+                .await
+                .unwrap();
+            let sink = MemorySink::new();
+            let rows_handle = sink.handle();
+            let pipeline = Pipeline::builder()
+                .source(source)
+                .columns(vec![
+                    Column::new("id", arrow::datatypes::DataType::Int64),
+                    Column::new("key", arrow::datatypes::DataType::Utf8),
+                ])
+                .sql(META_SQL)
+                .sink(sink)
+                .checkpoint_store(FileCheckpointStore::new(&cp))
+                .checkpoint_interval(Duration::from_millis(100))
+                .build()
+                .await
+                .unwrap();
+            let resumed = pipeline.resumed_from().clone();
+            let stop = pipeline.shutdown_handle();
+            let task = tokio::spawn(pipeline.run());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while rows_handle.num_rows() < expect {
+                assert!(Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            stop.shutdown();
+            let report = task.await.unwrap().unwrap();
+            (resumed, rows(&rows_handle.batches()), report)
+        }
+    };
+    let (resumed, first, report) = run_once(100).await;
+    assert!(resumed.is_empty());
+    assert_exactly_once_in_key_order(&first, 100);
+    assert!(report.metrics.checkpoints >= 1);
+    put(&c, "resume", &items(100..150, 9)).await;
+    let (resumed, second, _) = run_once(50).await;
+    assert_eq!(resumed, report.committed);
+    // Only the new records: the restart resumed right after the checkpoint.
+    assert_eq!(
+        second.len(),
+        50,
+        "{:?}",
+        second.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(second.iter().all(|r| r.0 >= 100));
+    let stored = rivulet::CheckpointStore::load(&FileCheckpointStore::new(&cp))
+        .await
+        .unwrap()
+        .unwrap();
+    let _: Position = stored.position;
+}

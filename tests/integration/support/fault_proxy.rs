@@ -1,0 +1,709 @@
+//! A fault-injecting HTTP/1.1 proxy on a free 127.0.0.1 port, put in front of moto to check that a
+//! Kinesis consumer survives throttling and iterator expiry.
+//!
+//! Each `GetRecords` request is, with the configured probabilities, answered by the proxy itself
+//! with `ProvisionedThroughputExceededException` or `ExpiredIteratorException` (HTTP 400, as the
+//! service does); every other request, and the `GetRecords` requests that are let through, are
+//! forwarded unchanged to the upstream port. The draws come from a small PRNG seeded by the test,
+//! so a run is reproducible for a given order of requests.
+//!
+//! Blocking std networking, one thread per client connection (tokio's `net` feature is not
+//! enabled). Sockets are read with a short timeout so that every thread notices when the proxy is
+//! dropped, and a peer that stalls in the middle of a message is given up on after 30 s.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long a blocked read waits before checking the stop flag and the deadline.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a peer may take to send a whole message once it has started one (or, upstream, to
+/// answer a request), and to accept a write.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest message head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Probabilities, per `GetRecords` request, of answering with an injected error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Faults {
+    /// Probability of `ProvisionedThroughputExceededException`.
+    pub(crate) throttle: f64,
+    /// Probability of `ExpiredIteratorException`.
+    pub(crate) expire: f64,
+    /// Seed of the PRNG that draws the faults.
+    pub(crate) seed: u64,
+}
+
+/// A running proxy, stopped on drop.
+pub(crate) struct FaultProxy {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// State shared by the accepting thread and the connection threads.
+struct Shared {
+    upstream_port: u16,
+    throttle: f64,
+    expire: f64,
+    rng: Mutex<u64>,
+    throttles: AtomicU64,
+    expiries: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Throttle,
+    Expire,
+}
+
+impl Fault {
+    /// The whole HTTP response the service would send for this error.
+    fn response(self) -> Vec<u8> {
+        let (kind, message) = match self {
+            Fault::Throttle => (
+                "ProvisionedThroughputExceededException",
+                "Rate exceeded for shard (injected)",
+            ),
+            Fault::Expire => ("ExpiredIteratorException", "Iterator expired (injected)"),
+        };
+        let body = format!(r#"{{"__type":"{kind}","message":"{message}"}}"#);
+        format!(
+            "HTTP/1.1 400 Bad Request\r\n\
+             Content-Type: application/x-amz-json-1.1\r\n\
+             x-amzn-ErrorType: {kind}\r\n\
+             Content-Length: {}\r\n\
+             \r\n\
+             {body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// splitmix64: a tiny, good-enough deterministic generator.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Shared {
+    /// Draws whether to inject a fault into a `GetRecords` request, and counts it.
+    fn draw(&self) -> Option<Fault> {
+        let x = splitmix64(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner));
+        // 53 random bits, uniform in [0, 1).
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        if u < self.throttle {
+            self.throttles.fetch_add(1, Ordering::Relaxed);
+            Some(Fault::Throttle)
+        } else if u < self.throttle + self.expire {
+            self.expiries.fetch_add(1, Ordering::Relaxed);
+            Some(Fault::Expire)
+        } else {
+            None
+        }
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of 127.0.0.1:`upstream_port`.
+    pub(crate) fn start(upstream_port: u16, faults: Faults) -> Self {
+        assert!(
+            faults.throttle >= 0.0
+                && faults.expire >= 0.0
+                && faults.throttle + faults.expire <= 1.0,
+            "fault probabilities must be >= 0 and add up to at most 1: {faults:?}"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        let port = listener.local_addr().expect("fault proxy address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking fault proxy listener");
+        let shared = Arc::new(Shared {
+            upstream_port,
+            throttle: faults.throttle,
+            expire: faults.expire,
+            rng: Mutex::new(faults.seed),
+            throttles: AtomicU64::new(0),
+            expiries: AtomicU64::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("fault-proxy".into())
+                .spawn(move || accept_loop(&listener, &shared))
+                .expect("spawn the fault proxy")
+        };
+        FaultProxy {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The endpoint URL to give AWS clients.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `(throttles, expiries)` injected so far.
+    pub(crate) fn injected(&self) -> (u64, u64) {
+        (
+            self.shared.throttles.load(Ordering::Relaxed),
+            self.shared.expiries.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// Accepts connections until the proxy is dropped, then waits for the connection threads (which
+/// notice the stop flag within [`POLL`]).
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let shared = Arc::clone(shared);
+                let spawned = thread::Builder::new()
+                    .name("fault-proxy-conn".into())
+                    .spawn(move || {
+                        // Any IO error just ends this connection, as a failing proxy would.
+                        let _ = serve(stream, &shared);
+                    });
+                if let Ok(worker) = spawned {
+                    workers.push(worker);
+                }
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+        workers.retain(|w| !w.is_finished());
+    }
+    for worker in workers {
+        // A worker that panicked (chunked request) has already reported it.
+        let _ = worker.join();
+    }
+}
+
+/// Serves one client connection: one request at a time, until EOF.
+fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
+    let mut client = Conn::new(client, Arc::clone(&shared.stop))?;
+    let mut upstream: Option<Conn> = None;
+    loop {
+        // Waiting for the next request may take as long as the client likes.
+        client.deadline = None;
+        let Some(request) = read_request(&mut client)? else {
+            return Ok(());
+        };
+        let close = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let get_records = request
+            .header("x-amz-target")
+            .is_some_and(|t| t.ends_with(".GetRecords"));
+        let fault = if get_records { shared.draw() } else { None };
+        let reply = match fault {
+            Some(fault) => fault.response(),
+            None => forward(&mut upstream, shared, &request)?,
+        };
+        client.stream.write_all(&reply)?;
+        client.stream.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends `request` upstream and returns the response to give the client. A kept upstream
+/// connection that turns out to be closed is replaced by a fresh one, once.
+fn forward(upstream: &mut Option<Conn>, shared: &Shared, request: &Message) -> io::Result<Vec<u8>> {
+    loop {
+        let reused = upstream.is_some();
+        let mut conn = match upstream.take() {
+            Some(conn) => conn,
+            None => {
+                let stream = TcpStream::connect(("127.0.0.1", shared.upstream_port))?;
+                Conn::new(stream, Arc::clone(&shared.stop))?
+            }
+        };
+        match exchange(&mut conn, request) {
+            Ok(Some((response, keep))) => {
+                if keep {
+                    *upstream = Some(conn);
+                }
+                return Ok(response.into_bytes());
+            }
+            // Nothing came back on a kept connection the upstream had closed: retry on a new one.
+            Ok(None) if reused => {}
+            Err(e)
+                if reused
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionAborted
+                    ) => {}
+            Ok(None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection without answering",
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes a request upstream and reads the response; `None` when the connection closed before
+/// any byte of a response.
+fn exchange(conn: &mut Conn, request: &Message) -> io::Result<Option<(Message, bool)>> {
+    conn.stream.write_all(&request.head)?;
+    conn.stream.write_all(&request.body)?;
+    conn.stream.flush()?;
+    conn.deadline = Some(Instant::now() + IO_TIMEOUT);
+    read_response(conn)
+}
+
+/// A socket and the bytes read from it but not consumed yet.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    /// When reading must have completed; `None` while idle between messages.
+    deadline: Option<Instant>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, stop: Arc<AtomicBool>) -> io::Result<Self> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(POLL))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+            stop,
+            deadline: None,
+        })
+    }
+
+    /// Reads more bytes into the buffer; `false` at EOF.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(io::Error::other("fault proxy stopped"));
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "fault proxy: peer stalled",
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a message head, up to and including the blank line; `None` at EOF before any byte.
+    fn read_head(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(Some(self.buf.drain(..i + 4).collect()));
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "fault proxy: message head too long",
+                ));
+            }
+            if !self.buf.is_empty() && self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + IO_TIMEOUT);
+            }
+            if !self.fill()? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(truncated())
+                };
+            }
+        }
+    }
+
+    /// Takes exactly `n` bytes.
+    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill()? {
+                return Err(truncated());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Takes one line, without its CRLF.
+    fn line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let mut line: Vec<u8> = self.buf.drain(..i + 2).collect();
+                line.truncate(i);
+                return Ok(line);
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "fault proxy: line too long",
+                ));
+            }
+            if !self.fill()? {
+                return Err(truncated());
+            }
+        }
+    }
+
+    /// Takes everything until the peer closes the connection.
+    fn until_eof(&mut self) -> io::Result<Vec<u8>> {
+        while self.fill()? {}
+        Ok(std::mem::take(&mut self.buf))
+    }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "fault proxy: message cut short",
+    )
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("fault proxy: {what}"))
+}
+
+/// An HTTP message: its head (start line, headers and the blank line) and its body.
+struct Message {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Message {
+    /// The value of the first header called `name` (case-insensitive), trimmed.
+    fn header(&self, name: &str) -> Option<String> {
+        String::from_utf8_lossy(&self.head)
+            .split("\r\n")
+            .skip(1)
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
+            })
+    }
+
+    fn chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    }
+
+    fn content_length(&self) -> io::Result<Option<usize>> {
+        self.header("content-length")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| invalid(format!("bad Content-Length {v:?}")))
+            })
+            .transpose()
+    }
+
+    /// The head with any `Transfer-Encoding`/`Content-Length` replaced by the body's length.
+    fn with_content_length(self) -> Self {
+        let text = String::from_utf8_lossy(&self.head).into_owned();
+        let mut head = String::with_capacity(text.len() + 32);
+        for (i, line) in text.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
+            let framing = i > 0
+                && line.split_once(':').is_some_and(|(key, _)| {
+                    let key = key.trim();
+                    key.eq_ignore_ascii_case("transfer-encoding")
+                        || key.eq_ignore_ascii_case("content-length")
+                });
+            if !framing {
+                head.push_str(line);
+                head.push_str("\r\n");
+            }
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+        Message {
+            head: head.into_bytes(),
+            body: self.body,
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        let mut bytes = self.head;
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// Reads one request; `None` when the client closed the connection between requests.
+fn read_request(conn: &mut Conn) -> io::Result<Option<Message>> {
+    let Some(head) = conn.read_head()? else {
+        return Ok(None);
+    };
+    let mut request = Message {
+        head,
+        body: Vec::new(),
+    };
+    assert!(
+        !request.chunked(),
+        "fault proxy: chunked request bodies are not supported (the AWS SDK sends Content-Length \
+         for these calls): {}",
+        String::from_utf8_lossy(&request.head)
+    );
+    if let Some(len) = request.content_length()? {
+        request.body = conn.take(len)?;
+    }
+    Ok(Some(request))
+}
+
+/// Reads one response, skipping interim (1xx) ones, with its body framed by `Content-Length`
+/// whatever the upstream used; the flag says whether the connection can be used again. `None`
+/// when the connection closed before any byte.
+fn read_response(conn: &mut Conn) -> io::Result<Option<(Message, bool)>> {
+    loop {
+        let Some(head) = conn.read_head()? else {
+            return Ok(None);
+        };
+        let mut response = Message {
+            head,
+            body: Vec::new(),
+        };
+        let status: u16 = String::from_utf8_lossy(&response.head)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "not an HTTP response: {:?}",
+                    String::from_utf8_lossy(&response.head)
+                ))
+            })?;
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let mut keep = !response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if status == 204 || status == 304 {
+            return Ok(Some((response, keep)));
+        }
+        if response.chunked() {
+            loop {
+                let line = conn.line()?;
+                let line = String::from_utf8_lossy(&line);
+                let size = line.split(';').next().unwrap_or("").trim();
+                let size = usize::from_str_radix(size, 16)
+                    .map_err(|_| invalid(format!("bad chunk size {size:?}")))?;
+                if size == 0 {
+                    // Trailers, up to the blank line.
+                    while !conn.line()?.is_empty() {}
+                    break;
+                }
+                response.body.extend(conn.take(size)?);
+                if conn.take(2)? != b"\r\n" {
+                    return Err(invalid("chunk not followed by CRLF".into()));
+                }
+            }
+            response = response.with_content_length();
+        } else if let Some(len) = response.content_length()? {
+            response.body = conn.take(len)?;
+        } else {
+            response.body = conn.until_eof()?;
+            keep = false;
+            response = response.with_content_length();
+        }
+        return Ok(Some((response, keep)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    const JSON: &str = "application/x-amz-json-1.1";
+
+    /// A fake upstream serving one connection: the first response has a `Content-Length`, the
+    /// following ones are chunked. Every request received is sent on the channel.
+    fn fake_upstream() -> (u16, mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake upstream");
+        let port = listener.local_addr().expect("fake upstream address").port();
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept the proxy");
+            let mut conn = Conn::new(stream, Arc::new(AtomicBool::new(false))).expect("conn");
+            let mut served = 0;
+            while let Some(request) = read_request(&mut conn).expect("read a request") {
+                tx.send(request.into_bytes()).expect("send the request");
+                let reply = if served == 0 {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nContent-Length: 11\r\n\r\n{{\"ok\":true}}"
+                    )
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                         5\r\n{{\"ok\"\r\n6\r\n:true}}\r\n0\r\n\r\n"
+                    )
+                };
+                served += 1;
+                conn.stream
+                    .write_all(reply.as_bytes())
+                    .expect("write a response");
+            }
+        });
+        (port, rx, handle)
+    }
+
+    fn request(target: &str, body: &str) -> Vec<u8> {
+        format!(
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {JSON}\r\n\
+             X-Amz-Target: Kinesis_20131202.{target}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// Sends `bytes` on the client connection and reads the response.
+    fn round_trip(client: &mut Conn, bytes: &[u8]) -> Message {
+        client.stream.write_all(bytes).expect("write to the proxy");
+        client.deadline = Some(Instant::now() + Duration::from_secs(10));
+        read_response(client)
+            .expect("read from the proxy")
+            .expect("a response from the proxy")
+            .0
+    }
+
+    fn connect(proxy: &FaultProxy) -> Conn {
+        let address = proxy.endpoint().trim_start_matches("http://").to_owned();
+        let stream = TcpStream::connect(address).expect("connect to the proxy");
+        Conn::new(stream, Arc::new(AtomicBool::new(false))).expect("client conn")
+    }
+
+    #[test]
+    fn forwards_other_calls_and_injects_faults_into_get_records() {
+        let (upstream_port, forwarded, upstream) = fake_upstream();
+        let proxy = FaultProxy::start(
+            upstream_port,
+            Faults {
+                throttle: 1.0,
+                expire: 0.0,
+                seed: 1,
+            },
+        );
+        let mut client = connect(&proxy);
+
+        let list = request("ListShards", r#"{"StreamName":"s"}"#);
+        let response = round_trip(&mut client, &list);
+        assert!(response.head.starts_with(b"HTTP/1.1 200 "));
+        assert_eq!(response.body, br#"{"ok":true}"#);
+        assert_eq!(forwarded.recv().expect("forwarded request"), list);
+
+        // A chunked upstream response reaches the client with a Content-Length.
+        let describe = request("DescribeStreamSummary", r#"{"StreamName":"s"}"#);
+        let response = round_trip(&mut client, &describe);
+        assert_eq!(response.body, br#"{"ok":true}"#);
+        assert_eq!(response.header("content-length").as_deref(), Some("11"));
+        assert_eq!(response.header("transfer-encoding"), None);
+        assert_eq!(forwarded.recv().expect("forwarded request"), describe);
+
+        let get = request("GetRecords", r#"{"ShardIterator":"abc"}"#);
+        let response = round_trip(&mut client, &get);
+        assert!(response.head.starts_with(b"HTTP/1.1 400 "));
+        assert_eq!(response.header("content-type").as_deref(), Some(JSON));
+        assert_eq!(
+            response.header("x-amzn-errortype").as_deref(),
+            Some("ProvisionedThroughputExceededException")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+        assert_eq!(body["__type"], "ProvisionedThroughputExceededException");
+        assert_eq!(proxy.injected(), (1, 0));
+        assert!(
+            forwarded.try_recv().is_err(),
+            "an injected fault must not reach the upstream"
+        );
+
+        drop(client);
+        drop(proxy);
+        upstream.join().expect("fake upstream");
+    }
+
+    #[test]
+    fn injects_expired_iterators() {
+        // Nothing is forwarded, so the upstream port is never used.
+        let proxy = FaultProxy::start(
+            1,
+            Faults {
+                throttle: 0.0,
+                expire: 1.0,
+                seed: 2,
+            },
+        );
+        let mut client = connect(&proxy);
+        let response = round_trip(&mut client, &request("GetRecords", "{}"));
+        assert!(response.head.starts_with(b"HTTP/1.1 400 "));
+        let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+        assert_eq!(body["__type"], "ExpiredIteratorException");
+        assert_eq!(body["message"], "Iterator expired (injected)");
+        assert_eq!(proxy.injected(), (0, 1));
+    }
+
+    #[test]
+    fn draws_faults_with_the_given_probabilities() {
+        let shared = Shared {
+            upstream_port: 1,
+            throttle: 0.3,
+            expire: 0.2,
+            rng: Mutex::new(42),
+            throttles: AtomicU64::new(0),
+            expiries: AtomicU64::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let draws: Vec<Option<Fault>> = (0..10_000).map(|_| shared.draw()).collect();
+        let throttles = draws
+            .iter()
+            .filter(|d| **d == Some(Fault::Throttle))
+            .count();
+        let expiries = draws.iter().filter(|d| **d == Some(Fault::Expire)).count();
+        assert!((2_700..3_300).contains(&throttles), "{throttles} throttles");
+        assert!((1_700..2_300).contains(&expiries), "{expiries} expiries");
+        assert_eq!(shared.throttles.load(Ordering::Relaxed), throttles as u64);
+        assert_eq!(shared.expiries.load(Ordering::Relaxed), expiries as u64);
+    }
+}
