@@ -30,8 +30,17 @@ pub(crate) struct AckEvent {
 pub(crate) enum TrackerMsg {
     Register(u64, Position),
     /// The SQL window state right after batch `seq`: the batch is a checkpoint candidate.
-    State(u64, Vec<Vec<u8>>),
+    State(u64, WindowSnapshot),
     Done(AckEvent),
+}
+
+/// The window state of the SQL at one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WindowSnapshot {
+    /// One snapshot per stateful statement.
+    pub(crate) windows: Vec<Vec<u8>>,
+    /// Source partition names, in the order the window state numbers them.
+    pub(crate) partitions: Vec<String>,
 }
 
 /// A position that is safe to commit, with the window state that goes with it.
@@ -39,7 +48,7 @@ pub(crate) enum TrackerMsg {
 pub(crate) struct Commit {
     pub(crate) position: Position,
     /// Window state after the batch that ends the position, when it was snapshotted.
-    pub(crate) state: Option<Vec<Vec<u8>>>,
+    pub(crate) state: Option<WindowSnapshot>,
 }
 
 struct AckGroup {
@@ -146,7 +155,7 @@ impl fmt::Debug for Ack {
 struct PendingBatch {
     position: Position,
     done: bool,
-    state: Option<Vec<Vec<u8>>>,
+    state: Option<WindowSnapshot>,
 }
 
 /// Turns ack events into the source position that is safe to commit.
@@ -190,7 +199,7 @@ impl AckTracker {
     }
 
     /// Attaches the window state taken right after batch `seq`.
-    pub(crate) fn set_state(&mut self, seq: u64, state: Vec<Vec<u8>>) {
+    pub(crate) fn set_state(&mut self, seq: u64, state: WindowSnapshot) {
         if let Some(entry) = self.pending.get_mut(&seq) {
             entry.state = Some(state);
         }
@@ -382,7 +391,11 @@ mod tests {
         t.register(0, Position::single("s", "10"));
         t.register(1, Position::single("s", "20"));
         t.register(2, Position::single("s", "30"));
-        t.set_state(1, vec![vec![7]]);
+        let snap = WindowSnapshot {
+            windows: vec![vec![7]],
+            partitions: vec!["shard-1".into()],
+        };
+        t.set_state(1, snap.clone());
         // Batch 0 alone is done, but its position without the window state would lose the rows
         // of its open windows.
         assert_eq!(t.on_event(done(0)), None);
@@ -391,9 +404,9 @@ mod tests {
         assert_eq!(t.on_event(done(2)), None);
         let c = t.on_event(done(1)).unwrap();
         assert_eq!(c.position.get("s"), Some("20"));
-        assert_eq!(c.state, Some(vec![vec![7]]));
+        assert_eq!(c.state, Some(snap));
         t.register(3, Position::single("s", "40"));
-        t.set_state(3, Vec::new());
+        t.set_state(3, WindowSnapshot::default());
         let c = t.on_event(done(3)).unwrap();
         assert_eq!(c.position.get("s"), Some("40"));
     }

@@ -34,6 +34,9 @@ pub struct Checkpoint {
     pub position: Position,
     /// Window state of each stateful SQL statement, in statement order (empty for stateless SQL).
     pub state: Vec<Vec<u8>>,
+    /// Source partitions (shards) in the order the window state numbers them: their event-time
+    /// watermarks are kept per partition.
+    pub partitions: Vec<String>,
     /// A fingerprint of the SQL the state belongs to: state is only restored into the same SQL.
     pub sql_fingerprint: String,
     /// When the checkpoint was taken, in milliseconds since the Unix epoch.
@@ -75,6 +78,8 @@ struct Header {
     created_ms: i64,
     sql_fingerprint: String,
     position: Position,
+    #[serde(default)]
+    partitions: Vec<String>,
     state_lengths: Vec<u64>,
 }
 
@@ -95,6 +100,7 @@ impl FileCheckpointStore {
             created_ms: checkpoint.created_ms,
             sql_fingerprint: checkpoint.sql_fingerprint.clone(),
             position: checkpoint.position.clone(),
+            partitions: checkpoint.partitions.clone(),
             state_lengths: checkpoint.state.iter().map(|s| s.len() as u64).collect(),
         };
         let header = serde_json::to_vec(&header)
@@ -153,6 +159,7 @@ impl FileCheckpointStore {
         Ok(Checkpoint {
             position: header.position,
             state: parts,
+            partitions: header.partitions,
             sql_fingerprint: header.sql_fingerprint,
             created_ms: header.created_ms,
         })
@@ -224,6 +231,7 @@ mod tests {
         Checkpoint {
             position,
             state: vec![vec![1, 2, 3], Vec::new(), vec![9; 1000]],
+            partitions: vec!["shardId-000000000001".into(), "shardId-000000000000".into()],
             sql_fingerprint: sql_fingerprint("SELECT 1"),
             created_ms: 1_700_000_000_000,
         }

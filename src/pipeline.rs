@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::ack::{Ack, AckTracker, Commit, TrackerMsg};
+use crate::ack::{Ack, AckTracker, Commit, TrackerMsg, WindowSnapshot};
 use crate::checkpoint::{sql_fingerprint, Checkpoint, CheckpointStore};
 use crate::format::{infer_schema, Column, MetadataColumn, RecordDecoder, RecordFormat};
 use crate::metrics::{MetricsSnapshot, PipelineMetrics, SourceHealth};
@@ -133,6 +133,8 @@ pub struct Pipeline {
     checkpoints: Option<Checkpoints>,
     /// Where the run starts: the restored checkpoint's position, or empty.
     resumed: Position,
+    /// Source partitions as the restored window state numbers them.
+    partitions: Vec<String>,
     health: Option<Arc<SourceHealth>>,
 }
 
@@ -267,6 +269,7 @@ impl Pipeline {
             shutdown_tx,
             checkpoints,
             resumed,
+            partitions,
             health: _,
         } = self;
         let stateful = program.is_stateful();
@@ -300,7 +303,11 @@ impl Pipeline {
             metrics: Arc::clone(&metrics),
             seq: 0,
             held: VecDeque::new(),
-            partitions: HashMap::new(),
+            partitions: partitions
+                .into_iter()
+                .zip(0u32..)
+                .map(|(name, i)| (Arc::from(name), i))
+                .collect(),
             input_ended: Arc::clone(&input_ended),
             snapshot_every: checkpoints
                 .as_ref()
@@ -655,6 +662,10 @@ impl PipelineBuilder {
                 interval: self.checkpoint_interval,
                 fingerprint,
             }),
+            partitions: restored
+                .as_ref()
+                .map(|c| c.partitions.clone())
+                .unwrap_or_default(),
             resumed: restored.map(|c| c.position).unwrap_or_default(),
             health,
             source,
@@ -717,19 +728,20 @@ impl Committer {
         };
         if self.unsaved.is_some() && (force || self.last_save.elapsed() >= cp.interval) {
             if let Some(position) = self.unsaved.take() {
-                self.save(position, Vec::new()).await?;
+                self.save(position, WindowSnapshot::default()).await?;
             }
         }
         Ok(())
     }
 
-    async fn save(&mut self, position: Position, state: Vec<Vec<u8>>) -> Result<()> {
+    async fn save(&mut self, position: Position, state: WindowSnapshot) -> Result<()> {
         let Some(cp) = &self.checkpoints else {
             return Ok(());
         };
         let checkpoint = Checkpoint {
             position,
-            state,
+            state: state.windows,
+            partitions: state.partitions,
             sql_fingerprint: cp.fingerprint.clone(),
             created_ms: now_ms(),
         };
@@ -842,6 +854,9 @@ struct Processing {
 enum Step {
     /// A micro-batch of records.
     Batch,
+    /// A micro-batch cut from the front of a larger source batch: the source position reached
+    /// after it is not known, so its window state is not a consistent checkpoint.
+    Cut,
     /// No records for a while: let idle partitions time out and due windows close.
     Tick,
     /// The source has ended: emit every open window.
@@ -892,7 +907,9 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
                             let rest = chunk.records.split_off(take);
                             pending.append(&mut chunk.records);
                             chunk.records = rest;
-                            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos), Step::Batch).await?;
+                            // Part of a chunk: its position does not cover these records yet, so
+                            // it cannot be a checkpoint.
+                            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos), Step::Cut).await?;
                             deadline = Some(Instant::now() + p.settings.max_latency);
                         }
                         if pending.is_empty() {
@@ -964,7 +981,7 @@ impl Processing {
         let root = Ack::new(seq, Some(self.tracker.clone()));
         let mut errors: Vec<ErrorRecord> = Vec::new();
         let output: SqlOutput = match step {
-            Step::Batch => {
+            Step::Batch | Step::Cut => {
                 self.metrics.add_batch();
                 let decoded = self.decoder.decode(&records)?;
                 errors.extend(decoded.failures.iter().map(|f| ErrorRecord {
@@ -1008,16 +1025,23 @@ impl Processing {
         let snapshotted = match self.snapshot_every {
             Some(every)
                 if matches!(step, Step::End | Step::Stop)
-                    || self.last_snapshot.elapsed() >= every =>
+                    || (step != Step::Cut && self.last_snapshot.elapsed() >= every) =>
             {
-                let state = self.program.snapshot()?;
+                let mut partitions = vec![String::new(); self.partitions.len()];
+                for (name, &i) in &self.partitions {
+                    partitions[i as usize] = name.to_string();
+                }
+                let state = WindowSnapshot {
+                    windows: self.program.snapshot()?,
+                    partitions,
+                };
                 let _ = self.tracker.send(TrackerMsg::State(seq, state));
                 self.last_snapshot = Instant::now();
                 true
             }
             _ => false,
         };
-        if step != Step::Batch {
+        if !matches!(step, Step::Batch | Step::Cut) {
             for issue in &output.issues {
                 errors.push(ErrorRecord {
                     stage: ErrorStage::Sql,
