@@ -925,7 +925,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_offending_key() {
-        let cases = [
+        let mut cases: Vec<(String, &str)> = [
             ("[source]\ntype = \"generator\"\nrat = 5\n", "rat"),
             ("[source]\ntype = \"generator\"\nrate = -1\n", "source.rate"),
             ("[source]\ntype = \"kafka\"\n", "kafka"),
@@ -940,7 +940,35 @@ mod tests {
             ("[source]\ntype = \"generator\"\n[format]\ndelimiter = \";\"\n", "format.delimiter"),
             ("[source]\ntype = \"generator\"\n[batch]\nmax_rows = 0\n", "batch.max_rows"),
             ("[source]\ntype = \"file\"\npath = \"/nonexistent/in.ndjson\"\n", "source.path"),
-        ];
+            (
+                "[source]\ntype = \"generator\"\n[checkpoint]\npath = \"cp\"\ninterval_ms = 0\n",
+                "checkpoint.interval_ms",
+            ),
+        ]
+        .into_iter()
+        .map(|(text, key)| (text.to_owned(), key))
+        .collect();
+        #[cfg(feature = "aws")]
+        {
+            let k = "[source]\ntype = \"kinesis\"\nstream = \"s\"\n";
+            for (extra, key) in [
+                (
+                    "start_position = \"at_timestamp\"\n",
+                    "source.start_timestamp",
+                ),
+                (
+                    "start_position = \"at_timestamp\"\nstart_timestamp = \"yesterday\"\n",
+                    "source.start_timestamp",
+                ),
+                ("start_timestamp = 5\n", "source.start_timestamp"),
+                ("start_position = \"earliest\"\n", "earliest"),
+                ("poll_interval_ms = 50\n", "source.poll_interval_ms"),
+                ("max_records = 20000\n", "source.max_records"),
+                ("shards = 2\n", "shards"),
+            ] {
+                cases.push((format!("{k}{extra}"), key));
+            }
+        }
         for (text, key) in cases {
             let err = parse(&format!("{text}{SINK}")).unwrap_err().to_string();
             assert!(err.contains(key), "expected `{key}` in: {err}");

@@ -26,10 +26,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The parts, from input to output: [`Source`] and [`Record`]; [`RecordDecoder`] and
-//! [`RecordFormat`]; [`SqlProgram`] (streaming SQL with event-time windows, see the `sql` notes in
-//! the README) and [`StreamQuery`]; [`Sink`], [`OutputBatch`] and [`Ack`]; [`Pipeline`] ties them
-//! together, and [`PipelineConfig`] builds one from a TOML file.
+//! The parts, from input to output: [`Source`] and [`Record`] (the Kinesis source is in
+//! [`kinesis`], with the `aws` feature); [`RecordDecoder`] and [`RecordFormat`]; [`SqlProgram`]
+//! (streaming SQL with event-time windows, see the `sql` notes in the README) and [`StreamQuery`];
+//! [`Sink`], [`OutputBatch`] and [`Ack`]; [`CheckpointStore`] for resuming after a stop or a crash;
+//! [`Pipeline`] ties them together, and [`PipelineConfig`] builds one from a TOML file.
 
 mod ack;
 mod checkpoint;

@@ -773,6 +773,7 @@ async fn run_source(task: SourceTask) -> Result<Option<Position>> {
         metrics: Arc::clone(&metrics),
     };
     let mut replay = replay.into_iter();
+    let mut source_error = None;
 
     loop {
         while let Ok(msg) = tracker_rx.try_recv() {
@@ -789,7 +790,14 @@ async fn run_source(task: SourceTask) -> Result<Option<Position>> {
             None => tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                r = source.next_batch() => r?,
+                r = source.next_batch() => match r {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Everything read so far is still processed, stored and committed.
+                        source_error = Some(e);
+                        break;
+                    }
+                },
             },
         };
         let Some(batch) = next else {
@@ -824,7 +832,10 @@ async fn run_source(task: SourceTask) -> Result<Option<Position>> {
             "some output was not stored; the source position was not committed past it"
         );
     }
-    Ok(committer.last_commit)
+    match source_error {
+        Some(e) => Err(e),
+        None => Ok(committer.last_commit),
+    }
 }
 
 struct Processing {
@@ -892,6 +903,14 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
             tokio::select! {
                 chunk = p.chunks.recv() => match chunk {
                     Some(mut chunk) => {
+                        if !pending.is_empty()
+                            && pending.len() + chunk.records.len() > p.settings.max_rows
+                        {
+                            // What is pending is whole chunks: processed on its own it ends at a
+                            // known position (a checkpoint candidate), and only the new chunk is
+                            // cut.
+                            p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos), Step::Batch).await?;
+                        }
                         if pending.is_empty() && !chunk.records.is_empty() {
                             deadline = Some(Instant::now() + p.settings.max_latency);
                         }

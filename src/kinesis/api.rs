@@ -19,6 +19,8 @@ pub(crate) enum ApiError {
     Throttled(String),
     /// The shard iterator expired: get a new one from the last record read.
     ExpiredIterator(String),
+    /// The stream or shard does not exist (a closed shard past the retention period is gone).
+    NotFound(String),
     /// A network failure, a timeout or a server error: retry after a back-off.
     Transient(String),
     /// Retrying cannot help (no such stream, access denied, invalid argument).
@@ -30,6 +32,7 @@ impl fmt::Display for ApiError {
         match self {
             Self::Throttled(m) => write!(f, "throttled: {m}"),
             Self::ExpiredIterator(m) => write!(f, "shard iterator expired: {m}"),
+            Self::NotFound(m) => f.write_str(m),
             Self::Transient(m) => write!(f, "transient failure: {m}"),
             Self::Fatal(m) => f.write_str(m),
         }
@@ -59,7 +62,13 @@ pub(crate) struct RecordsPage {
 #[async_trait]
 pub(crate) trait KinesisApi: Send + Sync + fmt::Debug + 'static {
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ApiError>;
-    async fn shard_iterator(&self, shard: &str, from: &ShardOffset) -> Result<String, ApiError>;
+    /// `None`: the shard has nothing at or after `from` and never will (a closed shard read to
+    /// its end).
+    async fn shard_iterator(
+        &self,
+        shard: &str,
+        from: &ShardOffset,
+    ) -> Result<Option<String>, ApiError>;
     async fn get_records(&self, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError>;
 }
 
@@ -110,8 +119,8 @@ where
                 | "KMSThrottlingException"
                 | "ThrottlingException" => ApiError::Throttled(text()),
                 "ExpiredIteratorException" => ApiError::ExpiredIterator(text()),
-                "ResourceNotFoundException"
-                | "ResourceInUseException"
+                "ResourceNotFoundException" => ApiError::NotFound(text()),
+                "ResourceInUseException"
                 | "AccessDeniedException"
                 | "InvalidArgumentException"
                 | "ValidationException"
@@ -126,6 +135,11 @@ where
             }
         }
         SdkError::ConstructionFailure(_) => ApiError::Fatal(text()),
+        // Network trouble passes; anything else before the request is sent (no credentials, no
+        // way to sign) does not.
+        SdkError::DispatchFailure(d) if d.is_user() || (d.is_other() && d.as_other().is_none()) => {
+            ApiError::Fatal(text())
+        }
         _ => ApiError::Transient(text()),
     }
 }
@@ -177,7 +191,11 @@ impl KinesisApi for SdkApi {
         }
     }
 
-    async fn shard_iterator(&self, shard: &str, from: &ShardOffset) -> Result<String, ApiError> {
+    async fn shard_iterator(
+        &self,
+        shard: &str,
+        from: &ShardOffset,
+    ) -> Result<Option<String>, ApiError> {
         let mut req = self.client.get_shard_iterator().shard_id(shard);
         req = match &*self.stream {
             StreamRef::Name(n) => req.stream_name(n),
@@ -209,8 +227,7 @@ impl KinesisApi for SdkApi {
             }
         };
         let resp = req.send().await.map_err(classify)?;
-        resp.shard_iterator
-            .ok_or_else(|| ApiError::Transient("GetShardIterator returned no iterator".into()))
+        Ok(resp.shard_iterator)
     }
 
     async fn get_records(&self, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError> {

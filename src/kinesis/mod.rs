@@ -13,6 +13,8 @@
 //! after its checkpointed offset.
 
 mod api;
+#[cfg(test)]
+mod fake;
 pub mod kpl;
 mod reader;
 mod shards;

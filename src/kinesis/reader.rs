@@ -16,7 +16,6 @@ use super::api::{ApiError, KinesisApi};
 use super::shards::{RecordUnpacker, ShardInfo, ShardOffset};
 use crate::metrics::SourceHealth;
 use crate::record::Record;
-use crate::Error;
 
 /// Most records one GetRecords call may return.
 pub const MAX_RECORDS_PER_CALL: i32 = 10_000;
@@ -69,7 +68,7 @@ pub(crate) enum ReaderEvent {
         children: Vec<ShardInfo>,
     },
     /// Reading cannot go on.
-    Failed { shard: Arc<str>, error: Error },
+    Failed { shard: Arc<str>, error: String },
 }
 
 /// Exponential back-off with full jitter.
@@ -102,6 +101,9 @@ pub(crate) struct ShardReader {
     pub(crate) api: Arc<dyn KinesisApi>,
     pub(crate) shard: ShardInfo,
     pub(crate) start: ShardOffset,
+    /// Where a renewed iterator starts while a shard started at LATEST has given no record yet
+    /// (its start time): a renewed LATEST would skip what arrived in between.
+    pub(crate) renew_latest_at: ShardOffset,
     pub(crate) settings: PollSettings,
     pub(crate) events: mpsc::Sender<ReaderEvent>,
     pub(crate) health: Arc<SourceHealth>,
@@ -116,7 +118,7 @@ impl ShardReader {
         }
     }
 
-    async fn read(&self) -> crate::Result<()> {
+    async fn read(&self) -> Result<(), String> {
         let id = Arc::clone(&self.shard.id);
         let mut unpacker = RecordUnpacker::new(Arc::clone(&id))
             .with_hash_range(self.shard.hash_range.0, self.shard.hash_range.1);
@@ -136,16 +138,24 @@ impl ShardReader {
             attempt: 0,
         };
         let mut next_call = Instant::now();
-        let fatal = |e: String| Error::source(&*id, e);
         loop {
             let it = match &iterator {
                 Some(it) => it.clone(),
                 None => match self.api.shard_iterator(&id, &from).await {
-                    Ok(it) => {
+                    Ok(Some(it)) => {
+                        if from == ShardOffset::Latest {
+                            from = self.renew_latest_at.clone();
+                        }
                         iterator = Some(it.clone());
                         it
                     }
-                    Err(ApiError::Fatal(e)) => return Err(fatal(e)),
+                    // Nothing after the offset, ever: a closed shard read to its end.
+                    Ok(None) => return self.end(Vec::new()).await,
+                    Err(ApiError::NotFound(e)) if self.shard.closed => {
+                        tracing::info!(shard = %id, "closed shard is gone (past retention): {e}");
+                        return self.end(Vec::new()).await;
+                    }
+                    Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
                     Err(e) => {
                         self.count_failure(&e);
                         tokio::time::sleep(backoff.next()).await;
@@ -161,9 +171,14 @@ impl ShardReader {
                     tracing::debug!(shard = %id, "renewing an expired iterator: {e}");
                     self.health.update(&id, |h| h.renewals += 1);
                     iterator = None;
+                    next_call = called + self.settings.min_interval;
                     continue;
                 }
-                Err(ApiError::Fatal(e)) => return Err(fatal(e)),
+                Err(ApiError::NotFound(e)) if self.shard.closed => {
+                    tracing::info!(shard = %id, "closed shard is gone (past retention): {e}");
+                    return self.end(Vec::new()).await;
+                }
+                Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
                 Err(e) => {
                     self.count_failure(&e);
                     let wait = backoff.next();
@@ -212,24 +227,12 @@ impl ShardReader {
                 }
             }
             match page.next_iterator {
-                None => {
-                    self.health.update(&id, |h| {
-                        h.finished = true;
-                        h.millis_behind = Some(0);
-                    });
-                    let _ = self
-                        .events
-                        .send(ReaderEvent::End {
-                            shard: Arc::clone(&id),
-                            children: page.child_shards,
-                        })
-                        .await;
-                    return Ok(());
-                }
+                None => return self.end(page.child_shards).await,
                 Some(next) => iterator = Some(next),
             }
-            // Caught up or idle: no need to ask again soon.
-            let idle = raw == 0 || behind == Some(0);
+            // Caught up: no need to ask again soon. (An empty page while behind is a gap in the
+            // shard, not the end of its records.)
+            let idle = behind == Some(0) || (raw == 0 && behind.is_none());
             let gap = if idle {
                 self.settings.idle_interval
             } else {
@@ -237,6 +240,22 @@ impl ShardReader {
             };
             next_call = called + gap.max(self.settings.min_interval);
         }
+    }
+
+    /// Reports the shard read to its end.
+    async fn end(&self, children: Vec<ShardInfo>) -> Result<(), String> {
+        self.health.update(&self.shard.id, |h| {
+            h.finished = true;
+            h.millis_behind = Some(0);
+        });
+        let _ = self
+            .events
+            .send(ReaderEvent::End {
+                shard: Arc::clone(&self.shard.id),
+                children,
+            })
+            .await;
+        Ok(())
     }
 
     fn count_failure(&self, e: &ApiError) {

@@ -192,8 +192,10 @@ impl RecordUnpacker {
                         .explicit_hash_key_index
                         .map(|e| &*aggregate.explicit_hash_keys[e]);
                     if self.range != FULL_RANGE {
+                        // A sub-record whose explicit hash key does not parse is kept: it
+                        // cannot be placed, and dropping it would lose it.
                         let in_range = kpl::hash_key(key, explicit)
-                            .is_some_and(|h| h >= self.range.0 && h <= self.range.1);
+                            .is_none_or(|h| h >= self.range.0 && h <= self.range.1);
                         if !in_range {
                             stats.out_of_range += 1;
                             continue;

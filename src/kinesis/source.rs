@@ -21,8 +21,17 @@ use crate::{Error, Result};
 /// How long `next_batch` waits for records before returning an empty batch.
 const IDLE_RETURN: Duration = Duration::from_millis(250);
 
-/// Reader events buffered per shard being read.
-const EVENTS_PER_SHARD: usize = 2;
+/// Reader events (each up to one GetRecords page) buffered between the readers and the source;
+/// readers wait when it is full.
+const EVENT_QUEUE: usize = 16;
+
+/// Calls the first ListShards may take before the source gives up (a wrong stream name or
+/// missing credentials should fail the start, not hang it).
+const FIRST_LIST_ATTEMPTS: u32 = 5;
+
+/// A shard started at LATEST is checkpointed as AT_TIMESTAMP of its start minus this, covering a
+/// local clock somewhat ahead of the service's: a restart may re-read a little, never skip.
+const LATEST_CLOCK_MARGIN_MS: i64 = 2_000;
 
 /// Where reading starts in shards that have no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +59,10 @@ enum ShardState {
 struct Shard {
     info: ShardInfo,
     state: ShardState,
+    /// Seen in a ListShards answer: a parent missing from that answer has expired.
+    listed: bool,
+    /// Known from the first listing (for LATEST: open shards then start at the newest record).
+    at_start: bool,
 }
 
 /// Reads a Kinesis data stream: all its shards, with parents read to their end before their
@@ -75,6 +88,8 @@ pub struct KinesisSource {
     max_batch_records: usize,
     last_list: Option<Instant>,
     list_now: bool,
+    /// Earliest time of the next ListShards after a failed one.
+    list_retry_at: Option<Instant>,
     health: Arc<SourceHealth>,
     name: String,
 }
@@ -119,7 +134,7 @@ impl KinesisSource {
         start: StartPosition,
         settings: PollSettings,
     ) -> Self {
-        let (events_tx, events_rx) = mpsc::channel(64);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let name = format!("kinesis:{}", stream.name());
         Self {
             api,
@@ -136,38 +151,57 @@ impl KinesisSource {
             max_batch_records: usize::MAX,
             last_list: None,
             list_now: true,
+            list_retry_at: None,
             health: Arc::new(SourceHealth::default()),
             name,
         }
     }
 
-    /// Lists the shards and adds the ones not known yet.
+    /// Lists the shards and adds the ones not known yet. The first listing must succeed (within a
+    /// few attempts); a later one that fails is retried after a back-off while reading goes on.
     async fn refresh_shards(&mut self) -> Result<()> {
+        let first = self.last_list.is_none();
+        let mut attempt = 0;
         let listed = loop {
+            attempt += 1;
             match self.api.list_shards().await {
                 Ok(l) => break l,
-                Err(ApiError::Fatal(e)) => return Err(Error::source(&self.name, e)),
-                Err(e) => {
+                Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => {
+                    return Err(Error::source(&self.name, format!("listing shards: {e}")))
+                }
+                Err(e) if first && attempt < FIRST_LIST_ATTEMPTS => {
                     tracing::warn!(stream = %self.stream.name(), "listing shards: {e}; retrying");
-                    tokio::time::sleep(self.settings.initial_backoff).await;
+                    tokio::time::sleep(self.settings.initial_backoff * attempt).await;
+                }
+                Err(e) if first => {
+                    return Err(Error::source(
+                        &self.name,
+                        format!("listing shards failed {attempt} times: {e}"),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream.name(), "listing shards: {e}; retrying later");
+                    self.list_retry_at = Some(Instant::now() + self.settings.max_backoff);
+                    return Ok(());
                 }
             }
         };
-        let first = self.last_list.is_none();
         self.last_list = Some(Instant::now());
         self.list_now = false;
+        self.list_retry_at = None;
         for info in listed {
             if let Some(known) = self.shards.get_mut(&info.id) {
                 known.info.closed |= info.closed;
+                known.listed = true;
                 continue;
             }
-            self.add_shard(info, first);
+            self.add_shard(info, first, true);
         }
         self.start_ready();
         Ok(())
     }
 
-    fn add_shard(&mut self, info: ShardInfo, at_start: bool) {
+    fn add_shard(&mut self, info: ShardInfo, at_start: bool, listed: bool) {
         let checkpointed = self
             .resumed
             .as_ref()
@@ -201,61 +235,72 @@ impl KinesisSource {
         self.health.update(&info.id, |h| {
             h.finished = state == ShardState::Finished;
         });
-        self.shards
-            .insert(Arc::clone(&info.id), Shard { info, state });
+        self.shards.insert(
+            Arc::clone(&info.id),
+            Shard {
+                info,
+                state,
+                listed,
+                at_start,
+            },
+        );
     }
 
     /// Where a shard without a checkpoint offset starts.
     fn first_offset(&self, shard: &Shard) -> ShardOffset {
-        let has_known_parent = shard
-            .info
-            .parents
-            .iter()
-            .any(|p| self.shards.contains_key(p.as_str()));
         match self.start {
-            // A child holds only records written after its parents closed: all of them follow
-            // what was read from the parents.
-            _ if has_known_parent && self.resumed.is_some() => ShardOffset::TrimHorizon,
+            // After a restart, a shard the checkpoint does not name was not read yet (a child
+            // waiting for its parents, or a new shard): all of it follows what was read.
+            _ if self.resumed.is_some() => ShardOffset::TrimHorizon,
             StartPosition::TrimHorizon => ShardOffset::TrimHorizon,
             StartPosition::AtTimestamp(ms) => ShardOffset::AtTimestamp(ms),
-            StartPosition::Latest if has_known_parent && self.last_list.is_some() => {
-                ShardOffset::TrimHorizon
-            }
-            StartPosition::Latest => ShardOffset::Latest,
+            // Open shards at the start begin at the newest record; a shard created later holds
+            // only records written after the start.
+            StartPosition::Latest if shard.at_start => ShardOffset::Latest,
+            StartPosition::Latest => ShardOffset::TrimHorizon,
         }
     }
 
-    /// Starts a reader for every waiting shard whose parents are all finished (or gone from the
-    /// stream, expired past its retention).
+    /// Starts a reader for every waiting shard whose parents are all finished. A parent that is
+    /// not known counts as finished only once a listing that holds the child leaves it out (it
+    /// expired past the retention period); until then the child waits for the next listing.
     fn start_ready(&mut self) {
         let ready: Vec<Arc<str>> = self
             .shards
             .values()
             .filter(|s| s.state == ShardState::Waiting)
             .filter(|s| {
-                s.info.parents.iter().all(|p| {
-                    self.shards
-                        .get(p.as_str())
-                        .is_none_or(|parent| parent.state == ShardState::Finished)
-                })
+                s.info
+                    .parents
+                    .iter()
+                    .all(|p| match self.shards.get(p.as_str()) {
+                        Some(parent) => parent.state == ShardState::Finished,
+                        None => s.listed,
+                    })
             })
             .map(|s| Arc::clone(&s.info.id))
             .collect();
         for id in ready {
-            let offset = match self.position.get(&id) {
-                Some(t) => ShardOffset::parse(&id, t).unwrap_or(ShardOffset::TrimHorizon),
+            let (offset, renew_latest_at) = match self.position.get(&id) {
+                Some(t) => {
+                    let o = ShardOffset::parse(&id, t).unwrap_or(ShardOffset::TrimHorizon);
+                    (o.clone(), o)
+                }
                 None => {
                     let shard = &self.shards[&id];
                     let offset = self.first_offset(shard);
-                    // A shard started at LATEST has no sequence number to checkpoint until its
-                    // first record: its start time stands in, so a restart misses nothing.
+                    // A shard started at LATEST has no sequence number to checkpoint (or to
+                    // renew an iterator from) until its first record: its start time stands in,
+                    // so neither a restart nor an expired iterator misses anything.
                     let stored = match offset {
-                        ShardOffset::Latest => ShardOffset::AtTimestamp(now_ms()),
+                        ShardOffset::Latest => {
+                            ShardOffset::AtTimestamp(now_ms() - LATEST_CLOCK_MARGIN_MS)
+                        }
                         ref o => o.clone(),
                     };
                     self.position.set(&*id, stored.to_string());
                     self.position_changed = true;
-                    offset
+                    (offset, stored)
                 }
             };
             let shard = self.shards.get_mut(&id).expect("listed above");
@@ -265,6 +310,7 @@ impl KinesisSource {
                 api: Arc::clone(&self.api),
                 shard: shard.info.clone(),
                 start: offset,
+                renew_latest_at,
                 settings: self.settings,
                 events: self.events_tx.clone(),
                 health: Arc::clone(&self.health),
@@ -294,7 +340,7 @@ impl KinesisSource {
                 }
                 for child in children {
                     if !self.shards.contains_key(&child.id) {
-                        self.add_shard(child, false);
+                        self.add_shard(child, false, false);
                     }
                 }
                 // The children's full description (and any other new shard) comes from a list.
@@ -344,7 +390,8 @@ impl Source for KinesisSource {
         let list_due = self
             .last_list
             .is_none_or(|t| t.elapsed() >= self.settings.list_shards_interval);
-        if self.list_now || list_due {
+        let may_list = self.list_retry_at.is_none_or(|t| Instant::now() >= t);
+        if (self.list_now || list_due) && may_list {
             self.refresh_shards().await?;
         }
         let mut records = Vec::new();
@@ -367,8 +414,18 @@ impl Source for KinesisSource {
                 break;
             }
         }
-        // Readers that ended are reaped so the set does not grow.
-        while self.readers.try_join_next().is_some() {}
+        // Readers that ended are reaped so the set does not grow; one that panicked leaves its
+        // shard unread, which must not go unnoticed.
+        while let Some(ended) = self.readers.try_join_next() {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    return Err(Error::source(
+                        &self.name,
+                        format!("a shard reader panicked: {e}"),
+                    ));
+                }
+            }
+        }
         let position = if std::mem::take(&mut self.position_changed) {
             self.position.clone()
         } else {
@@ -467,10 +524,192 @@ impl KinesisSourceBuilder {
             client,
             stream: Arc::new(stream.clone()),
         };
-        let mut source = KinesisSource::with_api(Arc::new(api), stream, self.start, self.settings);
-        let (tx, rx) = mpsc::channel(EVENTS_PER_SHARD * 32);
-        source.events_tx = tx;
-        source.events_rx = rx;
-        Ok(source)
+        Ok(KinesisSource::with_api(
+            Arc::new(api),
+            stream,
+            self.start,
+            self.settings,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::FakeKinesis;
+    use super::*;
+
+    fn fast() -> PollSettings {
+        PollSettings {
+            min_interval: Duration::from_millis(2),
+            idle_interval: Duration::from_millis(5),
+            initial_backoff: Duration::from_millis(2),
+            max_backoff: Duration::from_millis(20),
+            list_shards_interval: Duration::from_millis(50),
+            ..PollSettings::default()
+        }
+    }
+
+    fn source(fake: &FakeKinesis, start: StartPosition) -> KinesisSource {
+        KinesisSource::with_api(
+            Arc::new(fake.clone()),
+            StreamRef::Name("s".into()),
+            start,
+            fast(),
+        )
+    }
+
+    /// Reads until `n` records came (or 5 s; with `n` 0, for 1 s); returns (shard, payload) in
+    /// order, and the position.
+    async fn read(source: &mut KinesisSource, n: usize) -> (Vec<(String, String)>, Position) {
+        let mut out = Vec::new();
+        let mut position = Position::new();
+        let (n, wait) = if n == 0 { (usize::MAX, 1) } else { (n, 5) };
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        while out.len() < n && Instant::now() < deadline {
+            let batch = source.next_batch().await.unwrap().unwrap();
+            position.advance(&batch.position);
+            out.extend(batch.records.iter().map(|r| {
+                (
+                    r.shard_id().unwrap().to_owned(),
+                    String::from_utf8(r.payload().to_vec()).unwrap(),
+                )
+            }));
+        }
+        (out, position)
+    }
+
+    fn index(out: &[(String, String)], payload: &str) -> usize {
+        out.iter()
+            .position(|r| r.1 == payload)
+            .unwrap_or_else(|| panic!("{payload} not read: {out:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_child_known_only_from_child_shards_waits_for_a_listing_of_its_other_parent() {
+        // B was split into B1 and B2, then A and B1 merged into X. The first listing predates
+        // the reshard: it knows only A and B.
+        let fake = FakeKinesis::default();
+        fake.shard("A", &[], true);
+        fake.shard("B", &[], true);
+        fake.shard("B1", &["B"], true);
+        fake.shard("B2", &["B"], false);
+        fake.shard("X", &["A", "B1"], false);
+        fake.put("A", "a1", 0);
+        for i in 0..30 {
+            fake.put("B", &format!("b{i}"), 0);
+        }
+        fake.put("B1", "b1-1", 0);
+        fake.put("X", "x1", 0);
+        fake.put("B2", "b2-1", 0);
+        fake.stale_listing(&["A", "B"]);
+        let mut s = KinesisSource::with_api(
+            Arc::new(fake.clone()),
+            StreamRef::Name("s".into()),
+            StartPosition::TrimHorizon,
+            PollSettings {
+                // B is read slowly, so A ends (and names X) long before B does.
+                max_records: 1,
+                ..fast()
+            },
+        );
+        let (out, position) = read(&mut s, 34).await;
+        assert_eq!(out.len(), 34, "{out:?}");
+        assert!(index(&out, "b29") < index(&out, "b1-1"));
+        assert!(index(&out, "b1-1") < index(&out, "x1"), "{out:?}");
+        assert!(index(&out, "a1") < index(&out, "x1"));
+        assert!(index(&out, "b29") < index(&out, "b2-1"));
+        for shard in ["A", "B", "B1"] {
+            assert_eq!(position.get(shard), Some("SHARD_END"));
+        }
+    }
+
+    #[tokio::test]
+    async fn latest_skips_shards_closed_before_the_start_and_old_records_of_open_ones() {
+        let fake = FakeKinesis::default();
+        fake.shard("P", &[], true);
+        fake.shard("C1", &["P"], false);
+        fake.shard("C2", &["P"], false);
+        fake.put("P", "old-p", 0);
+        fake.put("C1", "old-c1", 0);
+        fake.put("C2", "old-c2", 0);
+        let mut s = source(&fake, StartPosition::Latest);
+        let (out, position) = read(&mut s, 0).await;
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(position.get("P"), Some("SHARD_END"));
+        assert!(position.get("C1").unwrap().starts_with("AT_TIMESTAMP:"));
+        fake.put("C1", "new-c1", now_ms());
+        let (out, position) = read(&mut s, 1).await;
+        assert_eq!(out, [("C1".to_owned(), "new-c1".to_owned())]);
+        assert_eq!(
+            position.get("C1"),
+            Some(fake.last_sequence("C1").to_string().as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn latest_renews_an_expired_iterator_from_its_start_time() {
+        let fake = FakeKinesis::default();
+        fake.shard("S", &[], false);
+        fake.put("S", "old", 0);
+        fake.expire_next(1);
+        let mut s = source(&fake, StartPosition::Latest);
+        let (out, _) = read(&mut s, 0).await;
+        assert!(out.is_empty(), "{out:?}");
+        fake.put("S", "new", now_ms());
+        let (out, _) = read(&mut s, 1).await;
+        assert_eq!(out, [("S".to_owned(), "new".to_owned())]);
+        let calls = fake.iterator_calls();
+        assert_eq!(calls[0].1, ShardOffset::Latest);
+        assert!(
+            matches!(calls[1].1, ShardOffset::AtTimestamp(t) if t <= now_ms() && t > now_ms() - 60_000),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn resume_ends_a_closed_shard_without_an_iterator_and_reads_its_children_whole() {
+        // The parent's last record was committed but not its end; the child was not started.
+        let fake = FakeKinesis::default();
+        fake.shard("P", &[], true);
+        fake.shard("C", &["P"], false);
+        fake.put("P", "p1", 0);
+        fake.put("C", "c1", 0);
+        fake.put("C", "c2", 0);
+        let mut s = source(&fake, StartPosition::Latest);
+        s.resume(&Position::single("P", fake.last_sequence("P").to_string()))
+            .await
+            .unwrap();
+        let (out, position) = read(&mut s, 2).await;
+        assert_eq!(
+            out.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+            ["c1", "c2"]
+        );
+        assert_eq!(position.get("P"), Some("SHARD_END"));
+    }
+
+    #[tokio::test]
+    async fn resume_reads_a_shard_the_checkpoint_does_not_name_from_its_start() {
+        // Its parent expired from the stream while the pipeline was down.
+        let fake = FakeKinesis::default();
+        fake.shard("P", &[], true);
+        fake.shard("C", &["P"], false);
+        fake.put("C", "c1", 0);
+        fake.hide("P");
+        let mut s = source(&fake, StartPosition::Latest);
+        s.resume(&Position::single("P", "SHARD_END")).await.unwrap();
+        let (out, _) = read(&mut s, 1).await;
+        assert_eq!(out, [("C".to_owned(), "c1".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_bad_checkpoint_offset_is_refused() {
+        let fake = FakeKinesis::default();
+        let mut s = source(&fake, StartPosition::TrimHorizon);
+        let err = s
+            .resume(&Position::single("S", "yesterday"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a Kinesis position"), "{err}");
     }
 }

@@ -15,7 +15,6 @@ use aws_sdk_kinesis::Client;
 use rivulet::kinesis::{KinesisSource, PollSettings, StartPosition};
 use rivulet::{
     Column, FileCheckpointStore, MemorySink, MemorySinkHandle, NullSink, Pipeline, PipelineReport,
-    Position,
 };
 
 use crate::support::fault_proxy::{FaultProxy, Faults};
@@ -170,7 +169,7 @@ fn rows(batches: &[RecordBatch]) -> Vec<(i64, String, String, String, i64)> {
         let seq = col("SEQUENCE_NUMBER").as_string::<i32>();
         let sub = col("SUB_SEQUENCE_NUMBER").as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            assert!(!shard.is_null(i) && !seq.is_null(i));
+            assert!(!shard.is_null(i) && !seq.is_null(i) && !sub.is_null(i));
             out.push((
                 id.value(i),
                 key.value(i).to_owned(),
@@ -603,7 +602,6 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
     let (raw, pk) = &got[&(seq_of("corrupt"), -1)];
     assert_eq!(pk, "outer");
     assert_eq!(b64.decode(raw).unwrap(), corrupt);
-    let _ = fixture;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -652,14 +650,12 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
             assert!(prev < seq, "shard {shard}: {seq} after {prev}");
         }
     }
+    // Faults go on until the readers stop: the proxy may count a few more than the readers saw.
     let (throttles, expiries) = proxy.injected();
-    assert!(throttles > 5 && expiries > 3, "{throttles} {expiries}");
-    assert_eq!(
-        health.values().map(|h| h.throttles).sum::<u64>(),
-        throttles,
-        "every injected throttle was seen and retried"
-    );
-    assert_eq!(health.values().map(|h| h.renewals).sum::<u64>(), expiries);
+    let seen_throttles = health.values().map(|h| h.throttles).sum::<u64>();
+    let seen_expiries = health.values().map(|h| h.renewals).sum::<u64>();
+    assert!(seen_throttles > 5 && seen_expiries > 3, "{health:?}");
+    assert!(seen_throttles <= throttles && seen_expiries <= expiries);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -730,7 +726,11 @@ async fn checkpoint_resumes_after_the_last_committed_record() {
         .await
         .unwrap()
         .unwrap();
-    let _: Position = stored.position;
+    assert!(
+        stored.state.is_empty(),
+        "stateless SQL keeps no window state"
+    );
+    assert_eq!(stored.position.iter().count(), 2, "{:?}", stored.position);
 }
 
 /// One `rivulet run` child process of a crash test.
@@ -855,7 +855,8 @@ async fn produce_for_crash(c: &Client, stream: &str, n: i64) -> HashMap<String, 
 }
 
 /// Kills a `rivulet run` with SIGKILL at several random points and restarts it from its checkpoint;
-/// returns the outputs of every run and the checkpoint each restart began from.
+/// returns the outputs of every run and the checkpoint each run began from. Each kill comes a random
+/// time after the run's first checkpoint, so that every restart resumes mid-stream.
 async fn crash_and_restart(
     dir: &std::path::Path,
     endpoint: &str,
@@ -863,7 +864,10 @@ async fn crash_and_restart(
     sql: &str,
     kills: usize,
     done: impl Fn(&[Vec<serde_json::Value>]) -> bool,
-) -> (Vec<Vec<serde_json::Value>>, Vec<Position>) {
+) -> (
+    Vec<Vec<serde_json::Value>>,
+    Vec<Option<rivulet::Checkpoint>>,
+) {
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let store = FileCheckpointStore::new(dir.join("state/checkpoint"));
     let mut outputs = Vec::new();
@@ -871,18 +875,19 @@ async fn crash_and_restart(
     for run in 0..=kills {
         let name = format!("run{run}");
         let config = crash_config(dir, endpoint, stream, sql, &name);
-        let start = rivulet::CheckpointStore::load(&store)
-            .await
-            .unwrap()
-            .map(|c| c.position)
-            .unwrap_or_default();
-        starts.push(start);
+        let start = rivulet::CheckpointStore::load(&store).await.unwrap();
         let mut child = spawn_run(&config, dir);
         if run < kills {
-            let wait = Duration::from_millis(rng.u64(700..1800));
-            tokio::time::sleep(wait).await;
+            // Wait for this run's first checkpoint, then kill at a random moment after it.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while rivulet::CheckpointStore::load(&store).await.unwrap() == start {
+                assert!(Instant::now() < deadline, "run {run} wrote no checkpoint");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..900))).await;
             child.kill().expect("SIGKILL");
             child.wait().unwrap();
+            starts.push(start);
             outputs.push(json_lines(&dir.join(format!("{name}.ndjson"))));
         } else {
             let deadline = Instant::now() + Duration::from_secs(90);
@@ -906,6 +911,7 @@ async fn crash_and_restart(
             assert!(term.success());
             let status = child.wait().unwrap();
             assert!(status.success(), "graceful stop: {status}");
+            starts.push(start);
             outputs.push(json_lines(&dir.join(format!("{name}.ndjson"))));
         }
     }
@@ -943,6 +949,10 @@ async fn killed_and_restarted_loses_nothing_and_repeats_only_after_the_checkpoin
     // of a shard are the next ones in sequence order, none skipped, none before the checkpoint.
     let mut resumed_mid_stream = 0;
     for (run, (out, start)) in outputs.iter().zip(&starts).enumerate() {
+        let start = start
+            .as_ref()
+            .map(|c| c.position.clone())
+            .unwrap_or_default();
         for (shard, seqs) in &placed {
             let after: Vec<i64> = match start.get(shard) {
                 None | Some("TRIM_HORIZON") => seqs.iter().map(|s| s.1).collect(),
@@ -965,7 +975,10 @@ async fn killed_and_restarted_loses_nothing_and_repeats_only_after_the_checkpoin
             );
         }
     }
-    assert!(resumed_mid_stream > 0, "no kill landed after a checkpoint");
+    assert!(
+        resumed_mid_stream >= 2 * 3,
+        "every restart resumes both shards from a checkpoint: {resumed_mid_stream}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -997,15 +1010,16 @@ async fn killed_windowed_pipeline_restores_window_state_from_its_checkpoint() {
             r["w"].as_i64().unwrap(),
         )
     };
-    let (outputs, _) = crash_and_restart(dir.path(), &moto.endpoint(), "windows", sql, 3, |all| {
-        all.iter()
-            .flatten()
-            .map(key_of)
-            .collect::<HashSet<_>>()
-            .len()
-            == expected.len()
-    })
-    .await;
+    let (outputs, starts) =
+        crash_and_restart(dir.path(), &moto.endpoint(), "windows", sql, 3, |all| {
+            all.iter()
+                .flatten()
+                .map(key_of)
+                .collect::<HashSet<_>>()
+                .len()
+                == expected.len()
+        })
+        .await;
     // Event times arrive in order per shard: no row may be late, before or after a restart.
     for run in 0..outputs.len() {
         let errors = json_lines(&dir.path().join(format!("run{run}.errors.ndjson")));
@@ -1027,6 +1041,14 @@ async fn killed_windowed_pipeline_restores_window_state_from_its_checkpoint() {
         emitted += 1;
     }
     assert!(emitted >= expected.len());
+    // Every restart restored window state (the kills come after a checkpoint, mid-stream).
+    for (run, start) in starts.iter().enumerate().skip(1) {
+        let start = start.as_ref().expect("a checkpoint before every restart");
+        assert!(
+            start.state.iter().any(|s| !s.is_empty()),
+            "run {run} started without window state"
+        );
+    }
     let stored = rivulet::CheckpointStore::load(&FileCheckpointStore::new(
         dir.path().join("state/checkpoint"),
     ))
