@@ -116,6 +116,7 @@ enum StartPositionConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 enum TimestampConfig {
     Millis(i64),
     Text(String),
@@ -136,6 +137,7 @@ enum SourceConfig {
         #[serde(default)]
         follow: bool,
     },
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     Kinesis {
         stream: String,
         region: Option<String>,

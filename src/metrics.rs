@@ -126,6 +126,7 @@ impl SourceHealth {
     }
 
     /// Changes one partition's entry.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub(crate) fn update(&self, partition: &str, f: impl FnOnce(&mut PartitionHealth)) {
         let mut map = self
             .partitions
