@@ -189,16 +189,41 @@ async fn print_progress(
     every: Duration,
 ) {
     let mut last = metrics.snapshot();
+    let mut last_shards = health.as_ref().map(|h| h.partitions()).unwrap_or_default();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
         let now = metrics.snapshot();
         let rate = (now.records_in - last.records_in) as f64 / every.as_secs_f64();
-        let source = health
-            .as_ref()
-            .map(|h| format!("; {}", h.summary()))
-            .unwrap_or_default();
+        let source = match &health {
+            None => String::new(),
+            Some(h) => {
+                let shards = h.partitions();
+                let open: Vec<String> = shards
+                    .iter()
+                    .filter(|(_, s)| !s.finished)
+                    .map(|(id, s)| {
+                        let before = last_shards.get(id).map_or(0, |b| b.records);
+                        let lag = s
+                            .millis_behind
+                            .map_or_else(|| "?".to_owned(), |l| l.to_string());
+                        format!(
+                            "{id} {:.0}/s lag {lag} ms throttled {}",
+                            (s.records - before) as f64 / every.as_secs_f64(),
+                            s.throttles
+                        )
+                    })
+                    .collect();
+                last_shards = shards;
+                // Shard by shard while that fits on a line; a summary beyond.
+                if open.len() <= 4 {
+                    format!("; {}", open.join(", "))
+                } else {
+                    format!("; {}", h.summary())
+                }
+            }
+        };
         eprintln!(
             "rivulet: {} records in ({:.0}/s), {} rows out, {} errors ({} late), {} window states, \
              {} checkpoints{source}",

@@ -157,12 +157,14 @@ pub enum KplError {
 // `partition_key_index` reads as 0 and a missing `data` as empty. Producers that write proto3
 // style (omitting zero values) rely on exactly that, and the index is still range-checked.
 
+// The key tables are `string` in the schema; they are read as `bytes` (the same wire format) so
+// that each key is a slice of the record until it is checked as UTF-8 and shared once.
 #[derive(Clone, PartialEq, Message)]
 struct PbAggregatedRecord {
-    #[prost(string, repeated, tag = "1")]
-    partition_key_table: Vec<String>,
-    #[prost(string, repeated, tag = "2")]
-    explicit_hash_key_table: Vec<String>,
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    partition_key_table: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    explicit_hash_key_table: Vec<Bytes>,
     #[prost(message, repeated, tag = "3")]
     records: Vec<PbRecord>,
 }
@@ -232,18 +234,23 @@ pub fn deaggregate(payload: &Bytes) -> Result<Option<Aggregate>, KplError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Some(Aggregate {
-        partition_keys: pb
-            .partition_key_table
-            .into_iter()
-            .map(Arc::<str>::from)
-            .collect(),
-        explicit_hash_keys: pb
-            .explicit_hash_key_table
-            .into_iter()
-            .map(Arc::<str>::from)
-            .collect(),
+        partition_keys: shared_strings(&pb.partition_key_table)?,
+        explicit_hash_keys: shared_strings(&pb.explicit_hash_key_table)?,
         records,
     }))
+}
+
+/// A key table as shared strings; a key that is not UTF-8 makes the message invalid (protobuf
+/// `string` fields are UTF-8).
+fn shared_strings(table: &[Bytes]) -> Result<Vec<Arc<str>>, KplError> {
+    table
+        .iter()
+        .map(|key| {
+            std::str::from_utf8(key)
+                .map(Arc::<str>::from)
+                .map_err(|e| KplError::Protobuf(format!("a key is not UTF-8: {e}")))
+        })
+        .collect()
 }
 
 fn checked_index(record: usize, index: u64, table_len: usize) -> Result<usize, KplError> {
@@ -290,12 +297,12 @@ pub fn aggregate<'a>(
 
 /// The index of `key` in `table`, appending it on first sight.
 fn table_index<'a>(
-    table: &mut Vec<String>,
+    table: &mut Vec<Bytes>,
     indices: &mut HashMap<&'a str, u64>,
     key: &'a str,
 ) -> u64 {
     *indices.entry(key).or_insert_with(|| {
-        table.push(key.to_owned());
+        table.push(Bytes::copy_from_slice(key.as_bytes()));
         (table.len() - 1) as u64
     })
 }

@@ -734,12 +734,16 @@ async fn checkpoint_resumes_after_the_last_committed_record() {
 }
 
 /// One `rivulet run` child process of a crash test.
-fn spawn_run(config: &std::path::Path, home: &std::path::Path) -> std::process::Child {
+fn spawn_run(
+    config: &std::path::Path,
+    home: &std::path::Path,
+    progress: &str,
+) -> std::process::Child {
     let log = std::fs::File::create(config.with_extension("log")).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
         .arg("run")
         .arg(config)
-        .args(["--progress-interval", "0"])
+        .args(["--progress-interval", progress])
         // Credentials for the emulator; nothing is looked up anywhere else.
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -876,7 +880,9 @@ async fn crash_and_restart(
         let name = format!("run{run}");
         let config = crash_config(dir, endpoint, stream, sql, &name);
         let start = rivulet::CheckpointStore::load(&store).await.unwrap();
-        let mut child = spawn_run(&config, dir);
+        // The last run prints its progress line, shard by shard.
+        let progress = if run < kills { "0" } else { "0.3" };
+        let mut child = spawn_run(&config, dir, progress);
         if run < kills {
             // Wait for this run's first checkpoint, then kill at a random moment after it.
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -894,7 +900,9 @@ async fn crash_and_restart(
             loop {
                 let mut all = outputs.clone();
                 all.push(json_lines(&dir.join(format!("{name}.ndjson"))));
-                if done(&all) {
+                let printed = std::fs::read_to_string(config.with_extension("log"))
+                    .is_ok_and(|l| l.contains("records in ("));
+                if done(&all) && printed {
                     break;
                 }
                 assert!(
@@ -911,6 +919,15 @@ async fn crash_and_restart(
             assert!(term.success());
             let status = child.wait().unwrap();
             assert!(status.success(), "graceful stop: {status}");
+            let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
+            let line = log
+                .lines()
+                .find(|l| l.contains("records in ("))
+                .unwrap_or_else(|| panic!("no progress line in {log}"));
+            assert!(
+                line.contains("shardId-000000000000 ") && line.contains(" ms throttled "),
+                "{line}"
+            );
             starts.push(start);
             outputs.push(json_lines(&dir.join(format!("{name}.ndjson"))));
         }
