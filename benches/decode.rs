@@ -9,29 +9,12 @@
 
 mod common;
 
-use arrow::datatypes::DataType;
+use common::{decode_all, ticker_columns, BATCH};
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rivulet::{Column, CsvOptions, Record, RecordDecoder, RecordFormat};
+use rivulet::{CsvOptions, Record, RecordDecoder, RecordFormat};
 
 const ROWS: usize = 200_000;
-const BATCH: usize = 8192;
-
-fn ticker_columns() -> Vec<Column> {
-    vec![
-        Column::new("ticker_symbol", DataType::Utf8),
-        Column::new("sector", DataType::Utf8),
-        Column::new("change", DataType::Float64),
-        Column::new("price", DataType::Float64),
-        Column::new("event_time", DataType::Utf8),
-    ]
-}
-
-fn decode_all(decoder: &mut RecordDecoder, records: &[Record]) -> usize {
-    records
-        .chunks(BATCH)
-        .map(|c| decoder.decode(c).expect("decode").batch.num_rows())
-        .sum()
-}
 
 fn bench(c: &mut Criterion) {
     let (records, bytes) = common::ticker_records(ROWS);

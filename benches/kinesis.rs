@@ -10,14 +10,14 @@
 
 mod common;
 
-use arrow::datatypes::DataType;
+use common::{decode_all, ticker_columns, BATCH};
+
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rivulet::kinesis::{RecordUnpacker, MAX_RECORDS_PER_CALL};
-use rivulet::{kpl, Column, Record, RecordDecoder, RecordFormat};
+use rivulet::{kpl, Record, RecordDecoder, RecordFormat};
 
 const ROWS: usize = 200_000;
-const BATCH: usize = 8192;
 /// Sub-records per aggregated record (a KPL producer packs up to its 1 MB record limit).
 const PER_AGGREGATE: usize = 100;
 
@@ -44,16 +44,6 @@ fn pages(records: Vec<RawRecord>) -> Vec<Vec<RawRecord>> {
     pages
 }
 
-fn ticker_columns() -> Vec<Column> {
-    vec![
-        Column::new("ticker_symbol", DataType::Utf8),
-        Column::new("sector", DataType::Utf8),
-        Column::new("change", DataType::Float64),
-        Column::new("price", DataType::Float64),
-        Column::new("event_time", DataType::Utf8),
-    ]
-}
-
 fn unpack(unpacker: &mut RecordUnpacker, pages: &[Vec<RawRecord>], out: &mut Vec<Record>) {
     out.clear();
     for page in pages {
@@ -61,13 +51,6 @@ fn unpack(unpacker: &mut RecordUnpacker, pages: &[Vec<RawRecord>], out: &mut Vec
             unpacker.unpack(&r.data, &r.partition_key, &r.sequence, r.arrival_ms, out);
         }
     }
-}
-
-fn decode_all(decoder: &mut RecordDecoder, records: &[Record]) -> usize {
-    records
-        .chunks(BATCH)
-        .map(|c| decoder.decode(c).expect("decode").batch.num_rows())
-        .sum()
 }
 
 fn bench(c: &mut Criterion) {

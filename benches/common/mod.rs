@@ -10,8 +10,31 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use arrow::datatypes::DataType;
 use bytes::Bytes;
-use rivulet::Record;
+use rivulet::{Column, Record, RecordDecoder};
+
+/// Micro-batch size of the decode benches.
+pub(crate) const BATCH: usize = 8192;
+
+/// The ticker columns.
+pub(crate) fn ticker_columns() -> Vec<Column> {
+    vec![
+        Column::new("ticker_symbol", DataType::Utf8),
+        Column::new("sector", DataType::Utf8),
+        Column::new("change", DataType::Float64),
+        Column::new("price", DataType::Float64),
+        Column::new("event_time", DataType::Utf8),
+    ]
+}
+
+/// Decodes `records` in micro-batches; returns the rows decoded.
+pub(crate) fn decode_all(decoder: &mut RecordDecoder, records: &[Record]) -> usize {
+    records
+        .chunks(BATCH)
+        .map(|c| decoder.decode(c).expect("decode").batch.num_rows())
+        .sum()
+}
 
 /// Path of a ticker file with at least `n` records: the configured one, or a synthesised one.
 pub(crate) fn ticker_file(n: usize) -> PathBuf {

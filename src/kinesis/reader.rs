@@ -151,10 +151,7 @@ impl ShardReader {
                     }
                     // Nothing after the offset, ever: a closed shard read to its end.
                     Ok(None) => return self.end(Vec::new()).await,
-                    Err(ApiError::NotFound(e)) if self.shard.closed => {
-                        tracing::info!(shard = %id, "closed shard is gone (past retention): {e}");
-                        return self.end(Vec::new()).await;
-                    }
+                    Err(ApiError::NotFound(e)) if self.shard.closed => return self.gone(&e).await,
                     Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
                     Err(e) => {
                         self.count_failure(&e);
@@ -174,10 +171,7 @@ impl ShardReader {
                     next_call = called + self.settings.min_interval;
                     continue;
                 }
-                Err(ApiError::NotFound(e)) if self.shard.closed => {
-                    tracing::info!(shard = %id, "closed shard is gone (past retention): {e}");
-                    return self.end(Vec::new()).await;
-                }
+                Err(ApiError::NotFound(e)) if self.shard.closed => return self.gone(&e).await,
                 Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
                 Err(e) => {
                     self.count_failure(&e);
@@ -240,6 +234,12 @@ impl ShardReader {
             };
             next_call = called + gap.max(self.settings.min_interval);
         }
+    }
+
+    /// A closed shard that no longer exists (past the retention period) has nothing left to read.
+    async fn gone(&self, why: &str) -> Result<(), String> {
+        tracing::info!(shard = %self.shard.id, "closed shard is gone (past retention): {why}");
+        self.end(Vec::new()).await
     }
 
     /// Reports the shard read to its end.

@@ -64,15 +64,15 @@ async fn shard_ids(c: &Client, name: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Puts `{"id": i, "key": k}` records with partition key `k`; returns (shard, sequence) per id.
-async fn put(c: &Client, name: &str, items: &[(i64, String)]) -> Vec<(String, String)> {
+/// Puts (payload, partition key) records; returns (shard, sequence number) of each, in order.
+async fn put_raw(c: &Client, name: &str, records: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut placed = Vec::new();
-    for chunk in items.chunks(100) {
+    for chunk in records.chunks(250) {
         let entries: Vec<PutRecordsRequestEntry> = chunk
             .iter()
-            .map(|(id, key)| {
+            .map(|(data, key)| {
                 PutRecordsRequestEntry::builder()
-                    .data(Blob::new(format!(r#"{{"id":{id},"key":"{key}"}}"#)))
+                    .data(Blob::new(data.as_bytes()))
                     .partition_key(key)
                     .build()
                     .unwrap()
@@ -96,6 +96,35 @@ async fn put(c: &Client, name: &str, items: &[(i64, String)]) -> Vec<(String, St
     placed
 }
 
+/// Puts `{"id": i, "key": k}` records with partition key `k`; returns (shard, sequence) per id.
+async fn put(c: &Client, name: &str, items: &[(i64, String)]) -> Vec<(String, String)> {
+    let records = items
+        .iter()
+        .map(|(id, key)| (format!(r#"{{"id":{id},"key":"{key}"}}"#), key.clone()))
+        .collect();
+    put_raw(c, name, records).await
+}
+
+/// A moto server with a new stream, and a client for it; `None` when moto is missing (the test is
+/// skipped, or fails where moto is required).
+async fn moto_stream(name: &str, shards: i32) -> Option<(MotoServer, Client)> {
+    let moto = MotoServer::start()?;
+    let c = client(&moto.endpoint());
+    create_stream(&c, name, shards).await;
+    Some((moto, c))
+}
+
+/// A source on `name` through `c`, polling fast.
+async fn kinesis(c: &Client, name: &str, start: StartPosition) -> KinesisSource {
+    KinesisSource::builder(name)
+        .client(c.clone())
+        .start_position(start)
+        .poll_settings(fast_polling())
+        .build()
+        .await
+        .unwrap()
+}
+
 fn fast_polling() -> PollSettings {
     PollSettings {
         idle_interval: Duration::from_millis(200),
@@ -112,10 +141,9 @@ struct Running {
     health: Arc<rivulet::SourceHealth>,
 }
 
-async fn start(source: KinesisSource, sql: &str) -> Running {
-    let sink = MemorySink::new();
-    let rows = sink.handle();
-    let pipeline = Pipeline::builder()
+/// A pipeline over `{"id", "key"}` records into `sink`.
+fn id_key_pipeline(source: KinesisSource, sql: &str, sink: MemorySink) -> rivulet::PipelineBuilder {
+    Pipeline::builder()
         .source(source)
         .columns(vec![
             Column::new("id", arrow::datatypes::DataType::Int64),
@@ -123,6 +151,12 @@ async fn start(source: KinesisSource, sql: &str) -> Running {
         ])
         .sql(sql)
         .sink(sink)
+}
+
+async fn start(source: KinesisSource, sql: &str) -> Running {
+    let sink = MemorySink::new();
+    let rows = sink.handle();
+    let pipeline = id_key_pipeline(source, sql, sink)
         .error_output(NullSink::new())
         .build()
         .await
@@ -204,23 +238,16 @@ fn items(ids: std::ops::Range<i64>, keys: i64) -> Vec<(i64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_two_shards_from_trim_horizon_with_metadata() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("two", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    create_stream(&c, "two", 2).await;
     let input = items(0..400, 37);
     let placed = put(&c, "two", &input).await;
     assert!(
         placed.iter().map(|p| &p.0).collect::<HashSet<_>>().len() == 2,
         "records land on both shards"
     );
-    let source = KinesisSource::builder("two")
-        .client(c.clone())
-        .poll_settings(fast_polling())
-        .build()
-        .await
-        .unwrap();
+    let source = kinesis(&c, "two", StartPosition::TrimHorizon).await;
     let run = start(source, META_SQL).await;
     run.wait_for(400).await;
     let health = run.health.partitions();
@@ -252,19 +279,11 @@ async fn reads_two_shards_from_trim_horizon_with_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_reads_only_what_is_written_after_the_start() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("late", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    create_stream(&c, "late", 2).await;
     put(&c, "late", &items(0..50, 7)).await;
-    let source = KinesisSource::builder("late")
-        .client(c.clone())
-        .start_position(StartPosition::Latest)
-        .poll_settings(fast_polling())
-        .build()
-        .await
-        .unwrap();
+    let source = kinesis(&c, "late", StartPosition::Latest).await;
     let run = start(source, META_SQL).await;
     // Both readers have made their first call once they report a lag.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -290,23 +309,15 @@ async fn latest_reads_only_what_is_written_after_the_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_timestamp_skips_earlier_records() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("ts", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    create_stream(&c, "ts", 2).await;
     put(&c, "ts", &items(0..40, 5)).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let from = chrono::Utc::now().timestamp_millis();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     put(&c, "ts", &items(100..130, 5)).await;
-    let source = KinesisSource::builder("ts")
-        .client(c.clone())
-        .start_position(StartPosition::AtTimestamp(from))
-        .poll_settings(fast_polling())
-        .build()
-        .await
-        .unwrap();
+    let source = kinesis(&c, "ts", StartPosition::AtTimestamp(from)).await;
     let run = start(source, META_SQL).await;
     run.wait_for(30).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -318,17 +329,10 @@ async fn at_timestamp_skips_earlier_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_while_producing_keep_every_record_once_and_in_key_order() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("reshard", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    create_stream(&c, "reshard", 2).await;
-    let source = KinesisSource::builder("reshard")
-        .client(c.clone())
-        .poll_settings(fast_polling())
-        .build()
-        .await
-        .unwrap();
+    let source = kinesis(&c, "reshard", StartPosition::TrimHorizon).await;
     let run = start(source, META_SQL).await;
     let mut next = 0i64;
     let mut produce = |n: i64| {
@@ -403,11 +407,9 @@ async fn split_and_merge_while_producing_keep_every_record_once_and_in_key_order
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("kpl", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    create_stream(&c, "kpl", 2).await;
     let shards = shard_ids(&c, "kpl").await;
     // Shard 1 owns the upper half of the hash-key space.
     let upper = (1u128 << 127).to_string();
@@ -463,12 +465,7 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
     let out = sink.handle();
     let error_sink = MemorySink::new();
     let errors = error_sink.handle();
-    let source = KinesisSource::builder("kpl")
-        .client(c.clone())
-        .poll_settings(fast_polling())
-        .build()
-        .await
-        .unwrap();
+    let source = kinesis(&c, "kpl", StartPosition::TrimHorizon).await;
     let health = rivulet::Source::health(&source).unwrap();
     let pipeline = Pipeline::builder()
         .source(source)
@@ -660,11 +657,9 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_resumes_after_the_last_committed_record() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("resume", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    create_stream(&c, "resume", 2).await;
     put(&c, "resume", &items(0..100, 9)).await;
     let dir = tempfile::tempdir().unwrap();
     let cp = dir.path().join("checkpoint");
@@ -680,14 +675,7 @@ async fn checkpoint_resumes_after_the_last_committed_record() {
                 .unwrap();
             let sink = MemorySink::new();
             let rows_handle = sink.handle();
-            let pipeline = Pipeline::builder()
-                .source(source)
-                .columns(vec![
-                    Column::new("id", arrow::datatypes::DataType::Int64),
-                    Column::new("key", arrow::datatypes::DataType::Utf8),
-                ])
-                .sql(META_SQL)
-                .sink(sink)
+            let pipeline = id_key_pipeline(source, META_SQL, sink)
                 .checkpoint_store(FileCheckpointStore::new(&cp))
                 .checkpoint_interval(Duration::from_millis(100))
                 .build()
@@ -825,35 +813,19 @@ max_latency_ms = 50
 /// returns the sequence numbers per shard in order, with the id at each.
 async fn produce_for_crash(c: &Client, stream: &str, n: i64) -> HashMap<String, Vec<(u128, i64)>> {
     create_stream(c, stream, 2).await;
+    let records = (0..n)
+        .map(|i| {
+            let key = format!("k{}", i % 13);
+            let ts = 1_700_000_000_000 + i * 10;
+            (format!(r#"{{"id":{i},"key":"{key}","ts":{ts}}}"#), key)
+        })
+        .collect();
     let mut placed: HashMap<String, Vec<(u128, i64)>> = HashMap::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
-        let entries = chunk
-            .iter()
-            .map(|i| {
-                PutRecordsRequestEntry::builder()
-                    .data(Blob::new(format!(
-                        r#"{{"id":{i},"key":"k{}","ts":{}}}"#,
-                        i % 13,
-                        1_700_000_000_000 + i * 10
-                    )))
-                    .partition_key(format!("k{}", i % 13))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let out = c
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        for (r, i) in out.records().iter().zip(chunk) {
-            placed
-                .entry(r.shard_id().unwrap().to_owned())
-                .or_default()
-                .push((r.sequence_number().unwrap().parse().unwrap(), *i));
-        }
+    for ((shard, seq), i) in put_raw(c, stream, records).await.into_iter().zip(0..) {
+        placed
+            .entry(shard)
+            .or_default()
+            .push((seq.parse().unwrap(), i));
     }
     placed
 }
