@@ -56,13 +56,18 @@ use crate::{Error, Result};
 /// idle_timeout_ms = 60000   # windows: a shard quiet this long stops holding the watermark
 ///
 /// [[sinks]]                 # one or more
-/// type = "stdout"           # or "stderr", or "file"
+/// type = "stdout"           # or "stderr", "file", or "firehose"
 /// format = "json"           # or "csv"
 /// stream = "DESTINATION_SQL_STREAM"  # the stream it receives (`INSERT INTO name …` makes others)
 /// # path = "out.ndjson"     # file: the file, or a directory when rolling
 /// # roll_bytes = 67108864   # file: roll into a new file at this size
 /// # roll_interval_secs = 300 # file: … or at this age
 /// # truncate = false        # file: empty a single file at start instead of appending
+/// # delivery_stream = "out" # firehose: the delivery stream (records: one JSON line or CSV row each)
+/// # region, endpoint_url    # firehose: as for the kinesis source
+/// # max_attempts = 8        # firehose: calls per record before it goes to the error output
+/// # max_retry_ms = 60000    # firehose: … or this long after a request's first call
+/// # max_concurrent_requests = 4
 ///
 /// [error_output]            # optional, any sink type; default: JSON lines on standard error
 /// type = "file"
@@ -266,6 +271,18 @@ enum SinkConfig {
         roll_interval_secs: Option<u64>,
         #[serde(default)]
         truncate: bool,
+    },
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    Firehose {
+        delivery_stream: String,
+        stream: Option<String>,
+        #[serde(default)]
+        format: EncodingConfig,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        max_attempts: Option<u32>,
+        max_retry_ms: Option<u64>,
+        max_concurrent_requests: Option<usize>,
     },
 }
 
@@ -586,7 +603,7 @@ impl PipelineConfig {
             .map(Some)
     }
 
-    fn build_sink(&self, s: &SinkConfig) -> Result<Box<dyn Sink>> {
+    async fn build_sink(&self, s: &SinkConfig) -> Result<Box<dyn Sink>> {
         let encoding = |e: &EncodingConfig| match e {
             EncodingConfig::Json => OutputFormat::JsonLines,
             EncodingConfig::Csv => OutputFormat::Csv {
@@ -612,6 +629,39 @@ impl PipelineConfig {
                     .with_truncate(*truncate)
                     .build()?,
             ),
+            #[cfg(feature = "aws")]
+            SinkConfig::Firehose {
+                delivery_stream,
+                format,
+                region,
+                endpoint_url,
+                ..
+            } => {
+                let mut b = crate::sink::FirehoseSink::builder(delivery_stream.clone())
+                    .format(match format {
+                        // One record per row: no header rows in the middle of a stream.
+                        EncodingConfig::Csv => OutputFormat::Csv {
+                            delimiter: b',',
+                            header: false,
+                        },
+                        EncodingConfig::Json => OutputFormat::JsonLines,
+                    })
+                    .delivery_settings(delivery_settings(s));
+                if let Some(r) = region {
+                    b = b.region(r.clone());
+                }
+                if let Some(u) = endpoint_url {
+                    b = b.endpoint_url(u.clone());
+                }
+                Box::new(b.build().await?)
+            }
+            #[cfg(not(feature = "aws"))]
+            SinkConfig::Firehose { .. } => {
+                return Err(Error::config(
+                    "sinks.type",
+                    "the firehose sink needs rivulet built with the `aws` feature",
+                ))
+            }
         })
     }
 
@@ -813,11 +863,12 @@ impl PipelineConfig {
             let stream = match s {
                 SinkConfig::Stdout { stream, .. }
                 | SinkConfig::Stderr { stream, .. }
-                | SinkConfig::File { stream, .. } => stream.as_deref(),
+                | SinkConfig::File { stream, .. }
+                | SinkConfig::Firehose { stream, .. } => stream.as_deref(),
             };
             b = b.boxed_sink_for(
                 stream.unwrap_or(crate::DESTINATION_STREAM),
-                self.build_sink(s)?,
+                self.build_sink(s).await?,
             );
         }
         b = b.watermark(WatermarkSettings {
@@ -825,7 +876,7 @@ impl PipelineConfig {
             idle_timeout: Duration::from_millis(self.query.idle_timeout_ms),
         });
         if let Some(e) = &self.error_output {
-            b = b.boxed_error_output(self.build_sink(e)?);
+            b = b.boxed_error_output(self.build_sink(e).await?);
         }
         if let Some(c) = &self.checkpoint {
             b = b
@@ -843,7 +894,47 @@ impl PipelineConfig {
     }
 }
 
+#[cfg(feature = "aws")]
+fn delivery_settings(s: &SinkConfig) -> crate::sink::DeliverySettings {
+    let mut d = crate::sink::DeliverySettings::default();
+    if let SinkConfig::Firehose {
+        max_attempts,
+        max_retry_ms,
+        max_concurrent_requests,
+        ..
+    } = s
+    {
+        if let Some(n) = max_attempts {
+            d.max_attempts = *n;
+        }
+        if let Some(ms) = max_retry_ms {
+            d.max_retry_time = Duration::from_millis(*ms);
+        }
+        if let Some(n) = max_concurrent_requests {
+            d.max_concurrent_requests = *n;
+        }
+    }
+    d
+}
+
 fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
+    #[cfg(feature = "aws")]
+    if let SinkConfig::Firehose {
+        delivery_stream, ..
+    } = s
+    {
+        if delivery_stream.trim().is_empty() {
+            return Err(Error::config(format!("{key}.delivery_stream"), "is empty"));
+        }
+        delivery_settings(s).validate(key)?;
+    }
+    #[cfg(not(feature = "aws"))]
+    if let SinkConfig::Firehose { .. } = s {
+        return Err(Error::config(
+            format!("{key}.type"),
+            "the firehose sink needs rivulet built with the `aws` feature",
+        ));
+    }
     if let SinkConfig::File {
         path,
         roll_bytes,

@@ -65,9 +65,21 @@ pub use pipeline::{
 };
 pub use record::{Position, Record, RecordId};
 pub use sink::{
-    error_schema, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink, MemorySinkHandle,
-    NullSink, OutputBatch, OutputData, Sink, StdoutSink, DESTINATION_STREAM, ERROR_STREAM,
+    error_schema, ErrorOutput, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink,
+    MemorySinkHandle, NullSink, OutputBatch, OutputData, Sink, StdoutSink, DESTINATION_STREAM,
+    ERROR_STREAM,
 };
+#[cfg(feature = "aws")]
+pub use sink::{DeliverySettings, FirehoseSink, FirehoseSinkBuilder};
+
+/// Amazon Data Firehose: the sink and the service limits it batches by.
+#[cfg(feature = "aws")]
+pub mod firehose {
+    pub use crate::sink::{
+        DeliverySettings, FirehoseSink, FirehoseSinkBuilder, MAX_BYTES_PER_CALL,
+        MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
+    };
+}
 pub use source::{
     FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,
     GeneratorSourceBuilder, Source, SourceBatch,

@@ -29,7 +29,8 @@ use crate::format::{infer_schema, Column, MetadataColumn, RecordDecoder, RecordF
 use crate::metrics::{MetricsSnapshot, PipelineMetrics, SourceHealth};
 use crate::record::{Position, Record};
 use crate::sink::{
-    ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
+    ErrorOutput, ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM,
+    ERROR_STREAM,
 };
 use crate::source::{now_ms, Source, SourceBatch};
 use crate::sql::{SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
@@ -279,13 +280,14 @@ impl Pipeline {
         let (tracker_tx, tracker_rx) = mpsc::unbounded_channel::<TrackerMsg>();
         let mut tasks: JoinSet<Result<Option<Position>>> = JoinSet::new();
 
+        let (error_tx, error_rx) = mpsc::channel(batch.sink_queue.max(1));
         let mut sink_txs = Vec::with_capacity(sinks.len());
-        for (stream, sink) in sinks {
+        for (stream, mut sink) in sinks {
+            sink.set_error_output(ErrorOutput::new(error_tx.clone()));
             let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
             sink_txs.push((stream, tx));
             tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
         }
-        let (error_tx, error_rx) = mpsc::channel(batch.sink_queue.max(1));
         tasks.spawn(run_sink(
             error_sink,
             error_rx,

@@ -63,16 +63,28 @@ impl Encoder {
     /// Encodes each row as its own record, without a trailing newline: the shape record-oriented
     /// sinks (Firehose, Kinesis) send.
     pub fn encode_rows(&self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
+        self.encode_records(batch, false)
+    }
+
+    /// Encodes each row as its own newline-terminated record: what a record-oriented sink sends
+    /// when its records are concatenated downstream (Firehose into S3 objects).
+    pub fn encode_lines(&self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
+        self.encode_records(batch, true)
+    }
+
+    fn encode_records(&self, batch: &RecordBatch, newline: bool) -> Result<Vec<Bytes>> {
         let mut rows = Vec::with_capacity(batch.num_rows());
+        let keep = usize::from(newline);
         match &self.format {
             OutputFormat::JsonLines => {
-                // JSON strings never hold a raw newline, so lines are rows.
+                // JSON strings never hold a raw newline, so lines are rows: every record is a
+                // slice of one buffer.
                 let mut buf = Vec::new();
                 self.encode(batch, false, &mut buf)?;
                 let buf = Bytes::from(buf);
                 let mut start = 0;
                 for end in memchr::memchr_iter(b'\n', &buf) {
-                    rows.push(buf.slice(start..end));
+                    rows.push(buf.slice(start..end + keep));
                     start = end + 1;
                 }
             }
@@ -81,7 +93,7 @@ impl Encoder {
                 for i in 0..batch.num_rows() {
                     let mut buf = Vec::new();
                     self.encode(&batch.slice(i, 1), false, &mut buf)?;
-                    if buf.last() == Some(&b'\n') {
+                    if !newline && buf.last() == Some(&b'\n') {
                         buf.pop();
                     }
                     rows.push(Bytes::from(buf));

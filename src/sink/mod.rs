@@ -7,6 +7,8 @@
 
 mod error_output;
 mod file;
+#[cfg(feature = "aws")]
+mod firehose;
 mod memory;
 mod stdout;
 
@@ -19,12 +21,17 @@ use bytes::Bytes;
 
 pub use error_output::{error_schema, ErrorRecord, ErrorStage, ERROR_STREAM};
 pub use file::{FileSink, FileSinkBuilder};
+#[cfg(feature = "aws")]
+pub use firehose::{
+    DeliverySettings, FirehoseSink, FirehoseSinkBuilder, MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL,
+    MAX_RECORD_BYTES,
+};
 pub use memory::{MemorySink, MemorySinkHandle, NullSink};
 pub use stdout::StdoutSink;
 
 use crate::ack::Ack;
 use crate::format::Encoder;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Name of the output stream of a single-statement query.
 pub const DESTINATION_STREAM: &str = "DESTINATION_SQL_STREAM";
@@ -76,11 +83,43 @@ impl OutputBatch {
     }
 }
 
+/// The pipeline's error output, as a sink sees it: where a sink puts records it gives up on
+/// (too large for the service, or still failing after every retry).
+#[derive(Debug, Clone)]
+pub struct ErrorOutput {
+    tx: tokio::sync::mpsc::Sender<OutputBatch>,
+}
+
+impl ErrorOutput {
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<OutputBatch>) -> Self {
+        Self { tx }
+    }
+
+    /// Sends `errors` to the error output; `ack` is acknowledged once they are stored there.
+    pub async fn send(&self, errors: Vec<ErrorRecord>, ack: Ack) -> Result<()> {
+        let batch = OutputBatch {
+            stream: Arc::from(ERROR_STREAM),
+            data: OutputData::Rows(ErrorRecord::to_batch(&errors, crate::source::now_ms())),
+            ack,
+        };
+        self.tx
+            .send(batch)
+            .await
+            .map_err(|_| Error::Pipeline("the error output has stopped".into()))
+    }
+}
+
 /// A destination for output.
 #[async_trait]
 pub trait Sink: Send + Debug {
     /// A short name for logs and errors.
     fn name(&self) -> &str;
+
+    /// Gives the sink the pipeline's error output, for records it cannot deliver. Called once,
+    /// before the first write. The default ignores it.
+    fn set_error_output(&mut self, errors: ErrorOutput) {
+        let _ = errors;
+    }
 
     /// Accepts a batch. The sink may store it now or buffer it; either way it acknowledges
     /// `batch.ack` only once the data is stored. An error stops the pipeline.

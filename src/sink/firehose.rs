@@ -1,0 +1,865 @@
+//! [`FirehoseSink`]: rows to an Amazon Data Firehose delivery stream with PutRecordBatch.
+//!
+//! The sink is split the way every AWS sink is: settings checked up front, a batcher that turns rows
+//! into encoded records and requests within the service's limits, the service call, and the retry
+//! logic around it:
+//!
+//! - each output row becomes one record (a JSON line or a CSV row, newline-terminated);
+//! - a record over [`MAX_RECORD_BYTES`] cannot be sent and goes to the error output;
+//! - records are grouped into requests of at most [`MAX_RECORDS_PER_CALL`] records and
+//!   [`MAX_BYTES_PER_CALL`] bytes, sent with at most `max_concurrent_requests` in flight;
+//! - when a call succeeds with `FailedPutCount > 0`, only the failed records are sent again, after a
+//!   jittered back-off, until `max_attempts` or `max_retry_time`; records still failing go to the
+//!   error output with their last error code and message;
+//! - a throttled call (`ServiceUnavailableException`, `LimitExceededException`, `ThrottlingException`)
+//!   pauses every request of the sink for the back-off, not just the one that was refused.
+//!
+//! A batch is acknowledged only when each of its records has either been accepted by Firehose or been
+//! stored in the error output. Records can arrive more than once (a call that fails after Firehose
+//! stored some of it is sent again), as with Firehose itself; ordering across requests is not kept.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{ErrorOutput, ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink};
+use crate::ack::Ack;
+use crate::format::{Encoder, OutputFormat};
+use crate::record::Record;
+use crate::source::now_ms;
+use crate::{Error, Result};
+
+/// Most records in one PutRecordBatch call (Firehose API reference, PutRecordBatch).
+pub const MAX_RECORDS_PER_CALL: usize = 500;
+/// Most bytes in one PutRecordBatch call: 4 MiB for the whole request (Firehose quotas).
+pub const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
+/// Largest record Firehose accepts: 1,000 KiB before base64 encoding (Firehose quotas).
+pub const MAX_RECORD_BYTES: usize = 1000 * 1024;
+
+/// How a sink retries and how much it sends at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// Calls made for one record before it goes to the error output (default 8).
+    pub max_attempts: u32,
+    /// Time after the first call of a request after which failed records go to the error output
+    /// (default 60 s).
+    pub max_retry_time: Duration,
+    /// Requests in flight at once (default 4); more output waits.
+    pub max_concurrent_requests: usize,
+    /// First back-off after a failure (default 100 ms); doubles up to `max_backoff`, jittered.
+    pub initial_backoff: Duration,
+    /// Longest back-off (default 5 s).
+    pub max_backoff: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            max_retry_time: Duration::from_secs(60),
+            max_concurrent_requests: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DeliverySettings {
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        if self.max_attempts == 0 {
+            return Err(Error::config(
+                format!("{key}.max_attempts"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(Error::config(
+                format!("{key}.max_concurrent_requests"),
+                "must be at least 1",
+            ));
+        }
+        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
+            return Err(Error::config(
+                format!("{key}.max_backoff_ms"),
+                "back-offs must be positive, the longest at least the first",
+            ));
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Why a whole call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallError {
+    /// The service asks to slow down: the whole sink backs off.
+    Throttled { code: String, message: String },
+    /// A network or server failure: retry.
+    Transient { code: String, message: String },
+    /// Retrying cannot help (no such delivery stream, access denied).
+    Fatal(String),
+}
+
+/// The outcome of each record of a call: `None` accepted, `Some((code, message))` failed.
+pub(crate) type CallResult = std::result::Result<Vec<Option<(String, String)>>, CallError>;
+
+/// The PutRecordBatch call, behind a trait so the batching and retry logic stand on their own.
+#[async_trait]
+pub(crate) trait FirehoseApi: Send + Sync + fmt::Debug + 'static {
+    async fn put_record_batch(&self, records: &[Bytes]) -> CallResult;
+}
+
+#[derive(Debug)]
+struct SdkFirehose {
+    client: aws_sdk_firehose::Client,
+    delivery_stream: String,
+}
+
+#[async_trait]
+impl FirehoseApi for SdkFirehose {
+    async fn put_record_batch(&self, records: &[Bytes]) -> CallResult {
+        use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
+        let entries = records
+            .iter()
+            .map(|r| {
+                aws_sdk_firehose::types::Record::builder()
+                    .data(aws_sdk_firehose::primitives::Blob::new(r.to_vec()))
+                    .build()
+                    .map_err(|e| CallError::Fatal(e.to_string()))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let sent = self
+            .client
+            .put_record_batch()
+            .delivery_stream_name(&self.delivery_stream)
+            .set_records(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                if out.request_responses.len() != records.len() {
+                    return Err(CallError::Transient {
+                        code: "InvalidResponse".into(),
+                        message: format!(
+                            "{} answers for {} records",
+                            out.request_responses.len(),
+                            records.len()
+                        ),
+                    });
+                }
+                Ok(out
+                    .request_responses
+                    .into_iter()
+                    .map(|r| match r.error_code {
+                        Some(code) => Some((code, r.error_message.unwrap_or_default())),
+                        None => None,
+                    })
+                    .collect())
+            }
+            Err(err) => {
+                let text = format!("{}", aws_sdk_firehose::error::DisplayErrorContext(&err));
+                Err(match &err {
+                    SdkError::ServiceError(s) => {
+                        let code = s.err().code().unwrap_or("Unknown").to_owned();
+                        match code.as_str() {
+                            "ServiceUnavailableException"
+                            | "LimitExceededException"
+                            | "ThrottlingException" => CallError::Throttled {
+                                code,
+                                message: text,
+                            },
+                            "ResourceNotFoundException"
+                            | "InvalidArgumentException"
+                            | "AccessDeniedException"
+                            | "InvalidKMSResourceException"
+                            | "InvalidSourceException"
+                            | "UnrecognizedClientException"
+                            | "ValidationException" => CallError::Fatal(text),
+                            _ => CallError::Transient {
+                                code,
+                                message: text,
+                            },
+                        }
+                    }
+                    SdkError::ConstructionFailure(_) => CallError::Fatal(text),
+                    SdkError::DispatchFailure(d)
+                        if d.is_user() || (d.is_other() && d.as_other().is_none()) =>
+                    {
+                        CallError::Fatal(text)
+                    }
+                    _ => CallError::Transient {
+                        code: "RequestFailed".into(),
+                        message: text,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Writes rows to a Firehose delivery stream. Build with [`FirehoseSink::builder`].
+#[derive(Debug)]
+pub struct FirehoseSink {
+    name: String,
+    shared: Arc<Shared>,
+    encoder: Encoder,
+    requests: JoinSet<Result<()>>,
+    permits: Arc<Semaphore>,
+}
+
+/// What the request tasks of one sink share.
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    api: Arc<dyn FirehoseApi>,
+    settings: DeliverySettings,
+    /// No call before this instant: set when a call is throttled.
+    paused_until: Mutex<Option<Instant>>,
+    errors: Mutex<Option<ErrorOutput>>,
+}
+
+/// Builder for [`FirehoseSink`].
+#[derive(Debug, Clone)]
+pub struct FirehoseSinkBuilder {
+    delivery_stream: String,
+    region: Option<String>,
+    endpoint: Option<String>,
+    client: Option<aws_sdk_firehose::Client>,
+    format: OutputFormat,
+    settings: DeliverySettings,
+}
+
+impl FirehoseSink {
+    /// A builder for the delivery stream `delivery_stream`.
+    pub fn builder(delivery_stream: impl Into<String>) -> FirehoseSinkBuilder {
+        FirehoseSinkBuilder {
+            delivery_stream: delivery_stream.into(),
+            region: None,
+            endpoint: None,
+            client: None,
+            format: OutputFormat::JsonLines,
+            settings: DeliverySettings::default(),
+        }
+    }
+
+    pub(crate) fn with_api(
+        name: String,
+        api: Arc<dyn FirehoseApi>,
+        format: OutputFormat,
+        settings: DeliverySettings,
+    ) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            shared: Arc::new(Shared {
+                name: name.clone(),
+                api,
+                settings,
+                paused_until: Mutex::new(None),
+                errors: Mutex::new(None),
+            }),
+            name,
+            encoder: Encoder::new(format),
+            requests: JoinSet::new(),
+        }
+    }
+
+    /// Waits for finished requests without blocking; the first failure stops the sink.
+    fn reap(&mut self) -> Result<()> {
+        while let Some(done) = self.requests.try_join_next() {
+            done.map_err(|e| Error::sink(&self.name, format!("a request task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, records: Vec<Bytes>, ack: Ack) -> Result<()> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::sink(&self.name, "the sink is closed"))?;
+        let shared = Arc::clone(&self.shared);
+        self.requests.spawn(async move {
+            let result = shared.deliver(records, ack).await;
+            drop(permit);
+            result
+        });
+        self.reap()
+    }
+}
+
+impl Shared {
+    async fn wait_if_paused(&self) {
+        let until = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = until {
+            tokio::time::sleep_until(t).await;
+        }
+    }
+
+    fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut p = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if p.is_none_or(|t| t < until) {
+            *p = Some(until);
+        }
+    }
+
+    /// Sends `records` until each is accepted or out of attempts; then acknowledges `ack`.
+    async fn deliver(&self, records: Vec<Bytes>, ack: Ack) -> Result<()> {
+        let started = Instant::now();
+        // Index into `records` → the last error of a record still to deliver.
+        let mut todo: BTreeMap<usize, (String, String)> = (0..records.len())
+            .map(|i| (i, (String::new(), String::new())))
+            .collect();
+        let mut attempt = 0u32;
+        while !todo.is_empty() {
+            attempt += 1;
+            self.wait_if_paused().await;
+            let indices: Vec<usize> = todo.keys().copied().collect();
+            let batch: Vec<Bytes> = indices.iter().map(|&i| records[i].clone()).collect();
+            match self.api.put_record_batch(&batch).await {
+                Ok(outcome) => {
+                    for (i, result) in indices.into_iter().zip(outcome) {
+                        match result {
+                            None => {
+                                todo.remove(&i);
+                            }
+                            Some(e) => {
+                                todo.insert(i, e);
+                            }
+                        }
+                    }
+                }
+                Err(CallError::Fatal(message)) => {
+                    // The batch is not acknowledged: its input is read again after a restart.
+                    return Err(Error::sink(&self.name, message));
+                }
+                Err(CallError::Throttled { code, message }) => {
+                    self.pause(self.settings.backoff(attempt));
+                    for e in todo.values_mut() {
+                        *e = (code.clone(), message.clone());
+                    }
+                }
+                Err(CallError::Transient { code, message }) => {
+                    for e in todo.values_mut() {
+                        *e = (code.clone(), message.clone());
+                    }
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+            if attempt >= self.settings.max_attempts
+                || started.elapsed() >= self.settings.max_retry_time
+            {
+                return self.give_up(&records, todo, attempt, ack).await;
+            }
+            tokio::time::sleep(self.settings.backoff(attempt)).await;
+        }
+        ack.acknowledge();
+        Ok(())
+    }
+
+    /// Records that ran out of attempts go to the error output with their last error; the batch
+    /// counts as stored once they are stored there.
+    async fn give_up(
+        &self,
+        records: &[Bytes],
+        failed: BTreeMap<usize, (String, String)>,
+        attempts: u32,
+        ack: Ack,
+    ) -> Result<()> {
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(errors) = errors else {
+            return Err(Error::sink(
+                &self.name,
+                format!(
+                    "{} records could not be delivered after {attempts} attempts and there is no \
+                     error output to keep them",
+                    failed.len()
+                ),
+            ));
+        };
+        tracing::warn!(
+            sink = %self.name,
+            records = failed.len(),
+            attempts,
+            "delivery failed; records go to the error output"
+        );
+        let now = now_ms();
+        let rows = failed
+            .into_iter()
+            .map(|(i, (code, message))| ErrorRecord {
+                stage: ErrorStage::Sink,
+                kind: code,
+                reason: format!("{} after {attempts} attempts: {message}", self.name),
+                record: Record::new(records[i].clone(), now),
+            })
+            .collect::<Vec<_>>();
+        errors.send(rows, ack.split()).await?;
+        ack.acknowledge();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for FirehoseSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_error_output(&mut self, errors: ErrorOutput) {
+        *self
+            .shared
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(errors);
+    }
+
+    async fn write(&mut self, batch: OutputBatch) -> Result<()> {
+        let OutputBatch { data, ack, .. } = batch;
+        let records = match &data {
+            OutputData::Rows(rows) => self.encoder.encode_lines(rows)?,
+            OutputData::Encoded(records) => records
+                .iter()
+                .map(|r| {
+                    if r.ends_with(b"\n") {
+                        r.clone()
+                    } else {
+                        let mut v = Vec::with_capacity(r.len() + 1);
+                        v.extend_from_slice(r);
+                        v.push(b'\n');
+                        Bytes::from(v)
+                    }
+                })
+                .collect(),
+        };
+        let mut oversized = Vec::new();
+        let mut request: Vec<Bytes> = Vec::new();
+        let mut request_bytes = 0usize;
+        for record in records {
+            if record.len() > MAX_RECORD_BYTES {
+                oversized.push(record);
+                continue;
+            }
+            if request.len() == MAX_RECORDS_PER_CALL
+                || request_bytes + record.len() > MAX_BYTES_PER_CALL
+            {
+                self.send(std::mem::take(&mut request), ack.split()).await?;
+                request_bytes = 0;
+            }
+            request_bytes += record.len();
+            request.push(record);
+        }
+        if !request.is_empty() {
+            self.send(request, ack.split()).await?;
+        }
+        if !oversized.is_empty() {
+            let errors = self
+                .shared
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let Some(errors) = errors else {
+                return Err(Error::sink(
+                    &self.name,
+                    format!(
+                        "{} records are larger than Firehose's {MAX_RECORD_BYTES}-byte limit and \
+                         there is no error output to keep them",
+                        oversized.len()
+                    ),
+                ));
+            };
+            let now = now_ms();
+            let rows = oversized
+                .into_iter()
+                .map(|r| ErrorRecord {
+                    stage: ErrorStage::Sink,
+                    kind: "oversized".into(),
+                    reason: format!(
+                        "{} bytes: larger than Firehose's limit of {MAX_RECORD_BYTES} bytes per record",
+                        r.len()
+                    ),
+                    record: Record::new(r, now),
+                })
+                .collect();
+            errors.send(rows, ack.split()).await?;
+        }
+        ack.acknowledge();
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        while let Some(done) = self.requests.join_next().await {
+            done.map_err(|e| Error::sink(&self.name, format!("a request task failed: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+impl FirehoseSinkBuilder {
+    /// The AWS region (default: from the environment and profile).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Sends requests to this endpoint instead of the region's.
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Uses this client as it is configured instead of building one.
+    pub fn client(mut self, client: aws_sdk_firehose::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// How rows are written (default JSON lines).
+    pub fn format(mut self, format: OutputFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Retry and concurrency settings.
+    pub fn delivery_settings(mut self, settings: DeliverySettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Checks the settings and creates the client.
+    pub async fn build(self) -> Result<FirehoseSink> {
+        if self.delivery_stream.trim().is_empty() {
+            return Err(Error::config(
+                "sinks.delivery_stream",
+                "a delivery stream name is required",
+            ));
+        }
+        self.settings.validate("sinks")?;
+        let client = match self.client {
+            Some(c) => c,
+            None => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(region) = self.region {
+                    loader = loader.region(aws_config::Region::new(region));
+                }
+                if let Some(url) = self.endpoint {
+                    loader = loader.endpoint_url(url);
+                }
+                let shared = loader.load().await;
+                if shared.region().is_none() {
+                    return Err(Error::config(
+                        "sinks.region",
+                        "no AWS region: set it here or in AWS_REGION / the AWS profile",
+                    ));
+                }
+                let config = aws_sdk_firehose::config::Builder::from(&shared)
+                    // The sink retries record by record itself.
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .operation_attempt_timeout(Duration::from_secs(30))
+                            .build(),
+                    )
+                    .build();
+                aws_sdk_firehose::Client::from_conf(config)
+            }
+        };
+        let name = format!("firehose:{}", self.delivery_stream);
+        Ok(FirehoseSink::with_api(
+            name,
+            Arc::new(SdkFirehose {
+                client,
+                delivery_stream: self.delivery_stream,
+            }),
+            self.format,
+            self.settings,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::ack::{AckEvent, TrackerMsg};
+
+    /// (attempt number of this record, record) → failure code.
+    type FailRule = fn(u32, &[u8]) -> Option<&'static str>;
+
+    /// A Firehose that fails records by a rule, and remembers what it accepted.
+    #[derive(Debug, Default)]
+    struct Fake {
+        fail: Option<FailRule>,
+        fatal: bool,
+        seen: Mutex<HashMap<Vec<u8>, u32>>,
+        accepted: Mutex<Vec<Vec<u8>>>,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl FirehoseApi for Fake {
+        async fn put_record_batch(&self, records: &[Bytes]) -> CallResult {
+            let bytes: usize = records.iter().map(Bytes::len).sum();
+            assert!(records.len() <= MAX_RECORDS_PER_CALL && bytes <= MAX_BYTES_PER_CALL);
+            self.calls.lock().unwrap().push(records.len());
+            if self.fatal {
+                return Err(CallError::Fatal("no such delivery stream".into()));
+            }
+            let mut seen = self.seen.lock().unwrap();
+            let mut accepted = self.accepted.lock().unwrap();
+            Ok(records
+                .iter()
+                .map(|r| {
+                    let n = seen.entry(r.to_vec()).or_default();
+                    *n += 1;
+                    match self.fail.and_then(|f| f(*n, r)) {
+                        Some(code) => Some((code.to_owned(), "injected".to_owned())),
+                        None => {
+                            accepted.push(r.to_vec());
+                            None
+                        }
+                    }
+                })
+                .collect())
+        }
+    }
+
+    fn settings() -> DeliverySettings {
+        DeliverySettings {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            ..DeliverySettings::default()
+        }
+    }
+
+    fn rows(values: impl IntoIterator<Item = String>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let values: Vec<String> = values.into_iter().collect();
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))]).unwrap()
+    }
+
+    struct Harness {
+        sink: FirehoseSink,
+        api: Arc<Fake>,
+        acks: mpsc::UnboundedReceiver<TrackerMsg>,
+        acks_tx: mpsc::UnboundedSender<TrackerMsg>,
+        errors: mpsc::Receiver<OutputBatch>,
+    }
+
+    fn harness(api: Fake) -> Harness {
+        let api = Arc::new(api);
+        let mut sink = FirehoseSink::with_api(
+            "firehose:test".into(),
+            Arc::clone(&api) as Arc<dyn FirehoseApi>,
+            OutputFormat::JsonLines,
+            settings(),
+        );
+        let (etx, errors) = mpsc::channel(64);
+        sink.set_error_output(ErrorOutput::new(etx));
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        Harness {
+            sink,
+            api,
+            acks,
+            acks_tx,
+            errors,
+        }
+    }
+
+    impl Harness {
+        async fn write(&mut self, seq: u64, batch: RecordBatch) -> Result<()> {
+            self.sink
+                .write(OutputBatch {
+                    stream: Arc::from("DESTINATION_SQL_STREAM"),
+                    data: OutputData::Rows(batch),
+                    ack: Ack::new(seq, Some(self.acks_tx.clone())),
+                })
+                .await
+        }
+
+        fn done(&mut self) -> Vec<AckEvent> {
+            let mut v = Vec::new();
+            while let Ok(m) = self.acks.try_recv() {
+                if let TrackerMsg::Done(e) = m {
+                    v.push(e);
+                }
+            }
+            v
+        }
+
+        /// Error rows received so far, acknowledged as the error sink would.
+        fn error_rows(&mut self) -> Vec<(String, String)> {
+            let mut out = Vec::new();
+            while let Ok(b) = self.errors.try_recv() {
+                let OutputData::Rows(rows) = &b.data else {
+                    panic!("rows")
+                };
+                let kind = rows.column_by_name("kind").unwrap();
+                let raw = rows.column_by_name("raw_data").unwrap();
+                use arrow::array::AsArray;
+                for i in 0..rows.num_rows() {
+                    out.push((
+                        kind.as_string::<i32>().value(i).to_owned(),
+                        raw.as_string::<i32>().value(i).to_owned(),
+                    ));
+                }
+                b.ack.acknowledge();
+            }
+            out
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_respect_the_record_and_byte_limits_and_oversized_records_are_errors() {
+        let mut h = harness(Fake::default());
+        // 1,234 small rows, 9 of ~600 KiB (only 6 fit in 4 MiB), 1 over the record limit.
+        let mut values: Vec<String> = (0..1234).map(|i| format!("r{i}")).collect();
+        values.extend((0..9).map(|i| format!("{i}{}", "x".repeat(600 * 1024))));
+        values.push("y".repeat(MAX_RECORD_BYTES + 1));
+        h.write(1, rows(values)).await.unwrap();
+        h.sink.flush().await.unwrap();
+        let calls = h.api.calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().sum::<usize>(), 1234 + 9);
+        assert!(
+            calls.iter().all(|&n| n <= MAX_RECORDS_PER_CALL),
+            "{calls:?}"
+        );
+        let errors = h.error_rows();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "oversized");
+        assert_eq!(
+            h.done(),
+            vec![AckEvent {
+                seq: 1,
+                failed: false
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_records_are_resent_alone_until_accepted() {
+        // Every record fails its first attempt, and one in three its second.
+        let mut h = harness(Fake {
+            fail: Some(|attempt, r| {
+                (attempt == 1 || (attempt == 2 && r.len() % 3 == 0))
+                    .then_some("ServiceUnavailableException")
+            }),
+            ..Fake::default()
+        });
+        let values: Vec<String> = (0..700).map(|i| format!("row-{i}")).collect();
+        h.write(7, rows(values.clone())).await.unwrap();
+        h.sink.flush().await.unwrap();
+        let mut accepted: Vec<String> = h
+            .api
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8(r.clone()).unwrap())
+            .collect();
+        accepted.sort();
+        let mut want: Vec<String> = values
+            .iter()
+            .map(|v| format!("{{\"v\":\"{v}\"}}\n"))
+            .collect();
+        want.sort();
+        assert_eq!(accepted, want, "each record accepted exactly once");
+        // The second attempt carried only the records that failed the first.
+        let calls = h.api.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.iter().sum::<usize>(),
+            700 * 2 + accepted.iter().filter(|r| (r.len()) % 3 == 0).count()
+        );
+        assert!(h.error_rows().is_empty());
+        assert_eq!(
+            h.done(),
+            vec![AckEvent {
+                seq: 7,
+                failed: false
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_out_of_attempts_go_to_the_error_output_with_their_code() {
+        let mut h = harness(Fake {
+            fail: Some(|_, r| r.starts_with(b"{\"v\":\"bad").then_some("InternalFailure")),
+            ..Fake::default()
+        });
+        h.write(3, rows(["good-1".into(), "bad-1".into(), "good-2".into()]))
+            .await
+            .unwrap();
+        h.sink.flush().await.unwrap();
+        assert!(
+            h.done().is_empty(),
+            "not stored until the error output has it"
+        );
+        let errors = h.error_rows();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "InternalFailure");
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&errors[0].1)
+            .unwrap();
+        assert_eq!(raw, b"{\"v\":\"bad-1\"}\n");
+        // Exactly max_attempts calls carried the bad record.
+        assert_eq!(h.api.seen.lock().unwrap()[&raw], settings().max_attempts);
+        assert_eq!(
+            h.done(),
+            vec![AckEvent {
+                seq: 3,
+                failed: false
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_fails_the_sink_and_never_acknowledges() {
+        let mut h = harness(Fake {
+            fatal: true,
+            ..Fake::default()
+        });
+        h.write(9, rows(["a".into()])).await.unwrap();
+        let err = h.sink.flush().await.unwrap_err().to_string();
+        assert!(err.contains("no such delivery stream"), "{err}");
+        assert_eq!(
+            h.done(),
+            vec![AckEvent {
+                seq: 9,
+                failed: true
+            }]
+        );
+    }
+}
