@@ -76,8 +76,8 @@ pub use sink::{DeliverySettings, FirehoseSink, FirehoseSinkBuilder};
 #[cfg(feature = "aws")]
 pub mod firehose {
     pub use crate::sink::{
-        DeliverySettings, FirehoseSink, FirehoseSinkBuilder, MAX_BYTES_PER_CALL,
-        MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
+        plan_requests, DeliverySettings, FirehoseSink, FirehoseSinkBuilder, RequestPlan,
+        MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
     };
 }
 pub use source::{

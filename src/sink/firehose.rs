@@ -43,6 +43,50 @@ pub const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
 /// Largest record Firehose accepts: 1,000 KiB before base64 encoding (Firehose quotas).
 pub const MAX_RECORD_BYTES: usize = 1000 * 1024;
 
+/// Records grouped into PutRecordBatch requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestPlan {
+    /// Requests of at most [`MAX_RECORDS_PER_CALL`] records and [`MAX_BYTES_PER_CALL`] bytes, in
+    /// record order.
+    pub requests: Vec<Vec<Bytes>>,
+    /// Records over [`MAX_RECORD_BYTES`], which Firehose refuses.
+    pub oversized: Vec<Bytes>,
+}
+
+/// Groups encoded records into requests within the PutRecordBatch limits, greedily and in order.
+///
+/// ```
+/// use bytes::Bytes;
+/// use rivulet::firehose::{plan_requests, MAX_RECORDS_PER_CALL};
+///
+/// let plan = plan_requests((0..1200).map(|i| Bytes::from(format!("{i}\n"))));
+/// assert_eq!(plan.requests.len(), 3);
+/// assert!(plan.requests.iter().all(|r| r.len() <= MAX_RECORDS_PER_CALL));
+/// ```
+pub fn plan_requests(records: impl IntoIterator<Item = Bytes>) -> RequestPlan {
+    let mut plan = RequestPlan::default();
+    let mut request: Vec<Bytes> = Vec::new();
+    let mut request_bytes = 0usize;
+    for record in records {
+        if record.len() > MAX_RECORD_BYTES {
+            plan.oversized.push(record);
+            continue;
+        }
+        if request.len() == MAX_RECORDS_PER_CALL
+            || request_bytes + record.len() > MAX_BYTES_PER_CALL
+        {
+            plan.requests.push(std::mem::take(&mut request));
+            request_bytes = 0;
+        }
+        request_bytes += record.len();
+        request.push(record);
+    }
+    if !request.is_empty() {
+        plan.requests.push(request);
+    }
+    plan
+}
+
 /// How a sink retries and how much it sends at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliverySettings {
@@ -457,24 +501,11 @@ impl Sink for FirehoseSink {
                 })
                 .collect(),
         };
-        let mut oversized = Vec::new();
-        let mut request: Vec<Bytes> = Vec::new();
-        let mut request_bytes = 0usize;
-        for record in records {
-            if record.len() > MAX_RECORD_BYTES {
-                oversized.push(record);
-                continue;
-            }
-            if request.len() == MAX_RECORDS_PER_CALL
-                || request_bytes + record.len() > MAX_BYTES_PER_CALL
-            {
-                self.send(std::mem::take(&mut request), ack.split()).await?;
-                request_bytes = 0;
-            }
-            request_bytes += record.len();
-            request.push(record);
-        }
-        if !request.is_empty() {
+        let RequestPlan {
+            requests,
+            oversized,
+        } = plan_requests(records);
+        for request in requests {
             self.send(request, ack.split()).await?;
         }
         if !oversized.is_empty() {

@@ -23,8 +23,8 @@ pub use error_output::{error_schema, ErrorRecord, ErrorStage, ERROR_STREAM};
 pub use file::{FileSink, FileSinkBuilder};
 #[cfg(feature = "aws")]
 pub use firehose::{
-    DeliverySettings, FirehoseSink, FirehoseSinkBuilder, MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL,
-    MAX_RECORD_BYTES,
+    plan_requests, DeliverySettings, FirehoseSink, FirehoseSinkBuilder, RequestPlan,
+    MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
 };
 pub use memory::{MemorySink, MemorySinkHandle, NullSink};
 pub use stdout::StdoutSink;

@@ -615,6 +615,7 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
             throttle: 0.3,
             expire: 0.2,
             seed: 7,
+            ..Faults::default()
         },
     );
     let through = client(&proxy.endpoint());

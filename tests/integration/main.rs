@@ -2,6 +2,8 @@
 
 mod cli;
 #[cfg(feature = "aws")]
+mod firehose;
+#[cfg(feature = "aws")]
 mod kinesis;
 mod pipeline;
 mod sql_cases;

@@ -1,11 +1,14 @@
 //! A fault-injecting HTTP/1.1 proxy on a free 127.0.0.1 port, put in front of moto to check that a
-//! Kinesis consumer survives throttling and iterator expiry.
+//! Kinesis consumer survives throttling and iterator expiry, and that a Firehose sink survives
+//! throttled, failed and partially failed batches.
 //!
-//! Each `GetRecords` request is, with the configured probabilities, answered by the proxy itself
-//! with `ProvisionedThroughputExceededException` or `ExpiredIteratorException` (HTTP 400, as the
-//! service does); every other request, and the `GetRecords` requests that are let through, are
-//! forwarded unchanged to the upstream port. The draws come from a small PRNG seeded by the test,
-//! so a run is reproducible for a given order of requests.
+//! Each Kinesis `GetRecords` request is, with the configured probabilities, answered by the proxy
+//! itself with `ProvisionedThroughputExceededException` or `ExpiredIteratorException` (HTTP 400,
+//! as the service does). Each Firehose `PutRecordBatch` request is, likewise, answered by the proxy
+//! with `ServiceUnavailableException` (HTTP 503) or `InternalFailure` (HTTP 500); when let through,
+//! entries of moto's answer may be turned into per-record failures. Every other request, and the
+//! requests that are let through, are forwarded unchanged to the upstream port. The draws come
+//! from a small PRNG seeded by the test, so a run is reproducible for a given order of requests.
 //!
 //! Blocking std networking, one thread per client connection (tokio's `net` feature is not
 //! enabled). Sockets are read with a short timeout so that every thread notices when the proxy is
@@ -26,15 +29,41 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest message head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Probabilities, per `GetRecords` request, of answering with an injected error.
-#[derive(Debug, Clone, Copy)]
+/// The `X-Amz-Target` of Firehose's `PutRecordBatch`.
+const PUT_RECORD_BATCH: &str = "Firehose_20150804.PutRecordBatch";
+
+/// Probabilities of answering with an injected error. All zero by default (nothing injected).
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Faults {
-    /// Probability of `ProvisionedThroughputExceededException`.
+    /// Probability, per `GetRecords` request, of `ProvisionedThroughputExceededException`.
     pub(crate) throttle: f64,
-    /// Probability of `ExpiredIteratorException`.
+    /// Probability, per `GetRecords` request, of `ExpiredIteratorException`.
     pub(crate) expire: f64,
+    /// Probability, per `PutRecordBatch` request, of `ServiceUnavailableException` (HTTP 503,
+    /// nothing forwarded).
+    pub(crate) batch_throttle: f64,
+    /// Probability, per `PutRecordBatch` request, of `InternalFailure` (HTTP 500, nothing
+    /// forwarded).
+    pub(crate) batch_error: f64,
+    /// Probability, per record of a forwarded `PutRecordBatch`, that its entry of the answer is
+    /// turned into a `ServiceUnavailableException` failure. moto has stored that record all the
+    /// same: a retrying sink writes it twice, which the service allows too.
+    pub(crate) record_failure: f64,
     /// Seed of the PRNG that draws the faults.
     pub(crate) seed: u64,
+}
+
+/// What was injected into Firehose `PutRecordBatch` calls so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FirehoseInjected {
+    /// `PutRecordBatch` requests seen, injected into or not.
+    pub(crate) calls: u64,
+    /// Requests answered with `ServiceUnavailableException`.
+    pub(crate) throttled_calls: u64,
+    /// Requests answered with `InternalFailure`.
+    pub(crate) failed_calls: u64,
+    /// Entries of forwarded requests' answers turned into failures.
+    pub(crate) failed_records: u64,
 }
 
 /// A running proxy, stopped on drop.
@@ -49,9 +78,17 @@ struct Shared {
     upstream_port: u16,
     throttle: f64,
     expire: f64,
+    batch_throttle: f64,
+    batch_error: f64,
+    record_failure: f64,
     rng: Mutex<u64>,
     throttles: AtomicU64,
     expiries: AtomicU64,
+    batch_throttles: AtomicU64,
+    batch_errors: AtomicU64,
+    failed_records: AtomicU64,
+    /// Number of records in each `PutRecordBatch` request seen, in arrival order.
+    batch_sizes: Mutex<Vec<usize>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -59,21 +96,38 @@ struct Shared {
 enum Fault {
     Throttle,
     Expire,
+    SlowDown,
+    InternalFailure,
 }
 
 impl Fault {
     /// The whole HTTP response the service would send for this error.
     fn response(self) -> Vec<u8> {
-        let (kind, message) = match self {
+        let (status, kind, message) = match self {
             Fault::Throttle => (
+                "400 Bad Request",
                 "ProvisionedThroughputExceededException",
                 "Rate exceeded for shard (injected)",
             ),
-            Fault::Expire => ("ExpiredIteratorException", "Iterator expired (injected)"),
+            Fault::Expire => (
+                "400 Bad Request",
+                "ExpiredIteratorException",
+                "Iterator expired (injected)",
+            ),
+            Fault::SlowDown => (
+                "503 Service Unavailable",
+                "ServiceUnavailableException",
+                "Slow down (injected)",
+            ),
+            Fault::InternalFailure => (
+                "500 Internal Server Error",
+                "InternalFailure",
+                "Internal failure (injected)",
+            ),
         };
         let body = format!(r#"{{"__type":"{kind}","message":"{message}"}}"#);
         format!(
-            "HTTP/1.1 400 Bad Request\r\n\
+            "HTTP/1.1 {status}\r\n\
              Content-Type: application/x-amz-json-1.1\r\n\
              x-amzn-ErrorType: {kind}\r\n\
              Content-Length: {}\r\n\
@@ -95,11 +149,35 @@ fn splitmix64(state: &mut u64) -> u64 {
 }
 
 impl Shared {
+    fn new(upstream_port: u16, faults: Faults) -> Self {
+        Shared {
+            upstream_port,
+            throttle: faults.throttle,
+            expire: faults.expire,
+            batch_throttle: faults.batch_throttle,
+            batch_error: faults.batch_error,
+            record_failure: faults.record_failure,
+            rng: Mutex::new(faults.seed),
+            throttles: AtomicU64::new(0),
+            expiries: AtomicU64::new(0),
+            batch_throttles: AtomicU64::new(0),
+            batch_errors: AtomicU64::new(0),
+            failed_records: AtomicU64::new(0),
+            batch_sizes: Mutex::new(Vec::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The next draw of the PRNG, uniform in [0, 1).
+    fn uniform(&self) -> f64 {
+        let x = splitmix64(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner));
+        // 53 random bits.
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Draws whether to inject a fault into a `GetRecords` request, and counts it.
     fn draw(&self) -> Option<Fault> {
-        let x = splitmix64(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner));
-        // 53 random bits, uniform in [0, 1).
-        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let u = self.uniform();
         if u < self.throttle {
             self.throttles.fetch_add(1, Ordering::Relaxed);
             Some(Fault::Throttle)
@@ -110,6 +188,74 @@ impl Shared {
             None
         }
     }
+
+    /// Records a `PutRecordBatch` request (and its number of records), then draws whether to
+    /// answer it with an injected error, and counts it.
+    fn draw_batch(&self, request: &Message) -> Option<Fault> {
+        let records = serde_json::from_slice::<serde_json::Value>(&request.body)
+            .ok()
+            .and_then(|body| body.get("Records")?.as_array().map(Vec::len))
+            .unwrap_or(0);
+        self.batch_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(records);
+        let u = self.uniform();
+        if u < self.batch_throttle {
+            self.batch_throttles.fetch_add(1, Ordering::Relaxed);
+            Some(Fault::SlowDown)
+        } else if u < self.batch_throttle + self.batch_error {
+            self.batch_errors.fetch_add(1, Ordering::Relaxed);
+            Some(Fault::InternalFailure)
+        } else {
+            None
+        }
+    }
+
+    /// Turns entries of a successful `PutRecordBatch` answer into per-record failures, each with
+    /// probability `record_failure`, and counts them. Only the answer is changed: moto has
+    /// already stored every record, including those now reported as failed, so a sink that
+    /// retries them delivers them twice. The service may do the same (a record it reports as
+    /// failed can still have been stored), so duplicates are allowed and a test must accept them.
+    fn fail_records(&self, response: Message) -> Message {
+        if self.record_failure <= 0.0 || response.status() != Some(200) {
+            return response;
+        }
+        let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response.body) else {
+            return response;
+        };
+        let Some(entries) = body
+            .get_mut("RequestResponses")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return response;
+        };
+        let mut injected = 0u64;
+        for entry in entries.iter_mut() {
+            if self.uniform() < self.record_failure {
+                *entry = serde_json::json!({
+                    "ErrorCode": "ServiceUnavailableException",
+                    "ErrorMessage": "Slow down (injected)",
+                });
+                injected += 1;
+            }
+        }
+        if injected == 0 {
+            return response;
+        }
+        let failed = entries
+            .iter()
+            .filter(|entry| entry.get("ErrorCode").is_some())
+            .count();
+        body["FailedPutCount"] = serde_json::Value::from(failed);
+        self.failed_records.fetch_add(injected, Ordering::Relaxed);
+        let body = serde_json::to_vec(&body).expect("serialise a PutRecordBatch answer");
+        Message {
+            head: response.head,
+            body,
+        }
+        .with_content_length()
+    }
 }
 
 impl FaultProxy {
@@ -118,23 +264,20 @@ impl FaultProxy {
         assert!(
             faults.throttle >= 0.0
                 && faults.expire >= 0.0
-                && faults.throttle + faults.expire <= 1.0,
-            "fault probabilities must be >= 0 and add up to at most 1: {faults:?}"
+                && faults.throttle + faults.expire <= 1.0
+                && faults.batch_throttle >= 0.0
+                && faults.batch_error >= 0.0
+                && faults.batch_throttle + faults.batch_error <= 1.0
+                && (0.0..=1.0).contains(&faults.record_failure),
+            "fault probabilities must be >= 0, and add up to at most 1 per kind of request: \
+             {faults:?}"
         );
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
         let port = listener.local_addr().expect("fault proxy address").port();
         listener
             .set_nonblocking(true)
             .expect("non-blocking fault proxy listener");
-        let shared = Arc::new(Shared {
-            upstream_port,
-            throttle: faults.throttle,
-            expire: faults.expire,
-            rng: Mutex::new(faults.seed),
-            throttles: AtomicU64::new(0),
-            expiries: AtomicU64::new(0),
-            stop: Arc::new(AtomicBool::new(false)),
-        });
+        let shared = Arc::new(Shared::new(upstream_port, faults));
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -160,6 +303,26 @@ impl FaultProxy {
             self.shared.throttles.load(Ordering::Relaxed),
             self.shared.expiries.load(Ordering::Relaxed),
         )
+    }
+
+    /// What was injected into Firehose `PutRecordBatch` calls so far.
+    pub(crate) fn firehose_injected(&self) -> FirehoseInjected {
+        FirehoseInjected {
+            calls: self.put_record_batch_sizes().len() as u64,
+            throttled_calls: self.shared.batch_throttles.load(Ordering::Relaxed),
+            failed_calls: self.shared.batch_errors.load(Ordering::Relaxed),
+            failed_records: self.shared.failed_records.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The number of records in each `PutRecordBatch` request seen so far (injected into or
+    /// not), in arrival order.
+    pub(crate) fn put_record_batch_sizes(&self) -> Vec<usize> {
+        self.shared
+            .batch_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -213,13 +376,30 @@ fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         let close = request
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let get_records = request
-            .header("x-amz-target")
+        let target = request.header("x-amz-target");
+        let get_records = target
+            .as_deref()
             .is_some_and(|t| t.ends_with(".GetRecords"));
-        let fault = if get_records { shared.draw() } else { None };
+        let put_record_batch = target
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(PUT_RECORD_BATCH));
+        let fault = if get_records {
+            shared.draw()
+        } else if put_record_batch {
+            shared.draw_batch(&request)
+        } else {
+            None
+        };
         let reply = match fault {
             Some(fault) => fault.response(),
-            None => forward(&mut upstream, shared, &request)?,
+            None => {
+                let response = forward(&mut upstream, shared, &request)?;
+                if put_record_batch {
+                    shared.fail_records(response).into_bytes()
+                } else {
+                    response.into_bytes()
+                }
+            }
         };
         client.stream.write_all(&reply)?;
         client.stream.flush()?;
@@ -231,7 +411,7 @@ fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
 
 /// Sends `request` upstream and returns the response to give the client. A kept upstream
 /// connection that turns out to be closed is replaced by a fresh one, once.
-fn forward(upstream: &mut Option<Conn>, shared: &Shared, request: &Message) -> io::Result<Vec<u8>> {
+fn forward(upstream: &mut Option<Conn>, shared: &Shared, request: &Message) -> io::Result<Message> {
     loop {
         let reused = upstream.is_some();
         let mut conn = match upstream.take() {
@@ -246,7 +426,7 @@ fn forward(upstream: &mut Option<Conn>, shared: &Shared, request: &Message) -> i
                 if keep {
                     *upstream = Some(conn);
                 }
-                return Ok(response.into_bytes());
+                return Ok(response);
             }
             // Nothing came back on a kept connection the upstream had closed: retry on a new one.
             Ok(None) if reused => {}
@@ -428,6 +608,14 @@ impl Message {
             })
     }
 
+    /// The status code of a response.
+    fn status(&self) -> Option<u16> {
+        String::from_utf8_lossy(&self.head)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+    }
+
     fn chunked(&self) -> bool {
         self.header("transfer-encoding")
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
@@ -505,16 +693,12 @@ fn read_response(conn: &mut Conn) -> io::Result<Option<(Message, bool)>> {
             head,
             body: Vec::new(),
         };
-        let status: u16 = String::from_utf8_lossy(&response.head)
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "not an HTTP response: {:?}",
-                    String::from_utf8_lossy(&response.head)
-                ))
-            })?;
+        let status = response.status().ok_or_else(|| {
+            invalid(format!(
+                "not an HTTP response: {:?}",
+                String::from_utf8_lossy(&response.head)
+            ))
+        })?;
         if (100..200).contains(&status) {
             continue;
         }
@@ -560,9 +744,11 @@ mod tests {
 
     const JSON: &str = "application/x-amz-json-1.1";
 
-    /// A fake upstream serving one connection: the first response has a `Content-Length`, the
-    /// following ones are chunked. Every request received is sent on the channel.
-    fn fake_upstream() -> (u16, mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
+    /// A fake upstream serving one connection, answering the n-th request (from 0) with
+    /// `reply(n)`. Every request received is sent on the channel.
+    fn fake_upstream_answering(
+        reply: impl Fn(usize) -> String + Send + 'static,
+    ) -> (u16, mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake upstream");
         let port = listener.local_addr().expect("fake upstream address").port();
         let (tx, rx) = mpsc::channel();
@@ -572,32 +758,54 @@ mod tests {
             let mut served = 0;
             while let Some(request) = read_request(&mut conn).expect("read a request") {
                 tx.send(request.into_bytes()).expect("send the request");
-                let reply = if served == 0 {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nContent-Length: 11\r\n\r\n{{\"ok\":true}}"
-                    )
-                } else {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\r\n\
-                         5\r\n{{\"ok\"\r\n6\r\n:true}}\r\n0\r\n\r\n"
-                    )
-                };
-                served += 1;
                 conn.stream
-                    .write_all(reply.as_bytes())
+                    .write_all(reply(served).as_bytes())
                     .expect("write a response");
+                served += 1;
             }
         });
         (port, rx, handle)
     }
 
-    fn request(target: &str, body: &str) -> Vec<u8> {
+    /// A fake upstream serving one connection: the first response has a `Content-Length`, the
+    /// following ones are chunked. Every request received is sent on the channel.
+    fn fake_upstream() -> (u16, mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
+        fake_upstream_answering(|served| {
+            if served == 0 {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nContent-Length: 11\r\n\r\n{{\"ok\":true}}"
+                )
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     5\r\n{{\"ok\"\r\n6\r\n:true}}\r\n0\r\n\r\n"
+                )
+            }
+        })
+    }
+
+    /// A JSON-protocol request for the operation `target` (`Service_Version.Operation`).
+    fn amz_json_request(target: &str, body: &str) -> Vec<u8> {
         format!(
             "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {JSON}\r\n\
-             X-Amz-Target: Kinesis_20131202.{target}\r\nContent-Length: {}\r\n\r\n{body}",
+             X-Amz-Target: {target}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes()
+    }
+
+    /// A Kinesis request.
+    fn request(operation: &str, body: &str) -> Vec<u8> {
+        amz_json_request(&format!("Kinesis_20131202.{operation}"), body)
+    }
+
+    /// A `PutRecordBatch` request for `records` records.
+    fn put_record_batch(records: usize) -> Vec<u8> {
+        let records = vec![r#"{"Data":"YQ=="}"#; records].join(",");
+        amz_json_request(
+            PUT_RECORD_BATCH,
+            &format!(r#"{{"DeliveryStreamName":"d","Records":[{records}]}}"#),
+        )
     }
 
     /// Sends `bytes` on the client connection and reads the response.
@@ -623,8 +831,8 @@ mod tests {
             upstream_port,
             Faults {
                 throttle: 1.0,
-                expire: 0.0,
                 seed: 1,
+                ..Faults::default()
             },
         );
         let mut client = connect(&proxy);
@@ -670,9 +878,9 @@ mod tests {
         let proxy = FaultProxy::start(
             1,
             Faults {
-                throttle: 0.0,
                 expire: 1.0,
                 seed: 2,
+                ..Faults::default()
             },
         );
         let mut client = connect(&proxy);
@@ -686,15 +894,15 @@ mod tests {
 
     #[test]
     fn draws_faults_with_the_given_probabilities() {
-        let shared = Shared {
-            upstream_port: 1,
-            throttle: 0.3,
-            expire: 0.2,
-            rng: Mutex::new(42),
-            throttles: AtomicU64::new(0),
-            expiries: AtomicU64::new(0),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
+        let shared = Shared::new(
+            1,
+            Faults {
+                throttle: 0.3,
+                expire: 0.2,
+                seed: 42,
+                ..Faults::default()
+            },
+        );
         let draws: Vec<Option<Fault>> = (0..10_000).map(|_| shared.draw()).collect();
         let throttles = draws
             .iter()
@@ -705,5 +913,115 @@ mod tests {
         assert!((1_700..2_300).contains(&expiries), "{expiries} expiries");
         assert_eq!(shared.throttles.load(Ordering::Relaxed), throttles as u64);
         assert_eq!(shared.expiries.load(Ordering::Relaxed), expiries as u64);
+    }
+
+    #[test]
+    fn turns_put_record_batch_entries_into_failures() {
+        const ANSWER: &str = r#"{"FailedPutCount":0,"Encrypted":false,"RequestResponses":[{"RecordId":"a"},{"RecordId":"b"}]}"#;
+        let (upstream_port, forwarded, upstream) = fake_upstream_answering(|_| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nContent-Length: {}\r\n\r\n{ANSWER}",
+                ANSWER.len()
+            )
+        });
+        let proxy = FaultProxy::start(
+            upstream_port,
+            Faults {
+                record_failure: 1.0,
+                seed: 3,
+                ..Faults::default()
+            },
+        );
+        let mut client = connect(&proxy);
+
+        let batch = put_record_batch(2);
+        let response = round_trip(&mut client, &batch);
+        assert_eq!(
+            forwarded.recv().expect("forwarded request"),
+            batch,
+            "the request reaches the upstream unchanged"
+        );
+        assert!(response.head.starts_with(b"HTTP/1.1 200 "));
+        assert_eq!(response.header("content-type").as_deref(), Some(JSON));
+        assert_eq!(
+            response.content_length().expect("a valid Content-Length"),
+            Some(response.body.len())
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+        assert_eq!(body["FailedPutCount"], 2, "{body}");
+        assert_eq!(body["Encrypted"], false, "{body}");
+        let entries = body["RequestResponses"].as_array().expect("entries");
+        assert_eq!(entries.len(), 2, "{body}");
+        for entry in entries {
+            assert_eq!(entry["ErrorCode"], "ServiceUnavailableException", "{body}");
+            assert_eq!(entry["ErrorMessage"], "Slow down (injected)", "{body}");
+            assert!(entry.get("RecordId").is_none(), "{body}");
+        }
+        let injected = proxy.firehose_injected();
+        assert_eq!(injected.calls, 1);
+        assert_eq!(injected.throttled_calls, 0);
+        assert_eq!(injected.failed_calls, 0);
+        assert_eq!(injected.failed_records, 2);
+        assert_eq!(proxy.put_record_batch_sizes(), [2]);
+
+        drop(client);
+        drop(proxy);
+        upstream.join().expect("fake upstream");
+    }
+
+    #[test]
+    fn answers_put_record_batch_with_injected_errors() {
+        // Nothing is forwarded, so the upstream port is never used.
+        let throttling = FaultProxy::start(
+            1,
+            Faults {
+                batch_throttle: 1.0,
+                seed: 4,
+                ..Faults::default()
+            },
+        );
+        let mut client = connect(&throttling);
+        let response = round_trip(&mut client, &put_record_batch(3));
+        assert!(response.head.starts_with(b"HTTP/1.1 503 "));
+        assert_eq!(response.header("content-type").as_deref(), Some(JSON));
+        assert_eq!(
+            response.header("x-amzn-errortype").as_deref(),
+            Some("ServiceUnavailableException")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+        assert_eq!(body["__type"], "ServiceUnavailableException");
+        assert_eq!(body["message"], "Slow down (injected)");
+        // A second call, with no records.
+        let response = round_trip(&mut client, &put_record_batch(0));
+        assert!(response.head.starts_with(b"HTTP/1.1 503 "));
+        let injected = throttling.firehose_injected();
+        assert_eq!(injected.calls, 2);
+        assert_eq!(injected.throttled_calls, 2);
+        assert_eq!(injected.failed_calls, 0);
+        assert_eq!(injected.failed_records, 0);
+        assert_eq!(throttling.put_record_batch_sizes(), [3, 0]);
+
+        let failing = FaultProxy::start(
+            1,
+            Faults {
+                batch_error: 1.0,
+                seed: 5,
+                ..Faults::default()
+            },
+        );
+        let mut client = connect(&failing);
+        let response = round_trip(&mut client, &put_record_batch(1));
+        assert!(response.head.starts_with(b"HTTP/1.1 500 "));
+        assert_eq!(
+            response.header("x-amzn-errortype").as_deref(),
+            Some("InternalFailure")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+        assert_eq!(body["__type"], "InternalFailure");
+        assert_eq!(body["message"], "Internal failure (injected)");
+        let injected = failing.firehose_injected();
+        assert_eq!((injected.calls, injected.throttled_calls), (1, 0));
+        assert_eq!((injected.failed_calls, injected.failed_records), (1, 0));
+        assert_eq!(failing.put_record_batch_sizes(), [1]);
     }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod fault_proxy;
 pub(crate) mod moto;
+pub(crate) mod s3;
 
 use std::path::PathBuf;
 
