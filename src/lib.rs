@@ -33,6 +33,8 @@
 //! [`Pipeline`] ties them together, and [`PipelineConfig`] builds one from a TOML file.
 
 mod ack;
+#[cfg(feature = "aws")]
+mod aws;
 mod checkpoint;
 mod config;
 mod error;

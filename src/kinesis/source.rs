@@ -494,28 +494,10 @@ impl KinesisSourceBuilder {
         let client = match self.client {
             Some(c) => c,
             None => {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if let Some(region) = self.region {
-                    loader = loader.region(aws_config::Region::new(region));
-                }
-                if let Some(url) = self.endpoint {
-                    loader = loader.endpoint_url(url);
-                }
-                let shared = loader.load().await;
-                if shared.region().is_none() {
-                    return Err(Error::config(
-                        "source.region",
-                        "no AWS region: set it here or in AWS_REGION / the AWS profile",
-                    ));
-                }
+                let shared = crate::aws::load_config(self.region, self.endpoint, "source").await?;
                 let config = aws_sdk_kinesis::config::Builder::from(&shared)
-                    // The readers retry with their own back-off and count what they retry.
-                    .retry_config(aws_config::retry::RetryConfig::disabled())
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .operation_attempt_timeout(Duration::from_secs(30))
-                            .build(),
-                    )
+                    .retry_config(crate::aws::retry_config())
+                    .timeout_config(crate::aws::timeout_config())
                     .build();
                 aws_sdk_kinesis::Client::from_conf(config)
             }

@@ -423,6 +423,20 @@ impl Shared {
         Ok(())
     }
 
+    /// The error output, or why `what` cannot be kept without one.
+    fn error_output(&self, what: impl FnOnce() -> String) -> Result<ErrorOutput> {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                Error::sink(
+                    &self.name,
+                    format!("{}, and there is no error output to keep them", what()),
+                )
+            })
+    }
+
     /// Records that ran out of attempts go to the error output with their last error; the batch
     /// counts as stored once they are stored there.
     async fn give_up(
@@ -432,21 +446,10 @@ impl Shared {
         attempts: u32,
         ack: Ack,
     ) -> Result<()> {
-        let errors = self
-            .errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(errors) = errors else {
-            return Err(Error::sink(
-                &self.name,
-                format!(
-                    "{} records could not be delivered after {attempts} attempts and there is no \
-                     error output to keep them",
-                    failed.len()
-                ),
-            ));
-        };
+        let count = failed.len();
+        let errors = self.error_output(|| {
+            format!("{count} records could not be delivered after {attempts} attempts")
+        })?;
         tracing::warn!(
             sink = %self.name,
             records = failed.len(),
@@ -509,22 +512,12 @@ impl Sink for FirehoseSink {
             self.send(request, ack.split()).await?;
         }
         if !oversized.is_empty() {
-            let errors = self
-                .shared
-                .errors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            let Some(errors) = errors else {
-                return Err(Error::sink(
-                    &self.name,
-                    format!(
-                        "{} records are larger than Firehose's {MAX_RECORD_BYTES}-byte limit and \
-                         there is no error output to keep them",
-                        oversized.len()
-                    ),
-                ));
-            };
+            let errors = self.shared.error_output(|| {
+                format!(
+                    "{} records are larger than Firehose's {MAX_RECORD_BYTES}-byte limit",
+                    oversized.len()
+                )
+            })?;
             let now = now_ms();
             let rows = oversized
                 .into_iter()
@@ -595,28 +588,10 @@ impl FirehoseSinkBuilder {
         let client = match self.client {
             Some(c) => c,
             None => {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if let Some(region) = self.region {
-                    loader = loader.region(aws_config::Region::new(region));
-                }
-                if let Some(url) = self.endpoint {
-                    loader = loader.endpoint_url(url);
-                }
-                let shared = loader.load().await;
-                if shared.region().is_none() {
-                    return Err(Error::config(
-                        "sinks.region",
-                        "no AWS region: set it here or in AWS_REGION / the AWS profile",
-                    ));
-                }
+                let shared = crate::aws::load_config(self.region, self.endpoint, "sinks").await?;
                 let config = aws_sdk_firehose::config::Builder::from(&shared)
-                    // The sink retries record by record itself.
-                    .retry_config(aws_config::retry::RetryConfig::disabled())
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .operation_attempt_timeout(Duration::from_secs(30))
-                            .build(),
-                    )
+                    .retry_config(crate::aws::retry_config())
+                    .timeout_config(crate::aws::timeout_config())
                     .build();
                 aws_sdk_firehose::Client::from_conf(config)
             }

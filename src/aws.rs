@@ -1,0 +1,46 @@
+//! What every AWS client of rivulet shares: how its configuration is loaded and how it retries.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Longest time one attempt of a call may take before it counts as failed (and is retried).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Loads the AWS configuration from the SDK's default chain (environment, profile, web identity,
+/// container and instance credentials), with `region` and `endpoint` overriding it. `key` names
+/// the configuration entry in errors.
+pub(crate) async fn load_config(
+    region: Option<String>,
+    endpoint: Option<String>,
+    key: &str,
+) -> Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    if let Some(url) = endpoint {
+        loader = loader.endpoint_url(url);
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(Error::config(
+            format!("{key}.region"),
+            "no AWS region: set it here or in AWS_REGION / the AWS profile",
+        ));
+    }
+    Ok(config)
+}
+
+/// Clients of rivulet do not retry inside the SDK: the source and the sinks retry themselves, with
+/// their own back-off, record by record, and count what they retry.
+pub(crate) fn retry_config() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::disabled()
+}
+
+/// The per-attempt timeout of every call.
+pub(crate) fn timeout_config() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build()
+}
