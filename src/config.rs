@@ -69,6 +69,10 @@ use crate::{Error, Result};
 /// # max_retry_ms = 60000    # firehose: … or this long after a request's first call
 /// # max_concurrent_requests = 4
 ///
+/// [raw_copy]                # optional, any sink type: every input record as read, before decoding
+/// type = "firehose"
+/// delivery_stream = "raw-data"
+///
 /// [error_output]            # optional, any sink type; default: JSON lines on standard error
 /// type = "file"
 /// path = "errors.ndjson"
@@ -90,6 +94,8 @@ pub struct PipelineConfig {
     sinks: Vec<SinkConfig>,
     #[serde(default)]
     error_output: Option<SinkConfig>,
+    #[serde(default)]
+    raw_copy: Option<SinkConfig>,
     #[serde(default)]
     batch: BatchConfig,
     #[serde(default)]
@@ -523,6 +529,9 @@ impl PipelineConfig {
         if let Some(s) = &self.error_output {
             check_sink("error_output", s)?;
         }
+        if let Some(s) = &self.raw_copy {
+            check_sink("raw_copy", s)?;
+        }
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
         }
@@ -877,6 +886,9 @@ impl PipelineConfig {
         });
         if let Some(e) = &self.error_output {
             b = b.boxed_error_output(self.build_sink(e).await?);
+        }
+        if let Some(r) = &self.raw_copy {
+            b = b.boxed_raw_copy(self.build_sink(r).await?);
         }
         if let Some(c) = &self.checkpoint {
             b = b

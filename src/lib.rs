@@ -63,7 +63,7 @@ pub use format::{
 pub use metrics::{MetricsSnapshot, PartitionHealth, PipelineMetrics, SourceHealth};
 pub use pipeline::{
     BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle,
-    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CHECKPOINT_INTERVAL, RAW_STREAM,
 };
 pub use record::{Position, Record, RecordId};
 pub use sink::{

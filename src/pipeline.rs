@@ -48,6 +48,9 @@ const WINDOW_TICK: Duration = Duration::from_secs(1);
 /// How long schema inference waits for a first record from an idle source.
 const INFER_WAIT: Duration = Duration::from_secs(10);
 
+/// Name of the stream a raw-data copy receives.
+pub const RAW_STREAM: &str = "raw_data";
+
 /// Default time between checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -128,6 +131,7 @@ pub struct Pipeline {
     program: SqlProgram,
     sinks: Vec<(Arc<str>, Box<dyn Sink>)>,
     error_sink: Box<dyn Sink>,
+    raw_copy: Option<Box<dyn Sink>>,
     batch: BatchSettings,
     metrics: Arc<PipelineMetrics>,
     shutdown_tx: Arc<watch::Sender<bool>>,
@@ -176,6 +180,7 @@ pub struct PipelineBuilder {
     sql: String,
     sinks: Vec<(String, Box<dyn Sink>)>,
     error_sink: Option<Box<dyn Sink>>,
+    raw_copy: Option<Box<dyn Sink>>,
     batch: BatchSettings,
     watermark: WatermarkSettings,
     functions: SqlFunctions,
@@ -206,6 +211,7 @@ impl Pipeline {
             sql: "SELECT * FROM source".into(),
             sinks: Vec::new(),
             error_sink: None,
+            raw_copy: None,
             batch: BatchSettings::default(),
             watermark: WatermarkSettings::default(),
             functions: SqlFunctions::default(),
@@ -265,6 +271,7 @@ impl Pipeline {
             program,
             sinks,
             error_sink,
+            raw_copy,
             batch,
             metrics,
             shutdown_tx,
@@ -288,6 +295,12 @@ impl Pipeline {
             sink_txs.push((stream, tx));
             tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
         }
+        let raw_tx = raw_copy.map(|mut sink| {
+            sink.set_error_output(ErrorOutput::new(error_tx.clone()));
+            let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
+            tasks.spawn(run_sink(sink, rx, Arc::new(PipelineMetrics::default())));
+            tx
+        });
         tasks.spawn(run_sink(
             error_sink,
             error_rx,
@@ -301,6 +314,7 @@ impl Pipeline {
             program,
             sinks: sink_txs,
             errors: error_tx,
+            raw: raw_tx,
             settings: batch,
             metrics: Arc::clone(&metrics),
             seq: 0,
@@ -453,6 +467,20 @@ impl PipelineBuilder {
     /// Where records that cannot be processed go (default: JSON lines on standard error).
     pub fn error_output(mut self, sink: impl Sink + 'static) -> Self {
         self.error_sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Copies every input record, as read and before any decoding, to `sink` (the original
+    /// solution's raw-data delivery stream). A micro-batch counts as stored only once its copy is
+    /// stored too, so the copy loses nothing either.
+    pub fn raw_copy(mut self, sink: impl Sink + 'static) -> Self {
+        self.raw_copy = Some(Box::new(sink));
+        self
+    }
+
+    /// The raw-data copy's sink, already boxed.
+    pub fn boxed_raw_copy(mut self, sink: Box<dyn Sink>) -> Self {
+        self.raw_copy = Some(sink);
         self
     }
 
@@ -678,6 +706,7 @@ impl PipelineBuilder {
             error_sink: self
                 .error_sink
                 .unwrap_or_else(|| Box::new(crate::sink::StdoutSink::stderr(Default::default()))),
+            raw_copy: self.raw_copy,
             batch: self.batch,
             metrics: Arc::new(PipelineMetrics::default()),
             shutdown_tx: Arc::new(shutdown_tx),
@@ -847,6 +876,8 @@ struct Processing {
     program: SqlProgram,
     sinks: Vec<(Arc<str>, mpsc::Sender<OutputBatch>)>,
     errors: mpsc::Sender<OutputBatch>,
+    /// The raw-data copy: every record as read, before any decoding.
+    raw: Option<mpsc::Sender<OutputBatch>>,
     settings: BatchSettings,
     metrics: Arc<PipelineMetrics>,
     seq: u64,
@@ -1000,6 +1031,17 @@ impl Processing {
         // Registered before any output exists, so the tracker knows the batch before its acks.
         let _ = self.tracker.send(TrackerMsg::Register(seq, position));
         let root = Ack::new(seq, Some(self.tracker.clone()));
+        if let (Some(raw), false) = (&self.raw, records.is_empty()) {
+            // The batch counts as stored only once its raw copy is stored too.
+            let copy = OutputBatch {
+                stream: Arc::from(RAW_STREAM),
+                data: OutputData::Encoded(records.iter().map(|r| r.payload().clone()).collect()),
+                ack: root.split(),
+            };
+            raw.send(copy).await.map_err(|_| {
+                Error::Pipeline("the raw-data copy stopped while the pipeline was running".into())
+            })?;
+        }
         let mut errors: Vec<ErrorRecord> = Vec::new();
         let output: SqlOutput = match step {
             Step::Batch | Step::Cut => {

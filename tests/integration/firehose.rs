@@ -32,8 +32,8 @@ fn client(endpoint: &str) -> Client {
     Client::from_conf(conf)
 }
 
-/// A bucket and a delivery stream writing into it.
-async fn delivery_stream(moto: &MotoServer, name: &str) {
+/// A bucket and a delivery stream writing into it under `prefix`.
+async fn delivery_stream(moto: &MotoServer, name: &str, prefix: &str) {
     s3::create_bucket(moto.port(), BUCKET);
     client(&moto.endpoint())
         .create_delivery_stream()
@@ -42,7 +42,7 @@ async fn delivery_stream(moto: &MotoServer, name: &str) {
             ExtendedS3DestinationConfiguration::builder()
                 .bucket_arn(format!("arn:aws:s3:::{BUCKET}"))
                 .role_arn("arn:aws:iam::123456789012:role/firehose-delivery")
-                .prefix("out/")
+                .prefix(prefix)
                 .build()
                 .unwrap(),
         )
@@ -51,11 +51,13 @@ async fn delivery_stream(moto: &MotoServer, name: &str) {
         .expect("create delivery stream");
 }
 
-/// Every line of every object in the bucket.
-fn delivered_lines(moto: &MotoServer) -> Vec<String> {
+/// Every line of every object in the bucket under `prefix`.
+fn delivered_lines(moto: &MotoServer, prefix: &str) -> Vec<String> {
     let mut lines = Vec::new();
     for key in s3::list_keys(moto.port(), BUCKET) {
-        assert!(key.starts_with("out/"), "{key}");
+        if !key.starts_with(prefix) {
+            continue;
+        }
         let body = String::from_utf8(s3::get_object(moto.port(), BUCKET, &key)).unwrap();
         assert!(body.ends_with('\n'), "records are newline-terminated");
         lines.extend(body.lines().map(str::to_owned));
@@ -110,7 +112,7 @@ async fn every_record_reaches_s3_exactly_as_sent() {
     let Some(moto) = MotoServer::start() else {
         return;
     };
-    delivery_stream(&moto, "clean").await;
+    delivery_stream(&moto, "clean", "out/").await;
     let sink = FirehoseSink::builder("clean")
         .client(client(&moto.endpoint()))
         .build()
@@ -120,7 +122,7 @@ async fn every_record_reaches_s3_exactly_as_sent() {
     assert_eq!(sent.len() as u64, RECORDS);
     assert_eq!(errors.num_rows(), 0);
     assert_eq!(report.committed.get("generator"), Some("3000"));
-    let mut delivered = delivered_lines(&moto);
+    let mut delivered = delivered_lines(&moto, "out/");
     sent.sort();
     delivered.sort();
     assert_eq!(delivered, sent);
@@ -131,7 +133,7 @@ async fn partial_failures_and_failed_calls_lose_nothing_and_retry_within_bounds(
     let Some(moto) = MotoServer::start() else {
         return;
     };
-    delivery_stream(&moto, "flaky").await;
+    delivery_stream(&moto, "flaky", "out/").await;
     let proxy = FaultProxy::start(
         moto.port(),
         Faults {
@@ -177,7 +179,8 @@ async fn partial_failures_and_failed_calls_lose_nothing_and_retry_within_bounds(
 
     // Each record is in S3 (a record reported failed may be there too: moto stored it) or in
     // the error output with the code of its last failure.
-    let delivered: std::collections::HashSet<String> = delivered_lines(&moto).into_iter().collect();
+    let delivered: std::collections::HashSet<String> =
+        delivered_lines(&moto, "out/").into_iter().collect();
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut in_errors = std::collections::HashSet::new();
     for b in errors.batches() {
@@ -201,4 +204,58 @@ async fn partial_failures_and_failed_calls_lose_nothing_and_retry_within_bounds(
     }
     // With these fault rates about one record in 20 fails three times running.
     assert!(!in_errors.is_empty(), "no record ran out of attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_copy_holds_every_input_record_as_read() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    delivery_stream(&moto, "raw", "raw/").await;
+    let generator = || {
+        GeneratorSource::builder()
+            .with_limit(Some(2000))
+            .with_start_time_ms(Some(1_700_000_000_000))
+            .build()
+            .unwrap()
+    };
+    // The input, as the generator makes it (it is deterministic for a seed and start time).
+    let mut input = Vec::new();
+    let mut g = generator();
+    while let Some(batch) = rivulet::Source::next_batch(&mut g).await.unwrap() {
+        input.extend(
+            batch
+                .records
+                .iter()
+                .map(|r| String::from_utf8(r.payload().to_vec()).unwrap()),
+        );
+    }
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let report = Pipeline::builder()
+        .source(generator())
+        .sql("SELECT ticker_symbol FROM source WHERE sector = 'TECHNOLOGY'")
+        .sink(out)
+        .raw_copy(
+            FirehoseSink::builder("raw")
+                .client(client(&moto.endpoint()))
+                .build()
+                .await
+                .unwrap(),
+        )
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.committed.get("generator"), Some("2000"));
+    assert!(
+        rows.num_rows() < input.len(),
+        "the query filters; the copy does not"
+    );
+    let mut copied = delivered_lines(&moto, "raw/");
+    copied.sort();
+    input.sort();
+    assert_eq!(copied, input);
 }
