@@ -1049,6 +1049,7 @@ impl Processing {
                 let decoded = self.decoder.decode(&records)?;
                 errors.extend(decoded.failures.iter().map(|f| ErrorRecord {
                     stage: ErrorStage::Decode,
+                    attempts: 1,
                     kind: f.kind.as_str().to_owned(),
                     reason: f.reason.clone(),
                     record: records[f.index].clone(),
@@ -1073,6 +1074,7 @@ impl Processing {
                     };
                     errors.push(ErrorRecord {
                         stage: ErrorStage::Sql,
+                        attempts: 1,
                         kind: issue.kind.clone(),
                         reason: issue.reason.clone(),
                         record,
@@ -1108,6 +1110,7 @@ impl Processing {
             for issue in &output.issues {
                 errors.push(ErrorRecord {
                     stage: ErrorStage::Sql,
+                    attempts: 1,
                     kind: issue.kind.clone(),
                     reason: issue.reason.clone(),
                     record: derived_record(issue.row.as_ref())?,

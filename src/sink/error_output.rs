@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use base64::Engine as _;
 
 use crate::record::Record;
@@ -38,54 +38,60 @@ impl ErrorStage {
 pub struct ErrorRecord {
     /// The failing stage.
     pub stage: ErrorStage,
-    /// A short stable category, e.g. `malformed`, `oversized`, `bad_rowtime`, `late`.
+    /// A short stable category, e.g. `malformed`, `oversized`, `bad_rowtime`, `late`, or the
+    /// service's error code for a record a sink could not deliver.
     pub kind: String,
     /// A human-readable reason.
     pub reason: String,
+    /// How many times the stage tried (1 for decoding and SQL; the calls made by a sink).
+    pub attempts: u32,
     /// The record as it came from the source (payload and metadata, shared, not copied).
     pub record: Record,
 }
 
-/// Schema of error-output batches.
+/// Schema of error-output batches, shaped like the processing-failed records Firehose writes (so
+/// tools that read those read these), plus where the record came from.
 ///
 /// | column | type | meaning |
 /// | --- | --- | --- |
-/// | `error_time` | timestamp(ms, UTC) | when the failure was seen |
+/// | `attemptsMade` | int64 | tries before giving up |
+/// | `arrivalTimestamp` | int64 | the record's arrival (`ROWTIME`), milliseconds since the epoch |
+/// | `errorCode` | utf8 | stable category: `malformed`, `oversized`, `bad_rowtime`, `sql`, `late`, `bad_time`, or a service error code |
+/// | `errorMessage` | utf8 | what is wrong |
+/// | `attemptEndingTimestamp` | int64 | when the last try failed, milliseconds since the epoch |
+/// | `rawData` | utf8 | the payload, base64 (lossless) |
 /// | `stage` | utf8 | `decode`, `sql`, `sink` |
-/// | `kind` | utf8 | stable category |
-/// | `reason` | utf8 | what is wrong |
-/// | `raw_data` | utf8 | the payload, base64 (lossless, as Firehose reports failed records) |
-/// | `partition_key`, `shard_id`, `sequence_number` | utf8, nullable | source metadata |
-/// | `sub_sequence_number` | uint64, nullable | KPL sub-record index |
-/// | `arrival_time` | timestamp(ms, UTC) | the record's `ROWTIME` |
+/// | `recordId` | utf8, nullable | `shard/sequence/sub-sequence`, when the source has them |
+/// | `partitionKey`, `shardId`, `sequenceNumber` | utf8, nullable | source metadata |
+/// | `subSequenceNumber` | uint64, nullable | KPL sub-record index |
 pub fn error_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
-        Field::new("error_time", ts.clone(), false),
+        Field::new("attemptsMade", DataType::Int64, false),
+        Field::new("arrivalTimestamp", DataType::Int64, false),
+        Field::new("errorCode", DataType::Utf8, false),
+        Field::new("errorMessage", DataType::Utf8, false),
+        Field::new("attemptEndingTimestamp", DataType::Int64, false),
+        Field::new("rawData", DataType::Utf8, false),
         Field::new("stage", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("raw_data", DataType::Utf8, false),
-        Field::new("partition_key", DataType::Utf8, true),
-        Field::new("shard_id", DataType::Utf8, true),
-        Field::new("sequence_number", DataType::Utf8, true),
-        Field::new("sub_sequence_number", DataType::UInt64, true),
-        Field::new("arrival_time", ts, false),
+        Field::new("recordId", DataType::Utf8, true),
+        Field::new("partitionKey", DataType::Utf8, true),
+        Field::new("shardId", DataType::Utf8, true),
+        Field::new("sequenceNumber", DataType::Utf8, true),
+        Field::new("subSequenceNumber", DataType::UInt64, true),
     ]))
 }
 
 impl ErrorRecord {
-    /// Builds the error-output batch for `errors`, stamped with `now_ms`.
+    /// Builds the error-output batch for `errors`, whose last tries failed at `now_ms`.
     pub fn to_batch(errors: &[ErrorRecord], now_ms: i64) -> RecordBatch {
         let b64 = base64::engine::general_purpose::STANDARD;
         let n = errors.len();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(
-                TimestampMillisecondArray::from_iter_values(std::iter::repeat_n(now_ms, n))
-                    .with_timezone("UTC"),
-            ),
-            Arc::new(StringArray::from_iter_values(
-                errors.iter().map(|e| e.stage.as_str()),
+            Arc::new(Int64Array::from_iter_values(
+                errors.iter().map(|e| i64::from(e.attempts)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                errors.iter().map(|e| e.record.arrival_time_ms()),
             )),
             Arc::new(StringArray::from_iter_values(
                 errors.iter().map(|e| e.kind.as_str()),
@@ -93,8 +99,17 @@ impl ErrorRecord {
             Arc::new(StringArray::from_iter_values(
                 errors.iter().map(|e| e.reason.as_str()),
             )),
+            Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(now_ms, n))),
             Arc::new(StringArray::from_iter_values(
                 errors.iter().map(|e| b64.encode(e.record.payload())),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                errors.iter().map(|e| e.stage.as_str()),
+            )),
+            Arc::new(StringArray::from_iter(
+                errors
+                    .iter()
+                    .map(|e| e.record.id().map(|id| id.to_string())),
             )),
             Arc::new(StringArray::from_iter(
                 errors.iter().map(|e| e.record.partition_key()),
@@ -108,12 +123,6 @@ impl ErrorRecord {
             Arc::new(UInt64Array::from_iter(
                 errors.iter().map(|e| e.record.sub_sequence_number()),
             )),
-            Arc::new(
-                TimestampMillisecondArray::from_iter_values(
-                    errors.iter().map(|e| e.record.arrival_time_ms()),
-                )
-                .with_timezone("UTC"),
-            ),
         ];
         RecordBatch::try_new(error_schema(), columns)
             .expect("error columns are built to match the error schema")
@@ -134,16 +143,36 @@ mod tests {
                 stage: ErrorStage::Decode,
                 kind: "malformed".into(),
                 reason: "invalid JSON".into(),
+                attempts: 1,
                 record: rec,
             }],
             9,
         );
-        let raw = batch.column(4).as_string::<i32>().value(0);
+        let col = |name: &str| batch.column_by_name(name).unwrap();
+        let raw = col("rawData").as_string::<i32>().value(0);
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(raw)
             .unwrap();
         assert_eq!(decoded, b"\xff\x00bad");
-        assert_eq!(batch.column(5).as_string::<i32>().value(0), "pk");
-        assert!(batch.column(6).is_null(0));
+        assert_eq!(col("partitionKey").as_string::<i32>().value(0), "pk");
+        assert!(col("shardId").is_null(0) && col("recordId").is_null(0));
+        assert_eq!(
+            col("arrivalTimestamp")
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            5
+        );
+        assert_eq!(
+            col("attemptEndingTimestamp")
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            9
+        );
+        assert_eq!(
+            col("attemptsMade")
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            1
+        );
     }
 }

@@ -461,6 +461,7 @@ impl Shared {
             .into_iter()
             .map(|(i, (code, message))| ErrorRecord {
                 stage: ErrorStage::Sink,
+                attempts,
                 kind: code,
                 reason: format!("{} after {attempts} attempts: {message}", self.name),
                 record: Record::new(records[i].clone(), now),
@@ -523,6 +524,7 @@ impl Sink for FirehoseSink {
                 .into_iter()
                 .map(|r| ErrorRecord {
                     stage: ErrorStage::Sink,
+                    attempts: 0,
                     kind: "oversized".into(),
                     reason: format!(
                         "{} bytes: larger than Firehose's limit of {MAX_RECORD_BYTES} bytes per record",
@@ -732,8 +734,8 @@ mod tests {
                 let OutputData::Rows(rows) = &b.data else {
                     panic!("rows")
                 };
-                let kind = rows.column_by_name("kind").unwrap();
-                let raw = rows.column_by_name("raw_data").unwrap();
+                let kind = rows.column_by_name("errorCode").unwrap();
+                let raw = rows.column_by_name("rawData").unwrap();
                 use arrow::array::AsArray;
                 for i in 0..rows.num_rows() {
                     out.push((

@@ -57,7 +57,7 @@ fn replay_to_stdout_gives_the_expected_json_lines() {
     let expected = std::fs::read_to_string(data("replay_filter.expected.ndjson")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
     // The line that is not JSON went to the error output (standard error here), not nowhere.
-    assert!(stderr.contains("\"kind\":\"malformed\""), "{stderr}");
+    assert!(stderr.contains("\"errorCode\":\"malformed\""), "{stderr}");
 }
 
 #[test]
@@ -77,8 +77,8 @@ fn replay_to_output_dir_writes_one_file_per_stream() {
     let errors = std::fs::read_to_string(dir.path().join("error_stream.ndjson")).unwrap();
     assert_eq!(errors.lines().count(), 1);
     let e: serde_json::Value = serde_json::from_str(errors.trim()).unwrap();
-    assert_eq!(e["kind"], "malformed");
-    assert_eq!(e["raw_data"], "bm90IGpzb24gYXQgYWxs"); // base64 of "not json at all"
+    assert_eq!(e["errorCode"], "malformed");
+    assert_eq!(e["rawData"], "bm90IGpzb24gYXQgYWxs"); // base64 of "not json at all"
 }
 
 #[test]

@@ -184,8 +184,8 @@ async fn partial_failures_and_failed_calls_lose_nothing_and_retry_within_bounds(
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut in_errors = std::collections::HashSet::new();
     for b in errors.batches() {
-        let kind = b.column_by_name("kind").unwrap().as_string::<i32>();
-        let raw = b.column_by_name("raw_data").unwrap().as_string::<i32>();
+        let kind = b.column_by_name("errorCode").unwrap().as_string::<i32>();
+        let raw = b.column_by_name("rawData").unwrap().as_string::<i32>();
         for i in 0..b.num_rows() {
             assert!(
                 ["ServiceUnavailableException", "InternalFailure"].contains(&kind.value(i)),

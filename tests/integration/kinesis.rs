@@ -530,10 +530,10 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
     for b in errors.batches() {
         let col = |n: &str| Arc::clone(b.column_by_name(n).unwrap());
         let (raw, pk, seq, sub) = (
-            col("raw_data"),
-            col("partition_key"),
-            col("sequence_number"),
-            col("sub_sequence_number"),
+            col("rawData"),
+            col("partitionKey"),
+            col("sequenceNumber"),
+            col("subSequenceNumber"),
         );
         let sub = sub.as_primitive::<arrow::datatypes::UInt64Type>();
         for i in 0..b.num_rows() {

@@ -274,11 +274,14 @@ async fn bad_records_reach_the_error_output_and_good_ones_are_kept() {
     assert_eq!(good, vec![1.5, 3.5, 5.5]);
     let errs = error_rows.batches();
     let errs = arrow::compute::concat_batches(&errs[0].schema(), &errs).unwrap();
-    let kinds: Vec<&str> = errs.column(2).as_string::<i32>().iter().flatten().collect();
+    let col = |name: &str| errs.column_by_name(name).unwrap().as_string::<i32>();
+    let kinds: Vec<&str> = col("errorCode").iter().flatten().collect();
     assert_eq!(kinds, vec!["malformed", "malformed"]);
-    let seqs: Vec<&str> = errs.column(7).as_string::<i32>().iter().flatten().collect();
+    let seqs: Vec<&str> = col("sequenceNumber").iter().flatten().collect();
     assert_eq!(seqs, vec!["2", "4"]);
-    assert!(errs.column(3).as_string::<i32>().value(0).contains("JSON"));
+    let ids: Vec<&str> = col("recordId").iter().flatten().collect();
+    assert_eq!(ids, vec!["shard-0/2/0", "shard-0/4/0"]);
+    assert!(col("errorMessage").value(0).contains("JSON"));
     // Acknowledgements drove the commits, in order, up to the last record.
     let commits = commits.lock().unwrap();
     assert_eq!(commits.last().unwrap().get("shard-0"), Some("5"));

@@ -88,13 +88,13 @@ fn error_rows(path: &Path) -> Vec<Value> {
     read_rows(path)
         .into_iter()
         .map(|row| {
-            let raw = row["raw_data"].as_str().unwrap_or_default();
+            let raw = row["rawData"].as_str().unwrap_or_default();
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(raw)
                 .unwrap_or_default();
             let record: Value = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            serde_json::json!({ "kind": row["kind"], "record": record })
+            serde_json::json!({ "kind": row["errorCode"], "record": record })
         })
         .collect()
 }

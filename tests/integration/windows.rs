@@ -424,9 +424,9 @@ async fn late_rows_are_counted_and_reach_the_error_output_with_their_record() {
         .collect();
     assert_eq!(counts, vec![1, 2]);
     let e = &error_rows.batches()[0];
-    let kind = e.column_by_name("kind").unwrap().as_string::<i32>();
+    let kind = e.column_by_name("errorCode").unwrap().as_string::<i32>();
     assert_eq!(kind.value(0), "late");
-    let raw = e.column_by_name("raw_data").unwrap().as_string::<i32>();
+    let raw = e.column_by_name("rawData").unwrap().as_string::<i32>();
     use base64::Engine as _;
     let payload = base64::engine::general_purpose::STANDARD
         .decode(raw.value(0))
