@@ -18,22 +18,17 @@
 //! stored in the error output. Records can arrive more than once (a call that fails after Firehose
 //! stored some of it is sent again), as with Firehose itself; ordering across requests is not kept.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
 
-use super::{ErrorOutput, ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink};
-use crate::ack::Ack;
+use super::delivery::{
+    plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+};
+use super::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::format::{Encoder, OutputFormat};
 use crate::record::Record;
-use crate::source::now_ms;
 use crate::{Error, Result};
 
 /// Most records in one PutRecordBatch call (Firehose API reference, PutRecordBatch).
@@ -64,108 +59,29 @@ pub struct RequestPlan {
 /// assert!(plan.requests.iter().all(|r| r.len() <= MAX_RECORDS_PER_CALL));
 /// ```
 pub fn plan_requests(records: impl IntoIterator<Item = Bytes>) -> RequestPlan {
-    let mut plan = RequestPlan::default();
-    let mut request: Vec<Bytes> = Vec::new();
-    let mut request_bytes = 0usize;
-    for record in records {
-        if record.len() > MAX_RECORD_BYTES {
-            plan.oversized.push(record);
-            continue;
-        }
-        if request.len() == MAX_RECORDS_PER_CALL
-            || request_bytes + record.len() > MAX_BYTES_PER_CALL
-        {
-            plan.requests.push(std::mem::take(&mut request));
-            request_bytes = 0;
-        }
-        request_bytes += record.len();
-        request.push(record);
-    }
-    if !request.is_empty() {
-        plan.requests.push(request);
-    }
-    plan
-}
-
-/// How a sink retries and how much it sends at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeliverySettings {
-    /// Calls made for one record before it goes to the error output (default 8).
-    pub max_attempts: u32,
-    /// Time after the first call of a request after which failed records go to the error output
-    /// (default 60 s).
-    pub max_retry_time: Duration,
-    /// Requests in flight at once (default 4); more output waits.
-    pub max_concurrent_requests: usize,
-    /// First back-off after a failure (default 100 ms); doubles up to `max_backoff`, jittered.
-    pub initial_backoff: Duration,
-    /// Longest back-off (default 5 s).
-    pub max_backoff: Duration,
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        Self {
-            max_attempts: 8,
-            max_retry_time: Duration::from_secs(60),
-            max_concurrent_requests: 4,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-        }
+    let (requests, oversized) = plan(records, LIMITS);
+    RequestPlan {
+        requests,
+        oversized,
     }
 }
 
-impl DeliverySettings {
-    pub(crate) fn validate(&self, key: &str) -> Result<()> {
-        if self.max_attempts == 0 {
-            return Err(Error::config(
-                format!("{key}.max_attempts"),
-                "must be at least 1",
-            ));
-        }
-        if self.max_concurrent_requests == 0 {
-            return Err(Error::config(
-                format!("{key}.max_concurrent_requests"),
-                "must be at least 1",
-            ));
-        }
-        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
-            return Err(Error::config(
-                format!("{key}.max_backoff_ms"),
-                "back-offs must be positive, the longest at least the first",
-            ));
-        }
-        Ok(())
+/// The service's limits, for [`plan`].
+const LIMITS: Limits = Limits {
+    max_records: MAX_RECORDS_PER_CALL,
+    max_call_bytes: MAX_BYTES_PER_CALL,
+    max_record_bytes: MAX_RECORD_BYTES,
+};
+
+/// A Firehose record is its bytes.
+impl Outbound for Bytes {
+    fn size(&self) -> usize {
+        self.len()
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max_backoff);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
+    fn as_error_record(&self, now_ms: i64) -> Record {
+        Record::new(self.clone(), now_ms)
     }
-}
-
-/// Why a whole call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CallError {
-    /// The service asks to slow down: the whole sink backs off.
-    Throttled { code: String, message: String },
-    /// A network or server failure: retry.
-    Transient { code: String, message: String },
-    /// Retrying cannot help (no such delivery stream, access denied).
-    Fatal(String),
-}
-
-/// The outcome of each record of a call: `None` accepted, `Some((code, message))` failed.
-pub(crate) type CallResult = std::result::Result<Vec<Option<(String, String)>>, CallError>;
-
-/// The PutRecordBatch call, behind a trait so the batching and retry logic stand on their own.
-#[async_trait]
-pub(crate) trait FirehoseApi: Send + Sync + fmt::Debug + 'static {
-    async fn put_record_batch(&self, records: &[Bytes]) -> CallResult;
 }
 
 #[derive(Debug)]
@@ -175,8 +91,8 @@ struct SdkFirehose {
 }
 
 #[async_trait]
-impl FirehoseApi for SdkFirehose {
-    async fn put_record_batch(&self, records: &[Bytes]) -> CallResult {
+impl PutApi<Bytes> for SdkFirehose {
+    async fn put(&self, records: &[Bytes]) -> CallResult {
         use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
         let entries = records
             .iter()
@@ -259,22 +175,8 @@ impl FirehoseApi for SdkFirehose {
 /// Writes rows to a Firehose delivery stream. Build with [`FirehoseSink::builder`].
 #[derive(Debug)]
 pub struct FirehoseSink {
-    name: String,
-    shared: Arc<Shared>,
+    dispatcher: Dispatcher<Bytes>,
     encoder: Encoder,
-    requests: JoinSet<Result<()>>,
-    permits: Arc<Semaphore>,
-}
-
-/// What the request tasks of one sink share.
-#[derive(Debug)]
-struct Shared {
-    name: String,
-    api: Arc<dyn FirehoseApi>,
-    settings: DeliverySettings,
-    /// No call before this instant: set when a call is throttled.
-    paused_until: Mutex<Option<Instant>>,
-    errors: Mutex<Option<ErrorOutput>>,
 }
 
 /// Builder for [`FirehoseSink`].
@@ -303,188 +205,25 @@ impl FirehoseSink {
 
     pub(crate) fn with_api(
         name: String,
-        api: Arc<dyn FirehoseApi>,
+        api: Arc<dyn PutApi<Bytes>>,
         format: OutputFormat,
         settings: DeliverySettings,
     ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
-            shared: Arc::new(Shared {
-                name: name.clone(),
-                api,
-                settings,
-                paused_until: Mutex::new(None),
-                errors: Mutex::new(None),
-            }),
-            name,
+            dispatcher: Dispatcher::new(name, api, settings),
             encoder: Encoder::new(format),
-            requests: JoinSet::new(),
         }
-    }
-
-    /// Waits for finished requests without blocking; the first failure stops the sink.
-    fn reap(&mut self) -> Result<()> {
-        while let Some(done) = self.requests.try_join_next() {
-            done.map_err(|e| Error::sink(&self.name, format!("a request task failed: {e}")))??;
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, records: Vec<Bytes>, ack: Ack) -> Result<()> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::sink(&self.name, "the sink is closed"))?;
-        let shared = Arc::clone(&self.shared);
-        self.requests.spawn(async move {
-            let result = shared.deliver(records, ack).await;
-            drop(permit);
-            result
-        });
-        self.reap()
-    }
-}
-
-impl Shared {
-    async fn wait_if_paused(&self) {
-        let until = *self
-            .paused_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = until {
-            tokio::time::sleep_until(t).await;
-        }
-    }
-
-    fn pause(&self, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut p = self
-            .paused_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if p.is_none_or(|t| t < until) {
-            *p = Some(until);
-        }
-    }
-
-    /// Sends `records` until each is accepted or out of attempts; then acknowledges `ack`.
-    async fn deliver(&self, records: Vec<Bytes>, ack: Ack) -> Result<()> {
-        let started = Instant::now();
-        // Index into `records` → the last error of a record still to deliver.
-        let mut todo: BTreeMap<usize, (String, String)> = (0..records.len())
-            .map(|i| (i, (String::new(), String::new())))
-            .collect();
-        let mut attempt = 0u32;
-        while !todo.is_empty() {
-            attempt += 1;
-            self.wait_if_paused().await;
-            let indices: Vec<usize> = todo.keys().copied().collect();
-            let batch: Vec<Bytes> = indices.iter().map(|&i| records[i].clone()).collect();
-            match self.api.put_record_batch(&batch).await {
-                Ok(outcome) => {
-                    for (i, result) in indices.into_iter().zip(outcome) {
-                        match result {
-                            None => {
-                                todo.remove(&i);
-                            }
-                            Some(e) => {
-                                todo.insert(i, e);
-                            }
-                        }
-                    }
-                }
-                Err(CallError::Fatal(message)) => {
-                    // The batch is not acknowledged: its input is read again after a restart.
-                    return Err(Error::sink(&self.name, message));
-                }
-                Err(CallError::Throttled { code, message }) => {
-                    self.pause(self.settings.backoff(attempt));
-                    for e in todo.values_mut() {
-                        *e = (code.clone(), message.clone());
-                    }
-                }
-                Err(CallError::Transient { code, message }) => {
-                    for e in todo.values_mut() {
-                        *e = (code.clone(), message.clone());
-                    }
-                }
-            }
-            if todo.is_empty() {
-                break;
-            }
-            if attempt >= self.settings.max_attempts
-                || started.elapsed() >= self.settings.max_retry_time
-            {
-                return self.give_up(&records, todo, attempt, ack).await;
-            }
-            tokio::time::sleep(self.settings.backoff(attempt)).await;
-        }
-        ack.acknowledge();
-        Ok(())
-    }
-
-    /// The error output, or why `what` cannot be kept without one.
-    fn error_output(&self, what: impl FnOnce() -> String) -> Result<ErrorOutput> {
-        self.errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| {
-                Error::sink(
-                    &self.name,
-                    format!("{}, and there is no error output to keep them", what()),
-                )
-            })
-    }
-
-    /// Records that ran out of attempts go to the error output with their last error; the batch
-    /// counts as stored once they are stored there.
-    async fn give_up(
-        &self,
-        records: &[Bytes],
-        failed: BTreeMap<usize, (String, String)>,
-        attempts: u32,
-        ack: Ack,
-    ) -> Result<()> {
-        let count = failed.len();
-        let errors = self.error_output(|| {
-            format!("{count} records could not be delivered after {attempts} attempts")
-        })?;
-        tracing::warn!(
-            sink = %self.name,
-            records = failed.len(),
-            attempts,
-            "delivery failed; records go to the error output"
-        );
-        let now = now_ms();
-        let rows = failed
-            .into_iter()
-            .map(|(i, (code, message))| ErrorRecord {
-                stage: ErrorStage::Sink,
-                attempts,
-                kind: code,
-                reason: format!("{} after {attempts} attempts: {message}", self.name),
-                record: Record::new(records[i].clone(), now),
-            })
-            .collect::<Vec<_>>();
-        errors.send(rows, ack.split()).await?;
-        ack.acknowledge();
-        Ok(())
     }
 }
 
 #[async_trait]
 impl Sink for FirehoseSink {
     fn name(&self) -> &str {
-        &self.name
+        self.dispatcher.name()
     }
 
     fn set_error_output(&mut self, errors: ErrorOutput) {
-        *self
-            .shared
-            .errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(errors);
+        self.dispatcher.set_error_output(errors);
     }
 
     async fn write(&mut self, batch: OutputBatch) -> Result<()> {
@@ -505,45 +244,27 @@ impl Sink for FirehoseSink {
                 })
                 .collect(),
         };
-        let RequestPlan {
-            requests,
-            oversized,
-        } = plan_requests(records);
+        let (requests, oversized) = plan(records, LIMITS);
         for request in requests {
-            self.send(request, ack.split()).await?;
+            self.dispatcher.send(request, ack.split()).await?;
         }
         if !oversized.is_empty() {
-            let errors = self.shared.error_output(|| {
+            let why = |r: &Bytes| {
                 format!(
-                    "{} records are larger than Firehose's {MAX_RECORD_BYTES}-byte limit",
-                    oversized.len()
+                    "{} bytes: larger than Firehose's limit of {MAX_RECORD_BYTES} bytes per record",
+                    r.len()
                 )
-            })?;
-            let now = now_ms();
-            let rows = oversized
-                .into_iter()
-                .map(|r| ErrorRecord {
-                    stage: ErrorStage::Sink,
-                    attempts: 0,
-                    kind: "oversized".into(),
-                    reason: format!(
-                        "{} bytes: larger than Firehose's limit of {MAX_RECORD_BYTES} bytes per record",
-                        r.len()
-                    ),
-                    record: Record::new(r, now),
-                })
-                .collect();
-            errors.send(rows, ack.split()).await?;
+            };
+            self.dispatcher
+                .reject(oversized, "oversized", why, ack.split())
+                .await?;
         }
         ack.acknowledge();
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<()> {
-        while let Some(done) = self.requests.join_next().await {
-            done.map_err(|e| Error::sink(&self.name, format!("a request task failed: {e}")))??;
-        }
-        Ok(())
+        self.dispatcher.flush().await
     }
 }
 
@@ -614,13 +335,15 @@ impl FirehoseSinkBuilder {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
 
     use arrow::array::{RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::ack::{AckEvent, TrackerMsg};
+    use crate::ack::{Ack, AckEvent, TrackerMsg};
 
     /// (attempt number of this record, record) → failure code.
     type FailRule = fn(u32, &[u8]) -> Option<&'static str>;
@@ -636,8 +359,8 @@ mod tests {
     }
 
     #[async_trait]
-    impl FirehoseApi for Fake {
-        async fn put_record_batch(&self, records: &[Bytes]) -> CallResult {
+    impl PutApi<Bytes> for Fake {
+        async fn put(&self, records: &[Bytes]) -> CallResult {
             let bytes: usize = records.iter().map(Bytes::len).sum();
             assert!(records.len() <= MAX_RECORDS_PER_CALL && bytes <= MAX_BYTES_PER_CALL);
             self.calls.lock().unwrap().push(records.len());
@@ -690,7 +413,7 @@ mod tests {
         let api = Arc::new(api);
         let mut sink = FirehoseSink::with_api(
             "firehose:test".into(),
-            Arc::clone(&api) as Arc<dyn FirehoseApi>,
+            Arc::clone(&api) as Arc<dyn PutApi<Bytes>>,
             OutputFormat::JsonLines,
             settings(),
         );

@@ -5,6 +5,8 @@
 //! acknowledge before the write that stores the data has succeeded, and must drop the `Ack` without
 //! acknowledging when it gives up on the data.
 
+#[cfg(feature = "aws")]
+mod delivery;
 mod error_output;
 mod file;
 #[cfg(feature = "aws")]
@@ -19,12 +21,14 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(feature = "aws")]
+pub use delivery::DeliverySettings;
 pub use error_output::{error_schema, ErrorRecord, ErrorStage, ERROR_STREAM};
 pub use file::{FileSink, FileSinkBuilder};
 #[cfg(feature = "aws")]
 pub use firehose::{
-    plan_requests, DeliverySettings, FirehoseSink, FirehoseSinkBuilder, RequestPlan,
-    MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
+    plan_requests, FirehoseSink, FirehoseSinkBuilder, RequestPlan, MAX_BYTES_PER_CALL,
+    MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
 };
 pub use memory::{MemorySink, MemorySinkHandle, NullSink};
 pub use stdout::StdoutSink;
