@@ -56,7 +56,7 @@ use crate::{Error, Result};
 /// idle_timeout_ms = 60000   # windows: a shard quiet this long stops holding the watermark
 ///
 /// [[sinks]]                 # one or more
-/// type = "stdout"           # or "stderr", "file", or "firehose"
+/// type = "stdout"           # or "stderr", "file", "firehose", or "kinesis"
 /// format = "json"           # or "csv"
 /// stream = "DESTINATION_SQL_STREAM"  # the stream it receives (`INSERT INTO name …` makes others)
 /// # path = "out.ndjson"     # file: the file, or a directory when rolling
@@ -68,6 +68,10 @@ use crate::{Error, Result};
 /// # max_attempts = 8        # firehose: calls per record before it goes to the error output
 /// # max_retry_ms = 60000    # firehose: … or this long after a request's first call
 /// # max_concurrent_requests = 4
+/// # stream_name = "out"     # kinesis (type = "kinesis"): the stream, name or ARN
+/// # partition_key = "ticker_symbol"  # kinesis: the output column keying each record
+/// # explicit_hash_key = "h" # kinesis: optional column with explicit hash keys
+///                           # (region, endpoint_url, max_attempts, … as for firehose)
 ///
 /// [raw_copy]                # optional, any sink type: every input record as read, before decoding
 /// type = "firehose"
@@ -277,6 +281,20 @@ enum SinkConfig {
         roll_interval_secs: Option<u64>,
         #[serde(default)]
         truncate: bool,
+    },
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    Kinesis {
+        stream_name: String,
+        partition_key: String,
+        explicit_hash_key: Option<String>,
+        stream: Option<String>,
+        #[serde(default)]
+        format: EncodingConfig,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        max_attempts: Option<u32>,
+        max_retry_ms: Option<u64>,
+        max_concurrent_requests: Option<usize>,
     },
     #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     Firehose {
@@ -664,8 +682,39 @@ impl PipelineConfig {
                 }
                 Box::new(b.build().await?)
             }
+            #[cfg(feature = "aws")]
+            SinkConfig::Kinesis {
+                stream_name,
+                partition_key,
+                explicit_hash_key,
+                format,
+                region,
+                endpoint_url,
+                ..
+            } => {
+                let mut b = crate::sink::KinesisSink::builder(stream_name.clone())
+                    .partition_key_column(partition_key.clone())
+                    .format(match format {
+                        EncodingConfig::Csv => OutputFormat::Csv {
+                            delimiter: b',',
+                            header: false,
+                        },
+                        EncodingConfig::Json => OutputFormat::JsonLines,
+                    })
+                    .delivery_settings(delivery_settings(s));
+                if let Some(h) = explicit_hash_key {
+                    b = b.explicit_hash_key_column(h.clone());
+                }
+                if let Some(r) = region {
+                    b = b.region(r.clone());
+                }
+                if let Some(u) = endpoint_url {
+                    b = b.endpoint_url(u.clone());
+                }
+                Box::new(b.build().await?)
+            }
             #[cfg(not(feature = "aws"))]
-            SinkConfig::Firehose { .. } => {
+            SinkConfig::Firehose { .. } | SinkConfig::Kinesis { .. } => {
                 return Err(Error::config(
                     "sinks.type",
                     "the firehose sink needs rivulet built with the `aws` feature",
@@ -873,7 +922,8 @@ impl PipelineConfig {
                 SinkConfig::Stdout { stream, .. }
                 | SinkConfig::Stderr { stream, .. }
                 | SinkConfig::File { stream, .. }
-                | SinkConfig::Firehose { stream, .. } => stream.as_deref(),
+                | SinkConfig::Firehose { stream, .. }
+                | SinkConfig::Kinesis { stream, .. } => stream.as_deref(),
             };
             b = b.boxed_sink_for(
                 stream.unwrap_or(crate::DESTINATION_STREAM),
@@ -914,6 +964,12 @@ fn delivery_settings(s: &SinkConfig) -> crate::sink::DeliverySettings {
         max_retry_ms,
         max_concurrent_requests,
         ..
+    }
+    | SinkConfig::Kinesis {
+        max_attempts,
+        max_retry_ms,
+        max_concurrent_requests,
+        ..
     } = s
     {
         if let Some(n) = max_attempts {
@@ -940,8 +996,23 @@ fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
         }
         delivery_settings(s).validate(key)?;
     }
+    #[cfg(feature = "aws")]
+    if let SinkConfig::Kinesis {
+        stream_name,
+        partition_key,
+        ..
+    } = s
+    {
+        if stream_name.trim().is_empty() {
+            return Err(Error::config(format!("{key}.stream_name"), "is empty"));
+        }
+        if partition_key.trim().is_empty() {
+            return Err(Error::config(format!("{key}.partition_key"), "is empty"));
+        }
+        delivery_settings(s).validate(key)?;
+    }
     #[cfg(not(feature = "aws"))]
-    if let SinkConfig::Firehose { .. } = s {
+    if let SinkConfig::Firehose { .. } | SinkConfig::Kinesis { .. } = s {
         return Err(Error::config(
             format!("{key}.type"),
             "the firehose sink needs rivulet built with the `aws` feature",

@@ -72,7 +72,9 @@ pub use sink::{
     ERROR_STREAM,
 };
 #[cfg(feature = "aws")]
-pub use sink::{DeliverySettings, FirehoseSink, FirehoseSinkBuilder};
+pub use sink::{
+    DeliverySettings, FirehoseSink, FirehoseSinkBuilder, KinesisSink, KinesisSinkBuilder,
+};
 
 /// Amazon Data Firehose: the sink and the service limits it batches by.
 #[cfg(feature = "aws")]

@@ -23,3 +23,10 @@ mod source;
 pub use reader::{PollSettings, MAX_RECORDS_PER_CALL};
 pub use shards::{RecordUnpacker, UnpackStats};
 pub use source::{KinesisSource, KinesisSourceBuilder, StartPosition};
+
+/// The Kinesis sink's service limits.
+pub mod sink_limits {
+    pub use crate::sink::kinesis_limits::{
+        MAX_BYTES_PER_CALL, MAX_PARTITION_KEY_CHARS, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
+    };
+}

@@ -11,6 +11,8 @@ mod error_output;
 mod file;
 #[cfg(feature = "aws")]
 mod firehose;
+#[cfg(feature = "aws")]
+mod kinesis_stream;
 mod memory;
 mod stdout;
 
@@ -23,6 +25,15 @@ use bytes::Bytes;
 
 #[cfg(feature = "aws")]
 pub use delivery::DeliverySettings;
+#[cfg(feature = "aws")]
+pub use kinesis_stream::{KinesisSink, KinesisSinkBuilder};
+/// The Kinesis sink's limits (re-exported as `rivulet::kinesis::sink_limits`).
+#[cfg(feature = "aws")]
+pub(crate) mod kinesis_limits {
+    pub use super::kinesis_stream::{
+        MAX_BYTES_PER_CALL, MAX_PARTITION_KEY_CHARS, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
+    };
+}
 pub use error_output::{error_schema, ErrorRecord, ErrorStage, ERROR_STREAM};
 pub use file::{FileSink, FileSinkBuilder};
 #[cfg(feature = "aws")]

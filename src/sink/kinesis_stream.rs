@@ -1,0 +1,480 @@
+//! [`KinesisSink`]: rows to a Kinesis data stream with PutRecords.
+//!
+//! Each output row becomes one record (a JSON object or a CSV row, without a trailing newline),
+//! keyed by the value of a column; an explicit hash key can come from another column. Requests hold
+//! at most [`MAX_RECORDS_PER_CALL`] records and [`MAX_BYTES_PER_CALL`] bytes (data and partition
+//! keys); a record over [`MAX_RECORD_BYTES`], or a row whose key is missing, empty or longer than
+//! [`MAX_PARTITION_KEY_CHARS`], goes to the error output. Partial failures
+//! (`FailedRecordCount > 0`) are retried record by record as in the Firehose sink. Order is not
+//! kept across requests, so records of one key may arrive out of order after a retry.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::delivery::{
+    plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+};
+use super::{ErrorOutput, OutputBatch, OutputData, Sink};
+use crate::format::{Encoder, OutputFormat};
+use crate::record::Record;
+use crate::{Error, Result};
+
+/// Most records in one PutRecords call (Kinesis API reference, PutRecords).
+pub const MAX_RECORDS_PER_CALL: usize = 500;
+/// Most bytes in one PutRecords call, data and partition keys: 5 MiB (Kinesis quotas; newer
+/// streams allow 10 MiB, 5 MiB holds everywhere).
+pub const MAX_BYTES_PER_CALL: usize = 5 * 1024 * 1024;
+/// Largest record, data and partition key together: 1 MiB (Kinesis quotas).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Longest partition key, in Unicode characters (Kinesis API reference).
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+
+const LIMITS: Limits = Limits {
+    max_records: MAX_RECORDS_PER_CALL,
+    max_call_bytes: MAX_BYTES_PER_CALL,
+    max_record_bytes: MAX_RECORD_BYTES,
+};
+
+/// One record for PutRecords.
+#[derive(Debug, Clone)]
+pub(crate) struct KinesisRecord {
+    data: Bytes,
+    partition_key: Arc<str>,
+    explicit_hash_key: Option<Arc<str>>,
+}
+
+impl Outbound for KinesisRecord {
+    fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    fn as_error_record(&self, now_ms: i64) -> Record {
+        Record::new(self.data.clone(), now_ms).with_partition_key(Arc::clone(&self.partition_key))
+    }
+}
+
+#[derive(Debug)]
+struct SdkKinesis {
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+}
+
+#[async_trait]
+impl PutApi<KinesisRecord> for SdkKinesis {
+    async fn put(&self, records: &[KinesisRecord]) -> CallResult {
+        use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+        let entries = records
+            .iter()
+            .map(|r| {
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .data(aws_sdk_kinesis::primitives::Blob::new(r.data.to_vec()))
+                    .partition_key(&*r.partition_key)
+                    .set_explicit_hash_key(r.explicit_hash_key.as_deref().map(str::to_owned))
+                    .build()
+                    .map_err(|e| CallError::Fatal(e.to_string()))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut req = self.client.put_records().set_records(Some(entries));
+        req = if self.stream.starts_with("arn:") {
+            req.stream_arn(&self.stream)
+        } else {
+            req.stream_name(&self.stream)
+        };
+        match req.send().await {
+            Ok(out) => {
+                if out.records.len() != records.len() {
+                    return Err(CallError::Transient {
+                        code: "InvalidResponse".into(),
+                        message: format!(
+                            "{} answers for {} records",
+                            out.records.len(),
+                            records.len()
+                        ),
+                    });
+                }
+                Ok(out
+                    .records
+                    .into_iter()
+                    .map(|r| {
+                        r.error_code
+                            .map(|code| (code, r.error_message.unwrap_or_default()))
+                    })
+                    .collect())
+            }
+            Err(err) => {
+                let text = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+                Err(match &err {
+                    SdkError::ServiceError(s) => {
+                        let code = s.err().code().unwrap_or("Unknown").to_owned();
+                        match code.as_str() {
+                            "ProvisionedThroughputExceededException"
+                            | "LimitExceededException"
+                            | "KMSThrottlingException"
+                            | "ThrottlingException" => CallError::Throttled {
+                                code,
+                                message: text,
+                            },
+                            "ResourceNotFoundException"
+                            | "ResourceInUseException"
+                            | "InvalidArgumentException"
+                            | "AccessDeniedException"
+                            | "KMSAccessDeniedException"
+                            | "KMSDisabledException"
+                            | "KMSInvalidStateException"
+                            | "KMSNotFoundException"
+                            | "KMSOptInRequired"
+                            | "UnrecognizedClientException"
+                            | "ValidationException" => CallError::Fatal(text),
+                            _ => CallError::Transient {
+                                code,
+                                message: text,
+                            },
+                        }
+                    }
+                    SdkError::ConstructionFailure(_) => CallError::Fatal(text),
+                    SdkError::DispatchFailure(d)
+                        if d.is_user() || (d.is_other() && d.as_other().is_none()) =>
+                    {
+                        CallError::Fatal(text)
+                    }
+                    _ => CallError::Transient {
+                        code: "RequestFailed".into(),
+                        message: text,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Writes rows to a Kinesis data stream. Build with [`KinesisSink::builder`].
+#[derive(Debug)]
+pub struct KinesisSink {
+    dispatcher: Dispatcher<KinesisRecord>,
+    encoder: Encoder,
+    partition_key: String,
+    explicit_hash_key: Option<String>,
+}
+
+/// Builder for [`KinesisSink`].
+#[derive(Debug, Clone)]
+pub struct KinesisSinkBuilder {
+    stream: String,
+    partition_key: Option<String>,
+    explicit_hash_key: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    client: Option<aws_sdk_kinesis::Client>,
+    format: OutputFormat,
+    settings: DeliverySettings,
+}
+
+impl KinesisSink {
+    /// A builder for the stream `stream` (a name or an ARN).
+    pub fn builder(stream: impl Into<String>) -> KinesisSinkBuilder {
+        KinesisSinkBuilder {
+            stream: stream.into(),
+            partition_key: None,
+            explicit_hash_key: None,
+            region: None,
+            endpoint: None,
+            client: None,
+            format: OutputFormat::JsonLines,
+            settings: DeliverySettings::default(),
+        }
+    }
+
+    /// The values of column `name` as text, or why not.
+    fn keys(rows: &RecordBatch, name: &str) -> Result<arrow::array::ArrayRef> {
+        let column = rows.column_by_name(name).ok_or_else(|| {
+            Error::config(
+                "sinks.partition_key",
+                format!(
+                    "the output has no column `{name}` (columns: {})",
+                    rows.schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        Ok(arrow::compute::cast(column, &DataType::Utf8)?)
+    }
+}
+
+#[async_trait]
+impl Sink for KinesisSink {
+    fn name(&self) -> &str {
+        self.dispatcher.name()
+    }
+
+    fn set_error_output(&mut self, errors: ErrorOutput) {
+        self.dispatcher.set_error_output(errors);
+    }
+
+    async fn write(&mut self, batch: OutputBatch) -> Result<()> {
+        let OutputBatch { data, ack, .. } = batch;
+        let mut bad_keys = Vec::new();
+        let records: Vec<KinesisRecord> = match &data {
+            OutputData::Rows(rows) => {
+                let payloads = self.encoder.encode_rows(rows)?;
+                let keys = Self::keys(rows, &self.partition_key)?;
+                let keys = keys.as_string::<i32>();
+                let hash_keys = match &self.explicit_hash_key {
+                    Some(name) => Some(Self::keys(rows, name)?),
+                    None => None,
+                };
+                let hash_keys = hash_keys.as_ref().map(|h| h.as_string::<i32>());
+                let mut records = Vec::with_capacity(payloads.len());
+                for (i, data) in payloads.into_iter().enumerate() {
+                    let key = (!keys.is_null(i)).then(|| keys.value(i));
+                    let valid = key
+                        .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS);
+                    let record = KinesisRecord {
+                        data,
+                        partition_key: Arc::from(key.unwrap_or_default()),
+                        explicit_hash_key: hash_keys
+                            .filter(|h| !h.is_null(i))
+                            .map(|h| Arc::from(h.value(i))),
+                    };
+                    if valid.is_some() {
+                        records.push(record);
+                    } else {
+                        bad_keys.push(record);
+                    }
+                }
+                records
+            }
+            // Records without columns (a raw copy) are spread over the shards.
+            OutputData::Encoded(payloads) => payloads
+                .iter()
+                .map(|data| KinesisRecord {
+                    data: data.clone(),
+                    partition_key: Arc::from(format!("{:016x}", fastrand::u64(..))),
+                    explicit_hash_key: None,
+                })
+                .collect(),
+        };
+        let (requests, oversized) = plan(records, LIMITS);
+        for request in requests {
+            self.dispatcher.send(request, ack.split()).await?;
+        }
+        if !oversized.is_empty() {
+            let why = |r: &KinesisRecord| {
+                format!(
+                    "{} bytes with its partition key: larger than Kinesis's limit of \
+                     {MAX_RECORD_BYTES} bytes per record",
+                    r.size()
+                )
+            };
+            self.dispatcher
+                .reject(oversized, "oversized", why, ack.split())
+                .await?;
+        }
+        if !bad_keys.is_empty() {
+            let column = self.partition_key.clone();
+            let why = move |r: &KinesisRecord| {
+                format!(
+                    "partition key column `{column}` is null, empty or longer than \
+                     {MAX_PARTITION_KEY_CHARS} characters ({} characters)",
+                    r.partition_key.chars().count()
+                )
+            };
+            self.dispatcher
+                .reject(bad_keys, "bad_partition_key", why, ack.split())
+                .await?;
+        }
+        ack.acknowledge();
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.dispatcher.flush().await
+    }
+}
+
+impl KinesisSinkBuilder {
+    /// The output column whose value is each record's partition key (required).
+    pub fn partition_key_column(mut self, column: impl Into<String>) -> Self {
+        self.partition_key = Some(column.into());
+        self
+    }
+
+    /// An output column with each record's explicit hash key (a decimal 128-bit number).
+    pub fn explicit_hash_key_column(mut self, column: impl Into<String>) -> Self {
+        self.explicit_hash_key = Some(column.into());
+        self
+    }
+
+    /// The AWS region (default: from the environment and profile).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Sends requests to this endpoint instead of the region's.
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Uses this client as it is configured instead of building one.
+    pub fn client(mut self, client: aws_sdk_kinesis::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// How rows are written (default: one JSON object per record).
+    pub fn format(mut self, format: OutputFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Retry and concurrency settings.
+    pub fn delivery_settings(mut self, settings: DeliverySettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Checks the settings and creates the client.
+    pub async fn build(self) -> Result<KinesisSink> {
+        if self.stream.trim().is_empty() {
+            return Err(Error::config(
+                "sinks.stream_name",
+                "a stream name or ARN is required",
+            ));
+        }
+        let partition_key = self.partition_key.ok_or_else(|| {
+            Error::config(
+                "sinks.partition_key",
+                "the column whose value keys each record is required",
+            )
+        })?;
+        self.settings.validate("sinks")?;
+        let client = match self.client {
+            Some(c) => c,
+            None => {
+                let shared = crate::aws::load_config(self.region, self.endpoint, "sinks").await?;
+                let config = aws_sdk_kinesis::config::Builder::from(&shared)
+                    .retry_config(crate::aws::retry_config())
+                    .timeout_config(crate::aws::timeout_config())
+                    .build();
+                aws_sdk_kinesis::Client::from_conf(config)
+            }
+        };
+        let name = format!(
+            "kinesis:{}",
+            self.stream.rsplit('/').next().unwrap_or(&self.stream)
+        );
+        Ok(KinesisSink {
+            dispatcher: Dispatcher::new(
+                name,
+                Arc::new(SdkKinesis {
+                    client,
+                    stream: self.stream,
+                }),
+                self.settings,
+            ),
+            encoder: Encoder::new(self.format),
+            partition_key,
+            explicit_hash_key: self.explicit_hash_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::ack::Ack;
+
+    #[derive(Debug, Default)]
+    struct Accepting {
+        seen: Mutex<Vec<(String, Option<String>, String)>>,
+    }
+
+    #[async_trait]
+    impl PutApi<KinesisRecord> for Accepting {
+        async fn put(&self, records: &[KinesisRecord]) -> CallResult {
+            let mut seen = self.seen.lock().unwrap();
+            for r in records {
+                seen.push((
+                    r.partition_key.to_string(),
+                    r.explicit_hash_key.as_deref().map(str::to_owned),
+                    String::from_utf8(r.data.to_vec()).unwrap(),
+                ));
+            }
+            Ok(vec![None; records.len()])
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_come_from_columns_and_bad_keys_go_to_the_error_output() {
+        let api = Arc::new(Accepting::default());
+        let mut sink = KinesisSink {
+            dispatcher: Dispatcher::new(
+                "kinesis:test".into(),
+                Arc::clone(&api) as Arc<dyn PutApi<KinesisRecord>>,
+                DeliverySettings::default(),
+            ),
+            encoder: Encoder::new(OutputFormat::JsonLines),
+            partition_key: "k".into(),
+            explicit_hash_key: Some("h".into()),
+        };
+        let (etx, mut errors) = mpsc::channel(8);
+        sink.set_error_output(ErrorOutput::new(etx));
+        let long = "x".repeat(MAX_PARTITION_KEY_CHARS + 1);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("h", DataType::Int64, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    None,
+                    Some(""),
+                    Some(long.as_str()),
+                    Some("b"),
+                ])),
+                Arc::new(Int64Array::from(vec![Some(7), None, None, None, None])),
+            ],
+        )
+        .unwrap();
+        sink.write(OutputBatch {
+            stream: Arc::from("DESTINATION_SQL_STREAM"),
+            data: OutputData::Rows(rows),
+            ack: Ack::untracked(),
+        })
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+        let seen = api.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                ("a".into(), Some("7".into()), r#"{"k":"a","h":7}"#.into()),
+                ("b".into(), None, r#"{"k":"b","h":null}"#.into()),
+            ]
+        );
+        let bad = errors.recv().await.unwrap();
+        let OutputData::Rows(bad) = &bad.data else {
+            panic!("rows")
+        };
+        assert_eq!(bad.num_rows(), 3);
+        let codes = bad.column_by_name("errorCode").unwrap().as_string::<i32>();
+        assert!((0..3).all(|i| codes.value(i) == "bad_partition_key"));
+    }
+}
