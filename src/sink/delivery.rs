@@ -96,6 +96,42 @@ pub(crate) enum CallError {
     Fatal(String),
 }
 
+/// Sorts an AWS SDK error by what the delivery does about it: codes in `throttling` pause the
+/// sink, codes in `fatal` (and requests that cannot even be built or signed) stop it, and anything
+/// else (a server error, a network failure, a timeout) is retried.
+pub(crate) fn classify<E, R>(
+    err: aws_sdk_kinesis::error::SdkError<E, R>,
+    throttling: &[&str],
+    fatal: &[&str],
+) -> CallError
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug,
+{
+    use aws_sdk_kinesis::error::SdkError;
+    let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+    match &err {
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("Unknown").to_owned();
+            if throttling.contains(&code.as_str()) {
+                CallError::Throttled { code, message }
+            } else if fatal.contains(&code.as_str()) {
+                CallError::Fatal(message)
+            } else {
+                CallError::Transient { code, message }
+            }
+        }
+        SdkError::ConstructionFailure(_) => CallError::Fatal(message),
+        SdkError::DispatchFailure(d) if d.is_user() || (d.is_other() && d.as_other().is_none()) => {
+            CallError::Fatal(message)
+        }
+        _ => CallError::Transient {
+            code: "RequestFailed".into(),
+            message,
+        },
+    }
+}
+
 /// The outcome of each record of a call: `None` accepted, `Some((code, message))` failed.
 pub(crate) type CallResult = std::result::Result<Vec<Option<(String, String)>>, CallError>;
 

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::delivery::{
-    plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
 };
 use super::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::format::{Encoder, OutputFormat};
@@ -73,6 +73,24 @@ const LIMITS: Limits = Limits {
     max_record_bytes: MAX_RECORD_BYTES,
 };
 
+/// Error codes that ask the sink to slow down.
+const THROTTLING: &[&str] = &[
+    "ServiceUnavailableException",
+    "LimitExceededException",
+    "ThrottlingException",
+];
+
+/// Error codes that retrying cannot fix.
+const FATAL: &[&str] = &[
+    "ResourceNotFoundException",
+    "InvalidArgumentException",
+    "AccessDeniedException",
+    "InvalidKMSResourceException",
+    "InvalidSourceException",
+    "UnrecognizedClientException",
+    "ValidationException",
+];
+
 /// A Firehose record is its bytes.
 impl Outbound for Bytes {
     fn size(&self) -> usize {
@@ -93,7 +111,6 @@ struct SdkFirehose {
 #[async_trait]
 impl PutApi<Bytes> for SdkFirehose {
     async fn put(&self, records: &[Bytes]) -> CallResult {
-        use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
         let entries = records
             .iter()
             .map(|r| {
@@ -131,43 +148,7 @@ impl PutApi<Bytes> for SdkFirehose {
                     })
                     .collect())
             }
-            Err(err) => {
-                let text = format!("{}", aws_sdk_firehose::error::DisplayErrorContext(&err));
-                Err(match &err {
-                    SdkError::ServiceError(s) => {
-                        let code = s.err().code().unwrap_or("Unknown").to_owned();
-                        match code.as_str() {
-                            "ServiceUnavailableException"
-                            | "LimitExceededException"
-                            | "ThrottlingException" => CallError::Throttled {
-                                code,
-                                message: text,
-                            },
-                            "ResourceNotFoundException"
-                            | "InvalidArgumentException"
-                            | "AccessDeniedException"
-                            | "InvalidKMSResourceException"
-                            | "InvalidSourceException"
-                            | "UnrecognizedClientException"
-                            | "ValidationException" => CallError::Fatal(text),
-                            _ => CallError::Transient {
-                                code,
-                                message: text,
-                            },
-                        }
-                    }
-                    SdkError::ConstructionFailure(_) => CallError::Fatal(text),
-                    SdkError::DispatchFailure(d)
-                        if d.is_user() || (d.is_other() && d.as_other().is_none()) =>
-                    {
-                        CallError::Fatal(text)
-                    }
-                    _ => CallError::Transient {
-                        code: "RequestFailed".into(),
-                        message: text,
-                    },
-                })
-            }
+            Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
 }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::delivery::{
-    plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
 };
 use super::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::format::{Encoder, OutputFormat};
@@ -38,6 +38,29 @@ const LIMITS: Limits = Limits {
     max_call_bytes: MAX_BYTES_PER_CALL,
     max_record_bytes: MAX_RECORD_BYTES,
 };
+
+/// Error codes that ask the sink to slow down.
+const THROTTLING: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "LimitExceededException",
+    "KMSThrottlingException",
+    "ThrottlingException",
+];
+
+/// Error codes that retrying cannot fix.
+const FATAL: &[&str] = &[
+    "ResourceNotFoundException",
+    "ResourceInUseException",
+    "InvalidArgumentException",
+    "AccessDeniedException",
+    "KMSAccessDeniedException",
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSNotFoundException",
+    "KMSOptInRequired",
+    "UnrecognizedClientException",
+    "ValidationException",
+];
 
 /// One record for PutRecords.
 #[derive(Debug, Clone)]
@@ -66,7 +89,6 @@ struct SdkKinesis {
 #[async_trait]
 impl PutApi<KinesisRecord> for SdkKinesis {
     async fn put(&self, records: &[KinesisRecord]) -> CallResult {
-        use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
         let entries = records
             .iter()
             .map(|r| {
@@ -105,48 +127,7 @@ impl PutApi<KinesisRecord> for SdkKinesis {
                     })
                     .collect())
             }
-            Err(err) => {
-                let text = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-                Err(match &err {
-                    SdkError::ServiceError(s) => {
-                        let code = s.err().code().unwrap_or("Unknown").to_owned();
-                        match code.as_str() {
-                            "ProvisionedThroughputExceededException"
-                            | "LimitExceededException"
-                            | "KMSThrottlingException"
-                            | "ThrottlingException" => CallError::Throttled {
-                                code,
-                                message: text,
-                            },
-                            "ResourceNotFoundException"
-                            | "ResourceInUseException"
-                            | "InvalidArgumentException"
-                            | "AccessDeniedException"
-                            | "KMSAccessDeniedException"
-                            | "KMSDisabledException"
-                            | "KMSInvalidStateException"
-                            | "KMSNotFoundException"
-                            | "KMSOptInRequired"
-                            | "UnrecognizedClientException"
-                            | "ValidationException" => CallError::Fatal(text),
-                            _ => CallError::Transient {
-                                code,
-                                message: text,
-                            },
-                        }
-                    }
-                    SdkError::ConstructionFailure(_) => CallError::Fatal(text),
-                    SdkError::DispatchFailure(d)
-                        if d.is_user() || (d.is_other() && d.as_other().is_none()) =>
-                    {
-                        CallError::Fatal(text)
-                    }
-                    _ => CallError::Transient {
-                        code: "RequestFailed".into(),
-                        message: text,
-                    },
-                })
-            }
+            Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
 }
