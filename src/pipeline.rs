@@ -301,6 +301,16 @@ impl Pipeline {
             tasks.spawn(run_sink(sink, rx, Arc::new(PipelineMetrics::default())));
             tx
         });
+        // The error output can fail to deliver too (an AWS sink out of attempts, a record over
+        // its limit): what it gives up on goes to standard error, the last resort.
+        let mut error_sink = error_sink;
+        let (fallback_tx, fallback_rx) = mpsc::channel(batch.sink_queue.max(1));
+        error_sink.set_error_output(ErrorOutput::new(fallback_tx));
+        tasks.spawn(run_sink(
+            Box::new(crate::sink::StdoutSink::stderr(Default::default())),
+            fallback_rx,
+            Arc::new(PipelineMetrics::default()),
+        ));
         tasks.spawn(run_sink(
             error_sink,
             error_rx,

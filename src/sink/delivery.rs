@@ -75,10 +75,11 @@ impl DeliverySettings {
         Ok(())
     }
 
+    /// The wait after the `attempt`-th call (from 1): up to `initial_backoff`, doubling.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self
             .initial_backoff
-            .saturating_mul(1u32 << attempt.min(16))
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
             .min(self.max_backoff);
         let half = ceiling / 2;
         half + half.mul_f64(fastrand::f64())
@@ -97,8 +98,8 @@ pub(crate) enum CallError {
 }
 
 /// Sorts an AWS SDK error by what the delivery does about it: codes in `throttling` pause the
-/// sink, codes in `fatal` (and requests that cannot even be built or signed) stop it, and anything
-/// else (a server error, a network failure, a timeout) is retried.
+/// sink, codes in `fatal` (and requests that cannot even be built) stop it, and anything else (a
+/// server error, a network failure, a timeout) is retried.
 pub(crate) fn classify<E, R>(
     err: aws_sdk_kinesis::error::SdkError<E, R>,
     throttling: &[&str],
@@ -121,10 +122,10 @@ where
                 CallError::Transient { code, message }
             }
         }
+        // A request that cannot be built is a bug or a configuration error; anything that
+        // happens while sending (including unclassified connector errors) is retried, within the
+        // attempt and time bounds.
         SdkError::ConstructionFailure(_) => CallError::Fatal(message),
-        SdkError::DispatchFailure(d) if d.is_user() || (d.is_other() && d.as_other().is_none()) => {
-            CallError::Fatal(message)
-        }
         _ => CallError::Transient {
             code: "RequestFailed".into(),
             message,
@@ -148,6 +149,9 @@ pub(crate) trait Outbound: Clone + Send + Sync + 'static {
 #[async_trait]
 pub(crate) trait PutApi<R: Outbound>: Send + Sync + fmt::Debug + 'static {
     async fn put(&self, records: &[R]) -> CallResult;
+
+    /// Per-record error codes that mean "slow down" (they pause the whole sink).
+    fn throttling_codes(&self) -> &'static [&'static str];
 }
 
 /// A service's batch limits.
@@ -200,12 +204,16 @@ pub(crate) struct Delivery<R: Outbound> {
 
 impl<R: Outbound> Delivery<R> {
     async fn wait_if_paused(&self) {
-        let until = *self
-            .paused_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = until {
-            tokio::time::sleep_until(t).await;
+        // Another request may extend the pause while this one waits.
+        loop {
+            let until = *self
+                .paused_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
         }
     }
 
@@ -227,50 +235,71 @@ impl<R: Outbound> Delivery<R> {
         let mut todo: BTreeMap<usize, (String, String)> = (0..records.len())
             .map(|i| (i, (String::new(), String::new())))
             .collect();
-        let mut attempt = 0u32;
+        // Calls made, and failed calls that count against `max_attempts`: a throttled call
+        // does not (throttling is bounded by `max_retry_time` only, so that a busy stream slows
+        // the pipeline down instead of filling the error output).
+        let mut calls = 0u32;
+        let mut failures = 0u32;
         while !todo.is_empty() {
-            attempt += 1;
+            calls += 1;
             self.wait_if_paused().await;
             let indices: Vec<usize> = todo.keys().copied().collect();
             let batch: Vec<R> = indices.iter().map(|&i| records[i].clone()).collect();
-            match self.api.put(&batch).await {
+            let throttled = match self.api.put(&batch).await {
                 Ok(outcome) => {
+                    if outcome.len() != indices.len() {
+                        return Err(Error::sink(
+                            &self.name,
+                            format!("{} answers for {} records", outcome.len(), indices.len()),
+                        ));
+                    }
+                    let mut throttled = false;
                     for (i, result) in indices.into_iter().zip(outcome) {
                         match result {
                             None => {
                                 todo.remove(&i);
                             }
                             Some(e) => {
+                                throttled |= self.api.throttling_codes().contains(&e.0.as_str());
                                 todo.insert(i, e);
                             }
                         }
                     }
+                    throttled
                 }
                 Err(CallError::Fatal(message)) => {
                     // The batch is not acknowledged: its input is read again after a restart.
                     return Err(Error::sink(&self.name, message));
                 }
                 Err(CallError::Throttled { code, message }) => {
-                    self.pause(self.settings.backoff(attempt));
                     for e in todo.values_mut() {
                         *e = (code.clone(), message.clone());
                     }
+                    true
                 }
                 Err(CallError::Transient { code, message }) => {
                     for e in todo.values_mut() {
                         *e = (code.clone(), message.clone());
                     }
+                    false
                 }
-            }
+            };
             if todo.is_empty() {
                 break;
             }
-            if attempt >= self.settings.max_attempts
-                || started.elapsed() >= self.settings.max_retry_time
-            {
-                return self.give_up(&records, todo, attempt, ack).await;
+            let wait = self.settings.backoff(calls);
+            if throttled {
+                // Every request of the sink waits, not just this one.
+                self.pause(wait);
+            } else {
+                failures += 1;
             }
-            tokio::time::sleep(self.settings.backoff(attempt)).await;
+            if failures >= self.settings.max_attempts
+                || started.elapsed() + wait >= self.settings.max_retry_time
+            {
+                return self.give_up(&records, todo, calls, ack).await;
+            }
+            tokio::time::sleep(wait).await;
         }
         ack.acknowledge();
         Ok(())

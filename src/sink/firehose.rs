@@ -151,6 +151,10 @@ impl PutApi<Bytes> for SdkFirehose {
             Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
+
+    fn throttling_codes(&self) -> &'static [&'static str] {
+        THROTTLING
+    }
 }
 
 /// Writes rows to a Firehose delivery stream. Build with [`FirehoseSink::builder`].
@@ -322,6 +326,7 @@ mod tests {
     use arrow::array::{RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use tokio::sync::mpsc;
+    use tokio::time::Instant;
 
     use super::*;
     use crate::ack::{Ack, AckEvent, TrackerMsg};
@@ -364,6 +369,10 @@ mod tests {
                     }
                 })
                 .collect())
+        }
+
+        fn throttling_codes(&self) -> &'static [&'static str] {
+            THROTTLING
         }
     }
 
@@ -552,6 +561,30 @@ mod tests {
             h.done(),
             vec![AckEvent {
                 seq: 3,
+                failed: false
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn throttled_records_wait_without_spending_their_attempts() {
+        // Throttled five times (more than max_attempts = 3), then accepted.
+        let mut h = harness(Fake {
+            fail: Some(|attempt, _| (attempt <= 5).then_some("ServiceUnavailableException")),
+            ..Fake::default()
+        });
+        let started = Instant::now();
+        h.write(4, rows(["slow".into()])).await.unwrap();
+        h.sink.flush().await.unwrap();
+        assert!(h.error_rows().is_empty());
+        assert_eq!(h.api.accepted.lock().unwrap().len(), 1);
+        assert_eq!(h.api.calls.lock().unwrap().len(), 6);
+        // The sink paused between the calls (1, 2, 2, 2, 2 ms at least, jittered by half).
+        assert!(started.elapsed() >= Duration::from_millis(4));
+        assert_eq!(
+            h.done(),
+            vec![AckEvent {
+                seq: 4,
                 failed: false
             }]
         );

@@ -130,6 +130,10 @@ impl PutApi<KinesisRecord> for SdkKinesis {
             Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
+
+    fn throttling_codes(&self) -> &'static [&'static str] {
+        THROTTLING
+    }
 }
 
 /// Writes rows to a Kinesis data stream. Build with [`KinesisSink::builder`].
@@ -217,14 +221,16 @@ impl Sink for KinesisSink {
                     let key = (!keys.is_null(i)).then(|| keys.value(i));
                     let valid = key
                         .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS);
+                    let hash_key = hash_keys.filter(|h| !h.is_null(i)).map(|h| h.value(i));
+                    // A hash key the service would refuse fails the whole call: checked here.
+                    let hash_key_ok =
+                        hash_key.is_none_or(|h| crate::kpl::hash_key("", Some(h)).is_some());
                     let record = KinesisRecord {
                         data,
                         partition_key: Arc::from(key.unwrap_or_default()),
-                        explicit_hash_key: hash_keys
-                            .filter(|h| !h.is_null(i))
-                            .map(|h| Arc::from(h.value(i))),
+                        explicit_hash_key: hash_key.map(Arc::from),
                     };
-                    if valid.is_some() {
+                    if valid.is_some() && hash_key_ok {
                         records.push(record);
                     } else {
                         bad_keys.push(record);
@@ -260,12 +266,15 @@ impl Sink for KinesisSink {
         }
         if !bad_keys.is_empty() {
             let column = self.partition_key.clone();
-            let why = move |r: &KinesisRecord| {
-                format!(
+            let why = move |r: &KinesisRecord| match &r.explicit_hash_key {
+                Some(h) if crate::kpl::hash_key("", Some(h)).is_none() => {
+                    format!("explicit hash key `{h}` is not a decimal number from 0 to 2^128 - 1")
+                }
+                _ => format!(
                     "partition key column `{column}` is null, empty or longer than \
-                     {MAX_PARTITION_KEY_CHARS} characters ({} characters)",
+                         {MAX_PARTITION_KEY_CHARS} characters ({} characters)",
                     r.partition_key.chars().count()
-                )
+                ),
             };
             self.dispatcher
                 .reject(bad_keys, "bad_partition_key", why, ack.split())
@@ -398,6 +407,10 @@ mod tests {
             }
             Ok(vec![None; records.len()])
         }
+
+        fn throttling_codes(&self) -> &'static [&'static str] {
+            THROTTLING
+        }
     }
 
     #[tokio::test]
@@ -429,8 +442,16 @@ mod tests {
                     Some(""),
                     Some(long.as_str()),
                     Some("b"),
+                    Some("c"),
                 ])),
-                Arc::new(Int64Array::from(vec![Some(7), None, None, None, None])),
+                Arc::new(Int64Array::from(vec![
+                    Some(7),
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some(-1),
+                ])),
             ],
         )
         .unwrap();
@@ -454,8 +475,17 @@ mod tests {
         let OutputData::Rows(bad) = &bad.data else {
             panic!("rows")
         };
-        assert_eq!(bad.num_rows(), 3);
+        assert_eq!(bad.num_rows(), 4);
         let codes = bad.column_by_name("errorCode").unwrap().as_string::<i32>();
-        assert!((0..3).all(|i| codes.value(i) == "bad_partition_key"));
+        assert!((0..4).all(|i| codes.value(i) == "bad_partition_key"));
+        let reasons = bad
+            .column_by_name("errorMessage")
+            .unwrap()
+            .as_string::<i32>();
+        assert!(
+            reasons.value(3).contains("explicit hash key `-1`"),
+            "{}",
+            reasons.value(3)
+        );
     }
 }
