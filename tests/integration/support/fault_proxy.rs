@@ -6,9 +6,14 @@
 //! itself with `ProvisionedThroughputExceededException` or `ExpiredIteratorException` (HTTP 400,
 //! as the service does). Each Firehose `PutRecordBatch` request is, likewise, answered by the proxy
 //! with `ServiceUnavailableException` (HTTP 503) or `InternalFailure` (HTTP 500); when let through,
-//! entries of moto's answer may be turned into per-record failures. Every other request, and the
-//! requests that are let through, are forwarded unchanged to the upstream port. The draws come
-//! from a small PRNG seeded by the test, so a run is reproducible for a given order of requests.
+//! each of its records may be drawn to fail. Failing records are taken out of the request before
+//! it is forwarded, so moto never stores them, and the answer gets a `ServiceUnavailableException`
+//! entry in their place (when every record fails, nothing is forwarded and the proxy answers
+//! itself). A sink that drops records reported as failed therefore loses them, and a test can see
+//! it. Every other request, and the `GetRecords` requests and the `PutRecordBatch` requests with
+//! no failing record that are let through, are forwarded unchanged to the upstream port. The draws
+//! come from a small PRNG seeded by the test, so a run is reproducible for a given order of
+//! requests.
 //!
 //! Blocking std networking, one thread per client connection (tokio's `net` feature is not
 //! enabled). Sockets are read with a short timeout so that every thread notices when the proxy is
@@ -31,6 +36,8 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// The `X-Amz-Target` of Firehose's `PutRecordBatch`.
 const PUT_RECORD_BATCH: &str = "Firehose_20150804.PutRecordBatch";
+/// The content type of the AWS JSON 1.1 protocol, which Firehose and Kinesis speak.
+const AMZ_JSON: &str = "application/x-amz-json-1.1";
 
 /// Probabilities of answering with an injected error. All zero by default (nothing injected).
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,10 +52,15 @@ pub(crate) struct Faults {
     /// Probability, per `PutRecordBatch` request, of `InternalFailure` (HTTP 500, nothing
     /// forwarded).
     pub(crate) batch_error: f64,
-    /// Probability, per record of a forwarded `PutRecordBatch`, that its entry of the answer is
-    /// turned into a `ServiceUnavailableException` failure. moto has stored that record all the
-    /// same: a retrying sink writes it twice, which the service allows too.
+    /// Probability, per record of a `PutRecordBatch` request let through, that the record fails:
+    /// it is taken out of the request before forwarding, so moto does not store it, and its entry
+    /// of the answer is a `ServiceUnavailableException` failure. When every record of a request
+    /// fails, nothing is forwarded and the proxy answers itself.
     pub(crate) record_failure: f64,
+    /// The error code of a failed record: `InternalFailure` when set, else
+    /// `ServiceUnavailableException` (Firehose's two per-record codes; the second asks the client
+    /// to slow down).
+    pub(crate) record_internal_failure: bool,
     /// Seed of the PRNG that draws the faults.
     pub(crate) seed: u64,
 }
@@ -62,7 +74,9 @@ pub(crate) struct FirehoseInjected {
     pub(crate) throttled_calls: u64,
     /// Requests answered with `InternalFailure`.
     pub(crate) failed_calls: u64,
-    /// Entries of forwarded requests' answers turned into failures.
+    /// Records reported to the client as failed by injection (and, being taken out of the
+    /// request, not stored by moto), in calls answered with HTTP 200. Not counted when moto
+    /// answered the rest of the call with an error, which the client sees as a failed call.
     pub(crate) failed_records: u64,
 }
 
@@ -81,6 +95,7 @@ struct Shared {
     batch_throttle: f64,
     batch_error: f64,
     record_failure: f64,
+    record_internal_failure: bool,
     rng: Mutex<u64>,
     throttles: AtomicU64,
     expiries: AtomicU64,
@@ -157,6 +172,7 @@ impl Shared {
             batch_throttle: faults.batch_throttle,
             batch_error: faults.batch_error,
             record_failure: faults.record_failure,
+            record_internal_failure: faults.record_internal_failure,
             rng: Mutex::new(faults.seed),
             throttles: AtomicU64::new(0),
             expiries: AtomicU64::new(0),
@@ -212,43 +228,123 @@ impl Shared {
         }
     }
 
-    /// Turns entries of a successful `PutRecordBatch` answer into per-record failures, each with
-    /// probability `record_failure`, and counts them. Only the answer is changed: moto has
-    /// already stored every record, including those now reported as failed, so a sink that
-    /// retries them delivers them twice. The service may do the same (a record it reports as
-    /// failed can still have been stored), so duplicates are allowed and a test must accept them.
-    fn fail_records(&self, response: Message) -> Message {
-        if self.record_failure <= 0.0 || response.status() != Some(200) {
-            return response;
+    /// Draws, for each record of a `PutRecordBatch` request that is let through, whether it fails
+    /// (probability `record_failure`), and takes the failing records out of the request so that
+    /// moto never stores them. Returns the request to forward (`None` when no record is left) and,
+    /// for each record of the request as sent, whether it fails; when none fails (the flags are
+    /// then all `false`, or empty when nothing was drawn), the request is returned unchanged.
+    ///
+    /// The new body is the old one re-serialised without the failing records, and only the value
+    /// of `Content-Length` changes in the head: every other header is kept byte for byte. The AWS
+    /// SDK signs the request, body included, so its signature no longer matches; moto does not
+    /// verify signatures, so changing the body is fine here.
+    fn drop_failing_records(&self, request: Message) -> (Option<Message>, Vec<bool>) {
+        if self.record_failure <= 0.0 {
+            return (Some(request), Vec::new());
         }
-        let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response.body) else {
-            return response;
+        let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&request.body) else {
+            return (Some(request), Vec::new());
         };
-        let Some(entries) = body
-            .get_mut("RequestResponses")
+        let Some(records) = body
+            .get_mut("Records")
             .and_then(serde_json::Value::as_array_mut)
         else {
-            return response;
+            return (Some(request), Vec::new());
         };
-        let mut injected = 0u64;
-        for entry in entries.iter_mut() {
-            if self.uniform() < self.record_failure {
-                *entry = serde_json::json!({
-                    "ErrorCode": "ServiceUnavailableException",
-                    "ErrorMessage": "Slow down (injected)",
-                });
-                injected += 1;
-            }
+        // A call without records goes to moto as sent, to be answered as the service would.
+        if records.is_empty() {
+            return (Some(request), Vec::new());
         }
-        if injected == 0 {
+        let failing: Vec<bool> = records
+            .iter()
+            .map(|_| self.uniform() < self.record_failure)
+            .collect();
+        if !failing.contains(&true) {
+            return (Some(request), failing);
+        }
+        let mut fails = failing.iter();
+        // `retain` visits the records once each, in order.
+        records.retain(|_| !fails.next().copied().unwrap_or(false));
+        if records.is_empty() {
+            return (None, failing);
+        }
+        let body = serde_json::to_vec(&body).expect("serialise a PutRecordBatch request");
+        (Some(request.with_body(body)), failing)
+    }
+
+    /// The answer to a `PutRecordBatch` request from which the records flagged in `failing` (one
+    /// flag per record of the request as sent) were taken out. `response` is moto's answer to the
+    /// records forwarded, `None` when none was. The answer has one entry per record of the
+    /// request as sent, in order: a forwarded record takes the next entry of moto's
+    /// `RequestResponses`, a failing one gets a `ServiceUnavailableException` failure;
+    /// `FailedPutCount` counts the failed entries. The injected failures are counted.
+    ///
+    /// An error answer from moto is passed on unchanged (and nothing counted): the whole call
+    /// failed, and the client sends all its records again.
+    fn merge_failures(&self, response: Option<Message>, failing: &[bool]) -> Message {
+        let injected = failing.iter().filter(|&&failed| failed).count();
+        let response = match response {
+            Some(response) => response,
+            // Every record failed, so nothing was forwarded: the proxy answers itself, from an
+            // answer with no entry yet.
+            None => Message {
+                head: format!("HTTP/1.1 200 OK\r\nContent-Type: {AMZ_JSON}\r\n\r\n").into_bytes(),
+                body: br#"{"FailedPutCount":0,"Encrypted":false,"RequestResponses":[]}"#.to_vec(),
+            },
+        };
+        if injected == 0 || response.status() != Some(200) {
             return response;
         }
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&response.body).unwrap_or_else(|e| {
+                panic!(
+                    "fault proxy: a PutRecordBatch answer that is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&response.body)
+                )
+            });
+        let answers = body
+            .get_mut("RequestResponses")
+            .and_then(serde_json::Value::as_array_mut)
+            .map(std::mem::take);
+        let Some(answers) = answers else {
+            panic!("fault proxy: a PutRecordBatch answer without RequestResponses: {body}");
+        };
+        let forwarded = failing.len() - injected;
+        assert_eq!(
+            answers.len(),
+            forwarded,
+            "fault proxy: {} entries in moto's PutRecordBatch answer for {forwarded} records \
+             forwarded: {}",
+            answers.len(),
+            String::from_utf8_lossy(&response.body)
+        );
+        let mut answers = answers.into_iter();
+        let entries: Vec<serde_json::Value> = failing
+            .iter()
+            .map(|&failed| {
+                if failed && self.record_internal_failure {
+                    serde_json::json!({
+                        "ErrorCode": "InternalFailure",
+                        "ErrorMessage": "Internal failure (injected)",
+                    })
+                } else if failed {
+                    serde_json::json!({
+                        "ErrorCode": "ServiceUnavailableException",
+                        "ErrorMessage": "Slow down (injected)",
+                    })
+                } else {
+                    answers.next().expect("one answer per record forwarded")
+                }
+            })
+            .collect();
         let failed = entries
             .iter()
-            .filter(|entry| entry.get("ErrorCode").is_some())
+            .filter(|entry| entry.get("ErrorCode").is_some_and(|code| !code.is_null()))
             .count();
+        body["RequestResponses"] = serde_json::Value::Array(entries);
         body["FailedPutCount"] = serde_json::Value::from(failed);
-        self.failed_records.fetch_add(injected, Ordering::Relaxed);
+        self.failed_records
+            .fetch_add(injected as u64, Ordering::Relaxed);
         let body = serde_json::to_vec(&body).expect("serialise a PutRecordBatch answer");
         Message {
             head: response.head,
@@ -392,14 +488,15 @@ fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         };
         let reply = match fault {
             Some(fault) => fault.response(),
-            None => {
-                let response = forward(&mut upstream, shared, &request)?;
-                if put_record_batch {
-                    shared.fail_records(response).into_bytes()
-                } else {
-                    response.into_bytes()
-                }
+            None if put_record_batch => {
+                let (request, failing) = shared.drop_failing_records(request);
+                let response = match request {
+                    Some(request) => Some(forward(&mut upstream, shared, &request)?),
+                    None => None,
+                };
+                shared.merge_failures(response, &failing).into_bytes()
             }
+            None => forward(&mut upstream, shared, &request)?.into_bytes(),
         };
         client.stream.write_all(&reply)?;
         client.stream.flush()?;
@@ -653,6 +750,45 @@ impl Message {
         }
     }
 
+    /// The message with `body` instead of its own: the value of its `Content-Length` header is
+    /// set to the new length, and every other byte of the head is kept as it was.
+    fn with_body(self, body: Vec<u8>) -> Self {
+        let mut head = Vec::with_capacity(self.head.len() + 8);
+        let mut rest = self.head.as_slice();
+        let mut start_line = true;
+        let mut replaced = false;
+        while !rest.is_empty() {
+            // The next line, with its CRLF.
+            let end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(rest.len(), |i| i + 2);
+            let (line, tail) = rest.split_at(end);
+            rest = tail;
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map(|colon| &line[..colon]);
+            match name {
+                Some(name)
+                    if !start_line && name.trim_ascii().eq_ignore_ascii_case(b"content-length") =>
+                {
+                    head.extend_from_slice(name);
+                    head.extend_from_slice(format!(": {}\r\n", body.len()).as_bytes());
+                    replaced = true;
+                }
+                _ => head.extend_from_slice(line),
+            }
+            start_line = false;
+        }
+        assert!(
+            replaced,
+            "fault proxy: no Content-Length to rewrite in {}",
+            String::from_utf8_lossy(&self.head)
+        );
+        Message { head, body }
+    }
+
     fn into_bytes(self) -> Vec<u8> {
         let mut bytes = self.head;
         bytes.extend_from_slice(&self.body);
@@ -745,9 +881,9 @@ mod tests {
     const JSON: &str = "application/x-amz-json-1.1";
 
     /// A fake upstream serving one connection, answering the n-th request (from 0) with
-    /// `reply(n)`. Every request received is sent on the channel.
-    fn fake_upstream_answering(
-        reply: impl Fn(usize) -> String + Send + 'static,
+    /// `reply(n, request)`. Every request received is sent on the channel.
+    fn fake_upstream_replying(
+        reply: impl Fn(usize, &Message) -> String + Send + 'static,
     ) -> (u16, mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake upstream");
         let port = listener.local_addr().expect("fake upstream address").port();
@@ -757,14 +893,49 @@ mod tests {
             let mut conn = Conn::new(stream, Arc::new(AtomicBool::new(false))).expect("conn");
             let mut served = 0;
             while let Some(request) = read_request(&mut conn).expect("read a request") {
+                let response = reply(served, &request);
                 tx.send(request.into_bytes()).expect("send the request");
                 conn.stream
-                    .write_all(reply(served).as_bytes())
+                    .write_all(response.as_bytes())
                     .expect("write a response");
                 served += 1;
             }
         });
         (port, rx, handle)
+    }
+
+    /// A fake upstream serving one connection, answering the n-th request (from 0) with
+    /// `reply(n)`. Every request received is sent on the channel.
+    fn fake_upstream_answering(
+        reply: impl Fn(usize) -> String + Send + 'static,
+    ) -> (u16, mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
+        fake_upstream_replying(move |served, _| reply(served))
+    }
+
+    /// The answer of a fake Firehose to a `PutRecordBatch` request: one successful entry per
+    /// record received, in order, with `RecordId` `id-<the record's Data>`.
+    fn echo_records(_served: usize, request: &Message) -> String {
+        let body: serde_json::Value =
+            serde_json::from_slice(&request.body).expect("a JSON PutRecordBatch request");
+        let entries: Vec<serde_json::Value> = body["Records"]
+            .as_array()
+            .expect("Records")
+            .iter()
+            .map(|record| {
+                let data = record["Data"].as_str().expect("Data");
+                serde_json::json!({ "RecordId": format!("id-{data}") })
+            })
+            .collect();
+        let answer = serde_json::json!({
+            "FailedPutCount": 0,
+            "Encrypted": false,
+            "RequestResponses": entries,
+        })
+        .to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )
     }
 
     /// A fake upstream serving one connection: the first response has a `Content-Length`, the
@@ -799,13 +970,27 @@ mod tests {
         amz_json_request(&format!("Kinesis_20131202.{operation}"), body)
     }
 
+    /// The body of a `PutRecordBatch` request for records with these `Data`, serialised as
+    /// `serde_json` does (compact, keys in this order).
+    fn put_record_batch_body(data: &[&str]) -> String {
+        let records: Vec<String> = data
+            .iter()
+            .map(|data| format!(r#"{{"Data":"{data}"}}"#))
+            .collect();
+        format!(
+            r#"{{"DeliveryStreamName":"d","Records":[{}]}}"#,
+            records.join(",")
+        )
+    }
+
+    /// A `PutRecordBatch` request for records with these `Data`.
+    fn put_record_batch_of(data: &[&str]) -> Vec<u8> {
+        amz_json_request(PUT_RECORD_BATCH, &put_record_batch_body(data))
+    }
+
     /// A `PutRecordBatch` request for `records` records.
     fn put_record_batch(records: usize) -> Vec<u8> {
-        let records = vec![r#"{"Data":"YQ=="}"#; records].join(",");
-        amz_json_request(
-            PUT_RECORD_BATCH,
-            &format!(r#"{{"DeliveryStreamName":"d","Records":[{records}]}}"#),
-        )
+        put_record_batch_of(&vec!["YQ=="; records])
     }
 
     /// Sends `bytes` on the client connection and reads the response.
@@ -934,13 +1119,7 @@ mod tests {
         );
         let mut client = connect(&proxy);
 
-        let batch = put_record_batch(2);
-        let response = round_trip(&mut client, &batch);
-        assert_eq!(
-            forwarded.recv().expect("forwarded request"),
-            batch,
-            "the request reaches the upstream unchanged"
-        );
+        let response = round_trip(&mut client, &put_record_batch(2));
         assert!(response.head.starts_with(b"HTTP/1.1 200 "));
         assert_eq!(response.header("content-type").as_deref(), Some(JSON));
         assert_eq!(
@@ -964,6 +1143,116 @@ mod tests {
         assert_eq!(injected.failed_records, 2);
         assert_eq!(proxy.put_record_batch_sizes(), [2]);
 
+        drop(client);
+        drop(proxy);
+        // The fake upstream waits for one connection: give it an empty one, so that it ends.
+        drop(
+            TcpStream::connect(("127.0.0.1", upstream_port)).expect("connect to the fake upstream"),
+        );
+        upstream.join().expect("fake upstream");
+        assert!(
+            forwarded.try_recv().is_err(),
+            "nothing reaches the upstream when every record fails"
+        );
+    }
+
+    #[test]
+    fn forwards_the_records_that_do_not_fail_and_merges_the_answers() {
+        // base64 of "A" to "H".
+        const DATA: [&str; 8] = [
+            "QQ==", "Qg==", "Qw==", "RA==", "RQ==", "Rg==", "Rw==", "SA==",
+        ];
+        let faults = Faults {
+            record_failure: 0.5,
+            seed: 3,
+            ..Faults::default()
+        };
+        // The proxy's draws, replayed: one for the whole call, then one per record.
+        let twin = Shared::new(1, faults);
+        let _ = twin.uniform();
+        let failing: Vec<bool> = DATA
+            .iter()
+            .map(|_| twin.uniform() < faults.record_failure)
+            .collect();
+        assert_eq!(
+            failing,
+            [false, false, true, true, false, true, false, true],
+            "the draws of seed 3"
+        );
+        let kept: Vec<&str> = DATA
+            .iter()
+            .zip(&failing)
+            .filter(|(_, failed)| !**failed)
+            .map(|(data, _)| *data)
+            .collect();
+
+        let (upstream_port, forwarded, upstream) = fake_upstream_replying(echo_records);
+        let proxy = FaultProxy::start(upstream_port, faults);
+        let mut client = connect(&proxy);
+        let response = round_trip(&mut client, &put_record_batch_of(&DATA));
+        // Only the records that do not fail reach the upstream; every other byte of the request
+        // is as sent, Content-Length aside.
+        assert_eq!(
+            String::from_utf8(forwarded.recv().expect("forwarded request")).expect("UTF-8"),
+            String::from_utf8(put_record_batch_of(&kept)).expect("UTF-8"),
+        );
+        assert!(response.head.starts_with(b"HTTP/1.1 200 "));
+        assert_eq!(response.header("content-type").as_deref(), Some(JSON));
+        assert_eq!(
+            response.content_length().expect("a valid Content-Length"),
+            Some(response.body.len())
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+        assert_eq!(body["FailedPutCount"], 4, "{body}");
+        assert_eq!(body["Encrypted"], false, "{body}");
+        let entries = body["RequestResponses"].as_array().expect("entries");
+        assert_eq!(entries.len(), DATA.len(), "{body}");
+        for ((entry, data), failed) in entries.iter().zip(DATA).zip(&failing) {
+            if *failed {
+                assert_eq!(entry["ErrorCode"], "ServiceUnavailableException", "{body}");
+                assert_eq!(entry["ErrorMessage"], "Slow down (injected)", "{body}");
+                assert!(entry.get("RecordId").is_none(), "{body}");
+            } else {
+                assert_eq!(entry["RecordId"], format!("id-{data}"), "{body}");
+                assert!(entry.get("ErrorCode").is_none(), "{body}");
+            }
+        }
+        let injected = proxy.firehose_injected();
+        assert_eq!((injected.calls, injected.failed_records), (1, 4));
+        assert_eq!((injected.throttled_calls, injected.failed_calls), (0, 0));
+        assert_eq!(proxy.put_record_batch_sizes(), [DATA.len()]);
+        drop(client);
+        drop(proxy);
+        upstream.join().expect("fake upstream");
+
+        // No record fails: the request and the answer pass unchanged.
+        let (upstream_port, forwarded, upstream) = fake_upstream_replying(echo_records);
+        let proxy = FaultProxy::start(
+            upstream_port,
+            Faults {
+                record_failure: 0.0,
+                seed: 3,
+                ..Faults::default()
+            },
+        );
+        let mut client = connect(&proxy);
+        let batch = put_record_batch_of(&DATA);
+        let response = round_trip(&mut client, &batch);
+        assert_eq!(forwarded.recv().expect("forwarded request"), batch);
+        let answer = echo_records(
+            0,
+            &Message {
+                head: Vec::new(),
+                body: put_record_batch_body(&DATA).into_bytes(),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(response.into_bytes()).expect("UTF-8"),
+            answer
+        );
+        let injected = proxy.firehose_injected();
+        assert_eq!((injected.calls, injected.failed_records), (1, 0));
+        assert_eq!(proxy.put_record_batch_sizes(), [DATA.len()]);
         drop(client);
         drop(proxy);
         upstream.join().expect("fake upstream");
