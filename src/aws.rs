@@ -44,3 +44,17 @@ pub(crate) fn timeout_config() -> aws_config::timeout::TimeoutConfig {
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
         .build()
 }
+
+/// A client of SDK crate `$sdk` configured from `$shared` (an [`aws_config::SdkConfig`]) with
+/// rivulet's retry and timeout settings.
+macro_rules! sdk_client {
+    ($sdk:ident, $shared:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::config::Builder::from(&$shared)
+                .retry_config($crate::aws::retry_config())
+                .timeout_config($crate::aws::timeout_config())
+                .build(),
+        )
+    };
+}
+pub(crate) use sdk_client;

@@ -665,14 +665,7 @@ impl PipelineConfig {
                 ..
             } => {
                 let mut b = crate::sink::FirehoseSink::builder(delivery_stream.clone())
-                    .format(match format {
-                        // One record per row: no header rows in the middle of a stream.
-                        EncodingConfig::Csv => OutputFormat::Csv {
-                            delimiter: b',',
-                            header: false,
-                        },
-                        EncodingConfig::Json => OutputFormat::JsonLines,
-                    })
+                    .format(record_format(format))
                     .delivery_settings(delivery_settings(s));
                 if let Some(r) = region {
                     b = b.region(r.clone());
@@ -694,13 +687,7 @@ impl PipelineConfig {
             } => {
                 let mut b = crate::sink::KinesisSink::builder(stream_name.clone())
                     .partition_key_column(partition_key.clone())
-                    .format(match format {
-                        EncodingConfig::Csv => OutputFormat::Csv {
-                            delimiter: b',',
-                            header: false,
-                        },
-                        EncodingConfig::Json => OutputFormat::JsonLines,
-                    })
+                    .format(record_format(format))
                     .delivery_settings(delivery_settings(s));
                 if let Some(h) = explicit_hash_key {
                     b = b.explicit_hash_key_column(h.clone());
@@ -953,6 +940,19 @@ impl PipelineConfig {
             Error::Format(message) => Error::config("format", message),
             other => other,
         })
+    }
+}
+
+/// The format of a record-oriented sink: one row per record, so no CSV header rows in the middle
+/// of a stream.
+#[cfg(feature = "aws")]
+fn record_format(format: &EncodingConfig) -> OutputFormat {
+    match format {
+        EncodingConfig::Csv => OutputFormat::Csv {
+            delimiter: b',',
+            header: false,
+        },
+        EncodingConfig::Json => OutputFormat::JsonLines,
     }
 }
 

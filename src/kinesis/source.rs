@@ -495,11 +495,7 @@ impl KinesisSourceBuilder {
             Some(c) => c,
             None => {
                 let shared = crate::aws::load_config(self.region, self.endpoint, "source").await?;
-                let config = aws_sdk_kinesis::config::Builder::from(&shared)
-                    .retry_config(crate::aws::retry_config())
-                    .timeout_config(crate::aws::timeout_config())
-                    .build();
-                aws_sdk_kinesis::Client::from_conf(config)
+                crate::aws::sdk_client!(aws_sdk_kinesis, shared)
             }
         };
         let api = SdkApi {

@@ -297,11 +297,7 @@ impl FirehoseSinkBuilder {
             Some(c) => c,
             None => {
                 let shared = crate::aws::load_config(self.region, self.endpoint, "sinks").await?;
-                let config = aws_sdk_firehose::config::Builder::from(&shared)
-                    .retry_config(crate::aws::retry_config())
-                    .timeout_config(crate::aws::timeout_config())
-                    .build();
-                aws_sdk_firehose::Client::from_conf(config)
+                crate::aws::sdk_client!(aws_sdk_firehose, shared)
             }
         };
         let name = format!("firehose:{}", self.delivery_stream);
