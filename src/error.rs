@@ -75,6 +75,11 @@ pub enum Error {
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
 
+    /// Envelope encryption or decryption failed.
+    #[cfg(feature = "aws")]
+    #[error("envelope encryption: {0}")]
+    Envelope(#[from] crate::crypto::EnvelopeError),
+
     /// The pipeline stopped because one of its tasks failed or panicked.
     #[error("pipeline stopped: {0}")]
     Pipeline(String),

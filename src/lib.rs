@@ -37,6 +37,8 @@ mod ack;
 mod aws;
 mod checkpoint;
 mod config;
+#[cfg(feature = "aws")]
+pub mod crypto;
 mod error;
 mod format;
 #[cfg(feature = "aws")]

@@ -14,6 +14,8 @@ mod firehose;
 #[cfg(feature = "aws")]
 mod kinesis_stream;
 mod memory;
+#[cfg(feature = "aws")]
+mod prefix;
 mod stdout;
 
 use std::fmt::Debug;

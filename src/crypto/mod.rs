@@ -1,0 +1,844 @@
+//! Client-side envelope encryption with AWS KMS.
+//!
+//! An [`EnvelopeEncryptor`] asks KMS for a data key (`GenerateDataKey`, AES-256) under an
+//! [`EncryptionContext`] that names the pipeline and the stream, encrypts messages with it
+//! (AES-256-GCM, aws-lc-rs), and writes each as a self-describing envelope: the key's ARN, the
+//! context, the data key as KMS encrypted it, the nonce, the ciphertext and the tag (format in
+//! `src/crypto/envelope.rs` and the README). Data keys are cached and replaced after a bounded
+//! age, number of bytes or number of messages ([`DataKeyLimits`]).
+//!
+//! An [`EnvelopeDecryptor`] reads envelopes back: it checks the context it was told to expect, has
+//! KMS decrypt the data key (`Decrypt`, which refuses a different context or key), and
+//! authenticates the ciphertext. `rivulet decrypt` is the same on the command line.
+//!
+//! Sinks take an encryptor through their builders (`with_encryption`) or the `encryption` table of
+//! a sink in the pipeline file: a record sink (Firehose, Kinesis) seals each record, a file sink each
+//! chunk it writes, the S3 sink each object.
+
+mod envelope;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+
+pub use envelope::EncryptionContext;
+use envelope::{NONCE_LEN, TAG_LEN};
+
+use crate::{Error, Result};
+
+/// Context key naming the pipeline.
+pub const CONTEXT_PIPELINE: &str = "rivulet:pipeline";
+/// Context key naming the output stream (or `raw_data`, `error_stream`).
+pub const CONTEXT_STREAM: &str = "rivulet:stream";
+
+/// Why an envelope could not be made or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The data does not start with an envelope (wrong file, or not encrypted).
+    #[error("not an envelope: the data does not start with the bytes `RVE`")]
+    NotAnEnvelope,
+    /// The envelope was written by a newer version of the format.
+    #[error("envelope version {0} is not supported (this build reads version 1)")]
+    UnsupportedVersion(u8),
+    /// The data ends inside an envelope.
+    #[error("the envelope is truncated in its {field} (at byte {offset})")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+        /// Offset of the field in the envelope.
+        offset: usize,
+    },
+    /// A field of the envelope is malformed, or a context or key too large to store.
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+    /// The envelope's context lacks a pair the decryptor requires, or has another value.
+    #[error(
+        "encryption context mismatch for `{key}`: expected `{expected}`, the envelope has {found}"
+    )]
+    ContextMismatch {
+        /// The context key.
+        key: String,
+        /// The value required.
+        expected: String,
+        /// What the envelope has (`no such key` when absent).
+        found: String,
+    },
+    /// The envelope was encrypted under another KMS key than the one required.
+    #[error("the envelope's data key belongs to KMS key `{found}`, not `{expected}`")]
+    KeyMismatch {
+        /// The key required.
+        expected: String,
+        /// The key named by the envelope.
+        found: String,
+    },
+    /// The ciphertext or the header was changed, or the data key does not match it.
+    #[error("authentication failed: the ciphertext or its header was altered")]
+    Authentication,
+    /// KMS refused or failed a call.
+    #[error("KMS {operation} failed: {code}: {message}")]
+    Kms {
+        /// `GenerateDataKey` or `Decrypt`.
+        operation: &'static str,
+        /// The service's error code, e.g. `InvalidCiphertextException`, `IncorrectKeyException`,
+        /// `NotFoundException`, `AccessDeniedException`.
+        code: String,
+        /// The service's message.
+        message: String,
+    },
+}
+
+/// A data key: the plaintext for this process only, and the same key as KMS encrypted it, to
+/// store next to the data.
+pub struct DataKey {
+    /// ARN of the KMS key that encrypted it.
+    pub key_id: String,
+    /// 32 bytes of key.
+    pub plaintext: Vec<u8>,
+    /// The encrypted data key (opaque to rivulet).
+    pub encrypted: Vec<u8>,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("key_id", &self.key_id)
+            .field("plaintext", &"<redacted>")
+            .field("encrypted_len", &self.encrypted.len())
+            .finish()
+    }
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        // Best effort: clear this copy of the key.
+        self.plaintext.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+/// Where data keys come from: KMS ([`KmsKeyProvider`]), or a stand-in in tests.
+#[async_trait]
+pub trait KeyProvider: Send + Sync + fmt::Debug {
+    /// A new AES-256 data key under `context` (KMS `GenerateDataKey`).
+    async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey>;
+
+    /// The plaintext of `encrypted` (KMS `Decrypt`); `key_id` is the key the envelope names (or the
+    /// one required), which KMS checks.
+    async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        encrypted: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>>;
+}
+
+/// Data keys from AWS KMS.
+#[derive(Debug, Clone)]
+pub struct KmsKeyProvider {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+}
+
+impl KmsKeyProvider {
+    /// A provider for `key_id` (key id, key ARN, alias name or alias ARN) with a client configured
+    /// from the default chain, `region` and `endpoint_url` overriding it.
+    pub async fn new(
+        key_id: impl Into<String>,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+    ) -> Result<Self> {
+        let shared = crate::aws::load_config(region, endpoint_url, "encryption").await?;
+        Ok(Self::with_client(
+            crate::aws::sdk_client!(aws_sdk_kms, shared),
+            key_id,
+        ))
+    }
+
+    /// A provider using a client the caller configured.
+    pub fn with_client(client: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
+        Self {
+            client,
+            key_id: key_id.into(),
+        }
+    }
+
+    /// The key the provider generates data keys under, as given.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+fn kms_error<E>(operation: &'static str, e: aws_sdk_kms::error::SdkError<E>) -> Error
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let (code, message) = match e.as_service_error() {
+        Some(s) => (
+            s.code().unwrap_or("Unknown").to_owned(),
+            s.message().unwrap_or_default().to_owned(),
+        ),
+        None => ("RequestFailed".to_owned(), error_chain(&e)),
+    };
+    Error::Envelope(EnvelopeError::Kms {
+        operation,
+        code,
+        message,
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn sdk_context(context: &EncryptionContext) -> Option<HashMap<String, String>> {
+    (!context.is_empty()).then(|| context.clone().into_iter().collect())
+}
+
+#[async_trait]
+impl KeyProvider for KmsKeyProvider {
+    async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey> {
+        let out = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .set_encryption_context(sdk_context(context))
+            .send()
+            .await
+            .map_err(|e| kms_error("GenerateDataKey", e))?;
+        let missing = |what: &str| {
+            Error::Envelope(EnvelopeError::Kms {
+                operation: "GenerateDataKey",
+                code: "InvalidResponse".into(),
+                message: format!("the response has no {what}"),
+            })
+        };
+        Ok(DataKey {
+            key_id: out.key_id().ok_or_else(|| missing("KeyId"))?.to_owned(),
+            plaintext: out
+                .plaintext()
+                .ok_or_else(|| missing("Plaintext"))?
+                .as_ref()
+                .to_vec(),
+            encrypted: out
+                .ciphertext_blob()
+                .ok_or_else(|| missing("CiphertextBlob"))?
+                .as_ref()
+                .to_vec(),
+        })
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        encrypted: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>> {
+        let out = self
+            .client
+            .decrypt()
+            .key_id(key_id)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(encrypted))
+            .set_encryption_context(sdk_context(context))
+            .send()
+            .await
+            .map_err(|e| kms_error("Decrypt", e))?;
+        out.plaintext().map(|p| p.as_ref().to_vec()).ok_or_else(|| {
+            Error::Envelope(EnvelopeError::Kms {
+                operation: "Decrypt",
+                code: "InvalidResponse".into(),
+                message: "the response has no Plaintext".into(),
+            })
+        })
+    }
+}
+
+/// When a cached data key is replaced by a new one.
+///
+/// Fewer messages and bytes per key limit what one leaked data key exposes, at the cost of more
+/// KMS calls. The defaults make one `GenerateDataKey` call per five minutes for most pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataKeyLimits {
+    /// Longest time a data key is used. Default 5 minutes.
+    pub max_age: Duration,
+    /// Most plaintext bytes encrypted under one data key. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Most messages (envelopes) under one data key. Default 2^20; never above 2^32, the bound
+    /// for random 96-bit GCM nonces.
+    pub max_messages: u64,
+}
+
+impl Default for DataKeyLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(300),
+            max_bytes: 1 << 30,
+            max_messages: 1 << 20,
+        }
+    }
+}
+
+struct CachedKey {
+    key: LessSafeKey,
+    key_id: String,
+    encrypted: Vec<u8>,
+    created: Instant,
+    bytes: u64,
+    messages: u64,
+}
+
+/// Encrypts messages into envelopes with KMS data keys.
+pub struct EnvelopeEncryptor {
+    provider: Arc<dyn KeyProvider>,
+    context: EncryptionContext,
+    context_bytes: Vec<u8>,
+    limits: DataKeyLimits,
+    current: Option<CachedKey>,
+    keys_generated: u64,
+}
+
+impl fmt::Debug for EnvelopeEncryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeEncryptor")
+            .field("provider", &self.provider)
+            .field("context", &self.context)
+            .field("limits", &self.limits)
+            .field("keys_generated", &self.keys_generated)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`EnvelopeEncryptor`].
+#[derive(Debug)]
+pub struct EnvelopeEncryptorBuilder {
+    provider: Arc<dyn KeyProvider>,
+    context: EncryptionContext,
+    limits: DataKeyLimits,
+}
+
+impl EnvelopeEncryptorBuilder {
+    /// Adds a pair to the encryption context (sinks add `rivulet:stream`; the pipeline file adds
+    /// `rivulet:pipeline`).
+    pub fn with_context(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.context.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets when data keys are replaced.
+    pub fn with_limits(mut self, limits: DataKeyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Checks the settings and builds the encryptor. No KMS call is made until the first message.
+    pub fn build(self) -> Result<EnvelopeEncryptor> {
+        let l = self.limits;
+        if l.max_age.is_zero() || l.max_bytes == 0 || l.max_messages == 0 {
+            return Err(Error::config(
+                "encryption",
+                "data key limits must be above zero",
+            ));
+        }
+        if l.max_messages > 1 << 32 {
+            return Err(Error::config(
+                "encryption.max_messages_per_key",
+                "at most 2^32 messages per data key (random GCM nonces)",
+            ));
+        }
+        let context_bytes = envelope::encode_context(&self.context).map_err(Error::Envelope)?;
+        Ok(EnvelopeEncryptor {
+            provider: self.provider,
+            context: self.context,
+            context_bytes,
+            limits: self.limits,
+            current: None,
+            keys_generated: 0,
+        })
+    }
+}
+
+/// The largest message one envelope holds.
+pub const MAX_MESSAGE_BYTES: usize = u32::MAX as usize;
+
+/// Bytes an envelope adds to its message, for a given key id and encrypted-key length and context.
+fn overhead(key_id: usize, context: usize, encrypted: usize) -> usize {
+    4 + 2 + key_id + 2 + context + 2 + encrypted + NONCE_LEN + 4 + TAG_LEN
+}
+
+impl EnvelopeEncryptor {
+    /// An encryptor taking data keys from `provider`.
+    pub fn builder(provider: Arc<dyn KeyProvider>) -> EnvelopeEncryptorBuilder {
+        EnvelopeEncryptorBuilder {
+            provider,
+            context: EncryptionContext::new(),
+            limits: DataKeyLimits::default(),
+        }
+    }
+
+    /// The encryption context every envelope carries.
+    pub fn context(&self) -> &EncryptionContext {
+        &self.context
+    }
+
+    /// A copy of this encryptor's settings with one more context pair and its own key cache (each
+    /// sink, or each stream of one, gets its own).
+    pub fn derive(&self, key: &str, value: &str) -> Result<Self> {
+        let mut context = self.context.clone();
+        context.insert(key.to_owned(), value.to_owned());
+        EnvelopeEncryptorBuilder {
+            provider: Arc::clone(&self.provider),
+            context,
+            limits: self.limits,
+        }
+        .build()
+    }
+
+    /// Number of data keys asked from the provider so far.
+    pub fn keys_generated(&self) -> u64 {
+        self.keys_generated
+    }
+
+    /// An upper bound of the bytes an envelope adds to a message, once a data key is in use
+    /// (`None` before the first message).
+    pub fn overhead(&self) -> Option<usize> {
+        self.current
+            .as_ref()
+            .map(|k| overhead(k.key_id.len(), self.context_bytes.len(), k.encrypted.len()))
+    }
+
+    /// Makes sure the cached data key may encrypt `messages` more messages of `bytes` in total,
+    /// asking for a new one when it may not.
+    async fn reserve(&mut self, messages: u64, bytes: u64) -> Result<()> {
+        let l = self.limits;
+        let usable = self.current.as_ref().is_some_and(|k| {
+            k.created.elapsed() < l.max_age
+                && k.messages + messages <= l.max_messages
+                && k.bytes + bytes <= l.max_bytes
+        });
+        if usable {
+            return Ok(());
+        }
+        self.current = None;
+        let dk = self.provider.generate_data_key(&self.context).await?;
+        if dk.key_id.len() > u16::MAX as usize || dk.encrypted.len() > u16::MAX as usize {
+            return Err(Error::Envelope(EnvelopeError::Invalid(
+                "the data key or key id from KMS is over 64 KiB".into(),
+            )));
+        }
+        let unbound = UnboundKey::new(&AES_256_GCM, &dk.plaintext).map_err(|_| {
+            Error::Envelope(EnvelopeError::Invalid(format!(
+                "the data key is {} bytes, not 32",
+                dk.plaintext.len()
+            )))
+        })?;
+        self.keys_generated += 1;
+        self.current = Some(CachedKey {
+            key: LessSafeKey::new(unbound),
+            key_id: dk.key_id.clone(),
+            encrypted: dk.encrypted.clone(),
+            created: Instant::now(),
+            bytes: 0,
+            messages: 0,
+        });
+        Ok(())
+    }
+
+    /// Encrypts `message` into one envelope appended to `out`.
+    pub async fn seal(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        check_size(message.len())?;
+        // A message larger than the byte limit gets a key of its own.
+        let bytes = (message.len() as u64).min(self.limits.max_bytes);
+        self.reserve(1, bytes).await?;
+        self.seal_reserved(message, out);
+        Ok(())
+    }
+
+    /// Encrypts each message into its own envelope.
+    pub async fn seal_each<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut env = Vec::with_capacity(m.as_ref().len() + 320);
+            self.seal(m.as_ref(), &mut env).await?;
+            out.push(env);
+        }
+        Ok(out)
+    }
+
+    fn seal_reserved(&mut self, message: &[u8], out: &mut Vec<u8>) {
+        let k = self.current.as_mut().expect("a data key is reserved");
+        k.messages += 1;
+        k.bytes += message.len() as u64;
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system random generator works");
+        let start = out.len();
+        envelope::write_header(
+            out,
+            &k.key_id,
+            &self.context_bytes,
+            &k.encrypted,
+            &nonce,
+            message.len() as u32,
+        );
+        let body = out.len();
+        out.extend_from_slice(message);
+        let (header, ciphertext) = out[start..].split_at_mut(body - start);
+        let tag = k
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&*header),
+                ciphertext,
+            )
+            .expect("AES-GCM sealing of a message under 4 GiB cannot fail");
+        out.extend_from_slice(tag.as_ref());
+    }
+}
+
+fn check_size(len: usize) -> Result<()> {
+    if len > MAX_MESSAGE_BYTES {
+        return Err(Error::Envelope(EnvelopeError::Invalid(format!(
+            "a message of {len} bytes is over the envelope limit of 4 GiB"
+        ))));
+    }
+    Ok(())
+}
+
+/// Most data keys an [`EnvelopeDecryptor`] keeps decrypted.
+const DECRYPTED_KEYS_CACHED: usize = 256;
+
+/// Opens envelopes made by an [`EnvelopeEncryptor`].
+pub struct EnvelopeDecryptor {
+    provider: Arc<dyn KeyProvider>,
+    expected_context: EncryptionContext,
+    expected_key: Option<String>,
+    keys: HashMap<Vec<u8>, LessSafeKey>,
+    kms_calls: u64,
+}
+
+impl fmt::Debug for EnvelopeDecryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeDecryptor")
+            .field("provider", &self.provider)
+            .field("expected_context", &self.expected_context)
+            .field("expected_key", &self.expected_key)
+            .field("kms_calls", &self.kms_calls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnvelopeDecryptor {
+    /// A decryptor asking `provider` for data keys.
+    pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            provider,
+            expected_context: EncryptionContext::new(),
+            expected_key: None,
+            keys: HashMap::new(),
+            kms_calls: 0,
+        }
+    }
+
+    /// Requires every envelope's context to hold `key` = `value`.
+    pub fn expect_context(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.expected_context.insert(key.into(), value.into());
+        self
+    }
+
+    /// Requires every envelope's data key to be encrypted under the KMS key `key_id` (key id, key
+    /// ARN, or alias, which KMS checks).
+    pub fn expect_key(mut self, key_id: impl Into<String>) -> Self {
+        self.expected_key = Some(key_id.into());
+        self
+    }
+
+    /// Number of data keys decrypted by the provider so far.
+    pub fn kms_calls(&self) -> u64 {
+        self.kms_calls
+    }
+
+    /// Opens the envelope at the start of `data`, appends its message to `out`, and returns the
+    /// envelope's length.
+    pub async fn open(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<usize> {
+        let p = envelope::parse(data).map_err(Error::Envelope)?;
+        for (k, v) in &self.expected_context {
+            match p.context.get(k) {
+                Some(found) if found == v => {}
+                found => {
+                    return Err(Error::Envelope(EnvelopeError::ContextMismatch {
+                        key: k.clone(),
+                        expected: v.clone(),
+                        found: found.map_or("no such key".into(), |f| format!("`{f}`")),
+                    }))
+                }
+            }
+        }
+        let key_id = match &self.expected_key {
+            Some(expected) => {
+                if !same_key(expected, p.key_id) {
+                    return Err(Error::Envelope(EnvelopeError::KeyMismatch {
+                        expected: expected.clone(),
+                        found: p.key_id.to_owned(),
+                    }));
+                }
+                expected.as_str()
+            }
+            None => p.key_id,
+        };
+        if !self.keys.contains_key(p.encrypted_key) {
+            let mut plain = self
+                .provider
+                .decrypt_data_key(key_id, p.encrypted_key, &p.context)
+                .await?;
+            self.kms_calls += 1;
+            let unbound = UnboundKey::new(&AES_256_GCM, &plain);
+            plain.iter_mut().for_each(|b| *b = 0);
+            let unbound = unbound.map_err(|_| {
+                Error::Envelope(EnvelopeError::Invalid(
+                    "the decrypted data key is not 32 bytes".into(),
+                ))
+            })?;
+            if self.keys.len() >= DECRYPTED_KEYS_CACHED {
+                self.keys.clear();
+            }
+            self.keys
+                .insert(p.encrypted_key.to_vec(), LessSafeKey::new(unbound));
+        }
+        let key = &self.keys[p.encrypted_key];
+        let start = out.len();
+        out.extend_from_slice(p.sealed);
+        let opened = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(p.nonce),
+                Aad::from(p.header),
+                &mut out[start..],
+            )
+            .map(|m| m.len());
+        match opened {
+            Ok(n) => {
+                out.truncate(start + n);
+                Ok(p.len)
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(Error::Envelope(EnvelopeError::Authentication))
+            }
+        }
+    }
+
+    /// Opens every envelope of `data` (envelopes written one after another) and returns the
+    /// messages concatenated.
+    pub async fn open_all(&mut self, mut data: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(data.len());
+        while !data.is_empty() {
+            let n = self.open(data, &mut out).await?;
+            data = &data[n..];
+        }
+        Ok(out)
+    }
+}
+
+/// True when the key `expected` (id, ARN, alias) can be the key ARN `found`. Aliases cannot be told
+/// apart here; KMS checks them.
+fn same_key(expected: &str, found: &str) -> bool {
+    if expected.contains("alias/") {
+        return true;
+    }
+    if expected.starts_with("arn:") {
+        return expected == found;
+    }
+    found == expected || found.ends_with(&format!(":key/{expected}"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Data keys from a local master key: a stand-in for KMS in unit tests and benches. The
+    /// "encrypted" key is the plaintext XOR the master key, tagged with the context, so a wrong
+    /// context or key is refused as KMS would.
+    #[derive(Debug, Default)]
+    pub(crate) struct LocalKeys {
+        pub(crate) generated: AtomicU64,
+    }
+
+    const KEY_ARN: &str = "arn:aws:kms:us-east-1:000000000000:key/local";
+
+    #[async_trait]
+    impl KeyProvider for LocalKeys {
+        async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey> {
+            let n = self.generated.fetch_add(1, Ordering::Relaxed);
+            let plaintext: Vec<u8> = (0..32).map(|i| (i as u8) ^ (n as u8)).collect();
+            let mut encrypted: Vec<u8> = plaintext.iter().map(|b| b ^ 0x5a).collect();
+            encrypted.extend_from_slice(format!("{context:?}").as_bytes());
+            Ok(DataKey {
+                key_id: KEY_ARN.into(),
+                plaintext,
+                encrypted,
+            })
+        }
+
+        async fn decrypt_data_key(
+            &self,
+            _key_id: &str,
+            encrypted: &[u8],
+            context: &EncryptionContext,
+        ) -> Result<Vec<u8>> {
+            if encrypted.len() < 32 || &encrypted[32..] != format!("{context:?}").as_bytes() {
+                return Err(Error::Envelope(EnvelopeError::Kms {
+                    operation: "Decrypt",
+                    code: "InvalidCiphertextException".into(),
+                    message: String::new(),
+                }));
+            }
+            Ok(encrypted[..32].iter().map(|b| b ^ 0x5a).collect())
+        }
+    }
+
+    fn encryptor(limits: DataKeyLimits) -> (Arc<LocalKeys>, EnvelopeEncryptor) {
+        let keys = Arc::new(LocalKeys::default());
+        let enc = EnvelopeEncryptor::builder(Arc::clone(&keys) as Arc<dyn KeyProvider>)
+            .with_context(CONTEXT_STREAM, "out")
+            .with_limits(limits)
+            .build()
+            .unwrap();
+        (keys, enc)
+    }
+
+    #[tokio::test]
+    async fn concatenated_envelopes_open_to_the_messages() {
+        let (keys, mut enc) = encryptor(DataKeyLimits::default());
+        let mut data = Vec::new();
+        enc.seal(b"first message\n", &mut data).await.unwrap();
+        enc.seal(b"", &mut data).await.unwrap();
+        enc.seal(b"second\n", &mut data).await.unwrap();
+        assert!(!data.windows(6).any(|w| w == b"second"), "plaintext leaked");
+        assert_eq!(
+            keys.generated.load(Ordering::Relaxed),
+            1,
+            "one cached data key"
+        );
+
+        let mut dec = EnvelopeDecryptor::new(keys).expect_context(CONTEXT_STREAM, "out");
+        assert_eq!(
+            dec.open_all(&data).await.unwrap(),
+            b"first message\nsecond\n"
+        );
+        assert_eq!(dec.kms_calls(), 1, "the data key is decrypted once");
+    }
+
+    #[tokio::test]
+    async fn any_changed_byte_fails_authentication_or_parsing() {
+        let (keys, mut enc) = encryptor(DataKeyLimits::default());
+        let mut env = Vec::new();
+        enc.seal(b"payload", &mut env).await.unwrap();
+        let mut dec = EnvelopeDecryptor::new(keys);
+        for i in 0..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 1;
+            let mut out = Vec::new();
+            assert!(
+                dec.open(&bad, &mut out).await.is_err(),
+                "a flipped bit at byte {i} was accepted"
+            );
+            assert!(out.is_empty(), "no plaintext is returned on failure");
+        }
+        let mut bad = env.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x80;
+        let err = dec.open(&bad, &mut Vec::new()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Envelope(EnvelopeError::Authentication)),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_required_context_or_key_that_differs_is_refused_before_kms() {
+        let (keys, mut enc) = encryptor(DataKeyLimits::default());
+        let mut env = Vec::new();
+        enc.seal(b"x", &mut env).await.unwrap();
+        let mut dec = EnvelopeDecryptor::new(Arc::clone(&keys) as Arc<dyn KeyProvider>)
+            .expect_context(CONTEXT_STREAM, "other");
+        let err = dec.open(&env, &mut Vec::new()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected `other`, the envelope has `out`"),
+            "{err}"
+        );
+        let mut dec = EnvelopeDecryptor::new(keys).expect_key("1234abcd");
+        let err = dec.open(&env, &mut Vec::new()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Envelope(EnvelopeError::KeyMismatch { .. })),
+            "{err}"
+        );
+        assert_eq!(dec.kms_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn data_keys_are_replaced_at_each_limit() {
+        let limits = DataKeyLimits {
+            max_messages: 3,
+            ..DataKeyLimits::default()
+        };
+        let (keys, mut enc) = encryptor(limits);
+        for _ in 0..7 {
+            enc.seal(b"m", &mut Vec::new()).await.unwrap();
+        }
+        assert_eq!(
+            keys.generated.load(Ordering::Relaxed),
+            3,
+            "7 messages, 3 per key"
+        );
+
+        let limits = DataKeyLimits {
+            max_bytes: 10,
+            ..DataKeyLimits::default()
+        };
+        let (keys, mut enc) = encryptor(limits);
+        for _ in 0..4 {
+            enc.seal(b"12345", &mut Vec::new()).await.unwrap();
+        }
+        assert_eq!(
+            keys.generated.load(Ordering::Relaxed),
+            2,
+            "20 bytes, 10 per key"
+        );
+
+        let limits = DataKeyLimits {
+            max_age: Duration::from_millis(30),
+            ..DataKeyLimits::default()
+        };
+        let (keys, mut enc) = encryptor(limits);
+        enc.seal(b"a", &mut Vec::new()).await.unwrap();
+        enc.seal(b"b", &mut Vec::new()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        enc.seal(b"c", &mut Vec::new()).await.unwrap();
+        assert_eq!(
+            keys.generated.load(Ordering::Relaxed),
+            2,
+            "a new key after max_age"
+        );
+    }
+
+    #[test]
+    fn key_ids_match_by_arn_or_bare_id() {
+        let arn = "arn:aws:kms:us-east-1:1:key/abcd";
+        assert!(same_key(arn, arn));
+        assert!(same_key("abcd", arn));
+        assert!(!same_key("abc", arn));
+        assert!(!same_key("arn:aws:kms:us-east-1:1:key/other", arn));
+        assert!(same_key("alias/mine", arn));
+    }
+}
