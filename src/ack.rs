@@ -263,6 +263,47 @@ impl AckTracker {
     }
 }
 
+/// Test helper: an [`Ack`] and a way to see whether it was acknowledged.
+#[cfg(test)]
+pub(crate) struct AckProbe {
+    rx: std::sync::Mutex<mpsc::UnboundedReceiver<TrackerMsg>>,
+    seen: std::sync::atomic::AtomicU8,
+}
+
+#[cfg(test)]
+impl Ack {
+    /// An ack whose outcome the returned probe reports.
+    pub(crate) fn probe() -> (Ack, AckProbe) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Ack::new(0, Some(tx)),
+            AckProbe {
+                rx: std::sync::Mutex::new(rx),
+                seen: std::sync::atomic::AtomicU8::new(0),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+impl AckProbe {
+    fn poll(&self) -> u8 {
+        use std::sync::atomic::Ordering;
+        while let Ok(m) = self.rx.lock().unwrap().try_recv() {
+            if let TrackerMsg::Done(e) = m {
+                self.seen
+                    .store(if e.failed { 2 } else { 1 }, Ordering::SeqCst);
+            }
+        }
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// True once the ack was acknowledged (stored).
+    pub(crate) fn is_acknowledged(&self) -> bool {
+        self.poll() == 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,10 +69,12 @@ pub use pipeline::{
 };
 pub use record::{Position, Record, RecordId};
 pub use sink::{
-    error_schema, ErrorOutput, ErrorRecord, ErrorStage, FileSink, FileSinkBuilder, MemorySink,
-    MemorySinkHandle, NullSink, OutputBatch, OutputData, Sink, StdoutSink, DESTINATION_STREAM,
-    ERROR_STREAM,
+    error_schema, CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage,
+    FileSink, FileSinkBuilder, MemorySink, MemorySinkHandle, NullSink, OutputBatch, OutputData,
+    Sink, StdoutSink, DESTINATION_STREAM, ERROR_STREAM,
 };
+#[cfg(feature = "aws")]
+pub use sink::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
 #[cfg(feature = "aws")]
 pub use sink::{
     DeliverySettings, FirehoseSink, FirehoseSinkBuilder, KinesisSink, KinesisSinkBuilder,
@@ -85,6 +87,12 @@ pub mod firehose {
         plan_requests, DeliverySettings, FirehoseSink, FirehoseSinkBuilder, RequestPlan,
         MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
     };
+}
+/// Amazon S3: the sink, its formats, and the limits and defaults it works with.
+#[cfg(feature = "aws")]
+pub mod s3 {
+    pub use crate::sink::s3_limits::*;
+    pub use crate::sink::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
 }
 pub use source::{
     FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,

@@ -29,8 +29,8 @@ use crate::format::{infer_schema, Column, MetadataColumn, RecordDecoder, RecordF
 use crate::metrics::{MetricsSnapshot, PipelineMetrics, SourceHealth};
 use crate::record::{Position, Record};
 use crate::sink::{
-    ErrorOutput, ErrorRecord, ErrorStage, OutputBatch, OutputData, Sink, DESTINATION_STREAM,
-    ERROR_STREAM,
+    CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage, OutputBatch,
+    OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
 };
 use crate::source::{now_ms, Source, SourceBatch};
 use crate::sql::{SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
@@ -138,6 +138,8 @@ pub struct Pipeline {
     checkpoints: Option<Checkpoints>,
     /// Where the run starts: the restored checkpoint's position, or empty.
     resumed: Position,
+    /// The checkpoint range the run starts in.
+    first_range: CheckpointRange,
     /// Source partitions as the restored window state numbers them.
     partitions: Vec<String>,
     health: Option<Arc<SourceHealth>>,
@@ -277,9 +279,11 @@ impl Pipeline {
             shutdown_tx,
             checkpoints,
             resumed,
+            first_range,
             partitions,
             health: _,
         } = self;
+        let (ranges_tx, ranges) = CheckpointRanges::channel(first_range);
         let stateful = program.is_stateful();
         let (chunk_tx, chunk_rx) = mpsc::channel::<SourceBatch>(CHUNK_QUEUE);
         // Set when a finite source has ended (not when the pipeline is stopped).
@@ -291,12 +295,14 @@ impl Pipeline {
         let mut sink_txs = Vec::with_capacity(sinks.len());
         for (stream, mut sink) in sinks {
             sink.set_error_output(ErrorOutput::new(error_tx.clone()));
+            sink.set_checkpoint_ranges(ranges.clone());
             let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
             sink_txs.push((stream, tx));
             tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
         }
         let raw_tx = raw_copy.map(|mut sink| {
             sink.set_error_output(ErrorOutput::new(error_tx.clone()));
+            sink.set_checkpoint_ranges(ranges.clone());
             let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
             tasks.spawn(run_sink(sink, rx, Arc::new(PipelineMetrics::default())));
             tx
@@ -306,6 +312,7 @@ impl Pipeline {
         let mut error_sink = error_sink;
         let (fallback_tx, fallback_rx) = mpsc::channel(batch.sink_queue.max(1));
         error_sink.set_error_output(ErrorOutput::new(fallback_tx));
+        error_sink.set_checkpoint_ranges(ranges);
         tasks.spawn(run_sink(
             Box::new(crate::sink::StdoutSink::stderr(Default::default())),
             fallback_rx,
@@ -356,6 +363,7 @@ impl Pipeline {
             metrics: Arc::clone(&metrics),
             input_ended,
             checkpoints,
+            ranges: ranges_tx,
         }));
 
         let mut committed = Position::new();
@@ -706,6 +714,10 @@ impl PipelineBuilder {
                 .as_ref()
                 .map(|c| c.partitions.clone())
                 .unwrap_or_default(),
+            first_range: match &restored {
+                Some(c) => CheckpointRange::after(&c.position, c.created_ms),
+                None => CheckpointRange::after(&Position::new(), now_ms()),
+            },
             resumed: restored.map(|c| c.position).unwrap_or_default(),
             health,
             source,
@@ -734,6 +746,7 @@ struct SourceTask {
     metrics: Arc<PipelineMetrics>,
     input_ended: Arc<AtomicBool>,
     checkpoints: Option<Checkpoints>,
+    ranges: watch::Sender<CheckpointRange>,
 }
 
 /// Commits positions to the source and writes checkpoints, at most one per interval unless a
@@ -745,6 +758,9 @@ struct Committer {
     unsaved: Option<Position>,
     last_commit: Option<Position>,
     metrics: Arc<PipelineMetrics>,
+    /// Moves the sinks' checkpoint range on: at each checkpoint written, or at each commit
+    /// without a checkpoint store.
+    ranges: watch::Sender<CheckpointRange>,
 }
 
 impl Committer {
@@ -758,6 +774,10 @@ impl Committer {
             }
         }
         source.commit(&commit.position).await?;
+        if self.checkpoints.is_none() {
+            self.ranges
+                .send_replace(CheckpointRange::after(&commit.position, now_ms()));
+        }
         self.last_commit = Some(commit.position);
         Ok(())
     }
@@ -787,6 +807,10 @@ impl Committer {
             created_ms: now_ms(),
         };
         cp.store.save(&checkpoint).await?;
+        self.ranges.send_replace(CheckpointRange::after(
+            &checkpoint.position,
+            checkpoint.created_ms,
+        ));
         self.metrics.add_checkpoint();
         self.last_save = Instant::now();
         self.unsaved = None;
@@ -805,6 +829,7 @@ async fn run_source(task: SourceTask) -> Result<Option<Position>> {
         metrics,
         input_ended,
         checkpoints,
+        ranges,
     } = task;
     let mut committer = Committer {
         checkpoints,
@@ -812,6 +837,7 @@ async fn run_source(task: SourceTask) -> Result<Option<Position>> {
         unsaved: None,
         last_commit: None,
         metrics: Arc::clone(&metrics),
+        ranges,
     };
     let mut replay = replay.into_iter();
     let mut source_error = None;
@@ -1247,7 +1273,7 @@ async fn run_sink(
                 }
             }
             Ok(None) => {
-                sink.flush().await?;
+                sink.finish().await?;
                 return Ok(None);
             }
             Err(_) => {

@@ -16,6 +16,8 @@ mod kinesis_stream;
 mod memory;
 #[cfg(feature = "aws")]
 mod prefix;
+#[cfg(feature = "aws")]
+mod s3;
 mod stdout;
 
 use std::fmt::Debug;
@@ -43,6 +45,16 @@ pub use firehose::{
     plan_requests, FirehoseSink, FirehoseSinkBuilder, RequestPlan, MAX_BYTES_PER_CALL,
     MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
 };
+#[cfg(feature = "aws")]
+pub use s3::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
+/// The S3 sink's limits and defaults (re-exported as `rivulet::s3`).
+#[cfg(feature = "aws")]
+pub(crate) mod s3_limits {
+    pub use super::s3::{
+        DEFAULT_MULTIPART_THRESHOLD, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_INTERVAL, MAX_PUT_BYTES,
+        MIN_PART_BYTES,
+    };
+}
 pub use memory::{MemorySink, MemorySinkHandle, NullSink};
 pub use stdout::StdoutSink;
 
@@ -126,6 +138,66 @@ impl ErrorOutput {
     }
 }
 
+/// A stretch of output between two checkpoints: what a replay after a crash produces again.
+///
+/// Sinks that name what they write (the S3 sink) derive names from the range and a counter, so
+/// that a replay from the range's checkpoint writes under the same names, overwriting instead of
+/// duplicating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRange {
+    /// 16 hex digits identifying the checkpoint the range starts from.
+    pub id: Arc<str>,
+    /// When that checkpoint was taken (or the run started, without one), milliseconds since the
+    /// epoch.
+    pub started_ms: i64,
+}
+
+impl CheckpointRange {
+    /// The range starting after `position`, checkpointed at `at_ms`.
+    pub fn after(position: &crate::Position, at_ms: i64) -> Self {
+        use md5::Digest as _;
+        let mut h = md5::Md5::new();
+        for (partition, offset) in position.iter() {
+            h.update((partition.len() as u64).to_be_bytes());
+            h.update(partition.as_bytes());
+            h.update((offset.len() as u64).to_be_bytes());
+            h.update(offset.as_bytes());
+        }
+        h.update(at_ms.to_be_bytes());
+        let digest = h.finalize();
+        let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            id: Arc::from(id),
+            started_ms: at_ms,
+        }
+    }
+}
+
+/// The checkpoint range output currently belongs to, as the pipeline moves it on.
+#[derive(Debug, Clone)]
+pub struct CheckpointRanges {
+    rx: tokio::sync::watch::Receiver<CheckpointRange>,
+}
+
+impl CheckpointRanges {
+    /// A range that never changes: for using a sink outside a pipeline.
+    pub fn fixed(range: CheckpointRange) -> Self {
+        Self::channel(range).1
+    }
+
+    pub(crate) fn channel(
+        initial: CheckpointRange,
+    ) -> (tokio::sync::watch::Sender<CheckpointRange>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(initial);
+        (tx, Self { rx })
+    }
+
+    /// The current range.
+    pub fn current(&self) -> CheckpointRange {
+        self.rx.borrow().clone()
+    }
+}
+
 /// A destination for output.
 #[async_trait]
 pub trait Sink: Send + Debug {
@@ -138,6 +210,12 @@ pub trait Sink: Send + Debug {
         let _ = errors;
     }
 
+    /// Gives the sink the pipeline's checkpoint ranges, for naming output deterministically.
+    /// Called once, before the first write. The default ignores it.
+    fn set_checkpoint_ranges(&mut self, ranges: CheckpointRanges) {
+        let _ = ranges;
+    }
+
     /// Accepts a batch. The sink may store it now or buffer it; either way it acknowledges
     /// `batch.ack` only once the data is stored. An error stops the pipeline.
     async fn write(&mut self, batch: OutputBatch) -> Result<()>;
@@ -146,6 +224,13 @@ pub trait Sink: Send + Debug {
     /// least once a second, and before it stops; time-based rolling and buffering deadlines can be
     /// checked here.
     async fn flush(&mut self) -> Result<()>;
+
+    /// Stores everything accepted so far before the pipeline stops. Sinks that hold data beyond a
+    /// flush (the S3 sink buffers objects until they are due) store it all here. The default
+    /// flushes.
+    async fn finish(&mut self) -> Result<()> {
+        self.flush().await
+    }
 }
 
 /// Encodes the data of a batch as newline-terminated bytes.

@@ -51,13 +51,15 @@ impl KeyPrefix {
                     Part::Column(name.to_owned())
                 }
                 ("firehose", "random-string") => Part::Random,
-                _ => return Err(Error::config(
-                    key,
-                    format!(
+                _ => {
+                    return Err(Error::config(
+                        key,
+                        format!(
                         "unsupported expression `!{{{expr}}}`: use `!{{timestamp:yyyy/MM/dd}}`, \
                              `!{{partitionKeyFromQuery:column}}` or `!{{firehose:random-string}}`"
                     ),
-                )),
+                    ))
+                }
             };
             parts.push(part);
             rest = &after[end + 1..];

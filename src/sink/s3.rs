@@ -1,0 +1,896 @@
+//! Amazon S3 (or any `object_store` store) as a sink: objects rolled by size and age, keyed like
+//! Firehose keys them, named deterministically per checkpoint range.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use tokio::time::Instant;
+
+use super::prefix::KeyPrefix;
+use super::{
+    CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage, OutputBatch,
+    OutputData, Sink,
+};
+use crate::ack::Ack;
+use crate::crypto::EnvelopeEncryptor;
+use crate::format::{Encoder, OutputFormat};
+use crate::record::Record;
+use crate::{Error, Result};
+
+/// S3's smallest part of a multipart upload (all parts but the last): 5 MiB.
+/// Source: Amazon S3 User Guide, "Amazon S3 multipart upload limits".
+pub const MIN_PART_BYTES: usize = 5 << 20;
+/// S3's largest object uploaded in one `PutObject`: 5 GiB (same source).
+pub const MAX_PUT_BYTES: usize = 5 << 30;
+/// Default roll size, Firehose's default buffering size for S3: 5 MiB.
+pub const DEFAULT_ROLL_BYTES: usize = 5 << 20;
+/// Default roll age. Firehose buffers up to 300 s by default; a minute keeps checkpoints (which
+/// wait for the upload) closer to the data.
+pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Objects at least this large are uploaded in parts.
+pub const DEFAULT_MULTIPART_THRESHOLD: usize = 16 << 20;
+
+/// How objects are encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObjectFormat {
+    /// JSON lines or CSV, as the other sinks write them.
+    Text(OutputFormat),
+    /// Apache Parquet, one file per object; compression applies to its pages.
+    Parquet,
+}
+
+/// Compression of objects (JSON lines and CSV: the whole object; Parquet: its pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// None.
+    #[default]
+    None,
+    /// gzip (`.gz`).
+    Gzip,
+    /// Zstandard (`.zst`).
+    Zstd,
+    /// Snappy, framing format (`.snappy`); for Parquet, Snappy pages.
+    Snappy,
+}
+
+impl Compression {
+    fn extension(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Gzip => ".gz",
+            Self::Zstd => ".zst",
+            Self::Snappy => ".snappy",
+        }
+    }
+
+    /// Compresses a whole object.
+    fn apply(self, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        Ok(match self {
+            Self::None => data,
+            Self::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(data.len() / 4),
+                    flate2::Compression::default(),
+                );
+                e.write_all(&data)?;
+                e.finish()?
+            }
+            Self::Zstd => zstd::bulk::compress(&data, 3)?,
+            Self::Snappy => {
+                let mut e = snap::write::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
+                e.write_all(&data)?;
+                e.into_inner().map_err(|e| e.into_error())?
+            }
+        })
+    }
+
+    fn parquet(self) -> parquet::basic::Compression {
+        use parquet::basic::{Compression as C, GzipLevel, ZstdLevel};
+        match self {
+            Self::None => C::UNCOMPRESSED,
+            Self::Gzip => C::GZIP(GzipLevel::default()),
+            Self::Zstd => C::ZSTD(ZstdLevel::default()),
+            Self::Snappy => C::SNAPPY,
+        }
+    }
+}
+
+/// Server-side encryption requested for every object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerSideEncryption {
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS with this key (id, ARN or alias).
+    Kms(String),
+}
+
+enum Body {
+    Text(Vec<u8>),
+    // In a mutex only to make the sink `Sync`: the writer's encoders are not.
+    Parquet(Box<std::sync::Mutex<ArrowWriter<Vec<u8>>>>),
+}
+
+impl Body {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Text(b) => b.len(),
+            Self::Parquet(w) => {
+                let w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                w.bytes_written() + w.in_progress_size()
+            }
+        }
+    }
+}
+
+struct OpenObject {
+    key: String,
+    body: Body,
+    rows: u64,
+    opened: Instant,
+    acks: Vec<Ack>,
+}
+
+/// Writes output to S3 objects (or to any [`ObjectStore`]).
+///
+/// Rows are buffered per key prefix (one per value of the partition columns) and uploaded as one
+/// object once it holds [`roll_bytes`](S3SinkBuilder::with_roll_bytes) or has been open for
+/// [`roll_interval`](S3SinkBuilder::with_roll_interval), and when the pipeline stops. Output is
+/// acknowledged only when its object is uploaded.
+///
+/// Keys: the prefix (Firehose's expressions, `yyyy/MM/dd/HH/` added when it has no timestamp)
+/// followed by `<name>-<range>-<n>.<format>[.<compression>]`, where `<range>` identifies the
+/// checkpoint the output follows and `<n>` counts the objects of that prefix in the range. The
+/// timestamp is that checkpoint's time. A replay from a checkpoint after a crash thus writes the
+/// same keys again, overwriting rather than duplicating, as long as it rolls at the same points
+/// (by size, with input read in the same order); objects rolled at other points can leave rows
+/// twice, never lose them.
+pub struct S3Sink {
+    name: String,
+    bucket: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: KeyPrefix,
+    partition_columns: Vec<String>,
+    format: ObjectFormat,
+    encoder: Encoder,
+    compression: Compression,
+    roll_bytes: usize,
+    roll_interval: Duration,
+    multipart_threshold: usize,
+    encryption: Option<EnvelopeEncryptor>,
+    ranges: CheckpointRanges,
+    counters_range: Arc<str>,
+    counters: HashMap<String, u32>,
+    open: BTreeMap<String, OpenObject>,
+    errors: Option<ErrorOutput>,
+    objects_written: u64,
+}
+
+impl std::fmt::Debug for S3Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Sink")
+            .field("name", &self.name)
+            .field("bucket", &self.bucket)
+            .field("format", &self.format)
+            .field("compression", &self.compression)
+            .field("open_objects", &self.open.len())
+            .field("objects_written", &self.objects_written)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`S3Sink`].
+#[derive(Debug)]
+pub struct S3SinkBuilder {
+    bucket: String,
+    name: String,
+    prefix: String,
+    format: ObjectFormat,
+    compression: Compression,
+    roll_bytes: usize,
+    roll_interval: Duration,
+    multipart_threshold: usize,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    sse: Option<ServerSideEncryption>,
+    store: Option<Arc<dyn ObjectStore>>,
+    encryption: Option<EnvelopeEncryptor>,
+}
+
+impl S3Sink {
+    /// A builder writing into `bucket`.
+    pub fn builder(bucket: impl Into<String>) -> S3SinkBuilder {
+        S3SinkBuilder {
+            bucket: bucket.into(),
+            name: "rivulet".into(),
+            prefix: String::new(),
+            format: ObjectFormat::Text(OutputFormat::JsonLines),
+            compression: Compression::None,
+            roll_bytes: DEFAULT_ROLL_BYTES,
+            roll_interval: DEFAULT_ROLL_INTERVAL,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
+            region: None,
+            endpoint_url: None,
+            sse: None,
+            store: None,
+            encryption: None,
+        }
+    }
+
+    /// Objects uploaded so far.
+    pub fn objects_written(&self) -> u64 {
+        self.objects_written
+    }
+
+    fn extension(&self) -> String {
+        let (base, compression) = match &self.format {
+            ObjectFormat::Parquet => ("parquet", Compression::None),
+            ObjectFormat::Text(OutputFormat::Csv { .. }) => ("csv", self.compression),
+            ObjectFormat::Text(_) => ("json", self.compression),
+        };
+        let envelope = if self.encryption.is_some() {
+            ".rve"
+        } else {
+            ""
+        };
+        format!(".{base}{}{envelope}", compression.extension())
+    }
+
+    /// The key of the next object for partition `values` in the current range.
+    fn next_key(&mut self, values: &[String], range: &CheckpointRange) -> String {
+        if self.counters_range != range.id {
+            self.counters.clear();
+            self.counters_range = Arc::clone(&range.id);
+        }
+        let group = values.join("\u{1f}");
+        let n = self.counters.entry(group.clone()).or_insert(0);
+        let seq = *n;
+        *n += 1;
+        let seed = {
+            use md5::Digest as _;
+            let d = md5::Md5::digest(format!("{}\u{1f}{group}", range.id));
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+        };
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let prefix = self.prefix.render(range.started_ms, &refs, seed);
+        format!(
+            "{prefix}{}-{}-{seq:05}{}",
+            self.name,
+            range.id,
+            self.extension()
+        )
+    }
+
+    fn new_body(&self, schema: Option<arrow::datatypes::SchemaRef>) -> Result<Body> {
+        Ok(match (&self.format, schema) {
+            (ObjectFormat::Parquet, Some(schema)) => {
+                let props = WriterProperties::builder()
+                    .set_compression(self.compression.parquet())
+                    .build();
+                Body::Parquet(Box::new(std::sync::Mutex::new(
+                    ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(|e| {
+                        Error::sink(&self.name, format!("starting a Parquet object: {e}"))
+                    })?,
+                )))
+            }
+            (ObjectFormat::Parquet, None) => return Err(Error::sink(
+                &self.name,
+                "encoded records (a raw copy) cannot be written as Parquet; use format \"json\"",
+            )),
+            _ => Body::Text(Vec::new()),
+        })
+    }
+
+    /// Appends `data` to the open object of `values`, opening one if needed; returns its group.
+    fn append(&mut self, values: Vec<String>, data: &OutputData, ack: Ack) -> Result<String> {
+        let group = values.join("\u{1f}");
+        if !self.open.contains_key(&group) {
+            let range = self.ranges.current();
+            let key = self.next_key(&values, &range);
+            let schema = match data {
+                OutputData::Rows(b) => Some(b.schema()),
+                OutputData::Encoded(_) => None,
+            };
+            let body = self.new_body(schema)?;
+            self.open.insert(
+                group.clone(),
+                OpenObject {
+                    key,
+                    body,
+                    rows: 0,
+                    opened: Instant::now(),
+                    acks: Vec::new(),
+                },
+            );
+        }
+        let obj = self.open.get_mut(&group).expect("opened above");
+        match (&mut obj.body, data) {
+            (Body::Text(buf), data) => {
+                let first = buf.is_empty();
+                super::encode_data(&self.encoder, data, first, buf)?;
+            }
+            (Body::Parquet(w), OutputData::Rows(b)) => w
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .write(b)
+                .map_err(|e| Error::sink(&self.name, format!("encoding Parquet: {e}")))?,
+            (Body::Parquet(_), OutputData::Encoded(_)) => return Err(Error::sink(
+                &self.name,
+                "encoded records (a raw copy) cannot be written as Parquet; use format \"json\"",
+            )),
+        }
+        obj.rows += data.len() as u64;
+        obj.acks.push(ack);
+        Ok(group)
+    }
+
+    /// Uploads and acknowledges the object of `group`.
+    async fn close(&mut self, group: &str) -> Result<()> {
+        let Some(obj) = self.open.remove(group) else {
+            return Ok(());
+        };
+        let raw = match obj.body {
+            Body::Text(b) => self
+                .compression
+                .apply(b)
+                .map_err(|e| Error::io(format!("compressing {}", obj.key), e))?,
+            Body::Parquet(w) => w
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .into_inner()
+                .map_err(|e| Error::sink(&self.name, format!("finishing Parquet: {e}")))?,
+        };
+        let data = match &mut self.encryption {
+            Some(enc) => {
+                let mut out = Vec::with_capacity(raw.len() + 512);
+                enc.seal(&raw, &mut out).await?;
+                out
+            }
+            None => raw,
+        };
+        self.upload(&obj.key, data).await?;
+        self.objects_written += 1;
+        tracing::debug!(sink = %self.name, key = %obj.key, rows = obj.rows, "object uploaded");
+        for ack in obj.acks {
+            ack.acknowledge();
+        }
+        Ok(())
+    }
+
+    async fn upload(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let path = ObjectPath::from(key);
+        let fail = |e: object_store::Error| {
+            Error::sink(
+                &self.name,
+                format!("uploading s3://{}/{key}: {e}", self.bucket),
+            )
+        };
+        if data.len() < self.multipart_threshold && data.len() <= MAX_PUT_BYTES {
+            self.store
+                .put(&path, PutPayload::from(data))
+                .await
+                .map_err(fail)?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(&path).await.map_err(fail)?;
+        let part = (self.multipart_threshold / 2).max(MIN_PART_BYTES);
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
+        writer.put(Bytes::from(data));
+        match writer.finish().await {
+            Ok(_) => Ok(()),
+            // `finish` aborts the upload itself when a part fails.
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    async fn roll_due(&mut self, all: bool) -> Result<()> {
+        let due: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| {
+                all || o.body.bytes() >= self.roll_bytes || o.opened.elapsed() >= self.roll_interval
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            self.close(&group).await?;
+        }
+        Ok(())
+    }
+
+    /// Splits rows by their partition values. Rows with a null or empty value go to the error
+    /// output, as Firehose's dynamic partitioning sends them to its error prefix.
+    async fn partition(&self, batch: &RecordBatch) -> Result<Vec<(Vec<String>, RecordBatch)>> {
+        if self.partition_columns.is_empty() {
+            return Ok(vec![(Vec::new(), batch.clone())]);
+        }
+        let (groups, bad) = self.group_rows(batch)?;
+        if !bad.is_empty() {
+            self.reject(batch, bad).await?;
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for (values, rows) in groups {
+            let taken = if rows.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
+            };
+            out.push((values, taken));
+        }
+        Ok(out)
+    }
+
+    /// Row indices per partition values, and the rows without a value (with the column).
+    #[allow(clippy::type_complexity)]
+    fn group_rows(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(BTreeMap<Vec<String>, Vec<u32>>, Vec<(u32, String)>)> {
+        let mut columns = Vec::with_capacity(self.partition_columns.len());
+        for name in &self.partition_columns {
+            let idx = batch.schema().index_of(name).map_err(|_| {
+                Error::sink(
+                    &self.name,
+                    format!("the prefix names column `{name}`, which the output does not have"),
+                )
+            })?;
+            columns.push(Arc::clone(batch.column(idx)));
+        }
+        let options = FormatOptions::default();
+        let formatters = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
+        let mut bad = Vec::new();
+        for row in 0..batch.num_rows() {
+            let mut values = Vec::with_capacity(columns.len());
+            let mut missing = None;
+            for (i, (col, fmt)) in columns.iter().zip(&formatters).enumerate() {
+                let v = fmt.value(row).to_string();
+                if col.is_null(row) || v.is_empty() {
+                    missing = Some(&self.partition_columns[i]);
+                    break;
+                }
+                values.push(v);
+            }
+            match missing {
+                Some(col) => bad.push((row as u32, col.clone())),
+                None => groups.entry(values).or_default().push(row as u32),
+            }
+        }
+        Ok((groups, bad))
+    }
+
+    async fn reject(&self, batch: &RecordBatch, bad: Vec<(u32, String)>) -> Result<()> {
+        let Some(errors) = &self.errors else {
+            return Err(Error::sink(
+                &self.name,
+                format!("{} rows have no partition value", bad.len()),
+            ));
+        };
+        let rows = UInt32Array::from(bad.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+        let taken = arrow::compute::take_record_batch(batch, &rows)?;
+        let lines = Encoder::new(OutputFormat::JsonLines).encode_lines(&taken)?;
+        let now = crate::source::now_ms();
+        let records = lines
+            .into_iter()
+            .zip(bad)
+            .map(|(line, (_, col))| ErrorRecord {
+                stage: ErrorStage::Sink,
+                kind: "partition_key_missing".into(),
+                reason: format!("partition column `{col}` is null or empty"),
+                attempts: 1,
+                record: Record::new(line, now),
+            })
+            .collect();
+        errors.send(records, Ack::untracked()).await
+    }
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_error_output(&mut self, errors: ErrorOutput) {
+        self.errors = Some(errors);
+    }
+
+    fn set_checkpoint_ranges(&mut self, ranges: CheckpointRanges) {
+        self.ranges = ranges;
+    }
+
+    async fn write(&mut self, batch: OutputBatch) -> Result<()> {
+        if batch.data.is_empty() {
+            batch.ack.acknowledge();
+            return Ok(());
+        }
+        let parts: Vec<(Vec<String>, OutputData)> = match &batch.data {
+            OutputData::Rows(b) => self
+                .partition(b)
+                .await?
+                .into_iter()
+                .map(|(v, b)| (v, OutputData::Rows(b)))
+                .collect(),
+            OutputData::Encoded(_) if !self.partition_columns.is_empty() => {
+                return Err(Error::sink(
+                    &self.name,
+                    "encoded records (a raw copy) have no columns to partition by; remove the partitionKeyFromQuery expressions",
+                ))
+            }
+            OutputData::Encoded(_) => vec![(Vec::new(), batch.data.clone())],
+        };
+        let mut acks: Vec<Ack> = (1..parts.len().max(1)).map(|_| batch.ack.split()).collect();
+        acks.push(batch.ack);
+        let mut touched = Vec::with_capacity(parts.len());
+        for ((values, data), ack) in parts.into_iter().zip(acks.drain(..)) {
+            touched.push(self.append(values, &data, ack)?);
+        }
+        for group in touched {
+            if self
+                .open
+                .get(&group)
+                .is_some_and(|o| o.body.bytes() >= self.roll_bytes)
+            {
+                self.close(&group).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.roll_due(false).await
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.roll_due(true).await
+    }
+}
+
+impl S3SinkBuilder {
+    /// Name used in object names and logs (default `rivulet`), like a Firehose stream's name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Key prefix, with Firehose's expressions (`!{timestamp:yyyy/MM/dd}`,
+    /// `!{partitionKeyFromQuery:column}`, `!{firehose:random-string}`); `yyyy/MM/dd/HH/` is
+    /// appended when it has no timestamp.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Object format (default JSON lines).
+    pub fn with_format(mut self, format: ObjectFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Compression (default none).
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Uploads an object once it holds this many bytes (before compression); default 5 MiB.
+    pub fn with_roll_bytes(mut self, bytes: usize) -> Self {
+        self.roll_bytes = bytes;
+        self
+    }
+
+    /// Uploads an object once it has been open this long; default 60 s.
+    pub fn with_roll_interval(mut self, interval: Duration) -> Self {
+        self.roll_interval = interval;
+        self
+    }
+
+    /// Objects at least this large are uploaded in parts of half this size (at least 5 MiB);
+    /// default 16 MiB.
+    pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
+        self.multipart_threshold = bytes;
+        self
+    }
+
+    /// AWS region (default: from the environment or profile).
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Endpoint URL, e.g. a local emulator or a VPC endpoint. Path-style requests are used with it.
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Server-side encryption of every object.
+    pub fn with_server_side_encryption(mut self, sse: ServerSideEncryption) -> Self {
+        self.sse = Some(sse);
+        self
+    }
+
+    /// Client-side envelope encryption of every object (after compression).
+    pub fn with_encryption(mut self, encryptor: EnvelopeEncryptor) -> Self {
+        self.encryption = Some(encryptor);
+        self
+    }
+
+    /// Writes to this store instead of building an S3 client (region, endpoint and server-side
+    /// encryption are then the store's business).
+    pub fn with_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Checks the settings and builds the sink; credentials come from the AWS SDK's default chain.
+    pub async fn build(self) -> Result<S3Sink> {
+        if self.bucket.is_empty() {
+            return Err(Error::config("bucket", "must name a bucket"));
+        }
+        if self.roll_bytes == 0 || self.roll_interval.is_zero() {
+            return Err(Error::config(
+                "roll_bytes",
+                "roll_bytes and roll_interval_ms must be above zero",
+            ));
+        }
+        if self.multipart_threshold < MIN_PART_BYTES * 2 {
+            return Err(Error::config(
+                "multipart_threshold",
+                format!(
+                    "must be at least {} bytes (two parts of S3's 5 MiB minimum)",
+                    MIN_PART_BYTES * 2
+                ),
+            ));
+        }
+        if self.name.is_empty() || self.name.contains('/') {
+            return Err(Error::config("name", "must be non-empty and without `/`"));
+        }
+        let prefix = KeyPrefix::parse(&self.prefix, "prefix")?;
+        let partition_columns: Vec<String> = prefix.columns().map(str::to_owned).collect();
+        let store = match self.store {
+            Some(store) => store,
+            None => Arc::new(
+                build_s3(
+                    &self.bucket,
+                    self.region,
+                    self.endpoint_url,
+                    self.sse.as_ref(),
+                )
+                .await?,
+            ),
+        };
+        let encoder = Encoder::new(match &self.format {
+            ObjectFormat::Text(f) => f.clone(),
+            ObjectFormat::Parquet => OutputFormat::JsonLines,
+        });
+        let start = CheckpointRange::after(&crate::Position::new(), crate::source::now_ms());
+        Ok(S3Sink {
+            name: self.name,
+            bucket: self.bucket,
+            store,
+            prefix,
+            partition_columns,
+            format: self.format,
+            encoder,
+            compression: self.compression,
+            roll_bytes: self.roll_bytes,
+            roll_interval: self.roll_interval,
+            multipart_threshold: self.multipart_threshold,
+            encryption: self.encryption,
+            counters_range: Arc::clone(&start.id),
+            ranges: CheckpointRanges::fixed(start),
+            counters: HashMap::new(),
+            open: BTreeMap::new(),
+            errors: None,
+            objects_written: 0,
+        })
+    }
+}
+
+/// AWS credentials for object_store, from the SDK's default chain (environment, profile, SSO
+/// cache, web identity, container and instance roles), cached until shortly before they expire.
+#[derive(Debug)]
+struct SdkCredentials {
+    provider: aws_sdk_kms::config::SharedCredentialsProvider,
+    cached:
+        tokio::sync::Mutex<Option<(Arc<object_store::aws::AwsCredential>, std::time::SystemTime)>>,
+}
+
+#[async_trait]
+impl object_store::CredentialProvider for SdkCredentials {
+    type Credential = object_store::aws::AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
+        use aws_sdk_kms::config::ProvideCredentials as _;
+        let mut cached = self.cached.lock().await;
+        if let Some((c, until)) = cached.as_ref() {
+            if std::time::SystemTime::now() < *until {
+                return Ok(Arc::clone(c));
+            }
+        }
+        let creds = self.provider.provide_credentials().await.map_err(|e| {
+            object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            }
+        })?;
+        let now = std::time::SystemTime::now();
+        let until = creds
+            .expiry()
+            .map(|e| e - Duration::from_secs(300))
+            .unwrap_or(now + Duration::from_secs(900));
+        let c = Arc::new(object_store::aws::AwsCredential {
+            key_id: creds.access_key_id().to_owned(),
+            secret_key: creds.secret_access_key().to_owned(),
+            token: creds.session_token().map(str::to_owned),
+        });
+        *cached = Some((Arc::clone(&c), until));
+        Ok(c)
+    }
+}
+
+/// An object_store S3 client for `bucket`.
+pub(crate) async fn build_s3(
+    bucket: &str,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    sse: Option<&ServerSideEncryption>,
+) -> Result<object_store::aws::AmazonS3> {
+    let shared = crate::aws::load_config(region, endpoint_url.clone(), "s3").await?;
+    let provider = shared
+        .credentials_provider()
+        .ok_or_else(|| Error::config("s3", "no AWS credentials provider is configured"))?;
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(shared.region().map(|r| r.to_string()).unwrap_or_default())
+        .with_credentials(Arc::new(SdkCredentials {
+            provider,
+            cached: tokio::sync::Mutex::new(None),
+        }));
+    if let Some(url) = endpoint_url {
+        b = b
+            .with_allow_http(url.starts_with("http://"))
+            .with_virtual_hosted_style_request(false)
+            .with_endpoint(url);
+    }
+    match sse {
+        Some(ServerSideEncryption::Kms(key)) => b = b.with_sse_kms_encryption(key),
+        Some(ServerSideEncryption::S3) => {
+            let key: object_store::aws::AmazonS3ConfigKey = "aws_server_side_encryption"
+                .parse()
+                .map_err(|e| Error::config("s3", format!("{e}")))?;
+            b = b.with_config(key, "AES256")
+        }
+        None => {}
+    }
+    b.build()
+        .map_err(|e| Error::config("s3", format!("cannot build the S3 client: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt as _;
+    use object_store::memory::InMemory;
+
+    fn rows(n: usize, sector: &str) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sector", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![sector; n])),
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn keys(store: &InMemory) -> Vec<String> {
+        let mut k: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        k.sort();
+        k
+    }
+
+    async fn sink(store: &Arc<InMemory>, prefix: &str, roll: usize) -> S3Sink {
+        let mut s = S3Sink::builder("b")
+            .with_store(Arc::clone(store) as Arc<dyn ObjectStore>)
+            .with_prefix(prefix)
+            .with_roll_bytes(roll)
+            .build()
+            .await
+            .unwrap();
+        s.set_checkpoint_ranges(CheckpointRanges::fixed(CheckpointRange::after(
+            &crate::Position::single("p", "1"),
+            1_795_835_045_000,
+        )));
+        s
+    }
+
+    #[tokio::test]
+    async fn objects_roll_by_size_and_are_acknowledged_only_once_uploaded() {
+        let store = Arc::new(InMemory::new());
+        let mut s = sink(&store, "out/", 100).await;
+        let (ack, probe) = crate::ack::Ack::probe();
+        s.write(OutputBatch {
+            stream: "s".into(),
+            data: OutputData::Rows(rows(2, "A")),
+            ack,
+        })
+        .await
+        .unwrap();
+        assert!(
+            keys(&store).await.is_empty(),
+            "under the roll size: buffered"
+        );
+        assert!(!probe.is_acknowledged());
+        s.write(OutputBatch::rows("s", rows(5, "A"))).await.unwrap();
+        let k = keys(&store).await;
+        assert_eq!(k.len(), 1, "{k:?}");
+        assert!(probe.is_acknowledged(), "acknowledged with the upload");
+        let range = CheckpointRange::after(&crate::Position::single("p", "1"), 1_795_835_045_000);
+        assert_eq!(
+            k[0],
+            format!("out/2026/11/28/03/rivulet-{}-00000.json", range.id)
+        );
+        let body = store.get(&ObjectPath::from(k[0].as_str())).await.unwrap();
+        let text = String::from_utf8(body.bytes().await.unwrap().to_vec()).unwrap();
+        assert_eq!(text.lines().count(), 7);
+    }
+
+    #[tokio::test]
+    async fn partition_columns_split_objects_and_nulls_go_to_the_error_output() {
+        let store = Arc::new(InMemory::new());
+        let mut s = sink(&store, "by/!{partitionKeyFromQuery:sector}/", 1 << 20).await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        s.set_error_output(ErrorOutput::new(tx));
+        let mixed =
+            arrow::compute::concat_batches(&rows(1, "A").schema(), &[rows(2, "A"), rows(3, "B")])
+                .unwrap();
+        let with_null = RecordBatch::try_new(
+            mixed.schema(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("A"), None])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        s.write(OutputBatch::rows("s", mixed)).await.unwrap();
+        s.write(OutputBatch::rows("s", with_null)).await.unwrap();
+        s.finish().await.unwrap();
+        let k = keys(&store).await;
+        assert_eq!(k.len(), 2, "{k:?}");
+        assert!(k[0].starts_with("by/A/2026/11/28/03/"), "{k:?}");
+        assert!(k[1].starts_with("by/B/2026/11/28/03/"), "{k:?}");
+        let err = rx.recv().await.unwrap();
+        let OutputData::Rows(b) = err.data else {
+            panic!()
+        };
+        assert_eq!(b.num_rows(), 1);
+    }
+}
