@@ -89,6 +89,10 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// The pipeline's name (default: the file name without extension): in encryption contexts and
+    /// S3 object names.
+    #[serde(default)]
+    name: Option<String>,
     source: SourceConfig,
     #[serde(default)]
     format: FormatConfig,
@@ -281,6 +285,8 @@ enum SinkConfig {
         roll_interval_secs: Option<u64>,
         #[serde(default)]
         truncate: bool,
+        #[serde(default)]
+        encryption: Option<EncryptionConfig>,
     },
     #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     Kinesis {
@@ -295,6 +301,8 @@ enum SinkConfig {
         max_attempts: Option<u32>,
         max_retry_ms: Option<u64>,
         max_concurrent_requests: Option<usize>,
+        #[serde(default)]
+        encryption: Option<EncryptionConfig>,
     },
     #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     Firehose {
@@ -307,7 +315,74 @@ enum SinkConfig {
         max_attempts: Option<u32>,
         max_retry_ms: Option<u64>,
         max_concurrent_requests: Option<usize>,
+        #[serde(default)]
+        encryption: Option<EncryptionConfig>,
     },
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    S3 {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        /// Object name prefix; default the pipeline's name.
+        name: Option<String>,
+        stream: Option<String>,
+        #[serde(default)]
+        format: ObjectFormatConfig,
+        #[serde(default)]
+        compression: CompressionConfig,
+        roll_bytes: Option<usize>,
+        roll_interval_ms: Option<u64>,
+        multipart_threshold: Option<usize>,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        /// `"aes256"` (SSE-S3) or `"kms"` (SSE-KMS with `sse_kms_key_id`).
+        server_side_encryption: Option<SseConfig>,
+        sse_kms_key_id: Option<String>,
+        #[serde(default)]
+        encryption: Option<EncryptionConfig>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ObjectFormatConfig {
+    #[default]
+    Json,
+    Csv,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CompressionConfig {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+    Snappy,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SseConfig {
+    Aes256,
+    Kms,
+}
+
+/// Client-side envelope encryption of a sink's output with a KMS key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+struct EncryptionConfig {
+    kms_key_id: String,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    /// Extra encryption-context pairs (the pipeline and the stream are always there).
+    #[serde(default)]
+    context: std::collections::BTreeMap<String, String>,
+    max_key_age_secs: Option<u64>,
+    max_bytes_per_key: Option<u64>,
+    max_messages_per_key: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -438,13 +513,21 @@ impl PipelineConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Self::from_toml_str(&text, base).map_err(|e| match e {
-            Error::ConfigParse { message, .. } => Error::ConfigParse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        Self::from_toml_str(&text, base)
+            .map(|mut c| {
+                if c.name.is_none() {
+                    c.name = stem;
+                }
+                c
+            })
+            .map_err(|e| match e {
+                Error::ConfigParse { message, .. } => Error::ConfigParse {
+                    path: path.to_path_buf(),
+                    message,
+                },
+                other => other,
+            })
     }
 
     /// Parses and validates configuration text; relative paths are resolved against `base_dir`.
@@ -630,7 +713,47 @@ impl PipelineConfig {
             .map(Some)
     }
 
-    async fn build_sink(&self, s: &SinkConfig) -> Result<Box<dyn Sink>> {
+    /// The pipeline's name: `name`, or the configuration file's name without extension.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("rivulet")
+    }
+
+    /// The envelope encryptor of a sink receiving `stream`, when it has an `encryption` table.
+    #[cfg(feature = "aws")]
+    async fn encryptor(
+        &self,
+        e: Option<&EncryptionConfig>,
+        stream: &str,
+    ) -> Result<Option<crate::crypto::EnvelopeEncryptor>> {
+        let Some(e) = e else { return Ok(None) };
+        let provider = crate::crypto::KmsKeyProvider::new(
+            e.kms_key_id.clone(),
+            e.region.clone(),
+            e.endpoint_url.clone(),
+        )
+        .await?;
+        let mut limits = crate::crypto::DataKeyLimits::default();
+        if let Some(s) = e.max_key_age_secs {
+            limits.max_age = Duration::from_secs(s);
+        }
+        if let Some(b) = e.max_bytes_per_key {
+            limits.max_bytes = b;
+        }
+        if let Some(m) = e.max_messages_per_key {
+            limits.max_messages = m;
+        }
+        let mut b = crate::crypto::EnvelopeEncryptor::builder(std::sync::Arc::new(provider))
+            .with_limits(limits);
+        for (k, v) in &e.context {
+            b = b.with_context(k.clone(), v.clone());
+        }
+        b.with_context(crate::crypto::CONTEXT_PIPELINE, self.name())
+            .with_context(crate::crypto::CONTEXT_STREAM, stream)
+            .build()
+            .map(Some)
+    }
+
+    async fn build_sink(&self, s: &SinkConfig, stream: &str) -> Result<Box<dyn Sink>> {
         let encoding = |e: &EncodingConfig| match e {
             EncodingConfig::Json => OutputFormat::JsonLines,
             EncodingConfig::Csv => OutputFormat::Csv {
@@ -647,21 +770,35 @@ impl PipelineConfig {
                 roll_bytes,
                 roll_interval_secs,
                 truncate,
+                encryption,
                 ..
-            } => Box::new(
-                FileSink::builder(self.resolve(path))
+            } => {
+                #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
+                let mut b = FileSink::builder(self.resolve(path))
                     .with_format(encoding(format))
                     .with_roll_bytes(*roll_bytes)
                     .with_roll_interval(roll_interval_secs.map(Duration::from_secs))
-                    .with_truncate(*truncate)
-                    .build()?,
-            ),
+                    .with_truncate(*truncate);
+                #[cfg(feature = "aws")]
+                if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
+                    b = b.with_encryption(enc);
+                }
+                #[cfg(not(feature = "aws"))]
+                if encryption.is_some() {
+                    return Err(Error::config(
+                        "sinks.encryption",
+                        "encryption needs rivulet built with the `aws` feature",
+                    ));
+                }
+                Box::new(b.build()?)
+            }
             #[cfg(feature = "aws")]
             SinkConfig::Firehose {
                 delivery_stream,
                 format,
                 region,
                 endpoint_url,
+                encryption,
                 ..
             } => {
                 let mut b = crate::sink::FirehoseSink::builder(delivery_stream.clone())
@@ -673,6 +810,9 @@ impl PipelineConfig {
                 if let Some(u) = endpoint_url {
                     b = b.endpoint_url(u.clone());
                 }
+                if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
+                    b = b.encryption(enc);
+                }
                 Box::new(b.build().await?)
             }
             #[cfg(feature = "aws")]
@@ -683,6 +823,7 @@ impl PipelineConfig {
                 format,
                 region,
                 endpoint_url,
+                encryption,
                 ..
             } => {
                 let mut b = crate::sink::KinesisSink::builder(stream_name.clone())
@@ -698,10 +839,81 @@ impl PipelineConfig {
                 if let Some(u) = endpoint_url {
                     b = b.endpoint_url(u.clone());
                 }
+                if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
+                    b = b.encryption(enc);
+                }
+                Box::new(b.build().await?)
+            }
+            #[cfg(feature = "aws")]
+            SinkConfig::S3 {
+                bucket,
+                prefix,
+                name,
+                format,
+                compression,
+                roll_bytes,
+                roll_interval_ms,
+                multipart_threshold,
+                region,
+                endpoint_url,
+                server_side_encryption,
+                sse_kms_key_id,
+                encryption,
+                ..
+            } => {
+                use crate::sink::{Compression, ObjectFormat, S3Sink, ServerSideEncryption};
+                let mut b = S3Sink::builder(bucket.clone())
+                    .with_name(name.clone().unwrap_or_else(|| self.name().to_owned()))
+                    .with_prefix(prefix.clone())
+                    .with_format(match format {
+                        ObjectFormatConfig::Json => ObjectFormat::Text(OutputFormat::JsonLines),
+                        ObjectFormatConfig::Csv => ObjectFormat::Text(OutputFormat::Csv {
+                            delimiter: b',',
+                            header: true,
+                        }),
+                        ObjectFormatConfig::Parquet => ObjectFormat::Parquet,
+                    })
+                    .with_compression(match compression {
+                        CompressionConfig::None => Compression::None,
+                        CompressionConfig::Gzip => Compression::Gzip,
+                        CompressionConfig::Zstd => Compression::Zstd,
+                        CompressionConfig::Snappy => Compression::Snappy,
+                    });
+                if let Some(n) = roll_bytes {
+                    b = b.with_roll_bytes(*n);
+                }
+                if let Some(ms) = roll_interval_ms {
+                    b = b.with_roll_interval(Duration::from_millis(*ms));
+                }
+                if let Some(n) = multipart_threshold {
+                    b = b.with_multipart_threshold(*n);
+                }
+                if let Some(r) = region {
+                    b = b.with_region(r.clone());
+                }
+                if let Some(u) = endpoint_url {
+                    b = b.with_endpoint_url(u.clone());
+                }
+                match (server_side_encryption, sse_kms_key_id) {
+                    (Some(SseConfig::Aes256), None) => {
+                        b = b.with_server_side_encryption(ServerSideEncryption::S3)
+                    }
+                    (Some(SseConfig::Kms), Some(k)) => {
+                        b = b.with_server_side_encryption(ServerSideEncryption::Kms(k.clone()))
+                    }
+                    (None, None) => {}
+                    _ => return Err(Error::config(
+                        "sinks.server_side_encryption",
+                        "use server_side_encryption = \"aes256\", or \"kms\" with sse_kms_key_id",
+                    )),
+                }
+                if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
+                    b = b.with_encryption(enc);
+                }
                 Box::new(b.build().await?)
             }
             #[cfg(not(feature = "aws"))]
-            SinkConfig::Firehose { .. } | SinkConfig::Kinesis { .. } => {
+            SinkConfig::Firehose { .. } | SinkConfig::Kinesis { .. } | SinkConfig::S3 { .. } => {
                 return Err(Error::config(
                     "sinks.type",
                     "the firehose sink needs rivulet built with the `aws` feature",
@@ -910,22 +1122,21 @@ impl PipelineConfig {
                 | SinkConfig::Stderr { stream, .. }
                 | SinkConfig::File { stream, .. }
                 | SinkConfig::Firehose { stream, .. }
-                | SinkConfig::Kinesis { stream, .. } => stream.as_deref(),
+                | SinkConfig::Kinesis { stream, .. }
+                | SinkConfig::S3 { stream, .. } => stream.as_deref(),
             };
-            b = b.boxed_sink_for(
-                stream.unwrap_or(crate::DESTINATION_STREAM),
-                self.build_sink(s).await?,
-            );
+            let stream = stream.unwrap_or(crate::DESTINATION_STREAM);
+            b = b.boxed_sink_for(stream, self.build_sink(s, stream).await?);
         }
         b = b.watermark(WatermarkSettings {
             allowed_lateness: Duration::from_millis(self.query.allowed_lateness_ms),
             idle_timeout: Duration::from_millis(self.query.idle_timeout_ms),
         });
         if let Some(e) = &self.error_output {
-            b = b.boxed_error_output(self.build_sink(e).await?);
+            b = b.boxed_error_output(self.build_sink(e, crate::ERROR_STREAM).await?);
         }
         if let Some(r) = &self.raw_copy {
-            b = b.boxed_raw_copy(self.build_sink(r).await?);
+            b = b.boxed_raw_copy(self.build_sink(r, crate::RAW_STREAM).await?);
         }
         if let Some(c) = &self.checkpoint {
             b = b
@@ -1011,8 +1222,13 @@ fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
         }
         delivery_settings(s).validate(key)?;
     }
+    if let SinkConfig::S3 { bucket, .. } = s {
+        if bucket.trim().is_empty() {
+            return Err(Error::config(format!("{key}.bucket"), "is empty"));
+        }
+    }
     #[cfg(not(feature = "aws"))]
-    if let SinkConfig::Firehose { .. } | SinkConfig::Kinesis { .. } = s {
+    if let SinkConfig::Firehose { .. } | SinkConfig::Kinesis { .. } | SinkConfig::S3 { .. } = s {
         return Err(Error::config(
             format!("{key}.type"),
             "the firehose sink needs rivulet built with the `aws` feature",

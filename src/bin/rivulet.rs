@@ -47,6 +47,39 @@ enum Command {
         #[command(flatten)]
         query: QueryArgs,
     },
+    /// Decrypts output sealed with KMS envelope encryption (a file, standard input, or an S3
+    /// object: one envelope or several written one after another) and writes the plaintext.
+    #[cfg(feature = "aws")]
+    Decrypt {
+        /// A file, `-` for standard input, or `s3://bucket/key`.
+        input: String,
+        /// Where to write the plaintext (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Requires this KMS key (id, ARN or alias) to have encrypted the data keys.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Requires this encryption-context pair, as `key=value` (repeatable), e.g.
+        /// `rivulet:stream=DESTINATION_SQL_STREAM`.
+        #[arg(long = "context", value_parser = parse_pair)]
+        context: Vec<(String, String)>,
+        /// Decompresses gzip, zstd or snappy (framed) plaintext, recognised by its magic bytes.
+        #[arg(long)]
+        decompress: bool,
+        /// AWS region (default: from the environment or profile).
+        #[arg(long)]
+        region: Option<String>,
+        /// Endpoint URL of KMS and S3 (an emulator, a VPC endpoint).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+    },
+}
+
+#[cfg(feature = "aws")]
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +180,90 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
             print!("{}", p.program().explain());
             Ok(())
         }
+        #[cfg(feature = "aws")]
+        Command::Decrypt {
+            input,
+            output,
+            key_id,
+            context,
+            decompress,
+            region,
+            endpoint_url,
+        } => {
+            decrypt(
+                &input,
+                output,
+                key_id,
+                context,
+                decompress,
+                region,
+                endpoint_url,
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn decrypt(
+    input: &str,
+    output: Option<PathBuf>,
+    key_id: Option<String>,
+    context: Vec<(String, String)>,
+    decompress: bool,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+) -> rivulet::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let data: Vec<u8> = if let Some(rest) = input.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| Error::Config {
+            key: "input".into(),
+            message: format!("`{input}` is not s3://bucket/key"),
+        })?;
+        rivulet::s3::get_object(bucket, key, region.clone(), endpoint_url.clone())
+            .await?
+            .to_vec()
+    } else if input == "-" {
+        let mut v = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut v)
+            .map_err(|e| Error::Io {
+                context: "reading standard input".into(),
+                source: e,
+            })?;
+        v
+    } else {
+        std::fs::read(input).map_err(|e| Error::Io {
+            context: format!("reading {input}"),
+            source: e,
+        })?
+    };
+    let provider = rivulet::crypto::KmsKeyProvider::new(
+        key_id.clone().unwrap_or_default(),
+        region,
+        endpoint_url,
+    )
+    .await?;
+    let mut dec = rivulet::crypto::EnvelopeDecryptor::new(Arc::new(provider));
+    if let Some(k) = key_id {
+        dec = dec.expect_key(k);
+    }
+    for (k, v) in context {
+        dec = dec.expect_context(k, v);
+    }
+    let mut plain = dec.open_all(&data).await?;
+    if decompress {
+        plain = rivulet::s3::decompress(plain)?;
+    }
+    match output {
+        Some(path) => std::fs::write(&path, &plain).map_err(|e| Error::Io {
+            context: format!("writing {}", path.display()),
+            source: e,
+        }),
+        None => std::io::stdout().write_all(&plain).map_err(|e| Error::Io {
+            context: "writing standard output".into(),
+            source: e,
+        }),
     }
 }
 

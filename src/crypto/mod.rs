@@ -319,6 +319,37 @@ impl fmt::Debug for EnvelopeEncryptor {
     }
 }
 
+/// A clone has the same settings and a data-key cache of its own.
+impl Clone for EnvelopeEncryptor {
+    fn clone(&self) -> Self {
+        Self {
+            provider: Arc::clone(&self.provider),
+            context: self.context.clone(),
+            context_bytes: self.context_bytes.clone(),
+            limits: self.limits,
+            current: None,
+            keys_generated: 0,
+        }
+    }
+}
+
+/// Seals each record into its own envelope, when an encryptor is set.
+pub(crate) async fn seal_records(
+    encryptor: &mut Option<EnvelopeEncryptor>,
+    records: Vec<bytes::Bytes>,
+) -> Result<Vec<bytes::Bytes>> {
+    let Some(enc) = encryptor else {
+        return Ok(records);
+    };
+    let mut out = Vec::with_capacity(records.len());
+    for r in &records {
+        let mut env = Vec::with_capacity(r.len() + enc.overhead().unwrap_or(320));
+        enc.seal(r, &mut env).await?;
+        out.push(bytes::Bytes::from(env));
+    }
+    Ok(out)
+}
+
 /// Builds an [`EnvelopeEncryptor`].
 #[derive(Debug)]
 pub struct EnvelopeEncryptorBuilder {

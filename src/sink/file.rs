@@ -38,6 +38,8 @@ pub struct FileSink {
     files_opened: u64,
     buf: Vec<u8>,
     unacked: Vec<Ack>,
+    #[cfg(feature = "aws")]
+    encryption: Option<crate::crypto::EnvelopeEncryptor>,
 }
 
 /// Builder for [`FileSink`].
@@ -49,6 +51,8 @@ pub struct FileSinkBuilder {
     roll_interval: Option<Duration>,
     truncate: bool,
     prefix: String,
+    #[cfg(feature = "aws")]
+    encryption: Option<crate::crypto::EnvelopeEncryptor>,
 }
 
 impl FileSink {
@@ -61,6 +65,8 @@ impl FileSink {
             roll_interval: None,
             truncate: false,
             prefix: "part".into(),
+            #[cfg(feature = "aws")]
+            encryption: None,
         }
     }
 
@@ -102,6 +108,12 @@ impl FileSink {
 
     /// Writes buffered bytes to the file and acknowledges what they hold.
     async fn write_out(&mut self) -> Result<()> {
+        #[cfg(feature = "aws")]
+        if let (Some(enc), false) = (&mut self.encryption, self.buf.is_empty()) {
+            let mut sealed = Vec::with_capacity(self.buf.len() + 512);
+            enc.seal(&self.buf, &mut sealed).await?;
+            self.buf = sealed;
+        }
         if !self.buf.is_empty() {
             if self.open.is_none() {
                 self.open_next().await?;
@@ -167,6 +179,14 @@ impl FileSinkBuilder {
         self
     }
 
+    /// Seals what is written in envelopes (KMS envelope encryption, see [`crate::crypto`]): the
+    /// file becomes a sequence of envelopes, one per write, that `rivulet decrypt` reads back.
+    #[cfg(feature = "aws")]
+    pub fn with_encryption(mut self, encryptor: crate::crypto::EnvelopeEncryptor) -> Self {
+        self.encryption = Some(encryptor);
+        self
+    }
+
     /// Empties an existing single file instead of appending to it (default: append).
     pub fn with_truncate(mut self, truncate: bool) -> Self {
         self.truncate = truncate;
@@ -223,6 +243,8 @@ impl FileSinkBuilder {
             files_opened: 0,
             buf: Vec::new(),
             unacked: Vec::new(),
+            #[cfg(feature = "aws")]
+            encryption: self.encryption,
         })
     }
 }

@@ -27,6 +27,7 @@ use super::delivery::{
     classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
 };
 use super::{ErrorOutput, OutputBatch, OutputData, Sink};
+use crate::crypto::{seal_records, EnvelopeEncryptor};
 use crate::format::{Encoder, OutputFormat};
 use crate::record::Record;
 use crate::{Error, Result};
@@ -162,6 +163,7 @@ impl PutApi<Bytes> for SdkFirehose {
 pub struct FirehoseSink {
     dispatcher: Dispatcher<Bytes>,
     encoder: Encoder,
+    encryption: Option<EnvelopeEncryptor>,
 }
 
 /// Builder for [`FirehoseSink`].
@@ -173,6 +175,7 @@ pub struct FirehoseSinkBuilder {
     client: Option<aws_sdk_firehose::Client>,
     format: OutputFormat,
     settings: DeliverySettings,
+    encryption: Option<EnvelopeEncryptor>,
 }
 
 impl FirehoseSink {
@@ -185,7 +188,13 @@ impl FirehoseSink {
             client: None,
             format: OutputFormat::JsonLines,
             settings: DeliverySettings::default(),
+            encryption: None,
         }
+    }
+
+    fn with_encryptor(mut self, encryption: Option<EnvelopeEncryptor>) -> Self {
+        self.encryption = encryption;
+        self
     }
 
     pub(crate) fn with_api(
@@ -197,6 +206,7 @@ impl FirehoseSink {
         Self {
             dispatcher: Dispatcher::new(name, api, settings),
             encoder: Encoder::new(format),
+            encryption: None,
         }
     }
 }
@@ -229,6 +239,7 @@ impl Sink for FirehoseSink {
                 })
                 .collect(),
         };
+        let records = seal_records(&mut self.encryption, records).await?;
         let (requests, oversized) = plan(records, LIMITS);
         for request in requests {
             self.dispatcher.send(request, ack.split()).await?;
@@ -272,6 +283,13 @@ impl FirehoseSinkBuilder {
         self
     }
 
+    /// Seals each record in its own envelope with KMS envelope encryption (see
+    /// [`crate::crypto`]); the records' size limits apply to the envelopes.
+    pub fn encryption(mut self, encryptor: EnvelopeEncryptor) -> Self {
+        self.encryption = Some(encryptor);
+        self
+    }
+
     /// How rows are written (default JSON lines).
     pub fn format(mut self, format: OutputFormat) -> Self {
         self.format = format;
@@ -309,7 +327,8 @@ impl FirehoseSinkBuilder {
             }),
             self.format,
             self.settings,
-        ))
+        )
+        .with_encryptor(self.encryption))
     }
 }
 

@@ -46,7 +46,9 @@ pub use firehose::{
     MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
 };
 #[cfg(feature = "aws")]
-pub use s3::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
+pub use s3::{
+    decompress, get_object, Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption,
+};
 /// The S3 sink's limits and defaults (re-exported as `rivulet::s3`).
 #[cfg(feature = "aws")]
 pub(crate) mod s3_limits {

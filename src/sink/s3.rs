@@ -745,6 +745,44 @@ impl object_store::CredentialProvider for SdkCredentials {
     }
 }
 
+/// Reads one object from S3 (credentials from the SDK's default chain).
+pub async fn get_object(
+    bucket: &str,
+    key: &str,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+) -> Result<Bytes> {
+    let store = build_s3(bucket, region, endpoint_url, None).await?;
+    let fail =
+        |e: object_store::Error| Error::sink("s3", format!("reading s3://{bucket}/{key}: {e}"));
+    store
+        .get(&ObjectPath::from(key))
+        .await
+        .map_err(fail)?
+        .bytes()
+        .await
+        .map_err(fail)
+}
+
+/// Decompresses gzip, zstd or framed-snappy data, recognised by its magic bytes; other data is
+/// returned as it is.
+pub fn decompress(data: Vec<u8>) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    const SNAPPY: &[u8] = b"\xff\x06\x00\x00sNaPpY";
+    let mut out = Vec::with_capacity(data.len() * 4);
+    let res = if data.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(&data[..]).read_to_end(&mut out)
+    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::read::Decoder::new(&data[..]).and_then(|mut d| d.read_to_end(&mut out))
+    } else if data.starts_with(SNAPPY) {
+        snap::read::FrameDecoder::new(&data[..]).read_to_end(&mut out)
+    } else {
+        return Ok(data);
+    };
+    res.map_err(|e| Error::io("decompressing", e))?;
+    Ok(out)
+}
+
 /// An object_store S3 client for `bucket`.
 pub(crate) async fn build_s3(
     bucket: &str,
