@@ -206,6 +206,7 @@ pub struct S3SinkBuilder {
     endpoint_url: Option<String>,
     sse: Option<ServerSideEncryption>,
     store: Option<Arc<dyn ObjectStore>>,
+    aws_config: Option<aws_config::SdkConfig>,
     encryption: Option<EnvelopeEncryptor>,
 }
 
@@ -225,6 +226,7 @@ impl S3Sink {
             endpoint_url: None,
             sse: None,
             store: None,
+            aws_config: None,
             encryption: None,
         }
     }
@@ -631,6 +633,13 @@ impl S3SinkBuilder {
         self
     }
 
+    /// Takes region, endpoint and credentials from this AWS configuration instead of the default
+    /// chain (`with_region` and `with_endpoint_url` still override it).
+    pub fn with_aws_config(mut self, config: aws_config::SdkConfig) -> Self {
+        self.aws_config = Some(config);
+        self
+    }
+
     /// Writes to this store instead of building an S3 client (region, endpoint and server-side
     /// encryption are then the store's business).
     pub fn with_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
@@ -665,15 +674,22 @@ impl S3SinkBuilder {
         let partition_columns: Vec<String> = prefix.columns().map(str::to_owned).collect();
         let store = match self.store {
             Some(store) => store,
-            None => Arc::new(
-                build_s3(
-                    &self.bucket,
-                    self.region,
-                    self.endpoint_url,
-                    self.sse.as_ref(),
-                )
-                .await?,
-            ),
+            None => {
+                let shared = match self.aws_config {
+                    Some(c) => {
+                        let mut b = c.into_builder();
+                        if let Some(r) = self.region {
+                            b = b.region(aws_config::Region::new(r));
+                        }
+                        if let Some(u) = self.endpoint_url {
+                            b = b.endpoint_url(u);
+                        }
+                        b.build()
+                    }
+                    None => crate::aws::load_config(self.region, self.endpoint_url, "s3").await?,
+                };
+                Arc::new(build_s3(&self.bucket, &shared, self.sse.as_ref())?)
+            }
         };
         let encoder = Encoder::new(match &self.format {
             ObjectFormat::Text(f) => f.clone(),
@@ -752,7 +768,8 @@ pub async fn get_object(
     region: Option<String>,
     endpoint_url: Option<String>,
 ) -> Result<Bytes> {
-    let store = build_s3(bucket, region, endpoint_url, None).await?;
+    let shared = crate::aws::load_config(region, endpoint_url, "s3").await?;
+    let store = build_s3(bucket, &shared, None)?;
     let fail =
         |e: object_store::Error| Error::sink("s3", format!("reading s3://{bucket}/{key}: {e}"));
     store
@@ -784,13 +801,12 @@ pub fn decompress(data: Vec<u8>) -> Result<Vec<u8>> {
 }
 
 /// An object_store S3 client for `bucket`.
-pub(crate) async fn build_s3(
+fn build_s3(
     bucket: &str,
-    region: Option<String>,
-    endpoint_url: Option<String>,
+    shared: &aws_config::SdkConfig,
     sse: Option<&ServerSideEncryption>,
 ) -> Result<object_store::aws::AmazonS3> {
-    let shared = crate::aws::load_config(region, endpoint_url.clone(), "s3").await?;
+    let endpoint_url = shared.endpoint_url().map(str::to_owned);
     let provider = shared
         .credentials_provider()
         .ok_or_else(|| Error::config("s3", "no AWS credentials provider is configured"))?;

@@ -6,6 +6,8 @@ mod firehose;
 #[cfg(feature = "aws")]
 mod kinesis;
 mod pipeline;
+#[cfg(feature = "aws")]
+mod s3;
 mod sql_cases;
 mod support;
 mod windows;

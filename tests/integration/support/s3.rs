@@ -37,6 +37,24 @@ pub(crate) fn get_object(port: u16, bucket: &str, key: &str) -> Vec<u8> {
     success(port, "GET", &object_target(bucket, key), &[])
 }
 
+/// The response headers of `HEAD` on the object `key` of `bucket`, names in lower case.
+pub(crate) fn head_object(port: u16, bucket: &str, key: &str) -> Vec<(String, String)> {
+    let target = object_target(bucket, key);
+    let raw = exchange(port, "HEAD", &target, &[])
+        .unwrap_or_else(|e| panic!("S3 HEAD {target} on 127.0.0.1:{port}: {e}"));
+    let end = find(&raw, b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    assert!(status.contains(" 200 "), "S3 HEAD {target}: {status}");
+    lines
+        .filter_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// [`list_keys`], asking for at most `page_size` keys per request (S3's default, 1000, when
 /// `None`) and following continuation tokens.
 fn list_keys_in_pages(port: u16, bucket: &str, page_size: Option<usize>) -> Vec<String> {
