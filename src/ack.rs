@@ -263,44 +263,59 @@ impl AckTracker {
     }
 }
 
-/// Test helper: an [`Ack`] and a way to see whether it was acknowledged.
-#[cfg(test)]
-pub(crate) struct AckProbe {
-    rx: std::sync::Mutex<mpsc::UnboundedReceiver<TrackerMsg>>,
-    seen: std::sync::atomic::AtomicU8,
+/// What became of a batch's [`Ack`], as its [`AckReceipt`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Neither acknowledged nor given up yet.
+    Pending,
+    /// Every handle of the batch was acknowledged: the data is stored.
+    Stored,
+    /// A handle was dropped unacknowledged: the sink gave up on the data.
+    GivenUp,
 }
 
-#[cfg(test)]
+/// Reports the outcome of an [`Ack`] made by [`Ack::with_receipt`]: for testing a sink (does it
+/// acknowledge only after the data is stored?) or for using one outside a pipeline.
+#[derive(Debug)]
+pub struct AckReceipt {
+    rx: Mutex<mpsc::UnboundedReceiver<TrackerMsg>>,
+    status: Mutex<AckStatus>,
+}
+
 impl Ack {
-    /// An ack whose outcome the returned probe reports.
-    pub(crate) fn probe() -> (Ack, AckProbe) {
+    /// A tracked handle and the receipt that reports its outcome.
+    pub fn with_receipt() -> (Ack, AckReceipt) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Ack::new(0, Some(tx)),
-            AckProbe {
-                rx: std::sync::Mutex::new(rx),
-                seen: std::sync::atomic::AtomicU8::new(0),
+            AckReceipt {
+                rx: Mutex::new(rx),
+                status: Mutex::new(AckStatus::Pending),
             },
         )
     }
 }
 
-#[cfg(test)]
-impl AckProbe {
-    fn poll(&self) -> u8 {
-        use std::sync::atomic::Ordering;
-        while let Ok(m) = self.rx.lock().unwrap().try_recv() {
+impl AckReceipt {
+    /// The outcome so far.
+    pub fn status(&self) -> AckStatus {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Ok(m) = rx.try_recv() {
             if let TrackerMsg::Done(e) = m {
-                self.seen
-                    .store(if e.failed { 2 } else { 1 }, Ordering::SeqCst);
+                *status = if e.failed {
+                    AckStatus::GivenUp
+                } else {
+                    AckStatus::Stored
+                };
             }
         }
-        self.seen.load(Ordering::SeqCst)
+        *status
     }
 
-    /// True once the ack was acknowledged (stored).
-    pub(crate) fn is_acknowledged(&self) -> bool {
-        self.poll() == 1
+    /// True once the data is stored.
+    pub fn is_stored(&self) -> bool {
+        self.status() == AckStatus::Stored
     }
 }
 

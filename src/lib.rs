@@ -52,7 +52,7 @@ mod sink;
 mod source;
 mod sql;
 
-pub use ack::Ack;
+pub use ack::{Ack, AckReceipt, AckStatus};
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore};
 
 pub use config::{PipelineConfig, ReplayOptions};

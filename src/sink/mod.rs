@@ -126,6 +126,13 @@ impl ErrorOutput {
         Self { tx }
     }
 
+    /// An error output whose batches arrive on the returned receiver: for testing a sink, or for
+    /// using one outside a pipeline. `capacity` batches are buffered.
+    pub fn channel(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<OutputBatch>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (Self { tx }, rx)
+    }
+
     /// Sends `errors` to the error output; `ack` is acknowledged once they are stored there.
     pub async fn send(&self, errors: Vec<ErrorRecord>, ack: Ack) -> Result<()> {
         let batch = OutputBatch {

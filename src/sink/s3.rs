@@ -890,7 +890,7 @@ mod tests {
     async fn objects_roll_by_size_and_are_acknowledged_only_once_uploaded() {
         let store = Arc::new(InMemory::new());
         let mut s = sink(&store, "out/", 100).await;
-        let (ack, probe) = crate::ack::Ack::probe();
+        let (ack, probe) = crate::ack::Ack::with_receipt();
         s.write(OutputBatch {
             stream: "s".into(),
             data: OutputData::Rows(rows(2, "A")),
@@ -902,11 +902,11 @@ mod tests {
             keys(&store).await.is_empty(),
             "under the roll size: buffered"
         );
-        assert!(!probe.is_acknowledged());
+        assert!(!probe.is_stored());
         s.write(OutputBatch::rows("s", rows(5, "A"))).await.unwrap();
         let k = keys(&store).await;
         assert_eq!(k.len(), 1, "{k:?}");
-        assert!(probe.is_acknowledged(), "acknowledged with the upload");
+        assert!(probe.is_stored(), "acknowledged with the upload");
         let range = CheckpointRange::after(&crate::Position::single("p", "1"), 1_795_835_045_000);
         assert_eq!(
             k[0],
@@ -915,6 +915,53 @@ mod tests {
         let body = store.get(&ObjectPath::from(k[0].as_str())).await.unwrap();
         let text = String::from_utf8(body.bytes().await.unwrap().to_vec()).unwrap();
         assert_eq!(text.lines().count(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_replay_in_the_same_range_writes_the_same_keys_and_contents() {
+        let store = Arc::new(InMemory::new());
+        let batches = [rows(40, "A"), rows(50, "A"), rows(60, "A")];
+        let mut first = sink(&store, "r/", 100).await;
+        for b in &batches {
+            first
+                .write(OutputBatch::rows("s", b.clone()))
+                .await
+                .unwrap();
+        }
+        let before = keys(&store).await;
+        assert_eq!(before.len(), 3, "one object per batch over 100 bytes");
+        let mut contents = Vec::new();
+        for k in &before {
+            let b = store.get(&ObjectPath::from(k.as_str())).await.unwrap();
+            contents.push(b.bytes().await.unwrap());
+        }
+        // A crash, then a replay of the same range: the same names, overwritten.
+        drop(first);
+        let mut replay = sink(&store, "r/", 100).await;
+        for b in &batches {
+            replay
+                .write(OutputBatch::rows("s", b.clone()))
+                .await
+                .unwrap();
+        }
+        replay.finish().await.unwrap();
+        assert_eq!(keys(&store).await, before);
+        for (k, c) in before.iter().zip(contents) {
+            let b = store.get(&ObjectPath::from(k.as_str())).await.unwrap();
+            assert_eq!(b.bytes().await.unwrap(), c);
+        }
+        // A new range starts its own numbering.
+        replay.set_checkpoint_ranges(CheckpointRanges::fixed(CheckpointRange::after(
+            &crate::Position::single("p", "2"),
+            1_795_835_046_000,
+        )));
+        replay
+            .write(OutputBatch::rows("s", rows(40, "A")))
+            .await
+            .unwrap();
+        let after = keys(&store).await;
+        assert_eq!(after.len(), 4);
+        assert!(after.iter().filter(|k| k.ends_with("-00000.json")).count() == 2);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Integration tests of rivulet through its public API and its command line.
 
 mod cli;
+mod conformance;
 #[cfg(feature = "aws")]
 mod firehose;
 #[cfg(feature = "aws")]

@@ -568,3 +568,63 @@ region = "us-east-1"
     }
     assert_eq!(rows, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_are_uploaded_in_parts() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    s3::create_bucket(moto.port(), BUCKET);
+    let mut s = sink(&moto)
+        .with_prefix("big/")
+        .with_roll_bytes(64 << 20)
+        .with_multipart_threshold(10 << 20)
+        .build()
+        .await
+        .unwrap();
+    // 12 MiB of rows: above the threshold, so three parts of 5 MiB or more.
+    let text = "x".repeat(4000);
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("n", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let n = 3200;
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(arrow::array::Int64Array::from_iter_values(0..n)),
+            Arc::new(arrow::array::StringArray::from(vec![
+                text.as_str();
+                n as usize
+            ])),
+        ],
+    )
+    .unwrap();
+    use rivulet::Sink as _;
+    s.write(rivulet::OutputBatch::rows("s", batch))
+        .await
+        .unwrap();
+    assert!(
+        keys_under(&moto, "big/").is_empty(),
+        "buffered until finished"
+    );
+    s.finish().await.unwrap();
+    let keys = keys_under(&moto, "big/");
+    assert_eq!(keys.len(), 1);
+    let body = s3::get_object(moto.port(), BUCKET, &keys[0]);
+    assert!(body.len() > 12 << 20, "{} bytes", body.len());
+    let lines: Vec<&[u8]> = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), n as usize);
+    let last: serde_json::Value = serde_json::from_slice(lines[lines.len() - 1]).unwrap();
+    assert_eq!(last["n"], n - 1, "the parts are in order");
+    // A multipart object's ETag ends with the number of parts.
+    let etag = s3::head_object(moto.port(), BUCKET, &keys[0])
+        .into_iter()
+        .find(|(k, _)| k == "etag")
+        .map(|(_, v)| v)
+        .unwrap();
+    assert!(etag.trim_matches('"').ends_with("-3"), "ETag {etag}");
+}
