@@ -713,6 +713,70 @@ impl PipelineConfig {
             .map(Some)
     }
 
+    /// The error output: `[error_output]`, or by default, like Firehose's error prefix, the prefix
+    /// `processing-failed/` of the first S3 sink's bucket, or else the local file
+    /// `processing-failed/<name>.ndjson` beside the pipeline file.
+    fn error_output_config(&self) -> SinkConfig {
+        if let Some(e) = &self.error_output {
+            return e.clone();
+        }
+        let first_s3 = self
+            .sinks
+            .iter()
+            .find(|s| matches!(s, SinkConfig::S3 { .. }));
+        if let Some(SinkConfig::S3 {
+            bucket,
+            name,
+            region,
+            endpoint_url,
+            server_side_encryption,
+            sse_kms_key_id,
+            encryption,
+            ..
+        }) = first_s3
+        {
+            return SinkConfig::S3 {
+                bucket: bucket.clone(),
+                prefix: "processing-failed/".into(),
+                name: name.clone(),
+                stream: None,
+                format: ObjectFormatConfig::Json,
+                compression: CompressionConfig::None,
+                roll_bytes: None,
+                roll_interval_ms: None,
+                multipart_threshold: None,
+                region: region.clone(),
+                endpoint_url: endpoint_url.clone(),
+                server_side_encryption: *server_side_encryption,
+                sse_kms_key_id: sse_kms_key_id.clone(),
+                encryption: encryption.clone(),
+            };
+        }
+        SinkConfig::File {
+            path: PathBuf::from("processing-failed").join(format!("{}.ndjson", self.name())),
+            stream: None,
+            format: EncodingConfig::Json,
+            roll_bytes: None,
+            roll_interval_secs: None,
+            truncate: false,
+            encryption: None,
+        }
+    }
+
+    /// Where the error output goes, for messages: a path, an S3 prefix, or a sink type.
+    pub fn error_output_location(&self) -> String {
+        match self.error_output_config() {
+            SinkConfig::File { path, .. } => self.resolve(&path).display().to_string(),
+            SinkConfig::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+            SinkConfig::Stdout { .. } => "standard output".into(),
+            SinkConfig::Stderr { .. } => "standard error".into(),
+            SinkConfig::Firehose {
+                delivery_stream, ..
+            } => format!("Firehose delivery stream {delivery_stream}"),
+            SinkConfig::Kinesis { stream_name, .. } => format!("Kinesis stream {stream_name}"),
+        }
+    }
+
     /// The pipeline's name: `name`, or the configuration file's name without extension.
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("rivulet")
@@ -754,6 +818,8 @@ impl PipelineConfig {
     }
 
     async fn build_sink(&self, s: &SinkConfig, stream: &str) -> Result<Box<dyn Sink>> {
+        #[cfg(not(feature = "aws"))]
+        let _ = stream;
         let encoding = |e: &EncodingConfig| match e {
             EncodingConfig::Json => OutputFormat::JsonLines,
             EncodingConfig::Csv => OutputFormat::Csv {
@@ -1132,9 +1198,8 @@ impl PipelineConfig {
             allowed_lateness: Duration::from_millis(self.query.allowed_lateness_ms),
             idle_timeout: Duration::from_millis(self.query.idle_timeout_ms),
         });
-        if let Some(e) = &self.error_output {
-            b = b.boxed_error_output(self.build_sink(e, crate::ERROR_STREAM).await?);
-        }
+        let errors = self.error_output_config();
+        b = b.boxed_error_output(self.build_sink(&errors, crate::ERROR_STREAM).await?);
         if let Some(r) = &self.raw_copy {
             b = b.boxed_raw_copy(self.build_sink(r, crate::RAW_STREAM).await?);
         }
@@ -1317,6 +1382,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_offending_key() {
+        #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
         let mut cases: Vec<(String, &str)> = [
             ("[source]\ntype = \"generator\"\nrat = 5\n", "rat"),
             ("[source]\ntype = \"generator\"\nrate = -1\n", "source.rate"),

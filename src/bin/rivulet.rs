@@ -169,11 +169,11 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
             let p = config.build().await?;
             let interval =
                 (progress_interval > 0.0).then(|| Duration::from_secs_f64(progress_interval));
-            drive(p, interval).await
+            drive(p, interval, Some(config.error_output_location())).await
         }
         Command::Replay { query, output_dir } => {
             let p = query.replay(output_dir).build().await?;
-            drive(p, None).await
+            drive(p, None, None).await
         }
         Command::Explain { query } => {
             let p = query.replay(None).build().await?;
@@ -268,7 +268,11 @@ async fn decrypt(
 }
 
 /// Runs a pipeline with signal handling and an optional progress line.
-async fn drive(pipeline: Pipeline, progress: Option<Duration>) -> rivulet::Result<()> {
+async fn drive(
+    pipeline: Pipeline,
+    progress: Option<Duration>,
+    errors_to: Option<String>,
+) -> rivulet::Result<()> {
     let handle = pipeline.shutdown_handle();
     let metrics = pipeline.metrics();
     tokio::spawn(async move {
@@ -295,6 +299,12 @@ async fn drive(pipeline: Pipeline, progress: Option<Duration>) -> rivulet::Resul
             m.records_in,
             m.rows_out,
             m.records_error
+        );
+    }
+    if let (Some(to), true) = (errors_to, report.metrics.records_error > 0) {
+        eprintln!(
+            "rivulet: {} records went to the error output: {to}",
+            report.metrics.records_error
         );
     }
     Ok(())

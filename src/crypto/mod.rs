@@ -495,17 +495,6 @@ impl EnvelopeEncryptor {
         Ok(())
     }
 
-    /// Encrypts each message into its own envelope.
-    pub async fn seal_each<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::with_capacity(messages.len());
-        for m in messages {
-            let mut env = Vec::with_capacity(m.as_ref().len() + 320);
-            self.seal(m.as_ref(), &mut env).await?;
-            out.push(env);
-        }
-        Ok(out)
-    }
-
     fn seal_reserved(&mut self, message: &[u8], out: &mut Vec<u8>) {
         let k = self.current.as_mut().expect("a data key is reserved");
         k.messages += 1;

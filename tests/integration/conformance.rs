@@ -23,7 +23,8 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use rivulet::{Ack, AckStatus, ErrorOutput, OutputBatch, OutputData, Sink};
 
-type ReadBack<'a> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<String>> + 'a>> + 'a>;
+type ReadBack<'a> =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>> + Send + Sync + 'a>;
 
 /// How a sink is checked.
 struct Case<'a> {
@@ -127,12 +128,14 @@ async fn conforms(case: Case<'_>) {
     );
 }
 
+#[cfg(feature = "aws")]
 /// A JSON line of exactly `len` bytes (newline included) for this suite's schema.
 fn row_of_encoded_len(id: i64, len: usize) -> RecordBatch {
     let empty = format!("{{\"id\":{id},\"key\":\"k\",\"text\":\"\"}}\n").len();
     batch(id..id + 1, &"x".repeat(len - empty))
 }
 
+#[cfg(feature = "aws")]
 /// A record at `limit` bytes is delivered; one at `limit + 1` goes to the error output as
 /// `oversized`, and the batch is acknowledged once it is there.
 async fn limit_holds(name: &str, sink: &mut dyn Sink, limit: usize, read: &ReadBack<'_>) {
@@ -482,7 +485,7 @@ mod aws {
             rivulet::KinesisSink::builder(stream)
                 .client(client.clone())
                 .partition_key_column("key")
-                .delivery_settings(settings.clone())
+                .delivery_settings(settings)
                 .build()
         };
         let c = &client;

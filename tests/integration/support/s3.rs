@@ -37,6 +37,7 @@ pub(crate) fn get_object(port: u16, bucket: &str, key: &str) -> Vec<u8> {
     success(port, "GET", &object_target(bucket, key), &[])
 }
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 /// The response headers of `HEAD` on the object `key` of `bucket`, names in lower case.
 pub(crate) fn head_object(port: u16, bucket: &str, key: &str) -> Vec<(String, String)> {
     let target = object_target(bucket, key);
