@@ -17,6 +17,8 @@ use crate::{Error, Result};
 /// the file. Every key:
 ///
 /// ```toml
+/// name = "ticker"           # optional: the pipeline's name (default: the file name without extension)
+///
 /// [source]
 /// type = "generator"        # or "file", or "kinesis"
 /// rate = 100                # generator: records per second; omit to go as fast as possible
@@ -56,7 +58,7 @@ use crate::{Error, Result};
 /// idle_timeout_ms = 60000   # windows: a shard quiet this long stops holding the watermark
 ///
 /// [[sinks]]                 # one or more
-/// type = "stdout"           # or "stderr", "file", "firehose", or "kinesis"
+/// type = "stdout"           # or "stderr", "file", "firehose", "kinesis", or "s3"
 /// format = "json"           # or "csv"
 /// stream = "DESTINATION_SQL_STREAM"  # the stream it receives (`INSERT INTO name …` makes others)
 /// # path = "out.ndjson"     # file: the file, or a directory when rolling
@@ -72,12 +74,26 @@ use crate::{Error, Result};
 /// # partition_key = "ticker_symbol"  # kinesis: the output column keying each record
 /// # explicit_hash_key = "h" # kinesis: optional column with explicit hash keys
 ///                           # (region, endpoint_url, max_attempts, … as for firehose)
+/// # bucket = "analytics"    # s3: the bucket
+/// # prefix = "out/!{timestamp:yyyy/MM/dd/HH}/"  # s3: Firehose prefix expressions
+/// # name = "ticker"         # s3: object name prefix (default: the pipeline's name)
+/// # format = "parquet"      # s3: also "json", "csv"
+/// # compression = "zstd"    # s3: "none", "gzip", "zstd", "snappy"
+/// # roll_bytes = 5242880    # s3: upload an object at this size…
+/// # roll_interval_ms = 60000 # s3: …or at this age
+/// # multipart_threshold = 16777216 # s3: objects this large go up in parts
+/// # server_side_encryption = "kms"  # s3: or "aes256"; "kms" needs sse_kms_key_id
+/// # [sinks.encryption]      # file, firehose, kinesis, s3: client-side KMS envelope encryption
+/// # kms_key_id = "alias/k"  # the key (id, ARN, alias); region, endpoint_url optional
+/// # context = { team = "x" } # extra encryption-context pairs
+/// # max_key_age_secs = 300, max_bytes_per_key = 1073741824, max_messages_per_key = 1048576
 ///
 /// [raw_copy]                # optional, any sink type: every input record as read, before decoding
 /// type = "firehose"
 /// delivery_stream = "raw-data"
 ///
-/// [error_output]            # optional, any sink type; default: JSON lines on standard error
+/// [error_output]            # optional, any sink type; default: the first s3 sink's bucket under
+///                           # processing-failed/, or the file processing-failed/<name>.ndjson
 /// type = "file"
 /// path = "errors.ndjson"
 ///
