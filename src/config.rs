@@ -649,6 +649,7 @@ impl PipelineConfig {
         if let Some(s) = &self.raw_copy {
             check_sink("raw_copy", s)?;
         }
+        self.check_s3_names()?;
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
         }
@@ -791,6 +792,71 @@ impl PipelineConfig {
             } => format!("Firehose delivery stream {delivery_stream}"),
             SinkConfig::Kinesis { stream_name, .. } => format!("Kinesis stream {stream_name}"),
         }
+    }
+
+    /// The object name prefix of an S3 sink receiving `stream`: `name`, or the pipeline's name
+    /// (with the stream's name for streams other than `DESTINATION_SQL_STREAM`).
+    fn s3_object_name(&self, name: &Option<String>, stream: &str) -> String {
+        match name {
+            Some(n) => n.clone(),
+            None if stream == crate::DESTINATION_STREAM => self.name().to_owned(),
+            None => format!("{}-{stream}", self.name()),
+        }
+    }
+
+    /// Two S3 sinks writing the same bucket, prefix and object name would overwrite each other's
+    /// objects (the names are deterministic): refused.
+    fn check_s3_names(&self) -> Result<()> {
+        let mut seen = std::collections::HashMap::new();
+        let mut all: Vec<(String, SinkConfig, &str)> = self
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let stream = match s {
+                    SinkConfig::S3 { stream, .. } => stream.as_deref(),
+                    _ => None,
+                };
+                (
+                    format!("sinks[{i}]"),
+                    s.clone(),
+                    stream.unwrap_or(crate::DESTINATION_STREAM),
+                )
+            })
+            .collect();
+        if let Some(r) = &self.raw_copy {
+            all.push(("raw_copy".into(), r.clone(), crate::RAW_STREAM));
+        }
+        all.push((
+            "error_output".into(),
+            self.error_output_config(),
+            crate::ERROR_STREAM,
+        ));
+        for (key, s, stream) in &all {
+            if let SinkConfig::S3 {
+                bucket,
+                prefix,
+                name,
+                ..
+            } = s
+            {
+                let id = (
+                    bucket.clone(),
+                    prefix.clone(),
+                    self.s3_object_name(name, stream),
+                );
+                if let Some(other) = seen.insert(id, key.clone()) {
+                    return Err(Error::config(
+                        format!("{key}.name"),
+                        format!(
+                            "writes the same bucket, prefix and object names as {other}: set a \
+                             different `name` or `prefix`"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The pipeline's name: `name`, or the configuration file's name without extension.
@@ -945,7 +1011,7 @@ impl PipelineConfig {
             } => {
                 use crate::sink::{Compression, ObjectFormat, S3Sink, ServerSideEncryption};
                 let mut b = S3Sink::builder(bucket.clone())
-                    .with_name(name.clone().unwrap_or_else(|| self.name().to_owned()))
+                    .with_name(self.s3_object_name(name, stream))
                     .with_prefix(prefix.clone())
                     .with_format(match format {
                         ObjectFormatConfig::Json => ObjectFormat::Text(OutputFormat::JsonLines),
@@ -1442,6 +1508,15 @@ mod tests {
             ] {
                 cases.push((format!("{k}{extra}"), key));
             }
+            let s3 = "[[sinks]]\ntype = \"s3\"\nbucket = \"b\"\n";
+            cases.push((
+                format!("[source]\ntype = \"generator\"\n{s3}{s3}"),
+                "sinks[1].name",
+            ));
+            cases.push((
+                format!("[source]\ntype = \"generator\"\n{s3}bucket2 = 1\n"),
+                "bucket2",
+            ));
         }
         for (text, key) in cases {
             let err = parse(&format!("{text}{SINK}")).unwrap_err().to_string();

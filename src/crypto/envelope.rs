@@ -42,6 +42,9 @@ pub type EncryptionContext = BTreeMap<String, String>;
 /// The parsed header of an envelope, and where its ciphertext is.
 #[derive(Debug)]
 pub(crate) struct Parsed<'a> {
+    /// The key id, context and encrypted data key fields as stored: what a decrypted data key is
+    /// cached under, so that only the same key, context and blob reuse it.
+    pub(crate) key_fields: &'a [u8],
     pub(crate) key_id: &'a str,
     pub(crate) context: EncryptionContext,
     pub(crate) encrypted_key: &'a [u8],
@@ -169,9 +172,11 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
     if version != VERSION {
         return Err(EnvelopeError::UnsupportedVersion(version));
     }
+    let fields_start = r.at;
     let key_id = utf8(r.field("key id")?, "the key id")?;
     let context = decode_context(r.field("encryption context")?)?;
     let encrypted_key = r.field("encrypted data key")?;
+    let key_fields = &data[fields_start..r.at];
     let nonce: [u8; NONCE_LEN] = r
         .take(NONCE_LEN, "nonce")?
         .try_into()
@@ -179,8 +184,14 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
     let c = r.take(4, "ciphertext length")?;
     let ciphertext_len = u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize;
     let header_end = r.at;
-    let sealed = r.take(ciphertext_len + TAG_LEN, "ciphertext")?;
+    let sealed_len = ciphertext_len
+        .checked_add(TAG_LEN)
+        .ok_or(EnvelopeError::Invalid(
+            "the ciphertext length is too large".into(),
+        ))?;
+    let sealed = r.take(sealed_len, "ciphertext")?;
     Ok(Parsed {
+        key_fields,
         key_id,
         context,
         encrypted_key,

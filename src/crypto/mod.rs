@@ -350,6 +350,50 @@ pub(crate) async fn seal_records(
     Ok(out)
 }
 
+/// Cuts an envelope left incomplete at the end of the file at `path` (a write interrupted by a
+/// crash: never acknowledged, so written again after the restart), so that what is appended next
+/// stays readable. A file that does not exist or is empty is left alone; one that does not hold
+/// envelopes is refused rather than appended to.
+pub(crate) async fn truncate_torn_envelope(path: &std::path::Path) -> Result<()> {
+    let data = match tokio::fs::read(path).await {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut at = 0;
+    while at < data.len() {
+        match envelope::parse(&data[at..]) {
+            Ok(p) => at += p.len,
+            Err(EnvelopeError::Truncated { .. }) => break,
+            Err(e) => {
+                return Err(Error::sink(
+                    path.display().to_string(),
+                    format!(
+                        "holds data that is not envelopes at byte {at} ({e}); encrypted output \
+                         is not appended to it"
+                    ),
+                ))
+            }
+        }
+    }
+    if at < data.len() {
+        tracing::warn!(
+            path = %path.display(),
+            "cutting {} bytes of an envelope left incomplete by an interrupted write",
+            data.len() - at
+        );
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        f.set_len(at as u64)
+            .await
+            .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Builds an [`EnvelopeEncryptor`].
 #[derive(Debug)]
 pub struct EnvelopeEncryptorBuilder {
@@ -615,7 +659,7 @@ impl EnvelopeDecryptor {
             }
             None => p.key_id,
         };
-        if !self.keys.contains_key(p.encrypted_key) {
+        if !self.keys.contains_key(p.key_fields) {
             let mut plain = self
                 .provider
                 .decrypt_data_key(key_id, p.encrypted_key, &p.context)
@@ -632,9 +676,9 @@ impl EnvelopeDecryptor {
                 self.keys.clear();
             }
             self.keys
-                .insert(p.encrypted_key.to_vec(), LessSafeKey::new(unbound));
+                .insert(p.key_fields.to_vec(), LessSafeKey::new(unbound));
         }
-        let key = &self.keys[p.encrypted_key];
+        let key = &self.keys[p.key_fields];
         let start = out.len();
         out.extend_from_slice(p.sealed);
         let opened = key
@@ -850,6 +894,29 @@ pub(crate) mod tests {
             2,
             "a new key after max_age"
         );
+    }
+
+    #[tokio::test]
+    async fn a_torn_envelope_at_the_end_of_a_file_is_cut_and_others_are_kept() {
+        let (keys, mut enc) = encryptor(DataKeyLimits::default());
+        let mut data = Vec::new();
+        enc.seal(b"one\n", &mut data).await.unwrap();
+        enc.seal(b"two\n", &mut data).await.unwrap();
+        let whole = data.len();
+        enc.seal(b"three\n", &mut data).await.unwrap();
+        data.truncate(data.len() - 5);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, &data).unwrap();
+        truncate_torn_envelope(&path).await.unwrap();
+        let kept = std::fs::read(&path).unwrap();
+        assert_eq!(kept.len(), whole);
+        let mut dec = EnvelopeDecryptor::new(keys);
+        assert_eq!(dec.open_all(&kept).await.unwrap(), b"one\ntwo\n");
+
+        std::fs::write(&path, b"{\"plain\":1}\n").unwrap();
+        let err = truncate_torn_envelope(&path).await.unwrap_err();
+        assert!(err.to_string().contains("not envelopes"), "{err}");
     }
 
     #[test]

@@ -90,6 +90,10 @@ impl FileSink {
         } else {
             self.path.clone()
         };
+        #[cfg(feature = "aws")]
+        if self.encryption.is_some() {
+            crate::crypto::truncate_torn_envelope(&path).await?;
+        }
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)

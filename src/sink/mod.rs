@@ -229,9 +229,10 @@ pub trait Sink: Send + Debug {
     /// `batch.ack` only once the data is stored. An error stops the pipeline.
     async fn write(&mut self, batch: OutputBatch) -> Result<()>;
 
-    /// Stores everything accepted so far and acknowledges it. Called when the pipeline is idle, at
-    /// least once a second, and before it stops; time-based rolling and buffering deadlines can be
-    /// checked here.
+    /// Stores what is due and acknowledges it. Called when the pipeline is idle and at least once a
+    /// second: most sinks store everything accepted so far; a buffering sink (the S3 sink) may
+    /// keep data until its buffering deadline, which it checks here. [`finish`](Sink::finish)
+    /// stores the rest before the pipeline stops.
     async fn flush(&mut self) -> Result<()>;
 
     /// Stores everything accepted so far before the pipeline stops. Sinks that hold data beyond a

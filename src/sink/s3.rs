@@ -10,8 +10,9 @@ use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use tokio::time::Instant;
@@ -32,11 +33,16 @@ use crate::{Error, Result};
 pub const MIN_PART_BYTES: usize = 5 << 20;
 /// S3's largest object uploaded in one `PutObject`: 5 GiB (same source).
 pub const MAX_PUT_BYTES: usize = 5 << 30;
+/// Largest `roll_bytes` with envelope encryption: an envelope holds under 4 GiB, and an object can
+/// pass its roll size by one batch.
+const MAX_SEALED_OBJECT_BYTES: usize = 3 << 30;
 /// Default roll size, Firehose's default buffering size for S3: 5 MiB.
 pub const DEFAULT_ROLL_BYTES: usize = 5 << 20;
 /// Default roll age. Firehose buffers up to 300 s by default; a minute keeps checkpoints (which
 /// wait for the upload) closer to the data.
 pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Parts of one multipart upload sent at the same time.
+const PARTS_IN_FLIGHT: usize = 4;
 /// Objects at least this large are uploaded in parts.
 pub const DEFAULT_MULTIPART_THRESHOLD: usize = 16 << 20;
 
@@ -256,13 +262,13 @@ impl S3Sink {
             self.counters.clear();
             self.counters_range = Arc::clone(&range.id);
         }
-        let group = values.join("\u{1f}");
+        let group = group_key(values);
         let n = self.counters.entry(group.clone()).or_insert(0);
         let seq = *n;
         *n += 1;
         let seed = {
             use md5::Digest as _;
-            let d = md5::Md5::digest(format!("{}\u{1f}{group}", range.id));
+            let d = md5::Md5::digest(format!("{}\u{1f}{group}\u{1f}{seq}", range.id));
             u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
         };
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
@@ -297,7 +303,7 @@ impl S3Sink {
 
     /// Appends `data` to the open object of `values`, opening one if needed; returns its group.
     fn append(&mut self, values: Vec<String>, data: &OutputData, ack: Ack) -> Result<String> {
-        let group = values.join("\u{1f}");
+        let group = group_key(&values);
         if !self.open.contains_key(&group) {
             let range = self.ranges.current();
             let key = self.next_key(&values, &range);
@@ -386,15 +392,34 @@ impl S3Sink {
                 .map_err(fail)?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(&path).await.map_err(fail)?;
+        let mut upload = self.store.put_multipart(&path).await.map_err(fail)?;
         let part = (self.multipart_threshold / 2).max(MIN_PART_BYTES);
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
-        writer.put(Bytes::from(data));
-        match writer.finish().await {
-            Ok(_) => Ok(()),
-            // `finish` aborts the upload itself when a part fails.
-            Err(e) => Err(fail(e)),
+        let data = Bytes::from(data);
+        let parts: Vec<_> = (0..data.len())
+            .step_by(part)
+            .map(|at| {
+                upload.put_part(PutPayload::from(
+                    data.slice(at..(at + part).min(data.len())),
+                ))
+            })
+            .collect();
+        // At most a few parts in flight; the upload is aborted (not left to be billed) when any
+        // part or the completion fails.
+        let sent = futures::stream::iter(parts)
+            .buffer_unordered(PARTS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await;
+        let done = match sent {
+            Ok(_) => upload.complete().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(sink = %self.name, key, "aborting the multipart upload failed: {abort}");
+            }
+            return Err(fail(e));
         }
+        Ok(())
     }
 
     async fn roll_due(&mut self, all: bool) -> Result<()> {
@@ -414,13 +439,19 @@ impl S3Sink {
 
     /// Splits rows by their partition values. Rows with a null or empty value go to the error
     /// output, as Firehose's dynamic partitioning sends them to its error prefix.
-    async fn partition(&self, batch: &RecordBatch) -> Result<Vec<(Vec<String>, RecordBatch)>> {
+    /// Rows without a value are sent to the error output under a split of `ack`, so the batch is
+    /// stored only once they are stored there.
+    async fn partition(
+        &self,
+        batch: &RecordBatch,
+        ack: &Ack,
+    ) -> Result<Vec<(Vec<String>, RecordBatch)>> {
         if self.partition_columns.is_empty() {
             return Ok(vec![(Vec::new(), batch.clone())]);
         }
         let (groups, bad) = self.group_rows(batch)?;
         if !bad.is_empty() {
-            self.reject(batch, bad).await?;
+            self.reject(batch, bad, ack.split()).await?;
         }
         let mut out = Vec::with_capacity(groups.len());
         for (values, rows) in groups {
@@ -476,7 +507,7 @@ impl S3Sink {
         Ok((groups, bad))
     }
 
-    async fn reject(&self, batch: &RecordBatch, bad: Vec<(u32, String)>) -> Result<()> {
+    async fn reject(&self, batch: &RecordBatch, bad: Vec<(u32, String)>, ack: Ack) -> Result<()> {
         let Some(errors) = &self.errors else {
             return Err(Error::sink(
                 &self.name,
@@ -498,7 +529,7 @@ impl S3Sink {
                 record: Record::new(line, now),
             })
             .collect();
-        errors.send(records, Ack::untracked()).await
+        errors.send(records, ack).await
     }
 }
 
@@ -523,7 +554,7 @@ impl Sink for S3Sink {
         }
         let parts: Vec<(Vec<String>, OutputData)> = match &batch.data {
             OutputData::Rows(b) => self
-                .partition(b)
+                .partition(b, &batch.ack)
                 .await?
                 .into_iter()
                 .map(|(v, b)| (v, OutputData::Rows(b)))
@@ -536,10 +567,16 @@ impl Sink for S3Sink {
             }
             OutputData::Encoded(_) => vec![(Vec::new(), batch.data.clone())],
         };
-        let mut acks: Vec<Ack> = (1..parts.len().max(1)).map(|_| batch.ack.split()).collect();
-        acks.push(batch.ack);
+        // One handle per object the batch goes into; with no object (every row rejected), the
+        // error output's handle alone completes the batch.
+        let mut acks: Vec<Ack> = (1..parts.len()).map(|_| batch.ack.split()).collect();
+        if parts.is_empty() {
+            batch.ack.acknowledge();
+        } else {
+            acks.push(batch.ack);
+        }
         let mut touched = Vec::with_capacity(parts.len());
-        for ((values, data), ack) in parts.into_iter().zip(acks.drain(..)) {
+        for ((values, data), ack) in parts.into_iter().zip(acks) {
             touched.push(self.append(values, &data, ack)?);
         }
         for group in touched {
@@ -590,7 +627,9 @@ impl S3SinkBuilder {
         self
     }
 
-    /// Uploads an object once it holds this many bytes (before compression); default 5 MiB.
+    /// Uploads an object once it holds this many bytes; default 5 MiB. JSON and CSV are counted
+    /// before compression; Parquet as the writer's estimate (pages written, compressed, plus the
+    /// row group in memory).
     pub fn with_roll_bytes(mut self, bytes: usize) -> Self {
         self.roll_bytes = bytes;
         self
@@ -665,6 +704,12 @@ impl S3SinkBuilder {
                     "must be at least {} bytes (two parts of S3's 5 MiB minimum)",
                     MIN_PART_BYTES * 2
                 ),
+            ));
+        }
+        if self.encryption.is_some() && self.roll_bytes > MAX_SEALED_OBJECT_BYTES {
+            return Err(Error::config(
+                "roll_bytes",
+                "with envelope encryption, objects must stay under 4 GiB: use roll_bytes of at most 3 GiB",
             ));
         }
         if self.name.is_empty() || self.name.contains('/') {
@@ -747,10 +792,15 @@ impl object_store::CredentialProvider for SdkCredentials {
             }
         })?;
         let now = std::time::SystemTime::now();
-        let until = creds
-            .expiry()
-            .map(|e| e - Duration::from_secs(300))
-            .unwrap_or(now + Duration::from_secs(900));
+        // Refreshed 5 minutes before they expire; credentials that expire sooner (or are past
+        // their expiry, as instance credentials can be) are kept a minute, not fetched per request.
+        let until = match creds.expiry() {
+            Some(e) => e
+                .checked_sub(Duration::from_secs(300))
+                .filter(|u| *u > now + Duration::from_secs(30))
+                .unwrap_or(now + Duration::from_secs(60)),
+            None => now + Duration::from_secs(900),
+        };
         let c = Arc::new(object_store::aws::AwsCredential {
             key_id: creds.access_key_id().to_owned(),
             secret_key: creds.secret_access_key().to_owned(),
@@ -759,6 +809,11 @@ impl object_store::CredentialProvider for SdkCredentials {
         *cached = Some((Arc::clone(&c), until));
         Ok(c)
     }
+}
+
+/// A map key for partition values: each value with its length, so no two lists collide.
+fn group_key(values: &[String]) -> String {
+    values.iter().map(|v| format!("{}:{v}", v.len())).collect()
 }
 
 /// Reads one object from S3 (credentials from the SDK's default chain).
@@ -810,9 +865,15 @@ fn build_s3(
     let provider = shared
         .credentials_provider()
         .ok_or_else(|| Error::config("s3", "no AWS credentials provider is configured"))?;
+    let region = shared.region().map(|r| r.to_string()).ok_or_else(|| {
+        Error::config(
+            "region",
+            "no AWS region: set it here or in AWS_REGION / the AWS profile",
+        )
+    })?;
     let mut b = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
-        .with_region(shared.region().map(|r| r.to_string()).unwrap_or_default())
+        .with_region(region)
         .with_credentials(Arc::new(SdkCredentials {
             provider,
             cached: tokio::sync::Mutex::new(None),
@@ -842,7 +903,6 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use futures::TryStreamExt as _;
     use object_store::memory::InMemory;
 
     fn rows(n: usize, sector: &str) -> RecordBatch {

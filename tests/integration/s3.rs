@@ -628,3 +628,59 @@ async fn large_objects_are_uploaded_in_parts() {
         .unwrap();
     assert!(etag.trim_matches('"').ends_with("-3"), "ETag {etag}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_copy_to_s3_holds_every_input_record_as_read() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    s3::create_bucket(moto.port(), BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let mut lines: Vec<String> = (0..500).map(|i| format!("{{\"id\":{i}}}")).collect();
+    lines[7] = "not json at all".into();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let raw = sink(&moto)
+        .with_name("raw")
+        .with_prefix("rawStreamData/")
+        .with_compression(Compression::Gzip)
+        .build()
+        .await
+        .unwrap();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    let report = Pipeline::builder()
+        .source(FileSource::builder(&input).build().unwrap())
+        .format(RecordFormat::Json)
+        .sql("SELECT id FROM source WHERE id >= 250")
+        .sink(MemorySink::new())
+        .raw_copy(raw)
+        .error_output(errors)
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .expect("the pipeline runs");
+    assert_eq!(report.metrics.records_error, 1);
+    assert_eq!(
+        error_rows.num_rows(),
+        1,
+        "the malformed record is in the error output"
+    );
+
+    let mut copied = Vec::new();
+    for key in keys_under(&moto, "rawStreamData/") {
+        assert!(key.ends_with(".json.gz"), "{key}");
+        let body = s3::get_object(moto.port(), BUCKET, &key);
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        copied.extend(text.lines().map(str::to_owned));
+    }
+    assert_eq!(
+        copied, lines,
+        "every record, malformed or filtered out, in order"
+    );
+}
