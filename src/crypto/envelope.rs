@@ -5,11 +5,11 @@
 //! | bytes | field |
 //! | --- | --- |
 //! | 3 | magic `RVE` |
-//! | 1 | version, `1` (AES-256-GCM with a 96-bit random nonce and a 128-bit tag) |
+//! | 1 | version, `1` (AES-256-GCM with a 96-bit nonce and a 128-bit tag) |
 //! | 2 + n | key id: length, then the ARN of the KMS key that encrypted the data key (UTF-8) |
 //! | 2 + n | encryption context: length, then the pairs (see below) |
 //! | 2 + n | encrypted data key: length, then the blob KMS returned from `GenerateDataKey` |
-//! | 12 | nonce |
+//! | 12 | nonce: 4 bytes random per data key, then an 8-byte message counter |
 //! | 4 | ciphertext length `c` (without the tag) |
 //! | c | ciphertext |
 //! | 16 | GCM tag |

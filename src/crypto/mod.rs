@@ -274,8 +274,8 @@ pub struct DataKeyLimits {
     pub max_age: Duration,
     /// Most plaintext bytes encrypted under one data key. Default 1 GiB.
     pub max_bytes: u64,
-    /// Most messages (envelopes) under one data key. Default 2^20; never above 2^32, the bound
-    /// for random 96-bit GCM nonces.
+    /// Most messages (envelopes) under one data key. Default 2^20; at most 2^32, the bound NIST
+    /// SP 800-38D sets for one GCM key.
     pub max_messages: u64,
 }
 
@@ -296,6 +296,8 @@ struct CachedKey {
     created: Instant,
     bytes: u64,
     messages: u64,
+    /// The fixed field of this key's nonces (random per data key); the rest is `messages`.
+    nonce_prefix: [u8; 4],
 }
 
 /// Encrypts messages into envelopes with KMS data keys.
@@ -428,7 +430,7 @@ impl EnvelopeEncryptorBuilder {
         if l.max_messages > 1 << 32 {
             return Err(Error::config(
                 "encryption.max_messages_per_key",
-                "at most 2^32 messages per data key (random GCM nonces)",
+                "at most 2^32 messages per data key (NIST SP 800-38D's bound for one GCM key)",
             ));
         }
         let context_bytes = envelope::encode_context(&self.context).map_err(Error::Envelope)?;
@@ -518,6 +520,8 @@ impl EnvelopeEncryptor {
             )))
         })?;
         self.keys_generated += 1;
+        let mut nonce_prefix = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut nonce_prefix).expect("the system random generator works");
         self.current = Some(CachedKey {
             key: LessSafeKey::new(unbound),
             key_id: dk.key_id.clone(),
@@ -525,6 +529,7 @@ impl EnvelopeEncryptor {
             created: Instant::now(),
             bytes: 0,
             messages: 0,
+            nonce_prefix,
         });
         Ok(())
     }
@@ -541,10 +546,15 @@ impl EnvelopeEncryptor {
 
     fn seal_reserved(&mut self, message: &[u8], out: &mut Vec<u8>) {
         let k = self.current.as_mut().expect("a data key is reserved");
+        // The deterministic construction of NIST SP 800-38D (8.2.1): a fixed field chosen at
+        // random per data key, then the message counter. A data key is used by this encryptor
+        // alone (clones and derived encryptors generate their own), so no nonce repeats under a
+        // key, and no random number is drawn per message.
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..4].copy_from_slice(&k.nonce_prefix);
+        nonce[4..].copy_from_slice(&k.messages.to_be_bytes());
         k.messages += 1;
         k.bytes += message.len() as u64;
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("the system random generator works");
         let start = out.len();
         envelope::write_header(
             out,
@@ -800,6 +810,19 @@ pub(crate) mod tests {
             b"first message\nsecond\n"
         );
         assert_eq!(dec.kms_calls(), 1, "the data key is decrypted once");
+    }
+
+    #[tokio::test]
+    async fn nonces_never_repeat_under_a_key_and_count_up() {
+        let (_, mut enc) = encryptor(DataKeyLimits::default());
+        let mut seen = std::collections::HashSet::new();
+        for i in 0u64..1000 {
+            let mut env = Vec::new();
+            enc.seal(b"m", &mut env).await.unwrap();
+            let nonce = envelope::parse(&env).unwrap().nonce;
+            assert_eq!(nonce[4..], i.to_be_bytes(), "the counter part");
+            assert!(seen.insert(nonce), "nonce {i} repeated");
+        }
     }
 
     #[tokio::test]
