@@ -124,8 +124,22 @@ pub struct PipelineConfig {
     batch: BatchConfig,
     #[serde(default)]
     checkpoint: Option<CheckpointConfig>,
+    #[serde(default)]
+    udfs: Vec<UdfConfig>,
     #[serde(skip)]
     base_dir: PathBuf,
+}
+
+/// A WASM module whose functions SQL can call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+struct UdfConfig {
+    /// A local path (relative to the pipeline file) or `s3://bucket/key`.
+    path: String,
+    deadline_ms: Option<u64>,
+    fuel: Option<u64>,
+    max_memory_mb: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -859,6 +873,43 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// The functions of the `[[udfs]]` modules.
+    async fn functions(&self) -> Result<crate::SqlFunctions> {
+        #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
+        let mut functions = crate::SqlFunctions::new();
+        for (i, u) in self.udfs.iter().enumerate() {
+            #[cfg(feature = "wasm")]
+            {
+                let mut limits = crate::wasm::WasmLimits::default();
+                if let Some(ms) = u.deadline_ms {
+                    limits.deadline = Duration::from_millis(ms);
+                }
+                limits.fuel = u.fuel;
+                if let Some(mb) = u.max_memory_mb {
+                    limits.max_memory_bytes = mb << 20;
+                }
+                let location = if u.path.starts_with("s3://") {
+                    u.path.clone()
+                } else {
+                    self.resolve(Path::new(&u.path)).display().to_string()
+                };
+                let module = crate::wasm::WasmModule::load(&location, limits)
+                    .await
+                    .map_err(|e| Error::config(format!("udfs[{i}].path"), e.to_string()))?;
+                functions = module.add_to(functions);
+            }
+            #[cfg(not(feature = "wasm"))]
+            {
+                let _ = u;
+                return Err(Error::config(
+                    format!("udfs[{i}]"),
+                    "WASM functions need rivulet built with the `wasm` feature",
+                ));
+            }
+        }
+        Ok(functions)
+    }
+
     /// The pipeline's name: `name`, or the configuration file's name without extension.
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("rivulet")
@@ -1258,6 +1309,7 @@ impl PipelineConfig {
         if let Some(c) = columns {
             b = b.columns(c);
         }
+        b = b.functions(self.functions().await?);
         if let Some(r) = &self.format.rowtime {
             b = b.rowtime_field(r.clone());
         }

@@ -80,6 +80,12 @@ pub enum Error {
     #[error("envelope encryption: {0}")]
     Envelope(#[from] crate::crypto::EnvelopeError),
 
+    /// A WASM module cannot be loaded or used (it imports something, lacks an export, does not
+    /// compile, or describes itself wrongly).
+    #[cfg(feature = "wasm")]
+    #[error("WASM: {0}")]
+    Wasm(String),
+
     /// The pipeline stopped because one of its tasks failed or panicked.
     #[error("pipeline stopped: {0}")]
     Pipeline(String),

@@ -51,6 +51,8 @@ mod record;
 mod sink;
 mod source;
 mod sql;
+#[cfg(feature = "wasm")]
+pub mod wasm;
 
 pub use ack::{Ack, AckReceipt, AckStatus};
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore};

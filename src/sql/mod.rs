@@ -165,6 +165,15 @@ impl PerBatch {
         while let Some((offset, len)) = ranges.pop_front() {
             match self.run(input.slice(offset, len)).await {
                 Ok(out) => outputs.extend(out),
+                // A failure of the whole batch (a WASM guest that trapped or ran out of time):
+                // its rows fail together, without calling the function again row by row.
+                Err(e) if batch_failure(&e).is_some() => {
+                    let reason = batch_failure(&e).unwrap_or_default();
+                    failures.extend((offset..offset + len).map(|row| RowFailure {
+                        row,
+                        reason: reason.clone(),
+                    }));
+                }
                 Err(e) if len == 1 => failures.push(RowFailure {
                     row: offset,
                     reason: describe_error(&e),
@@ -182,6 +191,44 @@ impl PerBatch {
             _ => arrow::compute::concat_batches(&schema, &outputs)?,
         };
         Ok(QueryOutput { batch, failures })
+    }
+}
+
+/// An error that fails every row of the batch being evaluated, instead of the batch being split
+/// to find the failing rows: for functions whose failure is not about a row (a WASM guest that
+/// trapped, ran past its deadline or out of memory).
+#[derive(Debug)]
+pub(crate) struct BatchFailure(pub(crate) String);
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BatchFailure {}
+
+/// The reason of a [`BatchFailure`] inside `e`, if it is one.
+fn batch_failure(e: &crate::Error) -> Option<String> {
+    let crate::Error::DataFusion(df) = e else {
+        return None;
+    };
+    let mut cur: &datafusion::error::DataFusionError = df;
+    loop {
+        match cur {
+            datafusion::error::DataFusionError::External(b) => {
+                return b.downcast_ref::<BatchFailure>().map(|f| f.0.clone());
+            }
+            datafusion::error::DataFusionError::Context(_, inner) => cur = inner,
+            datafusion::error::DataFusionError::Shared(inner) => cur = inner,
+            datafusion::error::DataFusionError::ArrowError(a, _) => {
+                if let arrow::error::ArrowError::ExternalError(b) = a.as_ref() {
+                    return b.downcast_ref::<BatchFailure>().map(|f| f.0.clone());
+                }
+                return None;
+            }
+            _ => return None,
+        }
     }
 }
 

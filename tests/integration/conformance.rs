@@ -12,8 +12,8 @@
 //! - **failures never acknowledge**: a destination that does not exist fails the sink and leaves
 //!   the batch unacknowledged.
 //!
-//! The stdout sink writes to the process's standard output, which a test cannot read back in
-//! process; the command-line tests cover it.
+//! The stdout sink runs the suite writing to a buffer (`StdoutSink::to_writer`, the same code
+//! with another writer); the command-line tests cover it on the real standard output.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -244,6 +244,58 @@ async fn file_sinks_conform() {
     })
     .await;
     assert!(std::fs::read_dir(&rolled).unwrap().count() > 1, "rolled");
+}
+
+/// A writer appending to a shared buffer.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl tokio::io::AsyncWrite for SharedBuf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn the_stdout_sink_conforms() {
+    let buf = SharedBuf::default();
+    let sink =
+        rivulet::StdoutSink::to_writer("stdout", buf.clone(), rivulet::OutputFormat::JsonLines);
+    conforms(Case {
+        name: "stdout",
+        sink: Box::new(sink),
+        read: Box::new(move || {
+            let buf = buf.clone();
+            Box::pin(async move {
+                String::from_utf8(buf.0.lock().unwrap().clone())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            })
+        }),
+        ordered: true,
+    })
+    .await;
 }
 
 #[tokio::test]

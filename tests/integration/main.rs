@@ -11,4 +11,6 @@ mod pipeline;
 mod s3;
 mod sql_cases;
 mod support;
+#[cfg(feature = "wasm")]
+mod wasm;
 mod windows;

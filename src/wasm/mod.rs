@@ -1,0 +1,166 @@
+//! Sandboxed WebAssembly functions, called from SQL (cargo feature `wasm`).
+//!
+//! A [`WasmModule`] is a core WebAssembly module that speaks rivulet's columnar batch ABI
+//! (`udfs/ABI.md`, version 1): the host copies each argument column's Arrow buffers into the
+//! guest's memory once per batch, calls one entry point, and copies the result column back into
+//! an Arrow array. No call per row, no serialisation.
+//!
+//! The guest runs in wasmtime with:
+//! - a deadline per call (epoch interruption, [`WasmLimits::deadline`], default 100 ms per batch),
+//! - an optional fuel budget per call, for deterministic cost limits,
+//! - a memory cap ([`WasmLimits::max_memory_bytes`], default 64 MiB) and a bounded stack,
+//! - no imports: a module that imports anything is refused when it is loaded.
+//!
+//! A trap, a deadline, a memory overrun or a malformed result fails the batch's rows (they go to
+//! the pipeline's error output with the reason); the instance is discarded and a new one serves
+//! the next batch.
+//!
+//! ```no_run
+//! # async fn f() -> rivulet::Result<()> {
+//! use rivulet::wasm::{WasmLimits, WasmModule};
+//! let module = WasmModule::load("udfs/haversine.wasm", WasmLimits::default()).await?;
+//! let functions = module.sql_functions(); // register with PipelineBuilder::functions
+//! # Ok(()) }
+//! ```
+
+mod abi;
+mod engine;
+mod udf;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use abi::{AbiType, FunctionDescription};
+pub use udf::WasmScalarFunction;
+
+use crate::sql::SqlFunctions;
+use crate::{Error, Result};
+
+/// What a guest may use per call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmLimits {
+    /// Longest a call (one batch) may run. Default 100 ms.
+    pub deadline: Duration,
+    /// Fuel (roughly, WebAssembly instructions) per call; `None` (default) for no fuel metering.
+    pub fuel: Option<u64>,
+    /// Largest linear memory of an instance. Default 64 MiB.
+    pub max_memory_bytes: usize,
+    /// Largest WebAssembly stack. Default 512 KiB.
+    pub max_stack_bytes: usize,
+    /// Directory for compiled modules (wasmtime's serialisation, keyed by the module's digest and
+    /// the engine's configuration); `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(100),
+            fuel: None,
+            max_memory_bytes: 64 << 20,
+            max_stack_bytes: 512 << 10,
+            cache_dir: None,
+        }
+    }
+}
+
+/// A loaded guest module and the functions it exports.
+#[derive(Debug, Clone)]
+pub struct WasmModule {
+    inner: Arc<engine::Loaded>,
+    functions: Vec<FunctionDescription>,
+}
+
+impl WasmModule {
+    /// Loads a module from a local path or an `s3://bucket/key` URL (the `aws` feature; credentials
+    /// from the SDK's default chain).
+    pub async fn load(location: &str, limits: WasmLimits) -> Result<Self> {
+        let bytes = if let Some(rest) = location.strip_prefix("s3://") {
+            #[cfg(feature = "aws")]
+            {
+                let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+                    Error::config("udfs.path", format!("`{location}` is not s3://bucket/key"))
+                })?;
+                crate::sink::get_object(bucket, key, None, None)
+                    .await?
+                    .to_vec()
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = rest;
+                return Err(Error::config(
+                    "udfs.path",
+                    "loading from S3 needs rivulet built with the `aws` feature",
+                ));
+            }
+        } else {
+            let path = Path::new(location);
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        };
+        Self::from_bytes(location, &bytes, limits)
+    }
+
+    /// Loads a module from its bytes (binary, or text with the `.wat` syntax); `name` is used in
+    /// errors.
+    pub fn from_bytes(name: &str, bytes: &[u8], limits: WasmLimits) -> Result<Self> {
+        let mut loaded = engine::Loaded::new(name, bytes, limits)?;
+        let functions = loaded.describe()?;
+        loaded.functions = functions.clone();
+        Ok(Self {
+            inner: Arc::new(loaded),
+            functions,
+        })
+    }
+
+    /// The functions the module exports.
+    pub fn functions(&self) -> &[FunctionDescription] {
+        &self.functions
+    }
+
+    /// A scalar function of the module, for DataFusion.
+    pub fn scalar(&self, name: &str) -> Result<WasmScalarFunction> {
+        let desc = self
+            .functions
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| {
+                Error::Sql(format!(
+                    "WASM module `{}` has no function `{name}` (it has: {})",
+                    self.inner.name(),
+                    self.functions
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        Ok(WasmScalarFunction::new(
+            Arc::clone(&self.inner),
+            desc.clone(),
+            Arc::new(Mutex::new(None)),
+        ))
+    }
+
+    /// Every function of the module, ready for [`PipelineBuilder::functions`](crate::PipelineBuilder::functions).
+    pub fn sql_functions(&self) -> SqlFunctions {
+        self.add_to(SqlFunctions::new())
+    }
+
+    /// Adds every function of the module to `functions`.
+    pub fn add_to(&self, mut functions: SqlFunctions) -> SqlFunctions {
+        // One instance serves every function of the module.
+        let instance = Arc::new(Mutex::new(None));
+        for desc in &self.functions {
+            let f = WasmScalarFunction::new(
+                Arc::clone(&self.inner),
+                desc.clone(),
+                Arc::clone(&instance),
+            );
+            functions = functions.with_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(f));
+        }
+        functions
+    }
+}

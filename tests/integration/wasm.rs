@@ -1,0 +1,380 @@
+//! WASM functions from SQL: the example UDFs built from `udfs/` (by `scripts/build-udfs.sh`)
+//! against the same functions written natively, and the hostile guests of `udfs/hostile/`
+//! contained.
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float64Type;
+use rivulet::wasm::{WasmLimits, WasmModule};
+use rivulet::{FileSource, MemorySink, Pipeline, RecordFormat};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A module built from `udfs/` into `udfs/build/`, or `None` (test skipped) when the UDFs were not
+/// built and CI does not require them.
+fn built(name: &str) -> Option<PathBuf> {
+    let path = repo().join("udfs/build").join(format!("{name}.wasm"));
+    if path.exists() {
+        return Some(path);
+    }
+    let required = std::env::var("RIVULET_REQUIRE_UDFS").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    assert!(
+        !required,
+        "{} is missing: run scripts/build-udfs.sh",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} not built (scripts/build-udfs.sh)",
+        path.display()
+    );
+    None
+}
+
+fn hostile(name: &str) -> WasmModule {
+    let path = repo().join("udfs/hostile").join(format!("{name}.wat"));
+    let text = std::fs::read(&path).unwrap();
+    WasmModule::from_bytes(name, &text, WasmLimits::default()).unwrap()
+}
+
+/// Runs `sql` over the JSON lines `input` (micro-batches of `batch_rows`) with `module`'s
+/// functions; returns the output rows and the error rows.
+async fn run(
+    module: &WasmModule,
+    input: &str,
+    sql: &str,
+    batch_rows: usize,
+) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    std::fs::write(&path, input).unwrap();
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    Pipeline::builder()
+        .source(FileSource::builder(&path).build().unwrap())
+        .format(RecordFormat::Json)
+        .functions(module.sql_functions())
+        .sql(sql)
+        .sink(out)
+        .error_output(errors)
+        .batch_settings(rivulet::BatchSettings {
+            max_rows: batch_rows,
+            ..rivulet::BatchSettings::default()
+        })
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .expect("the pipeline keeps running");
+    (rows.batches(), error_rows.batches())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haversine_from_sql_matches_the_native_function_with_nulls() {
+    let Some(path) = built("haversine") else {
+        return;
+    };
+    let module = WasmModule::load(path.to_str().unwrap(), WasmLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(module.functions()[0].name, "haversine_km");
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut lines = String::new();
+    let mut expected = Vec::new();
+    for id in 0..5000 {
+        let coords: Vec<Option<f64>> = (0..4)
+            .map(|k| {
+                (rng.u8(..) > 12).then(|| {
+                    let range = if k % 2 == 0 { 180.0 } else { 360.0 };
+                    rng.f64() * range - range / 2.0
+                })
+            })
+            .collect();
+        let json = |v: Option<f64>| v.map_or("null".to_owned(), |x| format!("{x:?}"));
+        lines.push_str(&format!(
+            "{{\"id\":{id},\"a\":{},\"b\":{},\"c\":{},\"d\":{}}}\n",
+            json(coords[0]),
+            json(coords[1]),
+            json(coords[2]),
+            json(coords[3])
+        ));
+        expected.push(match coords[..] {
+            [Some(a), Some(b), Some(c), Some(d)] => Some(haversine::haversine_km(a, b, c, d)),
+            _ => None,
+        });
+    }
+    let (out, errors) = run(
+        &module,
+        &lines,
+        "SELECT id, haversine_km(a, b, c, d) AS km FROM source",
+        1000,
+    )
+    .await;
+    assert!(errors.is_empty(), "no errors");
+    let mut got = Vec::new();
+    for b in &out {
+        let km = b.column(1).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            got.push((!km.is_null(i)).then(|| km.value(i)));
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    let mut nulls = 0;
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        match (g, e) {
+            // The same code compiled to wasm32 and natively; the two targets' `sin`/`cos` (libm in
+            // the guest, the C library natively) may differ in the last bits.
+            (Some(g), Some(e)) => {
+                assert!(
+                    (g - e).abs() <= 1e-12 * e.abs().max(1.0),
+                    "row {i}: {g} vs {e}"
+                )
+            }
+            (None, None) => nulls += 1,
+            _ => panic!("row {i}: {g:?} vs {e:?}"),
+        }
+    }
+    assert!(nulls > 100, "NULL inputs give NULL: {nulls}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_pii_masks_text_from_sql() {
+    let Some(path) = built("mask_pii") else {
+        return;
+    };
+    let module = WasmModule::load(path.to_str().unwrap(), WasmLimits::default())
+        .await
+        .unwrap();
+    let input = [
+        r#"{"m":"write to jane.doe@example.com now"}"#,
+        r#"{"m":"call +1 (555) 123-4567"}"#,
+        r#"{"m":""}"#,
+        r#"{"m":null}"#,
+        r#"{"m":"order 12345 is late ✓"}"#,
+    ];
+    let mut rng = fastrand::Rng::with_seed(11);
+    let alphabet: Vec<char> = "ab.@ 0123456789+-()é✓".chars().collect();
+    let random: Vec<String> = (0..300)
+        .map(|_| {
+            (0..rng.usize(0..40))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect()
+        })
+        .collect();
+    let input: String = input
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .chain(
+            random
+                .iter()
+                .map(|t| format!("{}\n", serde_json::json!({ "m": t }))),
+        )
+        .collect();
+    let (out, errors) = run(&module, &input, "SELECT mask_pii(m) AS m FROM source", 100).await;
+    assert!(errors.is_empty());
+    let mut got: Vec<Option<&str>> = Vec::new();
+    for b in &out {
+        let col = b.column(0).as_string::<i32>();
+        got.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i))));
+    }
+    assert_eq!(got.len(), 305);
+    assert_eq!(
+        got[..5],
+        vec![
+            Some("write to j***@example.com now"),
+            Some("call ***67"),
+            Some(""),
+            None,
+            Some("order 12345 is late ✓"),
+        ]
+    );
+    // Random text through WASM equals the native build's result.
+    for (t, g) in random.iter().zip(&got[5..]) {
+        assert_eq!(Some(mask_pii::mask_pii(t).as_str()), *g, "{t:?}");
+    }
+}
+
+/// 100 rows in batches of 10; the function is called only for rows with `x > 50` (batches 6 to
+/// 10), through a CASE.
+fn hundred_rows() -> String {
+    (1..=100).map(|i| format!("{{\"x\":{i}}}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_guest_fails_only_its_batches_and_the_pipeline_goes_on() {
+    for (guest, reason) in [
+        ("infinite_loop", "deadline"),
+        ("memory_bomb", "memory"),
+        ("deep_recursion", "stack overflow"),
+        ("trap", "unreachable"),
+        ("wrong_length", "bytes of values"),
+        ("out_of_bounds", "outside the guest's memory"),
+    ] {
+        let module = hostile(guest);
+        let (out, errors) = run(
+            &module,
+            &hundred_rows(),
+            "SELECT x, CASE WHEN x > 50 THEN f(CAST(x AS DOUBLE)) ELSE 0.0 END AS y FROM source",
+            10,
+        )
+        .await;
+        let ok: usize = out.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(
+            ok, 50,
+            "{guest}: the batches that never call it are untouched"
+        );
+        let failed: usize = errors.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(
+            failed, 50,
+            "{guest}: every row of a failed batch, in the error output"
+        );
+        for b in &errors {
+            let msg = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+            for i in 0..b.num_rows() {
+                assert!(msg.value(i).contains(reason), "{guest}: {}", msg.value(i));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapped_instance_is_replaced_and_later_batches_run() {
+    let module = hostile("trap_on_negative");
+    // Batch 3 (rows 21..=30) holds a negative value and traps; the others are doubled.
+    let input: String = (1..=100)
+        .map(|i| format!("{{\"x\":{}}}\n", if i == 25 { -1 } else { i }))
+        .collect();
+    let (out, errors) = run(
+        &module,
+        &input,
+        "SELECT f(CAST(x AS DOUBLE)) AS y FROM source",
+        10,
+    )
+    .await;
+    let mut ys = Vec::new();
+    for b in &out {
+        let y = b.column(0).as_primitive::<Float64Type>();
+        ys.extend((0..y.len()).map(|i| y.value(i)));
+    }
+    assert_eq!(ys.len(), 90);
+    assert!(
+        ys.contains(&200.0) && ys.contains(&62.0),
+        "batches after the trap ran"
+    );
+    let failed: usize = errors.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(failed, 10);
+}
+
+#[test]
+fn a_module_importing_anything_is_refused_at_load() {
+    let text = std::fs::read(repo().join("udfs/hostile/imports_wasi.wat")).unwrap();
+    let err = WasmModule::from_bytes("imports_wasi", &text, WasmLimits::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("wasi_snapshot_preview1::fd_write") && msg.contains("no imports"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn fuel_limits_a_guest_deterministically() {
+    let text = std::fs::read(repo().join("udfs/hostile/infinite_loop.wat")).unwrap();
+    let limits = WasmLimits {
+        fuel: Some(1_000_000),
+        deadline: std::time::Duration::from_secs(60),
+        ..WasmLimits::default()
+    };
+    let module = WasmModule::from_bytes("loop", &text, limits).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (out, errors) = rt.block_on(run(
+        &module,
+        "{\"x\":1}\n",
+        "SELECT f(CAST(x AS DOUBLE)) AS y FROM source",
+        10,
+    ));
+    assert!(out.iter().all(|b| b.num_rows() == 0));
+    let msg = errors[0]
+        .column_by_name("errorMessage")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_owned();
+    assert!(msg.contains("fuel"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_file_loads_udfs_and_calls_them_from_sql() {
+    let Some(path) = built("haversine") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.ndjson"),
+        "{\"lat\":52.52,\"lon\":13.405}\n{\"lat\":48.8566,\"lon\":2.3522}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("distances.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+type = "file"
+path = "in.ndjson"
+
+[query]
+sql = "SELECT ROUND(haversine_km(lat, lon, 52.52, 13.405), 1) AS km FROM source"
+
+[[udfs]]
+path = "{}"
+deadline_ms = 250
+
+[[sinks]]
+type = "file"
+path = "out.ndjson"
+"#,
+            path.display()
+        ),
+    )
+    .unwrap();
+    let report = rivulet::PipelineConfig::from_file(&config)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.metrics.records_error, 0);
+    let out = std::fs::read_to_string(dir.path().join("out.ndjson")).unwrap();
+    assert_eq!(out, "{\"km\":0.0}\n{\"km\":877.5}\n");
+
+    // A module that imports something is refused with the key that names it.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &path.display().to_string(),
+            &repo()
+                .join("udfs/hostile/imports_wasi.wat")
+                .display()
+                .to_string(),
+        ),
+    )
+    .unwrap();
+    let err = rivulet::PipelineConfig::from_file(&config)
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("udfs[0].path") && err.contains("imports"),
+        "{err}"
+    );
+}
