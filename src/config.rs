@@ -37,6 +37,12 @@ use crate::{Error, Result};
 /// # idle_poll_interval_ms = 1000  # kinesis: time between calls while a shard has nothing new
 /// # list_shards_interval_ms = 60000  # kinesis: how often new shards are looked for
 ///
+/// [[udfs]]                 # optional, repeatable: WASM modules whose functions SQL calls by name
+/// path = "udfs/build/haversine.wasm"  # or s3://bucket/key
+/// deadline_ms = 100         # per call (one micro-batch)
+/// # fuel = 50000000         # optional deterministic budget per call
+/// # max_memory_mb = 64
+///
 /// [checkpoint]              # optional: resume after a stop or crash
 /// path = "state/checkpoint" # the checkpoint file (replaced atomically)
 /// interval_ms = 10000       # time between checkpoints

@@ -581,10 +581,12 @@ fn compile_cached(
         format!("{hex}-{:016x}.cwasm", h.finish())
     };
     let path = dir.join(key);
-    if path.exists() {
+    // Read into memory rather than mapped: a cache file truncated by someone else while it is in
+    // use must not crash the process.
+    if let Ok(compiled) = std::fs::read(&path) {
         // SAFETY: the file was written by `Module::serialize` of an engine with the same
         // compatibility hash, into a directory rivulet owns; wasmtime checks the header too.
-        match unsafe { Module::deserialize_file(engine, &path) } {
+        match unsafe { Module::deserialize(engine, &compiled) } {
             Ok(m) => return Ok(m),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "compiled module cache entry not used: {e}")

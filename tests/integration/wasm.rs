@@ -378,3 +378,37 @@ path = "out.ndjson"
         "{err}"
     );
 }
+
+#[test]
+fn compiled_modules_are_cached_on_disk_and_a_damaged_entry_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WasmLimits {
+        cache_dir: Some(dir.path().join("cache")),
+        ..WasmLimits::default()
+    };
+    let text = std::fs::read(repo().join("udfs/hostile/trap_on_negative.wat")).unwrap();
+    WasmModule::from_bytes("double", &text, limits.clone()).unwrap();
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].extension().unwrap(), "cwasm");
+
+    // From the cache, the module works the same.
+    let cached = WasmModule::from_bytes("double", &text, limits.clone()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (out, _) = rt.block_on(run(
+        &cached,
+        "{\"x\":4}\n",
+        "SELECT f(x) AS y FROM source",
+        10,
+    ));
+    assert_eq!(out[0].column(0).as_primitive::<Float64Type>().value(0), 8.0);
+
+    // A damaged entry is not trusted: the module is compiled again.
+    drop(cached);
+    std::fs::write(&entries[0], b"not a compiled module").unwrap();
+    WasmModule::from_bytes("double", &text, limits).unwrap();
+    assert!(std::fs::read(&entries[0]).unwrap().len() > 100, "rewritten");
+}
