@@ -319,7 +319,10 @@ impl Ret for String {
     const TYPE: &'static str = "utf8";
     fn write(results: Vec<Option<Self>>, out: &mut Column) {
         write_var(
-            results.into_iter().map(|r| r.map(String::into_bytes)).collect(),
+            results
+                .into_iter()
+                .map(|r| r.map(String::into_bytes))
+                .collect(),
             out,
         )
     }
