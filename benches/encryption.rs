@@ -17,14 +17,13 @@ mod common;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use common::{ticker_columns, BATCH};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rivulet::crypto::{
     DataKey, EncryptionContext, EnvelopeDecryptor, EnvelopeEncryptor, KeyProvider,
 };
 use rivulet::firehose::plan_requests;
 use rivulet::s3::{Compression, ObjectFormat, S3Sink};
-use rivulet::{Encoder, OutputBatch, OutputFormat, RecordDecoder, RecordFormat, Sink};
+use rivulet::{Encoder, OutputBatch, OutputFormat, Sink};
 
 const ROWS: usize = 200_000;
 
@@ -65,16 +64,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (records, _) = common::ticker_records(ROWS);
-    let mut decoder = RecordDecoder::builder(RecordFormat::Json)
-        .with_columns(ticker_columns())
-        .with_batch_size(BATCH)
-        .build()
-        .unwrap();
-    let batches: Vec<_> = records
-        .chunks(BATCH)
-        .map(|c| decoder.decode(c).unwrap().batch)
-        .collect();
+    let batches = common::ticker_batches(ROWS);
     let encoder = Encoder::new(OutputFormat::JsonLines);
     let lines: Vec<_> = batches
         .iter()

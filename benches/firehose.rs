@@ -10,25 +10,14 @@
 
 mod common;
 
-use common::{ticker_columns, BATCH};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rivulet::firehose::plan_requests;
-use rivulet::{Encoder, OutputFormat, RecordDecoder, RecordFormat};
+use rivulet::{Encoder, OutputFormat};
 
 const ROWS: usize = 200_000;
 
 fn bench(c: &mut Criterion) {
-    let (records, _) = common::ticker_records(ROWS);
-    // Output rows: the ticker records decoded, as a query passing them through would emit them.
-    let mut decoder = RecordDecoder::builder(RecordFormat::Json)
-        .with_columns(ticker_columns())
-        .with_batch_size(BATCH)
-        .build()
-        .unwrap();
-    let batches: Vec<_> = records
-        .chunks(BATCH)
-        .map(|c| decoder.decode(c).unwrap().batch)
-        .collect();
+    let batches = common::ticker_batches(ROWS);
     let encoder = Encoder::new(OutputFormat::JsonLines);
     let encoded: Vec<_> = batches
         .iter()

@@ -102,3 +102,18 @@ fn memchr_iter(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
         .enumerate()
         .filter_map(|(i, &c)| (c == b'\n').then_some(i))
 }
+
+/// `n` ticker records decoded into micro-batches of [`BATCH`] rows: output rows as a query passing
+/// them through would emit them.
+pub(crate) fn ticker_batches(n: usize) -> Vec<arrow::array::RecordBatch> {
+    let (records, _) = ticker_records(n);
+    let mut decoder = RecordDecoder::builder(rivulet::RecordFormat::Json)
+        .with_columns(ticker_columns())
+        .with_batch_size(BATCH)
+        .build()
+        .unwrap();
+    records
+        .chunks(BATCH)
+        .map(|c| decoder.decode(c).unwrap().batch)
+        .collect()
+}
