@@ -28,6 +28,11 @@ if scripts/build-udfs.sh --has-crates; then
   scripts/build-udfs.sh
 fi
 
+if scripts/build-udfs.sh --has-crates; then
+  step "cargo test in udfs/ (the SDK and the example functions, natively)"
+  (cd udfs && CARGO_TARGET_DIR="$cache/udfs-native" cargo test --quiet)
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

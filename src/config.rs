@@ -43,6 +43,9 @@ use crate::{Error, Result};
 /// # fuel = 50000000         # optional deterministic budget per call
 /// # max_memory_mb = 64
 ///
+/// # transform = "drop_debug"  # optional, top level: a record transform of a [[udfs]] module,
+///                             # applied to every record before decoding
+///
 /// [checkpoint]              # optional: resume after a stop or crash
 /// path = "state/checkpoint" # the checkpoint file (replaced atomically)
 /// interval_ms = 10000       # time between checkpoints
@@ -115,6 +118,9 @@ pub struct PipelineConfig {
     /// S3 object names.
     #[serde(default)]
     name: Option<String>,
+    /// A record transform of one of the `[[udfs]]` modules, by name.
+    #[serde(default)]
+    transform: Option<String>,
     source: SourceConfig,
     #[serde(default)]
     format: FormatConfig,
@@ -879,10 +885,19 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The functions of the `[[udfs]]` modules.
-    async fn functions(&self) -> Result<crate::SqlFunctions> {
+    /// The functions of the `[[udfs]]` modules, and the record transform the file names.
+    async fn functions(
+        &self,
+    ) -> Result<(
+        crate::SqlFunctions,
+        Option<std::sync::Arc<dyn crate::RecordTransform>>,
+    )> {
         #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
         let mut functions = crate::SqlFunctions::new();
+        #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
+        let mut transform: Option<std::sync::Arc<dyn crate::RecordTransform>> = None;
+        #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
+        let mut transforms_seen: Vec<String> = Vec::new();
         for (i, u) in self.udfs.iter().enumerate() {
             #[cfg(feature = "wasm")]
             {
@@ -903,6 +918,24 @@ impl PipelineConfig {
                     .await
                     .map_err(|e| Error::config(format!("udfs[{i}].path"), e.to_string()))?;
                 functions = module.add_to(functions);
+                for f in module.functions() {
+                    if f.kind != crate::wasm::FunctionKind::Transform {
+                        continue;
+                    }
+                    transforms_seen.push(f.name.clone());
+                    if self.transform.as_deref() == Some(f.name.as_str()) {
+                        if transform.is_some() {
+                            return Err(Error::config(
+                                "transform",
+                                format!(
+                                    "more than one [[udfs]] module has a transform `{}`",
+                                    f.name
+                                ),
+                            ));
+                        }
+                        transform = Some(std::sync::Arc::new(module.transform(&f.name)?));
+                    }
+                }
             }
             #[cfg(not(feature = "wasm"))]
             {
@@ -913,7 +946,20 @@ impl PipelineConfig {
                 ));
             }
         }
-        Ok(functions)
+        if let (Some(name), None) = (&self.transform, &transform) {
+            return Err(Error::config(
+                "transform",
+                format!(
+                    "no [[udfs]] module has a record transform `{name}` (transforms found: {})",
+                    if transforms_seen.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        transforms_seen.join(", ")
+                    }
+                ),
+            ));
+        }
+        Ok((functions, transform))
     }
 
     /// The pipeline's name: `name`, or the configuration file's name without extension.
@@ -1315,7 +1361,11 @@ impl PipelineConfig {
         if let Some(c) = columns {
             b = b.columns(c);
         }
-        b = b.functions(self.functions().await?);
+        let (functions, transform) = self.functions().await?;
+        b = b.functions(functions);
+        if let Some(t) = transform {
+            b = b.shared_transform(t);
+        }
         if let Some(r) = &self.format.rowtime {
             b = b.rowtime_field(r.clone());
         }

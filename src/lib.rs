@@ -51,6 +51,7 @@ mod record;
 mod sink;
 mod source;
 mod sql;
+pub mod transform;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
@@ -81,6 +82,7 @@ pub use sink::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncry
 pub use sink::{
     DeliverySettings, FirehoseSink, FirehoseSinkBuilder, KinesisSink, KinesisSinkBuilder,
 };
+pub use transform::{FnTransform, RecordTransform, Transformed};
 
 /// Amazon Data Firehose: the sink and the service limits it batches by.
 #[cfg(feature = "aws")]

@@ -34,6 +34,7 @@ use crate::sink::{
 };
 use crate::source::{now_ms, Source, SourceBatch};
 use crate::sql::{SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
+use crate::transform::{RecordTransform, Transformed};
 use crate::{Error, Result};
 
 /// Source chunks buffered between the source and processing tasks.
@@ -127,6 +128,7 @@ pub struct PipelineReport {
 pub struct Pipeline {
     source: Box<dyn Source>,
     replay: Vec<SourceBatch>,
+    transform: Option<Arc<dyn RecordTransform>>,
     decoder: RecordDecoder,
     program: SqlProgram,
     sinks: Vec<(Arc<str>, Box<dyn Sink>)>,
@@ -180,6 +182,7 @@ pub struct PipelineBuilder {
     rowtime_field: Option<String>,
     max_record_bytes: Option<usize>,
     sql: String,
+    transform: Option<Arc<dyn RecordTransform>>,
     sinks: Vec<(String, Box<dyn Sink>)>,
     error_sink: Option<Box<dyn Sink>>,
     raw_copy: Option<Box<dyn Sink>>,
@@ -211,6 +214,7 @@ impl Pipeline {
             rowtime_field: None,
             max_record_bytes: None,
             sql: "SELECT * FROM source".into(),
+            transform: None,
             sinks: Vec::new(),
             error_sink: None,
             raw_copy: None,
@@ -269,6 +273,7 @@ impl Pipeline {
         let Pipeline {
             source,
             replay,
+            transform,
             decoder,
             program,
             sinks,
@@ -327,6 +332,7 @@ impl Pipeline {
         tasks.spawn(run_processing(Processing {
             chunks: chunk_rx,
             tracker: tracker_tx,
+            transform,
             decoder,
             program,
             sinks: sink_txs,
@@ -446,6 +452,20 @@ impl PipelineBuilder {
     /// The query (default `SELECT * FROM source`).
     pub fn sql(mut self, sql: impl Into<String>) -> Self {
         self.sql = sql.into();
+        self
+    }
+
+    /// Applies `transform` to every record before it is decoded (see [`RecordTransform`]):
+    /// records can be rewritten, dropped, or sent to the error output. Schema inference samples
+    /// the transformed records.
+    pub fn transform(mut self, transform: impl RecordTransform + 'static) -> Self {
+        self.transform = Some(Arc::new(transform));
+        self
+    }
+
+    /// [`Self::transform`] with a shared transform.
+    pub fn shared_transform(mut self, transform: Arc<dyn RecordTransform>) -> Self {
+        self.transform = Some(transform);
         self
     }
 
@@ -605,7 +625,32 @@ impl PipelineBuilder {
                         }
                     }
                 }
+                let mut transform_failure = None;
+                if let Some(t) = &self.transform {
+                    // The decoder sees transformed records, so the schema comes from them: the
+                    // sample is transformed batch by batch, as the pipeline will, and a batch
+                    // the transform fails on is left out of it. A CSV header stays first.
+                    let header = match &self.format {
+                        RecordFormat::Csv(o) if o.has_header => sample.first().cloned(),
+                        _ => None,
+                    };
+                    sample.clear();
+                    sample.extend(header);
+                    for b in &replay {
+                        let (kept, failed) = apply_transform(t.as_ref(), b.records.clone())?;
+                        if let Some(f) = failed.iter().find(|f| f.kind == "transform_failed") {
+                            transform_failure = Some(f.reason.clone());
+                        }
+                        sample.extend(kept);
+                    }
+                }
                 let sample_len = sample.len().min(self.infer_sample);
+                if let (0, Some(reason)) = (sample_len, transform_failure) {
+                    return Err(Error::Format(format!(
+                        "cannot infer a schema: the record transform failed on the sampled \
+                         records ({reason}); give the columns explicitly"
+                    )));
+                }
                 if sample_len == 0 {
                     return Err(Error::Format(
                         "cannot infer a schema: the source yielded no records; give the columns explicitly".into(),
@@ -722,6 +767,7 @@ impl PipelineBuilder {
             health,
             source,
             replay,
+            transform: self.transform,
             decoder,
             program,
             sinks,
@@ -908,6 +954,7 @@ async fn run_source(task: SourceTask) -> Result<Option<Position>> {
 struct Processing {
     chunks: mpsc::Receiver<SourceBatch>,
     tracker: mpsc::UnboundedSender<TrackerMsg>,
+    transform: Option<Arc<dyn RecordTransform>>,
     decoder: RecordDecoder,
     program: SqlProgram,
     sinks: Vec<(Arc<str>, mpsc::Sender<OutputBatch>)>,
@@ -1079,6 +1126,14 @@ impl Processing {
             })?;
         }
         let mut errors: Vec<ErrorRecord> = Vec::new();
+        let records = match &self.transform {
+            Some(t) if !records.is_empty() => {
+                let (kept, failed) = apply_transform(t.as_ref(), records)?;
+                errors.extend(failed);
+                kept
+            }
+            _ => records,
+        };
         let output: SqlOutput = match step {
             Step::Batch | Step::Cut => {
                 self.metrics.add_batch();
@@ -1236,6 +1291,57 @@ impl Processing {
         self.partitions.insert(Arc::from(shard), next);
         next
     }
+}
+
+/// Applies a record transform: the records that continue (with their new payloads), and error
+/// records for those that failed. Dropped records are neither.
+fn apply_transform(
+    t: &dyn RecordTransform,
+    records: Vec<Record>,
+) -> Result<(Vec<Record>, Vec<ErrorRecord>)> {
+    let results = match t.transform(&records) {
+        Ok(r) if r.len() == records.len() => Ok(r),
+        Ok(r) => Err(format!(
+            "transform `{}` returned {} results for {} records",
+            t.name(),
+            r.len(),
+            records.len()
+        )),
+        Err(reason) => Err(reason),
+    };
+    let results = match results {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::warn!(transform = t.name(), records = records.len(), "{reason}");
+            let failed = records
+                .into_iter()
+                .map(|record| ErrorRecord {
+                    stage: ErrorStage::Transform,
+                    kind: "transform_failed".into(),
+                    reason: reason.clone(),
+                    attempts: 1,
+                    record,
+                })
+                .collect();
+            return Ok((Vec::new(), failed));
+        }
+    };
+    let mut kept = Vec::with_capacity(records.len());
+    let mut failed = Vec::new();
+    for (record, result) in records.into_iter().zip(results) {
+        match result {
+            Transformed::Ok(payload) => kept.push(record.with_payload(payload)),
+            Transformed::Dropped => {}
+            Transformed::ProcessingFailed(reason) => failed.push(ErrorRecord {
+                stage: ErrorStage::Transform,
+                kind: "processing_failed".into(),
+                reason,
+                attempts: 1,
+                record,
+            }),
+        }
+    }
+    Ok((kept, failed))
 }
 
 /// An error-output record for a row that does not come from one input record (an aggregate's

@@ -84,6 +84,12 @@ impl Record {
         self
     }
 
+    /// The record with another payload, and the same metadata.
+    pub fn with_payload(mut self, payload: Bytes) -> Self {
+        self.payload = payload;
+        self
+    }
+
     /// The payload bytes.
     pub fn payload(&self) -> &Bytes {
         &self.payload

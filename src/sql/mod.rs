@@ -209,7 +209,7 @@ impl std::fmt::Display for BatchFailure {
 impl std::error::Error for BatchFailure {}
 
 /// The reason of a [`BatchFailure`] inside `e`, if it is one.
-fn batch_failure(e: &crate::Error) -> Option<String> {
+pub(crate) fn batch_failure(e: &crate::Error) -> Option<String> {
     let crate::Error::DataFusion(df) = e else {
         return None;
     };

@@ -313,6 +313,9 @@ struct WindowState {
     accs: Vec<Box<dyn GroupsAccumulator>>,
     first_seq: u64,
     scratch: Vec<usize>,
+    /// With a guest aggregate (whose call can fail): which groups have rows aggregated. A key
+    /// whose only rows failed is interned but holds nothing, and is not emitted.
+    populated: Option<Vec<bool>>,
 }
 
 impl WindowState {
@@ -342,6 +345,32 @@ pub(crate) struct WindowAggregate {
     sessions: HashMap<OwnedRow, Vec<Session>>,
     key_rows: RowConverter,
     late_rows: u64,
+    /// Indices of the aggregates whose calls can fail a batch (WASM guests): updated first, so a
+    /// failure leaves the others untouched.
+    guest_aggs: Vec<usize>,
+}
+
+/// Whether `agg` is an aggregate whose calls can fail a whole batch (a WASM guest's).
+fn is_guest(agg: &AggregateFunctionExpr) -> bool {
+    #[cfg(feature = "wasm")]
+    {
+        let inner: &dyn std::any::Any = agg.fun().inner().as_ref();
+        inner.is::<crate::wasm::WasmAggregateFunction>()
+    }
+    #[cfg(not(feature = "wasm"))]
+    {
+        let _ = agg;
+        false
+    }
+}
+
+/// The reason of a batch failure inside a DataFusion error, or the error itself.
+fn guest_failure(e: datafusion::error::DataFusionError) -> Result<String> {
+    let e = Error::from(e);
+    match super::batch_failure(&e) {
+        Some(reason) => Ok(reason),
+        None => Err(e),
+    }
 }
 
 impl std::fmt::Debug for WindowAggregate {
@@ -370,6 +399,9 @@ impl WindowAggregate {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
+        let guest_aggs = (0..plan.aggs.len())
+            .filter(|&i| is_guest(&plan.aggs[i]))
+            .collect();
         Ok(Self {
             plan,
             watermark: WatermarkTracker::new(settings),
@@ -377,6 +409,7 @@ impl WindowAggregate {
             sessions: HashMap::new(),
             key_rows,
             late_rows: 0,
+            guest_aggs,
         })
     }
 
@@ -539,16 +572,37 @@ impl WindowAggregate {
                     .transpose()
             })
             .collect::<Result<_>>()?;
+        // Rows a guest aggregate failed on, with the reason.
+        let mut failed: Vec<(Vec<u32>, String)> = Vec::new();
         match self.plan.spec {
             WindowSpec::Session { gap } => {
-                self.push_sessions(&accepted, gap, &keys, &args, &filters, ctx.seq)?
+                failed = self.push_sessions(&accepted, gap, &keys, &args, &filters, ctx.seq)?
             }
             spec => {
                 let assignments = assign(spec, &accepted);
                 let whole = assignments.len() == 1 && assignments[0].rows.len() == n;
                 for a in assignments {
-                    self.update_window(a, whole, &keys, &args, &filters, ctx.seq)?;
+                    let rows = (!self.guest_aggs.is_empty()).then(|| a.rows.clone());
+                    let (start, end) = (a.start, a.end);
+                    if let Some(reason) =
+                        self.update_window(a, whole, &keys, &args, &filters, ctx.seq)?
+                    {
+                        failed.push((
+                            rows.unwrap_or_default(),
+                            format!("{reason} (window {} to {})", fmt_time(start), fmt_time(end)),
+                        ));
+                    }
                 }
+            }
+        }
+        for (rows, reason) in failed {
+            for i in rows {
+                issues.push(RowIssue {
+                    index: i as usize,
+                    row_id: row_id(i as usize),
+                    kind: "sql",
+                    reason: reason.clone(),
+                });
             }
         }
         Ok(issues)
@@ -563,7 +617,7 @@ impl WindowAggregate {
         args: &[Vec<ArrayRef>],
         filters: &[Option<ArrayRef>],
         seq: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let count = a.rows.len();
         let (keys, args, filters) = if whole {
             (keys.to_vec(), args.to_vec(), filters.to_vec())
@@ -603,12 +657,44 @@ impl WindowAggregate {
                 1
             }
         };
-        for ((acc, values), filter) in state.accs.iter_mut().zip(&args).zip(&filters) {
-            let filter = filter.as_ref().map(|f| f.as_boolean());
-            acc.update_batch(values, &groups, filter, total)?;
+        if self.guest_aggs.is_empty() {
+            for ((acc, values), filter) in state.accs.iter_mut().zip(&args).zip(&filters) {
+                let filter = filter.as_ref().map(|f| f.as_boolean());
+                acc.update_batch(values, &groups, filter, total)?;
+            }
+            state.scratch = groups;
+            return Ok(None);
+        }
+        // Guest aggregates first: a failed call changes no state, and then the others are only
+        // told of the new groups (an all-false filter), so the batch's rows count nowhere.
+        let order = self
+            .guest_aggs
+            .iter()
+            .copied()
+            .chain((0..state.accs.len()).filter(|i| !self.guest_aggs.contains(i)));
+        let mut failure = None;
+        for i in order {
+            let acc = &mut state.accs[i];
+            if failure.is_some() {
+                let none = arrow::array::BooleanArray::from(vec![false; count]);
+                acc.update_batch(&args[i], &groups, Some(&none), total)?;
+                continue;
+            }
+            let filter = filters[i].as_ref().map(|f| f.as_boolean());
+            if let Err(e) = acc.update_batch(&args[i], &groups, filter, total) {
+                failure = Some(guest_failure(e)?);
+            }
+        }
+        if let Some(populated) = &mut state.populated {
+            populated.resize(total, false);
+            if failure.is_none() {
+                for &g in &groups {
+                    populated[g] = true;
+                }
+            }
         }
         state.scratch = groups;
-        Ok(())
+        Ok(failure)
     }
 
     fn push_sessions(
@@ -619,7 +705,8 @@ impl WindowAggregate {
         args: &[Vec<ArrayRef>],
         filters: &[Option<ArrayRef>],
         seq: u64,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Vec<u32>, String)>> {
+        let mut failed = Vec::new();
         let key_rows = self.key_rows.convert_columns(keys)?;
         // Rows per key, sorted by time, cut into runs whose consecutive rows are < gap apart.
         let mut by_key: HashMap<arrow::row::Row<'_>, Vec<(Millis, u32)>> = HashMap::new();
@@ -640,6 +727,7 @@ impl WindowAggregate {
                 let run = &rows[start..end];
                 let idx = UInt32Array::from_iter_values(run.iter().map(|r| r.1));
                 let mut accs = new_accumulators(&self.plan)?;
+                let mut failure = None;
                 for ((acc, values), filter) in accs.iter_mut().zip(args).zip(filters) {
                     let mut values = take_all(values, &idx)?;
                     if let Some(f) = filter {
@@ -649,7 +737,16 @@ impl WindowAggregate {
                             .map(|v| Ok(arrow::compute::filter(v, f.as_boolean())?))
                             .collect::<Result<_>>()?;
                     }
-                    acc.update_batch(&values)?;
+                    if let Err(e) = acc.update_batch(&values) {
+                        failure = Some(guest_failure(e)?);
+                        break;
+                    }
+                }
+                if let Some(reason) = failure {
+                    // The run's session is not opened or extended: its rows count nowhere.
+                    failed.push((run.iter().map(|r| r.1).collect(), reason));
+                    start = end;
+                    continue;
                 }
                 let session = Session {
                     start: run[0].0,
@@ -662,7 +759,7 @@ impl WindowAggregate {
                 start = end;
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Emits every window the watermark has passed, as rows of the aggregate's output schema.
@@ -730,8 +827,9 @@ impl WindowAggregate {
             .iter_mut()
             .map(|a| Ok(a.evaluate(EmitTo::All)?))
             .collect::<Result<Vec<_>>>()?;
-        self.assemble(keys, vec![start; n], vec![end; n], aggs)
-            .map(Some)
+        let batch = self.assemble(keys, vec![start; n], vec![end; n], aggs)?;
+        let batch = keep_populated(batch, state.populated.as_deref())?;
+        Ok((batch.num_rows() > 0).then_some(batch))
     }
 
     fn session_rows(&self, closed: Vec<(OwnedRow, Session)>, gap: Millis) -> Result<RecordBatch> {
@@ -829,11 +927,12 @@ impl WindowAggregate {
             for acc in &mut state.accs {
                 cols.extend(acc.state(EmitTo::All)?);
             }
-            batches.push(RecordBatch::try_new_with_options(
+            let batch = RecordBatch::try_new_with_options(
                 Arc::clone(&schema),
                 cols,
                 &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
-            )?);
+            )?;
+            batches.push(keep_populated(batch, state.populated.as_deref())?);
         }
         let sessions = std::mem::take(&mut self.sessions);
         for (key, list) in sessions {
@@ -935,12 +1034,26 @@ impl WindowAggregate {
                 let cols: Vec<ArrayRef> = states.by_ref().take(*w).cloned().collect();
                 acc.merge_batch(&cols, &groups, total)?;
             }
+            if let Some(p) = &mut state.populated {
+                p.resize(total, true);
+            }
             self.windows.insert((end, start), state);
         }
         for list in self.sessions.values_mut() {
             list.sort_by_key(|s| s.start);
         }
         Ok(())
+    }
+}
+
+/// The rows of `batch` whose group is populated (all of them without a guest aggregate).
+fn keep_populated(batch: RecordBatch, populated: Option<&[bool]>) -> Result<RecordBatch> {
+    match populated {
+        Some(p) if p.len() >= batch.num_rows() && p.iter().any(|x| !x) => {
+            let mask = arrow::array::BooleanArray::from(p[..batch.num_rows()].to_vec());
+            Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
+        }
+        _ => Ok(batch),
     }
 }
 
@@ -998,6 +1111,7 @@ fn new_window_state(plan: &WindowAggregatePlan, seq: u64) -> Result<WindowState>
         accs,
         first_seq: seq,
         scratch: Vec::new(),
+        populated: plan.aggs.iter().any(|a| is_guest(a)).then(Vec::new),
     })
 }
 

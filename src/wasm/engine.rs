@@ -60,8 +60,6 @@ pub(crate) struct Loaded {
     engine: Engine,
     module: Module,
     limits: WasmLimits,
-    /// The functions the module describes (set once, when it is loaded).
-    pub(crate) functions: Vec<FunctionDescription>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -76,11 +74,102 @@ impl std::fmt::Debug for Loaded {
 /// A live instance of a module.
 pub(crate) struct Live {
     store: Store<StoreLimits>,
+    instance: Instance,
     memory: Memory,
     alloc: TypedFunc<(i32, i32), i32>,
+    /// Entry points looked up so far, by export name.
     entries: HashMap<String, TypedFunc<i32, i32>>,
     /// The region the host writes batches into, and its size.
     region: Option<(u32, usize)>,
+}
+
+impl Live {
+    fn entry(&mut self, export: &str) -> std::result::Result<TypedFunc<i32, i32>, String> {
+        if let Some(f) = self.entries.get(export) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .instance
+            .get_typed_func::<i32, i32>(&mut self.store, export)
+            .map_err(|e| format!("`{export}` (i32) -> i32: {e}"))?;
+        self.entries.insert(export.to_owned(), f.clone());
+        Ok(f)
+    }
+}
+
+/// Idle instances of a module, shared by its functions: a call takes one (or creates one), and
+/// gives it back unless the call broke it. Concurrent callers (DataFusion partitions, pipelines
+/// sharing a module) each get their own instance; a single worker reuses one across batches.
+pub(crate) struct Instances {
+    module: std::sync::Arc<Loaded>,
+    idle: Mutex<Vec<Live>>,
+}
+
+/// Most idle instances kept per module.
+const MAX_IDLE: usize = 16;
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances")
+            .field("module", &self.module.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instances {
+    pub(crate) fn new(module: std::sync::Arc<Loaded>) -> Self {
+        Self {
+            module,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn module(&self) -> &Loaded {
+        &self.module
+    }
+
+    /// Runs `f` on an instance. An instance the call broke is dropped, and the next call gets a
+    /// fresh one.
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&Loaded, &mut Live) -> std::result::Result<R, CallFailure>,
+    ) -> std::result::Result<R, CallFailure> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut live = match idle {
+            Some(live) => live,
+            None => self
+                .module
+                .instantiate()
+                .map_err(|e| CallFailure::Broken(format!("cannot be instantiated: {e}")))?,
+        };
+        let result = f(&self.module, &mut live);
+        if !matches!(result, Err(CallFailure::Broken(_))) {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < MAX_IDLE {
+                idle.push(live);
+            }
+        }
+        result
+    }
+}
+
+/// One batch for a guest entry point: where each column's descriptor goes in the header, and
+/// header words the host sets besides `rows` and `ncols`.
+struct BatchLayout<'a> {
+    export: &'a str,
+    rows: usize,
+    ncols: usize,
+    /// Bytes of header and column descriptors; buffers follow.
+    header: usize,
+    words: &'a [(usize, u32)],
+    columns: &'a [(usize, &'a ColumnBytes)],
 }
 
 /// Why a call failed.
@@ -160,16 +249,11 @@ impl Loaded {
             engine,
             module,
             limits,
-            functions: Vec::new(),
         })
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
-    }
-
-    pub(crate) fn functions(&self) -> &[FunctionDescription] {
-        &self.functions
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -200,11 +284,8 @@ impl Loaded {
         Ok((store, instance))
     }
 
-    /// A new instance serving `functions`.
-    pub(crate) fn instantiate(
-        &self,
-        functions: &[FunctionDescription],
-    ) -> std::result::Result<Live, String> {
+    /// A new instance.
+    pub(crate) fn instantiate(&self) -> std::result::Result<Live, String> {
         let (mut store, instance) = self.new_instance()?;
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -212,19 +293,12 @@ impl Loaded {
         let alloc = instance
             .get_typed_func::<(i32, i32), i32>(&mut store, "rivulet_alloc")
             .map_err(|e| format!("rivulet_alloc: {e}"))?;
-        let mut entries = HashMap::new();
-        for f in functions {
-            let export = format!("rivulet_scalar_{}", f.name);
-            let func = instance
-                .get_typed_func::<i32, i32>(&mut store, &export)
-                .map_err(|e| format!("`{export}` (i32) -> i32: {e}"))?;
-            entries.insert(f.name.clone(), func);
-        }
         Ok(Live {
             store,
+            instance,
             memory,
             alloc,
-            entries,
+            entries: HashMap::new(),
             region: None,
         })
     }
@@ -238,11 +312,12 @@ impl Loaded {
             .map_err(|e| wasm_err(&self.name, format!("rivulet_abi_version: {e}")))?
             .call(&mut store, ())
             .map_err(call_err)?;
-        if version != abi::VERSION {
+        if !(abi::OLDEST..=abi::VERSION).contains(&version) {
             return Err(wasm_err(
                 &self.name,
                 format!(
-                    "speaks ABI version {version}; this rivulet speaks version {}",
+                    "speaks ABI version {version}; this rivulet speaks versions {} to {}",
+                    abi::OLDEST,
                     abi::VERSION
                 ),
             ));
@@ -262,26 +337,33 @@ impl Loaded {
             .get(ptr..ptr.saturating_add(len))
             .ok_or_else(|| wasm_err(&self.name, "the description points outside memory"))?;
         let functions = abi::parse_description(&self.name, json)?;
-        // Every described function must have its entry point.
-        self.instantiate(&functions)
-            .map_err(|e| wasm_err(&self.name, e))?;
+        // Every described function must have its entry points.
+        let mut live = self.instantiate().map_err(|e| wasm_err(&self.name, e))?;
+        for f in &functions {
+            for export in f.exports() {
+                live.entry(&export).map_err(|e| {
+                    wasm_err(
+                        &self.name,
+                        format!("describes {} function `{}` but lacks {e}", f.kind, f.name),
+                    )
+                })?;
+            }
+        }
         Ok(functions)
     }
 
-    /// Calls `f` on `args` (already of the argument types) for `rows` rows.
-    pub(crate) fn call(
+    /// Writes a batch into the instance's region, calls the entry point, and hands the guest's
+    /// memory and the batch's address to `read`.
+    fn run<R>(
         &self,
         live: &mut Live,
-        f: &FunctionDescription,
-        args: &[ArrayRef],
-        rows: usize,
-    ) -> std::result::Result<ArrayRef, CallFailure> {
+        layout: &BatchLayout<'_>,
+        read: impl FnOnce(&[u8], usize) -> std::result::Result<R, String>,
+    ) -> std::result::Result<R, CallFailure> {
         let broken = CallFailure::Broken;
-        // The batch: header, argument column descriptors, then each argument's buffers.
-        let parts: Vec<ColumnBytes> = args.iter().map(|a| ColumnBytes::of(a.as_ref())).collect();
-        let mut total = abi::HEADER + abi::COLUMN * args.len();
-        for p in &parts {
-            total = p.size_after(total);
+        let mut total = layout.header;
+        for (_, c) in layout.columns {
+            total = c.size_after(total);
         }
         let ptr = match live.region {
             Some((ptr, cap)) if cap >= total => ptr,
@@ -307,20 +389,18 @@ impl Loaded {
             let region = mem
                 .get_mut(base..base + total)
                 .ok_or_else(|| broken("the guest allocated outside its memory".into()))?;
-            region.fill(0);
-            put(region, 0, rows as u32);
-            put(region, 4, args.len() as u32);
-            let mut at = abi::HEADER + abi::COLUMN * args.len();
-            for (i, p) in parts.iter().enumerate() {
-                let desc = abi::HEADER + abi::COLUMN * i;
-                at = p.write(region, base, at, desc);
+            region[..layout.header].fill(0);
+            put(region, 0, layout.rows as u32);
+            put(region, 4, layout.ncols as u32);
+            for &(at, v) in layout.words {
+                put(region, at, v);
+            }
+            let mut at = layout.header;
+            for (desc, c) in layout.columns {
+                at = c.write(region, base, at, *desc);
             }
         }
-        let entry = live
-            .entries
-            .get(&f.name)
-            .ok_or_else(|| broken(format!("no entry point for `{}`", f.name)))?
-            .clone();
+        let entry = live.entry(layout.export).map_err(broken)?;
         self.arm(&mut live.store).map_err(broken)?;
         entry
             .call(&mut live.store, ptr as i32)
@@ -338,7 +418,165 @@ impl Loaded {
                 .unwrap_or_else(|| "(an error message outside memory)".into());
             return Err(CallFailure::Guest(msg));
         }
-        read_result(mem, header, f.returns, rows).map_err(broken)
+        read(mem, base).map_err(broken)
+    }
+
+    /// Calls scalar function `f` on `args` (already of the argument types) for `rows` rows.
+    pub(crate) fn call(
+        &self,
+        live: &mut Live,
+        f: &FunctionDescription,
+        args: &[ArrayRef],
+        rows: usize,
+    ) -> std::result::Result<ArrayRef, CallFailure> {
+        let parts: Vec<ColumnBytes> = args.iter().map(|a| ColumnBytes::of(a.as_ref())).collect();
+        let columns: Vec<(usize, &ColumnBytes)> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (abi::HEADER + abi::COLUMN * i, p))
+            .collect();
+        let export = format!("rivulet_scalar_{}", f.name);
+        let layout = BatchLayout {
+            export: &export,
+            rows,
+            ncols: args.len(),
+            header: abi::HEADER + abi::COLUMN * args.len(),
+            words: &[],
+            columns: &columns,
+        };
+        self.run(live, &layout, |mem, base| {
+            read_column(mem, &mem[base..], abi::OUT, f.returns, rows)
+        })
+    }
+
+    /// An aggregate's update (`args`, one row per input row) or merge (`args`: one binary column of
+    /// partial states): `group_ids` gives each row's group among `states` (one per group, null
+    /// for a new group). Returns the groups' new states.
+    pub(crate) fn aggregate_step(
+        &self,
+        live: &mut Live,
+        f: &FunctionDescription,
+        merge: bool,
+        group_ids: &[u32],
+        states: &BinaryArray,
+        args: &[ArrayRef],
+    ) -> std::result::Result<BinaryArray, CallFailure> {
+        let groups = states.len();
+        let ids = ColumnBytes {
+            validity: None,
+            values: group_ids.iter().flat_map(|g| g.to_le_bytes()).collect(),
+            offsets: None,
+        };
+        let state_bytes = ColumnBytes::of(states);
+        let parts: Vec<ColumnBytes> = args.iter().map(|a| ColumnBytes::of(a.as_ref())).collect();
+        let mut columns: Vec<(usize, &ColumnBytes)> =
+            vec![(abi::AGG_GROUP_IDS, &ids), (abi::AGG_STATES, &state_bytes)];
+        columns.extend(
+            parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (abi::AGG_HEADER + abi::COLUMN * i, p)),
+        );
+        let export = format!(
+            "rivulet_agg_{}_{}",
+            if merge { "merge" } else { "update" },
+            f.name
+        );
+        let layout = BatchLayout {
+            export: &export,
+            rows: group_ids.len(),
+            ncols: args.len(),
+            header: abi::AGG_HEADER + abi::COLUMN * args.len(),
+            words: &[(abi::AGG_GROUPS, groups as u32)],
+            columns: &columns,
+        };
+        self.run(live, &layout, |mem, base| {
+            let out = read_column(mem, &mem[base..], abi::OUT, AbiType::Binary, groups)?;
+            Ok(out.as_binary::<i32>().clone())
+        })
+    }
+
+    /// An aggregate's results for `states` (one per group).
+    pub(crate) fn aggregate_evaluate(
+        &self,
+        live: &mut Live,
+        f: &FunctionDescription,
+        states: &BinaryArray,
+    ) -> std::result::Result<ArrayRef, CallFailure> {
+        let groups = states.len();
+        let state_bytes = ColumnBytes::of(states);
+        let ids = ColumnBytes {
+            validity: None,
+            values: Vec::new(),
+            offsets: None,
+        };
+        let export = format!("rivulet_agg_evaluate_{}", f.name);
+        let layout = BatchLayout {
+            export: &export,
+            rows: 0,
+            ncols: 0,
+            header: abi::AGG_HEADER,
+            words: &[(abi::AGG_GROUPS, groups as u32)],
+            columns: &[(abi::AGG_GROUP_IDS, &ids), (abi::AGG_STATES, &state_bytes)],
+        };
+        self.run(live, &layout, |mem, base| {
+            read_column(mem, &mem[base..], abi::OUT, f.returns, groups)
+        })
+    }
+
+    /// A record transform over `records`: one result code per record, and the result column
+    /// (new bytes, or a failure's message).
+    pub(crate) fn transform(
+        &self,
+        live: &mut Live,
+        f: &FunctionDescription,
+        records: &[&[u8]],
+    ) -> std::result::Result<(Vec<u8>, BinaryArray), CallFailure> {
+        let rows = records.len();
+        let mut values = Vec::with_capacity(records.iter().map(|r| r.len()).sum());
+        let mut offsets = Vec::with_capacity((rows + 1) * 4);
+        offsets.extend_from_slice(&0i32.to_le_bytes());
+        for r in records {
+            values.extend_from_slice(r);
+            let end = i32::try_from(values.len())
+                .map_err(|_| CallFailure::Broken("the batch is over 2 GiB".into()))?;
+            offsets.extend_from_slice(&end.to_le_bytes());
+        }
+        let input = ColumnBytes {
+            validity: None,
+            values,
+            offsets: Some(offsets),
+        };
+        let codes = ColumnBytes {
+            validity: None,
+            values: vec![abi::transform_code::OK; rows],
+            offsets: None,
+        };
+        let export = format!("rivulet_transform_{}", f.name);
+        let layout = BatchLayout {
+            export: &export,
+            rows,
+            ncols: 2,
+            header: abi::HEADER + 2 * abi::COLUMN,
+            words: &[],
+            columns: &[(abi::HEADER, &input), (abi::HEADER + abi::COLUMN, &codes)],
+        };
+        self.run(live, &layout, |mem, base| {
+            let header = &mem[base..];
+            // The guest writes the codes in place, into the buffer the host allocated.
+            let codes_at = get(header, abi::HEADER + abi::COLUMN + 4) as usize;
+            let codes = mem
+                .get(codes_at..codes_at.saturating_add(rows))
+                .ok_or("the result codes lie outside the guest's memory")?
+                .to_vec();
+            if let Some(bad) = codes.iter().find(|c| **c > abi::transform_code::UNCHANGED) {
+                return Err(format!(
+                    "the guest returned result code {bad}, which is not 0 to 3"
+                ));
+            }
+            let out = read_column(mem, header, abi::OUT, AbiType::Binary, rows)?;
+            Ok((codes, out.as_binary::<i32>().clone()))
+        })
     }
 }
 
@@ -475,14 +713,14 @@ fn var_bytes(offsets: &[i32], data: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     (values, Some(rebased))
 }
 
-/// Reads the result column the guest described, checking every pointer and length.
-fn read_result(
+/// Reads the column the guest described at `out` in `header`, checking every pointer and length.
+fn read_column(
     mem: &[u8],
     header: &[u8],
+    out: usize,
     ty: AbiType,
     rows: usize,
 ) -> std::result::Result<ArrayRef, String> {
-    let out = abi::OUT;
     let (validity, values, offsets, values_len) = (
         get(header, out) as usize,
         get(header, out + 4) as usize,

@@ -1,9 +1,19 @@
-//! Sandboxed WebAssembly functions, called from SQL (cargo feature `wasm`).
+//! Sandboxed WebAssembly functions (cargo feature `wasm`): scalar functions and aggregates called
+//! from SQL, and record transforms applied before decoding.
 //!
 //! A [`WasmModule`] is a core WebAssembly module that speaks rivulet's columnar batch ABI
-//! (`udfs/ABI.md`, version 1): the host copies each argument column's Arrow buffers into the
+//! (`udfs/ABI.md`, version 2): the host copies each argument column's Arrow buffers into the
 //! guest's memory once per batch, calls one entry point, and copies the result column back into
 //! an Arrow array. No call per row, no serialisation.
+//!
+//! - [`WasmScalarFunction`]: a DataFusion scalar function.
+//! - [`WasmAggregateFunction`]: a DataFusion aggregate whose state is bytes the guest defines and
+//!   the host keeps (in window state and checkpoints); one call per batch for all groups.
+//! - [`WasmRecordTransform`]: a [`RecordTransform`](crate::RecordTransform) with Firehose's
+//!   contract per record: new bytes, dropped, or failed with a message (to the error output).
+//!
+//! The functions of a module share its instances: a caller takes an idle instance or creates one,
+//! so each worker has its own, reused across batches.
 //!
 //! The guest runs in wasmtime with:
 //! - a deadline per call (epoch interruption, [`WasmLimits::deadline`], default 100 ms per batch),
@@ -13,7 +23,7 @@
 //!
 //! A trap, a deadline, a memory overrun or a malformed result fails the batch's rows (they go to
 //! the pipeline's error output with the reason); the instance is discarded and a new one serves
-//! the next batch.
+//! the next batch. An aggregate's failed call changes no state.
 //!
 //! ```no_run
 //! # async fn f() -> rivulet::Result<()> {
@@ -28,11 +38,13 @@ mod engine;
 mod udf;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use abi::{AbiType, FunctionDescription};
-pub use udf::WasmScalarFunction;
+pub use abi::{AbiType, FunctionDescription, FunctionKind};
+pub use udf::{WasmAggregateFunction, WasmRecordTransform, WasmScalarFunction};
+
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 use crate::sql::SqlFunctions;
 use crate::{Error, Result};
@@ -68,7 +80,8 @@ impl Default for WasmLimits {
 /// A loaded guest module and the functions it exports.
 #[derive(Debug, Clone)]
 pub struct WasmModule {
-    inner: Arc<engine::Loaded>,
+    /// The compiled module and its idle instances, shared by all its functions.
+    inner: Arc<engine::Instances>,
     functions: Vec<FunctionDescription>,
 }
 
@@ -106,11 +119,10 @@ impl WasmModule {
     /// Loads a module from its bytes (binary, or text with the `.wat` syntax); `name` is used in
     /// errors.
     pub fn from_bytes(name: &str, bytes: &[u8], limits: WasmLimits) -> Result<Self> {
-        let mut loaded = engine::Loaded::new(name, bytes, limits)?;
+        let loaded = engine::Loaded::new(name, bytes, limits)?;
         let functions = loaded.describe()?;
-        loaded.functions = functions.clone();
         Ok(Self {
-            inner: Arc::new(loaded),
+            inner: Arc::new(engine::Instances::new(Arc::new(loaded))),
             functions,
         })
     }
@@ -120,46 +132,69 @@ impl WasmModule {
         &self.functions
     }
 
-    /// A scalar function of the module, for DataFusion.
-    pub fn scalar(&self, name: &str) -> Result<WasmScalarFunction> {
-        let desc = self
+    fn find(&self, name: &str, kind: FunctionKind) -> Result<FunctionDescription> {
+        let of_kind: Vec<&str> = self
             .functions
             .iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| {
-                Error::Sql(format!(
-                    "WASM module `{}` has no function `{name}` (it has: {})",
-                    self.inner.name(),
-                    self.functions
-                        .iter()
-                        .map(|f| f.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        Ok(WasmScalarFunction::new(
-            Arc::clone(&self.inner),
-            desc.clone(),
-            Arc::new(Mutex::new(None)),
-        ))
+            .filter(|f| f.kind == kind)
+            .map(|f| f.name.as_str())
+            .collect();
+        match self.functions.iter().find(|f| f.name == name) {
+            Some(f) if f.kind == kind => Ok(f.clone()),
+            found => Err(Error::Wasm(format!(
+                "module `{}` has no {kind} function `{name}`{} (its {kind} functions: {})",
+                self.inner.module().name(),
+                found.map_or(String::new(), |f| format!(
+                    " (`{name}` is {} function)",
+                    f.kind
+                )),
+                if of_kind.is_empty() {
+                    "none".to_owned()
+                } else {
+                    of_kind.join(", ")
+                }
+            ))),
+        }
     }
 
-    /// Every function of the module, ready for [`PipelineBuilder::functions`](crate::PipelineBuilder::functions).
+    /// A scalar function of the module, for DataFusion.
+    pub fn scalar(&self, name: &str) -> Result<WasmScalarFunction> {
+        let desc = self.find(name, FunctionKind::Scalar)?;
+        Ok(WasmScalarFunction::new(Arc::clone(&self.inner), desc))
+    }
+
+    /// An aggregate of the module, for DataFusion.
+    pub fn aggregate(&self, name: &str) -> Result<WasmAggregateFunction> {
+        let desc = self.find(name, FunctionKind::Aggregate)?;
+        Ok(WasmAggregateFunction::new(Arc::clone(&self.inner), desc))
+    }
+
+    /// A record transform of the module, for
+    /// [`PipelineBuilder::transform`](crate::PipelineBuilder::transform).
+    pub fn transform(&self, name: &str) -> Result<WasmRecordTransform> {
+        let desc = self.find(name, FunctionKind::Transform)?;
+        Ok(WasmRecordTransform::new(Arc::clone(&self.inner), desc))
+    }
+
+    /// Every scalar function and aggregate of the module, ready for
+    /// [`PipelineBuilder::functions`](crate::PipelineBuilder::functions).
     pub fn sql_functions(&self) -> SqlFunctions {
         self.add_to(SqlFunctions::new())
     }
 
-    /// Adds every function of the module to `functions`.
+    /// Adds every scalar function and aggregate of the module to `functions`.
     pub fn add_to(&self, mut functions: SqlFunctions) -> SqlFunctions {
-        // One instance serves every function of the module.
-        let instance = Arc::new(Mutex::new(None));
         for desc in &self.functions {
-            let f = WasmScalarFunction::new(
-                Arc::clone(&self.inner),
-                desc.clone(),
-                Arc::clone(&instance),
-            );
-            functions = functions.with_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(f));
+            let instances = Arc::clone(&self.inner);
+            functions = match desc.kind {
+                FunctionKind::Scalar => functions.with_udf(ScalarUDF::new_from_impl(
+                    WasmScalarFunction::new(instances, desc.clone()),
+                )),
+                FunctionKind::Aggregate => functions.with_udaf(AggregateUDF::new_from_impl(
+                    WasmAggregateFunction::new(instances, desc.clone()),
+                )),
+                FunctionKind::Transform => functions,
+            };
         }
         functions
     }

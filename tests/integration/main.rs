@@ -13,4 +13,8 @@ mod sql_cases;
 mod support;
 #[cfg(feature = "wasm")]
 mod wasm;
+#[cfg(feature = "wasm")]
+mod wasm_aggregates;
+#[cfg(feature = "wasm")]
+mod wasm_transforms;
 mod windows;

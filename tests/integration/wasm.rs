@@ -9,13 +9,13 @@ use arrow::datatypes::Float64Type;
 use rivulet::wasm::{WasmLimits, WasmModule};
 use rivulet::{FileSource, MemorySink, Pipeline, RecordFormat};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A module built from `udfs/` into `udfs/build/`, or `None` (test skipped) when the UDFs were not
 /// built and CI does not require them.
-fn built(name: &str) -> Option<PathBuf> {
+pub(crate) fn built(name: &str) -> Option<PathBuf> {
     let path = repo().join("udfs/build").join(format!("{name}.wasm"));
     if path.exists() {
         return Some(path);
@@ -411,4 +411,79 @@ fn compiled_modules_are_cached_on_disk_and_a_damaged_entry_is_recompiled() {
     std::fs::write(&entries[0], b"not a compiled module").unwrap();
     WasmModule::from_bytes("double", &text, limits).unwrap();
     assert!(std::fs::read(&entries[0]).unwrap().len() > 100, "rewritten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_agent_parsers_from_sql_match_the_native_functions() {
+    let Some(path) = built("user_agent") else {
+        return;
+    };
+    let module = WasmModule::load(path.to_str().unwrap(), WasmLimits::default())
+        .await
+        .unwrap();
+    let pieces = [
+        "Mozilla/5.0 ",
+        "(Windows NT 10.0; Win64; x64) ",
+        "(Macintosh; Intel Mac OS X 14_5) ",
+        "(iPhone; CPU iPhone OS 17_5 like Mac OS X) ",
+        "(Linux; Android 14) ",
+        "(X11; CrOS x86_64) ",
+        "AppleWebKit/537.36 (KHTML, like Gecko) ",
+        "Chrome/126.0.0.0 ",
+        "Safari/537.36 ",
+        "Version/17.5 ",
+        "Edg/126.0 ",
+        "OPR/110.0 ",
+        "Firefox/",
+        "128.0",
+        "Googlebot/2.1 ",
+        "curl/8.5.0",
+        "é✓ ",
+        "",
+    ];
+    let mut rng = fastrand::Rng::with_seed(23);
+    let agents: Vec<Option<String>> = (0..2000)
+        .map(|_| {
+            (rng.u8(..15) > 0).then(|| {
+                (0..rng.usize(0..6))
+                    .map(|_| pieces[rng.usize(..pieces.len())])
+                    .collect()
+            })
+        })
+        .collect();
+    let input: String = agents
+        .iter()
+        .map(|a| format!("{}\n", serde_json::json!({ "ua": a })))
+        .collect();
+    let (out, errors) = run(
+        &module,
+        &input,
+        "SELECT ua_browser(ua) AS b, ua_os(ua) AS os, ua_is_bot(ua) AS bot FROM source",
+        500,
+    )
+    .await;
+    assert!(errors.is_empty());
+    let mut i = 0;
+    let mut browsers = std::collections::BTreeSet::new();
+    for b in &out {
+        let (br, os, bot) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+            b.column(2).as_boolean(),
+        );
+        for r in 0..b.num_rows() {
+            match &agents[i] {
+                Some(a) => {
+                    assert_eq!(br.value(r), user_agent::ua_browser(a), "{a:?}");
+                    assert_eq!(os.value(r), user_agent::ua_os(a), "{a:?}");
+                    assert_eq!(bot.value(r), user_agent::ua_is_bot(a), "{a:?}");
+                    browsers.insert(br.value(r).to_owned());
+                }
+                None => assert!(br.is_null(r) && os.is_null(r) && bot.is_null(r)),
+            }
+            i += 1;
+        }
+    }
+    assert_eq!(i, agents.len());
+    assert!(browsers.len() >= 5, "{browsers:?}");
 }

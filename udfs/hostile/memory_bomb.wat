@@ -1,4 +1,5 @@
-;; Hostile guest: Grows its memory until the cap refuses: the memory limit stops it.
+;; Hostile guest: grows its memory, writing every new page (so the host really backs it), until
+;; the cap refuses: the memory limit stops it.
 ;; Implements the ABI's exports (udfs/ABI.md) around one function `f(f64) -> f64`.
 (module
   (memory (export "memory") 2)
@@ -21,7 +22,9 @@
                    (i32.const 65536))))))
     (local.get $p))
   (func (export "rivulet_scalar_f") (param $b i32) (result i32)
+    (local $old i32)
     (loop $more
-      (drop (memory.grow (i32.const 16)))
+      (local.set $old (memory.grow (i32.const 16)))
+      (memory.fill (i32.mul (local.get $old) (i32.const 65536)) (i32.const 1) (i32.const 1048576))
       (br $more))
     (i32.const 0)))
