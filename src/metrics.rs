@@ -11,6 +11,7 @@ pub struct PipelineMetrics {
     bytes_in: AtomicU64,
     rows_out: AtomicU64,
     records_error: AtomicU64,
+    records_dropped: AtomicU64,
     batches: AtomicU64,
     rows_stored: AtomicU64,
     rows_late: AtomicU64,
@@ -29,6 +30,8 @@ pub struct MetricsSnapshot {
     pub rows_out: u64,
     /// Records and rows sent to the error output.
     pub records_error: u64,
+    /// Records a record transform dropped on purpose.
+    pub records_dropped: u64,
     /// Micro-batches processed.
     pub batches: u64,
     /// Rows handed to sinks, summed over sinks.
@@ -49,6 +52,7 @@ impl PipelineMetrics {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             records_error: self.records_error.load(Ordering::Relaxed),
+            records_dropped: self.records_dropped.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             rows_to_sinks: self.rows_stored.load(Ordering::Relaxed),
             rows_late: self.rows_late.load(Ordering::Relaxed),
@@ -68,6 +72,10 @@ impl PipelineMetrics {
 
     pub(crate) fn add_error(&self, n: u64) {
         self.records_error.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_dropped(&self, n: u64) {
+        self.records_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn add_late(&self, n: u64) {

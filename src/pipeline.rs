@@ -1128,7 +1128,10 @@ impl Processing {
         let mut errors: Vec<ErrorRecord> = Vec::new();
         let records = match &self.transform {
             Some(t) if !records.is_empty() => {
+                let total = records.len();
                 let (kept, failed) = apply_transform(t.as_ref(), records)?;
+                self.metrics
+                    .add_dropped((total - kept.len() - failed.len()) as u64);
                 errors.extend(failed);
                 kept
             }

@@ -68,7 +68,10 @@ async fn memory_bombs_do_not_grow_the_host() {
     );
     // 40 instances each wrote up to 64 MiB (2.5 GiB in all); at most a few can be alive at once.
     let grown = after.saturating_sub(before);
-    eprintln!("the host grew by {} MiB over {batches} memory bombs", grown >> 20);
+    eprintln!(
+        "the host grew by {} MiB over {batches} memory bombs",
+        grown >> 20
+    );
     assert!(
         grown < 4 * cap,
         "the host grew by {} MiB over {batches} memory bombs",

@@ -293,8 +293,13 @@ async fn drive(
     let report = result?;
     if progress.is_some() {
         let m = report.metrics;
+        let dropped = if m.records_dropped > 0 {
+            format!(", {} dropped by the transform", m.records_dropped)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "rivulet: done in {:.1}s: {} records in, {} rows out, {} errors",
+            "rivulet: done in {:.1}s: {} records in, {} rows out, {} errors{dropped}",
             report.elapsed.as_secs_f64(),
             m.records_in,
             m.rows_out,

@@ -42,6 +42,8 @@ pub(crate) mod transform_code {
     pub(crate) const FAILED: u8 = 2;
     /// The record passes unchanged (the host keeps its bytes; nothing is copied back).
     pub(crate) const UNCHANGED: u8 = 3;
+    /// What the host fills the codes with before the call: a code left so fails the batch.
+    pub(crate) const NOT_SET: u8 = 0xff;
 }
 
 /// A value type of the ABI.

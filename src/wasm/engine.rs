@@ -547,9 +547,11 @@ impl Loaded {
             values,
             offsets: Some(offsets),
         };
+        // A code the guest does not write stays NOT_SET, which fails the batch: no record passes
+        // by default.
         let codes = ColumnBytes {
             validity: None,
-            values: vec![abi::transform_code::OK; rows],
+            values: vec![abi::transform_code::NOT_SET; rows],
             offsets: None,
         };
         let export = format!("rivulet_transform_{}", f.name);

@@ -353,6 +353,11 @@ impl WasmGroups {
     }
 
     fn evaluate_states(&self, states: &[Option<Bytes>]) -> DfResult<ArrayRef> {
+        if states.is_empty() {
+            return Ok(arrow::array::new_empty_array(
+                &self.desc.returns.data_type(),
+            ));
+        }
         let states: BinaryArray = states.iter().map(|s| s.as_deref()).collect();
         self.instances
             .with(|m, live| m.aggregate_evaluate(live, &self.desc, &states))

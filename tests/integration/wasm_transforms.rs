@@ -135,6 +135,7 @@ path = "errors.ndjson"
         .unwrap();
     assert_eq!(report.metrics.records_in, 6);
     assert_eq!(report.metrics.records_error, 1);
+    assert_eq!(report.metrics.records_dropped, 2);
     let out: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.ndjson"))
         .unwrap()
         .lines()
