@@ -39,6 +39,8 @@ use crate::{Error, Result};
 ///
 /// [[udfs]]                 # optional, repeatable: WASM modules whose functions SQL calls by name
 /// path = "udfs/build/haversine.wasm"  # or s3://bucket/key
+/// # region = "eu-west-1"    # s3 paths: default from AWS_REGION / the AWS profile
+/// # endpoint_url = "http://127.0.0.1:4566"  # s3 paths: another endpoint
 /// deadline_ms = 100         # per call (one micro-batch)
 /// # fuel = 50000000         # optional deterministic budget per call
 /// # max_memory_mb = 64
@@ -149,6 +151,10 @@ pub struct PipelineConfig {
 struct UdfConfig {
     /// A local path (relative to the pipeline file) or `s3://bucket/key`.
     path: String,
+    /// For `s3://` paths.
+    region: Option<String>,
+    /// For `s3://` paths.
+    endpoint_url: Option<String>,
     deadline_ms: Option<u64>,
     fuel: Option<u64>,
     max_memory_mb: Option<usize>,
@@ -898,8 +904,15 @@ impl PipelineConfig {
         let mut transform: Option<std::sync::Arc<dyn crate::RecordTransform>> = None;
         #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
         let mut transforms_seen: Vec<String> = Vec::new();
+        #[cfg(not(feature = "wasm"))]
+        if !self.udfs.is_empty() {
+            return Err(Error::config(
+                "udfs[0]",
+                "WASM functions need rivulet built with the `wasm` feature",
+            ));
+        }
+        #[cfg(feature = "wasm")]
         for (i, u) in self.udfs.iter().enumerate() {
-            #[cfg(feature = "wasm")]
             {
                 let mut limits = crate::wasm::WasmLimits::default();
                 if let Some(ms) = u.deadline_ms {
@@ -909,14 +922,30 @@ impl PipelineConfig {
                 if let Some(mb) = u.max_memory_mb {
                     limits.max_memory_bytes = mb << 20;
                 }
-                let location = if u.path.starts_with("s3://") {
-                    u.path.clone()
+                let key = format!("udfs[{i}]");
+                let module = if u.path.starts_with("s3://") {
+                    #[cfg(feature = "aws")]
+                    {
+                        let aws =
+                            crate::aws::load_config(u.region.clone(), u.endpoint_url.clone(), &key)
+                                .await?;
+                        crate::wasm::WasmModule::load_s3(&u.path, &aws, limits).await
+                    }
+                    #[cfg(not(feature = "aws"))]
+                    {
+                        crate::wasm::WasmModule::load(&u.path, limits).await
+                    }
                 } else {
-                    self.resolve(Path::new(&u.path)).display().to_string()
-                };
-                let module = crate::wasm::WasmModule::load(&location, limits)
-                    .await
-                    .map_err(|e| Error::config(format!("udfs[{i}].path"), e.to_string()))?;
+                    if u.region.is_some() || u.endpoint_url.is_some() {
+                        return Err(Error::config(
+                            format!("{key}.endpoint_url"),
+                            "region and endpoint_url apply to s3:// paths only",
+                        ));
+                    }
+                    let location = self.resolve(Path::new(&u.path)).display().to_string();
+                    crate::wasm::WasmModule::load(&location, limits).await
+                }
+                .map_err(|e| Error::config(format!("{key}.path"), e.to_string()))?;
                 functions = module.add_to(functions);
                 for f in module.functions() {
                     if f.kind != crate::wasm::FunctionKind::Transform {
@@ -936,14 +965,6 @@ impl PipelineConfig {
                         transform = Some(std::sync::Arc::new(module.transform(&f.name)?));
                     }
                 }
-            }
-            #[cfg(not(feature = "wasm"))]
-            {
-                let _ = u;
-                return Err(Error::config(
-                    format!("udfs[{i}]"),
-                    "WASM functions need rivulet built with the `wasm` feature",
-                ));
             }
         }
         if let (Some(name), None) = (&self.transform, &transform) {

@@ -824,7 +824,16 @@ pub async fn get_object(
     endpoint_url: Option<String>,
 ) -> Result<Bytes> {
     let shared = crate::aws::load_config(region, endpoint_url, "s3").await?;
-    let store = build_s3(bucket, &shared, None)?;
+    get_object_with(bucket, key, &shared).await
+}
+
+/// [`get_object`] with the credentials, region and endpoint of `config`.
+pub async fn get_object_with(
+    bucket: &str,
+    key: &str,
+    config: &aws_config::SdkConfig,
+) -> Result<Bytes> {
+    let store = build_s3(bucket, config, None)?;
     let fail =
         |e: object_store::Error| Error::sink("s3", format!("reading s3://{bucket}/{key}: {e}"));
     store

@@ -86,34 +86,45 @@ pub struct WasmModule {
 }
 
 impl WasmModule {
-    /// Loads a module from a local path or an `s3://bucket/key` URL (the `aws` feature; credentials
-    /// from the SDK's default chain).
+    /// Loads a module from a local path or an `s3://bucket/key` URL (the `aws` feature; credentials,
+    /// region and endpoint from the SDK's default chain).
     pub async fn load(location: &str, limits: WasmLimits) -> Result<Self> {
-        let bytes = if let Some(rest) = location.strip_prefix("s3://") {
+        if location.starts_with("s3://") {
             #[cfg(feature = "aws")]
             {
-                let (bucket, key) = rest.split_once('/').ok_or_else(|| {
-                    Error::config("udfs.path", format!("`{location}` is not s3://bucket/key"))
-                })?;
-                crate::sink::get_object(bucket, key, None, None)
-                    .await?
-                    .to_vec()
+                let config = crate::aws::load_config(None, None, "udfs").await?;
+                return Self::load_s3(location, &config, limits).await;
             }
             #[cfg(not(feature = "aws"))]
             {
-                let _ = rest;
                 return Err(Error::config(
                     "udfs.path",
                     "loading from S3 needs rivulet built with the `aws` feature",
                 ));
             }
-        } else {
-            let path = Path::new(location);
-            tokio::fs::read(path)
-                .await
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-        };
+        }
+        let path = Path::new(location);
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Self::from_bytes(location, &bytes, limits)
+    }
+
+    /// Loads a module from an `s3://bucket/key` URL with the credentials, region and endpoint of
+    /// `config`.
+    #[cfg(feature = "aws")]
+    pub async fn load_s3(
+        url: &str,
+        config: &aws_config::SdkConfig,
+        limits: WasmLimits,
+    ) -> Result<Self> {
+        let (bucket, key) = url
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| Error::config("udfs.path", format!("`{url}` is not s3://bucket/key")))?;
+        let bytes = crate::sink::get_object_with(bucket, key, config).await?;
+        Self::from_bytes(url, &bytes, limits)
     }
 
     /// Loads a module from its bytes (binary, or text with the `.wat` syntax); `name` is used in

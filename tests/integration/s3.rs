@@ -684,3 +684,92 @@ async fn the_raw_copy_to_s3_holds_every_input_record_as_read() {
         "every record, malformed or filtered out, in order"
     );
 }
+
+#[cfg(feature = "wasm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_modules_load_from_s3_in_the_api_and_in_pipeline_files() {
+    let Some(module_path) = crate::wasm::built("haversine") else {
+        return;
+    };
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    s3::create_bucket(moto.port(), BUCKET);
+    s3::put_object(
+        moto.port(),
+        BUCKET,
+        "udfs/haversine.wasm",
+        &std::fs::read(&module_path).unwrap(),
+    );
+    let url = format!("s3://{BUCKET}/udfs/haversine.wasm");
+
+    // Through the API, with an SDK configuration.
+    let module = rivulet::wasm::WasmModule::load_s3(
+        &url,
+        &sdk_config(&moto),
+        rivulet::wasm::WasmLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(module.functions()[0].name, "haversine_km");
+    let missing = rivulet::wasm::WasmModule::load_s3(
+        &format!("s3://{BUCKET}/udfs/none.wasm"),
+        &sdk_config(&moto),
+        rivulet::wasm::WasmLimits::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("udfs/none.wasm"), "{missing}");
+
+    // Through a pipeline file run by the CLI (credentials from the environment).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.ndjson"),
+        "{\"lat\":48.8566,\"lon\":2.3522}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("distance.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+type = "file"
+path = "in.ndjson"
+
+[query]
+sql = "SELECT ROUND(haversine_km(lat, lon, 52.52, 13.405), 1) AS km FROM source"
+
+[[udfs]]
+path = "{url}"
+endpoint_url = "{endpoint}"
+region = "us-east-1"
+
+[[sinks]]
+type = "file"
+path = "out.ndjson"
+"#,
+            endpoint = moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+        .args(["run", config.to_str().unwrap(), "--progress-interval", "0"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOME", dir.path())
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("run rivulet");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.ndjson")).unwrap(),
+        "{\"km\":877.5}\n"
+    );
+}

@@ -32,6 +32,12 @@ pub(crate) fn list_keys(port: u16, bucket: &str) -> Vec<String> {
     list_keys_in_pages(port, bucket, None)
 }
 
+/// Stores `body` as the object `key` of `bucket`.
+#[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+pub(crate) fn put_object(port: u16, bucket: &str, key: &str, body: &[u8]) {
+    success(port, "PUT", &object_target(bucket, key), body);
+}
+
 /// The content of the object `key` of `bucket`.
 pub(crate) fn get_object(port: u16, bucket: &str, key: &str) -> Vec<u8> {
     success(port, "GET", &object_target(bucket, key), &[])
