@@ -140,8 +140,66 @@ pub struct PipelineConfig {
     checkpoint: Option<CheckpointConfig>,
     #[serde(default)]
     udfs: Vec<UdfConfig>,
+    /// What `rivulet setup` provisions (feature `setup`); ignored by `rivulet run`.
+    #[serde(default)]
+    setup: Option<SetupSection>,
     #[serde(skip)]
     base_dir: PathBuf,
+}
+
+/// The `[setup]` table: how `rivulet setup` provisions the pipeline's AWS resources.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "setup"), allow(dead_code))]
+pub(crate) struct SetupSection {
+    /// Region and endpoint of the setup's calls (default: the source's, else the SDK's chain).
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    /// The bucket Firehose delivers to (created unless it exists).
+    pub(crate) bucket: Option<String>,
+    /// A KMS key (rotation on) for the streams, the delivery streams and the bucket. Default true.
+    pub(crate) encryption: Option<bool>,
+    /// Shards of a new source stream (default 2); `0` for on-demand capacity.
+    pub(crate) source_shards: Option<u32>,
+    /// Shards of new Kinesis output streams (default 1); `0` for on-demand capacity.
+    pub(crate) output_shards: Option<u32>,
+    /// Who may assume the runtime role: service names (`ecs-tasks.amazonaws.com`) or IAM ARNs.
+    /// Default: the account itself (`arn:aws:iam::<account>:root`).
+    #[serde(default)]
+    pub(crate) runtime_principals: Vec<String>,
+    /// Seconds to wait for a stream or delivery stream to become ACTIVE (default 300).
+    pub(crate) wait_timeout_secs: Option<u64>,
+    /// Destination settings per delivery stream name.
+    #[serde(default)]
+    pub(crate) delivery: std::collections::BTreeMap<String, DeliverySection>,
+}
+
+/// `[setup.delivery.<name>]`: one Firehose delivery stream's destination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "setup"), allow(dead_code))]
+pub(crate) struct DeliverySection {
+    /// `s3` (default), `redshift` or `opensearch`.
+    pub(crate) destination: Option<String>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) error_prefix: Option<String>,
+    pub(crate) buffer_interval_secs: Option<u32>,
+    pub(crate) buffer_size_mb: Option<u32>,
+    /// `UNCOMPRESSED` (default), `GZIP`, `ZIP`, `Snappy`, `HADOOP_SNAPPY`.
+    pub(crate) compression: Option<String>,
+    /// Redshift: `jdbc:redshift://…`, the table, its columns, the user, and the environment
+    /// variable holding the password (never written in the file).
+    pub(crate) jdbc_url: Option<String>,
+    pub(crate) table: Option<String>,
+    pub(crate) columns: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) copy_options: Option<String>,
+    /// OpenSearch: the domain's ARN, the index, and its rotation (`NoRotation`, `OneHour`,
+    /// `OneDay` (default), `OneWeek`, `OneMonth`).
+    pub(crate) domain_arn: Option<String>,
+    pub(crate) index: Option<String>,
+    pub(crate) index_rotation: Option<String>,
 }
 
 /// A WASM module whose functions SQL can call.
@@ -1534,6 +1592,91 @@ fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "setup")]
+impl PipelineConfig {
+    /// What `rivulet setup` reads from the file: the streams, delivery streams, buckets and keys
+    /// its source and sinks name, and the `[setup]` table.
+    pub(crate) fn setup_inputs(&self) -> Result<crate::setup::SetupInputs> {
+        let section = self.setup.clone().unwrap_or_default();
+        let alias = crate::setup::key_alias(self.name());
+        let mut inputs = crate::setup::SetupInputs {
+            pipeline: self.name().to_owned(),
+            source: None,
+            region: section.region.clone(),
+            endpoint_url: section.endpoint_url.clone(),
+            section,
+            deliveries: Vec::new(),
+            raw_delivery: None,
+            output_streams: Vec::new(),
+            s3_sinks: Vec::new(),
+            envelope_with_setup_key: false,
+            other_keys: Vec::new(),
+        };
+        if let SourceConfig::Kinesis {
+            stream,
+            region,
+            endpoint_url,
+            ..
+        } = &self.source
+        {
+            inputs.source = Some(stream.clone());
+            inputs.region = inputs.region.or_else(|| region.clone());
+            inputs.endpoint_url = inputs.endpoint_url.or_else(|| endpoint_url.clone());
+        }
+        let sinks = self
+            .sinks
+            .iter()
+            .map(|s| (s, false))
+            .chain(self.error_output.iter().map(|s| (s, false)))
+            .chain(self.raw_copy.iter().map(|s| (s, true)));
+        for (sink, raw) in sinks {
+            let encryption = match sink {
+                SinkConfig::Firehose {
+                    delivery_stream,
+                    encryption,
+                    ..
+                } => {
+                    if raw {
+                        inputs.raw_delivery = Some(delivery_stream.clone());
+                    } else if !inputs.deliveries.contains(delivery_stream) {
+                        inputs.deliveries.push(delivery_stream.clone());
+                    }
+                    encryption
+                }
+                SinkConfig::Kinesis {
+                    stream_name,
+                    encryption,
+                    ..
+                } => {
+                    if !inputs.output_streams.contains(stream_name) {
+                        inputs.output_streams.push(stream_name.clone());
+                    }
+                    encryption
+                }
+                SinkConfig::S3 {
+                    bucket,
+                    prefix,
+                    encryption,
+                    ..
+                } => {
+                    inputs.s3_sinks.push((bucket.clone(), prefix.clone()));
+                    encryption
+                }
+                SinkConfig::File { encryption, .. } => encryption,
+                SinkConfig::Stdout { .. } | SinkConfig::Stderr { .. } => &None,
+            };
+            if let Some(e) = encryption {
+                if e.kms_key_id == alias {
+                    inputs.envelope_with_setup_key = true;
+                } else if !inputs.other_keys.contains(&e.kms_key_id) {
+                    inputs.other_keys.push(e.kms_key_id.clone());
+                }
+            }
+        }
+        Ok(inputs)
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,11 @@ pub enum Error {
     #[error("WASM: {0}")]
     Wasm(String),
 
+    /// Provisioning with `rivulet setup` failed: the call and what AWS said.
+    #[cfg(feature = "setup")]
+    #[error("setup: {0}")]
+    Setup(String),
+
     /// The pipeline stopped because one of its tasks failed or panicked.
     #[error("pipeline stopped: {0}")]
     Pipeline(String),

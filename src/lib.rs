@@ -48,6 +48,8 @@ pub use kinesis::kpl;
 mod metrics;
 mod pipeline;
 mod record;
+#[cfg(feature = "setup")]
+pub mod setup;
 mod sink;
 mod source;
 mod sql;

@@ -1,0 +1,917 @@
+//! Provisioning of a pipeline's AWS resources (cargo feature `setup`): the source stream, Kinesis
+//! output streams, Firehose delivery streams (S3, Redshift or OpenSearch, with the raw-data copy),
+//! the bucket they deliver to, a KMS key with rotation, and least-privilege IAM roles.
+//!
+//! Everything is derived from the pipeline file (its source, sinks, raw copy and error output)
+//! and its `[setup]` table, in three steps:
+//!
+//! - [`Plan::new`] reads what exists and says what would be created, changed or left alone, with
+//!   every policy document;
+//! - [`apply`] makes it so, idempotently: a second apply changes nothing, and a changed file
+//!   updates only what differs;
+//! - [`destroy`] removes what rivulet created (everything it creates carries the tag
+//!   `rivulet:pipeline`), and never a stream or bucket that existed before.
+//!
+//! [`cloudformation`] writes the same resources as a CloudFormation template.
+//!
+//! # Roles
+//! The original solution had an analytics role, a delivery role per destination, a raw-data
+//! delivery role, a raw-data reader role and a metrics role. Here:
+//! - the **runtime role** is what the application embedding rivulet runs as: it reads the source
+//!   stream, writes the sinks (and the raw copy: the original's reader role), and uses the key. It
+//!   replaces the analytics role, since the SQL now runs in the application;
+//! - a **delivery role** per Firehose delivery stream (the raw-data one included), trusted by
+//!   Firehose for this account only (`sts:ExternalId`);
+//! - no metrics role: rivulet sends no metrics anywhere.
+//!
+//! Every statement names specific actions on specific ARNs. The only `Resource: "*"` are in the
+//! key policy, where `*` means the key itself (AWS requires it). [`policy::lint`] checks every
+//! generated document.
+
+mod aws;
+mod cfn;
+pub mod policy;
+
+use std::collections::BTreeMap;
+
+pub use aws::{apply, destroy, ApplyReport};
+pub use cfn::cloudformation;
+use policy::{arn, DocumentKind, PolicyDocument, Principal, Resource, Statement};
+
+use crate::config::{DeliverySection, SetupSection};
+use crate::{Error, Result};
+
+/// Tag key on everything rivulet creates: the pipeline's name.
+pub const TAG_PIPELINE: &str = "rivulet:pipeline";
+
+/// What the plan does with a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// It does not exist: apply creates it.
+    Create,
+    /// It exists (rivulet created it) and differs: apply changes what is listed.
+    Update(Vec<String>),
+    /// It exists as planned.
+    Unchanged,
+    /// It exists and rivulet did not create it: used as it is, never changed or deleted.
+    External,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Create => f.write_str("create"),
+            Action::Update(what) => write!(f, "update ({})", what.join(", ")),
+            Action::Unchanged => f.write_str("unchanged"),
+            Action::External => f.write_str("exists, not managed by rivulet: left alone"),
+        }
+    }
+}
+
+/// Capacity of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// Provisioned with this many shards.
+    Shards(u32),
+    /// On-demand.
+    OnDemand,
+}
+
+/// A Firehose destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// S3: objects under `prefix`, failed records under `error_prefix`.
+    S3(S3Destination),
+    /// Redshift, loaded with COPY from an S3 staging prefix.
+    Redshift {
+        /// `jdbc:redshift://…`.
+        jdbc_url: String,
+        /// Target table.
+        table: String,
+        /// Column list of the COPY, if any.
+        columns: Option<String>,
+        /// Database user.
+        username: String,
+        /// Environment variable holding the password at apply time.
+        password_env: String,
+        /// Extra COPY options.
+        copy_options: Option<String>,
+        /// The S3 staging area (and backup).
+        staging: S3Destination,
+    },
+    /// OpenSearch, with failed documents backed up to S3.
+    OpenSearch {
+        /// The domain's ARN.
+        domain_arn: String,
+        /// The index.
+        index: String,
+        /// Index rotation.
+        rotation: String,
+        /// Where failed documents go.
+        backup: S3Destination,
+    },
+}
+
+impl Destination {
+    /// The S3 part every destination has (the destination, its staging area or its backup).
+    pub fn s3(&self) -> &S3Destination {
+        match self {
+            Destination::S3(s)
+            | Destination::Redshift { staging: s, .. }
+            | Destination::OpenSearch { backup: s, .. } => s,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Destination::S3(_) => "s3",
+            Destination::Redshift { .. } => "redshift",
+            Destination::OpenSearch { .. } => "opensearch",
+        }
+    }
+}
+
+/// The S3 settings of a delivery stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Destination {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object prefix.
+    pub prefix: String,
+    /// Prefix of records Firehose could not deliver or transform.
+    pub error_prefix: String,
+    /// Buffering interval, seconds.
+    pub buffer_interval_secs: u32,
+    /// Buffering size, MiB.
+    pub buffer_size_mb: u32,
+    /// `UNCOMPRESSED`, `GZIP`, `ZIP`, `Snappy` or `HADOOP_SNAPPY`.
+    pub compression: String,
+}
+
+/// One planned resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// The KMS key (symmetric, rotation on), found by its alias.
+    Key {
+        /// `alias/rivulet-<pipeline>`.
+        alias: String,
+        /// Its key policy.
+        policy: PolicyDocument,
+    },
+    /// A bucket.
+    Bucket {
+        /// Name.
+        name: String,
+        /// Default encryption with the key.
+        encrypted: bool,
+    },
+    /// A Kinesis stream.
+    Stream {
+        /// Name.
+        name: String,
+        /// Shards or on-demand.
+        capacity: Capacity,
+        /// Server-side encryption with the key.
+        encrypted: bool,
+    },
+    /// An IAM role with one inline policy.
+    Role {
+        /// Name.
+        name: String,
+        /// What it is for.
+        purpose: String,
+        /// Who may assume it.
+        trust: PolicyDocument,
+        /// What it may do (inline policy `rivulet`).
+        policy: PolicyDocument,
+    },
+    /// A Firehose delivery stream (Direct PUT).
+    DeliveryStream {
+        /// Name.
+        name: String,
+        /// The role Firehose assumes.
+        role: String,
+        /// Where it delivers.
+        destination: Destination,
+        /// SSE with the key.
+        encrypted: bool,
+    },
+}
+
+impl Planned {
+    /// `kind name`, for listings.
+    pub fn label(&self) -> String {
+        match self {
+            Planned::Key { alias, .. } => format!("KMS key {alias}"),
+            Planned::Bucket { name, .. } => format!("S3 bucket {name}"),
+            Planned::Stream { name, .. } => format!("Kinesis stream {name}"),
+            Planned::Role { name, .. } => format!("IAM role {name}"),
+            Planned::DeliveryStream { name, .. } => format!("Firehose delivery stream {name}"),
+        }
+    }
+}
+
+/// The resources of a pipeline, each with what apply would do to it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// AWS account.
+    pub account: String,
+    /// Region.
+    pub region: String,
+    /// In the order apply creates them.
+    pub resources: Vec<(Planned, Action)>,
+    /// Things the user should know (keys rivulet does not manage, …).
+    pub notes: Vec<String>,
+    key_arn: Option<String>,
+}
+
+impl Plan {
+    /// Reads what exists in the account and plans the pipeline file's resources.
+    pub async fn new(config: &crate::PipelineConfig) -> Result<Self> {
+        let inputs = config.setup_inputs()?;
+        let env = aws::Env::connect(&inputs).await?;
+        let found = env.discover(&inputs).await?;
+        let mut plan = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
+        env.compare(&mut plan, &found).await?;
+        Ok(plan)
+    }
+
+    /// The key's ARN, when the key exists.
+    pub fn key_arn(&self) -> Option<String> {
+        self.key_arn.clone()
+    }
+
+    /// Whether apply would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.resources
+            .iter()
+            .any(|(_, a)| matches!(a, Action::Create | Action::Update(_)))
+    }
+
+    /// A readable listing, with every policy pretty-printed.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "pipeline `{}` in account {} ({}):\n",
+            self.pipeline, self.account, self.region
+        );
+        for (r, a) in &self.resources {
+            out.push_str(&format!("  {:<60} {a}\n", r.label()));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        for (r, _) in &self.resources {
+            match r {
+                Planned::Role {
+                    name,
+                    purpose,
+                    trust,
+                    policy,
+                } => {
+                    out.push_str(&format!(
+                        "\nrole {name} ({purpose})\ntrust policy:\n{}\npolicy `rivulet`:\n{}\n",
+                        trust.to_json_pretty(),
+                        policy.to_json_pretty()
+                    ));
+                }
+                Planned::Key { alias, policy } => {
+                    out.push_str(&format!(
+                        "\nkey policy of {alias}:\n{}\n",
+                        policy.to_json_pretty()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// What the pipeline file says about resources.
+#[derive(Debug, Clone)]
+pub(crate) struct SetupInputs {
+    pub(crate) pipeline: String,
+    pub(crate) section: SetupSection,
+    /// The Kinesis source stream, and the region and endpoint the source names.
+    pub(crate) source: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    /// Firehose sinks' delivery streams (error output included), and the raw copy's.
+    pub(crate) deliveries: Vec<String>,
+    pub(crate) raw_delivery: Option<String>,
+    /// Kinesis sinks' streams.
+    pub(crate) output_streams: Vec<String>,
+    /// S3 sinks' bucket and prefix (raw copy and error output included).
+    pub(crate) s3_sinks: Vec<(String, String)>,
+    /// Whether a sink seals its output with the setup's key (its `encryption.kms_key_id` is the
+    /// setup key's alias); other key ids, which rivulet does not manage.
+    pub(crate) envelope_with_setup_key: bool,
+    pub(crate) other_keys: Vec<String>,
+}
+
+/// The setup key's alias for `pipeline`.
+pub fn key_alias(pipeline: &str) -> String {
+    format!("alias/rivulet-{}", sanitize(pipeline, 200))
+}
+
+/// `s` restricted to the characters IAM and KMS names take, at most `max` long (with a digest of
+/// the whole when cut, so that names stay distinct).
+fn sanitize(s: &str, max: usize) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    use md5::Digest as _;
+    let digest = md5::Md5::digest(s.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hex}", &clean[..max - 9])
+}
+
+/// Role names: `rivulet-<pipeline>-<what>`, at most 64 characters.
+fn role_name(pipeline: &str, what: &str) -> String {
+    sanitize(&format!("rivulet-{pipeline}-{what}"), 64)
+}
+
+/// ARN builders for one account and region.
+#[derive(Debug, Clone)]
+struct Arns<'a> {
+    account: &'a str,
+    region: &'a str,
+}
+
+impl Arns<'_> {
+    fn stream(&self, name: &str) -> String {
+        format!(
+            "arn:aws:kinesis:{}:{}:stream/{name}",
+            self.region, self.account
+        )
+    }
+    fn delivery(&self, name: &str) -> String {
+        format!(
+            "arn:aws:firehose:{}:{}:deliverystream/{name}",
+            self.region, self.account
+        )
+    }
+    fn role(&self, name: &str) -> String {
+        format!("arn:aws:iam::{}:role/{name}", self.account)
+    }
+    fn root(&self) -> String {
+        format!("arn:aws:iam::{}:root", self.account)
+    }
+    fn log_group(&self, delivery: &str) -> String {
+        format!(
+            "arn:aws:logs:{}:{}:log-group:/aws/kinesisfirehose/{delivery}:log-stream:*",
+            self.region, self.account
+        )
+    }
+}
+
+/// Placeholder for the key's ARN before the key exists.
+const KEY_PENDING: &str = "(the key's ARN, known once apply creates it)";
+
+/// The resources the inputs call for, with their policies, all planned as [`Action::Create`].
+pub(crate) fn desired(
+    inputs: &SetupInputs,
+    account: &str,
+    region: &str,
+    key_arn: Option<&str>,
+) -> Result<Plan> {
+    let s = &inputs.section;
+    let arns = Arns { account, region };
+    let p = &inputs.pipeline;
+    let encryption = s.encryption.unwrap_or(true);
+    let key = key_arn.unwrap_or(KEY_PENDING).to_owned();
+    let mut resources: Vec<Planned> = Vec::new();
+    let mut notes = Vec::new();
+
+    let all_deliveries: Vec<(&String, bool)> = inputs
+        .deliveries
+        .iter()
+        .map(|d| (d, false))
+        .chain(inputs.raw_delivery.iter().map(|d| (d, true)))
+        .collect();
+    for name in s.delivery.keys() {
+        if !all_deliveries.iter().any(|(d, _)| *d == name) {
+            return Err(Error::config(
+                format!("setup.delivery.{name}"),
+                "no firehose sink, raw copy or error output delivers to this delivery stream",
+            ));
+        }
+    }
+    if !all_deliveries.is_empty() && s.bucket.is_none() {
+        return Err(Error::config(
+            "setup.bucket",
+            "the pipeline writes to Firehose: name the bucket the delivery streams deliver to",
+        ));
+    }
+
+    // The key first: every other resource's policy names it.
+    let mut key_users: Vec<String> = Vec::new();
+    // Buckets: the delivery bucket and the S3 sinks' buckets.
+    let mut buckets: Vec<String> = Vec::new();
+    if let Some(b) = &s.bucket {
+        buckets.push(b.clone());
+    }
+    for (b, _) in &inputs.s3_sinks {
+        if !buckets.contains(b) {
+            buckets.push(b.clone());
+        }
+    }
+
+    // Streams.
+    let capacity = |n: Option<u32>, default: u32| match n.unwrap_or(default) {
+        0 => Capacity::OnDemand,
+        n => Capacity::Shards(n),
+    };
+    let mut streams = Vec::new();
+    if let Some(src) = &inputs.source {
+        streams.push(Planned::Stream {
+            name: src.clone(),
+            capacity: capacity(s.source_shards, 2),
+            encrypted: encryption,
+        });
+    }
+    for o in &inputs.output_streams {
+        if Some(o) != inputs.source.as_ref() {
+            streams.push(Planned::Stream {
+                name: o.clone(),
+                capacity: capacity(s.output_shards, 1),
+                encrypted: encryption,
+            });
+        }
+    }
+
+    // Delivery streams and their roles.
+    let mut delivery_roles = Vec::new();
+    let mut deliveries = Vec::new();
+    for (name, raw) in &all_deliveries {
+        let section = s.delivery.get(*name).cloned().unwrap_or_default();
+        let destination = destination(name, *raw, &section, s.bucket.as_deref().unwrap_or(""))?;
+        let role = role_name(p, &format!("firehose-{name}"));
+        let policy = delivery_policy(&arns, name, &destination, encryption.then_some(&key));
+        let trust = PolicyDocument::new(vec![Statement::allow(
+            "FirehoseAssumesRole",
+            &["sts:AssumeRole"],
+            vec![],
+        )
+        .with_principal(Principal::Service("firehose.amazonaws.com".into()))
+        .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])]);
+        delivery_roles.push(Planned::Role {
+            name: role.clone(),
+            purpose: format!(
+                "Firehose delivers `{name}` to {}{}",
+                destination.kind(),
+                if *raw { " (raw-data copy)" } else { "" }
+            ),
+            trust,
+            policy,
+        });
+        key_users.push(arns.role(&role));
+        deliveries.push(Planned::DeliveryStream {
+            name: (*name).clone(),
+            role,
+            destination,
+            encrypted: encryption,
+        });
+    }
+
+    // The runtime role.
+    let runtime = role_name(p, "runtime");
+    let runtime_policy = runtime_policy(&arns, inputs, encryption.then_some(&key));
+    let principals: Vec<Principal> = if s.runtime_principals.is_empty() {
+        vec![Principal::Aws(arns.root())]
+    } else {
+        s.runtime_principals
+            .iter()
+            .map(|p| {
+                if p.starts_with("arn:") {
+                    Principal::Aws(p.clone())
+                } else {
+                    Principal::Service(p.clone())
+                }
+            })
+            .collect()
+    };
+    let runtime_trust = PolicyDocument::new(
+        principals
+            .into_iter()
+            .enumerate()
+            .map(|(i, pr)| {
+                Statement::allow(&format!("AssumeRole{i}"), &["sts:AssumeRole"], vec![])
+                    .with_principal(pr)
+            })
+            .collect(),
+    );
+    key_users.push(arns.role(&runtime));
+    let runtime_role = Planned::Role {
+        name: runtime,
+        purpose: "what the application running the pipeline may do".into(),
+        trust: runtime_trust,
+        policy: runtime_policy,
+    };
+
+    if encryption {
+        resources.push(Planned::Key {
+            alias: key_alias(p),
+            policy: key_policy(&arns, &key_users, &delivery_roles, region),
+        });
+    }
+    for b in buckets {
+        resources.push(Planned::Bucket {
+            name: b,
+            encrypted: encryption,
+        });
+    }
+    resources.extend(streams);
+    resources.extend(delivery_roles);
+    resources.push(runtime_role);
+    resources.extend(deliveries);
+
+    for k in &inputs.other_keys {
+        notes.push(format!(
+            "a sink encrypts with key `{k}`, which rivulet does not manage: the runtime role is \
+             not granted it; grant kms:GenerateDataKey and kms:Decrypt on it yourself"
+        ));
+    }
+    // Every document passes the lint.
+    for r in &resources {
+        let docs: Vec<(&PolicyDocument, DocumentKind, String)> = match r {
+            Planned::Role {
+                name,
+                trust,
+                policy,
+                ..
+            } => vec![
+                (
+                    trust,
+                    DocumentKind::Trust,
+                    format!("trust policy of {name}"),
+                ),
+                (policy, DocumentKind::Identity, format!("policy of {name}")),
+            ],
+            Planned::Key { alias, policy } => {
+                vec![(
+                    policy,
+                    DocumentKind::KeyPolicy,
+                    format!("key policy of {alias}"),
+                )]
+            }
+            _ => vec![],
+        };
+        for (doc, kind, what) in docs {
+            let problems = policy::lint(doc, kind);
+            if !problems.is_empty() {
+                return Err(Error::Pipeline(format!(
+                    "the generated {what} fails the policy lint: {}",
+                    problems.join("; ")
+                )));
+            }
+        }
+    }
+    Ok(Plan {
+        pipeline: p.clone(),
+        account: account.to_owned(),
+        region: region.to_owned(),
+        resources: resources.into_iter().map(|r| (r, Action::Create)).collect(),
+        notes,
+        key_arn: key_arn.map(str::to_owned),
+    })
+}
+
+fn destination(name: &str, raw: bool, d: &DeliverySection, bucket: &str) -> Result<Destination> {
+    let key = |k: &str| format!("setup.delivery.{name}.{k}");
+    let compression = d
+        .compression
+        .clone()
+        .unwrap_or_else(|| "UNCOMPRESSED".into());
+    if !["UNCOMPRESSED", "GZIP", "ZIP", "Snappy", "HADOOP_SNAPPY"].contains(&compression.as_str()) {
+        return Err(Error::config(
+            key("compression"),
+            format!("`{compression}` is not UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY"),
+        ));
+    }
+    let interval = d.buffer_interval_secs.unwrap_or(300);
+    if !(0..=900).contains(&interval) {
+        return Err(Error::config(
+            key("buffer_interval_secs"),
+            "Firehose takes 0 to 900 seconds",
+        ));
+    }
+    let size = d.buffer_size_mb.unwrap_or(if raw { 10 } else { 5 });
+    if !(1..=128).contains(&size) {
+        return Err(Error::config(
+            key("buffer_size_mb"),
+            "Firehose takes 1 to 128 MiB",
+        ));
+    }
+    let s3 = S3Destination {
+        bucket: bucket.to_owned(),
+        prefix: d.prefix.clone().unwrap_or_else(|| {
+            if raw {
+                "rawStreamData/".into()
+            } else {
+                "AggregatedData/".into()
+            }
+        }),
+        error_prefix: d
+            .error_prefix
+            .clone()
+            .unwrap_or_else(|| format!("processing-failed/{name}/")),
+        buffer_interval_secs: interval,
+        buffer_size_mb: size,
+        compression,
+    };
+    let need = |v: &Option<String>, k: &str| {
+        v.clone()
+            .ok_or_else(|| Error::config(key(k), "required for this destination"))
+    };
+    match d.destination.as_deref().unwrap_or("s3") {
+        "s3" => Ok(Destination::S3(s3)),
+        "redshift" if !raw => Ok(Destination::Redshift {
+            jdbc_url: need(&d.jdbc_url, "jdbc_url")?,
+            table: need(&d.table, "table")?,
+            columns: d.columns.clone(),
+            username: need(&d.username, "username")?,
+            password_env: need(&d.password_env, "password_env")?,
+            copy_options: d.copy_options.clone(),
+            staging: s3,
+        }),
+        "opensearch" if !raw => Ok(Destination::OpenSearch {
+            domain_arn: need(&d.domain_arn, "domain_arn")?,
+            index: need(&d.index, "index")?,
+            rotation: d.index_rotation.clone().unwrap_or_else(|| "OneDay".into()),
+            backup: s3,
+        }),
+        "redshift" | "opensearch" => Err(Error::config(
+            key("destination"),
+            "the raw-data copy goes to S3",
+        )),
+        other => Err(Error::config(
+            key("destination"),
+            format!("`{other}` is not s3, redshift or opensearch"),
+        )),
+    }
+}
+
+/// Objects under `prefix` of `bucket`.
+fn objects(bucket: &str, prefix: &str) -> String {
+    format!("arn:aws:s3:::{bucket}/{prefix}*")
+}
+
+fn delivery_policy(
+    arns: &Arns<'_>,
+    name: &str,
+    d: &Destination,
+    key: Option<&String>,
+) -> PolicyDocument {
+    let s3 = d.s3();
+    let bucket = format!("arn:aws:s3:::{}", s3.bucket);
+    let mut st = vec![
+        Statement::allow(
+            "BucketLevel",
+            &[
+                "s3:GetBucketLocation",
+                "s3:ListBucket",
+                "s3:ListBucketMultipartUploads",
+            ],
+            vec![arn(&bucket)],
+        ),
+        Statement::allow(
+            "ObjectsUnderPrefixes",
+            &["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
+            vec![
+                arn(objects(&s3.bucket, &s3.prefix)),
+                arn(objects(&s3.bucket, &s3.error_prefix)),
+            ],
+        ),
+        Statement::allow(
+            "DeliveryLogs",
+            &["logs:PutLogEvents"],
+            vec![arn(arns.log_group(name))],
+        ),
+    ];
+    if let Some(key) = key {
+        st.push(
+            Statement::allow(
+                "EncryptObjectsThroughS3",
+                &["kms:Decrypt", "kms:GenerateDataKey"],
+                vec![arn(key)],
+            )
+            .with_condition(
+                "StringEquals",
+                "kms:ViaService",
+                vec![format!("s3.{}.amazonaws.com", arns.region)],
+            )
+            .with_condition(
+                "StringLike",
+                "kms:EncryptionContext:aws:s3:arn",
+                vec![
+                    objects(&s3.bucket, &s3.prefix),
+                    objects(&s3.bucket, &s3.error_prefix),
+                ],
+            ),
+        );
+    }
+    if let Destination::OpenSearch { domain_arn, .. } = d {
+        st.push(Statement::allow(
+            "DescribeDomain",
+            &[
+                "es:DescribeDomain",
+                "es:DescribeDomains",
+                "es:DescribeDomainConfig",
+            ],
+            vec![arn(domain_arn)],
+        ));
+        st.push(Statement::allow(
+            "WriteDocuments",
+            &["es:ESHttpPost", "es:ESHttpPut", "es:ESHttpGet"],
+            vec![arn(format!("{domain_arn}/*"))],
+        ));
+    }
+    PolicyDocument::new(st)
+}
+
+fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -> PolicyDocument {
+    let mut st = Vec::new();
+    if let Some(src) = &inputs.source {
+        st.push(Statement::allow(
+            "ReadSourceStream",
+            &[
+                "kinesis:DescribeStreamSummary",
+                "kinesis:GetRecords",
+                "kinesis:GetShardIterator",
+                "kinesis:ListShards",
+            ],
+            vec![arn(arns.stream(src))],
+        ));
+    }
+    let deliveries: Vec<Resource> = inputs
+        .deliveries
+        .iter()
+        .chain(inputs.raw_delivery.iter())
+        .map(|d| arn(arns.delivery(d)))
+        .collect();
+    if !deliveries.is_empty() {
+        st.push(Statement::allow(
+            "WriteDeliveryStreams",
+            &["firehose:PutRecord", "firehose:PutRecordBatch"],
+            deliveries,
+        ));
+    }
+    if !inputs.output_streams.is_empty() {
+        st.push(Statement::allow(
+            "WriteOutputStreams",
+            &["kinesis:PutRecord", "kinesis:PutRecords"],
+            inputs
+                .output_streams
+                .iter()
+                .map(|o| arn(arns.stream(o)))
+                .collect(),
+        ));
+    }
+    if !inputs.s3_sinks.is_empty() {
+        let mut resources: Vec<Resource> = inputs
+            .s3_sinks
+            .iter()
+            .map(|(b, p)| arn(objects(b, p)))
+            .collect();
+        resources.sort();
+        resources.dedup();
+        st.push(Statement::allow(
+            "WriteObjects",
+            &["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
+            resources,
+        ));
+    }
+    if let Some(key) = key {
+        let via_kinesis = inputs.source.is_some() || !inputs.output_streams.is_empty();
+        if via_kinesis {
+            st.push(
+                Statement::allow(
+                    "EncryptedStreams",
+                    &["kms:Decrypt", "kms:GenerateDataKey"],
+                    vec![arn(key)],
+                )
+                .with_condition(
+                    "StringEquals",
+                    "kms:ViaService",
+                    vec![format!("kinesis.{}.amazonaws.com", arns.region)],
+                ),
+            );
+        }
+        if !inputs.s3_sinks.is_empty() {
+            st.push(
+                Statement::allow(
+                    "EncryptedObjects",
+                    &["kms:Decrypt", "kms:GenerateDataKey"],
+                    vec![arn(key)],
+                )
+                .with_condition(
+                    "StringEquals",
+                    "kms:ViaService",
+                    vec![format!("s3.{}.amazonaws.com", arns.region)],
+                ),
+            );
+        }
+        if inputs.envelope_with_setup_key {
+            st.push(
+                Statement::allow(
+                    "EnvelopeEncryption",
+                    &["kms:Decrypt", "kms:GenerateDataKey"],
+                    vec![arn(key)],
+                )
+                .with_condition(
+                    "StringEquals",
+                    &format!("kms:EncryptionContext:{}", crate::crypto::CONTEXT_PIPELINE),
+                    vec![inputs.pipeline.clone()],
+                ),
+            );
+        }
+    }
+    PolicyDocument::new(st)
+}
+
+fn key_policy(
+    arns: &Arns<'_>,
+    users: &[String],
+    delivery_roles: &[Planned],
+    region: &str,
+) -> PolicyDocument {
+    let mut st = vec![Statement::allow(
+        "AccountAdministersTheKey",
+        &[
+            "kms:CancelKeyDeletion",
+            "kms:CreateAlias",
+            "kms:DeleteAlias",
+            "kms:DescribeKey",
+            "kms:DisableKey",
+            "kms:DisableKeyRotation",
+            "kms:EnableKey",
+            "kms:EnableKeyRotation",
+            "kms:GetKeyPolicy",
+            "kms:GetKeyRotationStatus",
+            "kms:ListResourceTags",
+            "kms:PutKeyPolicy",
+            "kms:ScheduleKeyDeletion",
+            "kms:TagResource",
+            "kms:UntagResource",
+            "kms:UpdateAlias",
+            "kms:UpdateKeyDescription",
+        ],
+        vec![Resource::AnyKeyPolicy],
+    )
+    .with_principal(Principal::Aws(arns.root()))];
+    let delivery: Vec<String> = delivery_roles
+        .iter()
+        .filter_map(|r| match r {
+            Planned::Role { name, .. } => Some(arns.role(name)),
+            _ => None,
+        })
+        .collect();
+    for (i, role) in users.iter().enumerate() {
+        let through_s3 = delivery.contains(role);
+        let mut s = Statement::allow(
+            &format!("RoleUsesTheKey{i}"),
+            &["kms:Decrypt", "kms:GenerateDataKey"],
+            vec![Resource::AnyKeyPolicy],
+        )
+        .with_principal(Principal::Aws(role.clone()));
+        if through_s3 {
+            s = s.with_condition(
+                "StringEquals",
+                "kms:ViaService",
+                vec![format!("s3.{region}.amazonaws.com")],
+            );
+        }
+        st.push(s);
+    }
+    PolicyDocument::new(st)
+}
+
+/// Role-level summary for tests and listings: role name → statement ids.
+pub fn statements_by_role(plan: &Plan) -> BTreeMap<String, Vec<String>> {
+    plan.resources
+        .iter()
+        .filter_map(|(r, _)| match r {
+            Planned::Role { name, policy, .. } => Some((
+                name.clone(),
+                policy.statements.iter().map(|s| s.sid.clone()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

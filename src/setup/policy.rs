@@ -1,0 +1,336 @@
+//! IAM policy documents as typed values, serialised to the JSON IAM reads, and the lint that every
+//! generated document passes.
+
+use std::collections::BTreeMap;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+/// A policy document (identity, trust or key policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PolicyDocument {
+    /// Always `2012-10-17`.
+    pub version: &'static str,
+    /// The statements.
+    #[serde(rename = "Statement")]
+    pub statements: Vec<Statement>,
+}
+
+impl PolicyDocument {
+    /// A document of `statements`.
+    pub fn new(statements: Vec<Statement>) -> Self {
+        Self {
+            version: "2012-10-17",
+            statements,
+        }
+    }
+
+    /// The document as IAM's JSON, pretty-printed.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a policy document serialises")
+    }
+
+    /// The document as compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a policy document serialises")
+    }
+
+    /// The document as a JSON value (for comparing with what AWS returns).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a policy document serialises")
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Effect {
+    /// `Allow`.
+    Allow,
+    /// `Deny`.
+    Deny,
+}
+
+/// Who a trust or key policy statement is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An AWS service, e.g. `firehose.amazonaws.com`.
+    Service(String),
+    /// An account or IAM principal ARN, e.g. `arn:aws:iam::123456789012:root`.
+    Aws(String),
+}
+
+impl Serialize for Principal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Principal::Service(v) => m.serialize_entry("Service", v)?,
+            Principal::Aws(v) => m.serialize_entry("AWS", v)?,
+        }
+        m.end()
+    }
+}
+
+/// A resource a statement is about: an ARN, or `*` where AWS requires it (see
+/// [`Resource::AnyKeyPolicy`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resource {
+    /// A specific ARN (possibly ending in `/*` for the objects under a bucket prefix).
+    Arn(String),
+    /// `*` in a KMS key policy: there it means "this key", and AWS requires it (a key policy
+    /// cannot name its own key's ARN before the key exists).
+    AnyKeyPolicy,
+}
+
+impl Serialize for Resource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Resource::Arn(a) => s.serialize_str(a),
+            Resource::AnyKeyPolicy => s.serialize_str("*"),
+        }
+    }
+}
+
+/// Condition operator → key → values, as IAM writes conditions.
+pub type Conditions = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// One statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Statement {
+    /// A statement id, unique within the document.
+    pub sid: String,
+    /// Allow or deny.
+    pub effect: Effect,
+    /// For trust and key policies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
+    /// Actions, `service:Action`.
+    #[serde(rename = "Action")]
+    pub actions: Vec<String>,
+    /// Resources; empty in trust policies.
+    #[serde(rename = "Resource", skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Resource>,
+    /// Conditions.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub condition: Conditions,
+}
+
+impl Statement {
+    /// An `Allow` statement of `actions` on `resources`.
+    pub fn allow(sid: &str, actions: &[&str], resources: Vec<Resource>) -> Self {
+        Self {
+            sid: sid.to_owned(),
+            effect: Effect::Allow,
+            principal: None,
+            actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+            resources,
+            condition: BTreeMap::new(),
+        }
+    }
+
+    /// The statement with a principal.
+    pub fn with_principal(mut self, principal: Principal) -> Self {
+        self.principal = Some(principal);
+        self
+    }
+
+    /// The statement with one more condition `operator: {key: values}`.
+    pub fn with_condition(mut self, operator: &str, key: &str, values: Vec<String>) -> Self {
+        self.condition
+            .entry(operator.to_owned())
+            .or_default()
+            .insert(key.to_owned(), values);
+        self
+    }
+}
+
+/// One ARN as a resource.
+pub fn arn(a: impl Into<String>) -> Resource {
+    Resource::Arn(a.into())
+}
+
+/// What kind of document a lint checks: `*` resources are allowed only in key policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// An identity policy attached to a role.
+    Identity,
+    /// A role's trust policy.
+    Trust,
+    /// A KMS key policy.
+    KeyPolicy,
+}
+
+/// Checks a document for what least privilege forbids, and returns every problem:
+/// - `Action: "*"` or a whole service (`s3:*`);
+/// - `Resource: "*"`, except in a key policy (where it means the key itself);
+/// - `iam:PassRole` without a specific role ARN;
+/// - an identity statement with no resource, or a trust statement without a principal;
+/// - duplicate statement ids.
+pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut sids = std::collections::HashSet::new();
+    for st in &doc.statements {
+        let at = format!("statement `{}`", st.sid);
+        if !sids.insert(st.sid.as_str()) {
+            problems.push(format!("{at}: duplicate statement id"));
+        }
+        if st.actions.is_empty() {
+            problems.push(format!("{at}: no action"));
+        }
+        for a in &st.actions {
+            if a == "*" || a.ends_with(":*") || !a.contains(':') {
+                problems.push(format!("{at}: action `{a}` is not one specific action"));
+            }
+        }
+        match kind {
+            DocumentKind::Trust => {
+                if st.principal.is_none() {
+                    problems.push(format!("{at}: a trust statement needs a principal"));
+                }
+            }
+            DocumentKind::Identity => {
+                if st.resources.is_empty() {
+                    problems.push(format!("{at}: no resource"));
+                }
+                if st.resources.contains(&Resource::AnyKeyPolicy) {
+                    problems.push(format!(
+                        "{at}: `Resource: \"*\"` is allowed only in a key policy"
+                    ));
+                }
+            }
+            DocumentKind::KeyPolicy => {
+                if st.principal.is_none() {
+                    problems.push(format!("{at}: a key policy statement needs a principal"));
+                }
+            }
+        }
+        for r in &st.resources {
+            if let Resource::Arn(a) = r {
+                if a == "*" || a.trim().is_empty() {
+                    problems.push(format!("{at}: resource `{a}` is not an ARN"));
+                }
+            }
+        }
+        if st.actions.iter().any(|a| a == "iam:PassRole")
+            && !st
+                .resources
+                .iter()
+                .all(|r| matches!(r, Resource::Arn(a) if a.contains(":role/") && !a.ends_with('*')))
+        {
+            problems.push(format!(
+                "{at}: `iam:PassRole` must name the roles it passes"
+            ));
+        }
+        if st.actions.iter().any(|a| a == "iam:PassRole") && st.resources.is_empty() {
+            problems.push(format!("{at}: `iam:PassRole` without a resource"));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_like_iam() {
+        let doc = PolicyDocument::new(vec![Statement::allow(
+            "ReadSource",
+            &["kinesis:GetRecords"],
+            vec![arn("arn:aws:kinesis:us-east-1:123456789012:stream/s")],
+        )
+        .with_condition(
+            "StringEquals",
+            "kms:ViaService",
+            vec!["kinesis.us-east-1.amazonaws.com".into()],
+        )]);
+        assert_eq!(
+            doc.to_value(),
+            serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "ReadSource",
+                    "Effect": "Allow",
+                    "Action": ["kinesis:GetRecords"],
+                    "Resource": ["arn:aws:kinesis:us-east-1:123456789012:stream/s"],
+                    "Condition": {"StringEquals": {"kms:ViaService": ["kinesis.us-east-1.amazonaws.com"]}}
+                }]
+            })
+        );
+        let trust = PolicyDocument::new(vec![Statement::allow(
+            "Assume",
+            &["sts:AssumeRole"],
+            vec![],
+        )
+        .with_principal(Principal::Service("firehose.amazonaws.com".into()))]);
+        assert_eq!(
+            trust.to_value()["Statement"][0]["Principal"],
+            serde_json::json!({"Service": "firehose.amazonaws.com"})
+        );
+        assert!(lint(&trust, DocumentKind::Trust).is_empty());
+    }
+
+    #[test]
+    fn the_lint_refuses_hand_made_bad_policies() {
+        let bad = |st: Statement, kind| lint(&PolicyDocument::new(vec![st]), kind);
+        let any = || vec![arn("*")];
+        assert!(!bad(
+            Statement::allow("A", &["*"], vec![arn("arn:aws:s3:::b")]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["s3:*"], vec![arn("arn:aws:s3:::b")]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["s3:GetObject"], any()),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["s3:GetObject"], vec![Resource::AnyKeyPolicy]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["s3:GetObject"], vec![]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["iam:PassRole"], vec![]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["iam:PassRole"], vec![arn("arn:aws:iam::1:role/*")]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        assert!(!bad(
+            Statement::allow("A", &["sts:AssumeRole"], vec![]),
+            DocumentKind::Trust
+        )
+        .is_empty());
+        // The documented exception: `*` in a key policy is the key itself.
+        assert!(bad(
+            Statement::allow("Admin", &["kms:DescribeKey"], vec![Resource::AnyKeyPolicy])
+                .with_principal(Principal::Aws("arn:aws:iam::1:root".into())),
+            DocumentKind::KeyPolicy
+        )
+        .is_empty());
+        assert!(bad(
+            Statement::allow("A", &["iam:PassRole"], vec![arn("arn:aws:iam::1:role/r")]),
+            DocumentKind::Identity
+        )
+        .is_empty());
+        let dup = PolicyDocument::new(vec![
+            Statement::allow("A", &["s3:GetObject"], vec![arn("arn:aws:s3:::b/*")]),
+            Statement::allow("A", &["s3:PutObject"], vec![arn("arn:aws:s3:::b/*")]),
+        ]);
+        assert_eq!(lint(&dup, DocumentKind::Identity).len(), 1);
+    }
+}
