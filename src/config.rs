@@ -18,6 +18,8 @@ use crate::{Error, Result};
 ///
 /// ```toml
 /// name = "ticker"           # optional: the pipeline's name (default: the file name without extension)
+/// # transform = "clean_logs"  # optional: a record transform of a [[udfs]] module, applied to
+///                             # every record before decoding
 ///
 /// [source]
 /// type = "generator"        # or "file", or "kinesis"
@@ -44,9 +46,6 @@ use crate::{Error, Result};
 /// deadline_ms = 100         # per call (one micro-batch)
 /// # fuel = 50000000         # optional deterministic budget per call
 /// # max_memory_mb = 64
-///
-/// # transform = "drop_debug"  # optional, top level: a record transform of a [[udfs]] module,
-///                             # applied to every record before decoding
 ///
 /// [checkpoint]              # optional: resume after a stop or crash
 /// path = "state/checkpoint" # the checkpoint file (replaced atomically)
@@ -142,6 +141,7 @@ pub struct PipelineConfig {
     udfs: Vec<UdfConfig>,
     /// What `rivulet setup` provisions (feature `setup`); ignored by `rivulet run`.
     #[serde(default)]
+    #[cfg_attr(not(feature = "setup"), allow(dead_code))]
     setup: Option<SetupSection>,
     #[serde(skip)]
     base_dir: PathBuf,

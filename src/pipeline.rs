@@ -645,11 +645,22 @@ impl PipelineBuilder {
                     }
                 }
                 let sample_len = sample.len().min(self.infer_sample);
-                if let (0, Some(reason)) = (sample_len, transform_failure) {
-                    return Err(Error::Format(format!(
-                        "cannot infer a schema: the record transform failed on the sampled \
-                         records ({reason}); give the columns explicitly"
-                    )));
+                if let Some(t) = &self.transform {
+                    // Records the transform kept, the CSV header aside.
+                    let kept = sample.len() - header_rows_of(&self.format, !sample.is_empty());
+                    if kept == 0 && !replay.iter().all(|b| b.records.is_empty()) {
+                        return Err(Error::Format(match transform_failure {
+                            Some(reason) => format!(
+                                "cannot infer a schema: the record transform failed on the \
+                                 sampled records ({reason}); give the columns explicitly"
+                            ),
+                            None => format!(
+                                "cannot infer a schema: the record transform `{}` dropped or \
+                                 failed every sampled record; give the columns explicitly",
+                                t.name()
+                            ),
+                        }));
+                    }
                 }
                 if sample_len == 0 {
                     return Err(Error::Format(
@@ -1293,6 +1304,14 @@ impl Processing {
         let next = u32::try_from(self.partitions.len()).unwrap_or(u32::MAX);
         self.partitions.insert(Arc::from(shard), next);
         next
+    }
+}
+
+/// Rows of a sample that are a CSV header, not data.
+fn header_rows_of(format: &RecordFormat, non_empty: bool) -> usize {
+    match format {
+        RecordFormat::Csv(o) if o.has_header && non_empty => 1,
+        _ => 0,
     }
 }
 

@@ -79,6 +79,13 @@ impl Operator {
         }
     }
 
+    fn take_emit_issues(&mut self) -> Vec<(RecordBatch, String)> {
+        match self {
+            Operator::Group(op, _) => op.take_emit_issues(),
+            Operator::Over(_) => Vec::new(),
+        }
+    }
+
     fn emit_ready(&mut self) -> Result<Option<RecordBatch>> {
         match self {
             Operator::Group(op, _) => op.emit_ready(),
@@ -943,7 +950,16 @@ impl SqlProgram {
                     } else {
                         w.op.refresh(now);
                     }
-                    let Some(emitted) = w.op.emit_ready()? else {
+                    let emitted = w.op.emit_ready()?;
+                    for (row, reason) in w.op.take_emit_issues() {
+                        out.issues.push(SqlIssue {
+                            input_row: None,
+                            row: Some(row),
+                            kind: "sql".into(),
+                            reason,
+                        });
+                    }
+                    let Some(emitted) = emitted else {
                         continue;
                     };
                     let r = w.post.execute_rows(&emitted).await?;

@@ -345,9 +345,21 @@ pub(crate) struct WindowAggregate {
     sessions: HashMap<OwnedRow, Vec<Session>>,
     key_rows: RowConverter,
     late_rows: u64,
-    /// Indices of the aggregates whose calls can fail a batch (WASM guests): updated first, so a
-    /// failure leaves the others untouched.
+    /// Indices of the aggregates whose calls can fail a batch (WASM guests).
     guest_aggs: Vec<usize>,
+    /// Emitted rows whose guest aggregate could not be evaluated (its column is NULL there),
+    /// with the reason; taken by [`Self::take_emit_issues`].
+    emit_issues: Vec<(RecordBatch, String)>,
+}
+
+/// The keys, arguments and filters of some rows.
+type RowsOf = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<Option<ArrayRef>>);
+
+/// The WASM aggregate state behind a guest aggregate's accumulator.
+#[cfg(feature = "wasm")]
+fn guest_groups(acc: &mut Box<dyn GroupsAccumulator>) -> Option<&mut crate::wasm::WasmGroups> {
+    let any: &mut dyn std::any::Any = acc.as_mut();
+    any.downcast_mut()
 }
 
 /// Whether `agg` is an aggregate whose calls can fail a whole batch (a WASM guest's).
@@ -410,6 +422,7 @@ impl WindowAggregate {
             key_rows,
             late_rows: 0,
             guest_aggs,
+            emit_issues: Vec::new(),
         })
     }
 
@@ -581,17 +594,20 @@ impl WindowAggregate {
             spec => {
                 let assignments = assign(spec, &accepted);
                 let whole = assignments.len() == 1 && assignments[0].rows.len() == n;
-                for a in assignments {
-                    let rows = (!self.guest_aggs.is_empty()).then(|| a.rows.clone());
-                    let (start, end) = (a.start, a.end);
-                    if let Some(reason) =
-                        self.update_window(a, whole, &keys, &args, &filters, ctx.seq)?
-                    {
-                        failed.push((
-                            rows.unwrap_or_default(),
-                            format!("{reason} (window {} to {})", fmt_time(start), fmt_time(end)),
-                        ));
+                if self.guest_aggs.is_empty() {
+                    for a in assignments {
+                        self.update_window(a, whole, &keys, &args, &filters, ctx.seq)?;
                     }
+                } else {
+                    #[cfg(feature = "wasm")]
+                    failed.extend(self.update_windows_guest(
+                        assignments,
+                        whole,
+                        &keys,
+                        &args,
+                        &filters,
+                        ctx.seq,
+                    )?);
                 }
             }
         }
@@ -608,37 +624,44 @@ impl WindowAggregate {
         Ok(issues)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn update_window(
-        &mut self,
-        a: Assignment,
+    /// The keys, arguments and filters of an assignment's rows.
+    fn take_rows(
+        a: &Assignment,
         whole: bool,
         keys: &[ArrayRef],
         args: &[Vec<ArrayRef>],
         filters: &[Option<ArrayRef>],
+    ) -> Result<RowsOf> {
+        if whole {
+            return Ok((keys.to_vec(), args.to_vec(), filters.to_vec()));
+        }
+        let idx = UInt32Array::from(a.rows.clone());
+        Ok((
+            take_all(keys, &idx)?,
+            args.iter()
+                .map(|a| take_all(a, &idx))
+                .collect::<Result<Vec<_>>>()?,
+            filters
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .map(|f| Ok::<_, Error>(arrow::compute::take(f, &idx, None)?))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
+    /// Interns `keys` in the window `(end, start)` (created if new): the rows' group indices and
+    /// the window's number of groups.
+    fn intern(
+        &mut self,
+        window: (Millis, Millis),
+        keys: &[ArrayRef],
+        count: usize,
         seq: u64,
-    ) -> Result<Option<String>> {
-        let count = a.rows.len();
-        let (keys, args, filters) = if whole {
-            (keys.to_vec(), args.to_vec(), filters.to_vec())
-        } else {
-            let idx = UInt32Array::from(a.rows);
-            (
-                take_all(keys, &idx)?,
-                args.iter()
-                    .map(|a| take_all(a, &idx))
-                    .collect::<Result<Vec<_>>>()?,
-                filters
-                    .iter()
-                    .map(|f| {
-                        f.as_ref()
-                            .map(|f| Ok::<_, Error>(arrow::compute::take(f, &idx, None)?))
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            )
-        };
-        let state = match self.windows.entry((a.end, a.start)) {
+    ) -> Result<(Vec<usize>, usize)> {
+        let state = match self.windows.entry(window) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(new_window_state(&self.plan, seq)?)
@@ -648,7 +671,7 @@ impl WindowAggregate {
         groups.clear();
         let total = match &mut state.groups {
             Some(g) => {
-                g.intern(&keys, &mut groups)?;
+                g.intern(keys, &mut groups)?;
                 g.len()
             }
             None => {
@@ -657,44 +680,135 @@ impl WindowAggregate {
                 1
             }
         };
-        if self.guest_aggs.is_empty() {
-            for ((acc, values), filter) in state.accs.iter_mut().zip(&args).zip(&filters) {
-                let filter = filter.as_ref().map(|f| f.as_boolean());
-                acc.update_batch(values, &groups, filter, total)?;
-            }
-            state.scratch = groups;
-            return Ok(None);
+        Ok((groups, total))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_window(
+        &mut self,
+        a: Assignment,
+        whole: bool,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<ArrayRef>],
+        seq: u64,
+    ) -> Result<()> {
+        let (keys, args, filters) = Self::take_rows(&a, whole, keys, args, filters)?;
+        let window = (a.end, a.start);
+        let (groups, total) = self.intern(window, &keys, a.rows.len(), seq)?;
+        let state = self.windows.get_mut(&window).expect("interned above");
+        for ((acc, values), filter) in state.accs.iter_mut().zip(&args).zip(&filters) {
+            let filter = filter.as_ref().map(|f| f.as_boolean());
+            acc.update_batch(values, &groups, filter, total)?;
         }
-        // Guest aggregates first: a failed call changes no state, and then the others are only
-        // told of the new groups (an all-false filter), so the batch's rows count nowhere.
-        let order = self
-            .guest_aggs
-            .iter()
-            .copied()
-            .chain((0..state.accs.len()).filter(|i| !self.guest_aggs.contains(i)));
+        state.scratch = groups;
+        Ok(())
+    }
+
+    /// [`Self::update_window`] for every assignment of a batch, in two phases when the query has
+    /// guest (WASM) aggregates: every guest aggregate of every window computes its new states
+    /// first, and they are stored, and the other aggregates updated, only when all succeeded. So
+    /// a failed call changes no state anywhere: the batch's rows count in no window and no
+    /// aggregate, and each failed row is reported once.
+    #[cfg(feature = "wasm")]
+    #[allow(clippy::too_many_arguments)]
+    fn update_windows_guest(
+        &mut self,
+        assignments: Vec<Assignment>,
+        whole: bool,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<ArrayRef>],
+        seq: u64,
+    ) -> Result<Option<(Vec<u32>, String)>> {
+        struct Part {
+            window: (Millis, Millis),
+            groups: Vec<usize>,
+            total: usize,
+            count: usize,
+            args: Vec<Vec<ArrayRef>>,
+            filters: Vec<Option<ArrayRef>>,
+        }
+        let mut parts = Vec::with_capacity(assignments.len());
+        let mut rows: Vec<u32> = Vec::new();
+        for a in &assignments {
+            let (keys, args, filters) = Self::take_rows(a, whole, keys, args, filters)?;
+            let window = (a.end, a.start);
+            let (groups, total) = self.intern(window, &keys, a.rows.len(), seq)?;
+            rows.extend(&a.rows);
+            parts.push(Part {
+                window,
+                groups,
+                total,
+                count: a.rows.len(),
+                args,
+                filters,
+            });
+        }
+        let guests = self.guest_aggs.clone();
+        // Phase 1: the guest aggregates' new states, nothing stored.
+        let mut prepared = Vec::new();
         let mut failure = None;
-        for i in order {
-            let acc = &mut state.accs[i];
-            if failure.is_some() {
-                let none = arrow::array::BooleanArray::from(vec![false; count]);
-                acc.update_batch(&args[i], &groups, Some(&none), total)?;
-                continue;
-            }
-            let filter = filters[i].as_ref().map(|f| f.as_boolean());
-            if let Err(e) = acc.update_batch(&args[i], &groups, filter, total) {
-                failure = Some(guest_failure(e)?);
-            }
-        }
-        if let Some(populated) = &mut state.populated {
-            populated.resize(total, false);
-            if failure.is_none() {
-                for &g in &groups {
-                    populated[g] = true;
+        'calls: for (pi, part) in parts.iter().enumerate() {
+            let state = self.windows.get_mut(&part.window).expect("interned above");
+            for &i in &guests {
+                let g = guest_groups(&mut state.accs[i]).expect("a guest aggregate");
+                let filter = part.filters[i].as_ref().map(|f| f.as_boolean());
+                match g.prepare(&part.args[i], &part.groups, filter, part.total) {
+                    Ok(Some(p)) => prepared.push((pi, i, p)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let reason = guest_failure(e)?;
+                        failure = Some(format!(
+                            "{reason} (window {} to {})",
+                            fmt_time(part.window.1),
+                            fmt_time(part.window.0)
+                        ));
+                        break 'calls;
+                    }
                 }
             }
         }
-        state.scratch = groups;
-        Ok(failure)
+        // Phase 2: store, or only make room for the new groups.
+        let mut prepared = prepared.into_iter().peekable();
+        for (pi, part) in parts.into_iter().enumerate() {
+            let state = self.windows.get_mut(&part.window).expect("interned above");
+            if failure.is_none() {
+                while let Some((_, i, p)) = prepared.next_if(|(x, _, _)| *x == pi) {
+                    guest_groups(&mut state.accs[i])
+                        .expect("a guest aggregate")
+                        .commit(p);
+                }
+            }
+            let none = arrow::array::BooleanArray::from(vec![false; part.count]);
+            for (i, acc) in state.accs.iter_mut().enumerate() {
+                if guests.contains(&i) {
+                    guest_groups(acc)
+                        .expect("a guest aggregate")
+                        .grow(part.total);
+                    continue;
+                }
+                let filter = match (&failure, &part.filters[i]) {
+                    (Some(_), _) => Some(&none),
+                    (None, f) => f.as_ref().map(|f| f.as_boolean()),
+                };
+                acc.update_batch(&part.args[i], &part.groups, filter, part.total)?;
+            }
+            if let Some(populated) = &mut state.populated {
+                populated.resize(part.total, false);
+                if failure.is_none() {
+                    for &g in &part.groups {
+                        populated[g] = true;
+                    }
+                }
+            }
+            state.scratch = part.groups;
+        }
+        Ok(failure.map(|reason| {
+            rows.sort_unstable();
+            rows.dedup();
+            (rows, reason)
+        }))
     }
 
     fn push_sessions(
@@ -809,7 +923,7 @@ impl WindowAggregate {
     }
 
     fn window_rows(
-        &self,
+        &mut self,
         start: Millis,
         end: Millis,
         mut state: WindowState,
@@ -822,17 +936,46 @@ impl WindowAggregate {
             Some(g) => g.emit(EmitTo::All)?,
             None => Vec::new(),
         };
-        let aggs = state
-            .accs
-            .iter_mut()
-            .map(|a| Ok(a.evaluate(EmitTo::All)?))
-            .collect::<Result<Vec<_>>>()?;
+        let mut failures = Vec::new();
+        let mut aggs = Vec::with_capacity(state.accs.len());
+        for (a, agg) in state.accs.iter_mut().zip(&self.plan.aggs) {
+            aggs.push(match a.evaluate(EmitTo::All) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A guest that cannot evaluate: its column is NULL in the window's rows,
+                    // which go to the error output too, with the reason.
+                    failures.push(guest_failure(e)?);
+                    arrow::array::new_null_array(agg.field().data_type(), n)
+                }
+            });
+        }
         let batch = self.assemble(keys, vec![start; n], vec![end; n], aggs)?;
         let batch = keep_populated(batch, state.populated.as_deref())?;
+        for reason in failures {
+            for i in 0..batch.num_rows() {
+                self.emit_issues.push((
+                    batch.slice(i, 1),
+                    format!(
+                        "{reason} (window {} to {}; the aggregate is NULL in the emitted row)",
+                        fmt_time(start),
+                        fmt_time(end)
+                    ),
+                ));
+            }
+        }
         Ok((batch.num_rows() > 0).then_some(batch))
     }
 
-    fn session_rows(&self, closed: Vec<(OwnedRow, Session)>, gap: Millis) -> Result<RecordBatch> {
+    /// Rows emitted since the last call whose guest aggregate failed to evaluate.
+    pub(crate) fn take_emit_issues(&mut self) -> Vec<(RecordBatch, String)> {
+        std::mem::take(&mut self.emit_issues)
+    }
+
+    fn session_rows(
+        &mut self,
+        closed: Vec<(OwnedRow, Session)>,
+        gap: Millis,
+    ) -> Result<RecordBatch> {
         let n = closed.len();
         let keys = self
             .key_rows
@@ -841,9 +984,20 @@ impl WindowAggregate {
         let ends = closed.iter().map(|(_, s)| s.last + gap).collect();
         let mut columns: Vec<Vec<datafusion::common::ScalarValue>> =
             vec![Vec::with_capacity(n); self.plan.aggs.len()];
-        for (_, mut s) in closed {
-            for (col, acc) in columns.iter_mut().zip(s.accs.iter_mut()) {
-                col.push(acc.evaluate()?);
+        let mut failures = Vec::new();
+        for (row, (_, mut s)) in closed.into_iter().enumerate() {
+            for ((col, acc), agg) in columns
+                .iter_mut()
+                .zip(s.accs.iter_mut())
+                .zip(&self.plan.aggs)
+            {
+                col.push(match acc.evaluate() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failures.push((row, guest_failure(e)?));
+                        datafusion::common::ScalarValue::try_from(agg.field().data_type())?
+                    }
+                });
             }
         }
         let aggs = columns
@@ -857,7 +1011,14 @@ impl WindowAggregate {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        self.assemble(keys, starts, ends, aggs)
+        let batch = self.assemble(keys, starts, ends, aggs)?;
+        for (row, reason) in failures {
+            self.emit_issues.push((
+                batch.slice(row, 1),
+                format!("{reason} (session; the aggregate is NULL in the emitted row)"),
+            ));
+        }
+        Ok(batch)
     }
 
     fn assemble(
@@ -1131,13 +1292,26 @@ fn merge_session(list: &mut Vec<Session>, mut new: Session, gap: Millis) -> Resu
             s.start < new.last.saturating_add(gap) && new.start < s.last.saturating_add(gap);
         if overlaps {
             let mut old = list.remove(i);
+            let mut merged = Ok(());
             for (into, from) in new.accs.iter_mut().zip(old.accs.iter_mut()) {
                 let state = from
                     .state()?
                     .into_iter()
                     .map(|v| Ok(v.to_array()?))
                     .collect::<Result<Vec<_>>>()?;
-                into.merge_batch(&state)?;
+                if let Err(e) = into.merge_batch(&state) {
+                    merged = Err(e);
+                    break;
+                }
+            }
+            if let Err(e) = merged {
+                // A guest aggregate that cannot merge: both sessions stay, apart, rather than
+                // one being lost. (Its merge changed nothing; others before it may have merged.)
+                let reason = guest_failure(e)?;
+                tracing::warn!("two sessions could not be merged and are emitted apart: {reason}");
+                list.insert(i, old);
+                i += 1;
+                continue;
             }
             new.start = new.start.min(old.start);
             new.last = new.last.max(old.last);

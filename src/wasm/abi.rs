@@ -200,6 +200,13 @@ pub(crate) fn parse_description(module: &str, json: &[u8]) -> Result<Vec<Functio
                 f.name, f.kind, d.abi
             )));
         }
+        if f.kind == FunctionKind::Aggregate && f.args.is_empty() {
+            return Err(Error::Sql(format!(
+                "WASM module `{module}`: aggregate `{}` takes no arguments; an aggregate takes at \
+                 least one (COUNT(*) counts rows without a function)",
+                f.name
+            )));
+        }
         if f.kind == FunctionKind::Transform
             && (f.args != [AbiType::Binary] || f.returns != AbiType::Binary)
         {
@@ -242,6 +249,7 @@ mod tests {
             br#"{"abi":2,"functions":[{"name":"t","kind":"transform","args":["utf8"],"returns":"binary"}]}"#,
             br#"{"abi":2,"functions":[{"name":"f","kind":"scalar","args":[],"returns":"i32"},{"name":"f","kind":"scalar","args":[],"returns":"i32"}]}"#,
             br#"{"abi":2,"functions":[{"name":"f","kind":"window","args":[],"returns":"i32"}]}"#,
+            br#"{"abi":2,"functions":[{"name":"n","kind":"aggregate","args":[],"returns":"i64"}]}"#,
             br#"{"abi":1,"functions":[{"name":"Bad","kind":"scalar","args":[],"returns":"i32"}]}"#,
             br#"{"abi":1,"functions":[{"name":"f","kind":"scalar","args":["u8"],"returns":"i32"}]}"#,
             b"not json",

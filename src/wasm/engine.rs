@@ -20,6 +20,9 @@ use super::abi::{self, AbiType, FunctionDescription};
 use super::WasmLimits;
 use crate::{Error, Result};
 
+/// Longest error message taken from a guest, in bytes.
+const MAX_MESSAGE: usize = 1024;
+
 /// How often the epoch advances: the resolution of call deadlines.
 const TICK: Duration = Duration::from_millis(1);
 
@@ -368,7 +371,9 @@ impl Loaded {
         let ptr = match live.region {
             Some((ptr, cap)) if cap >= total => ptr,
             _ => {
-                let cap = total.next_power_of_two().max(64 << 10);
+                // A quarter more than needed, so that slightly larger batches reuse the region
+                // (not the next power of two, which would double a large batch's memory).
+                let cap = (total + total / 4).max(64 << 10).next_multiple_of(8);
                 let cap32 =
                     i32::try_from(cap).map_err(|_| broken("the batch is over 2 GiB".into()))?;
                 self.arm(&mut live.store).map_err(broken)?;
@@ -402,7 +407,7 @@ impl Loaded {
         }
         let entry = live.entry(layout.export).map_err(broken)?;
         self.arm(&mut live.store).map_err(broken)?;
-        entry
+        let returned = entry
             .call(&mut live.store, ptr as i32)
             .map_err(|e| broken(describe_trap(&e, &self.limits)))?;
         let mem = live.memory.data(&live.store);
@@ -412,11 +417,22 @@ impl Loaded {
                 get(header, abi::ERR) as usize,
                 get(header, abi::ERR + 4) as usize,
             );
-            let msg = mem
+            // The message goes into every failed row's error record: a guest cannot make the
+            // host copy its whole memory per row.
+            let shown = l.min(MAX_MESSAGE);
+            let mut msg = mem
                 .get(p..p.saturating_add(l))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .map(|b| String::from_utf8_lossy(&b[..shown]).into_owned())
                 .unwrap_or_else(|| "(an error message outside memory)".into());
+            if shown < l {
+                msg.push_str(&format!("… ({l} bytes in all)"));
+            }
             return Err(CallFailure::Guest(msg));
+        }
+        if returned != 0 {
+            return Err(CallFailure::Guest(format!(
+                "the entry point returned {returned} without reporting an error"
+            )));
         }
         read(mem, base).map_err(broken)
     }

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use abi::{AbiType, FunctionDescription, FunctionKind};
+pub(crate) use udf::WasmGroups;
 pub use udf::{WasmAggregateFunction, WasmRecordTransform, WasmScalarFunction};
 
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};

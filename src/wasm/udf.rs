@@ -249,7 +249,7 @@ impl AggregateUDFImpl for WasmAggregateFunction {
 
 /// The state of a WASM aggregate for many groups: each group's state bytes (`None` until the
 /// group has been updated). One guest call per batch, whatever the number of groups.
-struct WasmGroups {
+pub(crate) struct WasmGroups {
     instances: Arc<Instances>,
     desc: FunctionDescription,
     states: Vec<Option<Bytes>>,
@@ -279,9 +279,59 @@ impl WasmGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> DfResult<()> {
+        if let Some(p) =
+            self.prepare_step(merge, values, group_indices, opt_filter, total_num_groups)?
+        {
+            self.commit(p);
+        }
+        Ok(())
+    }
+
+    /// Makes room for `total_num_groups` groups.
+    pub(crate) fn grow(&mut self, total_num_groups: usize) {
         if self.states.len() < total_num_groups {
             self.states.resize(total_num_groups, None);
         }
+    }
+
+    /// An update's new states for the groups it touches, without storing them: the window
+    /// operator prepares every guest aggregate of a batch, and commits only when all succeeded.
+    pub(crate) fn prepare(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<Option<Prepared>> {
+        self.prepare_step(false, values, group_indices, opt_filter, total_num_groups)
+    }
+
+    /// Stores prepared states.
+    pub(crate) fn commit(&mut self, p: Prepared) {
+        let offsets = p.states.value_offsets();
+        for (i, &g) in p.touched.iter().enumerate() {
+            let old = self.states[g].as_ref().map_or(0, Bytes::len);
+            // Each group gets its own copy: a slice of the call's buffer would keep all of it
+            // alive for as long as any one group lives.
+            self.states[g] = p.states.is_valid(i).then(|| {
+                Bytes::copy_from_slice(
+                    &p.states.value_data()[offsets[i] as usize..offsets[i + 1] as usize],
+                )
+            });
+            let now = self.states[g].as_ref().map_or(0, Bytes::len);
+            self.bytes = self.bytes + now - old;
+        }
+    }
+
+    fn prepare_step(
+        &mut self,
+        merge: bool,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<Option<Prepared>> {
+        self.grow(total_num_groups);
         let (values, group_indices): (Vec<ArrayRef>, std::borrow::Cow<'_, [usize]>) =
             match opt_filter {
                 Some(f) => {
@@ -302,7 +352,7 @@ impl WasmGroups {
                 None => (values.to_vec(), group_indices.into()),
             };
         if group_indices.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let values = if merge {
             values
@@ -327,22 +377,8 @@ impl WasmGroups {
         let result = self
             .instances
             .with(|m, live| m.aggregate_step(live, &self.desc, merge, &ids, &states, &values));
-        let new = result.map_err(|e| failure("aggregate", &self.desc, e))?;
-        // One allocation for the batch's states; each group keeps a slice of it.
-        let data = Bytes::from(new.value_data().to_vec());
-        let offsets = new.value_offsets();
-        for (i, &g) in touched.iter().enumerate() {
-            let old = self.states[g].as_ref().map_or(0, Bytes::len);
-            self.states[g] = new.is_valid(i).then(|| {
-                data.slice(
-                    offsets[i] as usize - offsets[0] as usize
-                        ..offsets[i + 1] as usize - offsets[0] as usize,
-                )
-            });
-            let now = self.states[g].as_ref().map_or(0, Bytes::len);
-            self.bytes = self.bytes + now - old;
-        }
-        Ok(())
+        let states = result.map_err(|e| failure("aggregate", &self.desc, e))?;
+        Ok(Some(Prepared { touched, states }))
     }
 
     /// Takes the states `emit_to` selects.
@@ -393,14 +429,26 @@ impl GroupsAccumulator for WasmGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> DfResult<()> {
-        // A partial state that is null (a group never updated) has nothing to merge.
+        self.grow(total_num_groups);
+        // A partial state that is null (a group never updated) has nothing to merge. A group
+        // without a state takes its first partial state as it is: restoring a checkpoint (and
+        // putting state back after a snapshot) installs the saved bytes without calling the
+        // guest, so it cannot fail, and a guest's `Default` never has to be a merge identity.
         let partial = values[0].as_binary::<i32>();
-        let (keep, groups): (Vec<u32>, Vec<usize>) = (0..partial.len())
-            .filter(|&i| partial.is_valid(i))
-            .map(|i| (i as u32, group_indices[i]))
-            .unzip();
-        if self.states.len() < total_num_groups {
-            self.states.resize(total_num_groups, None);
+        let mut keep = Vec::new();
+        let mut groups = Vec::new();
+        for (i, &g) in group_indices.iter().enumerate().take(partial.len()) {
+            if !partial.is_valid(i) {
+                continue;
+            }
+            if self.states[g].is_none() {
+                let bytes = Bytes::copy_from_slice(partial.value(i));
+                self.bytes += bytes.len();
+                self.states[g] = Some(bytes);
+            } else {
+                keep.push(i as u32);
+                groups.push(g);
+            }
         }
         if keep.is_empty() {
             return Ok(());
@@ -437,6 +485,13 @@ impl GroupsAccumulator for WasmGroups {
     fn size(&self) -> usize {
         self.bytes + self.states.capacity() * std::mem::size_of::<Option<Bytes>>()
     }
+}
+
+/// New states an update computed, not yet stored.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    touched: Vec<usize>,
+    states: BinaryArray,
 }
 
 /// A WASM aggregate for one group (no `GROUP BY`, session windows).

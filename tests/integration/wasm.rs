@@ -487,3 +487,26 @@ async fn user_agent_parsers_from_sql_match_the_native_functions() {
     assert_eq!(i, agents.len());
     assert!(browsers.len() >= 5, "{browsers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guests_error_message_is_cut_to_a_kilobyte() {
+    let module = hostile("huge_error");
+    let (out, errors) = run(
+        &module,
+        &hundred_rows(),
+        "SELECT f(CAST(x AS DOUBLE)) AS y FROM source",
+        50,
+    )
+    .await;
+    assert!(out.iter().all(|b| b.num_rows() == 0));
+    let failed: usize = errors.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(failed, 100);
+    for b in &errors {
+        let msg = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            let m = msg.value(i);
+            assert!(m.len() < 1200, "{} bytes", m.len());
+            assert!(m.contains("33423360 bytes in all"), "{m}");
+        }
+    }
+}

@@ -367,3 +367,147 @@ async fn a_failed_aggregate_call_changes_no_state_and_sends_its_rows_to_the_erro
     ac.extend(c.clone());
     assert_same(&got, &native(&ac, 10_000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_in_one_hopping_window_changes_no_window_and_no_aggregate() {
+    let limits = WasmLimits {
+        fuel: Some(300_000),
+        ..WasmLimits::default()
+    };
+    let Some(module) = module(limits).await else {
+        return;
+    };
+    let functions = module.sql_functions();
+    // Windows of 10 s every 5 s. Batch B has 10 rows in [0 s, 5 s), in windows [-5, 5) and
+    // [0, 10), and 20,000 rows in [5 s, 10 s), in [0, 10) and [5, 15): the calls for [-5, 5)
+    // succeed, the others run out of fuel.
+    let small = |from: i64| -> Vec<Row> {
+        (0..10)
+            .map(|i| {
+                (
+                    "K1".to_owned(),
+                    Some((from + i) as f64),
+                    T0 + (from + i) * 10,
+                )
+            })
+            .collect()
+    };
+    let a = small(0);
+    let mut b: Vec<Row> = (0..10)
+        .map(|i| ("K1".to_owned(), Some(7.0), T0 + 1000 + i))
+        .collect();
+    b.extend((0..20_000).map(|i| ("K1".to_owned(), Some(1e6), T0 + 5000 + i % 1000)));
+    let c = small(20);
+    let batches: Vec<RecordBatch> = [&a, &b, &c]
+        .iter()
+        .map(|rows| decode(rows, rows.len()).remove(0))
+        .collect();
+    // Two guest aggregates and a built-in one in one statement.
+    let sql = "SELECT ticker_symbol, window_start, ewma(price, event_time, 5.0) AS e, \
+               COUNT(*) AS n, ewma(price, event_time, 50.0) AS e2 FROM source \
+               GROUP BY ticker_symbol, HOP(event_time, INTERVAL '5' SECOND, INTERVAL '10' SECOND)";
+    let mut program = SqlProgram::with_functions(
+        sql,
+        batches[0].schema(),
+        WatermarkSettings::default(),
+        &functions,
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut issues = Vec::new();
+    for (seq, batch) in batches.iter().enumerate() {
+        let o = program.process(batch, &[], seq as u64).await.unwrap();
+        issues.extend(o.issues);
+        out.extend(o.streams.into_iter().map(|s| s.1));
+    }
+    out.extend(
+        program
+            .finish(9)
+            .await
+            .unwrap()
+            .streams
+            .into_iter()
+            .map(|s| s.1),
+    );
+    // Each row of B once, whatever the number of windows it is in.
+    assert_eq!(issues.len(), 20_010);
+    let mut rows: Vec<usize> = issues.iter().map(|i| i.input_row.unwrap()).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    assert_eq!(rows.len(), 20_010);
+    // Every window holds exactly the rows of A and C, in every aggregate. (B's times moved the
+    // watermark past [-5 s, 5 s), which closed before C came: C counts in [0 s, 10 s) only.)
+    let mut want: BTreeMap<(String, i64), (Option<f64>, i64)> = BTreeMap::new();
+    for (start, rows) in [
+        (T0 - 5_000, a.clone()),
+        (T0, [a.clone(), c.clone()].concat()),
+    ] {
+        let mut e = Ewma::default();
+        let mut n = 0;
+        for (_, p, t) in &rows {
+            if (start..start + 10_000).contains(t) {
+                e.update(p.unwrap(), Timestamp(t * 1000), HALF_LIFE_S);
+                n += 1;
+            }
+        }
+        want.insert(("K1".to_owned(), start), (e.evaluate(), n));
+    }
+    assert_same(&results(&out), &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_checkpoint_under_a_fuel_limit_and_a_failed_evaluation_gives_nulls() {
+    // 5,000 keys, one row each, in batches of 10: every update is small, but evaluating the
+    // window's 5,000 groups at once runs out of fuel. Snapshot and restore install the states
+    // without calling the guest, so they cannot run out of anything.
+    let limits = WasmLimits {
+        fuel: Some(300_000),
+        ..WasmLimits::default()
+    };
+    let Some(module) = module(limits).await else {
+        return;
+    };
+    let functions = module.sql_functions();
+    let rows: Vec<Row> = (0..5000)
+        .map(|i| (format!("K{i}"), Some(i as f64), T0 + i))
+        .collect();
+    let input = decode(&rows, 10);
+    let mut first = SqlProgram::with_functions(
+        SQL,
+        input[0].schema(),
+        WatermarkSettings::default(),
+        &functions,
+    )
+    .await
+    .unwrap();
+    for (seq, b) in input.iter().enumerate() {
+        let o = first.process(b, &[], seq as u64).await.unwrap();
+        assert!(o.issues.is_empty(), "{:?}", o.issues.first());
+    }
+    let state = first.snapshot().expect("a snapshot calls no guest");
+    let mut second = SqlProgram::with_functions(
+        SQL,
+        input[0].schema(),
+        WatermarkSettings::default(),
+        &functions,
+    )
+    .await
+    .unwrap();
+    second.restore(&state).expect("a restore calls no guest");
+    assert_eq!(second.live_window_states(), 5000);
+    let o = second.finish(999).await.expect("the pipeline goes on");
+    let emitted: usize = o.streams.iter().map(|s| s.1.num_rows()).sum();
+    assert_eq!(emitted, 5000, "every group is emitted");
+    for (_, b) in &o.streams {
+        assert_eq!(b.column(2).null_count(), b.num_rows(), "ewma is NULL");
+        let n = b.column(3).as_primitive::<Int64Type>();
+        assert!(n.iter().all(|v| v == Some(1)), "COUNT is there");
+    }
+    assert_eq!(o.issues.len(), 5000);
+    assert!(
+        o.issues[0].reason.contains("fuel") && o.issues[0].reason.contains("NULL"),
+        "{}",
+        o.issues[0].reason
+    );
+}

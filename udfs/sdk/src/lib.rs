@@ -483,26 +483,46 @@ pub unsafe fn finish_states<S: Aggregate>(batch: *mut AggBatch, states: Vec<S>) 
 #[doc(hidden)]
 pub unsafe fn aggregate_merge<S: Aggregate>(batch: *mut AggBatch) -> i32 {
     reset_arena();
-    let mut states = match aggregate_states::<S>(batch) {
-        Ok(s) => s,
-        Err(e) => return fail(batch as *mut Batch, e),
-    };
+    // A group without a state takes its first partial state as it is, so `Default` never has
+    // to be an identity of `merge` (a minimum, a first value).
+    let groups = (*batch).groups as usize;
+    let current = ColumnRef::<&[u8]>::from_column((*batch).states);
+    let mut states: Vec<Option<S>> = Vec::with_capacity(groups);
+    for g in 0..groups {
+        if !current.valid(g) {
+            states.push(None);
+            continue;
+        }
+        match S::load(current.get(g)) {
+            Some(s) => states.push(Some(s)),
+            None => {
+                return fail(
+                    batch as *mut Batch,
+                    format!("the state of group {g} cannot be loaded"),
+                )
+            }
+        }
+    }
     let partial = ColumnRef::<&[u8]>::of_aggregate(batch, 0);
     for (row, &g) in group_ids(batch).iter().enumerate() {
         if !partial.valid(row) {
             continue;
         }
-        match S::load(partial.get(row)) {
-            Some(other) => states[g as usize].merge(other),
-            None => {
-                return fail(
-                    batch as *mut Batch,
-                    format!("partial state {row} cannot be loaded"),
-                )
-            }
+        let Some(other) = S::load(partial.get(row)) else {
+            return fail(
+                batch as *mut Batch,
+                format!("partial state {row} cannot be loaded"),
+            );
+        };
+        match &mut states[g as usize] {
+            Some(s) => s.merge(other),
+            slot => *slot = Some(other),
         }
     }
-    finish_states(batch, states)
+    finish_states(
+        batch,
+        states.into_iter().map(Option::unwrap_or_default).collect(),
+    )
 }
 
 /// `rivulet_agg_evaluate_<name>`: the groups' results.
