@@ -73,6 +73,49 @@ enum Command {
         #[arg(long)]
         endpoint_url: Option<String>,
     },
+    /// Provisions the pipeline's AWS resources from its `[setup]` table: streams, delivery
+    /// streams, the bucket, a KMS key and least-privilege IAM roles.
+    #[cfg(feature = "setup")]
+    Setup {
+        #[command(subcommand)]
+        action: SetupAction,
+    },
+}
+
+/// `rivulet setup` actions.
+#[cfg(feature = "setup")]
+#[derive(Subcommand, Debug)]
+enum SetupAction {
+    /// Prints what apply would create, change or leave alone, with every policy document.
+    Plan {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Creates or updates the resources so that they are as planned (idempotent).
+    Apply {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Removes what rivulet created for the pipeline (never what existed before).
+    Destroy {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Writes the resources as a CloudFormation template (JSON) to standard output; reads nothing
+    /// from AWS.
+    Export {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The template format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Cloudformation)]
+        format: ExportFormat,
+    },
+}
+
+#[cfg(feature = "setup")]
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Cloudformation,
 }
 
 #[cfg(feature = "aws")]
@@ -180,6 +223,8 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
             print!("{}", p.program().explain());
             Ok(())
         }
+        #[cfg(feature = "setup")]
+        Command::Setup { action } => setup(action).await,
         #[cfg(feature = "aws")]
         Command::Decrypt {
             input,
@@ -391,4 +436,48 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+#[cfg(feature = "setup")]
+async fn setup(action: SetupAction) -> rivulet::Result<()> {
+    match action {
+        SetupAction::Plan { pipeline } => {
+            let plan = rivulet::setup::Plan::new(&PipelineConfig::from_file(&pipeline)?).await?;
+            print!("{}", plan.render());
+            if !plan.has_changes() {
+                println!("nothing to change");
+            }
+        }
+        SetupAction::Apply { pipeline } => {
+            let report = rivulet::setup::apply(&PipelineConfig::from_file(&pipeline)?).await?;
+            if report.changes.is_empty() {
+                println!("nothing to change");
+            }
+            for c in &report.changes {
+                println!("{c}");
+            }
+        }
+        SetupAction::Destroy { pipeline } => {
+            let report = rivulet::setup::destroy(&PipelineConfig::from_file(&pipeline)?).await?;
+            if report.changes.is_empty() {
+                println!("nothing to remove");
+            }
+            for c in &report.changes {
+                println!("{c}");
+            }
+        }
+        SetupAction::Export { pipeline, format } => {
+            let ExportFormat::Cloudformation = format;
+            let plan = rivulet::setup::Plan::offline(&PipelineConfig::from_file(&pipeline)?)?;
+            for n in &plan.notes {
+                eprintln!("note: {n}");
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rivulet::setup::cloudformation(&plan))
+                    .expect("a template serialises")
+            );
+        }
+    }
+    Ok(())
 }

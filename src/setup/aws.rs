@@ -36,13 +36,15 @@ pub struct ApplyReport {
     pub changes: Vec<String>,
 }
 
-fn fail(what: &str, e: impl ProvideErrorMetadata + std::fmt::Display) -> Error {
-    let code = e.code().unwrap_or("");
-    let msg = e
-        .message()
-        .map(str::to_owned)
-        .unwrap_or_else(|| e.to_string());
-    Error::Setup(format!("{what}: {code} {msg}").replace("  ", " "))
+fn fail(what: &str, e: impl ProvideErrorMetadata + std::error::Error) -> Error {
+    match (e.code(), e.message()) {
+        (Some(code), Some(msg)) => Error::Setup(format!("{what}: {code}: {msg}")),
+        (Some(code), None) => Error::Setup(format!("{what}: {code}")),
+        _ => Error::Setup(format!(
+            "{what}: {}",
+            aws_sdk_kinesis::error::DisplayErrorContext(&e)
+        )),
+    }
 }
 
 fn is_not_found(e: &impl ProvideErrorMetadata) -> bool {
@@ -444,7 +446,17 @@ impl Env {
                 .is_some_and(|d| d.delivery_stream_status() == &fh::DeliveryStreamStatus::Active),
             key_arn: desc
                 .and_then(|d| d.delivery_stream_encryption_configuration())
-                .filter(|c| c.status() == Some(&fh::DeliveryStreamEncryptionStatus::Enabled))
+                // Enabled, or being enabled (a status that is absent is taken as enabled: moto
+                // leaves it out).
+                .filter(|c| {
+                    matches!(
+                        c.status(),
+                        None | Some(
+                            fh::DeliveryStreamEncryptionStatus::Enabled
+                                | fh::DeliveryStreamEncryptionStatus::Enabling
+                        )
+                    )
+                })
                 .and_then(|c| c.key_arn())
                 .map(str::to_owned),
             ..DeliveryState::default()
@@ -1190,9 +1202,11 @@ pub async fn destroy(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                             .send()
                             .await
                             .map_err(|e| fail("kms:DeleteAlias", e))?;
+                        // By key id, which every KMS implementation takes (moto refuses ARNs here).
+                        let key_id = arn.rsplit('/').next().unwrap_or(arn);
                         env.kms
                             .schedule_key_deletion()
-                            .key_id(arn)
+                            .key_id(key_id)
                             .pending_window_in_days(7)
                             .send()
                             .await

@@ -238,6 +238,20 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The plan without reading anything from AWS (no credentials needed): every resource as if
+    /// it were to be created, for [`cloudformation`]. The account and region are placeholders
+    /// there, which the template replaces with the stack's own.
+    pub fn offline(config: &crate::PipelineConfig) -> Result<Self> {
+        let inputs = config.setup_inputs()?;
+        let mut plan = desired(&inputs, OFFLINE_ACCOUNT, OFFLINE_REGION, None)?;
+        plan.notes.push(
+            "made without reading the account: a stream or bucket that already exists must be \
+             taken out of the template (or imported into the stack)"
+                .into(),
+        );
+        Ok(plan)
+    }
+
     /// The key's ARN, when the key exists.
     pub fn key_arn(&self) -> Option<String> {
         self.key_arn.clone()
@@ -376,6 +390,10 @@ impl Arns<'_> {
         )
     }
 }
+
+/// The account and region of an offline plan.
+const OFFLINE_ACCOUNT: &str = "ACCOUNT";
+const OFFLINE_REGION: &str = "REGION";
 
 /// Placeholder for the key's ARN before the key exists.
 const KEY_PENDING: &str = "(the key's ARN, known once apply creates it)";

@@ -9,6 +9,8 @@ mod kinesis;
 mod pipeline;
 #[cfg(feature = "aws")]
 mod s3;
+#[cfg(feature = "setup")]
+mod setup;
 mod sql_cases;
 mod support;
 #[cfg(feature = "wasm")]
