@@ -77,6 +77,13 @@ region = "us-east-1"
 endpoint_url = "{endpoint}"
 roll_interval_ms = 200
 
+[[sinks]]
+type = "kinesis"
+stream_name = "existing-out"
+partition_key = "ticker_symbol"
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
 [raw_copy]
 type = "firehose"
 delivery_stream = "ticker-raw"
@@ -133,8 +140,16 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
     };
     let endpoint = moto.endpoint();
     let dir = tempfile::tempdir().unwrap();
-    // A bucket that exists before setup: used, never changed or deleted.
+    // A bucket and a stream that exist before setup: used, never changed or deleted.
     s3::create_bucket(moto.port(), "existing-bucket");
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk(&moto));
+    kinesis
+        .create_stream()
+        .stream_name("existing-out")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
     let path = config(dir.path(), &endpoint, 2, 60);
     let p = path.to_str().unwrap();
 
@@ -144,11 +159,13 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
         plan.contains("KMS key alias/rivulet-ticker") && plan.contains("create"),
         "{plan}"
     );
-    assert!(
-        plan.lines()
-            .any(|l| l.contains("S3 bucket existing-bucket") && l.contains("left alone")),
-        "{plan}"
-    );
+    for existing in ["S3 bucket existing-bucket", "Kinesis stream existing-out"] {
+        assert!(
+            plan.lines()
+                .any(|l| l.contains(existing) && l.contains("left alone")),
+            "{existing}: {plan}"
+        );
+    }
     assert!(
         plan.contains("\"Sid\": \"ReadSourceStream\""),
         "policies are printed: {plan}"
@@ -203,7 +220,6 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
         ]
     );
 
-    let kinesis = aws_sdk_kinesis::Client::new(&conf);
     let summary = kinesis
         .describe_stream_summary()
         .stream_name("ticker-stream")
@@ -293,6 +309,9 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
                  "Action": ["firehose:PutRecord", "firehose:PutRecordBatch"],
                  "Resource": [format!("arn:aws:firehose:us-east-1:{ACCOUNT}:deliverystream/ticker-out"),
                               format!("arn:aws:firehose:us-east-1:{ACCOUNT}:deliverystream/ticker-raw")]},
+                {"Sid": "WriteOutputStreams", "Effect": "Allow",
+                 "Action": ["kinesis:PutRecord", "kinesis:PutRecords"],
+                 "Resource": [format!("arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/existing-out")]},
                 {"Sid": "WriteObjects", "Effect": "Allow",
                  "Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
                  "Resource": ["arn:aws:s3:::existing-bucket/copies/*"]},
@@ -448,8 +467,26 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
         .key_state()
         .cloned();
     assert_eq!(state, Some(aws_sdk_kms::types::KeyState::PendingDeletion));
-    // The pre-existing bucket survives (listing a missing bucket fails).
+    assert!(
+        out.contains("deleted S3 bucket ticker-analytics"),
+        "empty: {out}"
+    );
+    // The pre-existing bucket and stream survive (listing a missing bucket fails).
     s3::list_keys(moto.port(), "existing-bucket");
+    let existing = kinesis
+        .describe_stream_summary()
+        .stream_name("existing-out")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        existing
+            .stream_description_summary()
+            .unwrap()
+            .encryption_type(),
+        Some(&aws_sdk_kinesis::types::EncryptionType::None),
+        "never changed"
+    );
     let (ok, out, _) = cli(dir.path(), &["setup", "destroy", p]);
     assert!(ok && out.trim() == "nothing to remove", "{out}");
 }
@@ -517,4 +554,101 @@ async fn a_pipeline_runs_end_to_end_on_what_setup_created() {
     let _ = child.wait();
     assert_eq!(aggregated, 39, "prices 11..49 pass the filter");
     assert_eq!(raw, 50, "the raw copy holds every record");
+    // The bucket holds data now: destroy keeps it.
+    let (ok, out, err) = cli(dir.path(), &["setup", "destroy", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("kept S3 bucket ticker-analytics"), "{out}");
+    assert!(!s3::list_keys(moto.port(), "ticker-analytics").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redshift_destination_is_created_with_its_s3_staging_and_kept_as_planned() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let endpoint = moto.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loads.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+name = "loads"
+
+[source]
+type = "generator"
+limit = 10
+
+[[sinks]]
+type = "firehose"
+delivery_stream = "loads-redshift"
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[setup]
+bucket = "loads-staging"
+encryption = false
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[setup.delivery.loads-redshift]
+destination = "redshift"
+jdbc_url = "jdbc:redshift://cluster.example:5439/analytics"
+table = "ticker"
+columns = "ticker_symbol,price"
+username = "loader"
+password_env = "LOADS_REDSHIFT_PASSWORD"
+copy_options = "JSON 'auto'"
+prefix = "staging/"
+"#
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("LOADS_REDSHIFT_PASSWORD", "s3cret-Passw0rd")
+            .env("HOME", dir.path())
+            .env_remove("AWS_PROFILE")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let p = path.to_str().unwrap();
+    let plan = run(&["setup", "plan", p]);
+    assert!(
+        !plan.contains("KMS key"),
+        "no key without encryption: {plan}"
+    );
+    run(&["setup", "apply", p]);
+    let d = aws_sdk_firehose::Client::new(&sdk(&moto))
+        .describe_delivery_stream()
+        .delivery_stream_name("loads-redshift")
+        .send()
+        .await
+        .unwrap();
+    let dest = &d.delivery_stream_description().unwrap().destinations()[0];
+    let r = dest.redshift_destination_description().unwrap();
+    assert_eq!(
+        r.cluster_jdbcurl(),
+        "jdbc:redshift://cluster.example:5439/analytics"
+    );
+    assert_eq!(r.username(), Some("loader"));
+    let copy = r.copy_command().unwrap();
+    assert_eq!(copy.data_table_name(), "ticker");
+    assert_eq!(copy.data_table_columns(), Some("ticker_symbol,price"));
+    let staging = r.s3_destination_description().unwrap();
+    assert_eq!(staging.bucket_arn(), "arn:aws:s3:::loads-staging");
+    assert_eq!(staging.prefix(), Some("staging/"));
+    assert_eq!(run(&["setup", "apply", p]).trim(), "nothing to change");
+    run(&["setup", "destroy", p]);
 }
