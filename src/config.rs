@@ -1613,6 +1613,12 @@ impl PipelineConfig {
             s3_sinks: Vec::new(),
             envelope_with_setup_key: false,
             other_keys: Vec::new(),
+            udf_objects: self
+                .udfs
+                .iter()
+                .filter_map(|u| u.path.strip_prefix("s3://")?.split_once('/'))
+                .map(|(b, k)| (b.to_owned(), k.to_owned()))
+                .collect(),
         };
         if let SourceConfig::Kinesis {
             stream,

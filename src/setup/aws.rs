@@ -127,12 +127,17 @@ impl Env {
     }
 
     pub(crate) async fn discover(&self, inputs: &SetupInputs) -> Result<Found> {
-        if !inputs.section.encryption.unwrap_or(true) {
-            return Ok(Found::default());
+        let alias = super::key_alias(&inputs.pipeline);
+        let key_arn = self.key_arn(&alias).await?;
+        if !inputs.section.encryption.unwrap_or(true) && key_arn.is_some() {
+            return Err(Error::Setup(format!(
+                "`[setup] encryption = false`, but the pipeline's key {alias} exists: its streams, \
+                 delivery streams and bucket are encrypted with it, and turning that off is not \
+                 done by setup (it would leave them unreadable to the roles); destroy first, or \
+                 keep encryption on"
+            )));
         }
-        Ok(Found {
-            key_arn: self.key_arn(&super::key_alias(&inputs.pipeline)).await?,
-        })
+        Ok(Found { key_arn })
     }
 
     async fn key_arn(&self, alias: &str) -> Result<Option<String>> {
@@ -393,6 +398,7 @@ impl Env {
             .and_then(|t| t.value())
             .map(str::to_owned);
         Ok(Some(StreamState {
+            arn: s.map(|s| s.stream_arn().to_owned()).unwrap_or_default(),
             capacity,
             key,
             owner,
@@ -549,6 +555,7 @@ fn update_or_unchanged(what: Vec<String>) -> Action {
 
 #[derive(Debug)]
 struct StreamState {
+    arn: String,
     capacity: Capacity,
     key: Option<String>,
     owner: Option<String>,
@@ -697,7 +704,10 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                                 .rules(
                                     aws_sdk_s3::types::ServerSideEncryptionRule::builder()
                                         .apply_server_side_encryption_by_default(by_default)
-                                        .bucket_key_enabled(true)
+                                        // No S3 Bucket Key: with one, the encryption context
+                                        // is the bucket, not the object, and the delivery
+                                        // roles' per-prefix KMS conditions would never match.
+                                        .bucket_key_enabled(false)
                                         .build(),
                                 )
                                 .build()
@@ -717,7 +727,13 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                 let current = env.stream(name).await?;
                 match current {
                     None => {
-                        let mut req = env.kinesis.create_stream().stream_name(name);
+                        // Tagged in the same call: a stream never exists untagged (it would
+                        // count as someone else's).
+                        let mut req = env
+                            .kinesis
+                            .create_stream()
+                            .stream_name(name)
+                            .tags(TAG_PIPELINE, &inputs.pipeline);
                         req = match capacity {
                             Capacity::Shards(n) => req.shard_count(*n as i32),
                             Capacity::OnDemand => req.stream_mode_details(
@@ -731,32 +747,57 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                             .await
                             .map_err(|e| fail("kinesis:CreateStream", e))?;
                         env.wait_stream_active(name).await?;
-                        env.kinesis
-                            .add_tags_to_stream()
-                            .stream_name(name)
-                            .tags(TAG_PIPELINE, &inputs.pipeline)
-                            .send()
-                            .await
-                            .map_err(|e| fail("kinesis:AddTagsToStream", e))?;
+                        // Emulators may ignore tags given at creation.
+                        if env.stream(name).await?.and_then(|s| s.owner).is_none() {
+                            env.kinesis
+                                .add_tags_to_stream()
+                                .stream_name(name)
+                                .tags(TAG_PIPELINE, &inputs.pipeline)
+                                .send()
+                                .await
+                                .map_err(|e| fail("kinesis:AddTagsToStream", e))?;
+                        }
                         changes.push(format!("created Kinesis stream {name} ({capacity:?})"));
                     }
                     Some(s) if s.capacity != *capacity => {
+                        let mode = |m: ks::StreamMode| -> Result<ks::StreamModeDetails> {
+                            ks::StreamModeDetails::builder()
+                                .stream_mode(m)
+                                .build()
+                                .map_err(|e| build_err("stream mode", e))
+                        };
                         match capacity {
                             Capacity::Shards(n) => {
-                                env.kinesis
-                                    .update_shard_count()
-                                    .stream_name(name)
-                                    .target_shard_count(*n as i32)
-                                    .scaling_type(ks::ScalingType::UniformScaling)
-                                    .send()
-                                    .await
-                                    .map_err(|e| fail("kinesis:UpdateShardCount", e))?;
+                                if s.capacity == Capacity::OnDemand {
+                                    env.kinesis
+                                        .update_stream_mode()
+                                        .stream_arn(&s.arn)
+                                        .stream_mode_details(mode(ks::StreamMode::Provisioned)?)
+                                        .send()
+                                        .await
+                                        .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
+                                    env.wait_stream_active(name).await?;
+                                }
+                                let now = env.stream(name).await?.map(|s| s.capacity);
+                                if now != Some(Capacity::Shards(*n)) {
+                                    env.kinesis
+                                        .update_shard_count()
+                                        .stream_name(name)
+                                        .target_shard_count(*n as i32)
+                                        .scaling_type(ks::ScalingType::UniformScaling)
+                                        .send()
+                                        .await
+                                        .map_err(|e| fail("kinesis:UpdateShardCount", e))?;
+                                }
                             }
                             Capacity::OnDemand => {
-                                return Err(Error::Setup(format!(
-                                    "stream {name} is provisioned; switching it to on-demand is \
-                                     not done by setup (use kinesis:UpdateStreamMode)"
-                                )));
+                                env.kinesis
+                                    .update_stream_mode()
+                                    .stream_arn(&s.arn)
+                                    .stream_mode_details(mode(ks::StreamMode::OnDemand)?)
+                                    .send()
+                                    .await
+                                    .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
                             }
                         }
                         env.wait_stream_active(name).await?;
@@ -923,9 +964,22 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                                 .map_err(|e| build_err("delivery stream encryption", e))?,
                         );
                     }
-                    req.send()
-                        .await
-                        .map_err(|e| fail("firehose:CreateDeliveryStream", e))?;
+                    // A role created moments ago may not be assumable yet (IAM is eventually
+                    // consistent): retried while Firehose says so, up to the wait timeout.
+                    let started = std::time::Instant::now();
+                    loop {
+                        match req.clone().send().await {
+                            Ok(_) => break,
+                            Err(e)
+                                if e.code() == Some("InvalidArgumentException")
+                                    && started.elapsed() < env.wait =>
+                            {
+                                tracing::info!("waiting for role {role} to propagate: {e}");
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            Err(e) => return Err(fail("firehose:CreateDeliveryStream", e)),
+                        }
+                    }
                     env.wait_delivery_active(name).await?;
                     changes.push(format!("created Firehose delivery stream {name}"));
                 } else {
@@ -1007,14 +1061,29 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
         }
     }
     if let (Some(policy), Some(k)) = (key_policy, &key) {
-        env.kms
-            .put_key_policy()
-            .key_id(k)
-            .policy_name("default")
-            .policy(policy.to_json())
-            .send()
-            .await
-            .map_err(|e| fail("kms:PutKeyPolicy", e))?;
+        // New roles may not be valid principals yet: retried while KMS says so.
+        let started = std::time::Instant::now();
+        loop {
+            match env
+                .kms
+                .put_key_policy()
+                .key_id(k)
+                .policy_name("default")
+                .policy(policy.to_json())
+                .send()
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if e.code() == Some("MalformedPolicyDocumentException")
+                        && started.elapsed() < env.wait =>
+                {
+                    tracing::info!("waiting for the key policy's roles to propagate: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(fail("kms:PutKeyPolicy", e)),
+            }
+        }
         changes.push(format!("set the key policy of {alias}"));
     }
     Ok(ApplyReport {
@@ -1183,6 +1252,19 @@ pub async fn destroy(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                 }
             }
             Planned::Key { alias, .. } => {
+                let kept_data = changes.iter().any(|c| c.starts_with("kept S3 bucket"));
+                if found.key_arn.is_some() && (kept_data || inputs.envelope_with_setup_key) {
+                    changes.push(format!(
+                        "kept KMS key {alias}: {}",
+                        if kept_data {
+                            "a kept bucket's objects are encrypted with it"
+                        } else {
+                            "sinks sealed output with it (envelope encryption), which only it \
+                             can open; schedule its deletion yourself when that output is gone"
+                        }
+                    ));
+                    continue;
+                }
                 if let Some(arn) = &found.key_arn {
                     let tags = env
                         .kms

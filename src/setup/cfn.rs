@@ -44,6 +44,9 @@ pub fn cloudformation(plan: &Plan) -> Value {
                         // The key policy names the roles, which must exist first; the roles'
                         // own policies (which name the key) come after it.
                         "DependsOn": role_ids,
+                        // Deleting the stack must not make the data it encrypted unreadable.
+                        "DeletionPolicy": "Retain",
+                        "UpdateReplacePolicy": "Retain",
                     }),
                 );
                 resources.insert(
@@ -63,7 +66,7 @@ pub fn cloudformation(plan: &Plan) -> Value {
                                 "SSEAlgorithm": "aws:kms",
                                 "KMSMasterKeyID": key_ref,
                             },
-                            "BucketKeyEnabled": true,
+                            "BucketKeyEnabled": false,
                         }]
                     });
                 }
@@ -130,6 +133,11 @@ pub fn cloudformation(plan: &Plan) -> Value {
                 encrypted,
             } => {
                 let role_arn = json!({ "Fn::GetAtt": [logical("Role", role), "Arn"] });
+                let mut depends = vec![logical("Policy", role)];
+                let bucket_id = logical("Bucket", &destination.s3().bucket);
+                if resources.contains_key(&bucket_id) {
+                    depends.push(bucket_id);
+                }
                 let s3 = destination.s3();
                 let mut s3_config = json!({
                     "BucketARN": format!("arn:aws:s3:::{}", s3.bucket),
@@ -214,7 +222,7 @@ pub fn cloudformation(plan: &Plan) -> Value {
                         "Type": "AWS::KinesisFirehose::DeliveryStream",
                         "Properties": props,
                         // Firehose checks that it may assume the role and write the bucket.
-                        "DependsOn": [logical("Policy", role)],
+                        "DependsOn": depends,
                     }),
                 );
             }
@@ -241,7 +249,9 @@ pub fn cloudformation(plan: &Plan) -> Value {
 fn substitute(v: &mut Value, plan: &Plan, key_arn: Option<&str>) {
     match v {
         Value::String(s) => {
-            if Some(s.as_str()) == key_arn || s == super::KEY_PENDING {
+            if Some(s.as_str()) == key_arn
+                || (s.starts_with("arn:aws:kms:") && s.ends_with(super::KEY_PENDING))
+            {
                 *v = json!({ "Fn::GetAtt": ["Key", "Arn"] });
                 return;
             }

@@ -323,6 +323,8 @@ pub(crate) struct SetupInputs {
     /// setup key's alias); other key ids, which rivulet does not manage.
     pub(crate) envelope_with_setup_key: bool,
     pub(crate) other_keys: Vec<String>,
+    /// `[[udfs]]` modules loaded from S3: bucket and key.
+    pub(crate) udf_objects: Vec<(String, String)>,
 }
 
 /// The setup key's alias for `pipeline`.
@@ -383,20 +385,15 @@ impl Arns<'_> {
     fn root(&self) -> String {
         format!("arn:aws:iam::{}:root", self.account)
     }
-    fn log_group(&self, delivery: &str) -> String {
-        format!(
-            "arn:aws:logs:{}:{}:log-group:/aws/kinesisfirehose/{delivery}:log-stream:*",
-            self.region, self.account
-        )
-    }
 }
 
 /// The account and region of an offline plan.
 const OFFLINE_ACCOUNT: &str = "ACCOUNT";
 const OFFLINE_REGION: &str = "REGION";
 
-/// Placeholder for the key's ARN before the key exists.
-const KEY_PENDING: &str = "(the key's ARN, known once apply creates it)";
+/// The key id in the key's ARN before the key exists (apply creates the key first, then plans
+/// again with its real ARN).
+const KEY_PENDING: &str = "key/created-by-apply";
 
 /// The resources the inputs call for, with their policies, all planned as [`Action::Create`].
 pub(crate) fn desired(
@@ -409,16 +406,25 @@ pub(crate) fn desired(
     let arns = Arns { account, region };
     let p = &inputs.pipeline;
     let encryption = s.encryption.unwrap_or(true);
-    let key = key_arn.unwrap_or(KEY_PENDING).to_owned();
+    let key = key_arn
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("arn:aws:kms:{region}:{account}:{KEY_PENDING}"));
     let mut resources: Vec<Planned> = Vec::new();
     let mut notes = Vec::new();
 
     let all_deliveries: Vec<(&String, bool)> = inputs
         .deliveries
         .iter()
+        .filter(|d| inputs.raw_delivery.as_ref() != Some(*d))
         .map(|d| (d, false))
         .chain(inputs.raw_delivery.iter().map(|d| (d, true)))
         .collect();
+    if region.is_empty() {
+        return Err(Error::config(
+            "setup.region",
+            "no AWS region: set it here, on the source, or in AWS_REGION",
+        ));
+    }
     for name in s.delivery.keys() {
         if !all_deliveries.iter().any(|(d, _)| *d == name) {
             return Err(Error::config(
@@ -515,6 +521,8 @@ pub(crate) fn desired(
             .map(|p| {
                 if p.starts_with("arn:") {
                     Principal::Aws(p.clone())
+                } else if p.len() == 12 && p.bytes().all(|b| b.is_ascii_digit()) {
+                    Principal::Aws(format!("arn:aws:iam::{p}:root"))
                 } else {
                     Principal::Service(p.clone())
                 }
@@ -656,6 +664,12 @@ fn destination(name: &str, raw: bool, d: &DeliverySection, bucket: &str) -> Resu
     };
     match d.destination.as_deref().unwrap_or("s3") {
         "s3" => Ok(Destination::S3(s3)),
+        "redshift" if !raw && !["UNCOMPRESSED", "GZIP"].contains(&s3.compression.as_str()) => {
+            Err(Error::config(
+                key("compression"),
+                "Redshift loads UNCOMPRESSED or GZIP staging objects",
+            ))
+        }
         "redshift" if !raw => Ok(Destination::Redshift {
             jdbc_url: need(&d.jdbc_url, "jdbc_url")?,
             table: need(&d.table, "table")?,
@@ -665,12 +679,23 @@ fn destination(name: &str, raw: bool, d: &DeliverySection, bucket: &str) -> Resu
             copy_options: d.copy_options.clone(),
             staging: s3,
         }),
-        "opensearch" if !raw => Ok(Destination::OpenSearch {
-            domain_arn: need(&d.domain_arn, "domain_arn")?,
-            index: need(&d.index, "index")?,
-            rotation: d.index_rotation.clone().unwrap_or_else(|| "OneDay".into()),
-            backup: s3,
-        }),
+        "opensearch" if !raw => {
+            let rotation = d.index_rotation.clone().unwrap_or_else(|| "OneDay".into());
+            if !["NoRotation", "OneHour", "OneDay", "OneWeek", "OneMonth"]
+                .contains(&rotation.as_str())
+            {
+                return Err(Error::config(
+                    key("index_rotation"),
+                    format!("`{rotation}` is not NoRotation, OneHour, OneDay, OneWeek or OneMonth"),
+                ));
+            }
+            Ok(Destination::OpenSearch {
+                domain_arn: need(&d.domain_arn, "domain_arn")?,
+                index: need(&d.index, "index")?,
+                rotation,
+                backup: s3,
+            })
+        }
         "redshift" | "opensearch" => Err(Error::config(
             key("destination"),
             "the raw-data copy goes to S3",
@@ -682,9 +707,12 @@ fn destination(name: &str, raw: bool, d: &DeliverySection, bucket: &str) -> Resu
     }
 }
 
-/// Objects under `prefix` of `bucket`.
+/// Objects under `prefix` of `bucket`. A prefix with expressions (`!{timestamp:…}`,
+/// `!{partitionKeyFromQuery:…}`) is cut before the first one: the keys it makes all start with
+/// the literal part.
 fn objects(bucket: &str, prefix: &str) -> String {
-    format!("arn:aws:s3:::{bucket}/{prefix}*")
+    let literal = prefix.split("!{").next().unwrap_or("");
+    format!("arn:aws:s3:::{bucket}/{literal}*")
 }
 
 fn delivery_policy(
@@ -713,12 +741,10 @@ fn delivery_policy(
                 arn(objects(&s3.bucket, &s3.error_prefix)),
             ],
         ),
-        Statement::allow(
-            "DeliveryLogs",
-            &["logs:PutLogEvents"],
-            vec![arn(arns.log_group(name))],
-        ),
     ];
+    // No CloudWatch Logs statement: the delivery streams are created without error logging, so
+    // the role would never use it (the original granted logs:PutLogEvents).
+    let _ = name;
     if let Some(key) = key {
         st.push(
             Statement::allow(
@@ -812,9 +838,26 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
             resources,
         ));
     }
+    if !inputs.udf_objects.is_empty() {
+        st.push(Statement::allow(
+            "ReadFunctionModules",
+            &["s3:GetObject"],
+            inputs
+                .udf_objects
+                .iter()
+                .map(|(b, k)| arn(format!("arn:aws:s3:::{b}/{k}")))
+                .collect(),
+        ));
+    }
     if let Some(key) = key {
         let via_kinesis = inputs.source.is_some() || !inputs.output_streams.is_empty();
         if via_kinesis {
+            let streams: Vec<String> = inputs
+                .source
+                .iter()
+                .chain(&inputs.output_streams)
+                .map(|n| arns.stream(n))
+                .collect();
             st.push(
                 Statement::allow(
                     "EncryptedStreams",
@@ -825,10 +868,19 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
                     "StringEquals",
                     "kms:ViaService",
                     vec![format!("kinesis.{}.amazonaws.com", arns.region)],
+                )
+                .with_condition(
+                    "StringEquals",
+                    "kms:EncryptionContext:aws:kinesis:arn",
+                    streams,
                 ),
             );
         }
         if !inputs.s3_sinks.is_empty() {
+            let mut prefixes: Vec<String> =
+                inputs.s3_sinks.iter().map(|(b, p)| objects(b, p)).collect();
+            prefixes.sort();
+            prefixes.dedup();
             st.push(
                 Statement::allow(
                     "EncryptedObjects",
@@ -839,6 +891,11 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
                     "StringEquals",
                     "kms:ViaService",
                     vec![format!("s3.{}.amazonaws.com", arns.region)],
+                )
+                .with_condition(
+                    "StringLike",
+                    "kms:EncryptionContext:aws:s3:arn",
+                    prefixes,
                 ),
             );
         }
@@ -866,30 +923,49 @@ fn key_policy(
     delivery_roles: &[Planned],
     region: &str,
 ) -> PolicyDocument {
-    let mut st = vec![Statement::allow(
-        "AccountAdministersTheKey",
-        &[
-            "kms:CancelKeyDeletion",
-            "kms:CreateAlias",
-            "kms:DeleteAlias",
-            "kms:DescribeKey",
-            "kms:DisableKey",
-            "kms:DisableKeyRotation",
-            "kms:EnableKey",
-            "kms:EnableKeyRotation",
-            "kms:GetKeyPolicy",
-            "kms:GetKeyRotationStatus",
-            "kms:ListResourceTags",
-            "kms:PutKeyPolicy",
-            "kms:ScheduleKeyDeletion",
-            "kms:TagResource",
-            "kms:UntagResource",
-            "kms:UpdateAlias",
-            "kms:UpdateKeyDescription",
-        ],
-        vec![Resource::AnyKeyPolicy],
-    )
-    .with_principal(Principal::Aws(arns.root()))];
+    let mut st = vec![
+        Statement::allow(
+            "AccountAdministersTheKey",
+            &[
+                "kms:CancelKeyDeletion",
+                "kms:CreateAlias",
+                "kms:DeleteAlias",
+                "kms:DescribeKey",
+                "kms:DisableKey",
+                "kms:DisableKeyRotation",
+                "kms:EnableKey",
+                "kms:EnableKeyRotation",
+                "kms:GetKeyPolicy",
+                "kms:GetKeyRotationStatus",
+                "kms:ListResourceTags",
+                "kms:PutKeyPolicy",
+                "kms:ScheduleKeyDeletion",
+                "kms:TagResource",
+                "kms:UntagResource",
+                "kms:UpdateAlias",
+                "kms:UpdateKeyDescription",
+            ],
+            vec![Resource::AnyKeyPolicy],
+        )
+        .with_principal(Principal::Aws(arns.root())),
+        // IAM policies of the account may grant the key's use (producers writing to the encrypted
+        // source stream, readers of the bucket, `rivulet decrypt`): each still needs an IAM policy
+        // that names the key, as the runtime and delivery roles have.
+        Statement::allow(
+            "IamPoliciesMayGrantUse",
+            &["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            vec![Resource::AnyKeyPolicy],
+        )
+        .with_principal(Principal::Aws(arns.root())),
+        // Firehose server-side encryption creates a grant for itself.
+        Statement::allow(
+            "AwsServicesMayCreateGrants",
+            &["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+            vec![Resource::AnyKeyPolicy],
+        )
+        .with_principal(Principal::Aws(arns.root()))
+        .with_condition("Bool", "kms:GrantIsForAWSResource", vec!["true".into()]),
+    ];
     let delivery: Vec<String> = delivery_roles
         .iter()
         .filter_map(|r| match r {

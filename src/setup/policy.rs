@@ -207,8 +207,13 @@ pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
         }
         for r in &st.resources {
             if let Resource::Arn(a) = r {
-                if a == "*" || a.trim().is_empty() {
+                if !a.starts_with("arn:") {
                     problems.push(format!("{at}: resource `{a}` is not an ARN"));
+                } else if a.contains('*') && !narrow_wildcard(a) {
+                    problems.push(format!(
+                        "{at}: resource `{a}` has a wildcard that is not confined to the objects \
+                         under a named prefix"
+                    ));
                 }
             }
         }
@@ -227,6 +232,24 @@ pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A wildcard that only ends a path under a named resource: `arn:aws:s3:::bucket/prefix*`, or
+/// `…:domain/name/*`. Not `arn:aws:s3:::*`, `…:stream/*` or `…:role/*`.
+fn narrow_wildcard(a: &str) -> bool {
+    if a.matches('*').count() != 1 || !a.ends_with('*') {
+        return false;
+    }
+    let mut parts = a.splitn(6, ':');
+    let service = parts.nth(2).unwrap_or("");
+    let resource = parts.nth(2).unwrap_or("");
+    let segments: Vec<&str> = resource.split('/').collect();
+    let named = |n: usize| segments.len() > n && segments[..n].iter().all(|s| !s.is_empty());
+    if service == "s3" {
+        named(1)
+    } else {
+        named(2)
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +350,23 @@ mod tests {
             DocumentKind::Identity
         )
         .is_empty());
+        for wide in [
+            "arn:aws:s3:::*",
+            "arn:aws:kinesis:r:1:stream/*",
+            "arn:aws:s3:::b*/x",
+            "stream-name",
+        ] {
+            let st = Statement::allow("A", &["s3:GetObject"], vec![arn(wide)]);
+            assert!(!bad(st, DocumentKind::Identity).is_empty(), "{wide}");
+        }
+        for narrow in [
+            "arn:aws:s3:::b/prefix/*",
+            "arn:aws:s3:::b/*",
+            "arn:aws:es:r:1:domain/d/*",
+        ] {
+            let st = Statement::allow("A", &["s3:GetObject"], vec![arn(narrow)]);
+            assert!(bad(st, DocumentKind::Identity).is_empty(), "{narrow}");
+        }
         let dup = PolicyDocument::new(vec![
             Statement::allow("A", &["s3:GetObject"], vec![arn("arn:aws:s3:::b/*")]),
             Statement::allow("A", &["s3:PutObject"], vec![arn("arn:aws:s3:::b/*")]),

@@ -31,6 +31,7 @@ fn inputs(destination: &str, encryption: bool, raw: bool) -> SetupInputs {
         s3_sinks: vec![],
         envelope_with_setup_key: false,
         other_keys: vec![],
+        udf_objects: vec![],
     }
 }
 
@@ -57,7 +58,7 @@ fn roles_and_statements_for_every_combination() {
                 }
                 assert_eq!(runtime, &want_runtime, "{case}");
                 let delivery = &roles["rivulet-ticker-firehose-out"];
-                let mut want = vec!["BucketLevel", "ObjectsUnderPrefixes", "DeliveryLogs"];
+                let mut want = vec!["BucketLevel", "ObjectsUnderPrefixes"];
                 if encryption {
                     want.push("EncryptObjectsThroughS3");
                 }
@@ -67,7 +68,7 @@ fn roles_and_statements_for_every_combination() {
                 assert_eq!(delivery, &want, "{case}");
                 if raw {
                     let r = &roles["rivulet-ticker-firehose-raw"];
-                    assert_eq!(r.len(), 3 + encryption as usize, "{case}");
+                    assert_eq!(r.len(), 2 + encryption as usize, "{case}");
                 }
                 let has_key = plan
                     .resources
@@ -114,11 +115,11 @@ fn delivery_roles_are_scoped_to_their_prefixes_account_and_key() {
         ])
     );
     assert_eq!(
-        p["Statement"][3]["Condition"]["StringEquals"]["kms:ViaService"],
+        p["Statement"][2]["Condition"]["StringEquals"]["kms:ViaService"],
         serde_json::json!(["s3.us-east-1.amazonaws.com"])
     );
     assert_eq!(
-        p["Statement"][3]["Resource"],
+        p["Statement"][2]["Resource"],
         serde_json::json!(["arn:aws:kms:us-east-1:123456789012:key/k"])
     );
     // No generated document has a wildcard action, and `*` resources only in the key policy.
@@ -198,4 +199,115 @@ fn configuration_mistakes_are_named() {
         .insert("nowhere".into(), DeliverySection::default());
     let e = desired(&i, "1", "us-east-1", None).unwrap_err().to_string();
     assert!(e.contains("setup.delivery.nowhere"), "{e}");
+}
+
+/// Every AWS call rivulet makes at run time, with the IAM action it needs and the resource: the
+/// runtime role must allow each, for a pipeline that uses every component.
+#[test]
+fn the_runtime_role_allows_every_call_rivulet_makes() {
+    let mut i = inputs("s3", true, true);
+    i.output_streams = vec!["out-stream".into()];
+    i.s3_sinks = vec![("sink-bucket".into(), "data/!{timestamp:yyyy}/".into())];
+    i.envelope_with_setup_key = true;
+    i.udf_objects = vec![("udf-bucket".into(), "udfs/f.wasm".into())];
+    let key = "arn:aws:kms:us-east-1:123456789012:key/k";
+    let plan = desired(&i, "123456789012", "us-east-1", Some(key)).unwrap();
+    let policy = plan
+        .resources
+        .iter()
+        .find_map(|(r, _)| match r {
+            Planned::Role { name, policy, .. } if name.ends_with("-runtime") => Some(policy),
+            _ => None,
+        })
+        .unwrap();
+    let stream = "arn:aws:kinesis:us-east-1:123456789012:stream/ticker-stream";
+    let calls = [
+        // src/kinesis/api.rs
+        ("kinesis:ListShards", stream.to_owned()),
+        ("kinesis:GetShardIterator", stream.to_owned()),
+        ("kinesis:GetRecords", stream.to_owned()),
+        // src/sink/firehose.rs (sinks and the raw copy)
+        (
+            "firehose:PutRecordBatch",
+            "arn:aws:firehose:us-east-1:123456789012:deliverystream/out".to_owned(),
+        ),
+        (
+            "firehose:PutRecordBatch",
+            "arn:aws:firehose:us-east-1:123456789012:deliverystream/raw".to_owned(),
+        ),
+        // src/sink/kinesis_stream.rs
+        (
+            "kinesis:PutRecords",
+            "arn:aws:kinesis:us-east-1:123456789012:stream/out-stream".to_owned(),
+        ),
+        // src/sink/s3.rs: PutObject covers multipart uploads; their abort needs its own action.
+        (
+            "s3:PutObject",
+            "arn:aws:s3:::sink-bucket/data/2026/x.json".to_owned(),
+        ),
+        (
+            "s3:AbortMultipartUpload",
+            "arn:aws:s3:::sink-bucket/data/2026/x.json".to_owned(),
+        ),
+        // src/wasm: modules loaded from S3
+        (
+            "s3:GetObject",
+            "arn:aws:s3:::udf-bucket/udfs/f.wasm".to_owned(),
+        ),
+        // src/crypto: envelope encryption
+        ("kms:GenerateDataKey", key.to_owned()),
+        ("kms:Decrypt", key.to_owned()),
+    ];
+    let covers = |pattern: &str, resource: &str| match pattern.strip_suffix('*') {
+        Some(prefix) => resource.starts_with(prefix),
+        None => pattern == resource,
+    };
+    for (action, resource) in calls {
+        let allowed = policy.statements.iter().any(|st| {
+            st.actions.iter().any(|a| a == action)
+                && st.resources.iter().any(|r| match r {
+                    Resource::Arn(p) => covers(p, &resource),
+                    Resource::AnyKeyPolicy => false,
+                })
+        });
+        assert!(
+            allowed,
+            "{action} on {resource} is not allowed by {}",
+            policy.to_json_pretty()
+        );
+    }
+    // The prefix's expression is cut: the literal part scopes the objects.
+    assert!(policy.to_json().contains("arn:aws:s3:::sink-bucket/data/*"));
+    assert!(!policy.to_json().contains("!{"));
+}
+
+#[test]
+fn the_key_policy_lets_aws_services_create_grants_and_iam_grant_use() {
+    let plan = desired(
+        &inputs("s3", true, false),
+        "123456789012",
+        "us-east-1",
+        Some("arn:aws:kms:us-east-1:123456789012:key/k"),
+    )
+    .unwrap();
+    let policy = plan
+        .resources
+        .iter()
+        .find_map(|(r, _)| match r {
+            Planned::Key { policy, .. } => Some(policy.to_value()),
+            _ => None,
+        })
+        .unwrap();
+    let grants = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Sid"] == "AwsServicesMayCreateGrants")
+        .unwrap();
+    assert_eq!(
+        grants["Condition"],
+        serde_json::json!({"Bool": {"kms:GrantIsForAWSResource": ["true"]}})
+    );
+    let text = policy.to_string();
+    assert!(text.contains("kms:PutKeyPolicy") && text.contains("IamPoliciesMayGrantUse"));
 }

@@ -214,6 +214,8 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
         principals,
         [
             format!("arn:aws:iam::{ACCOUNT}:root"),
+            format!("arn:aws:iam::{ACCOUNT}:root"),
+            format!("arn:aws:iam::{ACCOUNT}:root"),
             format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-firehose-ticker-out"),
             format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-firehose-ticker-raw"),
             format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-runtime"),
@@ -318,11 +320,17 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
                 {"Sid": "EncryptedStreams", "Effect": "Allow",
                  "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                  "Resource": [key_arn],
-                 "Condition": {"StringEquals": {"kms:ViaService": ["kinesis.us-east-1.amazonaws.com"]}}},
+                 "Condition": {"StringEquals": {
+                     "kms:ViaService": ["kinesis.us-east-1.amazonaws.com"],
+                     "kms:EncryptionContext:aws:kinesis:arn": [
+                         stream,
+                         format!("arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/existing-out")]}}},
                 {"Sid": "EncryptedObjects", "Effect": "Allow",
                  "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                  "Resource": [key_arn],
-                 "Condition": {"StringEquals": {"kms:ViaService": ["s3.us-east-1.amazonaws.com"]}}},
+                 "Condition": {
+                     "StringEquals": {"kms:ViaService": ["s3.us-east-1.amazonaws.com"]},
+                     "StringLike": {"kms:EncryptionContext:aws:s3:arn": ["arn:aws:s3:::existing-bucket/copies/*"]}}},
             ]
         })
     );
@@ -338,8 +346,6 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
                  "Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
                  "Resource": ["arn:aws:s3:::ticker-analytics/rawStreamData/*",
                               "arn:aws:s3:::ticker-analytics/processing-failed/ticker-raw/*"]},
-                {"Sid": "DeliveryLogs", "Effect": "Allow", "Action": ["logs:PutLogEvents"],
-                 "Resource": [format!("arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/kinesisfirehose/ticker-raw:log-stream:*")]},
                 {"Sid": "EncryptObjectsThroughS3", "Effect": "Allow",
                  "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                  "Resource": [key_arn],
@@ -558,6 +564,10 @@ async fn a_pipeline_runs_end_to_end_on_what_setup_created() {
     let (ok, out, err) = cli(dir.path(), &["setup", "destroy", path.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains("kept S3 bucket ticker-analytics"), "{out}");
+    assert!(
+        out.contains("kept KMS key alias/rivulet-ticker"),
+        "its data stays readable: {out}"
+    );
     assert!(!s3::list_keys(moto.port(), "ticker-analytics").is_empty());
 }
 
