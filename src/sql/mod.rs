@@ -12,6 +12,7 @@
 //! Shapes that cannot run on an unbounded stream — an aggregate without a window, joins,
 //! `DISTINCT`, `ORDER BY`, `LIMIT`, subqueries — are refused with an error saying why.
 
+mod kda;
 mod over;
 mod program;
 mod rewrite;

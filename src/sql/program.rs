@@ -585,6 +585,43 @@ impl SqlProgram {
         settings: WatermarkSettings,
         functions: &SqlFunctions,
     ) -> Result<Self> {
+        if !super::kda::is_application(sql) {
+            return Self::plan(sql, input_schema, settings, functions).await;
+        }
+        // Kinesis Data Analytics application code: its pumps, translated.
+        let app = super::kda::translate(sql)?;
+        match Self::plan(&app.sql(), Arc::clone(&input_schema), settings, functions).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // Name the first pump that does not plan, with its line.
+                for n in 1..=app.pumps.len() {
+                    let prefix: Vec<&str> = app.pumps[..n].iter().map(|p| p.sql.as_str()).collect();
+                    if let Err(e) = Self::plan(
+                        &prefix.join(";\n"),
+                        Arc::clone(&input_schema),
+                        settings,
+                        functions,
+                    )
+                    .await
+                    {
+                        let p = &app.pumps[n - 1];
+                        return Err(Error::Sql(format!(
+                            "KDA application code, pump {} (line {}): {e}",
+                            p.name, p.line
+                        )));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn plan(
+        sql: &str,
+        input_schema: SchemaRef,
+        settings: WatermarkSettings,
+        functions: &SqlFunctions,
+    ) -> Result<Self> {
         let mut state = streaming_state();
         for f in &functions.scalars {
             state.register_udf(Arc::new(f.clone()))?;

@@ -1,0 +1,944 @@
+//! The Kinesis Data Analytics SQL dialect: application code (`CREATE OR REPLACE STREAM`,
+//! `CREATE OR REPLACE PUMP … AS INSERT INTO … SELECT STREAM …`) translated into rivulet's
+//! streaming statements (`INSERT INTO stream SELECT …`, chained by stream name).
+//!
+//! What the translation does:
+//! - **Identifiers**: unquoted ones are upper-cased (KDA's rule), quoted ones kept as written.
+//!   Function names, keywords, type names and time units are left as they are.
+//! - **Streams**: `CREATE OR REPLACE STREAM` declares a stream's columns and types; a pump's
+//!   `SELECT` values take the target stream's column names and types, in order (`CAST`, and
+//!   `VARCHAR(n)` / `CHAR(n)` values cut to `n` characters).
+//! - **Pumps** become `INSERT INTO "STREAM" SELECT …`, ordered so that a pump reading a stream
+//!   runs after the pump writing it; `SELECT STREAM` is a plain `SELECT`.
+//! - **Tumbling windows**: in `GROUP BY`, `STEP(ts BY INTERVAL 'n' unit)`, `FLOOR(ts TO unit)` and
+//!   `FLOOR((ts - TIMESTAMP '1970-01-01 00:00:00') unit / n TO unit)` are a tumbling window of `n`
+//!   units on `ts`; the same expression in the select list is the window's start. Outside a
+//!   `GROUP BY` window they truncate the time (`date_bin`).
+//! - Comments (`--`, `/* */`) are dropped.
+//!
+//! Constructs not translated yet are refused with an error naming them and their line and column
+//! (see [`UNSUPPORTED`]).
+
+use std::collections::HashMap;
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use crate::{Error, Result};
+
+/// KDA constructs that are refused with an error, with what to know.
+pub(crate) const UNSUPPORTED: &[(&str, &str)] = &[
+    ("STAGGER", "stagger windows (WINDOWED BY STAGGER) are not supported yet"),
+    (
+        "RANDOM_CUT_FOREST",
+        "RANDOM_CUT_FOREST is not supported: rivulet does not return anomaly scores it has not computed",
+    ),
+    (
+        "RANDOM_CUT_FOREST_WITH_EXPLANATION",
+        "RANDOM_CUT_FOREST_WITH_EXPLANATION is not supported",
+    ),
+    ("HOTSPOTS", "HOTSPOTS is not supported"),
+    (
+        "COUNT_DISTINCT_ITEMS_TUMBLING",
+        "COUNT_DISTINCT_ITEMS_TUMBLING is not supported yet; COUNT(DISTINCT x) in a tumbling window gives the exact count",
+    ),
+    ("TOP_K_ITEMS_TUMBLING", "TOP_K_ITEMS_TUMBLING is not supported yet"),
+];
+
+/// Words kept as they are (not identifiers): SQL structure, type names, time units.
+const KEEP: &[&str] = &[
+    "SELECT",
+    "STREAM",
+    "FROM",
+    "WHERE",
+    "GROUP",
+    "BY",
+    "HAVING",
+    "AS",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "IS",
+    "NULL",
+    "TRUE",
+    "FALSE",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "CAST",
+    "INTERVAL",
+    "TIMESTAMP",
+    "DATE",
+    "TIME",
+    "LIKE",
+    "BETWEEN",
+    "DISTINCT",
+    "ALL",
+    "ON",
+    "JOIN",
+    "LEFT",
+    "RIGHT",
+    "INNER",
+    "OUTER",
+    "FULL",
+    "CROSS",
+    "OVER",
+    "PARTITION",
+    "ORDER",
+    "ASC",
+    "DESC",
+    "ROWS",
+    "RANGE",
+    "PRECEDING",
+    "FOLLOWING",
+    "CURRENT",
+    "ROW",
+    "UNBOUNDED",
+    "WINDOW",
+    "LIMIT",
+    "UNION",
+    "EXISTS",
+    "SECOND",
+    "SECONDS",
+    "MINUTE",
+    "MINUTES",
+    "HOUR",
+    "HOURS",
+    "DAY",
+    "DAYS",
+    "MONTH",
+    "YEAR",
+    "WEEK",
+    "TO",
+    "ESCAPE",
+    "SIMILAR",
+    "FILTER",
+    "WITHIN",
+    "LEADING",
+    "TRAILING",
+    "BOTH",
+    "FOR",
+    "VARCHAR",
+    "CHAR",
+    "CHARACTER",
+    "VARYING",
+    "INTEGER",
+    "INT",
+    "BIGINT",
+    "SMALLINT",
+    "TINYINT",
+    "DECIMAL",
+    "NUMERIC",
+    "REAL",
+    "DOUBLE",
+    "PRECISION",
+    "FLOAT",
+    "BOOLEAN",
+    "VARBINARY",
+    "INSERT",
+    "INTO",
+    "USING",
+    "NULLS",
+    "FIRST",
+    "LAST",
+];
+
+/// A declared in-application stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamDecl {
+    pub(crate) name: String,
+    /// Column names and SQL types (rivulet's spelling).
+    pub(crate) columns: Vec<(String, String)>,
+}
+
+/// A pump, as translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pump {
+    pub(crate) name: String,
+    pub(crate) target: String,
+    pub(crate) line: u64,
+    /// The statement rivulet runs.
+    pub(crate) sql: String,
+    reads: Vec<String>,
+}
+
+/// A translated application.
+#[derive(Debug, Clone)]
+pub(crate) struct Application {
+    #[allow(dead_code)]
+    pub(crate) streams: Vec<StreamDecl>,
+    /// In the order they run.
+    pub(crate) pumps: Vec<Pump>,
+}
+
+impl Application {
+    /// The pumps' statements, for [`super::SqlProgram`].
+    pub(crate) fn sql(&self) -> String {
+        self.pumps
+            .iter()
+            .map(|p| p.sql.as_str())
+            .collect::<Vec<_>>()
+            .join(";\n")
+    }
+}
+
+/// Whether `sql` is KDA application code (it creates a stream or a pump).
+pub(crate) fn is_application(sql: &str) -> bool {
+    let Ok(tokens) = significant(sql) else {
+        return false;
+    };
+    tokens.windows(4).any(|w| {
+        word_is(&w[0].token, "CREATE")
+            && ((word_is(&w[1].token, "OR")
+                && word_is(&w[2].token, "REPLACE")
+                && (word_is(&w[3].token, "STREAM") || word_is(&w[3].token, "PUMP")))
+                || word_is(&w[1].token, "STREAM")
+                || word_is(&w[1].token, "PUMP"))
+    })
+}
+
+fn word_is(t: &Token, w: &str) -> bool {
+    matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
+}
+
+fn at(loc: Location) -> String {
+    format!("line {}, column {}", loc.line, loc.column)
+}
+
+fn err(loc: Location, msg: impl std::fmt::Display) -> Error {
+    Error::Sql(format!("KDA application code, {}: {msg}", at(loc)))
+}
+
+/// The tokens that matter (no whitespace or comments).
+fn significant(sql: &str) -> Result<Vec<TokenWithSpan>> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Sql(format!("KDA application code: {e}")))?;
+    Ok(tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect())
+}
+
+/// An identifier as KDA reads it: quoted as written, unquoted upper-cased.
+fn ident(t: &TokenWithSpan) -> Result<String> {
+    match &t.token {
+        Token::Word(w) if w.quote_style.is_some() => Ok(w.value.clone()),
+        Token::Word(w) => Ok(w.value.to_uppercase()),
+        other => Err(err(
+            t.span.start,
+            format!("expected a name, found `{other}`"),
+        )),
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Translates application code.
+pub(crate) fn translate(sql: &str) -> Result<Application> {
+    let tokens = significant(sql)?;
+    for t in &tokens {
+        if let Token::Word(w) = &t.token {
+            if w.quote_style.is_none() {
+                if let Some((_, why)) = UNSUPPORTED
+                    .iter()
+                    .find(|(name, _)| w.value.eq_ignore_ascii_case(name))
+                {
+                    return Err(err(t.span.start, why));
+                }
+            }
+        }
+    }
+    let mut streams: Vec<StreamDecl> = Vec::new();
+    let mut pumps: Vec<Pump> = Vec::new();
+    #[allow(clippy::type_complexity)]
+    let mut pending: Vec<(
+        String,
+        String,
+        u64,
+        &[TokenWithSpan],
+        usize,
+        Option<Vec<String>>,
+        StreamDecl,
+        Vec<String>,
+    )> = Vec::new();
+    for stmt in tokens.split(|t| matches!(t.token, Token::SemiColon)) {
+        if stmt.is_empty() {
+            continue;
+        }
+        let mut i = 0;
+        let expect = |i: &mut usize, w: &str| -> Result<()> {
+            match stmt.get(*i) {
+                Some(t) if word_is(&t.token, w) => {
+                    *i += 1;
+                    Ok(())
+                }
+                Some(t) => Err(err(
+                    t.span.start,
+                    format!("expected {w}, found `{}`", t.token),
+                )),
+                None => Err(err(
+                    stmt[stmt.len() - 1].span.end,
+                    format!("expected {w}, found the end of the statement"),
+                )),
+            }
+        };
+        expect(&mut i, "CREATE")?;
+        if stmt.get(i).is_some_and(|t| word_is(&t.token, "OR")) {
+            i += 1;
+            expect(&mut i, "REPLACE")?;
+        }
+        let kind = stmt
+            .get(i)
+            .ok_or_else(|| err(stmt[0].span.start, "expected STREAM or PUMP"))?;
+        if word_is(&kind.token, "STREAM") {
+            i += 1;
+            streams.push(stream_decl(stmt, i)?);
+        } else if word_is(&kind.token, "PUMP") {
+            i += 1;
+            let name = ident(
+                stmt.get(i)
+                    .ok_or_else(|| err(kind.span.end, "a pump needs a name"))?,
+            )?;
+            i += 1;
+            expect(&mut i, "AS")?;
+            expect(&mut i, "INSERT")?;
+            expect(&mut i, "INTO")?;
+            let target_tok = stmt
+                .get(i)
+                .ok_or_else(|| err(kind.span.end, "INSERT INTO needs a stream"))?;
+            let target = ident(target_tok)?;
+            i += 1;
+            // An optional column list, which must match the stream's.
+            let mut columns: Option<Vec<String>> = None;
+            if matches!(stmt.get(i).map(|t| &t.token), Some(Token::LParen)) {
+                let mut cols = Vec::new();
+                i += 1;
+                while let Some(t) = stmt.get(i) {
+                    match &t.token {
+                        Token::RParen => {
+                            i += 1;
+                            break;
+                        }
+                        Token::Comma => i += 1,
+                        _ => {
+                            cols.push(ident(t)?);
+                            i += 1;
+                        }
+                    }
+                }
+                columns = Some(cols);
+            }
+            let decl = streams.iter().find(|s| s.name == target).ok_or_else(|| {
+                err(
+                    target_tok.span.start,
+                    format!(
+                        "pump {name} inserts into stream {target}, which no CREATE STREAM before \
+                         it declares"
+                    ),
+                )
+            })?;
+            let line = stmt[0].span.start.line;
+            let (_, reads) = select(&stmt[i..], decl, columns.as_deref(), &name, false)?;
+            pending.push((name, target, line, stmt, i, columns, decl.clone(), reads));
+        } else {
+            return Err(err(
+                kind.span.start,
+                format!(
+                    "expected CREATE OR REPLACE STREAM or PUMP, found `{}`",
+                    kind.token
+                ),
+            ));
+        }
+    }
+    // A stream that another pump reads carries ROWTIME: a filter's rows keep theirs, a window's
+    // rows get the window's end.
+    let read: Vec<String> = pending.iter().flat_map(|p| p.7.clone()).collect();
+    for (name, target, line, stmt, i, columns, decl, reads) in pending {
+        let carry = read.contains(&target);
+        let (select, _) = select(&stmt[i..], &decl, columns.as_deref(), &name, carry)?;
+        pumps.push(Pump {
+            name,
+            target: target.clone(),
+            line,
+            sql: format!("INSERT INTO {} {select}", quote(&target)),
+            reads,
+        });
+    }
+    if pumps.is_empty() {
+        return Err(Error::Sql(
+            "KDA application code: no pump (CREATE OR REPLACE PUMP … AS INSERT INTO … SELECT \
+             STREAM …) moves any row"
+                .into(),
+        ));
+    }
+    let pumps = order(pumps)?;
+    Ok(Application { streams, pumps })
+}
+
+/// Pumps ordered so that a pump reading a stream comes after the pump writing it.
+fn order(mut pending: Vec<Pump>) -> Result<Vec<Pump>> {
+    let mut writers: HashMap<String, Vec<String>> = HashMap::new();
+    for p in &pending {
+        writers
+            .entry(p.target.clone())
+            .or_default()
+            .push(p.name.clone());
+    }
+    if let Some((stream, names)) = writers.iter().find(|(_, w)| w.len() > 1) {
+        return Err(Error::Sql(format!(
+            "KDA application code: stream {stream} is written by {} pumps ({}); rivulet runs one \
+             pump per stream so far: write each into its own stream",
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    let mut done: Vec<Pump> = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending.iter().position(|p| {
+            p.reads
+                .iter()
+                .all(|r| !writers.contains_key(r) || done.iter().any(|d| &d.target == r))
+        });
+        match ready {
+            Some(i) => done.push(pending.remove(i)),
+            None => {
+                return Err(Error::Sql(format!(
+                    "KDA application code: pumps {} read each other's streams in a cycle",
+                    pending
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// `name (col TYPE, …)` after `CREATE OR REPLACE STREAM`.
+fn stream_decl(stmt: &[TokenWithSpan], mut i: usize) -> Result<StreamDecl> {
+    let name_tok = stmt
+        .get(i)
+        .ok_or_else(|| err(stmt[0].span.start, "a stream needs a name"))?;
+    let name = ident(name_tok)?;
+    i += 1;
+    if !matches!(stmt.get(i).map(|t| &t.token), Some(Token::LParen)) {
+        return Err(err(
+            name_tok.span.end,
+            format!("stream {name} needs its columns in parentheses"),
+        ));
+    }
+    i += 1;
+    let mut columns = Vec::new();
+    loop {
+        let col_tok = stmt.get(i).ok_or_else(|| {
+            err(
+                name_tok.span.end,
+                format!("stream {name}: unfinished column list"),
+            )
+        })?;
+        let col = ident(col_tok)?;
+        i += 1;
+        // The type: words, then an optional (n) or (p, s).
+        let mut words = Vec::new();
+        while let Some(Token::Word(w)) = stmt.get(i).map(|t| &t.token) {
+            words.push(w.value.to_uppercase());
+            i += 1;
+        }
+        let mut params = Vec::new();
+        if matches!(stmt.get(i).map(|t| &t.token), Some(Token::LParen)) {
+            i += 1;
+            while let Some(t) = stmt.get(i) {
+                i += 1;
+                match &t.token {
+                    Token::RParen => break,
+                    Token::Comma => {}
+                    Token::Number(n, _) => params.push(n.clone()),
+                    other => {
+                        return Err(err(t.span.start, format!("unexpected `{other}` in a type")))
+                    }
+                }
+            }
+        }
+        let ty = sql_type(&words.join(" "), &params).ok_or_else(|| {
+            err(
+                col_tok.span.start,
+                format!("column {col}: unknown type `{}`", words.join(" ")),
+            )
+        })?;
+        columns.push((col.clone(), ty));
+        match stmt.get(i).map(|t| &t.token) {
+            Some(Token::Comma) => i += 1,
+            Some(Token::RParen) => break,
+            _ => {
+                return Err(err(
+                    stmt.get(i).map_or(col_tok.span.end, |t| t.span.start),
+                    format!("stream {name}: expected `,` or `)` after column {col}"),
+                ))
+            }
+        }
+    }
+    Ok(StreamDecl { name, columns })
+}
+
+/// A KDA type in rivulet's (DataFusion's) spelling: `VARCHAR(n)` keeps its length, which the
+/// output cuts values to.
+fn sql_type(words: &str, params: &[String]) -> Option<String> {
+    let p = |i: usize| params.get(i).cloned();
+    Some(match words {
+        "VARCHAR" | "CHAR" | "CHARACTER" | "CHARACTER VARYING" | "CHAR VARYING" => match p(0) {
+            Some(n) => format!("VARCHAR({n})"),
+            None => "VARCHAR".into(),
+        },
+        "INTEGER" | "INT" => "INT".into(),
+        "BIGINT" => "BIGINT".into(),
+        "SMALLINT" => "SMALLINT".into(),
+        "TINYINT" => "TINYINT".into(),
+        "DECIMAL" | "NUMERIC" => match (p(0), p(1)) {
+            (Some(a), Some(b)) => format!("DECIMAL({a}, {b})"),
+            (Some(a), None) => format!("DECIMAL({a}, 0)"),
+            _ => "DECIMAL(38, 10)".into(),
+        },
+        "REAL" | "FLOAT" => "REAL".into(),
+        "DOUBLE" | "DOUBLE PRECISION" => "DOUBLE".into(),
+        "BOOLEAN" => "BOOLEAN".into(),
+        "DATE" => "DATE".into(),
+        "TIME" => "TIME".into(),
+        "TIMESTAMP" => "TIMESTAMP".into(),
+        "VARBINARY" | "BINARY" => "BYTEA".into(),
+        _ => return None,
+    })
+}
+
+/// Where in a `SELECT` a token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clause {
+    Select,
+    From,
+    Where,
+    GroupBy,
+    Other,
+}
+
+/// Translates `SELECT [STREAM] …` for a pump into `stream`: the statement text and the streams it
+/// reads.
+fn select(
+    tokens: &[TokenWithSpan],
+    stream: &StreamDecl,
+    columns: Option<&[String]>,
+    pump: &str,
+    carry_rowtime: bool,
+) -> Result<(String, Vec<String>)> {
+    let first = tokens
+        .first()
+        .ok_or_else(|| Error::Sql(format!("pump {pump}: INSERT INTO needs a SELECT")))?;
+    if !word_is(&first.token, "SELECT") {
+        return Err(err(
+            first.span.start,
+            format!("pump {pump}: expected SELECT, found `{}`", first.token),
+        ));
+    }
+    let mut body = &tokens[1..];
+    if body.first().is_some_and(|t| word_is(&t.token, "STREAM")) {
+        body = &body[1..];
+    }
+    // Top-level clause of each token, and the select items.
+    let mut depth = 0i32;
+    let mut clause = Clause::Select;
+    let mut clauses = Vec::with_capacity(body.len());
+    let mut reads = Vec::new();
+    for (k, t) in body.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            if word_is(&t.token, "FROM") {
+                clause = Clause::From;
+            } else if word_is(&t.token, "WHERE") {
+                clause = Clause::Where;
+            } else if word_is(&t.token, "GROUP") {
+                clause = Clause::GroupBy;
+            } else if word_is(&t.token, "HAVING")
+                || word_is(&t.token, "WINDOW")
+                || word_is(&t.token, "ORDER")
+            {
+                clause = Clause::Other;
+            }
+        }
+        if clause == Clause::From
+            && matches!(t.token, Token::Word(_))
+            && k > 0
+            && (word_is(&body[k - 1].token, "FROM") || word_is(&body[k - 1].token, "JOIN"))
+        {
+            reads.push(ident(t)?);
+        }
+        clauses.push(clause);
+    }
+    // Window expressions of the GROUP BY, by their text, so that the same expression in the
+    // select list becomes the window's start.
+    let group_windows: Vec<String> = window_exprs(body, &clauses, Clause::GroupBy)?
+        .into_iter()
+        .map(|(_, _, text)| text)
+        .collect();
+    let rewritten = rewrite(body, &clauses, &group_windows)?;
+    // Split the select list (top level commas before FROM).
+    let from = clauses
+        .iter()
+        .position(|c| *c != Clause::Select)
+        .unwrap_or(clauses.len());
+    let mut items: Vec<Vec<String>> = vec![Vec::new()];
+    let mut depth = 0i32;
+    for (t, text) in body[..from].iter().zip(&rewritten[..from]) {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => {
+                items.push(Vec::new());
+                continue;
+            }
+            _ => {}
+        }
+        items.last_mut().expect("one item").push(text.clone());
+    }
+    let targets: Vec<(String, String)> = match columns {
+        None => stream.columns.clone(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                stream
+                    .columns
+                    .iter()
+                    .find(|(c, _)| c == n)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Sql(format!(
+                            "pump {pump}: stream {} has no column {n}",
+                            stream.name
+                        ))
+                    })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let star = items.len() == 1 && items[0] == ["*"];
+    let select_list = if star {
+        "*".to_owned()
+    } else {
+        if items.len() != targets.len() {
+            return Err(err(
+                first.span.start,
+                format!(
+                    "pump {pump} selects {} values into stream {}, which has {} columns",
+                    items.len(),
+                    stream.name,
+                    targets.len()
+                ),
+            ));
+        }
+        items
+            .iter()
+            .zip(&targets)
+            .map(|(item, (name, ty))| {
+                let mut words = item.clone();
+                // A trailing `AS alias` names the value in KDA too; the stream's column name wins.
+                if words.len() > 2 && words[words.len() - 2].eq_ignore_ascii_case("AS") {
+                    words.truncate(words.len() - 2);
+                }
+                let expr = words.join(" ");
+                let value = match ty.strip_prefix("VARCHAR(") {
+                    Some(n) => {
+                        format!("LEFT(CAST({expr} AS VARCHAR), {})", n.trim_end_matches(')'))
+                    }
+                    None => format!("CAST({expr} AS {ty})"),
+                };
+                format!("{value} AS {}", quote(name))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rowtime = match (carry_rowtime && !star, group_windows.first()) {
+        (false, _) => String::new(),
+        (true, Some(w)) => format!(", TUMBLE_END({w}) AS \"ROWTIME\""),
+        (true, None) => ", \"ROWTIME\" AS \"ROWTIME\"".to_owned(),
+    };
+    let rest = rewritten[from..].join(" ");
+    Ok((format!("SELECT {select_list}{rowtime} {rest}"), reads))
+}
+
+/// The tumbling-window expressions in `clause`: (first token, one past the last, their text).
+fn window_exprs(
+    body: &[TokenWithSpan],
+    clauses: &[Clause],
+    clause: Clause,
+) -> Result<Vec<(usize, usize, String)>> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < body.len() {
+        if clauses[k] == clause {
+            if let Some((end, text)) = window_at(body, k)? {
+                out.push((k, end, text));
+                k = end;
+                continue;
+            }
+        }
+        k += 1;
+    }
+    Ok(out)
+}
+
+/// When a STEP or FLOOR … TO window starts at `k`: one past its last token, and its canonical
+/// form `(time expression, INTERVAL)` as text.
+fn window_at(body: &[TokenWithSpan], k: usize) -> Result<Option<(usize, String)>> {
+    let is_step = word_is(&body[k].token, "STEP");
+    let is_floor = word_is(&body[k].token, "FLOOR");
+    if !(is_step || is_floor) || !matches!(body.get(k + 1).map(|t| &t.token), Some(Token::LParen)) {
+        return Ok(None);
+    }
+    // The matching parenthesis.
+    let mut depth = 0;
+    let mut close = None;
+    for (j, t) in body.iter().enumerate().skip(k + 1) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(j);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close = close.ok_or_else(|| err(body[k].span.start, "unclosed parenthesis"))?;
+    let inner = &body[k + 2..close];
+    // The top-level BY (STEP) or TO (FLOOR).
+    let sep = if is_step { "BY" } else { "TO" };
+    let mut depth = 0;
+    let mut at_sep = None;
+    for (j, t) in inner.iter().enumerate() {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0 && word_is(&t.token, sep) => at_sep = Some(j),
+            _ => {}
+        }
+    }
+    let Some(s) = at_sep else {
+        return Ok(None); // FLOOR(x) of a number
+    };
+    let text = |ts: &[TokenWithSpan]| -> Result<String> { Ok(rewrite_plain(ts)?.join(" ")) };
+    if is_step {
+        // STEP(ts BY INTERVAL 'n' unit)
+        let time = text(&inner[..s])?;
+        let interval = text(&inner[s + 1..])?;
+        return Ok(Some((close + 1, format!("{time}, {interval}"))));
+    }
+    let unit = match inner.get(s + 1).map(|t| &t.token) {
+        Some(Token::Word(w)) => w.value.to_uppercase(),
+        _ => return Err(err(inner[s].span.start, "FLOOR … TO needs a time unit")),
+    };
+    // The arithmetic form: ((ts - TIMESTAMP '1970-01-01 00:00:00') unit / n TO unit).
+    let before = &inner[..s];
+    if matches!(before.first().map(|t| &t.token), Some(Token::LParen)) {
+        if let Some((time, per_unit, n)) = epoch_division(before) {
+            let ts = text(time)?;
+            return Ok(Some((
+                close + 1,
+                format!("{ts}, INTERVAL '{n}' {per_unit}"),
+            )));
+        }
+    }
+    let time = text(before)?;
+    Ok(Some((close + 1, format!("{time}, INTERVAL '1' {unit}"))))
+}
+
+/// `(ts - TIMESTAMP '1970-01-01 00:00:00') unit / n`: the time, the unit and `n`.
+fn epoch_division(t: &[TokenWithSpan]) -> Option<(&[TokenWithSpan], String, String)> {
+    // Find the matching parenthesis of the first token.
+    let mut depth = 0;
+    let mut close = None;
+    for (j, x) in t.iter().enumerate() {
+        match x.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(j);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close = close?;
+    let inside = &t[1..close];
+    let minus = inside
+        .iter()
+        .rposition(|x| matches!(x.token, Token::Minus))?;
+    let epoch = &inside[minus + 1..];
+    let is_epoch = matches!(
+        epoch.iter().map(|x| &x.token).collect::<Vec<_>>()[..],
+        [Token::Word(w), Token::SingleQuotedString(s)]
+            if w.value.eq_ignore_ascii_case("TIMESTAMP") && s.starts_with("1970-01-01")
+    );
+    if !is_epoch {
+        return None;
+    }
+    let after = &t[close + 1..];
+    match after.iter().map(|x| &x.token).collect::<Vec<_>>()[..] {
+        [Token::Word(unit), Token::Div, Token::Number(n, _)] => {
+            Some((&inside[..minus], unit.value.to_uppercase(), n.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Tokens as text, with identifiers upper-cased and quoted per KDA's rules.
+fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(tokens.len());
+    for (k, t) in tokens.iter().enumerate() {
+        out.push(match &t.token {
+            Token::Word(w) if w.quote_style.is_some() => quote(&w.value),
+            Token::Word(w) => {
+                let upper = w.value.to_uppercase();
+                let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
+                if KEEP.contains(&upper.as_str()) || call {
+                    w.value.clone()
+                } else {
+                    quote(&upper)
+                }
+            }
+            other => other.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The statement's tokens as text: identifiers per KDA's rules, and windows translated.
+fn rewrite(
+    body: &[TokenWithSpan],
+    clauses: &[Clause],
+    group_windows: &[String],
+) -> Result<Vec<String>> {
+    let mut out = rewrite_plain(body)?;
+    let grouped = !group_windows.is_empty();
+    let mut k = 0;
+    while k < body.len() {
+        if let Some((end, canonical)) = window_at(body, k)? {
+            let replacement = if clauses[k] == Clause::GroupBy {
+                format!("TUMBLE({canonical})")
+            } else if grouped && group_windows.contains(&canonical) {
+                format!("TUMBLE_START({canonical})")
+            } else {
+                // A time truncated to its step: date_bin(interval, time, epoch).
+                let (time, interval) = canonical
+                    .rsplit_once(", INTERVAL")
+                    .map(|(a, b)| (a.to_owned(), format!("INTERVAL{b}")))
+                    .unwrap_or_default();
+                format!("date_bin({interval}, {time}, TIMESTAMP '1970-01-01 00:00:00')")
+            };
+            out[k] = replacement;
+            for o in out.iter_mut().take(end).skip(k + 1) {
+                o.clear();
+            }
+            k = end;
+            continue;
+        }
+        k += 1;
+    }
+    Ok(out.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_original_solutions_sample_application() {
+        let app = translate(
+            r#"
+-- the sample of the streaming analytics pipeline
+CREATE OR REPLACE STREAM "DESTINATION_SQL_STREAM" (car VARCHAR(8), vehicle_count INTEGER,
+  avg_temp REAL, low_temp REAL, high_temp REAL);
+CREATE OR REPLACE PUMP "STREAM_PUMP" AS INSERT INTO "DESTINATION_SQL_STREAM"
+SELECT STREAM "car", COUNT(*), AVG("engine_temp"), MIN("engine_temp"), MAX("engine_temp")
+FROM "SOURCE_SQL_STREAM_001"
+GROUP BY "car", FLOOR(("SOURCE_SQL_STREAM_001".ROWTIME - TIMESTAMP '1970-01-01 00:00:00') SECOND / 30 TO SECOND);
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            app.streams[0].columns[0],
+            ("CAR".into(), "VARCHAR(8)".into())
+        );
+        assert_eq!(app.pumps.len(), 1);
+        let sql = app.sql();
+        assert!(sql.starts_with("INSERT INTO \"DESTINATION_SQL_STREAM\" SELECT LEFT(CAST(\"car\" AS VARCHAR), 8) AS \"CAR\", CAST(COUNT ( * ) AS INT) AS \"VEHICLE_COUNT\""), "{sql}");
+        assert!(
+            sql.contains("TUMBLE(\"SOURCE_SQL_STREAM_001\" . \"ROWTIME\", INTERVAL '30' SECOND)"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn identifiers_follow_kdas_case_rules_and_errors_say_where() {
+        let app = translate(
+            "CREATE OR REPLACE STREAM out_s (ticker_symbol VARCHAR(4), \"price\" DOUBLE);\n\
+             /* a filter */ CREATE OR REPLACE PUMP p AS INSERT INTO out_s \
+             SELECT STREAM ticker_symbol, \"price\" FROM SOURCE_SQL_STREAM_001 WHERE change > 0;",
+        )
+        .unwrap();
+        let sql = app.sql();
+        assert!(sql.contains("INSERT INTO \"OUT_S\""), "{sql}");
+        assert!(
+            sql.contains("\"TICKER_SYMBOL\"") && sql.contains("\"price\""),
+            "{sql}"
+        );
+        assert!(sql.contains("WHERE \"CHANGE\" > 0"), "{sql}");
+        let e = translate("CREATE OR REPLACE STREAM s (a INTEGER);\nCREATE OR REPLACE PUMP p AS INSERT INTO t SELECT STREAM a FROM SOURCE_SQL_STREAM_001;")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("stream T"), "{e}");
+        let e = translate("CREATE OR REPLACE STREAM s (a INTEGER);\nCREATE OR REPLACE PUMP p AS INSERT INTO s\n SELECT STREAM RANDOM_CUT_FOREST(a) FROM SOURCE_SQL_STREAM_001;")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("RANDOM_CUT_FOREST"),
+            "{e}"
+        );
+        let e = translate("CREATE OR REPLACE STREAM s (a INTEGER, b INTEGER);\nCREATE OR REPLACE PUMP p AS INSERT INTO s SELECT STREAM a FROM SOURCE_SQL_STREAM_001;")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("selects 1 values") && e.contains("2 columns"),
+            "{e}"
+        );
+        assert!(is_application(
+            "create or replace pump x as insert into y select stream 1 from z"
+        ));
+        assert!(!is_application(
+            "SELECT * FROM source -- CREATE OR REPLACE STREAM"
+        ));
+    }
+
+    #[test]
+    fn pumps_run_after_the_pumps_whose_streams_they_read() {
+        let app = translate(
+            "CREATE OR REPLACE STREAM a (x INTEGER); CREATE OR REPLACE STREAM b (x INTEGER);\n\
+             CREATE OR REPLACE PUMP second AS INSERT INTO b SELECT STREAM x FROM a;\n\
+             CREATE OR REPLACE PUMP first AS INSERT INTO a SELECT STREAM x FROM SOURCE_SQL_STREAM_001;",
+        )
+        .unwrap();
+        let names: Vec<&str> = app.pumps.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["FIRST", "SECOND"]);
+    }
+}
