@@ -607,7 +607,9 @@ fn select(
             }
             _ => {}
         }
-        items.last_mut().expect("one item").push(text.clone());
+        if !text.is_empty() {
+            items.last_mut().expect("one item").push(text.clone());
+        }
     }
     let targets: Vec<(String, String)> = match columns {
         None => stream.columns.clone(),
@@ -669,7 +671,12 @@ fn select(
         (true, Some(w)) => format!(", TUMBLE_END({w}) AS \"ROWTIME\""),
         (true, None) => ", \"ROWTIME\" AS \"ROWTIME\"".to_owned(),
     };
-    let rest = rewritten[from..].join(" ");
+    let rest = rewritten[from..]
+        .iter()
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
     Ok((format!("SELECT {select_list}{rowtime} {rest}"), reads))
 }
 
@@ -855,7 +862,8 @@ fn rewrite(
         }
         k += 1;
     }
-    Ok(out.into_iter().filter(|s| !s.is_empty()).collect())
+    // Tokens folded into a window's translation are empty, so that indexes still match `body`.
+    Ok(out)
 }
 
 #[cfg(test)]

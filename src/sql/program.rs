@@ -1166,6 +1166,10 @@ fn push_failures(issues: &mut Vec<SqlIssue>, input: &RecordBatch, failures: &[su
 
 /// Names of the streams the statements of `sql` write, in order, without planning them.
 pub(crate) fn output_stream_names(sql: &str) -> Result<Vec<String>> {
+    if super::kda::is_application(sql) {
+        let app = super::kda::translate(sql)?;
+        return Ok(app.pumps.iter().map(|p| p.target.clone()).collect());
+    }
     let parsed = Parser::parse_sql(&GenericDialect {}, sql)
         .map_err(|e| Error::Sql(format!("cannot parse the SQL: {e}")))?;
     Ok(parsed

@@ -724,3 +724,23 @@ async fn a_row_extending_an_open_session_backwards_is_not_late() {
     rows.sort_unstable();
     assert_eq!(rows, vec![(1, 100_000), (2, 88_000)]);
 }
+
+#[tokio::test]
+async fn kda_application_code_runs_and_a_pump_that_does_not_plan_is_named_with_its_line() {
+    let schema = batches(&ticker(10, 2, 1.0))[0].schema();
+    let app = "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (sym VARCHAR(8), n BIGINT);\n\
+               CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\"\n\
+               SELECT STREAM \"ticker_symbol\", COUNT(*) FROM \"SOURCE_SQL_STREAM_001\"\n\
+               GROUP BY \"ticker_symbol\", STEP(\"SOURCE_SQL_STREAM_001\".ROWTIME BY INTERVAL '10' SECOND);";
+    let program = SqlProgram::new(app, Arc::clone(&schema), WatermarkSettings::default()).await;
+    assert!(program.is_ok(), "{:?}", program.err());
+    let bad = app.replace("COUNT(*)", "MAX(no_such_column)");
+    let err = SqlProgram::new(&bad, schema, WatermarkSettings::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pump P (line 2)") && err.contains("NO_SUCH_COLUMN"),
+        "{err}"
+    );
+}
