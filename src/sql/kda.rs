@@ -830,6 +830,61 @@ fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// KDA's sliding windows, `OVER (PARTITION BY k RANGE INTERVAL '1' MINUTE PRECEDING)` (or a named
+/// `WINDOW w AS (…)`, or `ROWS n PRECEDING`), are ordered by ROWTIME implicitly and end at the
+/// current row: the translation says both.
+fn sliding_windows(body: &[TokenWithSpan], out: &mut [String]) {
+    for (k, t) in body.iter().enumerate() {
+        if !matches!(t.token, Token::LParen) || k == 0 {
+            continue;
+        }
+        let opens_spec = word_is(&body[k - 1].token, "OVER")
+            || (word_is(&body[k - 1].token, "AS")
+                && k >= 3
+                && (word_is(&body[k - 3].token, "WINDOW")
+                    || matches!(body[k - 3].token, Token::Comma)));
+        if !opens_spec {
+            continue;
+        }
+        let mut depth = 0;
+        let mut order = false;
+        let mut frame = None;
+        let mut preceding = None;
+        let mut between = false;
+        for (j, x) in body.iter().enumerate().skip(k) {
+            match x.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                _ if depth == 1 => {
+                    if word_is(&x.token, "ORDER") {
+                        order = true;
+                    } else if word_is(&x.token, "RANGE") || word_is(&x.token, "ROWS") {
+                        frame = Some(j);
+                    } else if word_is(&x.token, "BETWEEN") {
+                        between = true;
+                    } else if word_is(&x.token, "PRECEDING") && preceding.is_none() {
+                        preceding = Some(j);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(f) = frame else { continue };
+        if !order {
+            out[f] = format!("ORDER BY \"ROWTIME\" {}", out[f]);
+        }
+        if let (false, Some(p)) = (between, preceding) {
+            out[f] = format!("{} BETWEEN", out[f]);
+            out[p] = "PRECEDING AND CURRENT ROW".into();
+        }
+    }
+}
+
 /// The statement's tokens as text: identifiers per KDA's rules, and windows translated.
 fn rewrite(
     body: &[TokenWithSpan],
@@ -862,6 +917,7 @@ fn rewrite(
         }
         k += 1;
     }
+    sliding_windows(body, &mut out);
     // Tokens folded into a window's translation are empty, so that indexes still match `body`.
     Ok(out)
 }
