@@ -390,10 +390,15 @@ fn order(mut pending: Vec<Pump>) -> Result<Vec<Pump>> {
             .or_default()
             .push(p.name.clone());
     }
-    if let Some((stream, names)) = writers.iter().find(|(_, w)| w.len() > 1) {
+    let read: Vec<&String> = pending.iter().flat_map(|p| &p.reads).collect();
+    if let Some((stream, names)) = writers
+        .iter()
+        .find(|(s, w)| w.len() > 1 && read.contains(s))
+    {
         return Err(Error::Sql(format!(
-            "KDA application code: stream {stream} is written by {} pumps ({}); rivulet runs one \
-             pump per stream so far: write each into its own stream",
+            "KDA application code: stream {stream} is written by {} pumps ({}) and read by \
+             another; rivulet does not merge a stream's writers for a reader yet: give each \
+             writer its own stream",
             names.len(),
             names.join(", ")
         )));

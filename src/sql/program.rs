@@ -668,6 +668,7 @@ impl SqlProgram {
             return Err(Error::Sql("the SQL holds no statement".into()));
         }
         let mut statements: Vec<Statement_> = Vec::new();
+        let mut multi_writer: std::collections::HashSet<String> = std::collections::HashSet::new();
         for stmt in parsed {
             let (output, mut query) = match stmt {
                 Statement::Query(q) => (DESTINATION_STREAM.to_owned(), q),
@@ -702,9 +703,13 @@ impl SqlProgram {
                     "cannot write into the input stream {output}"
                 )));
             }
-            if statements.iter().any(|s| *s.output == *output) {
+            // Several statements may write one stream (as several KDA pumps insert into one
+            // destination stream) as long as no statement reads it.
+            let second_writer = statements.iter().any(|s| *s.output == *output);
+            if second_writer && statements.iter().any(|s| *s.input == *output) {
                 return Err(Error::Sql(format!(
-                    "stream {output} is written by two statements; give each its own stream"
+                    "stream {output} is written by two statements and read by another; give \
+                     each writer its own stream"
                 )));
             }
             let state = ctx.state();
@@ -741,6 +746,12 @@ impl SqlProgram {
                 .find(|(_, s)| Arc::ptr_eq(s, input_slot))
                 .map(|(n, _)| n.clone())
                 .unwrap_or_default();
+            if multi_writer.contains(&input) {
+                return Err(Error::Sql(format!(
+                    "stream {input} is written by two statements and read by another; give each \
+                     writer its own stream"
+                )));
+            }
             let stage = match &clause {
                 None if !over => Stage::Stateless(PerBatch::new(
                     Arc::clone(&physical),
@@ -786,8 +797,12 @@ impl SqlProgram {
                 Arc::clone(&stream_schema),
                 vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
             )?);
-            ctx.register_table(TableReference::bare(output.as_str()), table as _)?;
-            slots.insert(output.clone(), slot);
+            if second_writer {
+                multi_writer.insert(output.clone());
+            } else {
+                ctx.register_table(TableReference::bare(output.as_str()), table as _)?;
+                slots.insert(output.clone(), slot);
+            }
             statements.push(Statement_ {
                 sql: text,
                 input,
@@ -1168,11 +1183,17 @@ fn push_failures(issues: &mut Vec<SqlIssue>, input: &RecordBatch, failures: &[su
 pub(crate) fn output_stream_names(sql: &str) -> Result<Vec<String>> {
     if super::kda::is_application(sql) {
         let app = super::kda::translate(sql)?;
-        return Ok(app.pumps.iter().map(|p| p.target.clone()).collect());
+        let mut names: Vec<String> = Vec::new();
+        for p in &app.pumps {
+            if !names.contains(&p.target) {
+                names.push(p.target.clone());
+            }
+        }
+        return Ok(names);
     }
     let parsed = Parser::parse_sql(&GenericDialect {}, sql)
         .map_err(|e| Error::Sql(format!("cannot parse the SQL: {e}")))?;
-    Ok(parsed
+    let mut names: Vec<String> = parsed
         .iter()
         .filter_map(|s| match s {
             Statement::Query(_) => Some(DESTINATION_STREAM.to_owned()),
@@ -1186,5 +1207,9 @@ pub(crate) fn output_stream_names(sql: &str) -> Result<Vec<String>> {
             },
             _ => None,
         })
-        .collect())
+        .collect();
+    // One entry per stream, however many statements write it.
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
 }
