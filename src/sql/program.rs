@@ -727,10 +727,28 @@ impl SqlProgram {
             let logical = state
                 .optimize(&logical)
                 .map_err(|e| plan_error(&e, &text))?;
-            let physical = state
-                .create_physical_plan(&logical)
-                .await
-                .map_err(|e| plan_error(&e, &text))?;
+            // DataFusion asserts some plan shapes with a panic (several OVER windows with
+            // different frames, for one): a statement it cannot plan is an error, not a crash.
+            let planned = {
+                use futures::FutureExt as _;
+                std::panic::AssertUnwindSafe(state.create_physical_plan(&logical))
+                    .catch_unwind()
+                    .await
+            };
+            let physical = match planned {
+                Ok(p) => p.map_err(|e| plan_error(&e, &text))?,
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    return Err(Error::Sql(format!(
+                        "this statement cannot be planned ({why}); OVER windows of one \
+                         statement must share their PARTITION BY, ORDER BY and frame: {text}"
+                    )));
+                }
+            };
             let out_schema = physical.schema();
             let known: Vec<Arc<BatchSlot>> = slots.values().cloned().collect();
             let reads = slots_read(&physical, &known);

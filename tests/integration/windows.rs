@@ -744,3 +744,21 @@ async fn kda_application_code_runs_and_a_pump_that_does_not_plan_is_named_with_i
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn over_windows_with_different_frames_are_an_error_not_a_crash() {
+    let schema = batches(&ticker(10, 2, 1.0))[0].schema();
+    let sql = "SELECT ticker_symbol, \
+               SUM(price) OVER (PARTITION BY ticker_symbol ORDER BY event_time \
+                                RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) AS a, \
+               COUNT(*) OVER (PARTITION BY ticker_symbol ORDER BY event_time \
+                              ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS b FROM source";
+    let err = SqlProgram::new(sql, schema, WatermarkSettings::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("must share their PARTITION BY, ORDER BY and frame"),
+        "{err}"
+    );
+}
