@@ -823,6 +823,11 @@ fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
             Token::Word(w) => {
                 let upper = w.value.to_uppercase();
                 let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
+                if upper == "CURRENT_ROW_TIMESTAMP" && !call {
+                    // The time the row is processed.
+                    out.push("now()".into());
+                    continue;
+                }
                 if KEEP.contains(&upper.as_str()) || call {
                     w.value.clone()
                 } else {

@@ -13,6 +13,7 @@
 //! `DISTINCT`, `ORDER BY`, `LIMIT`, subqueries — are refused with an error saying why.
 
 mod kda;
+mod kda_functions;
 mod over;
 mod program;
 mod rewrite;

@@ -225,7 +225,10 @@ fn streaming_state() -> SessionState {
         ScalarUDF::from(WindowBound::start()),
         ScalarUDF::from(WindowBound::end()),
         ScalarUDF::from(EventTime::new()),
-    ] {
+    ]
+    .into_iter()
+    .chain(super::kda_functions::functions())
+    {
         let _ = state.register_udf(Arc::new(udf));
     }
     state
