@@ -64,6 +64,8 @@ use crate::{Error, Result};
 ///
 /// [query]
 /// sql = "SELECT ticker_symbol, price FROM source WHERE price > 100"   # or sql_file = "q.sql"
+/// # application = "app.json"  # a KDA application file (DescribeApplication output, or the
+///                             # original solution's YAML): input format, columns, and code
 /// allowed_lateness_ms = 0   # windows: how far behind the newest event time a row may arrive
 /// idle_timeout_ms = 60000   # windows: a shard quiet this long stops holding the watermark
 ///
@@ -340,6 +342,9 @@ struct ColumnConfig {
 struct QueryConfig {
     sql: Option<String>,
     sql_file: Option<PathBuf>,
+    /// A Kinesis Data Analytics application file: the input's format and columns, and the
+    /// application code unless `sql` or `sql_file` gives it.
+    application: Option<PathBuf>,
     #[serde(default)]
     allowed_lateness_ms: u64,
     #[serde(default = "default_idle_timeout_ms")]
@@ -351,6 +356,7 @@ impl Default for QueryConfig {
         Self {
             sql: None,
             sql_file: None,
+            application: None,
             allowed_lateness_ms: 0,
             idle_timeout_ms: default_idle_timeout_ms(),
         }
@@ -537,8 +543,12 @@ fn single_byte(key: &str, value: &Option<String>, default: u8) -> Result<u8> {
 /// Options of `rivulet replay`: a captured file replayed as a stream through a query.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
-    /// File holding the SQL.
-    pub sql_file: PathBuf,
+    /// File holding the SQL (native, or Kinesis Data Analytics application code); optional when
+    /// `app` holds the application code.
+    pub sql_file: Option<PathBuf>,
+    /// A Kinesis Data Analytics application file (see [`KdaApplication`](crate::KdaApplication)):
+    /// the input's format and columns, and the application code unless `sql_file` is given.
+    pub app: Option<PathBuf>,
     /// The captured input (NDJSON, or CSV with a header row).
     pub input: PathBuf,
     /// `json` or `csv`.
@@ -555,10 +565,39 @@ impl ReplayOptions {
     /// Builds the replay pipeline. Its error output goes to `error_stream.ndjson` in the output
     /// directory, or to standard error.
     pub async fn build(&self) -> Result<Pipeline> {
-        let sql = std::fs::read_to_string(&self.sql_file)
-            .map_err(|e| Error::io(format!("reading {}", self.sql_file.display()), e))?;
-        let (format, framing) = if self.csv {
-            (
+        let app = self
+            .app
+            .as_deref()
+            .map(crate::KdaApplication::load)
+            .transpose()?;
+        let sql = match (&self.sql_file, &app) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| Error::io(format!("reading {}", f.display()), e))?,
+            (None, Some(a)) => a.sql.clone().ok_or_else(|| {
+                Error::config(
+                    "--sql",
+                    "the application file holds no application code: give it with --sql",
+                )
+            })?,
+            (None, None) => {
+                return Err(Error::config(
+                    "--sql",
+                    "give the SQL (--sql FILE) or an application file (--app FILE)",
+                ))
+            }
+        };
+        let (format, framing) = match &app {
+            Some(a) => {
+                let framing = match &a.format {
+                    RecordFormat::Csv(o) => Framing::CsvRows {
+                        quote: o.quote,
+                        escape: o.escape,
+                    },
+                    _ => Framing::Lines,
+                };
+                (a.format.clone(), framing)
+            }
+            None if self.csv => (
                 RecordFormat::Csv(CsvOptions {
                     has_header: true,
                     ..CsvOptions::default()
@@ -567,9 +606,8 @@ impl ReplayOptions {
                     quote: b'"',
                     escape: None,
                 },
-            )
-        } else {
-            (RecordFormat::Json, Framing::Lines)
+            ),
+            None => (RecordFormat::Json, Framing::Lines),
         };
         let source = FileSource::builder(&self.input)
             .with_framing(framing)
@@ -580,6 +618,9 @@ impl ReplayOptions {
             .sql(sql.clone())
             .watermark(self.watermark)
             .batch_settings(BatchSettings::default());
+        if let Some(a) = &app {
+            b = b.columns(a.columns.clone());
+        }
         if let Some(r) = &self.rowtime {
             b = b.rowtime_field(r.clone());
         }
@@ -783,6 +824,22 @@ impl PipelineConfig {
                 has_header: self.format.header,
             }),
         })
+    }
+
+    /// The `[query] application` file, when there is one.
+    fn kda_application(&self) -> Result<Option<crate::KdaApplication>> {
+        let Some(path) = &self.query.application else {
+            return Ok(None);
+        };
+        if self.format.columns.is_some() {
+            return Err(Error::config(
+                "format.columns",
+                "the input's columns come from `query.application`; give one or the other",
+            ));
+        }
+        crate::KdaApplication::load(&self.resolve(path))
+            .map(Some)
+            .map_err(|e| Error::config("query.application", e.to_string()))
     }
 
     fn columns(&self) -> Result<Option<Vec<Column>>> {
@@ -1353,8 +1410,11 @@ impl PipelineConfig {
     /// Builds the pipeline: opens the source and sinks and plans the query. A query the engine
     /// rejects is reported against the key `query.sql`.
     pub async fn build(&self) -> Result<Pipeline> {
-        let format = self.record_format()?;
-        let columns = self.columns()?;
+        let app = self.kda_application()?;
+        let (format, columns) = match &app {
+            Some(a) => (a.format.clone(), Some(a.columns.clone())),
+            None => (self.record_format()?, self.columns()?),
+        };
         let source: Box<dyn Source> = match &self.source {
             SourceConfig::Generator {
                 rate,
@@ -1425,7 +1485,17 @@ impl PipelineConfig {
                 std::fs::read_to_string(&p)
                     .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
             }
-            (None, None) => "SELECT * FROM source".to_owned(),
+            (None, None) => match app.as_ref().and_then(|a| a.sql.clone()) {
+                Some(code) => code,
+                None if app.is_some() => {
+                    return Err(Error::config(
+                        "query.application",
+                        "the application file holds no application code: give it with \
+                         `sql` or `sql_file`",
+                    ))
+                }
+                None => "SELECT * FROM source".to_owned(),
+            },
         };
         let mut b = Pipeline::builder()
             .boxed_source(source)

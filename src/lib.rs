@@ -41,6 +41,7 @@ mod config;
 pub mod crypto;
 mod error;
 mod format;
+mod kda_app;
 #[cfg(feature = "aws")]
 pub mod kinesis;
 #[cfg(feature = "aws")]
@@ -67,6 +68,7 @@ pub use format::{
     FailureKind, JsonPath, MetadataColumn, OutputFormat, RecordDecoder, RecordDecoderBuilder,
     RecordFormat, DEFAULT_MAX_RECORD_BYTES, ROWTIME,
 };
+pub use kda_app::KdaApplication;
 pub use metrics::{MetricsSnapshot, PartitionHealth, PipelineMetrics, SourceHealth};
 pub use pipeline::{
     BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle,

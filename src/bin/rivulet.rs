@@ -127,9 +127,15 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 
 #[derive(Args, Debug)]
 struct QueryArgs {
-    /// File holding the SQL (one or more statements separated by `;`).
+    /// File holding the SQL (one or more statements separated by `;`), or Kinesis Data Analytics
+    /// application code.
+    #[arg(long, required_unless_present = "app")]
+    sql: Option<PathBuf>,
+    /// A Kinesis Data Analytics application file (DescribeApplication output, its InputSchema,
+    /// or the original solution's YAML): the input's format and columns, and the application
+    /// code unless --sql gives it.
     #[arg(long)]
-    sql: PathBuf,
+    app: Option<PathBuf>,
     /// The captured input: NDJSON, or CSV with a header row.
     #[arg(long)]
     input: PathBuf,
@@ -151,6 +157,7 @@ impl QueryArgs {
     fn replay(self, output_dir: Option<PathBuf>) -> ReplayOptions {
         ReplayOptions {
             sql_file: self.sql,
+            app: self.app,
             input: self.input,
             csv: matches!(self.input_format, InputFormat::Csv),
             rowtime: self.rowtime,

@@ -4,6 +4,7 @@ mod cli;
 mod conformance;
 #[cfg(feature = "aws")]
 mod firehose;
+mod kda_app;
 #[cfg(feature = "aws")]
 mod kinesis;
 mod pipeline;

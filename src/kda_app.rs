@@ -1,0 +1,205 @@
+//! Kinesis Data Analytics application files: the input schema (and the application code) as a
+//! KDA user has them.
+//!
+//! Three shapes load, in YAML or JSON:
+//! - KDA's `DescribeApplication` output (`{"ApplicationDetail": {"ApplicationCode": …,
+//!   "InputDescriptions": [{"InputSchema": …}]}}`), or just its `InputSchema`
+//!   (`RecordFormat`, `RecordEncoding`, `RecordColumns: [{Name, SqlType, Mapping}]`);
+//! - the original Streaming Analytics Pipeline solution's configuration file: `InputFormatType`
+//!   (`JSON` or `CSV`), `RecordRowPath`, `RecordColumnDelimiter`, `RecordRowDelimiter`,
+//!   `columns: [{Name, SqlType, Mapping}]`, `OutputFormatType`, and the SQL (`SQL`,
+//!   `ApplicationCode` or `SqlCode`).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::format::{parse_sql_type, Column, CsvOptions, JsonPath, RecordFormat};
+use crate::{Error, Result};
+
+/// What an application file says.
+#[derive(Debug, Clone)]
+pub struct KdaApplication {
+    /// The application code, when the file has it.
+    pub sql: Option<String>,
+    /// The record format.
+    pub format: RecordFormat,
+    /// The input columns, with their JSON paths.
+    pub columns: Vec<Column>,
+    /// `JSON` or `CSV`, when the file says how output is written.
+    pub output_format: Option<String>,
+}
+
+fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().find_map(|k| v.get(*k))
+}
+
+fn text(v: &Value, keys: &[&str]) -> Option<String> {
+    get(v, keys).and_then(Value::as_str).map(str::to_owned)
+}
+
+impl KdaApplication {
+    /// Reads an application file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::parse(&raw).map_err(|e| match e {
+            Error::Format(m) => Error::Format(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses an application file's text (YAML or JSON).
+    pub fn parse(raw: &str) -> Result<Self> {
+        let v: Value = serde_yaml::from_str(raw)
+            .map_err(|e| Error::Format(format!("not a YAML or JSON application file: {e}")))?;
+        let detail = v.get("ApplicationDetail").unwrap_or(&v);
+        let sql = text(detail, &["ApplicationCode", "SQL", "Sql", "sql", "SqlCode"]);
+        let schema = detail
+            .get("InputDescriptions")
+            .and_then(|d| d.get(0))
+            .and_then(|d| d.get("InputSchema"))
+            .or_else(|| detail.get("InputSchema"))
+            .or_else(|| detail.get("RecordColumns").map(|_| detail));
+        let (kind, row_path, col_delim, row_delim, columns) = match schema {
+            Some(s) => {
+                let fmt = s.get("RecordFormat");
+                let kind = fmt
+                    .and_then(|f| text(f, &["RecordFormatType"]))
+                    .unwrap_or_else(|| "JSON".into());
+                let mapping = fmt.and_then(|f| f.get("MappingParameters"));
+                let json = mapping.and_then(|m| m.get("JSONMappingParameters"));
+                let csv = mapping.and_then(|m| m.get("CSVMappingParameters"));
+                (
+                    kind,
+                    json.and_then(|j| text(j, &["RecordRowPath"])),
+                    csv.and_then(|c| text(c, &["RecordColumnDelimiter"])),
+                    csv.and_then(|c| text(c, &["RecordRowDelimiter"])),
+                    s.get("RecordColumns"),
+                )
+            }
+            None => (
+                text(detail, &["InputFormatType"]).unwrap_or_else(|| "JSON".into()),
+                text(detail, &["RecordRowPath"]),
+                text(detail, &["RecordColumnDelimiter"]),
+                text(detail, &["RecordRowDelimiter"]),
+                get(detail, &["columns", "Columns", "RecordColumns"]),
+            ),
+        };
+        let columns = columns
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Format("the application file lists no input columns".into()))?;
+        let csv = match kind.to_ascii_uppercase().as_str() {
+            "JSON" => false,
+            "CSV" => true,
+            other => {
+                return Err(Error::Format(format!(
+                    "input format `{other}` is not JSON or CSV"
+                )))
+            }
+        };
+        if let Some(p) = row_path.as_deref().filter(|p| *p != "$") {
+            return Err(Error::Format(format!(
+                "RecordRowPath `{p}` is not supported yet: each record must be one row (`$`)"
+            )));
+        }
+        if let Some(d) = row_delim.as_deref().filter(|d| *d != "\n" && *d != "\\n") {
+            return Err(Error::Format(format!(
+                "RecordRowDelimiter {d:?} is not supported: rows end with a newline"
+            )));
+        }
+        let mut out = Vec::with_capacity(columns.len());
+        for (i, c) in columns.iter().enumerate() {
+            let name = text(c, &["Name", "name"])
+                .ok_or_else(|| Error::Format(format!("input column {i} has no Name")))?;
+            let ty = text(c, &["SqlType", "sqlType", "Type"])
+                .ok_or_else(|| Error::Format(format!("input column {name} has no SqlType")))?;
+            let data_type = parse_sql_type(&ty)
+                .map_err(|e| Error::Format(format!("input column {name}: {e}")))?;
+            let mut column = Column::new(&name, data_type);
+            if let (false, Some(m)) = (csv, text(c, &["Mapping", "mapping"])) {
+                let path: JsonPath = m
+                    .parse()
+                    .map_err(|e| Error::Format(format!("input column {name}: {e}")))?;
+                column = column.with_path(path);
+            }
+            out.push(column);
+        }
+        let format = if csv {
+            let delimiter = match col_delim.as_deref() {
+                None => b',',
+                Some(d) if d.len() == 1 => d.as_bytes()[0],
+                Some("\\t") => b'\t',
+                Some(d) => {
+                    return Err(Error::Format(format!(
+                        "RecordColumnDelimiter {d:?} is not one character"
+                    )))
+                }
+            };
+            RecordFormat::Csv(CsvOptions {
+                delimiter,
+                has_header: false,
+                ..CsvOptions::default()
+            })
+        } else {
+            RecordFormat::Json
+        };
+        Ok(Self {
+            sql,
+            format,
+            columns: out,
+            output_format: text(detail, &["OutputFormatType"]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_application_output_loads() {
+        let app = KdaApplication::parse(
+            r#"{"ApplicationDetail": {
+                 "ApplicationCode": "CREATE OR REPLACE STREAM ...",
+                 "InputDescriptions": [{"NamePrefix": "SOURCE_SQL_STREAM", "InputSchema": {
+                   "RecordFormat": {"RecordFormatType": "JSON",
+                     "MappingParameters": {"JSONMappingParameters": {"RecordRowPath": "$"}}},
+                   "RecordEncoding": "UTF-8",
+                   "RecordColumns": [
+                     {"Name": "TICKER_SYMBOL", "Mapping": "$.ticker_symbol", "SqlType": "VARCHAR(4)"},
+                     {"Name": "PRICE", "Mapping": "$.quote.price", "SqlType": "DOUBLE"}]}}]}}"#,
+        )
+        .unwrap();
+        assert!(app.sql.unwrap().starts_with("CREATE OR REPLACE STREAM"));
+        assert_eq!(app.columns.len(), 2);
+        assert_eq!(app.columns[1].name, "PRICE");
+        assert_eq!(
+            app.columns[1].effective_path().segments(),
+            ["quote", "price"]
+        );
+        assert!(matches!(app.format, RecordFormat::Json));
+    }
+
+    #[test]
+    fn the_original_solutions_yaml_loads_and_mistakes_are_named() {
+        let app = KdaApplication::parse(
+            "InputFormatType: CSV\nRecordColumnDelimiter: \";\"\nRecordRowDelimiter: \"\\n\"\n\
+             columns:\n  - Name: car\n    SqlType: VARCHAR(8)\n  - Name: engine_temp\n    SqlType: INTEGER\n\
+             OutputFormatType: JSON\nSQL: |\n  CREATE OR REPLACE STREAM \"X\" (a INTEGER);\n",
+        )
+        .unwrap();
+        assert!(matches!(app.format, RecordFormat::Csv(ref o) if o.delimiter == b';'));
+        assert_eq!(app.columns[0].name, "car");
+        assert_eq!(app.output_format.as_deref(), Some("JSON"));
+        assert!(app.sql.unwrap().contains("CREATE OR REPLACE STREAM"));
+        for bad in [
+            "InputFormatType: AVRO\ncolumns: []\n",
+            "columns:\n  - Name: a\n",
+            "RecordRowPath: \"$.records[0:]\"\ncolumns: []\n",
+            "nothing: here\n",
+        ] {
+            assert!(KdaApplication::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Kinesis Data Analytics application files through `rivulet replay --app`: KDA's
+//! DescribeApplication output (JSON, nested mappings) and the original solution's YAML (CSV).
+
+use std::path::PathBuf;
+
+fn data(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/kda")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn replay(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("run rivulet");
+    let rows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        rows,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn describe_application_output_runs_with_its_input_schema_and_code() {
+    let (ok, rows, err) = replay(&[
+        "--app",
+        &data("describe_application.json"),
+        "--input",
+        &data("ticker.ndjson"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"TICKER_SYMBOL": "AMZN", "SECTOR": "TECHNOLOGY", "PRICE": 120.5}),
+            // VARCHAR(4) cuts MSFTX; PRICE comes from the nested $.quote.price.
+            serde_json::json!({"TICKER_SYMBOL": "MSFT", "SECTOR": "TECHNOLOGY", "PRICE": 300.25}),
+        ]
+    );
+}
+
+#[test]
+fn the_original_solutions_yaml_runs_its_sample_application_on_csv() {
+    let (ok, rows, err) = replay(&[
+        "--app",
+        &data("original_solution.yaml"),
+        "--input",
+        &data("cars.csv"),
+        "--rowtime",
+        "ts",
+    ]);
+    assert!(ok, "{err}");
+    let summary: Vec<(String, i64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["CAR"].as_str().unwrap().to_owned(),
+                r["VEHICLE_COUNT"].as_i64().unwrap(),
+                r["AVG_TEMP"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("A".to_owned(), 2, 85.0),
+            ("B".to_owned(), 1, 100.0),
+            ("A".to_owned(), 1, 70.0),
+            ("B".to_owned(), 2, 55.0),
+        ]
+    );
+}
+
+#[test]
+fn an_application_file_without_code_needs_sql_and_a_bad_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.yaml");
+    std::fs::write(
+        &schema,
+        "RecordColumns:\n  - {Name: TICKER_SYMBOL, SqlType: VARCHAR(4), Mapping: $.ticker_symbol}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = replay(&[
+        "--app",
+        schema.to_str().unwrap(),
+        "--input",
+        &data("ticker.ndjson"),
+    ]);
+    assert!(!ok && err.contains("--sql"), "{err}");
+    let sql = dir.path().join("app.sql");
+    std::fs::write(
+        &sql,
+        "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (t VARCHAR(4));\n\
+         CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" \
+         SELECT STREAM ticker_symbol FROM \"SOURCE_SQL_STREAM_001\";",
+    )
+    .unwrap();
+    let (ok, rows, err) = replay(&[
+        "--app",
+        schema.to_str().unwrap(),
+        "--sql",
+        sql.to_str().unwrap(),
+        "--input",
+        &data("ticker.ndjson"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3]["T"], "MSFT");
+
+    std::fs::write(&schema, "InputFormatType: AVRO\ncolumns: []\n").unwrap();
+    let (ok, _, err) = replay(&[
+        "--app",
+        schema.to_str().unwrap(),
+        "--input",
+        &data("ticker.ndjson"),
+    ]);
+    assert!(
+        !ok && err.contains("schema.yaml") && err.contains("AVRO"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pipeline_file_runs_a_kda_application_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cars.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+type = "file"
+path = "{cars}"
+
+[format]
+rowtime = "ts"
+
+[query]
+application = "{app}"
+
+[[sinks]]
+type = "file"
+path = "out.ndjson"
+"#,
+            cars = data("cars.csv"),
+            app = data("original_solution.yaml")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+        .args(["run", config.to_str().unwrap(), "--progress-interval", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = std::fs::read_to_string(dir.path().join("out.ndjson")).unwrap();
+    assert_eq!(rows.lines().count(), 4, "{rows}");
+    assert!(rows.contains(r#""CAR":"B","VEHICLE_COUNT":2"#), "{rows}");
+}
