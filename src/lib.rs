@@ -39,6 +39,7 @@ mod checkpoint;
 mod config;
 #[cfg(feature = "aws")]
 pub mod crypto;
+pub mod discover;
 mod error;
 mod format;
 mod kda_app;

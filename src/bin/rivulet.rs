@@ -47,6 +47,25 @@ enum Command {
         #[command(flatten)]
         query: QueryArgs,
     },
+    /// Samples records (JSON lines or CSV) and proposes the input's columns with KDA's SQL types
+    /// and JSON mappings, as Kinesis Data Analytics' DiscoverInputSchema did.
+    DiscoverSchema {
+        /// The records.
+        #[arg(long)]
+        input: PathBuf,
+        /// Format of the input.
+        #[arg(long, value_enum, default_value_t = InputFormat::Json)]
+        input_format: InputFormat,
+        /// The CSV's first row names the columns.
+        #[arg(long)]
+        header: bool,
+        /// Records to sample.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// `table`, or `json`: KDA's InputSchema, which `rivulet replay --app` loads.
+        #[arg(long, value_enum, default_value_t = SchemaOutput::Table)]
+        format: SchemaOutput,
+    },
     /// Decrypts output sealed with KMS envelope encryption (a file, standard input, or an S3
     /// object: one envelope or several written one after another) and writes the plaintext.
     #[cfg(feature = "aws")]
@@ -171,6 +190,12 @@ impl QueryArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaOutput {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum InputFormat {
     Json,
     Csv,
@@ -224,6 +249,45 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
         Command::Replay { query, output_dir } => {
             let p = query.replay(output_dir).build().await?;
             drive(p, None, None).await
+        }
+        Command::DiscoverSchema {
+            input,
+            input_format,
+            header,
+            sample,
+            format,
+        } => {
+            let data = std::fs::read_to_string(&input).map_err(|e| rivulet::Error::Io {
+                context: format!("reading {}", input.display()),
+                source: e,
+            })?;
+            let csv = matches!(input_format, InputFormat::Csv);
+            let columns = rivulet::discover::discover_schema(&data, csv, header, sample)?;
+            match format {
+                SchemaOutput::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rivulet::discover::input_schema(&columns, csv))
+                        .expect("a schema serialises")
+                ),
+                SchemaOutput::Table => {
+                    let width = columns
+                        .iter()
+                        .map(|c| c.name.len())
+                        .max()
+                        .unwrap_or(4)
+                        .max(4);
+                    println!("{:<width$}  {:<14}  Mapping", "Name", "SqlType");
+                    for c in &columns {
+                        println!(
+                            "{:<width$}  {:<14}  {}",
+                            c.name,
+                            c.sql_type,
+                            c.mapping.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok(())
         }
         Command::Explain { query } => {
             let p = query.replay(None).build().await?;

@@ -168,3 +168,57 @@ path = "out.ndjson"
     assert_eq!(rows.lines().count(), 4, "{rows}");
     assert!(rows.contains(r#""CAR":"B","VEHICLE_COUNT":2"#), "{rows}");
 }
+
+#[test]
+fn discovered_schemas_load_back_as_application_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+        .args([
+            "discover-schema",
+            "--input",
+            &data("ticker.ndjson"),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let columns = &schema["InputSchema"]["RecordColumns"];
+    assert_eq!(
+        columns[3],
+        serde_json::json!({"Name": "QUOTE_PRICE", "SqlType": "DOUBLE", "Mapping": "$.quote.price"})
+    );
+    assert_eq!(columns[0]["SqlType"], "VARCHAR(5)", "the longest symbol");
+    let path = dir.path().join("schema.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let sql = dir.path().join("app.sql");
+    std::fs::write(
+        &sql,
+        "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (t VARCHAR(8), p DOUBLE);\n\
+         CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" \
+         SELECT STREAM ticker_symbol, quote_price FROM \"SOURCE_SQL_STREAM_001\" WHERE change > 0;",
+    )
+    .unwrap();
+    let (ok, rows, err) = replay(&[
+        "--app",
+        path.to_str().unwrap(),
+        "--sql",
+        sql.to_str().unwrap(),
+        "--input",
+        &data("ticker.ndjson"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"T": "AMZN", "P": 120.5}),
+            serde_json::json!({"T": "QXZ", "P": 12.0}),
+            serde_json::json!({"T": "MSFTX", "P": 300.25}),
+        ]
+    );
+}
