@@ -1,5 +1,6 @@
 //! Functions of the Kinesis Data Analytics SQL dialect that standard SQL lacks: `TSDIFF`,
-//! `CHAR_TO_TIMESTAMP` and `TIMESTAMP_TO_CHAR` (with KDA's Java-style date patterns).
+//! `CHAR_TO_TIMESTAMP` and `TIMESTAMP_TO_CHAR` (with KDA's Java-style date patterns), and
+//! `REGEX_REPLACE(original, regex, replacement, start, occurrence)`.
 //! (`CURRENT_ROW_TIMESTAMP` is translated to `now()`.)
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub(crate) fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(Kda::new(Kind::TsDiff)),
         ScalarUDF::from(Kda::new(Kind::CharToTimestamp)),
         ScalarUDF::from(Kda::new(Kind::TimestampToChar)),
+        ScalarUDF::from(Kda::new(Kind::RegexReplace)),
     ]
 }
 
@@ -26,6 +28,7 @@ enum Kind {
     TsDiff,
     CharToTimestamp,
     TimestampToChar,
+    RegexReplace,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -53,6 +56,7 @@ impl ScalarUDFImpl for Kda {
             Kind::TsDiff => "tsdiff",
             Kind::CharToTimestamp => "char_to_timestamp",
             Kind::TimestampToChar => "timestamp_to_char",
+            Kind::RegexReplace => "regex_replace",
         }
     }
 
@@ -61,13 +65,25 @@ impl ScalarUDFImpl for Kda {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
-        if arg_types.len() != 2 {
-            return datafusion::common::plan_err!("{} takes 2 arguments", self.name());
+        let want = if self.kind == Kind::RegexReplace {
+            5
+        } else {
+            2
+        };
+        if arg_types.len() != want {
+            return datafusion::common::plan_err!("{} takes {want} arguments", self.name());
         }
         Ok(match self.kind {
             Kind::TsDiff => vec![timestamp(), timestamp()],
             Kind::CharToTimestamp => vec![DataType::Utf8, DataType::Utf8],
             Kind::TimestampToChar => vec![DataType::Utf8, timestamp()],
+            Kind::RegexReplace => vec![
+                DataType::Utf8,
+                DataType::Utf8,
+                DataType::Utf8,
+                DataType::Int64,
+                DataType::Int64,
+            ],
         })
     }
 
@@ -75,7 +91,7 @@ impl ScalarUDFImpl for Kda {
         Ok(match self.kind {
             Kind::TsDiff => DataType::Int64,
             Kind::CharToTimestamp => timestamp(),
-            Kind::TimestampToChar => DataType::Utf8,
+            Kind::TimestampToChar | Kind::RegexReplace => DataType::Utf8,
         })
     }
 
@@ -84,6 +100,54 @@ impl ScalarUDFImpl for Kda {
         let a = args.args[0].to_array(rows)?;
         let b = args.args[1].to_array(rows)?;
         let out: ArrayRef = match self.kind {
+            Kind::RegexReplace => {
+                let c = args.args[2].to_array(rows)?;
+                let d = args.args[3].to_array(rows)?;
+                let e = args.args[4].to_array(rows)?;
+                let (text, re, rep) = (
+                    a.as_string::<i32>(),
+                    b.as_string::<i32>(),
+                    c.as_string::<i32>(),
+                );
+                let (start, nth) = (
+                    d.as_primitive::<arrow::datatypes::Int64Type>(),
+                    e.as_primitive::<arrow::datatypes::Int64Type>(),
+                );
+                let mut compiled: Option<(String, regex::Regex)> = None;
+                let mut out = Vec::with_capacity(rows);
+                for i in 0..rows {
+                    if [
+                        text.is_null(i),
+                        re.is_null(i),
+                        rep.is_null(i),
+                        start.is_null(i),
+                        nth.is_null(i),
+                    ]
+                    .contains(&true)
+                    {
+                        out.push(None);
+                        continue;
+                    }
+                    if compiled.as_ref().is_none_or(|(p, _)| p != re.value(i)) {
+                        let r = regex::Regex::new(re.value(i)).map_err(|e| {
+                            datafusion::error::DataFusionError::Execution(format!(
+                                "REGEX_REPLACE: invalid regular expression `{}`: {e}",
+                                re.value(i)
+                            ))
+                        })?;
+                        compiled = Some((re.value(i).to_owned(), r));
+                    }
+                    let r = &compiled.as_ref().expect("compiled above").1;
+                    out.push(Some(regex_replace(
+                        text.value(i),
+                        r,
+                        rep.value(i),
+                        start.value(i),
+                        nth.value(i),
+                    )?));
+                }
+                Arc::new(StringArray::from(out))
+            }
             Kind::TsDiff => {
                 // TSDIFF(a, b): a - b in milliseconds.
                 let (a, b) = (
@@ -132,6 +196,46 @@ impl ScalarUDFImpl for Kda {
         };
         Ok(ColumnarValue::Array(out))
     }
+}
+
+/// KDA's `REGEX_REPLACE`: matches of `re` from character `start` (1-based) on are replaced, all of
+/// them when `occurrence` is 0, else only the `occurrence`-th. `$1`… in `replacement` name groups.
+fn regex_replace(
+    text: &str,
+    re: &regex::Regex,
+    replacement: &str,
+    start: i64,
+    occurrence: i64,
+) -> DfResult<String> {
+    if start < 1 || occurrence < 0 {
+        return exec_err!(
+            "REGEX_REPLACE: the start position ({start}) must be at least 1 and the occurrence \
+             ({occurrence}) at least 0"
+        );
+    }
+    let at = text
+        .char_indices()
+        .nth(start as usize - 1)
+        .map_or(text.len(), |(b, _)| b);
+    let (head, tail) = text.split_at(at);
+    let replaced = if occurrence == 0 {
+        re.replace_all(tail, replacement).into_owned()
+    } else {
+        let mut out = String::with_capacity(tail.len());
+        let mut last = 0;
+        for (n, caps) in re.captures_iter(tail).enumerate() {
+            let m = caps.get(0).expect("the whole match");
+            if n as i64 + 1 == occurrence {
+                out.push_str(&tail[last..m.start()]);
+                caps.expand(replacement, &mut out);
+                last = m.end();
+                break;
+            }
+        }
+        out.push_str(&tail[last..]);
+        out
+    };
+    Ok(format!("{head}{replaced}"))
 }
 
 /// Milliseconds since the epoch of `text` read with a chrono `pattern` (a date alone is
@@ -240,5 +344,28 @@ mod tests {
             Some(1_769_472_000_000)
         );
         assert_eq!(parse("27/01", &java_pattern("yyyy-MM-dd")), None);
+    }
+
+    #[test]
+    fn regex_replace_counts_from_its_start_and_picks_its_occurrence() {
+        let digits = regex::Regex::new("[0-9]+").unwrap();
+        assert_eq!(
+            regex_replace("a1b22c333", &digits, "#", 1, 0).unwrap(),
+            "a#b#c#"
+        );
+        assert_eq!(
+            regex_replace("a1b22c333", &digits, "#", 1, 2).unwrap(),
+            "a1b#c333"
+        );
+        assert_eq!(
+            regex_replace("a1b22c333", &digits, "#", 5, 0).unwrap(),
+            "a1b2#c#"
+        );
+        let named = regex::Regex::new("(\\w+)@(\\w+)").unwrap();
+        assert_eq!(
+            regex_replace("x jo@ex y", &named, "$2:$1", 1, 1).unwrap(),
+            "x ex:jo y"
+        );
+        assert!(regex_replace("x", &digits, "#", 0, 0).is_err());
     }
 }
