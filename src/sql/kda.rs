@@ -14,6 +14,10 @@
 //!   `FLOOR((ts - TIMESTAMP '1970-01-01 00:00:00') unit / n TO unit)` are a tumbling window of `n`
 //!   units on `ts`; the same expression in the select list is the window's start. Outside a
 //!   `GROUP BY` window they truncate the time (`date_bin`).
+//! - **Sliding windows**: `OVER w` / `WINDOW w AS (PARTITION BY … RANGE INTERVAL … PRECEDING)`
+//!   and `ROWS n PRECEDING` are ordered by ROWTIME and end at the current row.
+//! - **Stagger windows**: `WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL …)` groups by
+//!   the keys and a `STAGGER(ROWTIME, interval)` window.
 //! - Comments (`--`, `/* */`) are dropped.
 //!
 //! Constructs not translated yet are refused with an error naming them and their line and column
@@ -28,7 +32,6 @@ use crate::{Error, Result};
 
 /// KDA constructs that are refused with an error, with what to know.
 pub(crate) const UNSUPPORTED: &[(&str, &str)] = &[
-    ("STAGGER", "stagger windows (WINDOWED BY STAGGER) are not supported yet"),
     (
         "RANDOM_CUT_FOREST",
         "RANDOM_CUT_FOREST is not supported: rivulet does not return anomaly scores it has not computed",
@@ -574,6 +577,7 @@ fn select(
                 clause = Clause::GroupBy;
             } else if word_is(&t.token, "HAVING")
                 || word_is(&t.token, "WINDOW")
+                || word_is(&t.token, "WINDOWED")
                 || word_is(&t.token, "ORDER")
             {
                 clause = Clause::Other;
@@ -594,7 +598,67 @@ fn select(
         .into_iter()
         .map(|(_, _, text)| text)
         .collect();
-    let rewritten = rewrite(body, &clauses, &group_windows)?;
+    let mut rewritten = rewrite(body, &clauses, &group_windows)?;
+    // WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL …): a GROUP BY of the keys and a
+    // stagger window on ROWTIME.
+    let mut stagger: Option<(String, String)> = None;
+    if let Some(w) =
+        (0..body.len()).find(|&k| word_is(&body[k].token, "WINDOWED") && body_depth(body, k) == 0)
+    {
+        let open = w + 3;
+        let ok = word_is(
+            &body.get(w + 1).map_or(Token::EOF, |t| t.token.clone()),
+            "BY",
+        ) && body
+            .get(w + 2)
+            .is_some_and(|t| word_is(&t.token, "STAGGER"))
+            && matches!(body.get(open).map(|t| &t.token), Some(Token::LParen));
+        if !ok {
+            return Err(err(body[w].span.start, "expected WINDOWED BY STAGGER (…)"));
+        }
+        if clauses.contains(&Clause::GroupBy) {
+            return Err(err(
+                body[w].span.start,
+                "a stagger window groups by its PARTITION BY: the statement cannot have a GROUP BY too",
+            ));
+        }
+        let mut depth = 0;
+        let mut close = None;
+        let mut partition = None;
+        let mut range = None;
+        for (j, t) in body.iter().enumerate().skip(open) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(j);
+                        break;
+                    }
+                }
+                _ if depth == 1 && word_is(&t.token, "PARTITION") => partition = Some(j + 2),
+                _ if depth == 1 && word_is(&t.token, "RANGE") => range = Some(j),
+                _ => {}
+            }
+        }
+        let (Some(close), Some(p), Some(r)) = (close, partition, range) else {
+            return Err(err(
+                body[w].span.start,
+                "write WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL 'n' unit)",
+            ));
+        };
+        let other = vec![Clause::Other; r - p];
+        let keys = rewrite(&body[p..r], &other, &[])?
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let interval = rewrite_plain(&body[r + 1..close])?.join(" ");
+        for t in rewritten.iter_mut().take(close + 1).skip(w) {
+            t.clear();
+        }
+        stagger = Some((keys, interval));
+    }
     // Split the select list (top level commas before FROM).
     let from = clauses
         .iter()
@@ -671,10 +735,13 @@ fn select(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rowtime = match (carry_rowtime && !star, group_windows.first()) {
-        (false, _) => String::new(),
-        (true, Some(w)) => format!(", TUMBLE_END({w}) AS \"ROWTIME\""),
-        (true, None) => ", \"ROWTIME\" AS \"ROWTIME\"".to_owned(),
+    let rowtime = match (carry_rowtime && !star, group_windows.first(), &stagger) {
+        (false, _, _) => String::new(),
+        (true, _, Some((_, interval))) => {
+            format!(", STAGGER_END(\"ROWTIME\", {interval}) AS \"ROWTIME\"")
+        }
+        (true, Some(w), None) => format!(", TUMBLE_END({w}) AS \"ROWTIME\""),
+        (true, None, None) => ", \"ROWTIME\" AS \"ROWTIME\"".to_owned(),
     };
     let rest = rewritten[from..]
         .iter()
@@ -682,7 +749,25 @@ fn select(
         .cloned()
         .collect::<Vec<_>>()
         .join(" ");
-    Ok((format!("SELECT {select_list}{rowtime} {rest}"), reads))
+    let group = match &stagger {
+        Some((keys, interval)) => {
+            format!(" GROUP BY {keys}, STAGGER(\"ROWTIME\", {interval})")
+        }
+        None => String::new(),
+    };
+    Ok((
+        format!("SELECT {select_list}{rowtime} {rest}{group}"),
+        reads,
+    ))
+}
+
+/// Parenthesis depth at token `k`.
+fn body_depth(body: &[TokenWithSpan], k: usize) -> i32 {
+    body[..k].iter().fold(0, |d, t| match t.token {
+        Token::LParen => d + 1,
+        Token::RParen => d - 1,
+        _ => d,
+    })
 }
 
 /// The tumbling-window expressions in `clause`: (first token, one past the last, their text).

@@ -213,7 +213,7 @@ pub(crate) fn interval_millis(e: &Expr) -> Result<Millis> {
     Ok(ms)
 }
 
-const WINDOW_FNS: [&str; 3] = ["TUMBLE", "HOP", "SESSION"];
+const WINDOW_FNS: [&str; 4] = ["TUMBLE", "HOP", "SESSION", "STAGGER"];
 
 /// Parses a `TUMBLE`/`HOP`/`SESSION` group expression.
 fn window_clause(e: &Expr) -> Result<Option<WindowClause>> {
@@ -229,6 +229,7 @@ fn window_clause(e: &Expr) -> Result<Option<WindowClause>> {
         "HOP" => {
             "HOP(time_column, slide, size), e.g. HOP(ts, INTERVAL '10' SECOND, INTERVAL '1' MINUTE)"
         }
+        "STAGGER" => "STAGGER(time_column, size), e.g. STAGGER(ts, INTERVAL '1' MINUTE)",
         _ => "SESSION(time_column, gap), e.g. SESSION(ts, INTERVAL '30' SECOND)",
     };
     let expected = if name == "HOP" { 3 } else { 2 };
@@ -249,6 +250,9 @@ fn window_clause(e: &Expr) -> Result<Option<WindowClause>> {
             }
             WindowSpec::Hopping { slide, size }
         }
+        "STAGGER" => WindowSpec::Stagger {
+            size: interval_millis(args[1])?,
+        },
         _ => WindowSpec::Session {
             gap: interval_millis(args[1])?,
         },
@@ -397,6 +401,7 @@ fn rewrite_select(
         WindowSpec::Tumbling { .. } => "TUMBLE",
         WindowSpec::Hopping { .. } => "HOP",
         WindowSpec::Session { .. } => "SESSION",
+        WindowSpec::Stagger { .. } => "STAGGER",
     };
     let mut failure: Option<Error> = None;
     let mut replace = |e: &mut Expr| {

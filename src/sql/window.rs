@@ -35,6 +35,25 @@ pub(crate) enum WindowSpec {
     Hopping { slide: Millis, size: Millis },
     /// `SESSION(ts, gap)`: per key, closed after `gap` without rows.
     Session { gap: Millis },
+    /// `STAGGER(ts, size)`: per key, opened by the key's first row and closed `size` later
+    /// (Kinesis Data Analytics' stagger windows).
+    Stagger { size: Millis },
+}
+
+impl WindowSpec {
+    /// Windows kept per key (sessions and stagger windows) rather than per time range.
+    pub(crate) fn per_key(self) -> bool {
+        matches!(self, Self::Session { .. } | Self::Stagger { .. })
+    }
+
+    /// When a per-key window that started at `start` and last saw a row at `last` closes.
+    fn key_window_end(self, start: Millis, last: Millis) -> Millis {
+        match self {
+            Self::Session { gap } => last.saturating_add(gap),
+            Self::Stagger { size } => start.saturating_add(size),
+            _ => unreachable!("only per-key windows"),
+        }
+    }
 }
 
 impl std::fmt::Display for WindowSpec {
@@ -50,6 +69,7 @@ impl std::fmt::Display for WindowSpec {
                 )
             }
             WindowSpec::Session { gap } => write!(f, "session with gap {}", fmt_millis(*gap)),
+            WindowSpec::Stagger { size } => write!(f, "stagger {}", fmt_millis(*size)),
         }
     }
 }
@@ -485,7 +505,7 @@ impl WindowAggregate {
                 .and_then(|r| r.is_valid(i).then(|| r.value(i)))
         };
         let session_keys = match self.plan.spec {
-            WindowSpec::Session { .. } if !self.sessions.is_empty() => Some(
+            spec if spec.per_key() && !self.sessions.is_empty() => Some(
                 self.key_rows
                     .convert_columns(&evaluate(&self.plan.keys, batch)?)?,
             ),
@@ -542,6 +562,19 @@ impl WindowAggregate {
                     };
                     (end <= wm && !extends_open()).then_some(end)
                 }
+                WindowSpec::Stagger { size } => {
+                    let end = t.saturating_add(size);
+                    // Not late when an open window of its key holds it.
+                    let in_open = || {
+                        session_keys.as_ref().is_some_and(|k| {
+                            self.sessions.get(&k.row(i).owned()).is_some_and(|list| {
+                                list.iter()
+                                    .any(|s| s.start <= t && t < s.start.saturating_add(size))
+                            })
+                        })
+                    };
+                    (end <= wm && !in_open()).then_some(end)
+                }
             };
             if let Some(end) = late_by {
                 self.late_rows += 1;
@@ -588,8 +621,8 @@ impl WindowAggregate {
         // Rows a guest aggregate failed on, with the reason.
         let mut failed: Vec<(Vec<u32>, String)> = Vec::new();
         match self.plan.spec {
-            WindowSpec::Session { gap } => {
-                failed = self.push_sessions(&accepted, gap, &keys, &args, &filters, ctx.seq)?
+            spec if spec.per_key() => {
+                failed = self.push_sessions(&accepted, spec, &keys, &args, &filters, ctx.seq)?
             }
             spec => {
                 let assignments = assign(spec, &accepted);
@@ -814,7 +847,7 @@ impl WindowAggregate {
     fn push_sessions(
         &mut self,
         accepted: &[(u32, Millis, Millis)],
-        gap: Millis,
+        spec: WindowSpec,
         keys: &[ArrayRef],
         args: &[Vec<ArrayRef>],
         filters: &[Option<ArrayRef>],
@@ -832,13 +865,48 @@ impl WindowAggregate {
         }
         for (key, mut rows) in by_key {
             rows.sort_unstable();
-            let mut start = 0;
-            while start < rows.len() {
-                let mut end = start + 1;
-                while end < rows.len() && rows[end].0 - rows[end - 1].0 < gap {
-                    end += 1;
+            // Runs of rows, each for one window: (window start, rows).
+            let runs: Vec<(Millis, Vec<(Millis, u32)>)> = match spec {
+                WindowSpec::Session { gap } => {
+                    let mut runs: Vec<(Millis, Vec<(Millis, u32)>)> = Vec::new();
+                    for r in rows {
+                        match runs.last_mut() {
+                            Some((_, run)) if r.0 - run[run.len() - 1].0 < gap => run.push(r),
+                            _ => runs.push((r.0, vec![r])),
+                        }
+                    }
+                    runs
                 }
-                let run = &rows[start..end];
+                WindowSpec::Stagger { size } => {
+                    // A row joins the open window of its key that holds its time, or opens one.
+                    let mut starts: Vec<Millis> = self
+                        .sessions
+                        .get(&key.owned())
+                        .map(|l| l.iter().map(|s| s.start).collect())
+                        .unwrap_or_default();
+                    let mut runs: Vec<(Millis, Vec<(Millis, u32)>)> = Vec::new();
+                    for r in rows {
+                        let start = match starts
+                            .iter()
+                            .find(|&&s| s <= r.0 && r.0 < s.saturating_add(size))
+                        {
+                            Some(&s) => s,
+                            None => {
+                                starts.push(r.0);
+                                r.0
+                            }
+                        };
+                        match runs.iter_mut().find(|(s, _)| *s == start) {
+                            Some((_, run)) => run.push(r),
+                            None => runs.push((start, vec![r])),
+                        }
+                    }
+                    runs
+                }
+                _ => unreachable!("per-key windows only"),
+            };
+            for (run_start, run) in runs {
+                let run = &run[..];
                 let idx = UInt32Array::from_iter_values(run.iter().map(|r| r.1));
                 let mut accs = new_accumulators(&self.plan)?;
                 let mut failure = None;
@@ -857,20 +925,21 @@ impl WindowAggregate {
                     }
                 }
                 if let Some(reason) = failure {
-                    // The run's session is not opened or extended: its rows count nowhere.
+                    // The run's window is not opened or extended: its rows count nowhere.
                     failed.push((run.iter().map(|r| r.1).collect(), reason));
-                    start = end;
                     continue;
                 }
                 let session = Session {
-                    start: run[0].0,
+                    start: run_start,
                     last: run[run.len() - 1].0,
                     accs,
                     first_seq: seq,
                 };
                 let list = self.sessions.entry(key.owned()).or_default();
-                merge_session(list, session, gap)?;
-                start = end;
+                match spec {
+                    WindowSpec::Session { gap } => merge_session(list, session, gap)?,
+                    _ => merge_stagger(list, session)?,
+                }
             }
         }
         Ok(failed)
@@ -892,13 +961,11 @@ impl WindowAggregate {
         }
         if !self.sessions.is_empty() {
             let mut closed: Vec<(OwnedRow, Session)> = Vec::new();
-            let WindowSpec::Session { gap } = self.plan.spec else {
-                unreachable!("sessions only exist for session windows")
-            };
+            let spec = self.plan.spec;
             self.sessions.retain(|key, list| {
                 let mut keep = Vec::with_capacity(list.len());
                 for s in list.drain(..) {
-                    if s.last.saturating_add(gap) <= wm {
+                    if spec.key_window_end(s.start, s.last) <= wm {
                         closed.push((key.clone(), s));
                     } else {
                         keep.push(s);
@@ -909,7 +976,7 @@ impl WindowAggregate {
             });
             if !closed.is_empty() {
                 closed.sort_by_key(|(_, s)| s.start);
-                batches.push(self.session_rows(closed, gap)?);
+                batches.push(self.session_rows(closed, spec)?);
             }
         }
         match batches.len() {
@@ -974,14 +1041,17 @@ impl WindowAggregate {
     fn session_rows(
         &mut self,
         closed: Vec<(OwnedRow, Session)>,
-        gap: Millis,
+        spec: WindowSpec,
     ) -> Result<RecordBatch> {
         let n = closed.len();
         let keys = self
             .key_rows
             .convert_rows(closed.iter().map(|(k, _)| k.row()))?;
         let starts = closed.iter().map(|(_, s)| s.start).collect();
-        let ends = closed.iter().map(|(_, s)| s.last + gap).collect();
+        let ends = closed
+            .iter()
+            .map(|(_, s)| spec.key_window_end(s.start, s.last))
+            .collect();
         let mut columns: Vec<Vec<datafusion::common::ScalarValue>> =
             vec![Vec::with_capacity(n); self.plan.aggs.len()];
         let mut failures = Vec::new();
@@ -1163,7 +1233,7 @@ impl WindowAggregate {
                 .iter()
                 .map(|a| Ok(a.state_fields()?.len()))
                 .collect::<Result<_>>()?;
-            if let WindowSpec::Session { .. } = self.plan.spec {
+            if self.plan.spec.per_key() {
                 let mut accs = new_accumulators(&self.plan)?;
                 for (acc, w) in accs.iter_mut().zip(&widths) {
                     let cols: Vec<ArrayRef> = states.by_ref().take(*w).cloned().collect();
@@ -1327,6 +1397,40 @@ fn merge_session(list: &mut Vec<Session>, mut new: Session, gap: Millis) -> Resu
     Ok(())
 }
 
+/// Adds a stagger window's run to its key's windows: into the window of the same start, or as a
+/// new window.
+fn merge_stagger(list: &mut Vec<Session>, mut new: Session) -> Result<()> {
+    if let Some(old) = list.iter_mut().find(|s| s.start == new.start) {
+        let mut merged = Ok(());
+        for (into, from) in old.accs.iter_mut().zip(new.accs.iter_mut()) {
+            let state = from
+                .state()?
+                .into_iter()
+                .map(|v| Ok(v.to_array()?))
+                .collect::<Result<Vec<_>>>()?;
+            if let Err(e) = into.merge_batch(&state) {
+                merged = Err(e);
+                break;
+            }
+        }
+        match merged {
+            Ok(()) => {
+                old.last = old.last.max(new.last);
+                old.first_seq = old.first_seq.min(new.first_seq);
+                return Ok(());
+            }
+            Err(e) => {
+                // A guest aggregate that cannot merge: the run stays a window of its own.
+                let reason = guest_failure(e)?;
+                tracing::warn!("a stagger window's rows could not be merged: {reason}");
+            }
+        }
+    }
+    let at = list.partition_point(|s| s.start < new.start);
+    list.insert(at, new);
+    Ok(())
+}
+
 /// Assigns accepted rows to tumbling or hopping windows that are still open.
 fn assign(spec: WindowSpec, accepted: &[(u32, Millis, Millis)]) -> Vec<Assignment> {
     let mut out: Vec<Assignment> = Vec::new();
@@ -1368,7 +1472,9 @@ fn assign(spec: WindowSpec, accepted: &[(u32, Millis, Millis)]) -> Vec<Assignmen
                 }
             }
         }
-        WindowSpec::Session { .. } => unreachable!("sessions are assigned per key"),
+        WindowSpec::Session { .. } | WindowSpec::Stagger { .. } => {
+            unreachable!("per-key windows are assigned per key")
+        }
     }
     out
 }
