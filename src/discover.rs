@@ -10,11 +10,14 @@ use crate::{Error, Result};
 /// A proposed input column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredColumn {
-    /// The column's name: the member's path, upper-cased, joined with `_` (`$.quote.price` is
-    /// `QUOTE_PRICE`); for CSV the header's name, or `COL1`, `COL2`, ….
+    /// The column's name, as KDA named discovered columns: the member's name as written (a
+    /// nested member's path joined with `_`: `$.quote.price` is `quote_price`), with characters
+    /// other than letters, digits and `_` made `_`, and `COL_` before a name that starts with a
+    /// digit; for CSV the header's name, or `COL1`, `COL2`, …. (SQL then names a lower-case
+    /// column in double quotes, as in KDA.)
     pub name: String,
-    /// A KDA SQL type: `INTEGER`, `BIGINT`, `DOUBLE`, `BOOLEAN`, or `VARCHAR(n)` with `n` the
-    /// longest value seen.
+    /// A KDA SQL type: `INTEGER`, `BIGINT`, `REAL` (numbers with a fraction, as KDA proposed
+    /// them), `BOOLEAN`, or `VARCHAR(n)` with `n` the longest value seen.
     pub sql_type: String,
     /// The JSON path (`$.quote.price`); `None` for CSV.
     pub mapping: Option<String>,
@@ -63,7 +66,7 @@ impl Seen {
         if self.text || (self.boolean && numeric) {
             format!("VARCHAR({})", self.max_len.max(1))
         } else if self.float {
-            "DOUBLE".into()
+            "REAL".into()
         } else if self.int64 {
             "BIGINT".into()
         } else if self.int32 {
@@ -211,15 +214,15 @@ pub fn discover_schema(
     Ok(columns.into_iter().map(|(_, c)| c).collect())
 }
 
-/// KDA's column name for a member path: upper case, `_` between levels and for other
-/// characters.
+/// KDA's column name for a member path (see [`DiscoveredColumn::name`]).
 fn kda_name(path: &[String]) -> String {
-    path.iter()
+    let name: String = path
+        .iter()
         .map(|p| {
             p.chars()
                 .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
                     } else {
                         '_'
                     }
@@ -227,7 +230,12 @@ fn kda_name(path: &[String]) -> String {
                 .collect::<String>()
         })
         .collect::<Vec<_>>()
-        .join("_")
+        .join("_");
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("COL_{name}")
+    } else {
+        name
+    }
 }
 
 fn json_path(path: &[String]) -> String {
@@ -284,23 +292,26 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("TICKER_SYMBOL", "VARCHAR(4)", Some("$.ticker_symbol")),
-                ("QUOTE_PRICE", "DOUBLE", Some("$.quote.price")),
-                ("QUOTE_VOLUME", "BIGINT", Some("$.quote.volume")),
-                ("LIVE", "BOOLEAN", Some("$.live")),
-                ("NOTE", "VARCHAR(3)", Some("$.note")),
+                ("ticker_symbol", "VARCHAR(4)", Some("$.ticker_symbol")),
+                ("quote_price", "REAL", Some("$.quote.price")),
+                ("quote_volume", "BIGINT", Some("$.quote.volume")),
+                ("live", "BOOLEAN", Some("$.live")),
+                ("note", "VARCHAR(3)", Some("$.note")),
             ]
         );
         assert!(discover_schema("[1,2]", false, false, 10).is_err());
+        let odd = discover_schema(r#"{"1x":1,"a-b":2}"#, false, false, 10).unwrap();
+        assert_eq!(odd[0].name, "COL_1x");
+        assert_eq!(odd[1].name, "a_b");
         assert!(discover_schema("", false, false, 10).is_err());
     }
 
     #[test]
     fn csv_columns_are_numbered_or_named_by_the_header() {
         let cols = discover_schema("car,temp\nA,80\nBB,90.5\n", true, true, 100).unwrap();
-        assert_eq!(cols[0].name, "CAR");
+        assert_eq!(cols[0].name, "car");
         assert_eq!(cols[0].sql_type, "VARCHAR(2)");
-        assert_eq!(cols[1].sql_type, "DOUBLE");
+        assert_eq!(cols[1].sql_type, "REAL");
         let cols = discover_schema("A,80\n", true, false, 100).unwrap();
         assert_eq!(cols[1].name, "COL2");
         assert_eq!(cols[1].sql_type, "INTEGER");

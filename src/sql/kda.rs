@@ -105,16 +105,17 @@ const KEEP: &[&str] = &[
     "UNION",
     "EXISTS",
     "SECOND",
-    "SECONDS",
     "MINUTE",
-    "MINUTES",
     "HOUR",
-    "HOURS",
     "DAY",
-    "DAYS",
     "MONTH",
     "YEAR",
     "WEEK",
+    "CURRENT_TIMESTAMP",
+    "CURRENT_DATE",
+    "CURRENT_TIME",
+    "LOCALTIMESTAMP",
+    "LOCALTIME",
     "TO",
     "ESCAPE",
     "SIMILAR",
@@ -217,7 +218,9 @@ fn err(loc: Location, msg: impl std::fmt::Display) -> Error {
 
 /// The tokens that matter (no whitespace or comments).
 fn significant(sql: &str) -> Result<Vec<TokenWithSpan>> {
+    // Literals kept as written (`'it''s'` stays doubled when printed back).
     let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .with_unescape(false)
         .tokenize_with_location()
         .map_err(|e| Error::Sql(format!("KDA application code: {e}")))?;
     Ok(tokens
@@ -245,9 +248,10 @@ fn quote(name: &str) -> String {
 /// Translates application code.
 pub(crate) fn translate(sql: &str) -> Result<Application> {
     let tokens = significant(sql)?;
-    for t in &tokens {
+    for (k, t) in tokens.iter().enumerate() {
         if let Token::Word(w) = &t.token {
-            if w.quote_style.is_none() {
+            let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
+            if w.quote_style.is_none() && call {
                 if let Some((_, why)) = UNSUPPORTED
                     .iter()
                     .find(|(name, _)| w.value.eq_ignore_ascii_case(name))
@@ -512,7 +516,7 @@ fn sql_type(words: &str, params: &[String]) -> Option<String> {
         "DECIMAL" | "NUMERIC" => match (p(0), p(1)) {
             (Some(a), Some(b)) => format!("DECIMAL({a}, {b})"),
             (Some(a), None) => format!("DECIMAL({a}, 0)"),
-            _ => "DECIMAL(38, 10)".into(),
+            _ => "DECIMAL(38, 0)".into(),
         },
         "REAL" | "FLOAT" => "REAL".into(),
         "DOUBLE" | "DOUBLE PRECISION" => "DOUBLE".into(),
@@ -598,7 +602,14 @@ fn select(
         .into_iter()
         .map(|(_, _, text)| text)
         .collect();
-    let mut rewritten = rewrite(body, &clauses, &group_windows)?;
+    // The GROUP BY's window: the one on ROWTIME (KDA emits on ROWTIME); other STEP/FLOOR
+    // expressions there (an event-time minute) are plain keys. Without a ROWTIME one, the first.
+    let tumble: Option<String> = group_windows
+        .iter()
+        .find(|w| w.contains("\"ROWTIME\""))
+        .or(group_windows.first())
+        .cloned();
+    let mut rewritten = rewrite(body, &clauses, tumble.as_deref())?;
     // WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL …): a GROUP BY of the keys and a
     // stagger window on ROWTIME.
     let mut stagger: Option<(String, String)> = None;
@@ -648,7 +659,7 @@ fn select(
             ));
         };
         let other = vec![Clause::Other; r - p];
-        let keys = rewrite(&body[p..r], &other, &[])?
+        let keys = rewrite(&body[p..r], &other, None)?
             .into_iter()
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>()
@@ -735,7 +746,7 @@ fn select(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rowtime = match (carry_rowtime && !star, group_windows.first(), &stagger) {
+    let rowtime = match (carry_rowtime && !star, tumble.as_ref(), &stagger) {
         (false, _, _) => String::new(),
         (true, _, Some((_, interval))) => {
             format!(", STAGGER_END(\"ROWTIME\", {interval}) AS \"ROWTIME\"")
@@ -885,7 +896,8 @@ fn epoch_division(t: &[TokenWithSpan]) -> Option<(&[TokenWithSpan], String, Stri
     let is_epoch = matches!(
         epoch.iter().map(|x| &x.token).collect::<Vec<_>>()[..],
         [Token::Word(w), Token::SingleQuotedString(s)]
-            if w.value.eq_ignore_ascii_case("TIMESTAMP") && s.starts_with("1970-01-01")
+            if w.value.eq_ignore_ascii_case("TIMESTAMP")
+                && matches!(s.as_str(), "1970-01-01 00:00:00" | "1970-01-01 00:00:00.000")
     );
     if !is_epoch {
         return None;
@@ -899,18 +911,65 @@ fn epoch_division(t: &[TokenWithSpan]) -> Option<(&[TokenWithSpan], String, Stri
     }
 }
 
+/// A SQL `SIMILAR TO` pattern as an anchored regular expression: `%` any run, `_` any
+/// character, the regex operators of SIMILAR TO (`| * + ? { } ( ) [ ]`) kept, the rest literal.
+fn similar_to_regex(pattern: &str) -> String {
+    let mut re = String::from("^(?:");
+    for c in pattern.chars() {
+        match c {
+            '%' => re.push_str(".*"),
+            '_' => re.push('.'),
+            '|' | '*' | '+' | '?' | '{' | '}' | '(' | ')' | '[' | ']' => re.push(c),
+            '.' | '^' | '$' | '\\' => {
+                re.push('\\');
+                re.push(c);
+            }
+            _ => re.push(c),
+        }
+    }
+    re.push_str(")$");
+    re
+}
+
 /// Tokens as text, with identifiers upper-cased and quoted per KDA's rules.
 fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
     let mut out = Vec::with_capacity(tokens.len());
+    let mut skip = 0;
     for (k, t) in tokens.iter().enumerate() {
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        // `x [NOT] SIMILAR TO 'pattern'` → `x ~ '^regex$'` (DataFusion's SIMILAR TO is an
+        // unanchored regex match, not SQL's). One output entry per token, as always.
+        if word_is(&t.token, "SIMILAR")
+            && tokens.get(k + 1).is_some_and(|x| word_is(&x.token, "TO"))
+        {
+            if let Some(Token::SingleQuotedString(p)) = tokens.get(k + 2).map(|x| &x.token) {
+                let negated = out
+                    .last()
+                    .is_some_and(|w: &String| w.eq_ignore_ascii_case("NOT"));
+                if negated {
+                    if let Some(last) = out.last_mut() {
+                        last.clear();
+                    }
+                }
+                out.push(if negated { "!~" } else { "~" }.into());
+                out.push(String::new());
+                // The pattern is as written (quotes still doubled): so is the regex.
+                out.push(format!("'{}'", similar_to_regex(p)));
+                skip = 2;
+                continue;
+            }
+        }
         out.push(match &t.token {
             Token::Word(w) if w.quote_style.is_some() => quote(&w.value),
             Token::Word(w) => {
                 let upper = w.value.to_uppercase();
                 let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
                 if upper == "CURRENT_ROW_TIMESTAMP" && !call {
-                    // The time the row is processed.
-                    out.push("now()".into());
+                    // The time the row is processed (read when the row is, unlike now()).
+                    out.push("current_row_timestamp()".into());
                     continue;
                 }
                 if KEEP.contains(&upper.as_str()) || call {
@@ -984,24 +1043,31 @@ fn sliding_windows(body: &[TokenWithSpan], out: &mut [String]) {
 fn rewrite(
     body: &[TokenWithSpan],
     clauses: &[Clause],
-    group_windows: &[String],
+    tumble: Option<&str>,
 ) -> Result<Vec<String>> {
     let mut out = rewrite_plain(body)?;
-    let grouped = !group_windows.is_empty();
     let mut k = 0;
     while k < body.len() {
         if let Some((end, canonical)) = window_at(body, k)? {
-            let replacement = if clauses[k] == Clause::GroupBy {
-                format!("TUMBLE({canonical})")
-            } else if grouped && group_windows.contains(&canonical) {
-                format!("TUMBLE_START({canonical})")
+            let replacement = if tumble == Some(canonical.as_str()) {
+                if clauses[k] == Clause::GroupBy {
+                    format!("TUMBLE({canonical})")
+                } else {
+                    format!("TUMBLE_START({canonical})")
+                }
             } else {
-                // A time truncated to its step: date_bin(interval, time, epoch).
+                // A time truncated: to one calendar unit with date_trunc (weeks, months and
+                // years have no fixed length), to n units with date_bin from the epoch.
                 let (time, interval) = canonical
                     .rsplit_once(", INTERVAL")
                     .map(|(a, b)| (a.to_owned(), format!("INTERVAL{b}")))
                     .unwrap_or_default();
-                format!("date_bin({interval}, {time}, TIMESTAMP '1970-01-01 00:00:00')")
+                match interval.strip_prefix("INTERVAL '1' ") {
+                    Some(unit) => format!("date_trunc('{}', {time})", unit.to_lowercase()),
+                    None => {
+                        format!("date_bin({interval}, {time}, TIMESTAMP '1970-01-01 00:00:00')")
+                    }
+                }
             };
             out[k] = replacement;
             for o in out.iter_mut().take(end).skip(k + 1) {

@@ -20,6 +20,7 @@ pub(crate) fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(Kda::new(Kind::CharToTimestamp)),
         ScalarUDF::from(Kda::new(Kind::TimestampToChar)),
         ScalarUDF::from(Kda::new(Kind::RegexReplace)),
+        ScalarUDF::from(Kda::new(Kind::CurrentRowTimestamp)),
     ]
 }
 
@@ -29,6 +30,7 @@ enum Kind {
     CharToTimestamp,
     TimestampToChar,
     RegexReplace,
+    CurrentRowTimestamp,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -41,7 +43,12 @@ impl Kda {
     fn new(kind: Kind) -> Self {
         Self {
             kind,
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: if kind == Kind::CurrentRowTimestamp {
+                // Read for every batch, never folded into a constant at planning.
+                Signature::nullary(Volatility::Volatile)
+            } else {
+                Signature::user_defined(Volatility::Immutable)
+            },
         }
     }
 }
@@ -57,6 +64,7 @@ impl ScalarUDFImpl for Kda {
             Kind::CharToTimestamp => "char_to_timestamp",
             Kind::TimestampToChar => "timestamp_to_char",
             Kind::RegexReplace => "regex_replace",
+            Kind::CurrentRowTimestamp => "current_row_timestamp",
         }
     }
 
@@ -65,10 +73,10 @@ impl ScalarUDFImpl for Kda {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
-        let want = if self.kind == Kind::RegexReplace {
-            5
-        } else {
-            2
+        let want = match self.kind {
+            Kind::RegexReplace => 5,
+            Kind::CurrentRowTimestamp => 0,
+            _ => 2,
         };
         if arg_types.len() != want {
             return datafusion::common::plan_err!("{} takes {want} arguments", self.name());
@@ -77,6 +85,7 @@ impl ScalarUDFImpl for Kda {
             Kind::TsDiff => vec![timestamp(), timestamp()],
             Kind::CharToTimestamp => vec![DataType::Utf8, DataType::Utf8],
             Kind::TimestampToChar => vec![DataType::Utf8, timestamp()],
+            Kind::CurrentRowTimestamp => vec![],
             Kind::RegexReplace => vec![
                 DataType::Utf8,
                 DataType::Utf8,
@@ -92,14 +101,22 @@ impl ScalarUDFImpl for Kda {
             Kind::TsDiff => DataType::Int64,
             Kind::CharToTimestamp => timestamp(),
             Kind::TimestampToChar | Kind::RegexReplace => DataType::Utf8,
+            Kind::CurrentRowTimestamp => timestamp(),
         })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
+        if self.kind == Kind::CurrentRowTimestamp {
+            let now = chrono::Utc::now().timestamp_millis();
+            return Ok(ColumnarValue::Array(Arc::new(
+                TimestampMillisecondArray::from_value(now, rows),
+            )));
+        }
         let a = args.args[0].to_array(rows)?;
         let b = args.args[1].to_array(rows)?;
         let out: ArrayRef = match self.kind {
+            Kind::CurrentRowTimestamp => unreachable!("answered above"),
             Kind::RegexReplace => {
                 let c = args.args[2].to_array(rows)?;
                 let d = args.args[3].to_array(rows)?;
@@ -149,13 +166,13 @@ impl ScalarUDFImpl for Kda {
                 Arc::new(StringArray::from(out))
             }
             Kind::TsDiff => {
-                // TSDIFF(a, b): a - b in milliseconds.
+                // TSDIFF(start, end): end - start in milliseconds.
                 let (a, b) = (
                     a.as_primitive::<TimestampMillisecondType>(),
                     b.as_primitive::<TimestampMillisecondType>(),
                 );
                 Arc::new(Int64Array::from_iter((0..rows).map(|i| {
-                    (a.is_valid(i) && b.is_valid(i)).then(|| a.value(i) - b.value(i))
+                    (a.is_valid(i) && b.is_valid(i)).then(|| b.value(i) - a.value(i))
                 })))
             }
             Kind::CharToTimestamp => {
@@ -218,6 +235,8 @@ fn regex_replace(
         .nth(start as usize - 1)
         .map_or(text.len(), |(b, _)| b);
     let (head, tail) = text.split_at(at);
+    let replacement = java_replacement(replacement);
+    let replacement = replacement.as_str();
     let replaced = if occurrence == 0 {
         re.replace_all(tail, replacement).into_owned()
     } else {
@@ -238,9 +257,45 @@ fn regex_replace(
     Ok(format!("{head}{replaced}"))
 }
 
+/// A Java replacement string (`$1` a group, `\$` a dollar) in the regex crate's syntax (`${1}`,
+/// `$$`).
+fn java_replacement(java: &str) -> String {
+    let mut out = String::with_capacity(java.len() + 4);
+    let mut chars = java.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('$') => out.push_str("$$"),
+                Some(x) => out.push(x),
+                None => out.push('\\'),
+            },
+            '$' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    out.push_str("$$");
+                } else {
+                    out.push_str(&format!("${{{digits}}}"));
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Milliseconds since the epoch of `text` read with a chrono `pattern` (a date alone is
 /// midnight).
 fn parse(text: &str, pattern: &str) -> Option<i64> {
+    if pattern.contains("%z") {
+        // A pattern with a zone offset: the instant it names.
+        return chrono::DateTime::parse_from_str(text, pattern)
+            .ok()
+            .map(|t| t.timestamp_millis());
+    }
     if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, pattern) {
         return Some(t.and_utc().timestamp_millis());
     }
@@ -344,6 +399,14 @@ mod tests {
             Some(1_769_472_000_000)
         );
         assert_eq!(parse("27/01", &java_pattern("yyyy-MM-dd")), None);
+        // An offset is honoured: 22:01:02 at -0700 is 05:01:02 UTC the next day.
+        assert_eq!(
+            parse(
+                "24/May/2004:22:01:02 -0700",
+                &java_pattern("dd/MMM/yyyy:HH:mm:ss Z")
+            ),
+            Some(1_085_461_262_000)
+        );
     }
 
     #[test]
@@ -367,5 +430,8 @@ mod tests {
             "x ex:jo y"
         );
         assert!(regex_replace("x", &digits, "#", 0, 0).is_err());
+        // Java's `$1a` is group 1 then "a"; `\$` is a dollar.
+        let one = regex::Regex::new("(b)").unwrap();
+        assert_eq!(regex_replace("abc", &one, "$1a\\$", 1, 0).unwrap(), "aba$c");
     }
 }

@@ -191,7 +191,7 @@ fn discovered_schemas_load_back_as_application_files() {
     let columns = &schema["InputSchema"]["RecordColumns"];
     assert_eq!(
         columns[3],
-        serde_json::json!({"Name": "QUOTE_PRICE", "SqlType": "DOUBLE", "Mapping": "$.quote.price"})
+        serde_json::json!({"Name": "quote_price", "SqlType": "REAL", "Mapping": "$.quote.price"})
     );
     assert_eq!(columns[0]["SqlType"], "VARCHAR(5)", "the longest symbol");
     let path = dir.path().join("schema.json");
@@ -201,7 +201,8 @@ fn discovered_schemas_load_back_as_application_files() {
         &sql,
         "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (t VARCHAR(8), p DOUBLE);\n\
          CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" \
-         SELECT STREAM ticker_symbol, quote_price FROM \"SOURCE_SQL_STREAM_001\" WHERE change > 0;",
+         SELECT STREAM \"ticker_symbol\", \"quote_price\" FROM \"SOURCE_SQL_STREAM_001\" \
+         WHERE \"change\" > 0;",
     )
     .unwrap();
     let (ok, rows, err) = replay(&[

@@ -12,7 +12,7 @@ CREATE OR REPLACE PUMP "LOG_PUMP" AS INSERT INTO "DESTINATION_SQL_STREAM"
       LOWER(host),
       CHAR_TO_TIMESTAMP('dd/MMM/yyyy:HH:mm:ss', request_time),
       TIMESTAMP_TO_CHAR('yyyy-MM-dd', CHAR_TO_TIMESTAMP('dd/MMM/yyyy:HH:mm:ss', request_time)),
-      TSDIFF(ROWTIME, CHAR_TO_TIMESTAMP('dd/MMM/yyyy:HH:mm:ss', request_time)),
+      TSDIFF(CHAR_TO_TIMESTAMP('dd/MMM/yyyy:HH:mm:ss', request_time), ROWTIME),
       SUBSTRING(request FROM POSITION(' ' IN request) + 1 FOR 12),
       UPPER(SUBSTRING(request FROM 1 FOR POSITION(' ' IN request) - 1))
   FROM "SOURCE_SQL_STREAM_001"
