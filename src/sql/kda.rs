@@ -247,6 +247,12 @@ fn quote(name: &str) -> String {
 
 /// Translates application code.
 pub(crate) fn translate(sql: &str) -> Result<Application> {
+    translate_with(sql, None)
+}
+
+/// [`translate`], knowing the input stream's columns: `SELECT STREAM *` then names them, so that
+/// they take the target stream's names and types like any select list.
+pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Result<Application> {
     let tokens = significant(sql)?;
     for (k, t) in tokens.iter().enumerate() {
         if let Token::Word(w) = &t.token {
@@ -351,7 +357,9 @@ pub(crate) fn translate(sql: &str) -> Result<Application> {
                 )
             })?;
             let line = stmt[0].span.start.line;
-            let (_, reads) = select(&stmt[i..], decl, columns.as_deref(), &name, false)?;
+            let (_, reads) = select(&stmt[i..], decl, columns.as_deref(), &name, false, &|_| {
+                None
+            })?;
             pending.push((name, target, line, stmt, i, columns, decl.clone(), reads));
         } else {
             return Err(err(
@@ -368,7 +376,23 @@ pub(crate) fn translate(sql: &str) -> Result<Application> {
     let read: Vec<String> = pending.iter().flat_map(|p| p.7.clone()).collect();
     for (name, target, line, stmt, i, columns, decl, reads) in pending {
         let carry = read.contains(&target);
-        let (select, _) = select(&stmt[i..], &decl, columns.as_deref(), &name, carry)?;
+        let columns_of = |stream: &str| -> Option<Vec<String>> {
+            if stream == super::SOURCE_STREAM {
+                return source_columns.map(<[String]>::to_vec);
+            }
+            streams
+                .iter()
+                .find(|s| s.name == stream)
+                .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
+        };
+        let (select, _) = select(
+            &stmt[i..],
+            &decl,
+            columns.as_deref(),
+            &name,
+            carry,
+            &columns_of,
+        )?;
         pumps.push(Pump {
             name,
             target: target.clone(),
@@ -547,6 +571,7 @@ fn select(
     columns: Option<&[String]>,
     pump: &str,
     carry_rowtime: bool,
+    columns_of: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<(String, Vec<String>)> {
     let first = tokens
         .first()
@@ -710,7 +735,16 @@ fn select(
             })
             .collect::<Result<_>>()?,
     };
-    let star = items.len() == 1 && items[0] == ["*"];
+    let mut star = items.len() == 1 && items[0] == ["*"];
+    if star {
+        // `*` of one stream whose columns are known: those columns, by name.
+        if let [from] = reads.as_slice() {
+            if let Some(cols) = columns_of(from) {
+                items = cols.iter().map(|c| vec![quote(c)]).collect();
+                star = false;
+            }
+        }
+    }
     let select_list = if star {
         "*".to_owned()
     } else {

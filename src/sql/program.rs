@@ -592,7 +592,13 @@ impl SqlProgram {
             return Self::plan(sql, input_schema, settings, functions).await;
         }
         // Kinesis Data Analytics application code: its pumps, translated.
-        let app = super::kda::translate(sql)?;
+        let source_columns: Vec<String> = input_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != ROWTIME)
+            .collect();
+        let app = super::kda::translate_with(sql, Some(&source_columns))?;
         match Self::plan(&app.sql(), Arc::clone(&input_schema), settings, functions).await {
             Ok(p) => Ok(p),
             Err(e) => {
