@@ -782,9 +782,18 @@ impl PipelineBuilder {
             decoder,
             program,
             sinks,
-            error_sink: self
-                .error_sink
-                .unwrap_or_else(|| Box::new(crate::sink::StdoutSink::stderr(Default::default()))),
+            error_sink: {
+                let sink = self.error_sink.unwrap_or_else(|| {
+                    Box::new(crate::sink::StdoutSink::stderr(Default::default()))
+                });
+                // A Kinesis Data Analytics application's errors also carry the columns of KDA's
+                // error_stream.
+                if crate::sql::is_kda_application(&self.sql) {
+                    Box::new(crate::sink::KdaErrorColumns::new(sink))
+                } else {
+                    sink
+                }
+            },
             raw_copy: self.raw_copy,
             batch: self.batch,
             metrics: Arc::new(PipelineMetrics::default()),

@@ -179,3 +179,112 @@ mod tests {
         );
     }
 }
+
+/// Wraps the error output of a Kinesis Data Analytics application: each error row also gets the
+/// columns of KDA's in-application `error_stream` — `ERROR_TIME`, `ERROR_LEVEL`, `ERROR_NAME`,
+/// `MESSAGE`, `DATA_ROWTIME`, `DATA_ROW` (the record as text) and `PUMP_NAME` (not known here:
+/// null) — so that what read KDA's error stream reads these.
+#[derive(Debug)]
+pub(crate) struct KdaErrorColumns {
+    inner: Box<dyn super::Sink>,
+}
+
+impl KdaErrorColumns {
+    pub(crate) fn new(inner: Box<dyn super::Sink>) -> Self {
+        Self { inner }
+    }
+}
+
+/// `batch` (shaped by [`error_schema`]) with KDA's error-stream columns after its own.
+pub(crate) fn with_kda_error_columns(batch: &RecordBatch) -> crate::Result<RecordBatch> {
+    use arrow::array::{AsArray, TimestampMillisecondArray};
+    use arrow::datatypes::{Int64Type, TimeUnit};
+    let col = |name: &str| batch.column_by_name(name).cloned();
+    let (Some(ending), Some(code), Some(message), Some(arrival), Some(raw)) = (
+        col("attemptEndingTimestamp"),
+        col("errorCode"),
+        col("errorMessage"),
+        col("arrivalTimestamp"),
+        col("rawData"),
+    ) else {
+        return Ok(batch.clone());
+    };
+    let n = batch.num_rows();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let data_row: StringArray = raw
+        .as_string::<i32>()
+        .iter()
+        .map(|v| {
+            v.and_then(|v| b64.decode(v).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        })
+        .collect();
+    let ts = |a: &ArrayRef| -> ArrayRef {
+        Arc::new(
+            TimestampMillisecondArray::from(a.as_primitive::<Int64Type>().values().to_vec())
+                .with_timezone("UTC"),
+        )
+    };
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let stamp = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    fields.extend([
+        Field::new("ERROR_TIME", stamp.clone(), false),
+        Field::new("ERROR_LEVEL", DataType::Utf8, false),
+        Field::new("ERROR_NAME", DataType::Utf8, false),
+        Field::new("MESSAGE", DataType::Utf8, false),
+        Field::new("DATA_ROWTIME", stamp, false),
+        Field::new("DATA_ROW", DataType::Utf8, true),
+        Field::new("PUMP_NAME", DataType::Utf8, true),
+    ]);
+    let mut columns = batch.columns().to_vec();
+    columns.extend([
+        ts(&ending),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            "ERROR", n,
+        ))) as ArrayRef,
+        code,
+        message,
+        ts(&arrival),
+        Arc::new(data_row) as ArrayRef,
+        arrow::array::new_null_array(&DataType::Utf8, n),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+#[async_trait::async_trait]
+impl super::Sink for KdaErrorColumns {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn set_error_output(&mut self, errors: super::ErrorOutput) {
+        self.inner.set_error_output(errors)
+    }
+
+    fn set_checkpoint_ranges(&mut self, ranges: super::CheckpointRanges) {
+        self.inner.set_checkpoint_ranges(ranges)
+    }
+
+    async fn write(&mut self, mut batch: super::OutputBatch) -> crate::Result<()> {
+        if let super::OutputData::Rows(rows) = &batch.data {
+            batch.data = super::OutputData::Rows(with_kda_error_columns(rows)?);
+        }
+        self.inner.write(batch).await
+    }
+
+    async fn flush(&mut self) -> crate::Result<()> {
+        self.inner.flush().await
+    }
+
+    async fn finish(&mut self) -> crate::Result<()> {
+        self.inner.finish().await
+    }
+}

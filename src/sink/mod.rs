@@ -38,6 +38,7 @@ pub(crate) mod kinesis_limits {
         MAX_BYTES_PER_CALL, MAX_PARTITION_KEY_CHARS, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
     };
 }
+pub(crate) use error_output::KdaErrorColumns;
 pub use error_output::{error_schema, ErrorRecord, ErrorStage, ERROR_STREAM};
 pub use file::{FileSink, FileSinkBuilder};
 #[cfg(feature = "aws")]

@@ -223,3 +223,52 @@ fn discovered_schemas_load_back_as_application_files() {
         ]
     );
 }
+
+#[test]
+fn a_kda_applications_errors_carry_the_error_stream_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("app.sql");
+    std::fs::write(
+        &sql,
+        "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (t TIMESTAMP);\n\
+         CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" \
+         SELECT STREAM CHAR_TO_TIMESTAMP('yyyy-MM-dd', \"d\") FROM \"SOURCE_SQL_STREAM_001\";",
+    )
+    .unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"d\": \"2026-01-27\"}\n{\"d\": \"27/01/2026\"}\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let (ok, _, err) = replay(&[
+        "--sql",
+        sql.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let rows = std::fs::read_to_string(out_dir.join("DESTINATION_SQL_STREAM.ndjson")).unwrap();
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+    let errors: Vec<serde_json::Value> =
+        std::fs::read_to_string(out_dir.join("error_stream.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(errors.len(), 1);
+    let e = &errors[0];
+    assert_eq!(e["ERROR_LEVEL"], "ERROR");
+    assert_eq!(e["ERROR_NAME"], e["errorCode"]);
+    assert!(
+        e["MESSAGE"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the format"),
+        "{e}"
+    );
+    assert_eq!(e["DATA_ROW"], "{\"d\": \"27/01/2026\"}");
+    assert!(
+        e["ERROR_TIME"].is_string() && e["DATA_ROWTIME"].is_string(),
+        "{e}"
+    );
+}
