@@ -193,6 +193,12 @@ mod tests {
         assert_eq!(app.columns[0].name, "car");
         assert_eq!(app.output_format.as_deref(), Some("JSON"));
         assert!(app.sql.unwrap().contains("CREATE OR REPLACE STREAM"));
+        // Every KDA type loads.
+        let all = KdaApplication::parse(
+            "columns:\n  - {Name: a, SqlType: TIME, Mapping: $.a}\n  - {Name: b, SqlType: VARBINARY(8), Mapping: $.b}\n",
+        )
+        .unwrap();
+        assert_eq!(all.columns.len(), 2);
         for bad in [
             "InputFormatType: AVRO\ncolumns: []\n",
             "columns:\n  - Name: a\n",

@@ -166,6 +166,8 @@ pub fn parse_sql_type(name: &str) -> Result<DataType> {
         "DOUBLE" | "DOUBLE PRECISION" => DataType::Float64,
         "DATE" => DataType::Date32,
         "TIMESTAMP" => ts,
+        "TIME" => DataType::Time64(TimeUnit::Microsecond),
+        "VARBINARY" | "BINARY" | "BYTEA" => DataType::Binary,
         "DECIMAL" | "NUMERIC" => {
             let (p, s) = match args {
                 None => (38, 0),

@@ -353,6 +353,10 @@ pub(crate) fn java_pattern(java: &str) -> String {
             ('s', _) => "%S",
             ('S', _) => "%3f",
             ('a', _) => "%p",
+            ('D', _) => "%j",
+            ('u', _) => "%u",
+            ('Y', 2) => "%g",
+            ('Y', _) => "%G",
             ('E', 1..=3) => "%a",
             ('E', _) => "%A",
             ('z' | 'Z' | 'X', _) => "%z",
@@ -382,6 +386,7 @@ mod tests {
     #[test]
     fn java_patterns_become_chrono_formats() {
         assert_eq!(java_pattern("yyyy-MM-dd HH:mm:ss"), "%Y-%m-%d %H:%M:%S");
+        assert_eq!(java_pattern("YYYY-DDD u"), "%G-%j %u");
         assert_eq!(
             java_pattern("dd/MMM/yyyy:HH:mm:ss Z"),
             "%d/%b/%Y:%H:%M:%S %z"
