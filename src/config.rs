@@ -39,6 +39,11 @@ use crate::{Error, Result};
 /// # idle_poll_interval_ms = 1000  # kinesis: time between calls while a shard has nothing new
 /// # list_shards_interval_ms = 60000  # kinesis: how often new shards are looked for
 ///
+/// [[reference]]            # optional, repeatable: a static table the SQL can join to the stream
+/// name = "companies"
+/// path = "companies.csv"    # JSON lines, or CSV with a header; or s3://bucket/key (region,
+///                           # endpoint_url)
+///
 /// [[udfs]]                 # optional, repeatable: WASM modules whose functions SQL calls by name
 /// path = "udfs/build/haversine.wasm"  # or s3://bucket/key
 /// # region = "eu-west-1"    # s3 paths: default from AWS_REGION / the AWS profile
@@ -141,6 +146,8 @@ pub struct PipelineConfig {
     checkpoint: Option<CheckpointConfig>,
     #[serde(default)]
     udfs: Vec<UdfConfig>,
+    #[serde(default)]
+    reference: Vec<ReferenceConfig>,
     /// What `rivulet setup` provisions (feature `setup`); ignored by `rivulet run`.
     #[serde(default)]
     #[cfg_attr(not(feature = "setup"), allow(dead_code))]
@@ -202,6 +209,20 @@ pub(crate) struct DeliverySection {
     pub(crate) domain_arn: Option<String>,
     pub(crate) index: Option<String>,
     pub(crate) index_rotation: Option<String>,
+}
+
+/// A reference table: static rows the SQL can join to the stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceConfig {
+    /// The table's name in SQL.
+    name: String,
+    /// A local path (relative to the pipeline file) or `s3://bucket/key`: JSON lines, or CSV with
+    /// a header row (by the extension, or `format`).
+    path: String,
+    format: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
 }
 
 /// A WASM module whose functions SQL can call.
@@ -826,6 +847,63 @@ impl PipelineConfig {
         })
     }
 
+    /// A reference table's rows, read whole.
+    async fn reference_rows(&self, r: &ReferenceConfig) -> Result<arrow::array::RecordBatch> {
+        let bytes: Vec<u8> = if let Some(rest) = r.path.strip_prefix("s3://") {
+            #[cfg(feature = "aws")]
+            {
+                let (bucket, key) = rest
+                    .split_once('/')
+                    .ok_or_else(|| Error::Format(format!("`{}` is not s3://bucket/key", r.path)))?;
+                crate::sink::get_object(bucket, key, r.region.clone(), r.endpoint_url.clone())
+                    .await?
+                    .to_vec()
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = rest;
+                return Err(Error::Format(
+                    "reading from S3 needs rivulet built with the `aws` feature".into(),
+                ));
+            }
+        } else {
+            let p = self.resolve(Path::new(&r.path));
+            std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?
+        };
+        let csv = match r.format.as_deref() {
+            Some("csv") => true,
+            Some("json") => false,
+            Some(other) => {
+                return Err(Error::Format(format!(
+                    "format `{other}` is not json or csv"
+                )))
+            }
+            None => r.path.to_ascii_lowercase().ends_with(".csv"),
+        };
+        let mut cursor = std::io::Cursor::new(&bytes);
+        let batches: Vec<arrow::array::RecordBatch> = if csv {
+            let (schema, _) = arrow::csv::reader::Format::default()
+                .with_header(true)
+                .infer_schema(&mut cursor, Some(10_000))?;
+            cursor.set_position(0);
+            arrow::csv::ReaderBuilder::new(std::sync::Arc::new(schema))
+                .with_header(true)
+                .build(cursor)?
+                .collect::<std::result::Result<_, _>>()?
+        } else {
+            let (schema, _) = arrow::json::reader::infer_json_schema(&mut cursor, Some(10_000))?;
+            cursor.set_position(0);
+            arrow::json::ReaderBuilder::new(std::sync::Arc::new(schema))
+                .build(cursor)?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| Error::Format(format!("{} holds no rows", r.path)))?;
+        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+
     /// The `[query] application` file, when there is one.
     fn kda_application(&self) -> Result<Option<crate::KdaApplication>> {
         let Some(path) = &self.query.application else {
@@ -1013,8 +1091,14 @@ impl PipelineConfig {
         crate::SqlFunctions,
         Option<std::sync::Arc<dyn crate::RecordTransform>>,
     )> {
-        #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
         let mut functions = crate::SqlFunctions::new();
+        for (i, r) in self.reference.iter().enumerate() {
+            let rows = self
+                .reference_rows(r)
+                .await
+                .map_err(|e| Error::config(format!("reference[{i}].path"), e.to_string()))?;
+            functions = functions.with_reference_table(r.name.clone(), rows);
+        }
         #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
         let mut transform: Option<std::sync::Arc<dyn crate::RecordTransform>> = None;
         #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]

@@ -246,6 +246,29 @@ fn nullable(schema: &Schema) -> SchemaRef {
 
 /// Refuses plan shapes that cannot run on an unbounded stream, saying what to write instead.
 pub(crate) fn check_shape(plan: &LogicalPlan, windowed: bool, over: bool) -> Result<()> {
+    check_shape_with(plan, windowed, over, &[])
+}
+
+/// The tables a plan scans.
+fn scanned(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(t) = node {
+            names.push(t.table_name.table().to_owned());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
+}
+
+/// [`check_shape`], where a join is allowed when one side reads only `reference` tables (static
+/// data, joined to each micro-batch).
+pub(crate) fn check_shape_with(
+    plan: &LogicalPlan,
+    windowed: bool,
+    over: bool,
+    reference: &[String],
+) -> Result<()> {
     let mut problem: Option<String> = None;
     let mut aggregates = 0;
     plan.apply_with_subqueries(|node| {
@@ -275,11 +298,26 @@ pub(crate) fn check_shape(plan: &LogicalPlan, windowed: bool, over: bool) -> Res
                     .into(),
             ),
             LogicalPlan::Window(_) if !over => Some("OVER windows need state".into()),
-            LogicalPlan::Join(_) => Some(
-                "a join of streams needs a time bound on both sides, which is not supported; \
-                 aggregate each stream in its own statement instead"
-                    .into(),
-            ),
+            LogicalPlan::Join(j) => {
+                let only_reference = |p: &LogicalPlan| {
+                    let tables = scanned(p);
+                    !tables.is_empty() && tables.iter().all(|t| reference.contains(t))
+                };
+                if only_reference(&j.left) || only_reference(&j.right) {
+                    (windowed || over).then(|| {
+                        "join the reference table in a statement of its own (INSERT INTO \
+                         stream_name SELECT …), and window that stream in the next"
+                            .into()
+                    })
+                } else {
+                    Some(
+                        "a join of streams needs a time bound on both sides, which is not \
+                         supported; aggregate each stream in its own statement instead (a \
+                         reference table, loaded from a file, can be joined)"
+                            .into(),
+                    )
+                }
+            }
             LogicalPlan::Distinct(_) => Some(
                 "SELECT DISTINCT over a stream never completes; use GROUP BY with a window".into(),
             ),
@@ -549,6 +587,7 @@ fn plan_error(e: &datafusion::error::DataFusionError, sql: &str) -> Error {
 pub struct SqlFunctions {
     scalars: Vec<ScalarUDF>,
     aggregates: Vec<AggregateUDF>,
+    references: Vec<(String, RecordBatch)>,
 }
 
 impl SqlFunctions {
@@ -560,6 +599,14 @@ impl SqlFunctions {
     /// Adds a scalar function.
     pub fn with_udf(mut self, udf: ScalarUDF) -> Self {
         self.scalars.push(udf);
+        self
+    }
+
+    /// Adds a reference table: static rows that statements can join to the stream (as a Kinesis
+    /// Data Analytics reference data source). A statement that joins one runs per micro-batch;
+    /// it cannot also be windowed.
+    pub fn with_reference_table(mut self, name: impl Into<String>, rows: RecordBatch) -> Self {
+        self.references.push((name.into(), rows));
         self
     }
 
@@ -639,6 +686,13 @@ impl SqlProgram {
             state.register_udaf(Arc::new(f.clone()))?;
         }
         let ctx = SessionContext::new_with_state(state);
+        let mut reference_names = Vec::new();
+        for (name, rows) in &functions.references {
+            let table =
+                datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?;
+            ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table))?;
+            reference_names.push(name.clone());
+        }
         let task_ctx = ctx.task_ctx();
         let keep_rowtime = mentions_rowtime(sql);
         let source_projection: Option<Vec<usize>> = match input_schema.index_of(ROWTIME) {
@@ -732,7 +786,7 @@ impl SqlProgram {
                 .await
                 .map_err(|e| plan_error(&e, &text))?;
             let over = has_over(&logical);
-            check_shape(&logical, clause.is_some(), over)?;
+            check_shape_with(&logical, clause.is_some(), over, &reference_names)?;
             let logical = state
                 .optimize(&logical)
                 .map_err(|e| plan_error(&e, &text))?;

@@ -272,3 +272,74 @@ fn a_kda_applications_errors_carry_the_error_stream_columns() {
         "{e}"
     );
 }
+
+#[test]
+fn a_reference_table_from_a_file_joins_the_stream_in_a_pump() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.sql"),
+        "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (sym VARCHAR(8), company VARCHAR(16), price DOUBLE);\n\
+         CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\"\n\
+         SELECT STREAM s.\"ticker_symbol\", c.\"company\", s.\"quote\"['price']\n\
+         FROM \"SOURCE_SQL_STREAM_001\" AS s LEFT JOIN \"companies\" AS c ON s.\"ticker_symbol\" = c.\"ticker\";",
+    )
+    .unwrap();
+    let config = dir.path().join("enrich.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+type = "file"
+path = "{input}"
+
+[query]
+sql_file = "app.sql"
+
+[[reference]]
+name = "companies"
+path = "{companies}"
+
+[[sinks]]
+type = "file"
+path = "out.ndjson"
+"#,
+            input = data("ticker.ndjson"),
+            companies = data("companies.csv"),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+        .args(["run", config.to_str().unwrap(), "--progress-interval", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut got: Vec<(String, Option<String>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["SYM"].as_str().unwrap().to_owned(),
+                r["COMPANY"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("AMZN".to_owned(), Some("Amazon".to_owned())),
+            ("MSFTX".to_owned(), Some("Microsoft".to_owned())),
+            ("QXZ".to_owned(), None),
+            ("XOM".to_owned(), None),
+        ]
+    );
+}

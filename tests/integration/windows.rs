@@ -762,3 +762,69 @@ async fn over_windows_with_different_frames_are_an_error_not_a_crash() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_reference_table_joins_each_micro_batch_in_kda_code_and_sql() {
+    use arrow::array::StringArray;
+    let input = batches(&ticker(100, 3, 1.0));
+    let schema = input[0].schema();
+    let companies = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("ticker", DataType::Utf8, false),
+            arrow::datatypes::Field::new("company", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["T00000", "T00001"])),
+            Arc::new(StringArray::from(vec!["Zero Inc", "One plc"])),
+        ],
+    )
+    .unwrap();
+    let functions = rivulet::SqlFunctions::new().with_reference_table("companies", companies);
+    let app = "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (sym VARCHAR(8), company VARCHAR(16));\n\
+               CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\"\n\
+               SELECT STREAM s.\"ticker_symbol\", c.\"company\" FROM \"SOURCE_SQL_STREAM_001\" AS s\n\
+               JOIN \"companies\" AS c ON s.\"ticker_symbol\" = c.\"ticker\";";
+    let mut program = SqlProgram::with_functions(
+        app,
+        Arc::clone(&schema),
+        WatermarkSettings::default(),
+        &functions,
+    )
+    .await
+    .unwrap();
+    let mut joined = 0;
+    for (seq, b) in input.iter().enumerate() {
+        let o = program.process(b, &[], seq as u64).await.unwrap();
+        for (_, out) in &o.streams {
+            let sym = arrow::compute::cast(out.column(0), &DataType::Utf8).unwrap();
+            let company = arrow::compute::cast(out.column(1), &DataType::Utf8).unwrap();
+            let (sym, company) = (sym.as_string::<i32>(), company.as_string::<i32>());
+            for i in 0..out.num_rows() {
+                let want = if sym.value(i) == "T00000" {
+                    "Zero Inc"
+                } else {
+                    "One plc"
+                };
+                assert_eq!(company.value(i), want);
+                joined += 1;
+            }
+        }
+    }
+    assert!(
+        joined > 30 && joined < 100,
+        "only tickers with a company: {joined}"
+    );
+    // A join of two streams is still refused, and so is a windowed join.
+    let windowed = "SELECT c.company, COUNT(*) AS n FROM source AS s JOIN companies AS c \
+                    ON s.ticker_symbol = c.ticker \
+                    GROUP BY c.company, TUMBLE(event_time, INTERVAL '10' SECOND)";
+    let err =
+        SqlProgram::with_functions(windowed, schema, WatermarkSettings::default(), &functions)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("reference table in a statement of its own"),
+        "{err}"
+    );
+}
