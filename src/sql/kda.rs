@@ -806,6 +806,24 @@ fn select(
     ))
 }
 
+/// The index of the parenthesis closing the one at `open`.
+fn matching_paren(tokens: &[TokenWithSpan], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    for (j, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(j);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Parenthesis depth at token `k`.
 fn body_depth(body: &[TokenWithSpan], k: usize) -> i32 {
     body[..k].iter().fold(0, |d, t| match t.token {
@@ -844,23 +862,8 @@ fn window_at(body: &[TokenWithSpan], k: usize) -> Result<Option<(usize, String)>
     if !(is_step || is_floor) || !matches!(body.get(k + 1).map(|t| &t.token), Some(Token::LParen)) {
         return Ok(None);
     }
-    // The matching parenthesis.
-    let mut depth = 0;
-    let mut close = None;
-    for (j, t) in body.iter().enumerate().skip(k + 1) {
-        match t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => {
-                depth -= 1;
-                if depth == 0 {
-                    close = Some(j);
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    let close = close.ok_or_else(|| err(body[k].span.start, "unclosed parenthesis"))?;
+    let close = matching_paren(body, k + 1)
+        .ok_or_else(|| err(body[k].span.start, "unclosed parenthesis"))?;
     let inner = &body[k + 2..close];
     // The top-level BY (STEP) or TO (FLOOR).
     let sep = if is_step { "BY" } else { "TO" };
@@ -905,23 +908,7 @@ fn window_at(body: &[TokenWithSpan], k: usize) -> Result<Option<(usize, String)>
 
 /// `(ts - TIMESTAMP '1970-01-01 00:00:00') unit / n`: the time, the unit and `n`.
 fn epoch_division(t: &[TokenWithSpan]) -> Option<(&[TokenWithSpan], String, String)> {
-    // Find the matching parenthesis of the first token.
-    let mut depth = 0;
-    let mut close = None;
-    for (j, x) in t.iter().enumerate() {
-        match x.token {
-            Token::LParen => depth += 1,
-            Token::RParen => {
-                depth -= 1;
-                if depth == 0 {
-                    close = Some(j);
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    let close = close?;
+    let close = matching_paren(t, 0)?;
     let inside = &t[1..close];
     let minus = inside
         .iter()
