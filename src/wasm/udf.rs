@@ -21,6 +21,36 @@ use crate::record::Record;
 use crate::sql::BatchFailure;
 use crate::transform::{RecordTransform, Transformed};
 
+/// `Debug`, `PartialEq`, `Eq` and `Hash` of a function of a module: it is the same function when
+/// it is the same description in the same module.
+macro_rules! identity_by_module_and_description {
+    ($t:ident) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("module", &self.instances.module().name())
+                    .field("function", &self.desc)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.instances, &other.instances) && self.desc == other.desc
+            }
+        }
+
+        impl Eq for $t {}
+
+        impl Hash for $t {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.instances.module().name().hash(state);
+                self.desc.hash(state);
+            }
+        }
+    };
+}
+
 /// A scalar function of a [`WasmModule`](super::WasmModule), callable from SQL by its name.
 pub struct WasmScalarFunction {
     instances: Arc<Instances>,
@@ -28,29 +58,7 @@ pub struct WasmScalarFunction {
     signature: Signature,
 }
 
-impl std::fmt::Debug for WasmScalarFunction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmScalarFunction")
-            .field("module", &self.instances.module().name())
-            .field("function", &self.desc)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PartialEq for WasmScalarFunction {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.instances, &other.instances) && self.desc == other.desc
-    }
-}
-
-impl Eq for WasmScalarFunction {}
-
-impl Hash for WasmScalarFunction {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.instances.module().name().hash(state);
-        self.desc.hash(state);
-    }
-}
+identity_by_module_and_description!(WasmScalarFunction);
 
 impl WasmScalarFunction {
     pub(crate) fn new(instances: Arc<Instances>, desc: FunctionDescription) -> Self {
@@ -157,29 +165,7 @@ pub struct WasmAggregateFunction {
     signature: Signature,
 }
 
-impl std::fmt::Debug for WasmAggregateFunction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmAggregateFunction")
-            .field("module", &self.instances.module().name())
-            .field("function", &self.desc)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PartialEq for WasmAggregateFunction {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.instances, &other.instances) && self.desc == other.desc
-    }
-}
-
-impl Eq for WasmAggregateFunction {}
-
-impl Hash for WasmAggregateFunction {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.instances.module().name().hash(state);
-        self.desc.hash(state);
-    }
-}
+identity_by_module_and_description!(WasmAggregateFunction);
 
 impl WasmAggregateFunction {
     pub(crate) fn new(instances: Arc<Instances>, desc: FunctionDescription) -> Self {

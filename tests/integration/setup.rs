@@ -25,16 +25,20 @@ fn sdk(moto: &MotoServer) -> aws_config::SdkConfig {
         .build()
 }
 
-fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
-        .args(args)
+/// `rivulet ARGS` with the emulator's credentials and nothing else from the environment.
+fn rivulet(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"));
+    cmd.args(args)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("HOME", dir)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("run rivulet");
+        .env_remove("AWS_PROFILE");
+    cmd
+}
+
+fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = rivulet(dir, args).output().expect("run rivulet");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -523,17 +527,14 @@ async fn a_pipeline_runs_end_to_end_on_what_setup_created() {
             .await
             .unwrap();
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
-        .args(["run", path.to_str().unwrap(), "--progress-interval", "0"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("HOME", dir.path())
-        .env_remove("AWS_PROFILE")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = rivulet(
+        dir.path(),
+        &["run", path.to_str().unwrap(), "--progress-interval", "0"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     // Firehose (moto) writes what it receives into the bucket setup created.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut aggregated, mut raw) = (0, 0);
@@ -615,14 +616,8 @@ prefix = "staging/"
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+        let out = rivulet(dir.path(), args)
             .env("LOADS_REDSHIFT_PASSWORD", "s3cret-Passw0rd")
-            .env("HOME", dir.path())
-            .env_remove("AWS_PROFILE")
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
