@@ -18,6 +18,9 @@
 //!   and `ROWS n PRECEDING` are ordered by ROWTIME and end at the current row.
 //! - **Stagger windows**: `WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL …)` groups by
 //!   the keys and a `STAGGER(ROWTIME, interval)` window.
+//! - **Table functions**: `FROM TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(…), 'column', k, seconds))` and
+//!   `COUNT_DISTINCT_ITEMS_TUMBLING(CURSOR(…), 'column', seconds)` become the tumbling-window
+//!   query they stand for, counted exactly (see [`table_function`]).
 //! - Comments (`--`, `/* */`) are dropped.
 //!
 //! Constructs not translated yet are refused with an error naming them and their line and column
@@ -41,12 +44,271 @@ pub(crate) const UNSUPPORTED: &[(&str, &str)] = &[
         "RANDOM_CUT_FOREST_WITH_EXPLANATION is not supported",
     ),
     ("HOTSPOTS", "HOTSPOTS is not supported"),
-    (
-        "COUNT_DISTINCT_ITEMS_TUMBLING",
-        "COUNT_DISTINCT_ITEMS_TUMBLING is not supported yet; COUNT(DISTINCT x) in a tumbling window gives the exact count",
-    ),
-    ("TOP_K_ITEMS_TUMBLING", "TOP_K_ITEMS_TUMBLING is not supported yet"),
 ];
+
+/// Text of tokens, as SQL again (literals and quoted names as written).
+fn text_of(tokens: &[TokenWithSpan]) -> String {
+    tokens
+        .iter()
+        .map(|t| t.token.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `SELECT STREAM … FROM TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s [WHERE …]),
+/// 'column', k, seconds))` and `COUNT_DISTINCT_ITEMS_TUMBLING(cursor, 'column', seconds)`,
+/// rewritten as the windowed query they stand for, counted exactly:
+///
+/// - top k: `SELECT column, COUNT(*) FROM s … GROUP BY column, STEP(s.ROWTIME BY INTERVAL
+///   'seconds' SECOND) ORDER BY COUNT(*) DESC, column LIMIT k`: per window, the k values seen
+///   most often, the most frequent first (ties by value); columns `ITEM` and `ITEM_COUNT`.
+/// - distinct items: `SELECT COUNT(DISTINCT column) FROM s … GROUP BY STEP(…)`; column
+///   `NUMBER_OF_DISTINCT_ITEMS`.
+///
+/// `None` when the pump's `SELECT` (`tokens`) reads no such table function.
+fn table_function(
+    tokens: &[TokenWithSpan],
+    pump: &str,
+    columns_of: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Option<Vec<TokenWithSpan>>> {
+    let Some(from) = (0..tokens.len()).find(|&k| {
+        word_is(&tokens[k].token, "FROM")
+            && body_depth(tokens, k) == 0
+            && tokens
+                .get(k + 1)
+                .is_some_and(|t| word_is(&t.token, "TABLE"))
+    }) else {
+        return Ok(None);
+    };
+    let open = from + 2;
+    let name_at = open + 1;
+    let Some(func) = tokens.get(name_at) else {
+        return Err(err(
+            tokens[from + 1].span.end,
+            "expected TABLE(function(…))",
+        ));
+    };
+    let top_k = word_is(&func.token, "TOP_K_ITEMS_TUMBLING");
+    if !top_k && !word_is(&func.token, "COUNT_DISTINCT_ITEMS_TUMBLING") {
+        return Err(err(
+            func.span.start,
+            format!(
+                "pump {pump}: FROM TABLE(…) takes TOP_K_ITEMS_TUMBLING or \
+                 COUNT_DISTINCT_ITEMS_TUMBLING, found `{}`",
+                func.token
+            ),
+        ));
+    }
+    let fname = if top_k {
+        "TOP_K_ITEMS_TUMBLING"
+    } else {
+        "COUNT_DISTINCT_ITEMS_TUMBLING"
+    };
+    let here = |msg: String| err(func.span.start, format!("pump {pump}: {fname}: {msg}"));
+    let close_table = matching_paren(tokens, open)
+        .filter(|_| matches!(tokens[open].token, Token::LParen))
+        .ok_or_else(|| here("expected TABLE( … ) around the function".into()))?;
+    if let Some(extra) = tokens.get(close_table + 1) {
+        return Err(err(
+            extra.span.start,
+            format!(
+                "pump {pump}: nothing may follow FROM TABLE({fname}(…)); filter in the CURSOR's \
+                 query, found `{}`",
+                extra.token
+            ),
+        ));
+    }
+    let args_open = name_at + 1;
+    let args_close = matching_paren(tokens, args_open)
+        .filter(|_| matches!(tokens[args_open].token, Token::LParen))
+        .ok_or_else(|| here("expected its arguments in parentheses".into()))?;
+    // Arguments, split at top-level commas.
+    let mut args: Vec<&[TokenWithSpan]> = Vec::new();
+    let mut start = args_open + 1;
+    let mut depth = 0;
+    for k in args_open + 1..args_close {
+        match tokens[k].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => {
+                args.push(&tokens[start..k]);
+                start = k + 1;
+            }
+            _ => {}
+        }
+    }
+    args.push(&tokens[start..args_close]);
+    let want = if top_k { 4 } else { 3 };
+    if args.len() != want {
+        return Err(here(format!(
+            "takes {want} arguments (CURSOR(SELECT STREAM * FROM stream), 'column', {}window \
+             seconds), found {}",
+            if top_k { "k, " } else { "" },
+            args.len()
+        )));
+    }
+    // CURSOR(SELECT STREAM items FROM stream [WHERE …])
+    let cursor = args[0];
+    let cursor_ok = cursor.len() > 3
+        && word_is(&cursor[0].token, "CURSOR")
+        && matches!(cursor[1].token, Token::LParen)
+        && matching_paren(cursor, 1) == Some(cursor.len() - 1);
+    if !cursor_ok {
+        return Err(here(
+            "the first argument is CURSOR(SELECT STREAM * FROM stream [WHERE …])".into(),
+        ));
+    }
+    let inner = &cursor[2..cursor.len() - 1];
+    let mut q = 0;
+    if !inner.first().is_some_and(|t| word_is(&t.token, "SELECT")) {
+        return Err(here("the CURSOR's query starts with SELECT STREAM".into()));
+    }
+    q += 1;
+    if inner.get(q).is_some_and(|t| word_is(&t.token, "STREAM")) {
+        q += 1;
+    }
+    let inner_from = (q..inner.len())
+        .find(|&k| word_is(&inner[k].token, "FROM") && body_depth(inner, k) == 0)
+        .ok_or_else(|| here("the CURSOR's query has no FROM".into()))?;
+    let stream_tok = inner
+        .get(inner_from + 1)
+        .ok_or_else(|| here("the CURSOR's query reads no stream".into()))?;
+    let stream = ident(stream_tok)?;
+    let rest = &inner[inner_from + 2..];
+    let where_ok = rest.is_empty()
+        || (word_is(&rest[0].token, "WHERE")
+            && !rest.iter().enumerate().any(|(k, t)| {
+                body_depth(rest, k) == 0
+                    && [
+                        "GROUP", "WINDOW", "WINDOWED", "HAVING", "ORDER", "JOIN", "UNION",
+                    ]
+                    .iter()
+                    .any(|w| word_is(&t.token, w))
+            }));
+    if !where_ok {
+        return Err(err(
+            rest[0].span.start,
+            format!(
+                "pump {pump}: a CURSOR's query is SELECT STREAM … FROM stream [WHERE …]; give a \
+                 larger query a pump of its own and point the CURSOR at its stream"
+            ),
+        ));
+    }
+    // The column, in single quotes, named as written (or as the stream spells it).
+    let column =
+        match args[1] {
+            [t] => match &t.token {
+                Token::SingleQuotedString(c) => c.replace("''", "'"),
+                _ => return Err(err(
+                    t.span.start,
+                    format!(
+                        "pump {pump}: {fname} names its column in single quotes ('TICKER_SYMBOL')"
+                    ),
+                )),
+            },
+            _ => {
+                return Err(here(
+                    "the second argument is the column's name in single quotes".into(),
+                ))
+            }
+        };
+    let column = columns_of(&stream)
+        .and_then(|cols| {
+            cols.iter()
+                .find(|c| **c == column)
+                .or_else(|| cols.iter().find(|c| c.eq_ignore_ascii_case(&column)))
+                .cloned()
+        })
+        .unwrap_or(column);
+    let number = |arg: &[TokenWithSpan], what: &str, max: u64| -> Result<u64> {
+        match arg {
+            [t] => match &t.token {
+                Token::Number(n, _) => match n.parse::<u64>() {
+                    Ok(v) if (1..=max).contains(&v) => Ok(v),
+                    _ => Err(err(
+                        t.span.start,
+                        format!("pump {pump}: {fname}: {what} is a whole number from 1 to {max}, found {n}"),
+                    )),
+                },
+                other => Err(err(
+                    t.span.start,
+                    format!("pump {pump}: {fname}: {what} is a number, found `{other}`"),
+                )),
+            },
+            _ => Err(here(format!("{what} is a number"))),
+        }
+    };
+    let k = if top_k {
+        Some(number(args[2], "k", 100_000)?)
+    } else {
+        None
+    };
+    let seconds = number(args[want - 1], "the window size in seconds", 3_600)?;
+    // The outer select list: `*` or the function's columns by name.
+    let col = quote(&column);
+    let outputs: &[(&str, String)] = &if top_k {
+        vec![("ITEM", col.clone()), ("ITEM_COUNT", "COUNT(*)".to_owned())]
+    } else {
+        vec![("NUMBER_OF_DISTINCT_ITEMS", format!("COUNT(DISTINCT {col})"))]
+    };
+    let mut first = 1;
+    if tokens.get(1).is_some_and(|t| word_is(&t.token, "STREAM")) {
+        first = 2;
+    }
+    let list = &tokens[first..from];
+    let items: Vec<String> = if list.len() == 1 && matches!(list[0].token, Token::Mul) {
+        outputs.iter().map(|(_, e)| e.clone()).collect()
+    } else {
+        list.split(|t| matches!(t.token, Token::Comma))
+            .map(|item| {
+                let name = match item {
+                    [t] | [t, _, _] => ident(t).ok(),
+                    _ => None,
+                };
+                let alias_ok = item.len() == 1 || word_is(&item[1].token, "AS");
+                name.filter(|_| alias_ok)
+                    .and_then(|n| outputs.iter().find(|(o, _)| *o == n))
+                    .map(|(_, e)| e.clone())
+                    .ok_or_else(|| {
+                        err(
+                            item.first().map_or(func.span.start, |t| t.span.start),
+                            format!(
+                                "pump {pump}: FROM TABLE({fname}(…)) gives the columns {}; \
+                                 select them by name or with *",
+                                outputs
+                                    .iter()
+                                    .map(|(o, _)| *o)
+                                    .collect::<Vec<_>>()
+                                    .join(" and ")
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    let step = format!(
+        "STEP({}.ROWTIME BY INTERVAL '{seconds}' SECOND)",
+        stream_tok.token
+    );
+    let mut sql = format!(
+        "SELECT STREAM {} FROM {} {} GROUP BY ",
+        items.join(", "),
+        stream_tok.token,
+        text_of(rest)
+    );
+    match k {
+        Some(k) => sql.push_str(&format!(
+            "{col}, {step} ORDER BY COUNT(*) DESC, {col} LIMIT {k}"
+        )),
+        None => sql.push_str(&step),
+    }
+    // The rewritten query's tokens point at the function in the application code.
+    let mut out = significant(&sql)?;
+    for t in &mut out {
+        t.span = func.span;
+    }
+    Ok(Some(out))
+}
 
 /// Words kept as they are (not identifiers): SQL structure, type names, time units.
 const KEEP: &[&str] = &[
@@ -274,8 +536,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
         String,
         String,
         u64,
-        &[TokenWithSpan],
-        usize,
+        Vec<TokenWithSpan>,
         Option<Vec<String>>,
         StreamDecl,
         Vec<String>,
@@ -357,10 +618,21 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
                 )
             })?;
             let line = stmt[0].span.start.line;
-            let (_, reads) = select(&stmt[i..], decl, columns.as_deref(), &name, false, &|_| {
-                None
-            })?;
-            pending.push((name, target, line, stmt, i, columns, decl.clone(), reads));
+            let known = |stream: &str| -> Option<Vec<String>> {
+                if stream == super::SOURCE_STREAM {
+                    return source_columns.map(<[String]>::to_vec);
+                }
+                streams
+                    .iter()
+                    .find(|s| s.name == stream)
+                    .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
+            };
+            let body = match table_function(&stmt[i..], &name, &known)? {
+                Some(rewritten) => rewritten,
+                None => stmt[i..].to_vec(),
+            };
+            let (_, reads) = select(&body, decl, columns.as_deref(), &name, false, &|_| None)?;
+            pending.push((name, target, line, body, columns, decl.clone(), reads));
         } else {
             return Err(err(
                 kind.span.start,
@@ -373,8 +645,8 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
     }
     // A stream that another pump reads carries ROWTIME: a filter's rows keep theirs, a window's
     // rows get the window's end.
-    let read: Vec<String> = pending.iter().flat_map(|p| p.7.clone()).collect();
-    for (name, target, line, stmt, i, columns, decl, reads) in pending {
+    let read: Vec<String> = pending.iter().flat_map(|p| p.6.clone()).collect();
+    for (name, target, line, body, columns, decl, reads) in pending {
         let carry = read.contains(&target);
         let columns_of = |stream: &str| -> Option<Vec<String>> {
             if stream == super::SOURCE_STREAM {
@@ -385,14 +657,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
                 .find(|s| s.name == stream)
                 .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
         };
-        let (select, _) = select(
-            &stmt[i..],
-            &decl,
-            columns.as_deref(),
-            &name,
-            carry,
-            &columns_of,
-        )?;
+        let (select, _) = select(&body, &decl, columns.as_deref(), &name, carry, &columns_of)?;
         pumps.push(Pump {
             name,
             target: target.clone(),
@@ -1133,6 +1398,81 @@ GROUP BY "car", FLOOR(("SOURCE_SQL_STREAM_001".ROWTIME - TIMESTAMP '1970-01-01 0
             sql.contains("TUMBLE(\"SOURCE_SQL_STREAM_001\" . \"ROWTIME\", INTERVAL '30' SECOND)"),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn top_k_and_distinct_items_become_windowed_queries_and_misuse_is_located() {
+        let app = translate(
+            "CREATE OR REPLACE STREAM d (t VARCHAR(4), n BIGINT);\n\
+             CREATE OR REPLACE PUMP p AS INSERT INTO d SELECT STREAM ITEM, ITEM_COUNT AS c \
+             FROM TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s0 WHERE x > 1), \
+             'ticker', 3, 10));",
+        )
+        .unwrap();
+        let sql = app.sql();
+        assert!(sql.contains("FROM \"S0\" WHERE \"X\" > 1"), "{sql}");
+        assert!(
+            sql.contains("GROUP BY \"ticker\" , TUMBLE(")
+                && sql.contains("ORDER BY COUNT ( * ) DESC , \"ticker\" LIMIT 3"),
+            "{sql}"
+        );
+        let app = translate(
+            "CREATE OR REPLACE STREAM d (n BIGINT);\n\
+             CREATE OR REPLACE PUMP p AS INSERT INTO d SELECT STREAM * FROM TABLE(\
+             COUNT_DISTINCT_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s0), 'T', 5));",
+        )
+        .unwrap();
+        assert!(
+            app.sql().contains("COUNT ( DISTINCT \"T\" )"),
+            "{}",
+            app.sql()
+        );
+        let bad = |pump: &str| {
+            translate(&format!(
+                "CREATE OR REPLACE STREAM d (t VARCHAR(4), n BIGINT);\n\
+                 CREATE OR REPLACE PUMP p AS INSERT INTO d\n{pump};"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let cursor = "CURSOR(SELECT STREAM * FROM s0)";
+        for (pump, says) in [
+            (
+                format!("SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING({cursor}, 'T', 0, 60))"),
+                "k is a whole number from 1 to 100000, found 0",
+            ),
+            (
+                format!("SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING({cursor}, 'T', 2, 7200))"),
+                "from 1 to 3600, found 7200",
+            ),
+            (
+                format!("SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING({cursor}, T, 2, 60))"),
+                "in single quotes",
+            ),
+            (
+                format!("SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING({cursor}, 'T', 60))"),
+                "takes 4 arguments",
+            ),
+            (
+                format!(
+                    "SELECT STREAM price FROM TABLE(TOP_K_ITEMS_TUMBLING({cursor}, 'T', 2, 60))"
+                ),
+                "gives the columns ITEM and ITEM_COUNT",
+            ),
+            (
+                "SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s0 \
+                 GROUP BY a), 'T', 2, 60))"
+                    .to_owned(),
+                "point the CURSOR at its stream",
+            ),
+            (
+                "SELECT STREAM * FROM TABLE(OTHER_FN(1))".to_owned(),
+                "takes TOP_K_ITEMS_TUMBLING or COUNT_DISTINCT_ITEMS_TUMBLING",
+            ),
+        ] {
+            let e = bad(&pump);
+            assert!(e.contains("line 3") && e.contains(says), "{pump}: {e}");
+        }
     }
 
     #[test]

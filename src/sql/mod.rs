@@ -9,8 +9,10 @@
 //! [`StreamQuery`] runs one stateless query; [`SqlProgram`] runs several statements, chained by
 //! stream name, including windowed aggregates (`TUMBLE`, `HOP`, `SESSION`) whose state is kept
 //! across micro-batches and emitted as the event-time watermark passes each window's end.
-//! Shapes that cannot run on an unbounded stream — an aggregate without a window, joins,
-//! `DISTINCT`, `ORDER BY`, `LIMIT`, subqueries — are refused with an error saying why.
+//! In a statement grouped by a tumbling or hopping window, `ORDER BY` and `LIMIT` apply to each
+//! window's rows. Shapes that cannot run on an unbounded stream — an aggregate without a window,
+//! joins of streams, `DISTINCT`, `ORDER BY` and `LIMIT` elsewhere, subqueries — are refused with
+//! an error saying why.
 
 mod kda;
 mod kda_functions;
@@ -36,6 +38,8 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::streaming::StreamingTableExec;
@@ -121,6 +125,10 @@ pub(crate) struct PerBatch {
     plan: Arc<dyn ExecutionPlan>,
     slot: Arc<BatchSlot>,
     task_ctx: Arc<TaskContext>,
+    /// The plan sorts or limits (a window's `ORDER BY … LIMIT`): its operators keep state from
+    /// one run to the next unless reset, and its rows stand or fail together, since a part of
+    /// them sorted or limited alone would give other rows.
+    ordered: bool,
 }
 
 impl PerBatch {
@@ -129,10 +137,18 @@ impl PerBatch {
         slot: Arc<BatchSlot>,
         task_ctx: Arc<TaskContext>,
     ) -> Self {
+        let mut ordered = false;
+        let _ = plan.apply(|node| {
+            ordered |= node.downcast_ref::<SortExec>().is_some()
+                || node.downcast_ref::<GlobalLimitExec>().is_some()
+                || node.downcast_ref::<LocalLimitExec>().is_some();
+            Ok(TreeNodeRecursion::Continue)
+        });
         Self {
             plan,
             slot,
             task_ctx,
+            ordered,
         }
     }
 
@@ -147,10 +163,13 @@ impl PerBatch {
     }
 
     async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let plan = if self.ordered {
+            datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&self.plan))?
+        } else {
+            Arc::clone(&self.plan)
+        };
         self.slot.set(Some(batch));
-        let out =
-            datafusion::physical_plan::collect(Arc::clone(&self.plan), Arc::clone(&self.task_ctx))
-                .await;
+        let out = datafusion::physical_plan::collect(plan, Arc::clone(&self.task_ctx)).await;
         self.slot.set(None);
         Ok(out?)
     }
@@ -170,8 +189,8 @@ impl PerBatch {
                 Ok(out) => outputs.extend(out),
                 // A failure of the whole batch (a WASM guest that trapped or ran out of time):
                 // its rows fail together, without calling the function again row by row.
-                Err(e) if batch_failure(&e).is_some() => {
-                    let reason = batch_failure(&e).unwrap_or_default();
+                Err(e) if batch_failure(&e).is_some() || self.ordered => {
+                    let reason = batch_failure(&e).unwrap_or_else(|| describe_error(&e));
                     failures.extend((offset..offset + len).map(|row| RowFailure {
                         row,
                         reason: reason.clone(),

@@ -86,10 +86,11 @@ impl Operator {
         }
     }
 
-    fn emit_ready(&mut self) -> Result<Option<RecordBatch>> {
+    /// Rows ready to leave the operator: for a group window, one batch per window.
+    fn emit_ready(&mut self) -> Result<Vec<RecordBatch>> {
         match self {
             Operator::Group(op, _) => op.emit_ready(),
-            Operator::Over(op) => op.emit_ready(),
+            Operator::Over(op) => Ok(op.emit_ready()?.into_iter().collect()),
         }
     }
 
@@ -126,6 +127,9 @@ struct Windowed {
     pre: PerBatch,
     op: Operator,
     post: PerBatch,
+    /// The statement sorts or limits its rows (`ORDER BY`, `LIMIT`): the part above the
+    /// operator runs once per window, so that they apply to each window's rows.
+    per_window: bool,
 }
 
 enum Stage {
@@ -208,6 +212,13 @@ fn streaming_state() -> SessionState {
         .with_target_partitions(1)
         .with_information_schema(false);
     config.options_mut().sql_parser.enable_ident_normalization = false;
+    // Plans run again for every micro-batch: filters that an operator derives while it runs
+    // (a top-k's bound, a join's keys) would carry one batch's state into the next.
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     let base = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
@@ -246,7 +257,7 @@ fn nullable(schema: &Schema) -> SchemaRef {
 
 /// Refuses plan shapes that cannot run on an unbounded stream, saying what to write instead.
 pub(crate) fn check_shape(plan: &LogicalPlan, windowed: bool, over: bool) -> Result<()> {
-    check_shape_with(plan, windowed, over, &[])
+    check_shape_with(plan, windowed.then_some(false), over, &[])
 }
 
 /// The tables a plan scans.
@@ -262,17 +273,22 @@ fn scanned(plan: &LogicalPlan) -> Vec<String> {
 }
 
 /// [`check_shape`], where a join is allowed when one side reads only `reference` tables (static
-/// data, joined to each micro-batch).
+/// data, joined to each micro-batch). `window` is `Some(per_key)` for a windowed aggregate:
+/// above a tumbling or hopping window's aggregate, `ORDER BY` and `LIMIT` apply to each
+/// window's rows.
 pub(crate) fn check_shape_with(
     plan: &LogicalPlan,
-    windowed: bool,
+    window: Option<bool>,
     over: bool,
     reference: &[String],
 ) -> Result<()> {
+    let windowed = window.is_some();
+    let per_window = window == Some(false);
     let mut problem: Option<String> = None;
     let mut aggregates = 0;
     plan.apply_with_subqueries(|node| {
         let p: Option<String> = match node {
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) if per_window && aggregates == 0 => None,
             LogicalPlan::Aggregate(a) => {
                 aggregates += 1;
                 if !windowed {
@@ -323,10 +339,15 @@ pub(crate) fn check_shape_with(
             ),
             LogicalPlan::Sort(_) => Some(
                 "ORDER BY over an unbounded stream never completes; rows come out in window \
-                 order, sort them downstream if needed"
+                 order (in a statement grouped by TUMBLE or HOP, ORDER BY sorts each window's \
+                 rows)"
                     .into(),
             ),
-            LogicalPlan::Limit(_) => Some("LIMIT over an unbounded stream is not supported".into()),
+            LogicalPlan::Limit(_) => Some(
+                "LIMIT over an unbounded stream is not supported (in a statement grouped by \
+                 TUMBLE or HOP, LIMIT keeps the first rows of each window)"
+                    .into(),
+            ),
             LogicalPlan::Subquery(_) => Some(
                 "subqueries in expressions are not supported on streams; give the inner query \
                  its own statement"
@@ -390,6 +411,16 @@ pub(crate) fn check_time_type(t: &DataType, what: &str) -> Result<()> {
              epoch milliseconds"
         )))
     }
+}
+
+/// True when the plan sorts or limits its rows.
+fn sorts_or_limits(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        found |= matches!(node, LogicalPlan::Sort(_) | LogicalPlan::Limit(_));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// True when the plan has `OVER` windows.
@@ -786,7 +817,13 @@ impl SqlProgram {
                 .await
                 .map_err(|e| plan_error(&e, &text))?;
             let over = has_over(&logical);
-            check_shape_with(&logical, clause.is_some(), over, &reference_names)?;
+            check_shape_with(
+                &logical,
+                clause.as_ref().map(|c| c.spec.per_key()),
+                over,
+                &reference_names,
+            )?;
+            let per_window = sorts_or_limits(&logical);
             let logical = state
                 .optimize(&logical)
                 .map_err(|e| plan_error(&e, &text))?;
@@ -845,6 +882,7 @@ impl SqlProgram {
                         pre,
                         op: Operator::Group(WindowAggregate::new(plan, settings)?, c.clone()),
                         post,
+                        per_window,
                     }))
                 }
                 None => {
@@ -854,6 +892,7 @@ impl SqlProgram {
                         pre,
                         op: Operator::Over(OverAggregate::new(plan, settings, &input_schema)?),
                         post,
+                        per_window: false,
                     }))
                 }
             };
@@ -1092,19 +1131,33 @@ impl SqlProgram {
                             reason,
                         });
                     }
-                    let Some(emitted) = emitted else {
-                        continue;
+                    let emitted = match emitted.len() {
+                        0 => continue,
+                        n if n > 1 && !w.per_window => {
+                            vec![arrow::compute::concat_batches(
+                                &emitted[0].schema(),
+                                &emitted,
+                            )?]
+                        }
+                        _ => emitted,
                     };
-                    let r = w.post.execute_rows(&emitted).await?;
-                    for f in &r.failures {
-                        out.issues.push(SqlIssue {
-                            input_row: None,
-                            row: Some(emitted.slice(f.row, 1)),
-                            kind: "sql".into(),
-                            reason: f.reason.clone(),
-                        });
+                    let mut parts = Vec::with_capacity(emitted.len());
+                    for emitted in &emitted {
+                        let r = w.post.execute_rows(emitted).await?;
+                        for f in &r.failures {
+                            out.issues.push(SqlIssue {
+                                input_row: None,
+                                row: Some(emitted.slice(f.row, 1)),
+                                kind: "sql".into(),
+                                reason: f.reason.clone(),
+                            });
+                        }
+                        parts.push(r.batch);
                     }
-                    r.batch
+                    match parts.len() {
+                        1 => parts.pop().expect("one part"),
+                        _ => arrow::compute::concat_batches(&parts[0].schema(), &parts)?,
+                    }
                 }
             };
             if result.num_rows() == 0 {

@@ -945,8 +945,10 @@ impl WindowAggregate {
         Ok(failed)
     }
 
-    /// Emits every window the watermark has passed, as rows of the aggregate's output schema.
-    pub(crate) fn emit_ready(&mut self) -> Result<Option<RecordBatch>> {
+    /// Emits every window the watermark has passed, as rows of the aggregate's output schema:
+    /// one batch per tumbling or hopping window, in window order, then one batch for all the
+    /// sessions and stagger windows that closed.
+    pub(crate) fn emit_ready(&mut self) -> Result<Vec<RecordBatch>> {
         let wm = self.watermark.watermark();
         let mut batches = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
@@ -979,14 +981,7 @@ impl WindowAggregate {
                 batches.push(self.session_rows(closed, spec)?);
             }
         }
-        match batches.len() {
-            0 => Ok(None),
-            1 => Ok(batches.pop()),
-            _ => Ok(Some(arrow::compute::concat_batches(
-                &self.plan.output_schema,
-                &batches,
-            )?)),
-        }
+        Ok(batches)
     }
 
     fn window_rows(
