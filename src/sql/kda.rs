@@ -195,23 +195,24 @@ fn table_function(
         ));
     }
     // The column, in single quotes, named as written (or as the stream spells it).
-    let column =
-        match args[1] {
-            [t] => match &t.token {
-                Token::SingleQuotedString(c) => c.replace("''", "'"),
-                _ => return Err(err(
+    let column = match args[1] {
+        [t] => match &t.token {
+            Token::SingleQuotedString(c) => c.replace("''", "'"),
+            _ => {
+                return Err(err(
                     t.span.start,
                     format!(
                         "pump {pump}: {fname} names its column in single quotes ('TICKER_SYMBOL')"
                     ),
-                )),
-            },
-            _ => {
-                return Err(here(
-                    "the second argument is the column's name in single quotes".into(),
                 ))
             }
-        };
+        },
+        _ => {
+            return Err(here(
+                "the second argument is the column's name in single quotes".into(),
+            ))
+        }
+    };
     let column = columns_of(&stream)
         .and_then(|cols| {
             cols.iter()
@@ -686,25 +687,15 @@ fn order(mut pending: Vec<Pump>) -> Result<Vec<Pump>> {
             .or_default()
             .push(p.name.clone());
     }
-    let read: Vec<&String> = pending.iter().flat_map(|p| &p.reads).collect();
-    if let Some((stream, names)) = writers
-        .iter()
-        .find(|(s, w)| w.len() > 1 && read.contains(s))
-    {
-        return Err(Error::Sql(format!(
-            "KDA application code: stream {stream} is written by {} pumps ({}) and read by \
-             another; rivulet does not merge a stream's writers for a reader yet: give each \
-             writer its own stream",
-            names.len(),
-            names.join(", ")
-        )));
-    }
     let mut done: Vec<Pump> = Vec::new();
     while !pending.is_empty() {
+        // Ready once every writer of every stream it reads has run.
         let ready = pending.iter().position(|p| {
-            p.reads
-                .iter()
-                .all(|r| !writers.contains_key(r) || done.iter().any(|d| &d.target == r))
+            p.reads.iter().all(|r| {
+                writers
+                    .get(r)
+                    .is_none_or(|w| w.iter().all(|w| done.iter().any(|d| &d.name == w)))
+            })
         });
         match ready {
             Some(i) => done.push(pending.remove(i)),

@@ -413,6 +413,63 @@ pub(crate) fn check_time_type(t: &DataType, what: &str) -> Result<()> {
     }
 }
 
+/// Why rows of `second` cannot be read as rows of `first` (two writers of one stream), if so.
+fn rows_differ(first: &Schema, second: &Schema) -> Option<String> {
+    let names = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
+    if names(first) != names(second) {
+        return Some(format!(
+            "columns {} and {}",
+            names(first).join(", "),
+            names(second).join(", ")
+        ));
+    }
+    first
+        .fields()
+        .iter()
+        .zip(second.fields())
+        .find(|(a, b)| !arrow::compute::can_cast_types(b.data_type(), a.data_type()))
+        .map(|(a, b)| {
+            format!(
+                "column {} is {} and {}",
+                a.name(),
+                a.data_type(),
+                b.data_type()
+            )
+        })
+}
+
+/// The rows of two writers of one stream as one batch of the first's schema, ordered by ROWTIME
+/// when the stream has one (a stable order: rows of equal time keep their writer order).
+fn merge_writers(first: &RecordBatch, second: &RecordBatch) -> Result<RecordBatch> {
+    let schema = first.schema();
+    let cols = second
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| Ok(arrow::compute::cast(c, f.data_type())?))
+        .collect::<Result<Vec<_>>>()?;
+    let second = RecordBatch::try_new(Arc::clone(&schema), cols)?;
+    let both = arrow::compute::concat_batches(&schema, [first, &second])?;
+    let Ok(at) = schema.index_of(ROWTIME) else {
+        return Ok(both);
+    };
+    let (times, _) = super::window::time_to_millis(both.column(at))?;
+    let mut order: Vec<u32> = (0..both.num_rows() as u32).collect();
+    order.sort_by_key(|&i| times.is_valid(i as usize).then(|| times.value(i as usize)));
+    let order = arrow::array::UInt32Array::from(order);
+    let cols = both
+        .columns()
+        .iter()
+        .map(|c| Ok(arrow::compute::take(c, &order, None)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
 /// True when the plan sorts or limits its rows.
 fn sorts_or_limits(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -762,7 +819,8 @@ impl SqlProgram {
             return Err(Error::Sql("the SQL holds no statement".into()));
         }
         let mut statements: Vec<Statement_> = Vec::new();
-        let mut multi_writer: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Streams written by several statements whose rows cannot be read as one stream, and why.
+        let mut multi_writer: HashMap<String, String> = HashMap::new();
         for stmt in parsed {
             let (output, mut query) = match stmt {
                 Statement::Query(q) => (DESTINATION_STREAM.to_owned(), q),
@@ -802,8 +860,8 @@ impl SqlProgram {
             let second_writer = statements.iter().any(|s| *s.output == *output);
             if second_writer && statements.iter().any(|s| *s.input == *output) {
                 return Err(Error::Sql(format!(
-                    "stream {output} is written by two statements and read by another; give \
-                     each writer its own stream"
+                    "stream {output} is read by a statement before another statement writes it; \
+                     put every statement writing a stream before the statements reading it"
                 )));
             }
             let state = ctx.state();
@@ -864,10 +922,11 @@ impl SqlProgram {
                 .find(|(_, s)| Arc::ptr_eq(s, input_slot))
                 .map(|(n, _)| n.clone())
                 .unwrap_or_default();
-            if multi_writer.contains(&input) {
+            if let Some(why) = multi_writer.get(&input) {
                 return Err(Error::Sql(format!(
-                    "stream {input} is written by two statements and read by another; give each \
-                     writer its own stream"
+                    "stream {input} is written by several statements whose rows differ ({why}), \
+                     and read by another; give each writer its own stream, or write the same \
+                     columns"
                 )));
             }
             let stage = match &clause {
@@ -918,7 +977,16 @@ impl SqlProgram {
                 vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
             )?);
             if second_writer {
-                multi_writer.insert(output.clone());
+                // A later statement reads the writers' rows together, in the first writer's
+                // columns: the same names, of types that cast.
+                let first = statements
+                    .iter()
+                    .find(|s| *s.output == *output)
+                    .map(|s| Arc::clone(&s.stream_schema))
+                    .unwrap_or_else(|| Arc::clone(&stream_schema));
+                if let Some(why) = rows_differ(&first, &stream_schema) {
+                    multi_writer.insert(output.clone(), why);
+                }
             } else {
                 ctx.register_table(TableReference::bare(output.as_str()), table as _)?;
                 slots.insert(output.clone(), slot);
@@ -1171,7 +1239,12 @@ impl SqlProgram {
                     Err(_) => cols.push(new_null_array(f.data_type(), result.num_rows())),
                 }
             }
-            let stream_batch = RecordBatch::try_new(Arc::clone(&stmt.stream_schema), cols)?;
+            let mut stream_batch = RecordBatch::try_new(Arc::clone(&stmt.stream_schema), cols)?;
+            if let Some(earlier) = current.get(&*stmt.output) {
+                // Another statement wrote this stream in this micro-batch: the readers get the
+                // rows of both, in ROWTIME order.
+                stream_batch = merge_writers(earlier, &stream_batch)?;
+            }
             let visible: Vec<usize> = (0..result.num_columns())
                 .filter(|&i| result.schema().field(i).name() != ROW_ID)
                 .collect();

@@ -828,3 +828,200 @@ async fn a_reference_table_joins_each_micro_batch_in_kda_code_and_sql() {
         "{err}"
     );
 }
+
+/// Ticker rows with a ROWTIME column, as a KDA application reads them.
+fn rowtime_ticker(n: usize, keys: u64, step_ms: i64) -> RecordBatch {
+    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    let mut x: u64 = 11;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut syms = Vec::with_capacity(n);
+    let mut prices = Vec::with_capacity(n);
+    for _ in 0..n {
+        syms.push(format!("T{}", next() % keys));
+        prices.push((next() % 50_000) as f64 / 100.0);
+    }
+    let times = (0..n as i64).map(|i| T0 + i * step_ms);
+    RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("ticker_symbol", DataType::Utf8, true),
+            arrow::datatypes::Field::new("price", DataType::Float64, true),
+            arrow::datatypes::Field::new(
+                "ROWTIME",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+        ])),
+        vec![
+            Arc::new(StringArray::from(syms)),
+            Arc::new(Float64Array::from(prices)),
+            Arc::new(TimestampMillisecondArray::from_iter_values(times).with_timezone("UTC")),
+        ],
+    )
+    .unwrap()
+}
+
+/// Rows of one output stream as text, sorted (a multiset).
+fn stream_rows(out: &[(Arc<str>, RecordBatch)], name: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    for (_, b) in out.iter().filter(|(n, _)| &**n == name) {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::cast(c, &DataType::Utf8).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            rows.push(
+                cols.iter()
+                    .map(|c| c.as_string::<i32>().value(i).to_owned())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn pumps_sharing_a_stream_and_top_k_per_window_agree_with_a_direct_count_however_batched() {
+    let input = rowtime_ticker(2_000, 6, 50);
+    let app = r#"
+        CREATE OR REPLACE STREAM "ALERTS" ("sym" VARCHAR(8), "kind" VARCHAR(8));
+        CREATE OR REPLACE STREAM "COUNTS" ("kind" VARCHAR(8), "ws" TIMESTAMP, "n" BIGINT);
+        CREATE OR REPLACE STREAM "TOP" ("item" VARCHAR(8), "n" BIGINT);
+        CREATE OR REPLACE PUMP "C" AS INSERT INTO "COUNTS"
+          SELECT STREAM "kind", STEP("ALERTS".ROWTIME BY INTERVAL '20' SECOND), COUNT(*)
+          FROM "ALERTS" GROUP BY "kind", STEP("ALERTS".ROWTIME BY INTERVAL '20' SECOND);
+        CREATE OR REPLACE PUMP "T" AS INSERT INTO "TOP"
+          SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING(
+            CURSOR(SELECT STREAM * FROM "ALERTS"), 'sym', 2, 20));
+        CREATE OR REPLACE PUMP "HIGH" AS INSERT INTO "ALERTS"
+          SELECT STREAM "ticker_symbol", 'HIGH' FROM SOURCE_SQL_STREAM_001 WHERE "price" > 400;
+        CREATE OR REPLACE PUMP "BUSY" AS INSERT INTO "ALERTS"
+          SELECT STREAM "ticker_symbol", 'BUSY' FROM SOURCE_SQL_STREAM_001
+          GROUP BY "ticker_symbol", STEP(SOURCE_SQL_STREAM_001.ROWTIME BY INTERVAL '10' SECOND)
+          HAVING COUNT(*) > 35;"#;
+
+    // The alerts, counted directly: (symbol, kind, ROWTIME in ms after T0).
+    let syms = input.column(0).as_string::<i32>();
+    let prices = input.column(1).as_primitive::<Float64Type>();
+    let mut alerts: Vec<(String, &str, i64)> = Vec::new();
+    let mut per_window: std::collections::BTreeMap<(String, i64), usize> = Default::default();
+    for i in 0..input.num_rows() {
+        let t = i as i64 * 50;
+        if prices.value(i) > 400.0 {
+            alerts.push((syms.value(i).to_owned(), "HIGH", t));
+        }
+        *per_window
+            .entry((syms.value(i).to_owned(), t / 10_000))
+            .or_default() += 1;
+    }
+    for ((sym, w), n) in per_window {
+        if n > 35 {
+            alerts.push((sym, "BUSY", (w + 1) * 10_000));
+        }
+    }
+    let stamp = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(T0 + ms)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    };
+    let mut counts: std::collections::BTreeMap<(&str, i64), usize> = Default::default();
+    let mut by_sym: std::collections::BTreeMap<(i64, String), i64> = Default::default();
+    for (sym, kind, t) in &alerts {
+        *counts.entry((kind, t / 20_000)).or_default() += 1;
+        *by_sym.entry((t / 20_000, sym.clone())).or_default() += 1;
+    }
+    let mut want_counts: Vec<String> = counts
+        .iter()
+        .map(|((kind, w), n)| format!("{kind}|{}|{n}", stamp(w * 20_000)))
+        .collect();
+    want_counts.sort();
+    let mut want_top = Vec::new();
+    let windows: std::collections::BTreeSet<i64> = by_sym.keys().map(|(w, _)| *w).collect();
+    for w in windows {
+        let mut in_w: Vec<(i64, &String)> = by_sym
+            .iter()
+            .filter(|((x, _), _)| *x == w)
+            .map(|((_, s), n)| (-n, s))
+            .collect();
+        in_w.sort();
+        want_top.extend(in_w.iter().take(2).map(|(n, s)| format!("{s}|{}", -n)));
+    }
+    want_top.sort();
+    assert!(alerts.iter().any(|a| a.1 == "BUSY") && alerts.iter().any(|a| a.1 == "HIGH"));
+
+    for chunk in [input.num_rows(), 7, 333] {
+        let mut program = SqlProgram::new(app, input.schema(), WatermarkSettings::default())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut seq = 0;
+        let mut offset = 0;
+        while offset < input.num_rows() {
+            let len = chunk.min(input.num_rows() - offset);
+            let o = program
+                .process(&input.slice(offset, len), &[], seq)
+                .await
+                .unwrap();
+            assert!(o.issues.is_empty(), "{:?}", o.issues.first());
+            out.extend(o.streams);
+            offset += len;
+            seq += 1;
+        }
+        let o = program.finish(seq).await.unwrap();
+        assert!(o.issues.is_empty(), "{:?}", o.issues.first());
+        out.extend(o.streams);
+        let counts = stream_rows(&out, "COUNTS")
+            .into_iter()
+            .map(|r| r.replace(".000", ""))
+            .collect::<Vec<_>>();
+        assert_eq!(counts, want_counts, "batches of {chunk} rows");
+        assert_eq!(
+            stream_rows(&out, "TOP"),
+            want_top,
+            "batches of {chunk} rows"
+        );
+        assert_eq!(stream_rows(&out, "ALERTS").len(), alerts.len());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_read_after_writers_of_different_rows_or_between_its_writers_is_refused() {
+    let schema = batches(&ticker(10, 2, 1.0))[0].schema();
+    let plan = |sql: &'static str| {
+        let schema = Arc::clone(&schema);
+        async move {
+            SqlProgram::new(sql, schema, WatermarkSettings::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let differ = "INSERT INTO s SELECT ticker_symbol AS a FROM source; \
+                  INSERT INTO s SELECT price AS b FROM source; \
+                  SELECT a AS a FROM s";
+    let e = plan(differ).await.unwrap_err();
+    assert!(
+        e.contains("stream s is written by several statements") && e.contains("columns a"),
+        "{e}"
+    );
+    let between = "INSERT INTO s SELECT ticker_symbol AS a FROM source; \
+                   SELECT a AS a FROM s; \
+                   INSERT INTO s SELECT ticker_symbol AS a FROM source";
+    let e = plan(between).await.unwrap_err();
+    assert!(
+        e.contains("put every statement writing a stream before"),
+        "{e}"
+    );
+    let same = "INSERT INTO s SELECT ticker_symbol AS a FROM source WHERE price > 10; \
+                INSERT INTO s SELECT ticker_symbol AS a FROM source WHERE price < 2; \
+                SELECT a AS a FROM s";
+    assert_eq!(plan(same).await, Ok(()));
+}

@@ -1,0 +1,25 @@
+-- Several pumps write one in-application stream, which a further pump reads: two continuous
+-- filters and a STEP window (whose rows carry the window's end as ROWTIME) insert alerts into
+-- "ALERTS"; a 30-second window counts them by reason.
+CREATE OR REPLACE STREAM "ALERTS" (ticker_symbol VARCHAR(4), reason VARCHAR(16));
+CREATE OR REPLACE STREAM "DESTINATION_SQL_STREAM" (
+    reason       VARCHAR(16),
+    window_start TIMESTAMP,
+    alerts       INTEGER);
+
+CREATE OR REPLACE PUMP "COUNT_PUMP" AS INSERT INTO "DESTINATION_SQL_STREAM"
+  SELECT STREAM reason, STEP("ALERTS".ROWTIME BY INTERVAL '30' SECOND), COUNT(*)
+  FROM "ALERTS"
+  GROUP BY reason, STEP("ALERTS".ROWTIME BY INTERVAL '30' SECOND);
+
+CREATE OR REPLACE PUMP "HIGH_PUMP" AS INSERT INTO "ALERTS"
+  SELECT STREAM ticker_symbol, 'HIGH_PRICE' FROM "SOURCE_SQL_STREAM_001" WHERE price > 100;
+
+CREATE OR REPLACE PUMP "DROP_PUMP" AS INSERT INTO "ALERTS"
+  SELECT STREAM ticker_symbol, 'BIG_DROP' FROM "SOURCE_SQL_STREAM_001" WHERE change < -5;
+
+CREATE OR REPLACE PUMP "BUSY_PUMP" AS INSERT INTO "ALERTS"
+  SELECT STREAM ticker_symbol, 'BUSY'
+  FROM "SOURCE_SQL_STREAM_001"
+  GROUP BY ticker_symbol, STEP("SOURCE_SQL_STREAM_001".ROWTIME BY INTERVAL '30' SECOND)
+  HAVING COUNT(*) >= 3;
