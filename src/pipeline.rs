@@ -1162,6 +1162,7 @@ impl Processing {
                 self.metrics.add_batch();
                 let decoded = self.decoder.decode(&records)?;
                 errors.extend(decoded.failures.iter().map(|f| ErrorRecord {
+                    statement: None,
                     stage: ErrorStage::Decode,
                     attempts: 1,
                     kind: f.kind.as_str().to_owned(),
@@ -1187,6 +1188,7 @@ impl Processing {
                         None => derived_record(issue.row.as_ref())?,
                     };
                     errors.push(ErrorRecord {
+                        statement: issue.statement.clone(),
                         stage: ErrorStage::Sql,
                         attempts: 1,
                         kind: issue.kind.clone(),
@@ -1223,6 +1225,7 @@ impl Processing {
         if !matches!(step, Step::Batch | Step::Cut) {
             for issue in &output.issues {
                 errors.push(ErrorRecord {
+                    statement: issue.statement.clone(),
                     stage: ErrorStage::Sql,
                     attempts: 1,
                     kind: issue.kind.clone(),
@@ -1347,6 +1350,7 @@ fn apply_transform(
             let failed = records
                 .into_iter()
                 .map(|record| ErrorRecord {
+                    statement: None,
                     stage: ErrorStage::Transform,
                     kind: "transform_failed".into(),
                     reason: reason.clone(),
@@ -1364,6 +1368,7 @@ fn apply_transform(
             Transformed::Ok(payload) => kept.push(record.with_payload(payload)),
             Transformed::Dropped => {}
             Transformed::ProcessingFailed(reason) => failed.push(ErrorRecord {
+                statement: None,
                 stage: ErrorStage::Transform,
                 kind: "processing_failed".into(),
                 reason,

@@ -342,6 +342,7 @@ impl<R: Outbound> Delivery<R> {
         let rows = failed
             .into_iter()
             .map(|(i, (code, message))| ErrorRecord {
+                statement: None,
                 stage: ErrorStage::Sink,
                 attempts,
                 kind: code,
@@ -433,6 +434,7 @@ impl<R: Outbound> Dispatcher<R> {
         let rows = records
             .iter()
             .map(|r| ErrorRecord {
+                statement: None,
                 stage: ErrorStage::Sink,
                 attempts: 0,
                 kind: kind.to_owned(),

@@ -50,6 +50,9 @@ pub struct ErrorRecord {
     pub attempts: u32,
     /// The record as it came from the source (payload and metadata, shared, not copied).
     pub record: Record,
+    /// For a row that failed in SQL, the statement it failed in: a Kinesis Data Analytics pump's
+    /// name, or the stream a statement writes.
+    pub statement: Option<Arc<str>>,
 }
 
 /// Schema of error-output batches, shaped like the processing-failed records Firehose writes (so
@@ -67,6 +70,7 @@ pub struct ErrorRecord {
 /// | `recordId` | utf8, nullable | `shard/sequence/sub-sequence`, when the source has them |
 /// | `partitionKey`, `shardId`, `sequenceNumber` | utf8, nullable | source metadata |
 /// | `subSequenceNumber` | uint64, nullable | KPL sub-record index |
+/// | `statement` | utf8, nullable | the SQL statement a row failed in (a KDA pump's name, or the stream the statement writes) |
 pub fn error_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("attemptsMade", DataType::Int64, false),
@@ -81,6 +85,7 @@ pub fn error_schema() -> SchemaRef {
         Field::new("shardId", DataType::Utf8, true),
         Field::new("sequenceNumber", DataType::Utf8, true),
         Field::new("subSequenceNumber", DataType::UInt64, true),
+        Field::new("statement", DataType::Utf8, true),
     ]))
 }
 
@@ -126,6 +131,9 @@ impl ErrorRecord {
             Arc::new(UInt64Array::from_iter(
                 errors.iter().map(|e| e.record.sub_sequence_number()),
             )),
+            Arc::new(StringArray::from_iter(
+                errors.iter().map(|e| e.statement.as_deref()),
+            )),
         ];
         RecordBatch::try_new(error_schema(), columns)
             .expect("error columns are built to match the error schema")
@@ -143,6 +151,7 @@ mod tests {
         let rec = Record::new(Bytes::from_static(b"\xff\x00bad"), 5).with_partition_key("pk");
         let batch = ErrorRecord::to_batch(
             &[ErrorRecord {
+                statement: None,
                 stage: ErrorStage::Decode,
                 kind: "malformed".into(),
                 reason: "invalid JSON".into(),
@@ -182,8 +191,9 @@ mod tests {
 
 /// Wraps the error output of a Kinesis Data Analytics application: each error row also gets the
 /// columns of KDA's in-application `error_stream` — `ERROR_TIME`, `ERROR_LEVEL`, `ERROR_NAME`,
-/// `MESSAGE`, `DATA_ROWTIME`, `DATA_ROW` (the record as text) and `PUMP_NAME` (not known here:
-/// null) — so that what read KDA's error stream reads these.
+/// `MESSAGE`, `DATA_ROWTIME`, `DATA_ROW` (the record as text) and `PUMP_NAME` (the pump a row
+/// failed in; null for records that failed before SQL) — so that what read KDA's error stream
+/// reads these.
 #[derive(Debug)]
 pub(crate) struct KdaErrorColumns {
     inner: Box<dyn super::Sink>,
@@ -200,12 +210,13 @@ pub(crate) fn with_kda_error_columns(batch: &RecordBatch) -> crate::Result<Recor
     use arrow::array::{AsArray, TimestampMillisecondArray};
     use arrow::datatypes::{Int64Type, TimeUnit};
     let col = |name: &str| batch.column_by_name(name).cloned();
-    let (Some(ending), Some(code), Some(message), Some(arrival), Some(raw)) = (
+    let (Some(ending), Some(code), Some(message), Some(arrival), Some(raw), Some(pump)) = (
         col("attemptEndingTimestamp"),
         col("errorCode"),
         col("errorMessage"),
         col("arrivalTimestamp"),
         col("rawData"),
+        col("statement"),
     ) else {
         return Ok(batch.clone());
     };
@@ -251,7 +262,7 @@ pub(crate) fn with_kda_error_columns(batch: &RecordBatch) -> crate::Result<Recor
         message,
         ts(&arrival),
         Arc::new(data_row) as ArrayRef,
-        arrow::array::new_null_array(&DataType::Utf8, n),
+        pump,
     ]);
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(fields)),

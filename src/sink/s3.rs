@@ -522,6 +522,7 @@ impl S3Sink {
             .into_iter()
             .zip(bad)
             .map(|(line, (_, col))| ErrorRecord {
+                statement: None,
                 stage: ErrorStage::Sink,
                 kind: "partition_key_missing".into(),
                 reason: format!("partition column `{col}` is null or empty"),

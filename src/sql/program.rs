@@ -54,6 +54,9 @@ pub struct SqlIssue {
     pub kind: String,
     /// What went wrong.
     pub reason: String,
+    /// The statement the row failed in: a Kinesis Data Analytics pump's name, or the stream the
+    /// statement writes.
+    pub statement: Option<Arc<str>>,
 }
 
 /// What one call of [`SqlProgram::process`] produced.
@@ -139,6 +142,8 @@ enum Stage {
 
 struct Statement_ {
     sql: String,
+    /// What the statement is called in errors: its KDA pump's name, or the stream it writes.
+    label: Arc<str>,
     /// The stream it reads.
     input: String,
     output: Arc<str>,
@@ -735,7 +740,13 @@ impl SqlProgram {
             .collect();
         let app = super::kda::translate_with(sql, Some(&source_columns))?;
         match Self::plan(&app.sql(), Arc::clone(&input_schema), settings, functions).await {
-            Ok(p) => Ok(p),
+            Ok(mut program) => {
+                // One statement per pump, in order: errors name the pump.
+                for (stmt, pump) in program.statements.iter_mut().zip(&app.pumps) {
+                    stmt.label = Arc::from(pump.name.as_str());
+                }
+                Ok(program)
+            }
             Err(e) => {
                 // Name the first pump that does not plan, with its line.
                 for n in 1..=app.pumps.len() {
@@ -993,6 +1004,7 @@ impl SqlProgram {
             }
             statements.push(Statement_ {
                 sql: text,
+                label: Arc::from(output.as_str()),
                 input,
                 output: Arc::from(output.as_str()),
                 stage,
@@ -1168,13 +1180,13 @@ impl SqlProgram {
                         continue;
                     };
                     let r = plan.execute_rows(src).await?;
-                    push_failures(&mut out.issues, src, &r.failures);
+                    push_failures(&mut out.issues, &stmt.label, src, &r.failures);
                     r.batch
                 }
                 Stage::Windowed(w) => {
                     if let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) {
                         let r = w.pre.execute_rows(src).await?;
-                        push_failures(&mut out.issues, src, &r.failures);
+                        push_failures(&mut out.issues, &stmt.label, src, &r.failures);
                         let issues = w.op.push(&r.batch, &ctx)?;
                         for i in issues {
                             out.issues.push(SqlIssue {
@@ -1182,6 +1194,7 @@ impl SqlProgram {
                                 row: i.row_id.is_none().then(|| r.batch.slice(i.index, 1)),
                                 kind: i.kind.to_owned(),
                                 reason: i.reason,
+                                statement: Some(Arc::clone(&stmt.label)),
                             });
                         }
                     }
@@ -1197,6 +1210,7 @@ impl SqlProgram {
                             row: Some(row),
                             kind: "sql".into(),
                             reason,
+                            statement: Some(Arc::clone(&stmt.label)),
                         });
                     }
                     let emitted = match emitted.len() {
@@ -1218,6 +1232,7 @@ impl SqlProgram {
                                 row: Some(emitted.slice(f.row, 1)),
                                 kind: "sql".into(),
                                 reason: f.reason.clone(),
+                                statement: Some(Arc::clone(&stmt.label)),
                             });
                         }
                         parts.push(r.batch);
@@ -1367,7 +1382,12 @@ fn push_indented(out: &mut String, text: &str, n: usize) {
     }
 }
 
-fn push_failures(issues: &mut Vec<SqlIssue>, input: &RecordBatch, failures: &[super::RowFailure]) {
+fn push_failures(
+    issues: &mut Vec<SqlIssue>,
+    statement: &Arc<str>,
+    input: &RecordBatch,
+    failures: &[super::RowFailure],
+) {
     let ids = input
         .schema()
         .index_of(ROW_ID)
@@ -1382,6 +1402,7 @@ fn push_failures(issues: &mut Vec<SqlIssue>, input: &RecordBatch, failures: &[su
             row: id.is_none().then(|| input.slice(f.row, 1)),
             kind: "sql".into(),
             reason: f.reason.clone(),
+            statement: Some(Arc::clone(statement)),
         });
     }
 }

@@ -230,9 +230,12 @@ fn a_kda_applications_errors_carry_the_error_stream_columns() {
     let sql = dir.path().join("app.sql");
     std::fs::write(
         &sql,
-        "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (t TIMESTAMP);\n\
-         CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" \
-         SELECT STREAM CHAR_TO_TIMESTAMP('yyyy-MM-dd', \"d\") FROM \"SOURCE_SQL_STREAM_001\";",
+        "CREATE OR REPLACE STREAM \"DATES\" (d VARCHAR(16));\n\
+         CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (t TIMESTAMP);\n\
+         CREATE OR REPLACE PUMP \"PARSE_PUMP\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" \
+         SELECT STREAM CHAR_TO_TIMESTAMP('yyyy-MM-dd', d) FROM \"DATES\";\n\
+         CREATE OR REPLACE PUMP \"COPY_PUMP\" AS INSERT INTO \"DATES\" \
+         SELECT STREAM \"d\" FROM \"SOURCE_SQL_STREAM_001\";",
     )
     .unwrap();
     let input = dir.path().join("in.ndjson");
@@ -271,6 +274,8 @@ fn a_kda_applications_errors_carry_the_error_stream_columns() {
         e["ERROR_TIME"].is_string() && e["DATA_ROWTIME"].is_string(),
         "{e}"
     );
+    assert_eq!(e["PUMP_NAME"], "PARSE_PUMP", "{e}");
+    assert_eq!(e["statement"], "PARSE_PUMP", "{e}");
 }
 
 #[test]

@@ -338,9 +338,9 @@ async fn unsupported_stream_shapes_say_what_to_write_instead() {
         ),
         ("SELECT * FROM source ORDER BY price", "ORDER BY"),
         (
-            "SELECT COUNT(*) AS n FROM source GROUP BY TUMBLE(event_time, INTERVAL '1' SECOND) \
-             ORDER BY n",
-            "ORDER BY",
+            "SELECT ticker_symbol, COUNT(*) AS n FROM source \
+             GROUP BY ticker_symbol, SESSION(event_time, INTERVAL '1' SECOND) ORDER BY n",
+            "in a statement grouped by TUMBLE or HOP, ORDER BY sorts each window's rows",
         ),
         (
             "SELECT SUM(price) OVER (PARTITION BY ticker_symbol ORDER BY event_time) FROM source",
