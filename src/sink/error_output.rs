@@ -191,7 +191,7 @@ mod tests {
 
 /// Wraps the error output of a Kinesis Data Analytics application: each error row also gets the
 /// columns of KDA's in-application `error_stream` — `ERROR_TIME`, `ERROR_LEVEL`, `ERROR_NAME`,
-/// `MESSAGE`, `DATA_ROWTIME`, `DATA_ROW` (the record as text) and `PUMP_NAME` (the pump a row
+/// `MESSAGE`, `DATA_ROWTIME`, `DATA_ROW` (the record, hex-encoded) and `PUMP_NAME` (the pump a row
 /// failed in; null for records that failed before SQL) — so that what read KDA's error stream
 /// reads these.
 #[derive(Debug)]
@@ -222,14 +222,29 @@ pub(crate) fn with_kda_error_columns(batch: &RecordBatch) -> crate::Result<Recor
     };
     let n = batch.num_rows();
     let b64 = base64::engine::general_purpose::STANDARD;
+    // KDA's DATA_ROW is the record hex-encoded.
     let data_row: StringArray = raw
         .as_string::<i32>()
         .iter()
         .map(|v| {
-            v.and_then(|v| b64.decode(v).ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            v.and_then(|v| b64.decode(v).ok()).map(|b| {
+                let mut hex = String::with_capacity(b.len() * 2);
+                for byte in b {
+                    hex.push_str(&format!("{byte:02x}"));
+                }
+                hex
+            })
         })
         .collect();
+    // MESSAGE is a VARCHAR(4096) and ERROR_NAME a VARCHAR(32) in KDA.
+    let cut = |a: &ArrayRef, n: usize| -> ArrayRef {
+        Arc::new(
+            a.as_string::<i32>()
+                .iter()
+                .map(|v| v.map(|v| v.chars().take(n).collect::<String>()))
+                .collect::<StringArray>(),
+        )
+    };
     let ts = |a: &ArrayRef| -> ArrayRef {
         Arc::new(
             TimestampMillisecondArray::from(a.as_primitive::<Int64Type>().values().to_vec())
@@ -258,8 +273,8 @@ pub(crate) fn with_kda_error_columns(batch: &RecordBatch) -> crate::Result<Recor
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
             "ERROR", n,
         ))) as ArrayRef,
-        code,
-        message,
+        cut(&code, 32),
+        cut(&message, 4096),
         ts(&arrival),
         Arc::new(data_row) as ArrayRef,
         pump,

@@ -873,7 +873,18 @@ fn select(
             && k > 0
             && (word_is(&body[k - 1].token, "FROM") || word_is(&body[k - 1].token, "JOIN"))
         {
-            reads.push(ident(t)?);
+            let name = ident(t)?;
+            if name.eq_ignore_ascii_case("error_stream") {
+                return Err(err(
+                    t.span.start,
+                    format!(
+                        "pump {pump}: error_stream cannot be read by a pump (nor could it in \
+                         Kinesis Data Analytics); its rows go to the error output, with KDA's \
+                         error_stream columns"
+                    ),
+                ));
+            }
+            reads.push(name);
         }
         clauses.push(clause);
     }
@@ -1427,6 +1438,7 @@ GROUP BY "car", FLOOR(("SOURCE_SQL_STREAM_001".ROWTIME - TIMESTAMP '1970-01-01 0
             .to_string()
         };
         let cursor = "CURSOR(SELECT STREAM * FROM s0)";
+        assert!(bad("SELECT STREAM t, 1 FROM error_stream").contains("error_stream cannot be read"));
         for (pump, says) in [
             (
                 format!("SELECT STREAM * FROM TABLE(TOP_K_ITEMS_TUMBLING({cursor}, 'T', 0, 60))"),

@@ -269,7 +269,12 @@ fn a_kda_applications_errors_carry_the_error_stream_columns() {
             .contains("does not match the format"),
         "{e}"
     );
-    assert_eq!(e["DATA_ROW"], "{\"d\": \"27/01/2026\"}");
+    // KDA's DATA_ROW: the record, hex-encoded.
+    let hex: String = "{\"d\": \"27/01/2026\"}"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(e["DATA_ROW"], hex.as_str());
     assert!(
         e["ERROR_TIME"].is_string() && e["DATA_ROWTIME"].is_string(),
         "{e}"
