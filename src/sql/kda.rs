@@ -44,6 +44,21 @@ pub(crate) const UNSUPPORTED: &[(&str, &str)] = &[
         "RANDOM_CUT_FOREST_WITH_EXPLANATION is not supported",
     ),
     ("HOTSPOTS", "HOTSPOTS is not supported"),
+    (
+        "FAST_REGEX_LOG_PARSE",
+        "FAST_REGEX_LOG_PARSE is not supported (its lazy matching is not reproduced); \
+         REGEX_LOG_PARSE with the same pattern matches greedily",
+    ),
+    (
+        "FIXED_COLUMN_LOG_PARSE",
+        "FIXED_COLUMN_LOG_PARSE is not supported; SUBSTRING(text FROM start FOR length) cuts a \
+         fixed-width field",
+    ),
+    (
+        "SYS_LOG_PARSE",
+        "SYS_LOG_PARSE is not supported; REGEX_LOG_PARSE with a pattern for the log's layout \
+         splits its lines",
+    ),
 ];
 
 /// Text of tokens, as SQL again (literals and quoted names as written).
@@ -1254,7 +1269,14 @@ fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
             Token::Word(w) if w.quote_style.is_some() => quote(&w.value),
             Token::Word(w) => {
                 let upper = w.value.to_uppercase();
-                let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
+                // A word before `(` is a function, unless it names a table: `AS t(a, b)`.
+                let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen))
+                    && !(k > 0 && word_is(&tokens[k - 1].token, "AS"));
+                if upper == "STREAM" && k > 0 && word_is(&tokens[k - 1].token, "SELECT") {
+                    // `SELECT STREAM` in a nested query is a plain SELECT too.
+                    out.push(String::new());
+                    continue;
+                }
                 if upper == "CURRENT_ROW_TIMESTAMP" && !call {
                     // The time the row is processed (read when the row is, unlike now()).
                     out.push("current_row_timestamp()".into());

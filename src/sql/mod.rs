@@ -16,6 +16,7 @@
 
 mod kda;
 mod kda_functions;
+mod kda_log_parse;
 mod over;
 mod program;
 mod rewrite;

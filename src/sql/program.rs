@@ -244,6 +244,7 @@ fn streaming_state() -> SessionState {
     ]
     .into_iter()
     .chain(super::kda_functions::functions())
+    .chain(super::kda_log_parse::functions())
     {
         let _ = state.register_udf(Arc::new(udf));
     }

@@ -525,10 +525,36 @@ fn wrap_over_order_by(select: &mut Select) -> Result<()> {
 
 fn rewrite_factor(f: &mut TableFactor, is_aggregate: &dyn Fn(&str) -> bool) -> Result<()> {
     match f {
-        TableFactor::Derived { subquery, .. } => {
+        TableFactor::Derived {
+            subquery, alias, ..
+        } => {
             let window = rewrite_query(subquery, is_aggregate)?;
             if window.is_some() {
                 return Err(nested_window());
+            }
+            // `AS t(a, b)` names the nested query's columns: the names move onto its select
+            // items, so that the row id it now carries keeps its own.
+            if let (Some(alias), SetExpr::Select(select)) = (alias.as_mut(), subquery.body.as_mut())
+            {
+                let carries_row_id = matches!(
+                    select.projection.last(),
+                    Some(SelectItem::UnnamedExpr(Expr::Identifier(id))) if id.value == ROW_ID
+                );
+                let named = select.projection.len() - usize::from(carries_row_id);
+                if carries_row_id && !alias.columns.is_empty() && alias.columns.len() == named {
+                    for (item, column) in select.projection.iter_mut().zip(&alias.columns) {
+                        let expr = match item {
+                            SelectItem::UnnamedExpr(e) => e.clone(),
+                            SelectItem::ExprWithAlias { expr, .. } => expr.clone(),
+                            _ => continue,
+                        };
+                        *item = SelectItem::ExprWithAlias {
+                            expr,
+                            alias: column.name.clone(),
+                        };
+                    }
+                    alias.columns.clear();
+                }
             }
         }
         TableFactor::NestedJoin {
