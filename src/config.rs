@@ -580,6 +580,9 @@ pub struct ReplayOptions {
     pub output_dir: Option<PathBuf>,
     /// Allowed lateness and idle timeout of windowed queries.
     pub watermark: WatermarkSettings,
+    /// Reference tables, by name: local paths or `s3://` URLs of JSON lines or CSV files with a
+    /// header row (as `[[reference]]` in a pipeline file).
+    pub references: Vec<(String, String)>,
 }
 
 impl ReplayOptions {
@@ -642,6 +645,23 @@ impl ReplayOptions {
         if let Some(a) = &app {
             b = b.columns(a.columns.clone());
         }
+        if !self.references.is_empty() {
+            let mut functions = crate::SqlFunctions::new();
+            for (name, path) in &self.references {
+                let r = ReferenceConfig {
+                    name: name.clone(),
+                    path: path.clone(),
+                    format: None,
+                    region: None,
+                    endpoint_url: None,
+                };
+                let rows = reference_rows(&r, Path::new(path))
+                    .await
+                    .map_err(|e| Error::config("--reference", format!("{name}: {e}")))?;
+                functions = functions.with_reference_table(name.clone(), rows);
+            }
+            b = b.functions(functions);
+        }
         if let Some(r) = &self.rowtime {
             b = b.rowtime_field(r.clone());
         }
@@ -672,6 +692,63 @@ impl ReplayOptions {
         };
         b.build().await
     }
+}
+
+/// The rows of a reference table: `local` (the path resolved) or the table's `s3://` path, read
+/// as JSON lines or CSV with a header row.
+async fn reference_rows(r: &ReferenceConfig, local: &Path) -> Result<arrow::array::RecordBatch> {
+    let bytes: Vec<u8> = if let Some(rest) = r.path.strip_prefix("s3://") {
+        #[cfg(feature = "aws")]
+        {
+            let (bucket, key) = rest
+                .split_once('/')
+                .ok_or_else(|| Error::Format(format!("`{}` is not s3://bucket/key", r.path)))?;
+            crate::sink::get_object(bucket, key, r.region.clone(), r.endpoint_url.clone())
+                .await?
+                .to_vec()
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = rest;
+            return Err(Error::Format(
+                "reading from S3 needs rivulet built with the `aws` feature".into(),
+            ));
+        }
+    } else {
+        std::fs::read(local).map_err(|e| Error::io(format!("reading {}", local.display()), e))?
+    };
+    let csv = match r.format.as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(Error::Format(format!(
+                "format `{other}` is not json or csv"
+            )))
+        }
+        None => r.path.to_ascii_lowercase().ends_with(".csv"),
+    };
+    let mut cursor = std::io::Cursor::new(&bytes);
+    let batches: Vec<arrow::array::RecordBatch> = if csv {
+        let (schema, _) = arrow::csv::reader::Format::default()
+            .with_header(true)
+            .infer_schema(&mut cursor, Some(10_000))?;
+        cursor.set_position(0);
+        arrow::csv::ReaderBuilder::new(std::sync::Arc::new(schema))
+            .with_header(true)
+            .build(cursor)?
+            .collect::<std::result::Result<_, _>>()?
+    } else {
+        let (schema, _) = arrow::json::reader::infer_json_schema(&mut cursor, Some(10_000))?;
+        cursor.set_position(0);
+        arrow::json::ReaderBuilder::new(std::sync::Arc::new(schema))
+            .build(cursor)?
+            .collect::<std::result::Result<_, _>>()?
+    };
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| Error::Format(format!("{} holds no rows", r.path)))?;
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
 }
 
 impl PipelineConfig {
@@ -849,59 +926,7 @@ impl PipelineConfig {
 
     /// A reference table's rows, read whole.
     async fn reference_rows(&self, r: &ReferenceConfig) -> Result<arrow::array::RecordBatch> {
-        let bytes: Vec<u8> = if let Some(rest) = r.path.strip_prefix("s3://") {
-            #[cfg(feature = "aws")]
-            {
-                let (bucket, key) = rest
-                    .split_once('/')
-                    .ok_or_else(|| Error::Format(format!("`{}` is not s3://bucket/key", r.path)))?;
-                crate::sink::get_object(bucket, key, r.region.clone(), r.endpoint_url.clone())
-                    .await?
-                    .to_vec()
-            }
-            #[cfg(not(feature = "aws"))]
-            {
-                let _ = rest;
-                return Err(Error::Format(
-                    "reading from S3 needs rivulet built with the `aws` feature".into(),
-                ));
-            }
-        } else {
-            let p = self.resolve(Path::new(&r.path));
-            std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?
-        };
-        let csv = match r.format.as_deref() {
-            Some("csv") => true,
-            Some("json") => false,
-            Some(other) => {
-                return Err(Error::Format(format!(
-                    "format `{other}` is not json or csv"
-                )))
-            }
-            None => r.path.to_ascii_lowercase().ends_with(".csv"),
-        };
-        let mut cursor = std::io::Cursor::new(&bytes);
-        let batches: Vec<arrow::array::RecordBatch> = if csv {
-            let (schema, _) = arrow::csv::reader::Format::default()
-                .with_header(true)
-                .infer_schema(&mut cursor, Some(10_000))?;
-            cursor.set_position(0);
-            arrow::csv::ReaderBuilder::new(std::sync::Arc::new(schema))
-                .with_header(true)
-                .build(cursor)?
-                .collect::<std::result::Result<_, _>>()?
-        } else {
-            let (schema, _) = arrow::json::reader::infer_json_schema(&mut cursor, Some(10_000))?;
-            cursor.set_position(0);
-            arrow::json::ReaderBuilder::new(std::sync::Arc::new(schema))
-                .build(cursor)?
-                .collect::<std::result::Result<_, _>>()?
-        };
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .ok_or_else(|| Error::Format(format!("{} holds no rows", r.path)))?;
-        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+        reference_rows(r, &self.resolve(Path::new(&r.path))).await
     }
 
     /// The `[query] application` file, when there is one.

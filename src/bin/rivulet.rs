@@ -170,6 +170,19 @@ struct QueryArgs {
     /// A partition without rows for this long stops holding the watermark back.
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// A reference table the SQL can join: NAME=PATH, a JSON-lines or CSV file (with a header
+    /// row) or an s3:// URL. Repeatable.
+    #[arg(long, value_parser = parse_reference)]
+    reference: Vec<(String, String)>,
+}
+
+fn parse_reference(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), path.to_owned()))
+        }
+        _ => Err(format!("`{s}` is not NAME=PATH")),
+    }
 }
 
 impl QueryArgs {
@@ -185,6 +198,7 @@ impl QueryArgs {
                 allowed_lateness: Duration::from_millis(self.lateness_ms),
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             },
+            references: self.reference,
         }
     }
 }

@@ -50,6 +50,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::format::ROWTIME;
+use crate::sql::rewrite::ROW_ID;
 use crate::{Error, Result};
 
 /// Name under which the input stream is registered.
@@ -130,6 +131,9 @@ pub(crate) struct PerBatch {
     /// one run to the next unless reset, and its rows stand or fail together, since a part of
     /// them sorted or limited alone would give other rows.
     ordered: bool,
+    /// The plan joins (a reference table): rows come out in the input's order again, by their
+    /// row id, since the windows downstream take them in that order.
+    joins: bool,
 }
 
 impl PerBatch {
@@ -139,10 +143,12 @@ impl PerBatch {
         task_ctx: Arc<TaskContext>,
     ) -> Self {
         let mut ordered = false;
+        let mut joins = false;
         let _ = plan.apply(|node| {
             ordered |= node.downcast_ref::<SortExec>().is_some()
                 || node.downcast_ref::<GlobalLimitExec>().is_some()
                 || node.downcast_ref::<LocalLimitExec>().is_some();
+            joins |= node.name().contains("Join");
             Ok(TreeNodeRecursion::Continue)
         });
         Self {
@@ -150,6 +156,7 @@ impl PerBatch {
             slot,
             task_ctx,
             ordered,
+            joins,
         }
     }
 
@@ -208,11 +215,29 @@ impl PerBatch {
                 }
             }
         }
-        let batch = match outputs.len() {
+        let mut batch = match outputs.len() {
             0 => RecordBatch::new_empty(schema),
             1 => outputs.pop().expect("one batch"),
             _ => arrow::compute::concat_batches(&schema, &outputs)?,
         };
+        if self.joins && batch.num_rows() > 1 {
+            if let Ok(i) = batch.schema().index_of(ROW_ID) {
+                let order = arrow::compute::sort_to_indices(
+                    batch.column(i),
+                    Some(arrow::compute::SortOptions {
+                        descending: false,
+                        nulls_first: false,
+                    }),
+                    None,
+                )?;
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c, &order, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                batch = RecordBatch::try_new(batch.schema(), columns)?;
+            }
+        }
         Ok(QueryOutput { batch, failures })
     }
 }

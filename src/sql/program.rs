@@ -326,7 +326,7 @@ pub(crate) fn check_shape_with(
                     !tables.is_empty() && tables.iter().all(|t| reference.contains(t))
                 };
                 if only_reference(&j.left) || only_reference(&j.right) {
-                    (windowed || over).then(|| {
+                    over.then(|| {
                         "join the reference table in a statement of its own (INSERT INTO \
                          stream_name SELECT …), and window that stream in the next"
                             .into()
@@ -878,7 +878,13 @@ impl SqlProgram {
             }
             let state = ctx.state();
             let aggregates = state.aggregate_functions();
-            let clause = rewrite_query(&mut query, &|name| aggregates.contains_key(name))?;
+            let clause = rewrite_query(
+                &mut query,
+                &super::rewrite::Names {
+                    is_aggregate: &|name| aggregates.contains_key(name),
+                    references: &reference_names,
+                },
+            )?;
             let text = query.to_string();
             let logical = state
                 .statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(

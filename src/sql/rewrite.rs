@@ -263,20 +263,25 @@ fn window_clause(e: &Expr) -> Result<Option<WindowClause>> {
     }))
 }
 
-/// Rewrites one statement's query in place. `is_aggregate` tells aggregate function names.
-/// Returns the window of its windowed aggregate, if it has one.
-pub(crate) fn rewrite_query(
-    q: &mut Query,
-    is_aggregate: &dyn Fn(&str) -> bool,
-) -> Result<Option<WindowClause>> {
+/// What the rewrite needs to know of the session's names.
+pub(crate) struct Names<'a> {
+    /// Tells aggregate function names.
+    pub(crate) is_aggregate: &'a dyn Fn(&str) -> bool,
+    /// Reference tables (static rows a statement may join).
+    pub(crate) references: &'a [String],
+}
+
+/// Rewrites one statement's query in place. Returns the window of its windowed aggregate, if it
+/// has one.
+pub(crate) fn rewrite_query(q: &mut Query, names: &Names<'_>) -> Result<Option<WindowClause>> {
     if let Some(with) = &mut q.with {
         for cte in &mut with.cte_tables {
-            if rewrite_query(&mut cte.query, is_aggregate)?.is_some() {
+            if rewrite_query(&mut cte.query, names)?.is_some() {
                 return Err(nested_window());
             }
         }
     }
-    rewrite_set_expr(&mut q.body, is_aggregate, true)
+    rewrite_set_expr(&mut q.body, names, true)
 }
 
 fn nested_window() -> Error {
@@ -290,21 +295,21 @@ fn nested_window() -> Error {
 
 fn rewrite_set_expr(
     body: &mut SetExpr,
-    is_aggregate: &dyn Fn(&str) -> bool,
+    names: &Names<'_>,
     top: bool,
 ) -> Result<Option<WindowClause>> {
     match body {
-        SetExpr::Select(select) => rewrite_select(select, is_aggregate, top),
+        SetExpr::Select(select) => rewrite_select(select, names, top),
         SetExpr::Query(q) => {
-            let w = rewrite_query(q, is_aggregate)?;
+            let w = rewrite_query(q, names)?;
             if w.is_some() && !top {
                 return Err(nested_window());
             }
             Ok(w)
         }
         SetExpr::SetOperation { left, right, .. } => {
-            let l = rewrite_set_expr(left, is_aggregate, false)?;
-            let r = rewrite_set_expr(right, is_aggregate, false)?;
+            let l = rewrite_set_expr(left, names, false)?;
+            let r = rewrite_set_expr(right, names, false)?;
             if l.is_some() || r.is_some() {
                 return Err(nested_window());
             }
@@ -323,7 +328,7 @@ fn has_wildcard(select: &Select) -> bool {
     })
 }
 
-fn aggregates(select: &mut Select, is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+fn aggregates(select: &mut Select, names: &Names<'_>) -> bool {
     let mut found = false;
     for item in &mut select.projection {
         let expr = match item {
@@ -334,7 +339,7 @@ fn aggregates(select: &mut Select, is_aggregate: &dyn Fn(&str) -> bool) -> bool 
             if let Expr::Function(f) = e {
                 if f.over.is_none() {
                     if let Some(n) = f.name.0.last() {
-                        if is_aggregate(&n.to_string().to_ascii_lowercase()) {
+                        if (names.is_aggregate)(&n.to_string().to_ascii_lowercase()) {
                             found = true;
                         }
                     }
@@ -348,13 +353,13 @@ fn aggregates(select: &mut Select, is_aggregate: &dyn Fn(&str) -> bool) -> bool 
 
 fn rewrite_select(
     select: &mut Select,
-    is_aggregate: &dyn Fn(&str) -> bool,
+    names: &Names<'_>,
     top: bool,
 ) -> Result<Option<WindowClause>> {
     for twj in &mut select.from {
-        rewrite_factor(&mut twj.relation, is_aggregate)?;
+        rewrite_factor(&mut twj.relation, names)?;
         for j in &mut twj.joins {
-            rewrite_factor(&mut j.relation, is_aggregate)?;
+            rewrite_factor(&mut j.relation, names)?;
         }
     }
     wrap_over_order_by(select)?;
@@ -373,13 +378,20 @@ fn rewrite_select(
     }
     let Some((at, clause)) = clause else {
         let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
-        // A join is refused later with its own message; with one input the row id is unique.
-        let single_input = select.from.len() == 1 && select.from[0].joins.is_empty();
+        // A join of streams is refused later with its own message; with one stream (joined to
+        // reference tables or not) the row id is unique to the stream's row.
+        let single_input = select.from.len() == 1
+            && select.from[0].joins.iter().all(|j| {
+                matches!(&j.relation, TableFactor::Table { name, .. }
+                if name.0.last().and_then(|p| p.as_ident()).is_some_and(|id| {
+                    names.references.contains(&id.value)
+                }))
+            });
         if !grouped
             && single_input
             && select.distinct.is_none()
             && !has_wildcard(select)
-            && !aggregates(select, is_aggregate)
+            && !aggregates(select, names)
         {
             select
                 .projection
@@ -523,12 +535,12 @@ fn wrap_over_order_by(select: &mut Select) -> Result<()> {
     }
 }
 
-fn rewrite_factor(f: &mut TableFactor, is_aggregate: &dyn Fn(&str) -> bool) -> Result<()> {
+fn rewrite_factor(f: &mut TableFactor, names: &Names<'_>) -> Result<()> {
     match f {
         TableFactor::Derived {
             subquery, alias, ..
         } => {
-            let window = rewrite_query(subquery, is_aggregate)?;
+            let window = rewrite_query(subquery, names)?;
             if window.is_some() {
                 return Err(nested_window());
             }
@@ -560,9 +572,9 @@ fn rewrite_factor(f: &mut TableFactor, is_aggregate: &dyn Fn(&str) -> bool) -> R
         TableFactor::NestedJoin {
             table_with_joins, ..
         } => {
-            rewrite_factor(&mut table_with_joins.relation, is_aggregate)?;
+            rewrite_factor(&mut table_with_joins.relation, names)?;
             for j in &mut table_with_joins.joins {
-                rewrite_factor(&mut j.relation, is_aggregate)?;
+                rewrite_factor(&mut j.relation, names)?;
             }
         }
         _ => {}
@@ -580,7 +592,11 @@ mod tests {
         let Statement::Query(q) = &mut stmts[0] else {
             panic!()
         };
-        let w = rewrite_query(q, &|n| ["count", "sum", "avg"].contains(&n))?;
+        let names = Names {
+            is_aggregate: &|n| ["count", "sum", "avg"].contains(&n),
+            references: &[],
+        };
+        let w = rewrite_query(q, &names)?;
         Ok((q.to_string(), w))
     }
 
