@@ -391,9 +391,23 @@ fn default_idle_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum EncodingConfig {
+    /// Not given: CSV when a KDA application file's `OutputFormatType` says so, else JSON.
     #[default]
+    #[serde(skip)]
+    Unset,
     Json,
     Csv,
+}
+
+impl EncodingConfig {
+    /// Whether rows are written as CSV, `application_csv` deciding when the file does not.
+    fn csv(&self, application_csv: bool) -> bool {
+        match self {
+            Self::Unset => application_csv,
+            Self::Json => false,
+            Self::Csv => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -609,6 +623,11 @@ impl ReplayOptions {
                     "give the SQL (--sql FILE) or an application file (--app FILE)",
                 ))
             }
+        };
+        // The application's input stream, named as rivulet names it.
+        let sql = match &app {
+            Some(a) => a.code(&sql)?,
+            None => sql,
         };
         let (format, framing) = match &app {
             Some(a) => {
@@ -1250,13 +1269,25 @@ impl PipelineConfig {
     async fn build_sink(&self, s: &SinkConfig, stream: &str) -> Result<Box<dyn Sink>> {
         #[cfg(not(feature = "aws"))]
         let _ = stream;
-        let encoding = |e: &EncodingConfig| match e {
-            EncodingConfig::Json => OutputFormat::JsonLines,
-            EncodingConfig::Csv => OutputFormat::Csv {
-                delimiter: b',',
-                header: true,
-            },
+        // A KDA application's OutputFormatType is the default of its sinks.
+        let application_csv = self
+            .kda_application()
+            .ok()
+            .flatten()
+            .and_then(|a| a.output_format)
+            .is_some_and(|f| f.eq_ignore_ascii_case("CSV"));
+        let encoding = |e: &EncodingConfig| {
+            if e.csv(application_csv) {
+                OutputFormat::Csv {
+                    delimiter: b',',
+                    header: true,
+                }
+            } else {
+                OutputFormat::JsonLines
+            }
         };
+        #[cfg(feature = "aws")]
+        let record_format = |e: &EncodingConfig| record_format(e, application_csv);
         Ok(match s {
             SinkConfig::Stdout { format, .. } => Box::new(StdoutSink::new(encoding(format))),
             SinkConfig::Stderr { format, .. } => Box::new(StdoutSink::stderr(encoding(format))),
@@ -1606,6 +1637,10 @@ impl PipelineConfig {
                 None => "SELECT * FROM source".to_owned(),
             },
         };
+        let sql = match &app {
+            Some(a) => a.code(&sql)?,
+            None => sql,
+        };
         let mut b = Pipeline::builder()
             .boxed_source(source)
             .format(format)
@@ -1670,13 +1705,14 @@ impl PipelineConfig {
 /// The format of a record-oriented sink: one row per record, so no CSV header rows in the middle
 /// of a stream.
 #[cfg(feature = "aws")]
-fn record_format(format: &EncodingConfig) -> OutputFormat {
-    match format {
-        EncodingConfig::Csv => OutputFormat::Csv {
+fn record_format(format: &EncodingConfig, application_csv: bool) -> OutputFormat {
+    if format.csv(application_csv) {
+        OutputFormat::Csv {
             delimiter: b',',
             header: false,
-        },
-        EncodingConfig::Json => OutputFormat::JsonLines,
+        }
+    } else {
+        OutputFormat::JsonLines
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Three shapes load, in YAML or JSON:
 //! - KDA's `DescribeApplication` output (`{"ApplicationDetail": {"ApplicationCode": …,
-//!   "InputDescriptions": [{"InputSchema": …}]}}`), or just its `InputSchema`
-//!   (`RecordFormat`, `RecordEncoding`, `RecordColumns: [{Name, SqlType, Mapping}]`);
+//!   "InputDescriptions": [{"InputSchema": …}]}}`), the `kinesisanalyticsv2` one (code and inputs
+//!   under `ApplicationConfigurationDescription`), the `CreateApplication` requests of both, or
+//!   just an `InputSchema` (`RecordFormat`, `RecordEncoding`,
+//!   `RecordColumns: [{Name, SqlType, Mapping}]`);
 //! - the original Streaming Analytics Pipeline solution's configuration file: `InputFormatType`
 //!   (`JSON` or `CSV`), `RecordRowPath`, `RecordColumnDelimiter`, `RecordRowDelimiter`,
 //!   `columns: [{Name, SqlType, Mapping}]`, `OutputFormatType`, and the SQL (`SQL`,
@@ -26,8 +28,12 @@ pub struct KdaApplication {
     pub format: RecordFormat,
     /// The input columns, with their JSON paths.
     pub columns: Vec<Column>,
-    /// `JSON` or `CSV`, when the file says how output is written.
+    /// `JSON` or `CSV`, when the file says how output is written (the default format of the
+    /// pipeline's sinks).
     pub output_format: Option<String>,
+    /// The input's in-application stream when its `NamePrefix` is not `SOURCE_SQL_STREAM`
+    /// (`{NamePrefix}_001`); [`KdaApplication::code`] renames it to `SOURCE_SQL_STREAM_001`.
+    pub input_stream: Option<String>,
 }
 
 fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
@@ -39,6 +45,15 @@ fn text(v: &Value, keys: &[&str]) -> Option<String> {
 }
 
 impl KdaApplication {
+    /// `code` (this application's, or another file's) with the input stream named as rivulet
+    /// names it: `SOURCE_SQL_STREAM_001`, whatever `NamePrefix` the application gave it.
+    pub fn code(&self, code: &str) -> Result<String> {
+        match &self.input_stream {
+            Some(name) => crate::sql::rename_stream(code, name, "SOURCE_SQL_STREAM_001"),
+            None => Ok(code.to_owned()),
+        }
+    }
+
     /// Reads an application file.
     pub fn load(path: &Path) -> Result<Self> {
         let raw = std::fs::read_to_string(path)
@@ -54,10 +69,47 @@ impl KdaApplication {
         let v: Value = serde_yaml::from_str(raw)
             .map_err(|e| Error::Format(format!("not a YAML or JSON application file: {e}")))?;
         let detail = v.get("ApplicationDetail").unwrap_or(&v);
-        let sql = text(detail, &["ApplicationCode", "SQL", "Sql", "sql", "SqlCode"]);
-        let schema = detail
-            .get("InputDescriptions")
-            .and_then(|d| d.get(0))
+        // kinesisanalyticsv2 nests code and inputs in the application's configuration
+        // (`…ConfigurationDescription` as described, `ApplicationConfiguration` as created).
+        let v2 = get(
+            detail,
+            &[
+                "ApplicationConfigurationDescription",
+                "ApplicationConfiguration",
+            ],
+        );
+        let v2_code = v2
+            .and_then(|c| {
+                get(
+                    c,
+                    &[
+                        "ApplicationCodeConfigurationDescription",
+                        "ApplicationCodeConfiguration",
+                    ],
+                )
+            })
+            .and_then(|c| get(c, &["CodeContentDescription", "CodeContent"]))
+            .and_then(|c| text(c, &["TextContent"]));
+        let v2_sql = v2.and_then(|c| {
+            get(
+                c,
+                &[
+                    "SqlApplicationConfigurationDescription",
+                    "SqlApplicationConfiguration",
+                ],
+            )
+        });
+        let sql = text(detail, &["ApplicationCode", "SQL", "Sql", "sql", "SqlCode"]).or(v2_code);
+        // The first input (v1 and v2, described or as created).
+        let input = [v2_sql, Some(detail)]
+            .into_iter()
+            .flatten()
+            .find_map(|c| get(c, &["InputDescriptions", "Inputs"]).and_then(|d| d.get(0)));
+        let input_stream = input
+            .and_then(|i| text(i, &["NamePrefix"]))
+            .filter(|p| p != "SOURCE_SQL_STREAM")
+            .map(|p| format!("{p}_001"));
+        let schema = input
             .and_then(|d| d.get("InputSchema"))
             .or_else(|| detail.get("InputSchema"))
             .or_else(|| detail.get("RecordColumns").map(|_| detail));
@@ -144,11 +196,22 @@ impl KdaApplication {
         } else {
             RecordFormat::Json
         };
+        // The output format: the original solution's OutputFormatType, or the first output's
+        // DestinationSchema.
+        let output_format = text(detail, &["OutputFormatType"]).or_else(|| {
+            [v2_sql, Some(detail)]
+                .into_iter()
+                .flatten()
+                .find_map(|c| get(c, &["OutputDescriptions", "Outputs"]).and_then(|o| o.get(0)))
+                .and_then(|o| o.get("DestinationSchema"))
+                .and_then(|d| text(d, &["RecordFormatType"]))
+        });
         Ok(Self {
             sql,
             format,
             columns: out,
-            output_format: text(detail, &["OutputFormatType"]),
+            output_format,
+            input_stream,
         })
     }
 }
@@ -179,6 +242,49 @@ mod tests {
             ["quote", "price"]
         );
         assert!(matches!(app.format, RecordFormat::Json));
+    }
+
+    #[test]
+    fn kinesisanalyticsv2_descriptions_and_create_requests_load() {
+        let code = "CREATE OR REPLACE STREAM \"D\" (a INTEGER);\n\
+                    CREATE OR REPLACE PUMP p AS INSERT INTO \"D\" SELECT STREAM a FROM \"TRADES_001\";";
+        let schema = r#"{"RecordFormat": {"RecordFormatType": "CSV",
+              "MappingParameters": {"CSVMappingParameters":
+                {"RecordRowDelimiter": "\n", "RecordColumnDelimiter": "|"}}},
+            "RecordColumns": [{"Name": "A", "SqlType": "INTEGER"}]}"#;
+        let described = format!(
+            r#"{{"ApplicationDetail": {{"RuntimeEnvironment": "SQL-1_0",
+                "ApplicationConfigurationDescription": {{
+                  "ApplicationCodeConfigurationDescription": {{"CodeContentType": "PLAINTEXT",
+                    "CodeContentDescription": {{"TextContent": {code:?}}}}},
+                  "SqlApplicationConfigurationDescription": {{
+                    "InputDescriptions": [{{"InputId": "1.1", "NamePrefix": "TRADES",
+                      "InputSchema": {schema}}}],
+                    "OutputDescriptions": [{{"Name": "D",
+                      "DestinationSchema": {{"RecordFormatType": "CSV"}}}}]}}}}}}}}"#
+        );
+        let created = format!(
+            r#"{{"ApplicationName": "a", "RuntimeEnvironment": "SQL-1_0",
+                "ApplicationConfiguration": {{
+                  "ApplicationCodeConfiguration": {{"CodeContentType": "PLAINTEXT",
+                    "CodeContent": {{"TextContent": {code:?}}}}},
+                  "SqlApplicationConfiguration": {{
+                    "Inputs": [{{"NamePrefix": "TRADES", "InputSchema": {schema}}}],
+                    "Outputs": [{{"Name": "D",
+                      "DestinationSchema": {{"RecordFormatType": "CSV"}}}}]}}}}}}"#
+        );
+        for text in [described, created] {
+            let app = KdaApplication::parse(&text).unwrap();
+            assert_eq!(app.sql.as_deref(), Some(code));
+            assert!(matches!(app.format, RecordFormat::Csv(ref o) if o.delimiter == b'|'));
+            assert_eq!(app.columns[0].name, "A");
+            assert_eq!(app.output_format.as_deref(), Some("CSV"));
+            assert_eq!(app.input_stream.as_deref(), Some("TRADES_001"));
+            assert!(app
+                .code(code)
+                .unwrap()
+                .ends_with("FROM \"SOURCE_SQL_STREAM_001\";"));
+        }
     }
 
     #[test]

@@ -467,6 +467,33 @@ impl Application {
     }
 }
 
+/// `sql` with every reference to stream `from` (an identifier, quoted or not, as KDA reads it)
+/// naming `to` instead; the rest of the text, comments included, as it was.
+pub(crate) fn rename_stream(sql: &str, from: &str, to: &str) -> Result<String> {
+    // Byte offset of each line's start, to turn a token's line and column into an offset.
+    let mut starts = vec![0usize];
+    starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let offset = |loc: Location| -> Option<usize> {
+        let line = starts.get((loc.line as usize).checked_sub(1)?)?;
+        let rest = &sql[*line..];
+        let col = (loc.column as usize).checked_sub(1)?;
+        Some(line + rest.char_indices().nth(col).map_or(rest.len(), |(i, _)| i))
+    };
+    let mut out = String::with_capacity(sql.len());
+    let mut done = 0;
+    for t in significant(sql)? {
+        if matches!(&t.token, Token::Word(_)) && ident(&t).is_ok_and(|n| n == from) {
+            if let (Some(a), Some(b)) = (offset(t.span.start), offset(t.span.end)) {
+                out.push_str(&sql[done..a]);
+                out.push_str(&quote(to));
+                done = b;
+            }
+        }
+    }
+    out.push_str(&sql[done..]);
+    Ok(out)
+}
+
 /// Whether `sql` is KDA application code (it creates a stream or a pump).
 pub(crate) fn is_application(sql: &str) -> bool {
     let Ok(tokens) = significant(sql) else {
@@ -1421,6 +1448,20 @@ GROUP BY "car", FLOOR(("SOURCE_SQL_STREAM_001".ROWTIME - TIMESTAMP '1970-01-01 0
         assert!(
             sql.contains("TUMBLE(\"SOURCE_SQL_STREAM_001\" . \"ROWTIME\", INTERVAL '30' SECOND)"),
             "{sql}"
+        );
+    }
+
+    #[test]
+    fn an_input_stream_of_another_prefix_is_renamed_where_it_is_read() {
+        let code = "-- reads \"TRADES_001\"\nCREATE OR REPLACE STREAM s (a INTEGER);\n\
+                    CREATE OR REPLACE PUMP p AS INSERT INTO s SELECT STREAM a FROM trades_001\n\
+                    WHERE \"TRADES_001\".a > 'TRADES_001' AND \"trades_001\".a > 0;";
+        let renamed = rename_stream(code, "TRADES_001", "SOURCE_SQL_STREAM_001").unwrap();
+        assert_eq!(
+            renamed,
+            "-- reads \"TRADES_001\"\nCREATE OR REPLACE STREAM s (a INTEGER);\n\
+             CREATE OR REPLACE PUMP p AS INSERT INTO s SELECT STREAM a FROM \"SOURCE_SQL_STREAM_001\"\n\
+             WHERE \"SOURCE_SQL_STREAM_001\".a > 'TRADES_001' AND \"trades_001\".a > 0;"
         );
     }
 

@@ -24,6 +24,7 @@ mod watermark;
 mod window;
 
 pub(crate) use kda::is_application as is_kda_application;
+pub(crate) use kda::rename_stream;
 pub(crate) use program::output_stream_names;
 pub use program::{SqlFunctions, SqlIssue, SqlOutput, SqlProgram};
 pub use watermark::WatermarkSettings;

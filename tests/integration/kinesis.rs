@@ -1150,3 +1150,102 @@ async fn the_kinesis_sink_writes_every_row_keyed_by_its_column() {
     };
     assert_eq!(rows(got.batches()), rows(sent.batches()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rivulet_run_takes_a_kda_application_file_against_a_kinesis_stream() {
+    let Some((moto, c)) = moto_stream("kda-trades", 2).await else {
+        return;
+    };
+    // 40 trades; those over 100 pass the application's filter.
+    let trades: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            let sym = ["AMZN", "XOM", "MSFT"][i % 3];
+            let price = 80 + (i * 7) % 50;
+            (format!(r#"{{"sym": "{sym}", "quote": {{"price": {price}}}}}"#), sym.to_owned())
+        })
+        .collect();
+    let mut expected: Vec<String> = trades
+        .iter()
+        .filter_map(|(t, _)| {
+            let v: serde_json::Value = serde_json::from_str(t).unwrap();
+            let price = v["quote"]["price"].as_f64().unwrap();
+            (price > 100.0).then(|| format!("{},{:.1}", v["sym"].as_str().unwrap(), price))
+        })
+        .collect();
+    expected.sort();
+    put_raw(&c, "kda-trades", trades).await;
+
+    // The application as kinesisanalyticsv2 describes it: code, an input named TRADES (so its
+    // stream is TRADES_001), nested JSON mapped to columns, and CSV output.
+    let dir = tempfile::tempdir().unwrap();
+    let code = "CREATE OR REPLACE STREAM \"BIG_TRADES\" (ticker VARCHAR(4), price DOUBLE);\n\
+                CREATE OR REPLACE PUMP \"FILTER_PUMP\" AS INSERT INTO \"BIG_TRADES\"\n\
+                SELECT STREAM ticker_symbol, price FROM \"TRADES_001\" WHERE price > 100;";
+    let app = serde_json::json!({"ApplicationDetail": {
+        "ApplicationName": "trades", "RuntimeEnvironment": "SQL-1_0",
+        "ApplicationConfigurationDescription": {
+            "ApplicationCodeConfigurationDescription": {
+                "CodeContentType": "PLAINTEXT",
+                "CodeContentDescription": {"TextContent": code}},
+            "SqlApplicationConfigurationDescription": {
+                "InputDescriptions": [{"InputId": "1.1", "NamePrefix": "TRADES",
+                    "InputSchema": {
+                        "RecordFormat": {"RecordFormatType": "JSON",
+                            "MappingParameters": {"JSONMappingParameters": {"RecordRowPath": "$"}}},
+                        "RecordEncoding": "UTF-8",
+                        "RecordColumns": [
+                            {"Name": "TICKER_SYMBOL", "SqlType": "VARCHAR(4)", "Mapping": "$.sym"},
+                            {"Name": "PRICE", "SqlType": "DOUBLE", "Mapping": "$.quote.price"}]}}],
+                "OutputDescriptions": [{"Name": "BIG_TRADES",
+                    "DestinationSchema": {"RecordFormatType": "CSV"}}]}}}});
+    std::fs::write(dir.path().join("app.json"), app.to_string()).unwrap();
+    let config = dir.path().join("trades.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+type = "kinesis"
+stream = "kda-trades"
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+start_position = "trim_horizon"
+idle_poll_interval_ms = 200
+
+[query]
+application = "app.json"
+
+[[sinks]]
+type = "file"
+path = "big.csv"
+stream = "BIG_TRADES"
+"#,
+            endpoint = moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_run(&config, dir.path(), "0");
+    let out = dir.path().join("big.csv");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        // The CSV header, then one line per trade over 100.
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() > expected.len() || Instant::now() > deadline {
+            break lines;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "rivulet run stopped ({status}): {}",
+                std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(rows.first().map(String::as_str), Some("TICKER,PRICE"), "{rows:?}");
+    let mut got: Vec<String> = rows[1..].to_vec();
+    got.sort();
+    assert_eq!(got, expected);
+}
