@@ -183,7 +183,13 @@ impl ScalarUDFImpl for Kda {
                         out.push(None);
                         continue;
                     }
-                    let pattern = java_pattern(fmt.value(i));
+                    let pattern = java_pattern_at(fmt.value(i), None).map_err(|c| {
+                        datafusion::error::DataFusionError::Execution(format!(
+                            "CHAR_TO_TIMESTAMP: the pattern letter {c} of `{}` is only written, \
+                             not read",
+                            fmt.value(i)
+                        ))
+                    })?;
                     match parse(text.value(i), &pattern) {
                         Some(ms) => out.push(Some(ms)),
                         None => {
@@ -207,7 +213,8 @@ impl ScalarUDFImpl for Kda {
                         return None;
                     }
                     let t = chrono::DateTime::from_timestamp_millis(ts.value(i))?;
-                    Some(t.format(&java_pattern(fmt.value(i))).to_string())
+                    let pattern = java_pattern_at(fmt.value(i), Some(&t.naive_utc())).ok()?;
+                    Some(t.format(&pattern).to_string())
                 })))
             }
         };
@@ -290,23 +297,89 @@ fn java_replacement(java: &str) -> String {
 /// Milliseconds since the epoch of `text` read with a chrono `pattern` (a date alone is
 /// midnight).
 fn parse(text: &str, pattern: &str) -> Option<i64> {
-    if pattern.contains("%z") {
+    use chrono::format::{parse_and_remainder, Parsed, StrftimeItems};
+    let mut p = Parsed::new();
+    // As Java's SimpleDateFormat: text after the pattern's last field is ignored.
+    parse_and_remainder(&mut p, text, StrftimeItems::new(pattern)).ok()?;
+    // Fields the pattern does not give are those of 1970-01-01 00:00:00.
+    let week_based =
+        p.isoweek().is_some() || p.week_from_mon().is_some() || p.week_from_sun().is_some();
+    if p.year().is_none()
+        && p.year_div_100().is_none()
+        && p.year_mod_100().is_none()
+        && p.isoyear().is_none()
+    {
+        p.set_year(1970).ok()?;
+    }
+    if p.month().is_none() && p.ordinal().is_none() && !week_based {
+        p.set_month(1).ok()?;
+    }
+    if p.day().is_none() && p.ordinal().is_none() && !week_based {
+        p.set_day(1).ok()?;
+    }
+    match (p.hour_div_12(), p.hour_mod_12()) {
+        (None, None) => p.set_hour(0).ok()?,
+        // `h` without `a`: a morning hour.
+        (None, Some(_)) => p.set_ampm(false).ok()?,
+        _ => {}
+    }
+    if p.minute().is_none() {
+        p.set_minute(0).ok()?;
+    }
+    if p.second().is_none() {
+        p.set_second(0).ok()?;
+    }
+    match p.offset() {
         // A pattern with a zone offset: the instant it names.
-        return chrono::DateTime::parse_from_str(text, pattern)
+        Some(_) => p.to_datetime().ok().map(|t| t.timestamp_millis()),
+        None => p
+            .to_naive_datetime_with_offset(0)
             .ok()
-            .map(|t| t.timestamp_millis());
+            .map(|t| t.and_utc().timestamp_millis()),
     }
-    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, pattern) {
-        return Some(t.and_utc().timestamp_millis());
-    }
-    chrono::NaiveDate::parse_from_str(text, pattern)
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc().timestamp_millis())
 }
 
 /// A Java `SimpleDateFormat` pattern (what KDA's functions take) as a chrono format string.
-pub(crate) fn java_pattern(java: &str) -> String {
+/// Java's pattern letters with no chrono equivalent, which need the instant to be written: `k`
+/// (hour 1-24), `K` (hour 0-11), `w` (week in year), `W` (week in month), `F` (day of week in
+/// month).
+const COMPUTED_LETTERS: &[char] = &['k', 'K', 'w', 'W', 'F'];
+
+/// The value of a computed pattern letter at `t` (weeks as Java's default US calendar counts
+/// them: they start on Sunday, and week 1 is the one holding January 1).
+fn computed_letter(c: char, t: &chrono::NaiveDateTime) -> u32 {
+    use chrono::{Datelike, Timelike};
+    let sunday_based = |d: chrono::NaiveDate| d.weekday().num_days_from_sunday();
+    match c {
+        'k' => match t.hour() {
+            0 => 24,
+            h => h,
+        },
+        'K' => t.hour() % 12,
+        'w' => {
+            let date = t.date();
+            // The week holding next January 1 is week 1 already.
+            let next_jan1 = chrono::NaiveDate::from_ymd_opt(date.year() + 1, 1, 1);
+            if next_jan1.is_some_and(|n| {
+                let days = (n - date).num_days();
+                days > 0 && days <= i64::from(sunday_based(n))
+            }) {
+                return 1;
+            }
+            let jan1 = date.with_ordinal(1).unwrap_or(date);
+            (date.ordinal0() + sunday_based(jan1)) / 7 + 1
+        }
+        'W' => {
+            let first = t.date().with_day(1).unwrap_or(t.date());
+            (t.day0() + sunday_based(first)) / 7 + 1
+        }
+        _ => t.day0() / 7 + 1,
+    }
+}
+
+/// A Java date pattern as a chrono format. The letters of [`COMPUTED_LETTERS`] are written as
+/// their values at `at`; without an instant (to parse) they are refused, the letter returned.
+fn java_pattern_at(java: &str, at: Option<&chrono::NaiveDateTime>) -> Result<String, char> {
     let chars: Vec<char> = java.chars().collect();
     let mut out = String::new();
     let mut i = 0;
@@ -360,6 +433,12 @@ pub(crate) fn java_pattern(java: &str) -> String {
             ('E', 1..=3) => "%a",
             ('E', _) => "%A",
             ('z' | 'Z' | 'X', _) => "%z",
+            (c, _) if COMPUTED_LETTERS.contains(&c) => {
+                let t = at.ok_or(c)?;
+                out.push_str(&format!("{:0n$}", computed_letter(c, t)));
+                i += n;
+                continue;
+            }
             ('%', _) => {
                 out.push_str(&"%%".repeat(n));
                 i += n;
@@ -376,12 +455,49 @@ pub(crate) fn java_pattern(java: &str) -> String {
         out.push_str(spec);
         i += n;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn java_pattern(java: &str) -> String {
+        java_pattern_at(java, None).unwrap()
+    }
+
+    #[test]
+    fn missing_fields_default_to_the_epoch_and_trailing_text_is_ignored() {
+        assert_eq!(parse("08:30", &java_pattern("HH:mm")), Some(30_600_000));
+        assert_eq!(
+            parse("2026-01-27 and more", &java_pattern("yyyy-MM-dd")),
+            Some(1_769_472_000_000)
+        );
+        assert_eq!(parse("03/15", &java_pattern("MM/dd")), Some(6_307_200_000));
+        assert_eq!(
+            parse("07:05 PM", &java_pattern("hh:mm a")),
+            Some(68_700_000)
+        );
+        assert_eq!(parse("07:05", &java_pattern("hh:mm")), Some(25_500_000));
+    }
+
+    #[test]
+    fn letters_without_a_chrono_equivalent_are_written_from_the_instant() {
+        let at = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
+        let write = |p: &str, t: &str| {
+            let t = at(t);
+            t.format(&java_pattern_at(p, Some(&t)).unwrap()).to_string()
+        };
+        // 2026-01-01 is a Thursday.
+        assert_eq!(write("k K w W F", "2026-01-01 00:15"), "24 0 1 1 1");
+        assert_eq!(write("kk:mm KK", "2026-01-01 13:05"), "13:05 01");
+        // The week holding January 1 (Sunday 28 December on) is week 1 of the new year.
+        assert_eq!(write("w", "2025-12-31 12:00"), "1");
+        assert_eq!(write("w", "2025-12-27 12:00"), "52");
+        assert_eq!(write("w W", "2026-01-04 12:00"), "2 2");
+        assert_eq!(write("F 'F'", "2026-01-15 12:00"), "3 F");
+        assert_eq!(java_pattern_at("yyyy w", None), Err('w'));
+    }
 
     #[test]
     fn java_patterns_become_chrono_formats() {

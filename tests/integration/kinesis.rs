@@ -1161,7 +1161,10 @@ async fn rivulet_run_takes_a_kda_application_file_against_a_kinesis_stream() {
         .map(|i| {
             let sym = ["AMZN", "XOM", "MSFT"][i % 3];
             let price = 80 + (i * 7) % 50;
-            (format!(r#"{{"sym": "{sym}", "quote": {{"price": {price}}}}}"#), sym.to_owned())
+            (
+                format!(r#"{{"sym": "{sym}", "quote": {{"price": {price}}}}}"#),
+                sym.to_owned(),
+            )
         })
         .collect();
     let mut expected: Vec<String> = trades
@@ -1244,7 +1247,11 @@ stream = "BIG_TRADES"
     };
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(rows.first().map(String::as_str), Some("TICKER,PRICE"), "{rows:?}");
+    assert_eq!(
+        rows.first().map(String::as_str),
+        Some("TICKER,PRICE"),
+        "{rows:?}"
+    );
     let mut got: Vec<String> = rows[1..].to_vec();
     got.sort();
     assert_eq!(got, expected);
