@@ -445,6 +445,23 @@ pub(crate) struct Pump {
     /// The statement rivulet runs.
     pub(crate) sql: String,
     reads: Vec<String>,
+    /// The pump's names (as KDA reads them) and where each is written, to place errors.
+    names: Vec<(String, Location)>,
+}
+
+impl Pump {
+    /// Where the pump writes `name` first (a column, stream or function an error names).
+    pub(crate) fn position_of(&self, name: &str) -> Option<Location> {
+        self.names
+            .iter()
+            .find(|(n, _)| n == name)
+            .or_else(|| {
+                self.names
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, at)| *at)
+    }
 }
 
 /// A translated application.
@@ -583,6 +600,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
         Option<Vec<String>>,
         StreamDecl,
         Vec<String>,
+        Vec<(String, Location)>,
     )> = Vec::new();
     for stmt in tokens.split(|t| matches!(t.token, Token::SemiColon)) {
         if stmt.is_empty() {
@@ -675,7 +693,21 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
                 None => stmt[i..].to_vec(),
             };
             let (_, reads) = select(&body, decl, columns.as_deref(), &name, false, &|_| None)?;
-            pending.push((name, target, line, body, columns, decl.clone(), reads));
+            let names = stmt
+                .iter()
+                .filter(|t| matches!(t.token, Token::Word(_)))
+                .filter_map(|t| ident(t).ok().map(|n| (n, t.span.start)))
+                .collect();
+            pending.push((
+                name,
+                target,
+                line,
+                body,
+                columns,
+                decl.clone(),
+                reads,
+                names,
+            ));
         } else {
             return Err(err(
                 kind.span.start,
@@ -689,7 +721,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
     // A stream that another pump reads carries ROWTIME: a filter's rows keep theirs, a window's
     // rows get the window's end.
     let read: Vec<String> = pending.iter().flat_map(|p| p.6.clone()).collect();
-    for (name, target, line, body, columns, decl, reads) in pending {
+    for (name, target, line, body, columns, decl, reads, names) in pending {
         let carry = read.contains(&target);
         let columns_of = |stream: &str| -> Option<Vec<String>> {
             if stream == super::SOURCE_STREAM {
@@ -707,6 +739,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
             line,
             sql: format!("INSERT INTO {} {select}", quote(&target)),
             reads,
+            names,
         });
     }
     if pumps.is_empty() {

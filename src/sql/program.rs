@@ -476,6 +476,35 @@ fn merge_writers(first: &RecordBatch, second: &RecordBatch) -> Result<RecordBatc
     Ok(RecordBatch::try_new(schema, cols)?)
 }
 
+/// The column, table or function a planning error is about, if it names one.
+fn error_name(message: &str) -> Option<String> {
+    const MARKERS: &[&str] = &[
+        "No field named ",
+        "Invalid function ",
+        "table '",
+        "Table '",
+        "not found: ",
+    ];
+    let (at, marker) = MARKERS
+        .iter()
+        .filter_map(|m| message.find(m).map(|i| (i, *m)))
+        .min_by_key(|(i, _)| *i)?;
+    let rest = message[at + marker.len()..].trim_start_matches(['\'', '"']);
+    let name: String = rest
+        .chars()
+        .take_while(|c| !matches!(c, '\'' | '"' | ' ' | '.' | ','))
+        .collect();
+    // A qualified name (`"S"."X"`): the last part.
+    let last = message[at + marker.len()..]
+        .split(['.', ' ', ','])
+        .next()
+        .map(|q| q.trim_matches(['\'', '"']).to_owned());
+    match last {
+        Some(l) if !l.is_empty() && l != name && !rest.starts_with(&l) => Some(l),
+        _ => (!name.is_empty()).then_some(name),
+    }
+}
+
 /// True when the plan sorts or limits its rows.
 fn sorts_or_limits(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -761,9 +790,27 @@ impl SqlProgram {
                     .await
                     {
                         let p = &app.pumps[n - 1];
+                        // Where the name the error is about is written, when it says one.
+                        let at = error_name(&e.to_string())
+                            .and_then(|name| p.position_of(&name))
+                            .map(|l| format!("line {}, column {}", l.line, l.column))
+                            .unwrap_or_else(|| format!("line {}", p.line));
+                        // DataFusion's advice on identifier case is not KDA's.
+                        let message: String = e
+                            .to_string()
+                            .lines()
+                            .filter(|l| !l.starts_with("Column names are case sensitive"))
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        let hint = if message.contains("No field named") {
+                            "\n(unquoted names are upper-cased, as in Kinesis Data Analytics: \
+                             quote a name written in lower case, \"price\")"
+                        } else {
+                            ""
+                        };
                         return Err(Error::Sql(format!(
-                            "KDA application code, pump {} (line {}): {e}",
-                            p.name, p.line
+                            "KDA application code, pump {} ({at}): {message}{hint}",
+                            p.name
                         )));
                     }
                 }

@@ -740,7 +740,9 @@ async fn kda_application_code_runs_and_a_pump_that_does_not_plan_is_named_with_i
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("pump P (line 2)") && err.contains("NO_SUCH_COLUMN"),
+        err.contains("pump P (line 3, column 36)")
+            && err.contains("NO_SUCH_COLUMN")
+            && err.contains("unquoted names are upper-cased"),
         "{err}"
     );
 }
