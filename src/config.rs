@@ -664,21 +664,22 @@ impl ReplayOptions {
         if let Some(a) = &app {
             b = b.columns(a.columns.clone());
         }
-        if !self.references.is_empty() {
-            let mut functions = crate::SqlFunctions::new();
-            for (name, path) in &self.references {
-                let r = ReferenceConfig {
+        let app_references = app.as_ref().map_or(&[][..], |a| &a.references[..]);
+        if !self.references.is_empty() || !app_references.is_empty() {
+            let given: Vec<ReferenceConfig> = self
+                .references
+                .iter()
+                .map(|(name, path)| ReferenceConfig {
                     name: name.clone(),
                     path: path.clone(),
                     format: None,
                     region: None,
                     endpoint_url: None,
-                };
-                let rows = reference_rows(&r, Path::new(path))
-                    .await
-                    .map_err(|e| Error::config("--reference", format!("{name}: {e}")))?;
-                functions = functions.with_reference_table(name.clone(), rows);
-            }
+                })
+                .collect();
+            let functions = reference_tables(&given, app_references, &|p| p.to_path_buf())
+                .await
+                .map_err(|(name, e)| Error::config("--reference", format!("{name}: {e}")))?;
             b = b.functions(functions);
         }
         if let Some(r) = &self.rowtime {
@@ -713,10 +714,69 @@ impl ReplayOptions {
     }
 }
 
-/// The rows of a reference table: `local` (the path resolved) or the table's `s3://` path, read
-/// as JSON lines or CSV with a header row.
-async fn reference_rows(r: &ReferenceConfig, local: &Path) -> Result<arrow::array::RecordBatch> {
-    let bytes: Vec<u8> = if let Some(rest) = r.path.strip_prefix("s3://") {
+/// The rows of a reference table: `local` (the path resolved) or the table's `s3://` path. With
+/// the table's schema from a KDA application, its records are typed by it; else they are read as
+/// JSON lines or CSV with a header row, their types inferred.
+async fn reference_rows(
+    r: &ReferenceConfig,
+    local: &Path,
+    schema: Option<&crate::KdaReference>,
+) -> Result<arrow::array::RecordBatch> {
+    let bytes = reference_bytes(r, local).await?;
+    match schema {
+        Some(s) => s.rows(&bytes),
+        None => inferred_rows(r, &bytes),
+    }
+}
+
+/// The reference tables: those `given` (a pipeline file's `[[reference]]`, replay's
+/// `--reference`), typed by the application's schema of the same name when it has one, and the
+/// application's other tables, read from where KDA read them. An error names the table.
+async fn reference_tables(
+    given: &[ReferenceConfig],
+    application: &[crate::KdaReference],
+    resolve: &(dyn Fn(&Path) -> PathBuf + Sync),
+) -> std::result::Result<crate::SqlFunctions, (String, Error)> {
+    let mut functions = crate::SqlFunctions::new();
+    for r in given {
+        let schema = application.iter().find(|a| a.table == r.name);
+        let rows = reference_rows(r, &resolve(Path::new(&r.path)), schema)
+            .await
+            .map_err(|e| (r.name.clone(), e))?;
+        functions = functions.with_reference_table(r.name.clone(), rows);
+    }
+    for a in application
+        .iter()
+        .filter(|a| given.iter().all(|g| g.name != a.table))
+    {
+        let Some(location) = &a.location else {
+            return Err((
+                a.table.clone(),
+                Error::Format(
+                    "the application names no S3 file for it: give one with [[reference]] \
+                     (or replay's --reference NAME=PATH)"
+                        .into(),
+                ),
+            ));
+        };
+        let r = ReferenceConfig {
+            name: a.table.clone(),
+            path: location.clone(),
+            format: None,
+            region: None,
+            endpoint_url: None,
+        };
+        let rows = reference_rows(&r, Path::new(location), Some(a))
+            .await
+            .map_err(|e| (a.table.clone(), e))?;
+        functions = functions.with_reference_table(a.table.clone(), rows);
+    }
+    Ok(functions)
+}
+
+/// A reference table's file, local or on S3.
+async fn reference_bytes(r: &ReferenceConfig, local: &Path) -> Result<Vec<u8>> {
+    Ok(if let Some(rest) = r.path.strip_prefix("s3://") {
         #[cfg(feature = "aws")]
         {
             let (bucket, key) = rest
@@ -735,7 +795,11 @@ async fn reference_rows(r: &ReferenceConfig, local: &Path) -> Result<arrow::arra
         }
     } else {
         std::fs::read(local).map_err(|e| Error::io(format!("reading {}", local.display()), e))?
-    };
+    })
+}
+
+/// A reference table's rows, their types inferred: JSON lines, or CSV with a header row.
+fn inferred_rows(r: &ReferenceConfig, bytes: &[u8]) -> Result<arrow::array::RecordBatch> {
     let csv = match r.format.as_deref() {
         Some("csv") => true,
         Some("json") => false,
@@ -746,7 +810,7 @@ async fn reference_rows(r: &ReferenceConfig, local: &Path) -> Result<arrow::arra
         }
         None => r.path.to_ascii_lowercase().ends_with(".csv"),
     };
-    let mut cursor = std::io::Cursor::new(&bytes);
+    let mut cursor = std::io::Cursor::new(bytes);
     let batches: Vec<arrow::array::RecordBatch> = if csv {
         let (schema, _) = arrow::csv::reader::Format::default()
             .with_header(true)
@@ -943,11 +1007,6 @@ impl PipelineConfig {
         })
     }
 
-    /// A reference table's rows, read whole.
-    async fn reference_rows(&self, r: &ReferenceConfig) -> Result<arrow::array::RecordBatch> {
-        reference_rows(r, &self.resolve(Path::new(&r.path))).await
-    }
-
     /// The `[query] application` file, when there is one.
     fn kda_application(&self) -> Result<Option<crate::KdaApplication>> {
         let Some(path) = &self.query.application else {
@@ -1135,14 +1194,21 @@ impl PipelineConfig {
         crate::SqlFunctions,
         Option<std::sync::Arc<dyn crate::RecordTransform>>,
     )> {
-        let mut functions = crate::SqlFunctions::new();
-        for (i, r) in self.reference.iter().enumerate() {
-            let rows = self
-                .reference_rows(r)
-                .await
-                .map_err(|e| Error::config(format!("reference[{i}].path"), e.to_string()))?;
-            functions = functions.with_reference_table(r.name.clone(), rows);
-        }
+        let app = self.kda_application()?;
+        let app_references = app.as_ref().map_or(&[][..], |a| &a.references[..]);
+        let mut functions = reference_tables(&self.reference, app_references, &|p| self.resolve(p))
+            .await
+            .map_err(|(name, e)| {
+                let at = self
+                    .reference
+                    .iter()
+                    .position(|r| r.name == name)
+                    .map_or_else(
+                        || "query.application".to_owned(),
+                        |i| format!("reference[{i}].path"),
+                    );
+                Error::config(at, format!("{name}: {e}"))
+            })?;
         #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
         let mut transform: Option<std::sync::Arc<dyn crate::RecordTransform>> = None;
         #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]

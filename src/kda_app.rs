@@ -34,6 +34,8 @@ pub struct KdaApplication {
     /// The input's in-application stream when its `NamePrefix` is not `SOURCE_SQL_STREAM`
     /// (`{NamePrefix}_001`); [`KdaApplication::code`] renames it to `SOURCE_SQL_STREAM_001`.
     pub input_stream: Option<String>,
+    /// The application's reference tables.
+    pub references: Vec<KdaReference>,
 }
 
 fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
@@ -114,22 +116,7 @@ impl KdaApplication {
             .or_else(|| detail.get("InputSchema"))
             .or_else(|| detail.get("RecordColumns").map(|_| detail));
         let (kind, row_path, col_delim, row_delim, columns) = match schema {
-            Some(s) => {
-                let fmt = s.get("RecordFormat");
-                let kind = fmt
-                    .and_then(|f| text(f, &["RecordFormatType"]))
-                    .unwrap_or_else(|| "JSON".into());
-                let mapping = fmt.and_then(|f| f.get("MappingParameters"));
-                let json = mapping.and_then(|m| m.get("JSONMappingParameters"));
-                let csv = mapping.and_then(|m| m.get("CSVMappingParameters"));
-                (
-                    kind,
-                    json.and_then(|j| text(j, &["RecordRowPath"])),
-                    csv.and_then(|c| text(c, &["RecordColumnDelimiter"])),
-                    csv.and_then(|c| text(c, &["RecordRowDelimiter"])),
-                    s.get("RecordColumns"),
-                )
-            }
+            Some(s) => schema_parts(s),
             None => (
                 text(detail, &["InputFormatType"]).unwrap_or_else(|| "JSON".into()),
                 text(detail, &["RecordRowPath"]),
@@ -141,61 +128,24 @@ impl KdaApplication {
         let columns = columns
             .and_then(Value::as_array)
             .ok_or_else(|| Error::Format("the application file lists no input columns".into()))?;
-        let csv = match kind.to_ascii_uppercase().as_str() {
-            "JSON" => false,
-            "CSV" => true,
-            other => {
-                return Err(Error::Format(format!(
-                    "input format `{other}` is not JSON or CSV"
-                )))
-            }
-        };
-        if let Some(p) = row_path.as_deref().filter(|p| *p != "$") {
-            return Err(Error::Format(format!(
-                "RecordRowPath `{p}` is not supported yet: each record must be one row (`$`)"
-            )));
-        }
-        if let Some(d) = row_delim.as_deref().filter(|d| *d != "\n" && *d != "\\n") {
-            return Err(Error::Format(format!(
-                "RecordRowDelimiter {d:?} is not supported: rows end with a newline"
-            )));
-        }
-        let mut out = Vec::with_capacity(columns.len());
-        for (i, c) in columns.iter().enumerate() {
-            let name = text(c, &["Name", "name"])
-                .ok_or_else(|| Error::Format(format!("input column {i} has no Name")))?;
-            let ty = text(c, &["SqlType", "sqlType", "Type"])
-                .ok_or_else(|| Error::Format(format!("input column {name} has no SqlType")))?;
-            let data_type = parse_sql_type(&ty)
-                .map_err(|e| Error::Format(format!("input column {name}: {e}")))?;
-            let mut column = Column::new(&name, data_type);
-            if let (false, Some(m)) = (csv, text(c, &["Mapping", "mapping"])) {
-                let path: JsonPath = m
-                    .parse()
-                    .map_err(|e| Error::Format(format!("input column {name}: {e}")))?;
-                column = column.with_path(path);
-            }
-            out.push(column);
-        }
-        let format = if csv {
-            let delimiter = match col_delim.as_deref() {
-                None => b',',
-                Some(d) if d.len() == 1 => d.as_bytes()[0],
-                Some("\\t") => b'\t',
-                Some(d) => {
-                    return Err(Error::Format(format!(
-                        "RecordColumnDelimiter {d:?} is not one character"
-                    )))
-                }
-            };
-            RecordFormat::Csv(CsvOptions {
-                delimiter,
-                has_header: false,
-                ..CsvOptions::default()
+        let (format, out) = read_schema(&kind, row_path, col_delim, row_delim, columns)?;
+        // Reference tables (v1 and v2, described or as created).
+        let mut references = Vec::new();
+        for list in [v2_sql, Some(detail)]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                get(
+                    c,
+                    &["ReferenceDataSourceDescriptions", "ReferenceDataSources"],
+                )
+                .and_then(Value::as_array)
             })
-        } else {
-            RecordFormat::Json
-        };
+        {
+            for r in list {
+                references.push(KdaReference::parse(r)?);
+            }
+        }
         // The output format: the original solution's OutputFormatType, or the first output's
         // DestinationSchema.
         let output_format = text(detail, &["OutputFormatType"]).or_else(|| {
@@ -212,7 +162,190 @@ impl KdaApplication {
             columns: out,
             output_format,
             input_stream,
+            references,
         })
+    }
+}
+
+/// A record format and its columns, from a schema's parts.
+fn read_schema(
+    kind: &str,
+    row_path: Option<String>,
+    col_delim: Option<String>,
+    row_delim: Option<String>,
+    columns: &[Value],
+) -> Result<(RecordFormat, Vec<Column>)> {
+    let csv = match kind.to_ascii_uppercase().as_str() {
+        "JSON" => false,
+        "CSV" => true,
+        other => {
+            return Err(Error::Format(format!(
+                "input format `{other}` is not JSON or CSV"
+            )))
+        }
+    };
+    if let Some(p) = row_path.as_deref().filter(|p| *p != "$") {
+        return Err(Error::Format(format!(
+            "RecordRowPath `{p}` is not supported yet: each record must be one row (`$`)"
+        )));
+    }
+    if let Some(d) = row_delim.as_deref().filter(|d| *d != "\n" && *d != "\\n") {
+        return Err(Error::Format(format!(
+            "RecordRowDelimiter {d:?} is not supported: rows end with a newline"
+        )));
+    }
+    let mut out = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        let name = text(c, &["Name", "name"])
+            .ok_or_else(|| Error::Format(format!("input column {i} has no Name")))?;
+        let ty = text(c, &["SqlType", "sqlType", "Type"])
+            .ok_or_else(|| Error::Format(format!("input column {name} has no SqlType")))?;
+        let data_type =
+            parse_sql_type(&ty).map_err(|e| Error::Format(format!("input column {name}: {e}")))?;
+        let mut column = Column::new(&name, data_type);
+        if let (false, Some(m)) = (csv, text(c, &["Mapping", "mapping"])) {
+            let path: JsonPath = m
+                .parse()
+                .map_err(|e| Error::Format(format!("input column {name}: {e}")))?;
+            column = column.with_path(path);
+        }
+        out.push(column);
+    }
+    let format = if csv {
+        let delimiter = match col_delim.as_deref() {
+            None => b',',
+            Some(d) if d.len() == 1 => d.as_bytes()[0],
+            Some("\\t") => b'\t',
+            Some(d) => {
+                return Err(Error::Format(format!(
+                    "RecordColumnDelimiter {d:?} is not one character"
+                )))
+            }
+        };
+        RecordFormat::Csv(CsvOptions {
+            delimiter,
+            has_header: false,
+            ..CsvOptions::default()
+        })
+    } else {
+        RecordFormat::Json
+    };
+    Ok((format, out))
+}
+
+/// The parts of a KDA `InputSchema` / `ReferenceSchema` object.
+#[allow(clippy::type_complexity)]
+fn schema_parts(
+    s: &Value,
+) -> (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<&Value>,
+) {
+    let fmt = s.get("RecordFormat");
+    let kind = fmt
+        .and_then(|f| text(f, &["RecordFormatType"]))
+        .unwrap_or_else(|| "JSON".into());
+    let mapping = fmt.and_then(|f| f.get("MappingParameters"));
+    let json = mapping.and_then(|m| m.get("JSONMappingParameters"));
+    let csv = mapping.and_then(|m| m.get("CSVMappingParameters"));
+    (
+        kind,
+        json.and_then(|j| text(j, &["RecordRowPath"])),
+        csv.and_then(|c| text(c, &["RecordColumnDelimiter"])),
+        csv.and_then(|c| text(c, &["RecordRowDelimiter"])),
+        s.get("RecordColumns"),
+    )
+}
+
+/// A reference table of an application: its name, where KDA read it, and its schema.
+#[derive(Debug, Clone)]
+pub struct KdaReference {
+    /// The table's name in the application code.
+    pub table: String,
+    /// Where KDA read it: `s3://bucket/key`, from the bucket's ARN and the file key.
+    pub location: Option<String>,
+    /// The file's record format.
+    pub format: RecordFormat,
+    /// Its columns, typed.
+    pub columns: Vec<Column>,
+}
+
+impl KdaReference {
+    fn parse(r: &Value) -> Result<Self> {
+        let table = text(r, &["TableName"])
+            .ok_or_else(|| Error::Format("a reference data source has no TableName".into()))?;
+        let s3 = get(
+            r,
+            &["S3ReferenceDataSourceDescription", "S3ReferenceDataSource"],
+        );
+        let location = s3.and_then(|s| {
+            let bucket = text(s, &["BucketARN"])?;
+            let bucket = bucket.rsplit(':').next().unwrap_or(&bucket).to_owned();
+            Some(format!("s3://{bucket}/{}", text(s, &["FileKey"])?))
+        });
+        let schema_value = r.get("ReferenceSchema").ok_or_else(|| {
+            Error::Format(format!("reference table {table} has no ReferenceSchema"))
+        })?;
+        let (kind, row_path, col_delim, row_delim, columns) = schema_parts(schema_value);
+        let columns = columns
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Format(format!("reference table {table} lists no columns")))?;
+        let (format, columns) = read_schema(&kind, row_path, col_delim, row_delim, columns)
+            .map_err(|e| Error::Format(format!("reference table {table}: {e}")))?;
+        Ok(Self {
+            table,
+            location,
+            format,
+            columns,
+        })
+    }
+
+    /// The table's rows from its file's bytes: one record per line, typed by the schema. A first
+    /// line that names the columns (a CSV header) is skipped; a line that does not decode is an
+    /// error naming it.
+    pub fn rows(&self, bytes: &[u8]) -> Result<arrow::array::RecordBatch> {
+        let text = String::from_utf8_lossy(bytes);
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if let (RecordFormat::Csv(o), Some(first)) = (&self.format, lines.first()) {
+            let delimiter = char::from(o.delimiter);
+            let names: Vec<String> = first
+                .split(delimiter)
+                .map(|n| n.trim().trim_matches('"').to_ascii_uppercase())
+                .collect();
+            let header = names.len() == self.columns.len()
+                && names
+                    .iter()
+                    .zip(&self.columns)
+                    .all(|(n, c)| *n == c.name.to_ascii_uppercase());
+            if header {
+                lines.remove(0);
+            }
+        }
+        let records: Vec<crate::Record> = lines
+            .iter()
+            .map(|l| crate::Record::new(bytes::Bytes::from(l.to_string()), 0))
+            .collect();
+        let mut decoder = crate::RecordDecoder::builder(self.format.clone())
+            .with_columns(self.columns.clone())
+            .with_batch_size(records.len().max(1))
+            .build()?;
+        let out = decoder.decode(&records)?;
+        if let Some(f) = out.failures.first() {
+            return Err(Error::Format(format!(
+                "reference table {}, row {}: {}",
+                self.table,
+                f.index + 1,
+                f.reason
+            )));
+        }
+        // The decoder adds ROWTIME, which a table does not have.
+        let keep: Vec<usize> = (0..out.batch.num_columns())
+            .filter(|&i| out.batch.schema().field(i).name() != crate::format::ROWTIME)
+            .collect();
+        Ok(out.batch.project(&keep)?)
     }
 }
 

@@ -69,7 +69,7 @@ pub use format::{
     FailureKind, JsonPath, MetadataColumn, OutputFormat, RecordDecoder, RecordDecoderBuilder,
     RecordFormat, DEFAULT_MAX_RECORD_BYTES, ROWTIME,
 };
-pub use kda_app::KdaApplication;
+pub use kda_app::{KdaApplication, KdaReference};
 pub use metrics::{MetricsSnapshot, PartitionHealth, PipelineMetrics, SourceHealth};
 pub use pipeline::{
     BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle,

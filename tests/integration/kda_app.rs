@@ -353,3 +353,88 @@ path = "out.ndjson"
         ]
     );
 }
+
+#[test]
+fn an_applications_reference_table_is_typed_by_its_reference_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    // As DescribeApplication gives it: the table's S3 file and a CSV schema without mappings.
+    let app = serde_json::json!({"ApplicationDetail": {
+        "ApplicationCode": "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" \
+            (ticker VARCHAR(4), company VARCHAR(20), shares BIGINT);\n\
+            CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"DESTINATION_SQL_STREAM\"\n\
+            SELECT STREAM s.ticker_symbol, c.company, c.shares * 2\n\
+            FROM \"SOURCE_SQL_STREAM_001\" AS s JOIN \"Companies\" AS c ON s.ticker_symbol = c.ticker;",
+        "InputDescriptions": [{"NamePrefix": "SOURCE_SQL_STREAM", "InputSchema": {
+            "RecordFormat": {"RecordFormatType": "JSON",
+                "MappingParameters": {"JSONMappingParameters": {"RecordRowPath": "$"}}},
+            "RecordColumns": [{"Name": "TICKER_SYMBOL", "SqlType": "VARCHAR(4)", "Mapping": "$.t"}]}}],
+        "ReferenceDataSourceDescriptions": [{"ReferenceId": "2.1", "TableName": "Companies",
+            "S3ReferenceDataSourceDescription": {"BucketARN": "arn:aws:s3:::ref-bucket",
+                "FileKey": "companies.csv", "ReferenceRoleARN": "arn:aws:iam::123456789012:role/r"},
+            "ReferenceSchema": {
+                "RecordFormat": {"RecordFormatType": "CSV", "MappingParameters": {
+                    "CSVMappingParameters": {"RecordRowDelimiter": "\n", "RecordColumnDelimiter": ";"}}},
+                "RecordColumns": [
+                    {"Name": "TICKER", "SqlType": "VARCHAR(4)"},
+                    {"Name": "COMPANY", "SqlType": "VARCHAR(20)"},
+                    {"Name": "SHARES", "SqlType": "BIGINT"}]}}]}});
+    let app_path = dir.path().join("app.json");
+    std::fs::write(&app_path, app.to_string()).unwrap();
+    let app_text = std::fs::read_to_string(&app_path).unwrap();
+    let parsed = rivulet::KdaApplication::parse(&app_text).unwrap();
+    assert_eq!(parsed.references.len(), 1);
+    assert_eq!(
+        parsed.references[0].location.as_deref(),
+        Some("s3://ref-bucket/companies.csv")
+    );
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        "{\"t\": \"AMZN\"}\n{\"t\": \"XOM\"}\n{\"t\": \"ZZZ\"}\n",
+    )
+    .unwrap();
+    // The file as downloaded from the bucket, with a header row or without: its columns typed
+    // by the schema (SHARES a number, so doubled), whatever inference would have made of them.
+    for (file, text) in [
+        (
+            "with_header.csv",
+            "ticker;company;shares\nAMZN;Amazon;0010\nXOM;Exxon;7\n",
+        ),
+        ("without_header.csv", "AMZN;Amazon;0010\nXOM;Exxon;7\n"),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let (ok, rows, err) = replay(&[
+            "--app",
+            app_path.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--reference",
+            &format!("Companies={}", path.display()),
+        ]);
+        assert!(ok, "{file}: {err}");
+        assert_eq!(
+            rows,
+            vec![
+                serde_json::json!({"TICKER": "AMZN", "COMPANY": "Amazon", "SHARES": 20}),
+                serde_json::json!({"TICKER": "XOM", "COMPANY": "Exxon", "SHARES": 14}),
+            ],
+            "{file}"
+        );
+    }
+    // A row that does not fit the schema is an error naming the table and the row.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "AMZN;Amazon;many\n").unwrap();
+    let (ok, _, err) = replay(&[
+        "--app",
+        app_path.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--reference",
+        &format!("Companies={}", bad.display()),
+    ]);
+    assert!(
+        !ok && err.contains("Companies") && err.contains("row 1"),
+        "{err}"
+    );
+}
