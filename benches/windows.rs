@@ -66,6 +66,14 @@ const QUERY: &str = "SELECT ticker_symbol, TUMBLE_START(event_time, INTERVAL '10
      COUNT(*) AS n, AVG(price) AS avg_price, MIN(price) AS min_price, MAX(price) AS max_price \
      FROM source GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '10' SECOND)";
 
+/// The busiest three symbols of each window (`ORDER BY … LIMIT` per window, as KDA's
+/// `TOP_K_ITEMS_TUMBLING` runs), and the same counts without it, for the ratio.
+const TOP_3: &str = "SELECT ticker_symbol, COUNT(*) AS n FROM source \
+     GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '10' SECOND) \
+     ORDER BY COUNT(*) DESC, ticker_symbol LIMIT 3";
+const COUNTS: &str = "SELECT ticker_symbol, COUNT(*) AS n FROM source \
+     GROUP BY ticker_symbol, TUMBLE(event_time, INTERVAL '10' SECOND)";
+
 fn windows(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -73,33 +81,41 @@ fn windows(c: &mut Criterion) {
     let mut group = c.benchmark_group("windows");
     group.sample_size(10);
     group.throughput(Throughput::Elements(ROWS as u64));
+    let cases = [
+        ("tumbling_10s_count_avg_min_max", QUERY),
+        ("tumbling_10s_count", COUNTS),
+        ("tumbling_10s_top_3_per_window", TOP_3),
+    ];
     for keys in [100u64, 100_000] {
         let batches = input(keys);
         let schema = batches[0].schema();
-        group.bench_with_input(
-            BenchmarkId::new("tumbling_10s_count_avg_min_max", format!("{keys}_keys")),
-            &batches,
-            |b, batches| {
-                b.iter(|| {
-                    runtime.block_on(async {
-                        let settings = WatermarkSettings {
-                            allowed_lateness: std::time::Duration::from_secs(1),
-                            ..WatermarkSettings::default()
-                        };
-                        let mut program = SqlProgram::new(QUERY, Arc::clone(&schema), settings)
-                            .await
-                            .expect("plan");
-                        let mut rows = 0;
-                        for (seq, batch) in batches.iter().enumerate() {
-                            let out = program.process(batch, &[], seq as u64).await.expect("run");
-                            rows += out.streams.iter().map(|s| s.1.num_rows()).sum::<usize>();
-                        }
-                        let out = program.finish(u64::MAX).await.expect("finish");
-                        rows + out.streams.iter().map(|s| s.1.num_rows()).sum::<usize>()
+        for (name, query) in cases {
+            group.bench_with_input(
+                BenchmarkId::new(name, format!("{keys}_keys")),
+                &batches,
+                |b, batches| {
+                    b.iter(|| {
+                        runtime.block_on(async {
+                            let settings = WatermarkSettings {
+                                allowed_lateness: std::time::Duration::from_secs(1),
+                                ..WatermarkSettings::default()
+                            };
+                            let mut program = SqlProgram::new(query, Arc::clone(&schema), settings)
+                                .await
+                                .expect("plan");
+                            let mut rows = 0;
+                            for (seq, batch) in batches.iter().enumerate() {
+                                let out =
+                                    program.process(batch, &[], seq as u64).await.expect("run");
+                                rows += out.streams.iter().map(|s| s.1.num_rows()).sum::<usize>();
+                            }
+                            let out = program.finish(u64::MAX).await.expect("finish");
+                            rows + out.streams.iter().map(|s| s.1.num_rows()).sum::<usize>()
+                        })
                     })
-                })
-            },
-        );
+                },
+            );
+        }
     }
     group.finish();
 }

@@ -13,9 +13,10 @@
 //! Text columns are `VARCHAR(1024)` (longer values are cut). A value that does not cast to its
 //! column's type fails the row, which goes to the error output with the reason.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, StringArray, StructArray};
+use arrow::array::{Array, ArrayRef, AsArray, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, TimeUnit};
 use datafusion::common::{exec_err, plan_err, ScalarValue};
@@ -44,10 +45,33 @@ enum Kind {
     W3c,
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 struct LogParse {
     kind: Kind,
     signature: Signature,
+    /// The last pattern compiled, kept: a pattern is a literal, the same for every batch.
+    compiled: std::sync::Mutex<Option<(String, regex::Regex)>>,
+    /// The last call's text column, other arguments and result. A query reading several columns
+    /// of the row (`t.r.COLUMN1, t.r.COLUMN6`) calls the function once per column on the same
+    /// batch; the later calls take the result of the first.
+    last: std::sync::Mutex<Option<LastCall>>,
+}
+
+/// A call's text column, its other arguments, and its result.
+type LastCall = (ArrayRef, Vec<Option<ScalarValue>>, ArrayRef);
+
+impl PartialEq for LogParse {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
+}
+
+impl Eq for LogParse {}
+
+impl std::hash::Hash for LogParse {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+    }
 }
 
 impl LogParse {
@@ -55,7 +79,25 @@ impl LogParse {
         Self {
             kind,
             signature: Signature::user_defined(Volatility::Immutable),
+            compiled: std::sync::Mutex::new(None),
+            last: std::sync::Mutex::new(None),
         }
+    }
+
+    /// `pattern` compiled, from the cache when it was the last one.
+    fn regex(&self, pattern: &str) -> DfResult<regex::Regex> {
+        let mut cache = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((p, re)) = cache.as_ref() {
+            if p == pattern {
+                return Ok(re.clone());
+            }
+        }
+        let re = compile(pattern)?;
+        *cache = Some((pattern.to_owned(), re.clone()));
+        Ok(re)
     }
 }
 
@@ -196,7 +238,7 @@ impl LogParse {
         match self.kind {
             Kind::Regex => {
                 let pattern = literal(scalars, 1, "the pattern", &self.label())?;
-                let re = compile(&pattern)?;
+                let re = self.regex(&pattern)?;
                 Ok(text_columns(re.captures_len() - 1))
             }
             Kind::VariableColumn => match scalars.get(1).copied().flatten() {
@@ -308,6 +350,17 @@ impl ScalarUDFImpl for LogParse {
                 ColumnarValue::Array(_) => None,
             })
             .collect();
+        {
+            let last = self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((input, args, output)) = last.as_ref() {
+                if Arc::ptr_eq(input, &arrays[0]) && *args == scalars {
+                    return Ok(ColumnarValue::Array(Arc::clone(output)));
+                }
+            }
+        }
         let refs: Vec<Option<&ScalarValue>> = scalars.iter().map(Option::as_ref).collect();
         let columns = self.columns(&refs)?;
         let text = arrays[0].as_string::<i32>();
@@ -317,19 +370,18 @@ impl ScalarUDFImpl for LogParse {
                 _ => None,
             })
         };
-        // Each row's fields, or None for a NULL row.
-        let rows: Vec<Option<Vec<Option<String>>>> = match self.kind {
+        enum Parser {
+            Regex(regex::Regex),
+            Split {
+                delimiter: String,
+                escape: Option<char>,
+                quotes: Option<(char, char)>,
+            },
+            W3c,
+        }
+        let parser = match self.kind {
             Kind::Regex => {
-                let re = compile(&literal(&refs, 1, "the pattern", &self.label())?)?;
-                text.iter()
-                    .map(|v| {
-                        v.and_then(|v| re.captures(v)).map(|caps| {
-                            (1..caps.len())
-                                .map(|g| caps.get(g).map(|m| m.as_str().to_owned()))
-                                .collect()
-                        })
-                    })
-                    .collect()
+                Parser::Regex(self.regex(&literal(&refs, 1, "the pattern", &self.label())?)?)
             }
             Kind::VariableColumn => {
                 let Some(delimiter) = string_arg(2).filter(|d| !d.is_empty()) else {
@@ -337,32 +389,70 @@ impl ScalarUDFImpl for LogParse {
                         "VARIABLE_COLUMN_LOG_PARSE: the delimiter must be a non-empty string literal"
                     );
                 };
-                let escape = string_arg(3).and_then(|e| e.chars().next());
                 let quotes = string_arg(4).unwrap_or_default();
                 let mut q = quotes.chars();
-                let quotes = q.next().map(|open| (open, q.next().unwrap_or(open)));
-                text.iter()
-                    .map(|v| v.map(|v| split_fields(v, &delimiter, escape, quotes)))
-                    .collect()
+                Parser::Split {
+                    delimiter,
+                    escape: string_arg(3).and_then(|e| e.chars().next()),
+                    quotes: q.next().map(|open| (open, q.next().unwrap_or(open))),
+                }
             }
-            Kind::W3c => text.iter().map(|v| v.map(w3c_fields)).collect(),
+            Kind::W3c => Parser::W3c,
         };
-        let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
+        // Each row's fields go straight into one builder per column: slices of the text where
+        // they can be (no copy but the builder's), owned only where escapes were removed.
+        let mut builders: Vec<arrow::array::StringBuilder> = columns
+            .iter()
+            .map(|_| arrow::array::StringBuilder::with_capacity(n, text.values().len() / 4))
+            .collect();
+        let mut valid = Vec::with_capacity(n);
+        let mut fields: Vec<Option<Cow<'_, str>>> = Vec::new();
+        for i in 0..n {
+            fields.clear();
+            let parsed = text.is_valid(i) && {
+                let v = text.value(i);
+                match &parser {
+                    Parser::Regex(re) => match re.captures(v) {
+                        Some(caps) => {
+                            fields.extend(
+                                caps.iter()
+                                    .skip(1)
+                                    .map(|g| g.map(|m| Cow::Borrowed(m.as_str()))),
+                            );
+                            true
+                        }
+                        None => false,
+                    },
+                    Parser::Split {
+                        delimiter,
+                        escape,
+                        quotes,
+                    } => {
+                        split_fields(v, delimiter, *escape, *quotes, &mut fields);
+                        true
+                    }
+                    Parser::W3c => {
+                        w3c_fields(v, &mut fields);
+                        true
+                    }
+                }
+            };
+            valid.push(parsed);
+            for (k, (c, b)) in columns.iter().zip(&mut builders).enumerate() {
+                match fields.get(k).and_then(|f| f.as_deref()).filter(|_| parsed) {
+                    Some(v) => b.append_value(match c.limit {
+                        Some(limit) => cut(v, limit),
+                        None => v.trim(),
+                    }),
+                    None => b.append_null(),
+                }
+            }
+        }
+        let nulls = NullBuffer::from(valid);
         let mut out_fields = Vec::with_capacity(columns.len());
         let mut out_arrays = Vec::with_capacity(columns.len());
-        for (i, c) in columns.iter().enumerate() {
-            let values: StringArray = rows
-                .iter()
-                .map(|r| {
-                    r.as_ref()
-                        .and_then(|f| f.get(i).cloned().flatten())
-                        .map(|v| match c.limit {
-                            Some(limit) => v.chars().take(limit).collect(),
-                            None => v.trim().to_owned(),
-                        })
-                })
-                .collect();
-            let values: ArrayRef = Arc::new(values);
+        for (c, mut b) in columns.iter().zip(builders) {
+            let values: ArrayRef = Arc::new(b.finish());
             let array = if c.data_type == DataType::Utf8 {
                 values
             } else {
@@ -383,20 +473,45 @@ impl ScalarUDFImpl for LogParse {
             out_fields.push(Field::new(&c.name, c.data_type.clone(), true));
             out_arrays.push(array);
         }
-        let array = StructArray::try_new(Fields::from(out_fields), out_arrays, Some(nulls))?;
-        Ok(ColumnarValue::Array(Arc::new(array)))
+        let array: ArrayRef = Arc::new(StructArray::try_new(
+            Fields::from(out_fields),
+            out_arrays,
+            Some(nulls),
+        )?);
+        // Only a text column that is a column of the batch is the same on the next call.
+        if matches!(args.args[0], ColumnarValue::Array(_)) {
+            *self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((Arc::clone(&arrays[0]), scalars.clone(), Arc::clone(&array)));
+        }
+        Ok(ColumnarValue::Array(array))
     }
 }
 
-/// `text` split at `delimiter`; `escape` makes the next character literal, and text between the
-/// quote marks keeps its delimiters (the marks themselves are dropped).
-fn split_fields(
-    text: &str,
+/// `v` cut to `limit` characters.
+fn cut(v: &str, limit: usize) -> &str {
+    match v.char_indices().nth(limit) {
+        Some((at, _)) => &v[..at],
+        None => v,
+    }
+}
+
+/// `text` split at `delimiter`, into `fields`; `escape` makes the next character literal, and
+/// text between the quote marks keeps its delimiters (the marks themselves are dropped).
+fn split_fields<'a>(
+    text: &'a str,
     delimiter: &str,
     escape: Option<char>,
     quotes: Option<(char, char)>,
-) -> Vec<Option<String>> {
-    let mut fields = Vec::new();
+    fields: &mut Vec<Option<Cow<'a, str>>>,
+) {
+    let special = |c: char| Some(c) == escape || quotes.is_some_and(|(o, e)| c == o || c == e);
+    if !text.chars().any(special) {
+        fields.extend(text.split(delimiter).map(|f| Some(Cow::Borrowed(f))));
+        return;
+    }
     let mut field = String::new();
     let mut quoted = false;
     let mut rest = text;
@@ -424,99 +539,103 @@ fn split_fields(
             _ => {}
         }
         if !quoted && rest.starts_with(delimiter) {
-            fields.push(Some(std::mem::take(&mut field)));
+            fields.push(Some(Cow::Owned(std::mem::take(&mut field))));
             rest = &rest[delimiter.len()..];
             continue;
         }
         field.push(c);
         rest = &rest[c.len_utf8()..];
     }
-    fields.push(Some(field));
-    fields
+    fields.push(Some(Cow::Owned(field)));
 }
 
-/// The fields of an access-log line: separated by spaces, with `[…]` and `"…"` (where `\"` is a
-/// quote) each one field, without their marks.
-fn w3c_fields(line: &str) -> Vec<Option<String>> {
-    let mut fields = Vec::new();
-    let mut chars = line.trim().chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c == ' ' {
-            chars.next();
-            continue;
-        }
-        let mut field = String::new();
-        match c {
-            '[' => {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c == ']' {
-                        break;
-                    }
-                    field.push(c);
-                }
+/// The fields of an access-log line, into `fields`: separated by spaces, with `[…]` and `"…"`
+/// (where `\"` is a quote) each one field, without their marks.
+fn w3c_fields<'a>(line: &'a str, fields: &mut Vec<Option<Cow<'a, str>>>) {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' => i += 1,
+            b'[' => {
+                let end = line[i + 1..].find(']').map_or(line.len(), |e| i + 1 + e);
+                fields.push(Some(Cow::Borrowed(&line[i + 1..end])));
+                i = end + 1;
             }
-            '"' => {
-                chars.next();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' if chars.peek() == Some(&'"') => {
-                            field.push('"');
-                            chars.next();
+            b'"' => {
+                // Up to the first quote not escaped by a backslash.
+                let mut j = i + 1;
+                let mut escaped = false;
+                while j < bytes.len() {
+                    match bytes[j] {
+                        b'\\' if bytes.get(j + 1) == Some(&b'"') => {
+                            escaped = true;
+                            j += 2;
                         }
-                        '"' => break,
-                        c => field.push(c),
+                        b'"' => break,
+                        _ => j += 1,
                     }
                 }
+                let inner = &line[i + 1..j.min(line.len())];
+                fields.push(Some(if escaped {
+                    Cow::Owned(inner.replace("\\\"", "\""))
+                } else {
+                    Cow::Borrowed(inner)
+                }));
+                i = j + 1;
             }
             _ => {
-                while let Some(&c) = chars.peek() {
-                    if c == ' ' {
-                        break;
-                    }
-                    field.push(c);
-                    chars.next();
-                }
+                let end = line[i..].find(' ').map_or(line.len(), |e| i + e);
+                fields.push(Some(Cow::Borrowed(&line[i..end])));
+                i = end;
             }
         }
-        fields.push(Some(field));
     }
-    fields
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn texts(v: Vec<Option<String>>) -> Vec<String> {
-        v.into_iter().map(Option::unwrap_or_default).collect()
+    fn texts(v: Vec<Option<Cow<'_, str>>>) -> Vec<String> {
+        v.into_iter()
+            .map(|f| f.map(Cow::into_owned).unwrap_or_default())
+            .collect()
+    }
+
+    fn split(
+        text: &str,
+        delimiter: &str,
+        escape: Option<char>,
+        quotes: Option<(char, char)>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        split_fields(text, delimiter, escape, quotes, &mut out);
+        texts(out)
+    }
+
+    fn w3c(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        w3c_fields(line, &mut out);
+        texts(out)
     }
 
     #[test]
     fn delimited_fields_honour_escapes_and_quotes() {
+        assert_eq!(split("a,b,,c", ",", None, None), ["a", "b", "", "c"]);
+        assert_eq!(split(r"a\,b,c", ",", Some('\\'), None), ["a,b", "c"]);
         assert_eq!(
-            texts(split_fields("a,b,,c", ",", None, None)),
-            ["a", "b", "", "c"]
-        );
-        assert_eq!(
-            texts(split_fields(r"a\,b,c", ",", Some('\\'), None)),
-            ["a,b", "c"]
-        );
-        assert_eq!(
-            texts(split_fields("x::'y::z'::w", "::", None, Some(('\'', '\'')))),
+            split("x::'y::z'::w", "::", None, Some(('\'', '\''))),
             ["x", "y::z", "w"]
         );
-        assert_eq!(
-            texts(split_fields("[a|b]|c", "|", None, Some(('[', ']')))),
-            ["a|b", "c"]
-        );
+        assert_eq!(split("[a|b]|c", "|", None, Some(('[', ']'))), ["a|b", "c"]);
     }
 
     #[test]
     fn access_log_lines_split_into_their_fields() {
         let line = r#"192.168.254.30 - John [24/May/2004:22:01:02 -0700] "GET /icons/apache_pb.gif HTTP/1.1" 304 0"#;
         assert_eq!(
-            texts(w3c_fields(line)),
+            w3c(line),
             [
                 "192.168.254.30",
                 "-",
@@ -528,7 +647,7 @@ mod tests {
             ]
         );
         let combined = r#"h - - [d] "r \"q\"" 200 5 "http://ref" "Mozilla/5.0 (X11)""#;
-        let f = texts(w3c_fields(combined));
+        let f = w3c(combined);
         assert_eq!(f.len(), 9);
         assert_eq!(f[4], "r \"q\"");
         assert_eq!(f[8], "Mozilla/5.0 (X11)");

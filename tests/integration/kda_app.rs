@@ -438,3 +438,36 @@ fn an_applications_reference_table_is_typed_by_its_reference_schema() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_parsed_row_read_column_by_column_belongs_to_its_own_batch() {
+    use arrow::array::{AsArray, RecordBatch, StringArray};
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("log", arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let code = "CREATE OR REPLACE STREAM \"D\" (host VARCHAR(16), status VARCHAR(4));\n\
+                CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"D\" SELECT STREAM t.r.COLUMN1, t.r.COLUMN6 \
+                FROM (SELECT STREAM W3C_LOG_PARSE(\"log\", 'COMMON') AS r FROM SOURCE_SQL_STREAM_001) AS t;";
+    let mut program = rivulet::SqlProgram::new(
+        code,
+        std::sync::Arc::clone(&schema),
+        rivulet::WatermarkSettings::default(),
+    )
+    .await
+    .unwrap();
+    for (seq, host) in ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().enumerate() {
+        let line = format!("{host} - - [d] \"GET / HTTP/1.1\" {} 5", 200 + seq);
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::clone(&schema),
+            vec![std::sync::Arc::new(StringArray::from(vec![line]))],
+        )
+        .unwrap();
+        let out = program.process(&batch, &[], seq as u64).await.unwrap();
+        let rows = &out.streams[0].1;
+        let col = |i: usize| {
+            arrow::compute::cast(rows.column(i), &arrow::datatypes::DataType::Utf8).unwrap()
+        };
+        assert_eq!(col(0).as_string::<i32>().value(0), *host);
+        assert_eq!(col(1).as_string::<i32>().value(0), (200 + seq).to_string());
+    }
+}
