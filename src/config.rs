@@ -1333,15 +1333,24 @@ impl PipelineConfig {
     }
 
     async fn build_sink(&self, s: &SinkConfig, stream: &str) -> Result<Box<dyn Sink>> {
-        #[cfg(not(feature = "aws"))]
-        let _ = stream;
-        // A KDA application's OutputFormatType is the default of its sinks.
-        let application_csv = self
-            .kda_application()
-            .ok()
-            .flatten()
-            .and_then(|a| a.output_format)
-            .is_some_and(|f| f.eq_ignore_ascii_case("CSV"));
+        // A KDA application's output format is the default of the sinks of its outputs: the
+        // output's DestinationSchema, else the file's OutputFormatType (not for the error output
+        // or the raw copy).
+        let application_csv = match stream {
+            crate::ERROR_STREAM | crate::RAW_STREAM => false,
+            _ => self
+                .kda_application()
+                .ok()
+                .flatten()
+                .and_then(|a| {
+                    a.output_formats
+                        .iter()
+                        .find(|(name, _)| name == stream)
+                        .map(|(_, f)| f.clone())
+                        .or(a.output_format)
+                })
+                .is_some_and(|f| f.eq_ignore_ascii_case("CSV")),
+        };
         let encoding = |e: &EncodingConfig| {
             if e.csv(application_csv) {
                 OutputFormat::Csv {

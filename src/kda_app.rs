@@ -28,9 +28,11 @@ pub struct KdaApplication {
     pub format: RecordFormat,
     /// The input columns, with their JSON paths.
     pub columns: Vec<Column>,
-    /// `JSON` or `CSV`, when the file says how output is written (the default format of the
-    /// pipeline's sinks).
+    /// `JSON` or `CSV`, when the file says how all output is written (the original solution's
+    /// `OutputFormatType`).
     pub output_format: Option<String>,
+    /// Each output's stream and its `JSON` or `CSV` (`DestinationSchema`).
+    pub output_formats: Vec<(String, String)>,
     /// The input's in-application stream when its `NamePrefix` is not `SOURCE_SQL_STREAM`
     /// (`{NamePrefix}_001`); [`KdaApplication::code`] renames it to `SOURCE_SQL_STREAM_001`.
     pub input_stream: Option<String>,
@@ -146,21 +148,27 @@ impl KdaApplication {
                 references.push(KdaReference::parse(r)?);
             }
         }
-        // The output format: the original solution's OutputFormatType, or the first output's
+        // The output format: the original solution's OutputFormatType, and each output's
         // DestinationSchema.
-        let output_format = text(detail, &["OutputFormatType"]).or_else(|| {
-            [v2_sql, Some(detail)]
-                .into_iter()
-                .flatten()
-                .find_map(|c| get(c, &["OutputDescriptions", "Outputs"]).and_then(|o| o.get(0)))
-                .and_then(|o| o.get("DestinationSchema"))
-                .and_then(|d| text(d, &["RecordFormatType"]))
-        });
+        let output_format = text(detail, &["OutputFormatType"]);
+        let output_formats = [v2_sql, Some(detail)]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| get(c, &["OutputDescriptions", "Outputs"]).and_then(Value::as_array))
+            .flatten()
+            .filter_map(|o| {
+                let format = o
+                    .get("DestinationSchema")
+                    .and_then(|d| text(d, &["RecordFormatType"]))?;
+                Some((text(o, &["Name"])?, format))
+            })
+            .collect();
         Ok(Self {
             sql,
             format,
             columns: out,
             output_format,
+            output_formats,
             input_stream,
             references,
         })
@@ -411,7 +419,7 @@ mod tests {
             assert_eq!(app.sql.as_deref(), Some(code));
             assert!(matches!(app.format, RecordFormat::Csv(ref o) if o.delimiter == b'|'));
             assert_eq!(app.columns[0].name, "A");
-            assert_eq!(app.output_format.as_deref(), Some("CSV"));
+            assert_eq!(app.output_formats, [("D".to_owned(), "CSV".to_owned())]);
             assert_eq!(app.input_stream.as_deref(), Some("TRADES_001"));
             assert!(app
                 .code(code)

@@ -140,18 +140,23 @@ fn column_list(text: &str) -> DfResult<Vec<Column>> {
     }
     for part in parts {
         let part = part.trim();
-        let upper = part.to_uppercase();
-        let Some(at) = upper.find(" TYPE ") else {
+        let mut words = part.splitn(3, char::is_whitespace).map(str::trim);
+        let (Some(raw), Some(kw), Some(ty)) = (words.next(), words.next(), words.next()) else {
             return plan_err!(
                 "VARIABLE_COLUMN_LOG_PARSE: a column is `NAME TYPE type`, found `{part}`"
             );
         };
-        let raw = part[..at].trim();
+        if !kw.eq_ignore_ascii_case("TYPE") {
+            return plan_err!(
+                "VARIABLE_COLUMN_LOG_PARSE: a column is `NAME TYPE type`, found `{part}`"
+            );
+        }
         let name = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
             Some(quoted) => quoted.to_owned(),
             None => raw.to_uppercase(),
         };
-        let ty = upper[at + 6..].trim().trim_end_matches("NOT NULL").trim();
+        let ty = ty.to_uppercase();
+        let ty = ty.trim().trim_end_matches("NOT NULL").trim();
         let (data_type, limit) = sql_type(ty).ok_or_else(|| {
             datafusion::error::DataFusionError::Plan(format!(
                 "VARIABLE_COLUMN_LOG_PARSE: column {name} has type {ty}, which is not a KDA type"
@@ -239,6 +244,12 @@ impl LogParse {
             Kind::Regex => {
                 let pattern = literal(scalars, 1, "the pattern", &self.label())?;
                 let re = self.regex(&pattern)?;
+                if re.captures_len() < 2 {
+                    return plan_err!(
+                        "REGEX_LOG_PARSE: the pattern `{pattern}` has no group `( … )`, so no \
+                         column to return"
+                    );
+                }
                 Ok(text_columns(re.captures_len() - 1))
             }
             Kind::VariableColumn => match scalars.get(1).copied().flatten() {
@@ -667,6 +678,12 @@ mod tests {
         assert_eq!(cols[1].data_type, DataType::Decimal128(10, 2));
         assert_eq!(cols[2].data_type, DataType::Int32);
         assert!(column_list("a VARCHAR(3)").is_err());
+        // Names whose upper case is longer or shorter than they are.
+        assert_eq!(column_list("aı type INTEGER").unwrap()[0].name, "AI");
+        assert_eq!(
+            column_list("\"straße\" TYPE INTEGER").unwrap()[0].name,
+            "straße"
+        );
         assert!(column_list("a TYPE BLOB").is_err());
     }
 }

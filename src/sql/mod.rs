@@ -40,8 +40,6 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
-use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::streaming::StreamingTableExec;
@@ -143,12 +141,8 @@ impl PerBatch {
         slot: Arc<BatchSlot>,
         task_ctx: Arc<TaskContext>,
     ) -> Self {
-        let mut ordered = false;
         let mut joins = false;
         let _ = plan.apply(|node| {
-            ordered |= node.downcast_ref::<SortExec>().is_some()
-                || node.downcast_ref::<GlobalLimitExec>().is_some()
-                || node.downcast_ref::<LocalLimitExec>().is_some();
             joins |= node.name().contains("Join");
             Ok(TreeNodeRecursion::Continue)
         });
@@ -156,9 +150,15 @@ impl PerBatch {
             plan,
             slot,
             task_ctx,
-            ordered,
+            ordered: false,
             joins,
         }
+    }
+
+    /// The plan sorts or limits each window's rows (`ORDER BY … LIMIT` of a windowed statement).
+    pub(crate) fn per_window(mut self) -> Self {
+        self.ordered = true;
+        self
     }
 
     pub(crate) fn plan(&self) -> &Arc<dyn ExecutionPlan> {
@@ -172,7 +172,8 @@ impl PerBatch {
     }
 
     async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let plan = if self.ordered {
+        // A join keeps the side it collected (a micro-batch's rows) unless reset.
+        let plan = if self.ordered || self.joins {
             datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&self.plan))?
         } else {
             Arc::clone(&self.plan)
@@ -223,12 +224,24 @@ impl PerBatch {
         };
         if self.joins && batch.num_rows() > 1 {
             if let Ok(i) = batch.schema().index_of(ROW_ID) {
-                let order = arrow::compute::sort_to_indices(
-                    batch.column(i),
-                    Some(arrow::compute::SortOptions {
-                        descending: false,
-                        nulls_first: false,
-                    }),
+                // Stable: a row joined to several reference rows keeps their order.
+                let position: arrow::array::ArrayRef = Arc::new(
+                    arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32),
+                );
+                let order = arrow::compute::lexsort_to_indices(
+                    &[
+                        arrow::compute::SortColumn {
+                            values: Arc::clone(batch.column(i)),
+                            options: Some(arrow::compute::SortOptions {
+                                descending: false,
+                                nulls_first: false,
+                            }),
+                        },
+                        arrow::compute::SortColumn {
+                            values: position,
+                            options: None,
+                        },
+                    ],
                     None,
                 )?;
                 let columns = batch

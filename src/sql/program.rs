@@ -438,7 +438,15 @@ fn rows_differ(first: &Schema, second: &Schema) -> Option<String> {
         .fields()
         .iter()
         .zip(second.fields())
-        .find(|(a, b)| !arrow::compute::can_cast_types(b.data_type(), a.data_type()))
+        .find(|(a, b)| {
+            // The same type, or times that differ only in unit or zone (ROWTIME from a window
+            // or from the input): a cast that loses nothing a reader relies on.
+            a.data_type() != b.data_type()
+                && !matches!(
+                    (a.data_type(), b.data_type()),
+                    (DataType::Timestamp(_, _), DataType::Timestamp(_, _))
+                )
+        })
         .map(|(a, b)| {
             format!(
                 "column {} is {} and {}",
@@ -476,7 +484,8 @@ fn merge_writers(first: &RecordBatch, second: &RecordBatch) -> Result<RecordBatc
     Ok(RecordBatch::try_new(schema, cols)?)
 }
 
-/// The column, table or function a planning error is about, if it names one.
+/// The column, table or function a planning error is about, if it names one (the last part of
+/// a qualified name: `"S"."PRICE"` is about `PRICE`).
 fn error_name(message: &str) -> Option<String> {
     const MARKERS: &[&str] = &[
         "No field named ",
@@ -489,20 +498,23 @@ fn error_name(message: &str) -> Option<String> {
         .iter()
         .filter_map(|m| message.find(m).map(|i| (i, *m)))
         .min_by_key(|(i, _)| *i)?;
-    let rest = message[at + marker.len()..].trim_start_matches(['\'', '"']);
-    let name: String = rest
-        .chars()
-        .take_while(|c| !matches!(c, '\'' | '"' | ' ' | '.' | ','))
-        .collect();
-    // A qualified name (`"S"."X"`): the last part.
-    let last = message[at + marker.len()..]
-        .split(['.', ' ', ','])
-        .next()
-        .map(|q| q.trim_matches(['\'', '"']).to_owned());
-    match last {
-        Some(l) if !l.is_empty() && l != name && !rest.starts_with(&l) => Some(l),
-        _ => (!name.is_empty()).then_some(name),
+    let rest = &message[at + marker.len()..];
+    let word: &str = rest.split(char::is_whitespace).next().unwrap_or_default();
+    let word = word.trim_end_matches(['.', ',']);
+    // The parts of `"a"."b"`, `a.b` or `'a'`, quotes dropped.
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut quoted = false;
+    for c in word.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut part)),
+            '\'' => {}
+            c => part.push(c),
+        }
     }
+    parts.push(part);
+    parts.pop().filter(|p| !p.is_empty())
 }
 
 /// True when the plan sorts or limits its rows.
@@ -1005,7 +1017,7 @@ impl SqlProgram {
                     Stage::Windowed(Box::new(Windowed {
                         pre,
                         op: Operator::Group(WindowAggregate::new(plan, settings)?, c.clone()),
-                        post,
+                        post: if per_window { post.per_window() } else { post },
                         per_window,
                     }))
                 }
@@ -1035,7 +1047,7 @@ impl SqlProgram {
             if !fields.iter().any(|f| f.name() == ROW_ID) {
                 fields.push(Field::new(ROW_ID, DataType::UInt64, true));
             }
-            let stream_schema = nullable(&Schema::new(fields));
+            let mut stream_schema = nullable(&Schema::new(fields));
             let slot = Arc::new(BatchSlot::new(Arc::clone(&stream_schema)));
             let table = Arc::new(StreamingTable::try_new(
                 Arc::clone(&stream_schema),
@@ -1049,8 +1061,12 @@ impl SqlProgram {
                     .find(|s| *s.output == *output)
                     .map(|s| Arc::clone(&s.stream_schema))
                     .unwrap_or_else(|| Arc::clone(&stream_schema));
-                if let Some(why) = rows_differ(&first, &stream_schema) {
-                    multi_writer.insert(output.clone(), why);
+                match rows_differ(&first, &stream_schema) {
+                    Some(why) => {
+                        multi_writer.insert(output.clone(), why);
+                    }
+                    // Its rows take the first writer's types, in every micro-batch.
+                    None => stream_schema = first,
                 }
             } else {
                 ctx.register_table(TableReference::bare(output.as_str()), table as _)?;
@@ -1304,7 +1320,11 @@ impl SqlProgram {
             let mut cols: Vec<ArrayRef> = Vec::with_capacity(stmt.stream_schema.fields().len());
             for f in stmt.stream_schema.fields() {
                 match result.schema().index_of(f.name()) {
-                    Ok(i) => cols.push(Arc::clone(result.column(i))),
+                    Ok(i) if result.column(i).data_type() == f.data_type() => {
+                        cols.push(Arc::clone(result.column(i)))
+                    }
+                    // A later writer of a stream, in the first writer's types.
+                    Ok(i) => cols.push(arrow::compute::cast(result.column(i), f.data_type())?),
                     Err(_) => cols.push(new_null_array(f.data_type(), result.num_rows())),
                 }
             }

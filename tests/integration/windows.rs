@@ -735,7 +735,7 @@ async fn kda_application_code_runs_and_a_pump_that_does_not_plan_is_named_with_i
     let program = SqlProgram::new(app, Arc::clone(&schema), WatermarkSettings::default()).await;
     assert!(program.is_ok(), "{:?}", program.err());
     let bad = app.replace("COUNT(*)", "MAX(no_such_column)");
-    let err = SqlProgram::new(&bad, schema, WatermarkSettings::default())
+    let err = SqlProgram::new(&bad, Arc::clone(&schema), WatermarkSettings::default())
         .await
         .unwrap_err()
         .to_string();
@@ -745,6 +745,13 @@ async fn kda_application_code_runs_and_a_pump_that_does_not_plan_is_named_with_i
             && err.contains("unquoted names are upper-cased"),
         "{err}"
     );
+    // A qualified name is placed at its column, not at the stream.
+    let qualified = app.replace("COUNT(*)", "MAX(\"SOURCE_SQL_STREAM_001\".nope)");
+    let err = SqlProgram::new(&qualified, schema, WatermarkSettings::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pump P (line 3, column 60)"), "{err}");
 }
 
 #[tokio::test]
@@ -768,8 +775,19 @@ async fn over_windows_with_different_frames_are_an_error_not_a_crash() {
 #[tokio::test]
 async fn a_reference_table_joins_each_micro_batch_in_kda_code_and_sql() {
     use arrow::array::StringArray;
-    let input = batches(&ticker(100, 3, 1.0));
+    // Micro-batches of 7 rows: each joins its own rows.
+    let whole = batches(&ticker(100, 3, 1.0)).remove(0);
+    let input: Vec<RecordBatch> = (0..whole.num_rows())
+        .step_by(7)
+        .map(|o| whole.slice(o, 7.min(whole.num_rows() - o)))
+        .collect();
     let schema = input[0].schema();
+    let expected_joined = {
+        let syms = whole.column(0).as_string::<i32>();
+        (0..whole.num_rows())
+            .filter(|&i| ["T00000", "T00001"].contains(&syms.value(i)))
+            .count()
+    };
     let companies = RecordBatch::try_new(
         Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("ticker", DataType::Utf8, false),
@@ -812,10 +830,11 @@ async fn a_reference_table_joins_each_micro_batch_in_kda_code_and_sql() {
             }
         }
     }
-    assert!(
-        joined > 30 && joined < 100,
-        "only tickers with a company: {joined}"
+    assert_eq!(
+        joined, expected_joined,
+        "each micro-batch's rows, joined once"
     );
+    assert!(joined > 30 && joined < 100, "only tickers with a company");
     // A windowed statement joins it too: its rows count in their windows as without the join.
     let windowed = "SELECT c.company AS company, COUNT(*) AS n FROM source AS s \
                     JOIN companies AS c ON s.ticker_symbol = c.ticker \
@@ -837,7 +856,7 @@ async fn a_reference_table_joins_each_micro_batch_in_kda_code_and_sql() {
     let o = program.finish(input.len() as u64).await.unwrap();
     assert!(o.issues.is_empty(), "{:?}", o.issues.first());
     counted += o.streams.iter().map(|(_, b)| sum_n(b)).sum::<i64>();
-    assert_eq!(counted, joined, "every joined row counted once");
+    assert_eq!(counted, joined as i64, "every joined row counted once");
     // OVER windows with a join are refused, with what to write instead.
     let over = "SELECT c.company, COUNT(*) OVER (PARTITION BY c.company ORDER BY event_time \
                 RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) AS n \
@@ -1048,8 +1067,38 @@ async fn a_stream_read_after_writers_of_different_rows_or_between_its_writers_is
         e.contains("put every statement writing a stream before"),
         "{e}"
     );
+    let types = "INSERT INTO s SELECT CAST(price AS BIGINT) AS a FROM source; \
+                 INSERT INTO s SELECT CAST(price AS INT) AS a FROM source; \
+                 SELECT a AS a FROM s";
+    let e = plan(types).await.unwrap_err();
+    assert!(e.contains("column a is Int64 and Int32"), "{e}");
     let same = "INSERT INTO s SELECT ticker_symbol AS a FROM source WHERE price > 10; \
                 INSERT INTO s SELECT ticker_symbol AS a FROM source WHERE price < 2; \
                 SELECT a AS a FROM s";
     assert_eq!(plan(same).await, Ok(()));
+    // A micro-batch where only the second writer has rows: the reader gets them.
+    let input = batches(&ticker(200, 3, 1.0)).remove(0);
+    let prices = input.column(1).as_primitive::<Float64Type>();
+    let cheap: Vec<u32> = (0..input.num_rows() as u32)
+        .filter(|&i| prices.value(i as usize) < 100.0)
+        .collect();
+    assert!(!cheap.is_empty());
+    let only_cheap =
+        arrow::compute::take_record_batch(&input, &arrow::array::UInt32Array::from(cheap.clone()))
+            .unwrap();
+    let split = "INSERT INTO s SELECT ticker_symbol AS a FROM source WHERE price > 400; \
+                 INSERT INTO s SELECT ticker_symbol AS a FROM source WHERE price < 100; \
+                 SELECT a AS a FROM s";
+    let mut program = SqlProgram::new(split, input.schema(), WatermarkSettings::default())
+        .await
+        .unwrap();
+    let out = program.process(&only_cheap, &[], 0).await.unwrap();
+    assert!(out.issues.is_empty(), "{:?}", out.issues.first());
+    let read: usize = out
+        .streams
+        .iter()
+        .filter(|(n, _)| &**n == "DESTINATION_SQL_STREAM")
+        .map(|(_, b)| b.num_rows())
+        .sum();
+    assert_eq!(read, cheap.len());
 }
