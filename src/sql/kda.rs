@@ -1337,6 +1337,24 @@ fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
                     out.push(String::new());
                     continue;
                 }
+                // KDA functions whose names mean something else in DataFusion, or nothing.
+                let previous = k.checked_sub(1).map(|p| &tokens[p].token);
+                let compared = matches!(
+                    previous,
+                    Some(
+                        Token::Eq | Token::Neq | Token::Lt | Token::Gt | Token::LtEq | Token::GtEq
+                    )
+                );
+                let native = match upper.as_str() {
+                    "TO_TIMESTAMP" => Some("kda_to_timestamp"),
+                    "EVERY" => Some("bool_and"),
+                    "ANY" | "SOME" if !compared => Some("bool_or"),
+                    _ => None,
+                };
+                if let (true, Some(native)) = (call, native) {
+                    out.push(native.into());
+                    continue;
+                }
                 if upper == "CURRENT_ROW_TIMESTAMP" && !call {
                     // The time the row is processed (read when the row is, unlike now()).
                     out.push("current_row_timestamp()".into());

@@ -1,7 +1,9 @@
 //! Functions of the Kinesis Data Analytics SQL dialect that standard SQL lacks: `TSDIFF`,
-//! `CHAR_TO_TIMESTAMP` and `TIMESTAMP_TO_CHAR` (with KDA's Java-style date patterns), and
-//! `REGEX_REPLACE(original, regex, replacement, start, occurrence)`.
-//! (`CURRENT_ROW_TIMESTAMP` is translated to `now()`.)
+//! `CHAR_TO_TIMESTAMP`, `CHAR_TO_DATE`, `CHAR_TO_TIME`, `TIMESTAMP_TO_CHAR`, `DATE_TO_CHAR` and
+//! `TIME_TO_CHAR` (with KDA's Java-style date patterns), `UNIX_TIMESTAMP` and KDA's
+//! `TO_TIMESTAMP` (milliseconds since the epoch), `MONOTONIC`,
+//! `REGEX_REPLACE(original, regex, replacement, start, occurrence)`, and
+//! `current_row_timestamp()`, which `CURRENT_ROW_TIMESTAMP` is translated to.
 
 use std::sync::Arc;
 
@@ -21,6 +23,13 @@ pub(crate) fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(Kda::new(Kind::TimestampToChar)),
         ScalarUDF::from(Kda::new(Kind::RegexReplace)),
         ScalarUDF::from(Kda::new(Kind::CurrentRowTimestamp)),
+        ScalarUDF::from(Kda::new(Kind::CharToDate)),
+        ScalarUDF::from(Kda::new(Kind::CharToTime)),
+        ScalarUDF::from(Kda::new(Kind::DateToChar)),
+        ScalarUDF::from(Kda::new(Kind::TimeToChar)),
+        ScalarUDF::from(Kda::new(Kind::ToTimestamp)),
+        ScalarUDF::from(Kda::new(Kind::UnixTimestamp)),
+        ScalarUDF::from(Kda::new(Kind::Monotonic)),
     ]
 }
 
@@ -31,6 +40,15 @@ enum Kind {
     TimestampToChar,
     RegexReplace,
     CurrentRowTimestamp,
+    CharToDate,
+    CharToTime,
+    DateToChar,
+    TimeToChar,
+    /// KDA's `TO_TIMESTAMP(milliseconds)` (DataFusion's `to_timestamp` takes seconds).
+    ToTimestamp,
+    UnixTimestamp,
+    /// `MONOTONIC(x)`: declares `x` ascending; the value itself.
+    Monotonic,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -57,6 +75,13 @@ fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }
 
+/// KDA's TIME, as DataFusion casts to it.
+fn time() -> DataType {
+    DataType::Time64(TimeUnit::Nanosecond)
+}
+
+const DAY_MS: i64 = 86_400_000;
+
 impl ScalarUDFImpl for Kda {
     fn name(&self) -> &str {
         match self.kind {
@@ -65,6 +90,13 @@ impl ScalarUDFImpl for Kda {
             Kind::TimestampToChar => "timestamp_to_char",
             Kind::RegexReplace => "regex_replace",
             Kind::CurrentRowTimestamp => "current_row_timestamp",
+            Kind::CharToDate => "char_to_date",
+            Kind::CharToTime => "char_to_time",
+            Kind::DateToChar => "date_to_char",
+            Kind::TimeToChar => "time_to_char",
+            Kind::ToTimestamp => "kda_to_timestamp",
+            Kind::UnixTimestamp => "unix_timestamp",
+            Kind::Monotonic => "monotonic",
         }
     }
 
@@ -76,6 +108,7 @@ impl ScalarUDFImpl for Kda {
         let want = match self.kind {
             Kind::RegexReplace => 5,
             Kind::CurrentRowTimestamp => 0,
+            Kind::ToTimestamp | Kind::UnixTimestamp | Kind::Monotonic => 1,
             _ => 2,
         };
         if arg_types.len() != want {
@@ -85,6 +118,12 @@ impl ScalarUDFImpl for Kda {
             Kind::TsDiff => vec![timestamp(), timestamp()],
             Kind::CharToTimestamp => vec![DataType::Utf8, DataType::Utf8],
             Kind::TimestampToChar => vec![DataType::Utf8, timestamp()],
+            Kind::CharToDate | Kind::CharToTime => vec![DataType::Utf8, DataType::Utf8],
+            Kind::DateToChar => vec![DataType::Utf8, DataType::Date32],
+            Kind::TimeToChar => vec![DataType::Utf8, time()],
+            Kind::ToTimestamp => vec![DataType::Int64],
+            Kind::UnixTimestamp => vec![timestamp()],
+            Kind::Monotonic => arg_types.to_vec(),
             Kind::CurrentRowTimestamp => vec![],
             Kind::RegexReplace => vec![
                 DataType::Utf8,
@@ -96,12 +135,16 @@ impl ScalarUDFImpl for Kda {
         })
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
-            Kind::TsDiff => DataType::Int64,
-            Kind::CharToTimestamp => timestamp(),
+            Kind::TsDiff | Kind::UnixTimestamp => DataType::Int64,
+            Kind::CharToTimestamp | Kind::ToTimestamp => timestamp(),
             Kind::TimestampToChar | Kind::RegexReplace => DataType::Utf8,
+            Kind::DateToChar | Kind::TimeToChar => DataType::Utf8,
             Kind::CurrentRowTimestamp => timestamp(),
+            Kind::CharToDate => DataType::Date32,
+            Kind::CharToTime => time(),
+            Kind::Monotonic => arg_types.first().cloned().unwrap_or(DataType::Null),
         })
     }
 
@@ -114,9 +157,28 @@ impl ScalarUDFImpl for Kda {
             )));
         }
         let a = args.args[0].to_array(rows)?;
+        match self.kind {
+            Kind::Monotonic => return Ok(args.args[0].clone()),
+            Kind::ToTimestamp => {
+                let ms = a.as_primitive::<arrow::datatypes::Int64Type>();
+                return Ok(ColumnarValue::Array(Arc::new(
+                    TimestampMillisecondArray::from_iter(ms.iter()),
+                )));
+            }
+            Kind::UnixTimestamp => {
+                let ts = a.as_primitive::<TimestampMillisecondType>();
+                return Ok(ColumnarValue::Array(Arc::new(Int64Array::from_iter(
+                    ts.iter(),
+                ))));
+            }
+            _ => {}
+        }
         let b = args.args[1].to_array(rows)?;
         let out: ArrayRef = match self.kind {
-            Kind::CurrentRowTimestamp => unreachable!("answered above"),
+            Kind::CurrentRowTimestamp
+            | Kind::Monotonic
+            | Kind::ToTimestamp
+            | Kind::UnixTimestamp => unreachable!("answered above"),
             Kind::RegexReplace => {
                 let c = args.args[2].to_array(rows)?;
                 let d = args.args[3].to_array(rows)?;
@@ -175,7 +237,7 @@ impl ScalarUDFImpl for Kda {
                     (a.is_valid(i) && b.is_valid(i)).then(|| b.value(i) - a.value(i))
                 })))
             }
-            Kind::CharToTimestamp => {
+            Kind::CharToTimestamp | Kind::CharToDate | Kind::CharToTime => {
                 let (fmt, text) = (a.as_string::<i32>(), b.as_string::<i32>());
                 let mut out = Vec::with_capacity(rows);
                 for i in 0..rows {
@@ -194,16 +256,38 @@ impl ScalarUDFImpl for Kda {
                         Some(ms) => out.push(Some(ms)),
                         None => {
                             return exec_err!(
-                                "CHAR_TO_TIMESTAMP: `{}` does not match the format `{}`",
+                                "{}: `{}` does not match the format `{}`",
+                                self.name().to_uppercase(),
                                 text.value(i),
                                 fmt.value(i)
                             )
                         }
                     }
                 }
-                Arc::new(TimestampMillisecondArray::from(out))
+                match self.kind {
+                    Kind::CharToDate => Arc::new(arrow::array::Date32Array::from_iter(
+                        out.iter()
+                            .map(|ms| ms.map(|ms| ms.div_euclid(DAY_MS) as i32)),
+                    )),
+                    Kind::CharToTime => Arc::new(arrow::array::Time64NanosecondArray::from_iter(
+                        out.iter()
+                            .map(|ms| ms.map(|ms| ms.rem_euclid(DAY_MS) * 1_000_000)),
+                    )),
+                    _ => Arc::new(TimestampMillisecondArray::from(out)),
+                }
             }
-            Kind::TimestampToChar => {
+            Kind::TimestampToChar | Kind::DateToChar | Kind::TimeToChar => {
+                // Dates and times as the instant they start (times on 1970-01-01).
+                let b = match self.kind {
+                    Kind::DateToChar => arrow::compute::cast(&b, &timestamp())?,
+                    Kind::TimeToChar => {
+                        let t = b.as_primitive::<arrow::datatypes::Time64NanosecondType>();
+                        Arc::new(TimestampMillisecondArray::from_iter(
+                            t.iter().map(|ns| ns.map(|ns| ns / 1_000_000)),
+                        ))
+                    }
+                    _ => b,
+                };
                 let (fmt, ts) = (
                     a.as_string::<i32>(),
                     b.as_primitive::<TimestampMillisecondType>(),
