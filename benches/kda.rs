@@ -1,6 +1,7 @@
-//! Kinesis Data Analytics log parsing: `REGEX_LOG_PARSE`, `W3C_LOG_PARSE` and
+//! Kinesis Data Analytics functions: the log parsers `REGEX_LOG_PARSE`, `W3C_LOG_PARSE` and
 //! `VARIABLE_COLUMN_LOG_PARSE` over access-log lines, each through a [`SqlProgram`] as a pump
-//! runs it, next to DataFusion's `regexp_match` with the same pattern (the peer).
+//! runs it, next to DataFusion's `regexp_match` with the same pattern (the peer); and
+//! `RANDOM_CUT_FOREST` with KDA's default forest.
 //!
 //! `cargo bench --bench kda`
 
@@ -105,6 +106,62 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // RANDOM_CUT_FOREST with KDA's defaults (100 trees of 256 points) on two numeric columns:
+    // each row scored, then sampled into the forest. The forest is warm before measuring.
+    let numbers = {
+        let mut x: u64 = 3;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (a, b): (Vec<f64>, Vec<f64>) = (0..ROWS)
+            .map(|_| {
+                (
+                    (next() % 10_000) as f64 / 100.0,
+                    (next() % 10_000) as f64 / 100.0,
+                )
+            })
+            .unzip();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("change", DataType::Float64, true),
+                Field::new("price", DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(arrow::array::Float64Array::from(a)),
+                Arc::new(arrow::array::Float64Array::from(b)),
+            ],
+        )
+        .expect("bench batch")
+    };
+    let rcf = "CREATE OR REPLACE STREAM \"D\" (price DOUBLE, anomaly_score DOUBLE);\n\
+         CREATE OR REPLACE PUMP \"P\" AS INSERT INTO \"D\" SELECT STREAM \"price\", ANOMALY_SCORE \
+         FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM \"change\", \"price\" FROM SOURCE_SQL_STREAM_001)));";
+    let mut program = runtime
+        .block_on(SqlProgram::new(
+            rcf,
+            numbers.schema(),
+            WatermarkSettings::default(),
+        ))
+        .expect("plan");
+    runtime
+        .block_on(program.process(&numbers, &[], 0))
+        .expect("warm up");
+    let mut group = c.benchmark_group("kda_random_cut_forest");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("100_trees_256_points", ROWS), |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let out = program.process(&numbers, &[], 0).await.expect("run");
+                out.streams.iter().map(|s| s.1.num_rows()).sum::<usize>()
+            })
+        })
+    });
     group.finish();
 }
 

@@ -36,10 +36,6 @@ use crate::{Error, Result};
 /// KDA constructs that are refused with an error, with what to know.
 pub(crate) const UNSUPPORTED: &[(&str, &str)] = &[
     (
-        "RANDOM_CUT_FOREST",
-        "RANDOM_CUT_FOREST is not supported: rivulet does not return anomaly scores it has not computed",
-    ),
-    (
         "RANDOM_CUT_FOREST_WITH_EXPLANATION",
         "RANDOM_CUT_FOREST_WITH_EXPLANATION is not supported",
     ),
@@ -68,6 +64,143 @@ fn text_of(tokens: &[TokenWithSpan]) -> String {
         .map(|t| t.token.to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM columns FROM s [WHERE …])[, trees,
+/// sample size, time decay, shingle size]))`: the cursor's columns and `ANOMALY_SCORE`, the
+/// score of the row's numeric columns (see [`super::rcf`]) from a forest this pump keeps.
+#[allow(clippy::too_many_arguments)]
+fn random_cut_forest(
+    tokens: &[TokenWithSpan],
+    from: usize,
+    func: &TokenWithSpan,
+    args: &[&[TokenWithSpan]],
+    inner: &[TokenWithSpan],
+    select_end: usize,
+    inner_from: usize,
+    stream_tok: &TokenWithSpan,
+    rest: &[TokenWithSpan],
+    pump: &str,
+    columns_of: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Vec<TokenWithSpan>> {
+    let here =
+        |at: Location, msg: String| err(at, format!("pump {pump}: RANDOM_CUT_FOREST: {msg}"));
+    // Parameters: KDA's defaults and ranges.
+    let mut params = [100.0, 256.0, 100_000.0, 1.0];
+    let ranges = [
+        ("numberOfTrees", 1.0, 1_000.0),
+        ("subSampleSize", 10.0, 1_000.0),
+        ("timeDecay", 1.0, 2_147_483_647.0),
+        ("shingleSize", 1.0, 30.0),
+    ];
+    if args.len() == 5 {
+        for (k, ((name, lo, hi), value)) in ranges.iter().zip(params.iter_mut()).enumerate() {
+            let arg = args[k + 1];
+            let v = match arg {
+                [t] => match &t.token {
+                    Token::Number(n, _) => n.parse::<f64>().ok(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match v {
+                Some(v) if v >= *lo && v <= *hi && (k == 2 || v.fract() == 0.0) => *value = v,
+                _ => {
+                    let at = arg.first().map_or(func.span.start, |t| t.span.start);
+                    return Err(here(at, format!("{name} is a number from {lo} to {hi}")));
+                }
+            }
+        }
+    }
+    // The cursor's columns: `*` (the stream's) or plain names.
+    let list = &inner[select_end..inner_from];
+    let stream = ident(stream_tok)?;
+    let columns: Vec<String> = if list.len() == 1 && matches!(list[0].token, Token::Mul) {
+        match columns_of(&stream) {
+            Some(columns) => columns,
+            // The input's columns are known when the program is planned; before that (naming
+            // the output streams) no column is needed.
+            None if stream == super::SOURCE_STREAM => Vec::new(),
+            None => {
+                return Err(here(
+                    list[0].span.start,
+                    format!("the columns of {stream} are not known: name them in the CURSOR"),
+                ))
+            }
+        }
+    } else {
+        list.split(|t| matches!(t.token, Token::Comma))
+            .map(|item| match item {
+                [t] if matches!(t.token, Token::Word(_)) => ident(t),
+                _ => Err(here(
+                    item.first().map_or(func.span.start, |t| t.span.start),
+                    "the CURSOR's query selects plain columns; compute others in a pump of \
+                     their own"
+                        .into(),
+                )),
+            })
+            .collect::<Result<_>>()?
+    };
+    let call = format!(
+        "random_cut_forest('{}', {}, {}, {}, {}, {})",
+        pump.replace('\'', "''"),
+        params[0],
+        params[1],
+        params[2],
+        params[3],
+        columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The outer select list: `*`, or the cursor's columns and ANOMALY_SCORE by name.
+    let first = if tokens.get(1).is_some_and(|t| word_is(&t.token, "STREAM")) {
+        2
+    } else {
+        1
+    };
+    let outer = &tokens[first..from];
+    let items: Vec<String> = if outer.len() == 1 && matches!(outer[0].token, Token::Mul) {
+        columns
+            .iter()
+            .map(|c| quote(c))
+            .chain(std::iter::once(call.clone()))
+            .collect()
+    } else {
+        outer
+            .split(|t| matches!(t.token, Token::Comma))
+            .map(|item| {
+                let name = match item {
+                    [t] | [t, _, _] if matches!(t.token, Token::Word(_)) => ident(t).ok(),
+                    _ => None,
+                };
+                match name {
+                    Some(n) if n == "ANOMALY_SCORE" => Ok(call.clone()),
+                    Some(n) if columns.is_empty() || columns.contains(&n) => Ok(quote(&n)),
+                    _ => Err(here(
+                        item.first().map_or(func.span.start, |t| t.span.start),
+                        format!(
+                            "FROM TABLE(RANDOM_CUT_FOREST(…)) gives the CURSOR's columns ({}) \
+                             and ANOMALY_SCORE",
+                            columns.join(", ")
+                        ),
+                    )),
+                }
+            })
+            .collect::<Result<_>>()?
+    };
+    let sql = format!(
+        "SELECT STREAM {} FROM {} {}",
+        items.join(", "),
+        stream_tok.token,
+        text_of(rest)
+    );
+    let mut out = significant(&sql)?;
+    for t in &mut out {
+        t.span = func.span;
+    }
+    Ok(out)
 }
 
 /// `SELECT STREAM … FROM TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s [WHERE …]),
@@ -104,18 +237,21 @@ fn table_function(
         ));
     };
     let top_k = word_is(&func.token, "TOP_K_ITEMS_TUMBLING");
-    if !top_k && !word_is(&func.token, "COUNT_DISTINCT_ITEMS_TUMBLING") {
+    let rcf = word_is(&func.token, "RANDOM_CUT_FOREST");
+    if !top_k && !rcf && !word_is(&func.token, "COUNT_DISTINCT_ITEMS_TUMBLING") {
         return Err(err(
             func.span.start,
             format!(
-                "pump {pump}: FROM TABLE(…) takes TOP_K_ITEMS_TUMBLING or \
-                 COUNT_DISTINCT_ITEMS_TUMBLING, found `{}`",
+                "pump {pump}: FROM TABLE(…) takes TOP_K_ITEMS_TUMBLING, \
+                 COUNT_DISTINCT_ITEMS_TUMBLING or RANDOM_CUT_FOREST, found `{}`",
                 func.token
             ),
         ));
     }
     let fname = if top_k {
         "TOP_K_ITEMS_TUMBLING"
+    } else if rcf {
+        "RANDOM_CUT_FOREST"
     } else {
         "COUNT_DISTINCT_ITEMS_TUMBLING"
     };
@@ -154,7 +290,14 @@ fn table_function(
     }
     args.push(&tokens[start..args_close]);
     let want = if top_k { 4 } else { 3 };
-    if args.len() != want {
+    if rcf && args.len() != 1 && args.len() != 5 {
+        return Err(here(format!(
+            "takes CURSOR(SELECT STREAM … FROM stream) alone, or with numberOfTrees, \
+             subSampleSize, timeDecay and shingleSize; found {} arguments",
+            args.len()
+        )));
+    }
+    if !rcf && args.len() != want {
         return Err(here(format!(
             "takes {want} arguments (CURSOR(SELECT STREAM * FROM stream), 'column', {}window \
              seconds), found {}",
@@ -208,6 +351,12 @@ fn table_function(
                  larger query a pump of its own and point the CURSOR at its stream"
             ),
         ));
+    }
+    if rcf {
+        return random_cut_forest(
+            tokens, from, func, &args, inner, q, inner_from, stream_tok, rest, pump, columns_of,
+        )
+        .map(Some);
     }
     // The column, in single quotes, named as written (or as the stream spells it).
     let column = match args[1] {
@@ -585,6 +734,16 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
                     .find(|(name, _)| w.value.eq_ignore_ascii_case(name))
                 {
                     return Err(err(t.span.start, why));
+                }
+                let in_table = k >= 2
+                    && matches!(tokens[k - 1].token, Token::LParen)
+                    && word_is(&tokens[k - 2].token, "TABLE");
+                if w.value.eq_ignore_ascii_case("RANDOM_CUT_FOREST") && !in_table {
+                    return Err(err(
+                        t.span.start,
+                        "RANDOM_CUT_FOREST is a table function: \
+                         FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM … FROM stream)))",
+                    ));
                 }
             }
         }
@@ -1533,6 +1692,19 @@ GROUP BY "car", FLOOR(("SOURCE_SQL_STREAM_001".ROWTIME - TIMESTAMP '1970-01-01 0
             "{sql}"
         );
         let app = translate(
+            "CREATE OR REPLACE STREAM d (p DOUBLE, score DOUBLE);\n\
+             CREATE OR REPLACE PUMP p AS INSERT INTO d SELECT STREAM * FROM TABLE(\
+             RANDOM_CUT_FOREST(CURSOR(SELECT STREAM price FROM s0 WHERE price > 0), 50, 128, 1000, 2));",
+        )
+        .unwrap();
+        assert!(
+            app.sql().contains(
+                "CAST(random_cut_forest ( 'P' , 50 , 128 , 1000 , 2 , \"PRICE\" ) AS DOUBLE) AS \"SCORE\""
+            ) && app.sql().contains("WHERE \"PRICE\" > 0"),
+            "{}",
+            app.sql()
+        );
+        let app = translate(
             "CREATE OR REPLACE STREAM d (n BIGINT);\n\
              CREATE OR REPLACE PUMP p AS INSERT INTO d SELECT STREAM * FROM TABLE(\
              COUNT_DISTINCT_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s0), 'T', 5));",
@@ -1584,7 +1756,20 @@ GROUP BY "car", FLOOR(("SOURCE_SQL_STREAM_001".ROWTIME - TIMESTAMP '1970-01-01 0
             ),
             (
                 "SELECT STREAM * FROM TABLE(OTHER_FN(1))".to_owned(),
-                "takes TOP_K_ITEMS_TUMBLING or COUNT_DISTINCT_ITEMS_TUMBLING",
+                "takes TOP_K_ITEMS_TUMBLING, COUNT_DISTINCT_ITEMS_TUMBLING or RANDOM_CUT_FOREST",
+            ),
+            (
+                format!("SELECT STREAM * FROM TABLE(RANDOM_CUT_FOREST({cursor}, 100, 5, 1000, 1))"),
+                "subSampleSize is a number from 10 to 1000",
+            ),
+            (
+                format!("SELECT STREAM * FROM TABLE(RANDOM_CUT_FOREST({cursor}, 100))"),
+                "alone, or with numberOfTrees",
+            ),
+            (
+                "SELECT STREAM * FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM a + 1 FROM s0)))"
+                    .to_owned(),
+                "selects plain columns",
             ),
         ] {
             let e = bad(&pump);

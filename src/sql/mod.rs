@@ -19,6 +19,7 @@ mod kda_functions;
 mod kda_log_parse;
 mod over;
 mod program;
+mod rcf;
 mod rewrite;
 mod watermark;
 mod window;

@@ -245,6 +245,7 @@ fn streaming_state() -> SessionState {
     .into_iter()
     .chain(super::kda_functions::functions())
     .chain(super::kda_log_parse::functions())
+    .chain([super::rcf::function()])
     {
         let _ = state.register_udf(Arc::new(udf));
     }

@@ -471,3 +471,71 @@ async fn a_parsed_row_read_column_by_column_belongs_to_its_own_batch() {
         assert_eq!(col(1).as_string::<i32>().value(0), (200 + seq).to_string());
     }
 }
+
+#[test]
+fn random_cut_forest_scores_an_outlier_far_above_the_stream_it_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    // The developer guide's anomaly-detection pump, with its parameters spelled out.
+    std::fs::write(
+        dir.path().join("app.sql"),
+        "CREATE OR REPLACE STREAM \"DESTINATION_SQL_STREAM\" (\n\
+           \"TICKER_SYMBOL\" VARCHAR(4), \"SECTOR\" VARCHAR(16), \"CHANGE\" REAL, \"PRICE\" REAL,\n\
+           \"ANOMALY_SCORE\" DOUBLE);\n\
+         CREATE OR REPLACE PUMP \"STREAM_PUMP\" AS INSERT INTO \"DESTINATION_SQL_STREAM\"\n\
+           SELECT STREAM \"TICKER_SYMBOL\", \"SECTOR\", \"CHANGE\", \"PRICE\", \"ANOMALY_SCORE\"\n\
+           FROM TABLE(RANDOM_CUT_FOREST(\n\
+             CURSOR(SELECT STREAM * FROM \"SOURCE_SQL_STREAM_001\"), 100, 256, 100000, 1));",
+    )
+    .unwrap();
+    let mut input = String::new();
+    let mut x: u64 = 5;
+    for i in 0..1_500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (change, price) = if i == 1_200 {
+            (40.0, 160.0)
+        } else {
+            (
+                (x % 200) as f64 / 100.0 - 1.0,
+                100.0 + (x % 1000) as f64 / 250.0,
+            )
+        };
+        input.push_str(&format!(
+            "{{\"TICKER_SYMBOL\": \"AMZN\", \"SECTOR\": \"TECH\", \"CHANGE\": {change}, \"PRICE\": {price}}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("in.ndjson"), input).unwrap();
+    let run = || {
+        let (ok, rows, err) = replay(&[
+            "--sql",
+            dir.path().join("app.sql").to_str().unwrap(),
+            "--input",
+            dir.path().join("in.ndjson").to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        rows.iter()
+            .map(|r| r["ANOMALY_SCORE"].as_f64().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let scores = run();
+    assert_eq!(scores.len(), 1_500);
+    // Nothing is scored while the forest warms up (the first quarter of a sample).
+    assert!(scores[..64].iter().all(|s| *s == 0.0));
+    let mut ordinary: Vec<f64> = scores[300..].to_vec();
+    ordinary.remove(1_200 - 300);
+    ordinary.sort_by(f64::total_cmp);
+    let median = ordinary[ordinary.len() / 2];
+    assert!(
+        median > 0.5 && median < 2.0,
+        "ordinary rows score about 1: {median}"
+    );
+    assert!(
+        scores[1_200] > 2.0 * ordinary[ordinary.len() - 1],
+        "the outlier {} against the highest ordinary score {}",
+        scores[1_200],
+        ordinary[ordinary.len() - 1]
+    );
+    // The same input gives the same scores.
+    assert_eq!(run(), scores);
+}
