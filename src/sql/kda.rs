@@ -572,6 +572,7 @@ const KEEP: &[&str] = &[
     "INSERT",
     "INTO",
     "USING",
+    "PLACING",
     "NULLS",
     "FIRST",
     "LAST",
@@ -1457,9 +1458,30 @@ fn similar_to_regex(pattern: &str) -> String {
 fn rewrite_plain(tokens: &[TokenWithSpan]) -> Result<Vec<String>> {
     let mut out = Vec::with_capacity(tokens.len());
     let mut skip = 0;
+    // `MOD(a, b)`, which DataFusion spells `a % b`: the tokens written in its place.
+    let mut replaced: HashMap<usize, &str> = HashMap::new();
+    for (k, t) in tokens.iter().enumerate() {
+        if word_is(&t.token, "MOD")
+            && matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen))
+        {
+            if let Some(close) = matching_paren(tokens, k + 1) {
+                let comma = (k + 2..close).find(|&c| {
+                    matches!(tokens[c].token, Token::Comma)
+                        && body_depth(&tokens[k + 1..], c - k - 1) == 1
+                });
+                if let Some(comma) = comma {
+                    replaced.extend([(k, ""), (k + 1, "(("), (comma, ") % ("), (close, "))")]);
+                }
+            }
+        }
+    }
     for (k, t) in tokens.iter().enumerate() {
         if skip > 0 {
             skip -= 1;
+            continue;
+        }
+        if let Some(text) = replaced.get(&k) {
+            out.push((*text).to_owned());
             continue;
         }
         // `x [NOT] SIMILAR TO 'pattern'` → `x ~ '^regex$'` (DataFusion's SIMILAR TO is an

@@ -214,11 +214,15 @@ impl OverAggregate {
         settings: WatermarkSettings,
         input: &SchemaRef,
     ) -> Result<Self> {
-        let fields = plan
+        let mut fields = plan
             .partition_by
             .iter()
             .map(|e| Ok(SortField::new(e.data_type(input)?)))
             .collect::<Result<Vec<_>>>()?;
+        if fields.is_empty() {
+            // No PARTITION BY: one partition, keyed by a constant (rows need a column).
+            fields.push(SortField::new(arrow::datatypes::DataType::Boolean));
+        }
         Ok(Self {
             keys: RowConverter::new(fields)?,
             plan,
@@ -273,12 +277,15 @@ impl OverAggregate {
                 .as_ref()
                 .and_then(|r| r.is_valid(i).then(|| r.value(i)))
         };
-        let key_cols = self
+        let mut key_cols = self
             .plan
             .partition_by
             .iter()
             .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
             .collect::<Result<Vec<_>>>()?;
+        if key_cols.is_empty() {
+            key_cols.push(Arc::new(arrow::array::BooleanArray::from(vec![false; n])));
+        }
         let keys = self.keys.convert_columns(&key_cols)?;
         let args: Vec<Vec<ArrayRef>> = self
             .plan
