@@ -196,11 +196,7 @@ fn random_cut_forest(
         stream_tok.token,
         text_of(rest)
     );
-    let mut out = significant(&sql)?;
-    for t in &mut out {
-        t.span = func.span;
-    }
-    Ok(out)
+    generated(&sql, func)
 }
 
 /// `SELECT STREAM … FROM TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s [WHERE …]),
@@ -467,12 +463,17 @@ fn table_function(
         )),
         None => sql.push_str(&step),
     }
-    // The rewritten query's tokens point at the function in the application code.
-    let mut out = significant(&sql)?;
+    generated(&sql, func).map(Some)
+}
+
+/// The tokens of SQL written in place of the call at `at`, all placed at the call, so that an
+/// error in them points at what the application wrote.
+fn generated(sql: &str, at: &TokenWithSpan) -> Result<Vec<TokenWithSpan>> {
+    let mut out = significant(sql)?;
     for t in &mut out {
-        t.span = func.span;
+        t.span = at.span;
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Words kept as they are (not identifiers): SQL structure, type names, time units.
