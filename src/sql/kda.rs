@@ -1161,26 +1161,16 @@ fn select(
                 "a stagger window groups by its PARTITION BY: the statement cannot have a GROUP BY too",
             ));
         }
-        let mut depth = 0;
-        let mut close = None;
-        let mut partition = None;
-        let mut range = None;
-        for (j, t) in body.iter().enumerate().skip(open) {
-            match t.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        close = Some(j);
-                        break;
-                    }
-                }
-                _ if depth == 1 && word_is(&t.token, "PARTITION") => partition = Some(j + 2),
-                _ if depth == 1 && word_is(&t.token, "RANGE") => range = Some(j),
-                _ => {}
-            }
-        }
-        let (Some(close), Some(p), Some(r)) = (close, partition, range) else {
+        let (close, direct) = inside(body, open).unwrap_or((body.len(), Vec::new()));
+        let partition = direct
+            .iter()
+            .find(|&&j| word_is(&body[j].token, "PARTITION"))
+            .map(|j| j + 2);
+        let range = direct
+            .iter()
+            .copied()
+            .find(|&j| word_is(&body[j].token, "RANGE"));
+        let (true, Some(p), Some(r)) = (close < body.len(), partition, range) else {
             return Err(err(
                 body[w].span.start,
                 "write WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL 'n' unit)",
@@ -1325,6 +1315,23 @@ fn matching_paren(tokens: &[TokenWithSpan], open: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The parenthesis at `open`: the index of the one closing it, and the indexes of the tokens
+/// directly inside it (not in parentheses nested in it).
+fn inside(tokens: &[TokenWithSpan], open: usize) -> Option<(usize, Vec<usize>)> {
+    let close = matching_paren(tokens, open)?;
+    let mut depth = 0;
+    let mut direct = Vec::new();
+    for (j, t) in tokens.iter().enumerate().take(close).skip(open + 1) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0 => direct.push(j),
+            _ => {}
+        }
+    }
+    Some((close, direct))
 }
 
 /// Parenthesis depth at token `k`.
@@ -1570,32 +1577,20 @@ fn sliding_windows(body: &[TokenWithSpan], out: &mut [String]) {
         if !opens_spec {
             continue;
         }
-        let mut depth = 0;
-        let mut order = false;
-        let mut frame = None;
-        let mut preceding = None;
-        let mut between = false;
-        for (j, x) in body.iter().enumerate().skip(k) {
-            match x.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                _ if depth == 1 => {
-                    if word_is(&x.token, "ORDER") {
-                        order = true;
-                    } else if word_is(&x.token, "RANGE") || word_is(&x.token, "ROWS") {
-                        frame = Some(j);
-                    } else if word_is(&x.token, "BETWEEN") {
-                        between = true;
-                    } else if word_is(&x.token, "PRECEDING") && preceding.is_none() {
-                        preceding = Some(j);
-                    }
-                }
-                _ => {}
+        let (mut order, mut frame, mut preceding, mut between) = (false, None, None, false);
+        for j in inside(body, k)
+            .map(|(_, direct)| direct)
+            .unwrap_or_default()
+        {
+            let x = &body[j].token;
+            if word_is(x, "ORDER") {
+                order = true;
+            } else if word_is(x, "RANGE") || word_is(x, "ROWS") {
+                frame = Some(j);
+            } else if word_is(x, "BETWEEN") {
+                between = true;
+            } else if word_is(x, "PRECEDING") && preceding.is_none() {
+                preceding = Some(j);
             }
         }
         let Some(f) = frame else { continue };
