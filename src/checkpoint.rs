@@ -41,6 +41,10 @@ pub struct Checkpoint {
     pub sql_fingerprint: String,
     /// When the checkpoint was taken, in milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// The input's columns (name and type) as the first run inferred them; a restart decodes with
+    /// them instead of inferring again (from a stream that may hold nothing new). Empty when the
+    /// columns were given.
+    pub input_columns: Vec<(String, arrow::datatypes::DataType)>,
 }
 
 impl Checkpoint {
@@ -80,7 +84,14 @@ struct Header {
     position: Position,
     #[serde(default)]
     partitions: Vec<String>,
+    /// (name, Arrow type as text)
+    #[serde(default)]
+    input_columns: Vec<(String, String)>,
     state_lengths: Vec<u64>,
+    /// MD5 of each state part (hex): damaged bytes are found before they are decoded. Absent in
+    /// checkpoints of earlier versions.
+    #[serde(default)]
+    state_digests: Vec<String>,
 }
 
 impl FileCheckpointStore {
@@ -101,7 +112,13 @@ impl FileCheckpointStore {
             sql_fingerprint: checkpoint.sql_fingerprint.clone(),
             position: checkpoint.position.clone(),
             partitions: checkpoint.partitions.clone(),
+            input_columns: checkpoint
+                .input_columns
+                .iter()
+                .map(|(n, t)| (n.clone(), t.to_string()))
+                .collect(),
             state_lengths: checkpoint.state.iter().map(|s| s.len() as u64).collect(),
+            state_digests: checkpoint.state.iter().map(|s| digest(s)).collect(),
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| Error::Pipeline(format!("encoding a checkpoint: {e}")))?;
@@ -143,25 +160,51 @@ impl FileCheckpointStore {
                 header.version
             )));
         }
+        if !header.state_digests.is_empty()
+            && header.state_digests.len() != header.state_lengths.len()
+        {
+            return Err(bad("the window state's digests do not match its parts"));
+        }
         let mut parts = Vec::with_capacity(header.state_lengths.len());
-        for len in header.state_lengths {
+        for (i, len) in header.state_lengths.into_iter().enumerate() {
             let len = usize::try_from(len).map_err(|_| bad("state too large"))?;
             if state.len() < len {
                 return Err(bad("truncated window state"));
             }
             let (part, rest) = state.split_at(len);
+            if header
+                .state_digests
+                .get(i)
+                .is_some_and(|d| *d != digest(part))
+            {
+                return Err(bad(&format!(
+                    "the window state of statement {} is damaged (its digest does not match)",
+                    i + 1
+                )));
+            }
             parts.push(part.to_vec());
             state = rest;
         }
         if !state.is_empty() {
             return Err(bad("trailing bytes after the window state"));
         }
+        let input_columns = header
+            .input_columns
+            .into_iter()
+            .map(|(name, t)| {
+                let t = t
+                    .parse()
+                    .map_err(|_| bad(&format!("input column `{name}` has no type `{t}`")))?;
+                Ok((name, t))
+            })
+            .collect::<Result<_>>()?;
         Ok(Checkpoint {
             position: header.position,
             state: parts,
             partitions: header.partitions,
             sql_fingerprint: header.sql_fingerprint,
             created_ms: header.created_ms,
+            input_columns,
         })
     }
 
@@ -210,6 +253,15 @@ impl CheckpointStore for FileCheckpointStore {
     }
 }
 
+/// MD5 of `bytes`, as hex.
+fn digest(bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A fingerprint of SQL text, stored with window state so that state is never restored into a
 /// different query.
 pub(crate) fn sql_fingerprint(sql: &str) -> String {
@@ -234,6 +286,16 @@ mod tests {
             partitions: vec!["shardId-000000000001".into(), "shardId-000000000000".into()],
             sql_fingerprint: sql_fingerprint("SELECT 1"),
             created_ms: 1_700_000_000_000,
+            input_columns: vec![
+                ("id".into(), arrow::datatypes::DataType::Int64),
+                (
+                    "ts".into(),
+                    arrow::datatypes::DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Millisecond,
+                        Some("+00:00".into()),
+                    ),
+                ),
+            ],
         }
     }
 
@@ -267,6 +329,13 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let err = store.load().await.unwrap_err().to_string();
         assert!(err.contains("truncated window state"), "{err}");
+        // A byte of the window state changed, the length kept.
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        std::fs::write(&path, &flipped).unwrap();
+        let err = store.load().await.unwrap_err().to_string();
+        assert!(err.contains("statement 3 is damaged"), "{err}");
         std::fs::write(&path, b"{\"not\": \"ours\"}").unwrap();
         let err = store.load().await.unwrap_err().to_string();
         assert!(err.contains("wrong magic"), "{err}");

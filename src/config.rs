@@ -62,7 +62,8 @@ use crate::{Error, Result};
 /// # quote = "\""            # csv
 /// # escape = "\\"           # csv: none by default (quotes are doubled)
 /// # header = false          # csv: the file starts with a header row
-/// rowtime = "event_time"    # optional: ROWTIME from this column instead of the arrival time
+/// rowtime = "event_time"    # optional: ROWTIME from this column instead of the arrival time, or
+///                           # "processing": the time the record entered the pipeline (KDA's)
 /// infer_sample = 1000       # records read to infer columns when `columns` is omitted
 /// max_record_bytes = 10485760
 /// # columns = [{ name = "sym", type = "VARCHAR(8)", path = "$.ticker_symbol" }]
@@ -72,7 +73,9 @@ use crate::{Error, Result};
 /// # application = "app.json"  # a KDA application file (DescribeApplication output, or the
 ///                             # original solution's YAML): input format, columns, and code
 /// allowed_lateness_ms = 0   # windows: how far behind the newest event time a row may arrive
-/// idle_timeout_ms = 60000   # windows: a shard quiet this long stops holding the watermark
+/// idle_timeout_ms = 60000   # windows: a shard read to its tip and quiet this long stops holding the watermark
+/// max_future_ms = 3600000   # windows: a row this far ahead of its arrival time is `bad_time`
+/// max_alignment_ms = 60000  # windows: a shard this far ahead of the watermark pauses (0: never)
 ///
 /// [[sinks]]                 # one or more
 /// type = "stdout"           # or "stderr", "file", "firehose", "kinesis", or "s3"
@@ -370,6 +373,10 @@ struct QueryConfig {
     allowed_lateness_ms: u64,
     #[serde(default = "default_idle_timeout_ms")]
     idle_timeout_ms: u64,
+    #[serde(default = "default_max_future_ms")]
+    max_future_ms: u64,
+    #[serde(default = "default_max_alignment_ms")]
+    max_alignment_ms: u64,
 }
 
 impl Default for QueryConfig {
@@ -380,8 +387,18 @@ impl Default for QueryConfig {
             application: None,
             allowed_lateness_ms: 0,
             idle_timeout_ms: default_idle_timeout_ms(),
+            max_future_ms: default_max_future_ms(),
+            max_alignment_ms: default_max_alignment_ms(),
         }
     }
+}
+
+fn default_max_alignment_ms() -> u64 {
+    60_000
+}
+
+fn default_max_future_ms() -> u64 {
+    3_600_000
 }
 
 fn default_idle_timeout_ms() -> u64 {
@@ -918,7 +935,7 @@ impl PipelineConfig {
         self.record_format()?;
         self.columns()?;
         if let (Some(rt), Some(cols)) = (&self.format.rowtime, &self.format.columns) {
-            if !cols.iter().any(|c| &c.name == rt) {
+            if rt != crate::format::PROCESSING_ROWTIME && !cols.iter().any(|c| &c.name == rt) {
                 return Err(Error::config(
                     "format.rowtime",
                     format!("`{rt}` is not one of the columns"),
@@ -1755,6 +1772,9 @@ impl PipelineConfig {
         b = b.watermark(WatermarkSettings {
             allowed_lateness: Duration::from_millis(self.query.allowed_lateness_ms),
             idle_timeout: Duration::from_millis(self.query.idle_timeout_ms),
+            max_future: Duration::from_millis(self.query.max_future_ms),
+            max_alignment: (self.query.max_alignment_ms > 0)
+                .then(|| Duration::from_millis(self.query.max_alignment_ms)),
         });
         let errors = self.error_output_config();
         b = b.boxed_error_output(self.build_sink(&errors, crate::ERROR_STREAM).await?);

@@ -67,7 +67,7 @@ pub use error::{Error, Result};
 pub use format::{
     infer_schema, parse_sql_type, Column, CsvOptions, DecodeFailure, DecodeOutput, Encoder,
     FailureKind, JsonPath, MetadataColumn, OutputFormat, RecordDecoder, RecordDecoderBuilder,
-    RecordFormat, DEFAULT_MAX_RECORD_BYTES, ROWTIME,
+    RecordFormat, DEFAULT_MAX_RECORD_BYTES, PROCESSING_ROWTIME, ROWTIME,
 };
 pub use kda_app::{KdaApplication, KdaReference};
 pub use metrics::{MetricsSnapshot, PartitionHealth, PipelineMetrics, SourceHealth};
@@ -106,7 +106,8 @@ pub mod s3 {
 }
 pub use source::{
     FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,
-    GeneratorSourceBuilder, Source, SourceBatch,
+    GeneratorSourceBuilder, PartitionAlignment, PartitionEvent, Source, SourceBatch,
+    DEFAULT_PARTITION,
 };
 pub use sql::{
     QueryOutput, RowFailure, SqlFunctions, SqlIssue, SqlOutput, SqlProgram, StreamQuery,

@@ -116,6 +116,11 @@ pub struct PartitionHealth {
     pub dropped_out_of_range: u64,
     /// Read to its end (a closed shard after a split or merge).
     pub finished: bool,
+    /// Reads wait: its event time runs ahead of the pipeline's watermark by more than
+    /// `max_alignment_ms` (catch-up alignment).
+    pub paused: bool,
+    /// Times reads were paused for alignment.
+    pub pauses: u64,
 }
 
 /// Per-partition health of a source, shared between the source's readers and whoever reports it.
@@ -161,9 +166,10 @@ impl SourceHealth {
         let throttles: u64 = map.values().map(|h| h.throttles).sum();
         let renewals: u64 = map.values().map(|h| h.renewals).sum();
         let retries: u64 = map.values().map(|h| h.retries).sum();
+        let paused = map.values().filter(|h| h.paused).count();
         let lag = lag.map_or_else(|| "?".to_owned(), |l| format!("{l} ms"));
         format!(
-            "shards {active} open/{} seen, lag {lag}, throttled {throttles}, renewed {renewals}, retried {retries}",
+            "shards {active} open/{} seen, lag {lag}, throttled {throttles}, renewed {renewals}, retried {retries}, paused for alignment {paused}",
             map.len()
         )
     }

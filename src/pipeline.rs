@@ -32,8 +32,10 @@ use crate::sink::{
     CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage, OutputBatch,
     OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
 };
-use crate::source::{now_ms, Source, SourceBatch};
-use crate::sql::{SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
+use crate::source::{
+    now_ms, PartitionAlignment, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION,
+};
+use crate::sql::{SourceState, SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
 use crate::transform::{RecordTransform, Transformed};
 use crate::{Error, Result};
 
@@ -145,6 +147,8 @@ pub struct Pipeline {
     /// Source partitions as the restored window state numbers them.
     partitions: Vec<String>,
     health: Option<Arc<SourceHealth>>,
+    /// Catch-up alignment shared with the source, and how far ahead a partition may run.
+    alignment: Option<(Arc<PartitionAlignment>, i64)>,
 }
 
 /// The checkpoint store of a pipeline and how often it is written.
@@ -153,6 +157,8 @@ struct Checkpoints {
     store: Arc<dyn CheckpointStore>,
     interval: Duration,
     fingerprint: String,
+    /// The input's columns when they were inferred, kept for restarts.
+    input_columns: Vec<(String, arrow::datatypes::DataType)>,
 }
 
 impl fmt::Debug for Pipeline {
@@ -287,6 +293,7 @@ impl Pipeline {
             first_range,
             partitions,
             health: _,
+            alignment,
         } = self;
         let (ranges_tx, ranges) = CheckpointRanges::channel(first_range);
         let stateful = program.is_stateful();
@@ -353,6 +360,7 @@ impl Pipeline {
                 .filter(|_| stateful)
                 .map(|c| c.interval),
             last_snapshot: Instant::now(),
+            alignment,
         }));
         let tracker = if stateful && checkpoints.is_some() {
             AckTracker::snapshots_only()
@@ -437,7 +445,9 @@ impl PipelineBuilder {
         self
     }
 
-    /// Takes `ROWTIME` from this input column instead of the arrival time.
+    /// Takes `ROWTIME` from this input column instead of the arrival time;
+    /// [`PROCESSING_ROWTIME`](crate::PROCESSING_ROWTIME) (`"processing"`) makes it the time a
+    /// record entered the pipeline, as Kinesis Data Analytics did.
     pub fn rowtime_field(mut self, field: impl Into<String>) -> Self {
         self.rowtime_field = Some(field.into());
         self
@@ -580,6 +590,9 @@ impl PipelineBuilder {
             ));
         }
         source.set_max_batch_records(self.batch.max_rows);
+        // Before the first read, so that every shard reader the source starts can be paused.
+        let alignment = Arc::new(PartitionAlignment::default());
+        source.set_alignment(Arc::clone(&alignment));
         // The checkpoint decides where the source starts, so it is read before any record.
         let restored = match &self.checkpoint_store {
             Some(store) => store.load().await?,
@@ -595,7 +608,18 @@ impl PipelineBuilder {
             );
         }
         let mut replay = Vec::new();
-        let columns = match self.columns {
+        let kept_columns = restored
+            .as_ref()
+            .filter(|_| self.columns.is_none())
+            .map(|c| &c.input_columns)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.iter()
+                    .map(|(name, t)| Column::new(name, t.clone()))
+                    .collect::<Vec<_>>()
+            });
+        let inferred = self.columns.is_none();
+        let columns = match self.columns.or(kept_columns) {
             Some(c) => c,
             None => {
                 // Sample until enough records, the end of the source, or the source going idle
@@ -606,6 +630,8 @@ impl PipelineBuilder {
                 while sample.len() < self.infer_sample {
                     match source.next_batch().await? {
                         Some(b) if b.records.is_empty() => {
+                            // Kept: its position and partition events are the source's too.
+                            replay.push(b);
                             if !sample.is_empty() || started.elapsed() >= INFER_WAIT {
                                 break;
                             }
@@ -765,6 +791,14 @@ impl PipelineBuilder {
                 store,
                 interval: self.checkpoint_interval,
                 fingerprint,
+                input_columns: if inferred {
+                    columns
+                        .iter()
+                        .map(|c| (c.name.clone(), c.data_type.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             }),
             partitions: restored
                 .as_ref()
@@ -776,6 +810,14 @@ impl PipelineBuilder {
             },
             resumed: restored.map(|c| c.position).unwrap_or_default(),
             health,
+            alignment: self
+                .watermark
+                .max_alignment
+                .filter(|_| program.is_stateful())
+                .map(|by| {
+                    let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+                    (alignment, by)
+                }),
             source,
             replay,
             transform: self.transform,
@@ -871,6 +913,7 @@ impl Committer {
             partitions: state.partitions,
             sql_fingerprint: cp.fingerprint.clone(),
             created_ms: now_ms(),
+            input_columns: cp.input_columns.clone(),
         };
         cp.store.save(&checkpoint).await?;
         self.ranges.send_replace(CheckpointRange::after(
@@ -994,6 +1037,8 @@ struct Processing {
     /// With a checkpoint store and windows: how often the window state is snapshotted.
     snapshot_every: Option<Duration>,
     last_snapshot: Instant,
+    /// Catch-up alignment: the partitions paused, and how far ahead of the watermark one may run.
+    alignment: Option<(Arc<PartitionAlignment>, i64)>,
 }
 
 /// Why the processing task runs the SQL.
@@ -1039,6 +1084,9 @@ async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
             tokio::select! {
                 chunk = p.chunks.recv() => match chunk {
                     Some(mut chunk) => {
+                        // Applied at once: a declaration must hold the watermark before any row
+                        // of the chunk is processed, and the rest describe what was read.
+                        p.apply_partition_events(&chunk.partitions);
                         if !pending.is_empty()
                             && pending.len() + chunk.records.len() > p.settings.max_rows
                         {
@@ -1169,19 +1217,25 @@ impl Processing {
                     reason: f.reason.clone(),
                     record: records[f.index].clone(),
                 }));
-                let partitions: Vec<u32> = if self.program.is_stateful() {
-                    decoded
-                        .row_records
-                        .iter()
-                        .map(|&r| self.partition_of(&records[r]))
-                        .collect()
+                let of_record = if self.program.is_stateful() {
+                    self.record_partitions(&records)
                 } else {
                     Vec::new()
                 };
+                let (partitions, arrivals): (Vec<u32>, Vec<i64>) = if of_record.is_empty() {
+                    (Vec::new(), Vec::new())
+                } else {
+                    decoded
+                        .row_records
+                        .iter()
+                        .map(|&r| (of_record[r], records[r].arrival_time_ms()))
+                        .unzip()
+                };
                 let output = self
                     .program
-                    .process(&decoded.batch, &partitions, seq)
+                    .process_arrived(&decoded.batch, &partitions, &arrivals, seq)
                     .await?;
+                self.mark_records(&of_record, seq);
                 for issue in &output.issues {
                     let record = match issue.input_row {
                         Some(row) => records[decoded.row_records[row]].clone(),
@@ -1201,6 +1255,7 @@ impl Processing {
             Step::Tick | Step::Stop => self.program.tick(seq).await?,
             Step::End => self.program.finish(seq).await?,
         };
+        self.align(step);
         // A snapshot of the window state after this batch makes it a checkpoint: sent before any
         // output, so the tracker has it before the batch can complete.
         let snapshotted = match self.snapshot_every {
@@ -1306,16 +1361,106 @@ impl Processing {
         Ok(())
     }
 
-    fn partition_of(&mut self, record: &Record) -> u32 {
-        let Some(shard) = record.shard_id() else {
-            return 0;
+    /// Pauses the partitions that run too far ahead of the watermark; at the end, none.
+    fn align(&mut self, step: Step) {
+        let Some((alignment, by)) = &self.alignment else {
+            return;
         };
-        if let Some(p) = self.partitions.get(shard) {
+        let ahead = match step {
+            Step::End | Step::Stop => Vec::new(),
+            _ => self.program.partitions_ahead(*by, self.partitions.len()),
+        };
+        let paused = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| ahead.contains(p))
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        alignment.set(paused);
+    }
+
+    /// The number of the partition called `name`, given one when it is new.
+    fn partition_number(&mut self, name: &str) -> u32 {
+        if let Some(p) = self.partitions.get(name) {
             return *p;
         }
         let next = u32::try_from(self.partitions.len()).unwrap_or(u32::MAX);
-        self.partitions.insert(Arc::from(shard), next);
+        self.partitions.insert(Arc::from(name), next);
         next
+    }
+
+    /// The partition number of each record.
+    fn record_partitions(&mut self, records: &[Record]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(records.len());
+        // Records come in runs of one shard, sharing its name: one lookup per run.
+        let mut last: Option<(*const u8, usize, u32)> = None;
+        for r in records {
+            let name = r.shard_id().unwrap_or(DEFAULT_PARTITION);
+            let p = match last {
+                Some((ptr, len, p)) if ptr == name.as_ptr() && len == name.len() => p,
+                _ => {
+                    let p = self.partition_number(name);
+                    last = Some((name.as_ptr(), name.len(), p));
+                    p
+                }
+            };
+            out.push(p);
+        }
+        out
+    }
+
+    /// Marks the partitions of a processed micro-batch's records as having had records now.
+    /// (After the SQL: a partition whose rows are in the batch is not one whose rows never reach
+    /// a window while they are being aggregated.)
+    fn mark_records(&mut self, partitions: &[u32], seq: u64) {
+        let now = std::time::Instant::now();
+        let mut last = None;
+        for &p in partitions {
+            if last != Some(p) {
+                if let Some(e) = self.program.partition_table_mut().get_mut(p) {
+                    e.last_records = Some((seq, now));
+                }
+                last = Some(p);
+            }
+        }
+    }
+
+    /// Takes what the source said of its partitions into the watermarks' partition table.
+    fn apply_partition_events(&mut self, events: &[PartitionEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for event in events {
+            let p = self.partition_number(event.partition());
+            if self.program.partition_table_mut().get(p).is_none() {
+                self.program
+                    .partition_table_mut()
+                    .declare(p, Vec::new(), now);
+            }
+            match event {
+                PartitionEvent::Declared { parents, .. } => {
+                    let parents = parents.iter().map(|q| self.partition_number(q)).collect();
+                    self.program.partition_table_mut().declare(p, parents, now);
+                }
+                PartitionEvent::Reading(_) => self.set_state(p, SourceState::Reading),
+                PartitionEvent::CaughtUp(_) => self.set_state(p, SourceState::CaughtUp(now)),
+                PartitionEvent::Finished { children, .. } => {
+                    let children: Vec<u32> =
+                        children.iter().map(|c| self.partition_number(c)).collect();
+                    if let Some(e) = self.program.partition_table_mut().get_mut(p) {
+                        e.state = SourceState::Finished;
+                        e.children = children;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_state(&mut self, p: u32, state: SourceState) {
+        if let Some(e) = self.program.partition_table_mut().get_mut(p) {
+            e.state = state;
+        }
     }
 }
 

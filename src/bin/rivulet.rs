@@ -197,6 +197,7 @@ impl QueryArgs {
             watermark: WatermarkSettings {
                 allowed_lateness: Duration::from_millis(self.lateness_ms),
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                ..WatermarkSettings::default()
             },
             references: self.reference,
         }
@@ -471,9 +472,10 @@ async fn print_progress(
                             .millis_behind
                             .map_or_else(|| "?".to_owned(), |l| l.to_string());
                         format!(
-                            "{id} {:.0}/s lag {lag} ms throttled {}",
+                            "{id} {:.0}/s lag {lag} ms throttled {}{}",
                             (s.records - before) as f64 / every.as_secs_f64(),
-                            s.throttles
+                            s.throttles,
+                            if s.paused { " paused (ahead)" } else { "" }
                         )
                     })
                     .collect();

@@ -152,6 +152,9 @@ pub struct RecordDecoder {
     output_schema: SchemaRef,
     layout: Layout,
     rowtime_column: Option<usize>,
+    /// ROWTIME is the time a record entered the pipeline (never going back), not its arrival.
+    processing_rowtime: bool,
+    last_processing: i64,
     metadata: Vec<MetadataColumn>,
     max_record_bytes: usize,
     batch_size: usize,
@@ -159,6 +162,11 @@ pub struct RecordDecoder {
     /// The fast path for flat JSON objects, when the columns allow it.
     flat: Option<FlatJsonDecoder>,
 }
+
+/// The `rowtime` setting that makes `ROWTIME` the time a record entered the pipeline (one instant
+/// per micro-batch, never going back), as Kinesis Data Analytics defined it, instead of the
+/// record's arrival time in the stream.
+pub const PROCESSING_ROWTIME: &str = "processing";
 
 /// Builder for [`RecordDecoder`].
 #[derive(Debug, Clone)]
@@ -336,6 +344,12 @@ impl RecordDecoder {
         let mut row_records = good;
 
         let rowtime = match self.rowtime_column {
+            None if self.processing_rowtime => {
+                // One instant for the whole micro-batch: its records entered together.
+                let now = crate::source::now_ms().max(self.last_processing);
+                self.last_processing = now;
+                TimestampMillisecondArray::from_iter_values(row_records.iter().map(|_| now))
+            }
             None => TimestampMillisecondArray::from_iter_values(
                 row_records.iter().map(|&i| records[i].arrival_time_ms()),
             ),
@@ -573,6 +587,8 @@ impl RecordDecoderBuilder {
     }
 
     /// Takes `ROWTIME` from this column (ISO-8601 or epoch milliseconds) instead of the arrival time.
+    /// [`PROCESSING_ROWTIME`] (`"processing"`) makes it the time the record entered the pipeline
+    /// instead, as Kinesis Data Analytics did.
     /// Rows whose value is missing or unparsable go to the failures with [`FailureKind::BadRowtime`].
     pub fn with_rowtime_field(mut self, field: Option<String>) -> Self {
         self.rowtime_field = field;
@@ -659,8 +675,10 @@ impl RecordDecoderBuilder {
             false,
         ));
         let output_schema = Arc::new(Schema::new(fields));
+        let processing_rowtime = self.rowtime_field.as_deref() == Some(PROCESSING_ROWTIME);
         let rowtime_column = match &self.rowtime_field {
             None => None,
+            Some(_) if processing_rowtime => None,
             Some(name) => Some(
                 self.columns
                     .iter()
@@ -708,6 +726,8 @@ impl RecordDecoderBuilder {
             output_schema,
             layout,
             rowtime_column,
+            processing_rowtime,
+            last_processing: i64::MIN,
             metadata: self.metadata,
             max_record_bytes: self.max_record_bytes,
             batch_size: self.batch_size,
@@ -821,6 +841,33 @@ mod tests {
             Column::new("a", DataType::Int64),
             Column::new("b", DataType::Utf8),
         ]
+    }
+
+    #[test]
+    fn processing_rowtime_is_when_the_batch_was_decoded_and_never_goes_back() {
+        let mut d = RecordDecoder::builder(RecordFormat::Json)
+            .with_columns(ab())
+            .with_rowtime_field(Some(PROCESSING_ROWTIME.into()))
+            .build()
+            .unwrap();
+        let rowtimes = |d: &mut RecordDecoder| {
+            let out = d
+                .decode(&recs(&[br#"{"a":1,"b":"x"}"#, br#"{"a":2,"b":"y"}"#]))
+                .unwrap();
+            out.batch
+                .column(2)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                .values()
+                .to_vec()
+        };
+        let before = crate::source::now_ms();
+        let first = rowtimes(&mut d);
+        let after = crate::source::now_ms();
+        // Not the arrival times (1000, 1001): one instant of this decode for both rows.
+        assert_eq!(first[0], first[1]);
+        assert!((before..=after).contains(&first[0]), "{first:?}");
+        let second = rowtimes(&mut d);
+        assert!(second[0] >= first[0]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod schema;
 
 pub use decode::{
     DecodeFailure, DecodeOutput, FailureKind, RecordDecoder, RecordDecoderBuilder,
-    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_MAX_RECORD_BYTES, PROCESSING_ROWTIME,
 };
 pub use encode::{Encoder, OutputFormat};
 pub use schema::{infer_schema, parse_sql_type, Column, JsonPath};

@@ -16,6 +16,10 @@ use super::api::{ApiError, KinesisApi};
 use super::shards::{RecordUnpacker, ShardInfo, ShardOffset};
 use crate::metrics::SourceHealth;
 use crate::record::Record;
+use crate::source::PartitionAlignment;
+
+/// How often a paused reader checks whether it may go on.
+const ALIGNMENT_POLL: Duration = Duration::from_millis(50);
 
 /// Most records one GetRecords call may return.
 pub const MAX_RECORDS_PER_CALL: i32 = 10_000;
@@ -62,6 +66,8 @@ pub(crate) enum ReaderEvent {
         records: Vec<Record>,
         offset: ShardOffset,
     },
+    /// The shard is read to its tip: a page came back empty with nothing behind it.
+    CaughtUp { shard: Arc<str> },
     /// The shard is read to its end.
     End {
         shard: Arc<str>,
@@ -107,6 +113,8 @@ pub(crate) struct ShardReader {
     pub(crate) settings: PollSettings,
     pub(crate) events: mpsc::Sender<ReaderEvent>,
     pub(crate) health: Arc<SourceHealth>,
+    /// The pipeline's catch-up alignment: reads wait while it pauses this shard.
+    pub(crate) alignment: Option<Arc<PartitionAlignment>>,
 }
 
 impl ShardReader {
@@ -138,6 +146,8 @@ impl ShardReader {
             attempt: 0,
         };
         let mut next_call = Instant::now();
+        // Reported caught up, with no record since.
+        let mut caught_up = false;
         loop {
             let it = match &iterator {
                 Some(it) => it.clone(),
@@ -161,6 +171,7 @@ impl ShardReader {
                 },
             };
             tokio::time::sleep_until(next_call).await;
+            self.wait_while_paused().await;
             let called = Instant::now();
             let page = match self.api.get_records(&it, self.settings.max_records).await {
                 Ok(page) => page,
@@ -227,6 +238,16 @@ impl ShardReader {
             // Caught up: no need to ask again soon. (An empty page while behind is a gap in the
             // shard, not the end of its records.)
             let idle = behind == Some(0) || (raw == 0 && behind.is_none());
+            if raw > 0 {
+                caught_up = false;
+            } else if behind == Some(0) && !std::mem::replace(&mut caught_up, true) {
+                let event = ReaderEvent::CaughtUp {
+                    shard: Arc::clone(&id),
+                };
+                if self.events.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
             let gap = if idle {
                 self.settings.idle_interval
             } else {
@@ -234,6 +255,28 @@ impl ShardReader {
             };
             next_call = called + gap.max(self.settings.min_interval);
         }
+    }
+
+    /// Waits while the pipeline pauses this shard for alignment (its event time is too far ahead).
+    async fn wait_while_paused(&self) {
+        let Some(alignment) = &self.alignment else {
+            return;
+        };
+        if !alignment.is_paused(&self.shard.id) {
+            return;
+        }
+        tracing::debug!(shard = %self.shard.id, "paused: its event time is ahead of the others'");
+        self.health.update(&self.shard.id, |h| {
+            h.paused = true;
+            h.pauses += 1;
+        });
+        while alignment.is_paused(&self.shard.id) {
+            if self.events.is_closed() {
+                break;
+            }
+            tokio::time::sleep(ALIGNMENT_POLL).await;
+        }
+        self.health.update(&self.shard.id, |h| h.paused = false);
     }
 
     /// A closed shard that no longer exists (past the retention period) has nothing left to read.

@@ -15,7 +15,7 @@ use super::reader::{PollSettings, ReaderEvent, ShardReader, MAX_RECORDS_PER_CALL
 use super::shards::{ShardInfo, ShardOffset};
 use crate::metrics::SourceHealth;
 use crate::record::Position;
-use crate::source::{now_ms, Source, SourceBatch};
+use crate::source::{now_ms, PartitionAlignment, PartitionEvent, Source, SourceBatch};
 use crate::{Error, Result};
 
 /// How long `next_batch` waits for records before returning an empty batch.
@@ -63,6 +63,8 @@ struct Shard {
     listed: bool,
     /// Known from the first listing (for LATEST: open shards then start at the newest record).
     at_start: bool,
+    /// Read to the tip, with nothing newer since.
+    caught_up: bool,
 }
 
 /// Reads a Kinesis data stream: all its shards, with parents read to their end before their
@@ -92,6 +94,9 @@ pub struct KinesisSource {
     list_retry_at: Option<Instant>,
     health: Arc<SourceHealth>,
     name: String,
+    /// Partition events not yet handed out with a batch.
+    partition_events: Vec<PartitionEvent>,
+    alignment: Option<Arc<PartitionAlignment>>,
 }
 
 impl fmt::Debug for KinesisSource {
@@ -154,6 +159,8 @@ impl KinesisSource {
             list_retry_at: None,
             health: Arc::new(SourceHealth::default()),
             name,
+            partition_events: Vec::new(),
+            alignment: None,
         }
     }
 
@@ -189,16 +196,41 @@ impl KinesisSource {
         self.last_list = Some(Instant::now());
         self.list_now = false;
         self.list_retry_at = None;
+        let mut added = Vec::new();
         for info in listed {
             if let Some(known) = self.shards.get_mut(&info.id) {
                 known.info.closed |= info.closed;
                 known.listed = true;
                 continue;
             }
+            added.push(Arc::clone(&info.id));
             self.add_shard(info, first, true);
+        }
+        // Shards finished before this run (by the checkpoint, or closed before a LATEST start)
+        // are declared finished, with the children the listing names.
+        for id in added {
+            if self.shards[&id].state == ShardState::Finished {
+                let children = self.children_of(&id);
+                self.partition_events.push(PartitionEvent::Finished {
+                    partition: id,
+                    children,
+                });
+            }
         }
         self.start_ready();
         Ok(())
+    }
+
+    /// The known shards that continue `id`.
+    fn children_of(&self, id: &str) -> Vec<Arc<str>> {
+        let mut children: Vec<Arc<str>> = self
+            .shards
+            .values()
+            .filter(|s| s.info.parents.iter().any(|p| p == id))
+            .map(|s| Arc::clone(&s.info.id))
+            .collect();
+        children.sort();
+        children
     }
 
     fn add_shard(&mut self, info: ShardInfo, at_start: bool, listed: bool) {
@@ -235,6 +267,10 @@ impl KinesisSource {
         self.health.update(&info.id, |h| {
             h.finished = state == ShardState::Finished;
         });
+        self.partition_events.push(PartitionEvent::Declared {
+            partition: Arc::clone(&info.id),
+            parents: info.parents.iter().map(|p| Arc::from(p.as_str())).collect(),
+        });
         self.shards.insert(
             Arc::clone(&info.id),
             Shard {
@@ -242,6 +278,7 @@ impl KinesisSource {
                 state,
                 listed,
                 at_start,
+                caught_up: false,
             },
         );
     }
@@ -305,6 +342,8 @@ impl KinesisSource {
             };
             let shard = self.shards.get_mut(&id).expect("listed above");
             shard.state = ShardState::Reading;
+            self.partition_events
+                .push(PartitionEvent::Reading(Arc::clone(&id)));
             tracing::debug!(shard = %id, from = %offset, "reading shard");
             let reader = ShardReader {
                 api: Arc::clone(&self.api),
@@ -314,6 +353,7 @@ impl KinesisSource {
                 settings: self.settings,
                 events: self.events_tx.clone(),
                 health: Arc::clone(&self.health),
+                alignment: self.alignment.clone(),
             };
             self.readers.spawn(reader.run());
         }
@@ -330,6 +370,18 @@ impl KinesisSource {
                 records.append(&mut read);
                 self.position.set(&*shard, offset.to_string());
                 self.position_changed = true;
+                if let Some(s) = self.shards.get_mut(&shard) {
+                    if std::mem::take(&mut s.caught_up) {
+                        self.partition_events.push(PartitionEvent::Reading(shard));
+                    }
+                }
+            }
+            ReaderEvent::CaughtUp { shard } => {
+                if let Some(s) = self.shards.get_mut(&shard) {
+                    if !std::mem::replace(&mut s.caught_up, true) {
+                        self.partition_events.push(PartitionEvent::CaughtUp(shard));
+                    }
+                }
             }
             ReaderEvent::End { shard, children } => {
                 tracing::info!(shard = %shard, children = children.len(), "shard read to its end");
@@ -338,11 +390,23 @@ impl KinesisSource {
                 if let Some(s) = self.shards.get_mut(&shard) {
                     s.state = ShardState::Finished;
                 }
+                let mut child_ids = Vec::with_capacity(children.len());
                 for child in children {
+                    child_ids.push(Arc::clone(&child.id));
                     if !self.shards.contains_key(&child.id) {
                         self.add_shard(child, false, false);
                     }
                 }
+                // Children the shard's last page did not name, but a listing did.
+                for known in self.children_of(&shard) {
+                    if !child_ids.contains(&known) {
+                        child_ids.push(known);
+                    }
+                }
+                self.partition_events.push(PartitionEvent::Finished {
+                    partition: Arc::clone(&shard),
+                    children: child_ids,
+                });
                 // The children's full description (and any other new shard) comes from a list.
                 self.list_now = true;
                 self.start_ready();
@@ -384,6 +448,10 @@ impl Source for KinesisSource {
 
     fn health(&self) -> Option<Arc<SourceHealth>> {
         Some(Arc::clone(&self.health))
+    }
+
+    fn set_alignment(&mut self, alignment: Arc<PartitionAlignment>) {
+        self.alignment = Some(alignment);
     }
 
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
@@ -431,7 +499,11 @@ impl Source for KinesisSource {
         } else {
             Position::new()
         };
-        Ok(Some(SourceBatch { records, position }))
+        Ok(Some(SourceBatch {
+            records,
+            position,
+            partitions: std::mem::take(&mut self.partition_events),
+        }))
     }
 }
 

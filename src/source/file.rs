@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{now_ms, Source, SourceBatch};
+use super::{now_ms, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
 use crate::record::{Position, Record};
 use crate::{Error, Result};
 
@@ -59,6 +59,9 @@ pub struct FileSource {
     /// Most records per batch.
     max_batch_records: usize,
     eof: bool,
+    /// What the partition was last reported as: nothing yet, reading, or caught up (following
+    /// at the end of the file).
+    reported: Option<PartitionEvent>,
 }
 
 /// Builder for [`FileSource`].
@@ -267,6 +270,7 @@ impl FileSourceBuilder {
             backlog: Bytes::new(),
             max_batch_records: usize::MAX,
             eof: false,
+            reported: None,
         })
     }
 }
@@ -305,6 +309,31 @@ impl Source for FileSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        let Some(mut batch) = self.read_batch().await? else {
+            return Ok(None);
+        };
+        // One partition: declared with the first batch, caught up while following at the end of
+        // the file, reading again once records come.
+        let now = if batch.records.is_empty() && self.follow && !self.eof {
+            PartitionEvent::CaughtUp(Arc::from(DEFAULT_PARTITION))
+        } else {
+            PartitionEvent::Reading(Arc::from(DEFAULT_PARTITION))
+        };
+        if self.reported.is_none() {
+            batch
+                .partitions
+                .push(PartitionEvent::declared(DEFAULT_PARTITION));
+        }
+        if self.reported.as_ref() != Some(&now) {
+            batch.partitions.push(now.clone());
+            self.reported = Some(now);
+        }
+        Ok(Some(batch))
+    }
+}
+
+impl FileSource {
+    async fn read_batch(&mut self) -> Result<Option<SourceBatch>> {
         if self.eof {
             return Ok(None);
         }
@@ -327,10 +356,7 @@ impl Source for FileSource {
                 if full {
                     let records = self.take_records(false);
                     if !records.is_empty() {
-                        return Ok(Some(SourceBatch {
-                            records,
-                            position: self.position(),
-                        }));
+                        return Ok(Some(SourceBatch::new(records, self.position())));
                     }
                 } else {
                     self.pending = BytesMut::from(&self.backlog[..]);
@@ -354,18 +380,12 @@ impl Source for FileSource {
                     // A record longer than one chunk: keep reading.
                     continue;
                 }
-                return Ok(Some(SourceBatch {
-                    records,
-                    position: self.position(),
-                }));
+                return Ok(Some(SourceBatch::new(records, self.position())));
             }
             if !self.follow {
                 self.eof = true;
                 let records = self.take_records(true);
-                return Ok(Some(SourceBatch {
-                    records,
-                    position: self.position(),
-                }));
+                return Ok(Some(SourceBatch::new(records, self.position())));
             }
             // Following: a file that was replaced (rotated) or shrank (truncated) is read again
             // from its start.
@@ -386,10 +406,7 @@ impl Source for FileSource {
                 continue;
             }
             tokio::time::sleep(self.poll_interval).await;
-            return Ok(Some(SourceBatch {
-                records: Vec::new(),
-                position: self.position(),
-            }));
+            return Ok(Some(SourceBatch::new(Vec::new(), self.position())));
         }
     }
 }

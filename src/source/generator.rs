@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use tokio::time::Instant;
 
-use super::{now_ms, Source, SourceBatch};
+use super::{now_ms, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
 use crate::record::{Position, Record};
 use crate::{Error, Result};
 
@@ -68,6 +68,8 @@ pub struct GeneratorSource {
     prices: Vec<f64>,
     produced: u64,
     started: Option<Instant>,
+    /// Its one partition has been declared.
+    declared: bool,
 }
 
 /// Builder for [`GeneratorSource`].
@@ -152,10 +154,10 @@ impl GeneratorSource {
                 r
             })
             .collect();
-        SourceBatch {
+        SourceBatch::new(
             records,
-            position: Position::single("generator", self.produced.to_string()),
-        }
+            Position::single("generator", self.produced.to_string()),
+        )
     }
 }
 
@@ -215,6 +217,7 @@ impl GeneratorSourceBuilder {
             prices: Vec::new(),
             produced: 0,
             started: None,
+            declared: false,
         };
         source.prices = (0..TICKERS.len())
             .map(|_| (10.0 + source.next_f64() * 190.0).round())
@@ -252,7 +255,14 @@ impl Source for GeneratorSource {
                 tokio::time::sleep(Duration::from_secs_f64(wait)).await;
             }
         }
-        Ok(Some(self.fill(n)))
+        let batch = self.fill(n);
+        if !std::mem::replace(&mut self.declared, true) {
+            // The first batch declares the one partition.
+            return Ok(Some(
+                batch.with_partitions([PartitionEvent::declared(DEFAULT_PARTITION)]),
+            ));
+        }
+        Ok(Some(batch))
     }
 }
 

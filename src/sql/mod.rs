@@ -28,6 +28,7 @@ pub(crate) use kda::is_application as is_kda_application;
 pub(crate) use kda::rename_stream;
 pub(crate) use program::output_stream_names;
 pub use program::{SqlFunctions, SqlIssue, SqlOutput, SqlProgram};
+pub(crate) use watermark::SourceState;
 pub use watermark::WatermarkSettings;
 
 use std::collections::VecDeque;

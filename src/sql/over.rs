@@ -21,7 +21,7 @@ use datafusion::physical_expr::window::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::watermark::{Millis, WatermarkSettings, WatermarkTracker};
+use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use super::window::{fmt_millis, row_ids, time_to_millis, BatchContext, RowIssue};
 use crate::{Error, Result};
 
@@ -189,6 +189,8 @@ struct Entry {
 pub(crate) struct OverAggregate {
     plan: OverPlan,
     watermark: WatermarkTracker,
+    /// How far ahead of its arrival a row's event time may be.
+    max_future: Millis,
     keys: RowConverter,
     partitions: HashMap<OwnedRow, VecDeque<Entry>>,
     /// Input batches holding rows not yet emitted, with how many such rows each holds and the
@@ -227,6 +229,7 @@ impl OverAggregate {
             keys: RowConverter::new(fields)?,
             plan,
             watermark: WatermarkTracker::new(settings),
+            max_future: super::window::max_future_millis(settings),
             partitions: HashMap::new(),
             chunks: HashMap::new(),
             next_chunk: 0,
@@ -248,12 +251,16 @@ impl OverAggregate {
         self.chunks.values().map(|c| c.2).min()
     }
 
-    pub(crate) fn refresh(&mut self, now: std::time::Instant) {
-        self.watermark.refresh(now);
+    pub(crate) fn refresh(&mut self, now: std::time::Instant, table: &PartitionTable) {
+        self.watermark.refresh(now, table);
     }
 
     pub(crate) fn finish(&mut self) {
         self.watermark.finish();
+    }
+
+    pub(crate) fn watermark_tracker(&self) -> &WatermarkTracker {
+        &self.watermark
     }
 
     pub(crate) fn push(
@@ -310,6 +317,15 @@ impl OverAggregate {
                 continue;
             }
             let t = times.value(i);
+            if let Some(reason) = super::window::too_far_ahead(t, row_id(i), ctx, self.max_future) {
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "bad_time",
+                    reason,
+                });
+                continue;
+            }
             let wm = self.watermark.watermark();
             if t < wm {
                 issues.push(RowIssue {
@@ -326,7 +342,8 @@ impl OverAggregate {
             let partition = row_id(i)
                 .and_then(|r| ctx.partitions.get(r as usize).copied())
                 .unwrap_or(0);
-            self.watermark.observe(partition, t, ctx.now);
+            self.watermark
+                .observe(partition, t, (ctx.now, ctx.seq), ctx.table);
             let entry = Entry {
                 t,
                 arrival: self.arrivals,
@@ -482,6 +499,7 @@ impl OverAggregate {
         let mut meta = HashMap::new();
         self.watermark.save(&mut meta);
         meta.insert("arrivals".to_owned(), self.arrivals.to_string());
+        meta.insert("key_types".to_owned(), self.key_types()?);
         let schema = Arc::new(Schema::new(fields).with_metadata(meta));
 
         let chunk_ids: Vec<u64> = self.chunks.keys().copied().collect();
@@ -553,10 +571,54 @@ impl OverAggregate {
     }
 
     /// Replaces all state with a [`Self::snapshot`].
+    /// The types of the PARTITION BY keys, as text (the keys are kept row-encoded).
+    fn key_types(&self) -> Result<String> {
+        let types: Vec<String> = self
+            .plan
+            .partition_by
+            .iter()
+            .map(|e| Ok(e.data_type(&self.input)?.to_string()))
+            .collect::<Result<_>>()?;
+        Ok(types.join(";"))
+    }
+
+    /// Checks that a snapshot's columns and key types are the ones this query keeps.
+    fn check_restored(&self, found: &Schema) -> Result<()> {
+        let arg_types: Vec<DataType> = self
+            .plan
+            .args
+            .iter()
+            .flatten()
+            .map(|e| Ok(e.data_type(&self.input)?))
+            .collect::<Result<_>>()?;
+        let mut expected: Vec<Arc<Field>> = found.fields().iter().take(5).cloned().collect();
+        expected.extend(
+            arg_types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Arc::new(Field::new(format!("arg_{i}"), t.clone(), true))),
+        );
+        expected.extend(self.input.fields().iter().cloned());
+        super::window::check_state_schema(found, &expected)?;
+        let keys = self.key_types()?;
+        match found.metadata().get("key_types") {
+            Some(k) if *k != keys => Err(Error::config(
+                "checkpoint",
+                format!(
+                    "the checkpoint's OVER state has PARTITION BY keys of types [{k}] but the \
+                     query now makes them [{keys}] (the input's type changed); restore the \
+                     input's earlier types, or remove the checkpoint to start over"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
         let schema = reader.schema();
         let meta = schema.metadata();
+        self.check_restored(&schema)?;
         let arrivals: u64 = meta
             .get("arrivals")
             .and_then(|v| v.parse().ok())

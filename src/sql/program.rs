@@ -31,7 +31,7 @@ use super::over::{OverAggregate, OverPlan};
 use super::rewrite::{
     rewrite_query, EventTime, WindowBound, WindowClause, ROW_ID, WINDOW_END_FN, WINDOW_START_FN,
 };
-use super::watermark::WatermarkSettings;
+use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use super::window::{
     fmt_millis, BatchContext, GroupColumn, RowIssue, WindowAggregate, WindowAggregatePlan,
 };
@@ -97,10 +97,10 @@ impl Operator {
         }
     }
 
-    fn refresh(&mut self, now: Instant) {
+    fn refresh(&mut self, now: Instant, table: &PartitionTable) {
         match self {
-            Operator::Group(op, _) => op.refresh(now),
-            Operator::Over(op) => op.refresh(now),
+            Operator::Group(op, _) => op.refresh(now, table),
+            Operator::Over(op) => op.refresh(now, table),
         }
     }
 
@@ -108,6 +108,13 @@ impl Operator {
         match self {
             Operator::Group(op, _) => op.finish(),
             Operator::Over(op) => op.finish(),
+        }
+    }
+
+    fn watermark(&self) -> &WatermarkTracker {
+        match self {
+            Operator::Group(op, _) => op.watermark_tracker(),
+            Operator::Over(op) => op.watermark_tracker(),
         }
     }
 
@@ -152,6 +159,9 @@ struct Statement_ {
     stream_schema: SchemaRef,
     /// Schema of the rows given to sinks (without the row id).
     visible_schema: SchemaRef,
+    /// Its rows come from input records (the source, or a stateless statement over it), so they
+    /// carry source partitions; rows a window emitted come from none.
+    from_source: bool,
 }
 
 /// Streaming SQL: one or more statements over the input stream.
@@ -197,6 +207,8 @@ pub struct SqlProgram {
     source_projection: Option<Vec<usize>>,
     source_schema: SchemaRef,
     settings: WatermarkSettings,
+    /// The source partitions the pipeline declared, for the watermarks.
+    table: PartitionTable,
 }
 
 impl fmt::Debug for SqlProgram {
@@ -1081,7 +1093,23 @@ impl SqlProgram {
                 stage,
                 stream_schema,
                 visible_schema,
+                from_source: false,
             });
+        }
+        // A statement's rows carry source partitions when every writer of the stream it reads
+        // is the source or a stateless statement whose own rows do.
+        for i in 0..statements.len() {
+            let input = statements[i].input.clone();
+            let from_source = input == SOURCE_STREAM
+                || statements[..i]
+                    .iter()
+                    .filter(|w| *w.output == *input)
+                    .fold(None, |all: Option<bool>, w| {
+                        let carries = w.from_source && matches!(w.stage, Stage::Stateless(_));
+                        Some(all.unwrap_or(true) && carries)
+                    })
+                    .unwrap_or(false);
+            statements[i].from_source = from_source;
         }
         Ok(Self {
             statements,
@@ -1089,7 +1117,39 @@ impl SqlProgram {
             source_projection,
             source_schema,
             settings,
+            table: PartitionTable::default(),
         })
+    }
+
+    /// Partitions (numbers below `n`) whose event time runs more than `by` ahead of the watermark
+    /// in every windowed statement over the input: the ones catch-up alignment pauses. (Ahead in
+    /// every statement, so that the partition holding any statement's watermark keeps reading.)
+    pub(crate) fn partitions_ahead(&self, by: Millis, n: usize) -> Vec<u32> {
+        let trackers: Vec<&WatermarkTracker> = self
+            .statements
+            .iter()
+            .filter(|s| s.from_source)
+            .filter_map(|s| match &s.stage {
+                Stage::Windowed(w) => Some(w.op.watermark()),
+                Stage::Stateless(_) => None,
+            })
+            .collect();
+        if trackers.is_empty() {
+            return Vec::new();
+        }
+        (0..u32::try_from(n).unwrap_or(u32::MAX))
+            .filter(|&p| {
+                trackers.iter().all(|t| {
+                    let (wm, time) = (t.watermark(), t.partition_time(p));
+                    wm != Millis::MIN && time != Millis::MIN && time > wm.saturating_add(by)
+                })
+            })
+            .collect()
+    }
+
+    /// The source partitions as the pipeline knows them (declared by the source).
+    pub(crate) fn partition_table_mut(&mut self) -> &mut PartitionTable {
+        &mut self.table
     }
 
     /// Output streams (name and schema of the rows sinks receive), in statement order.
@@ -1195,23 +1255,37 @@ impl SqlProgram {
         partitions: &[u32],
         seq: u64,
     ) -> Result<SqlOutput> {
-        self.run(Some(input), partitions, seq, false).await
+        self.run(Some(input), partitions, &[], seq, false).await
+    }
+
+    /// [`Self::process`] with each input row's arrival time too, against which the windows check
+    /// event times (`max_future`).
+    pub(crate) async fn process_arrived(
+        &mut self,
+        input: &RecordBatch,
+        partitions: &[u32],
+        arrivals: &[i64],
+        seq: u64,
+    ) -> Result<SqlOutput> {
+        self.run(Some(input), partitions, arrivals, seq, false)
+            .await
     }
 
     /// Emits what the watermark allows without new input (idle partitions time out).
     pub async fn tick(&mut self, seq: u64) -> Result<SqlOutput> {
-        self.run(None, &[], seq, false).await
+        self.run(None, &[], &[], seq, false).await
     }
 
     /// End of input: the watermark moves to +∞ and every open window is emitted.
     pub async fn finish(&mut self, seq: u64) -> Result<SqlOutput> {
-        self.run(None, &[], seq, true).await
+        self.run(None, &[], &[], seq, true).await
     }
 
     async fn run(
         &mut self,
         input: Option<&RecordBatch>,
         partitions: &[u32],
+        arrivals: &[i64],
         seq: u64,
         end: bool,
     ) -> Result<SqlOutput> {
@@ -1230,21 +1304,19 @@ impl SqlProgram {
             current.insert(SOURCE_STREAM.to_owned(), batch);
         }
         let now = Instant::now();
-        let ctx = BatchContext {
-            seq,
-            partitions,
-            now,
-        };
-        let single = [0u32];
-        let ctx = if partitions.is_empty() {
-            BatchContext {
-                partitions: &single[..0],
-                ..ctx
-            }
-        } else {
-            ctx
-        };
+        let no_partitions = PartitionTable::default();
         for stmt in &mut self.statements {
+            let ctx = BatchContext {
+                seq,
+                partitions,
+                arrivals,
+                table: if stmt.from_source {
+                    &self.table
+                } else {
+                    &no_partitions
+                },
+                now,
+            };
             let result = match &mut stmt.stage {
                 Stage::Stateless(plan) => {
                     let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) else {
@@ -1272,7 +1344,7 @@ impl SqlProgram {
                     if end {
                         w.op.finish();
                     } else {
-                        w.op.refresh(now);
+                        w.op.refresh(now, ctx.table);
                     }
                     let emitted = w.op.emit_ready()?;
                     for (row, reason) in w.op.take_emit_issues() {

@@ -8,9 +8,18 @@ use std::time::{Duration, Instant};
 pub struct WatermarkSettings {
     /// How far behind the largest event time seen a row may still arrive (default 0).
     pub allowed_lateness: Duration,
-    /// A partition (shard) without rows for this long no longer holds the watermark back
-    /// (default 60 s).
+    /// A partition (shard) read to its tip and then quiet for this long no longer holds the
+    /// watermark back (default 60 s). A partition the source does not declare stops holding
+    /// after this long without rows.
     pub idle_timeout: Duration,
+    /// A row whose event time is more than this ahead of its record's arrival time (Kinesis
+    /// `ApproximateArrivalTimestamp`, or the time a file or generator record was read) goes to
+    /// the error output as `bad_time` instead of moving the watermark (default 1 hour).
+    pub max_future: Duration,
+    /// Catch-up alignment: a partition whose event time runs more than this ahead of the
+    /// watermark pauses its reads until the others catch up, so that window state stays bounded
+    /// while a backlog is read (default 60 s; `None` never pauses).
+    pub max_alignment: Option<Duration>,
 }
 
 impl Default for WatermarkSettings {
@@ -18,6 +27,8 @@ impl Default for WatermarkSettings {
         Self {
             allowed_lateness: Duration::ZERO,
             idle_timeout: Duration::from_secs(60),
+            max_future: Duration::from_secs(3600),
+            max_alignment: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -25,23 +36,107 @@ impl Default for WatermarkSettings {
 /// Event time in milliseconds since the epoch. `i64::MIN` is "no time yet", `i64::MAX` the end.
 pub(crate) type Millis = i64;
 
+/// Longest chain of parents followed when a partition without rows takes its parents' time.
+const MAX_LINEAGE: usize = 64;
+
+/// How a declared source partition stands (see [`crate::source::PartitionEvent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceState {
+    /// Declared, or being read.
+    Reading,
+    /// Read to its tip at this instant, nothing newer since.
+    CaughtUp(Instant),
+    /// Read to its end.
+    Finished,
+}
+
+/// One partition the source declared.
+#[derive(Debug, Clone)]
+pub(crate) struct SourcePartition {
+    pub(crate) state: SourceState,
+    /// Partitions it continues (a child shard's parents).
+    pub(crate) parents: Vec<u32>,
+    /// Once finished: the partitions that continue it.
+    pub(crate) children: Vec<u32>,
+    pub(crate) declared_at: Instant,
+    /// The last micro-batch with records of it (whether or not they reached a window), and when
+    /// it was processed.
+    pub(crate) last_records: Option<(u64, Instant)>,
+}
+
+/// The partitions a source declared, by partition number; shared by every windowed operator.
+/// Numbers the source never declared are absent (they follow the older rule: known from their
+/// first row, idle after `idle_timeout` without rows).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartitionTable {
+    entries: Vec<Option<SourcePartition>>,
+}
+
+impl PartitionTable {
+    pub(crate) fn get(&self, p: u32) -> Option<&SourcePartition> {
+        self.entries.get(p as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn get_mut(&mut self, p: u32) -> Option<&mut SourcePartition> {
+        self.entries.get_mut(p as usize).and_then(Option::as_mut)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Declares `p` (again: its parents are replaced, its state kept).
+    pub(crate) fn declare(&mut self, p: u32, parents: Vec<u32>, now: Instant) {
+        let i = p as usize;
+        if self.entries.len() <= i {
+            self.entries.resize(i + 1, None);
+        }
+        match &mut self.entries[i] {
+            Some(e) => e.parents = parents,
+            slot => {
+                *slot = Some(SourcePartition {
+                    state: SourceState::Reading,
+                    parents,
+                    children: Vec::new(),
+                    declared_at: now,
+                    last_records: None,
+                })
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PartitionClock {
     max_time: Millis,
     last_seen: Instant,
+    /// The micro-batch of its last row.
+    last_seq: u64,
 }
 
 /// The watermark of one windowed operator.
 ///
-/// Each partition's watermark is the largest event time seen in it minus the allowed lateness; the
-/// operator's watermark is the minimum over partitions that are not idle (or, when every partition
-/// is idle, the maximum, so that the windows of a quiet stream still close). It never goes back.
+/// Each partition's time is the largest event time seen in it; the operator's watermark is the
+/// minimum over the partitions that hold it back, minus the allowed lateness. Which partitions hold
+/// it back depends on what the source declared ([`PartitionTable`]):
+///
+/// - a declared partition holds from its declaration: at its own time once it has rows, before
+///   that at its parents' time (a child shard), or at the very start (an original partition);
+/// - it stops holding when it is caught up at its tip and then quiet for `idle_timeout`, when it
+///   is finished and the partitions that continue it are declared, or when its records have kept
+///   coming for `idle_timeout` without one reaching this operator (a `WHERE` that removes them);
+///   a partition that is slow to answer or throttled keeps holding;
+/// - a partition the source did not declare holds from its first row until `idle_timeout` passes
+///   without one.
+///
+/// When no partition holds, the watermark is the largest time seen, so that the windows of a quiet
+/// stream still close. It never goes back.
 #[derive(Debug, Clone)]
 pub(crate) struct WatermarkTracker {
     lateness: Millis,
     idle_timeout: Duration,
     partitions: Vec<Option<PartitionClock>>,
-    /// Cached minimum over active partitions (before lateness), valid unless `dirty`.
+    /// Cached minimum over holding partitions (before lateness).
     current: Millis,
     finished: bool,
 }
@@ -68,8 +163,22 @@ impl WatermarkTracker {
         }
     }
 
-    /// Records a row of `partition` at event time `t`, as of `now`.
-    pub(crate) fn observe(&mut self, partition: u32, t: Millis, now: Instant) {
+    /// The largest event time seen in partition `p` (`Millis::MIN` before its first row).
+    pub(crate) fn partition_time(&self, p: u32) -> Millis {
+        self.partitions
+            .get(p as usize)
+            .and_then(Option::as_ref)
+            .map_or(Millis::MIN, |c| c.max_time)
+    }
+
+    /// Records a row of `partition` at event time `t`, in micro-batch `seq`, as of `now`.
+    pub(crate) fn observe(
+        &mut self,
+        partition: u32,
+        t: Millis,
+        (now, seq): (Instant, u64),
+        table: &PartitionTable,
+    ) {
         let p = partition as usize;
         if self.partitions.len() <= p {
             self.partitions.resize(p + 1, None);
@@ -77,37 +186,97 @@ impl WatermarkTracker {
         let clock = self.partitions[p].get_or_insert(PartitionClock {
             max_time: Millis::MIN,
             last_seen: now,
+            last_seq: seq,
         });
         clock.last_seen = now;
+        clock.last_seq = seq;
         if t > clock.max_time {
             let was = clock.max_time;
             clock.max_time = t;
-            // Only a partition at the minimum can move the minimum.
+            // Only a partition at the minimum (or a parent of one) can move the minimum.
             if was <= self.current || self.partitions.len() == 1 {
-                self.recompute(now);
+                self.recompute(now, table);
             }
         } else if self.current == Millis::MIN {
-            self.recompute(now);
+            self.recompute(now, table);
         }
     }
 
-    /// Re-evaluates which partitions are idle as of `now`.
-    pub(crate) fn refresh(&mut self, now: Instant) {
-        self.recompute(now);
+    /// Re-evaluates which partitions hold the watermark as of `now`.
+    pub(crate) fn refresh(&mut self, now: Instant, table: &PartitionTable) {
+        self.recompute(now, table);
     }
 
-    fn recompute(&mut self, now: Instant) {
-        let mut active_min = Millis::MAX;
-        let mut any_active = false;
-        let mut all_max = Millis::MIN;
-        for clock in self.partitions.iter().flatten() {
-            all_max = all_max.max(clock.max_time);
-            if now.saturating_duration_since(clock.last_seen) < self.idle_timeout {
-                any_active = true;
-                active_min = active_min.min(clock.max_time);
+    /// The largest time seen in `p`, or when it has none, its parents' (the minimum over them).
+    fn base(&self, p: u32, table: &PartitionTable, depth: usize) -> Millis {
+        if let Some(c) = self.partitions.get(p as usize).and_then(Option::as_ref) {
+            if c.max_time != Millis::MIN {
+                return c.max_time;
             }
         }
-        let candidate = if any_active { active_min } else { all_max };
+        match table.get(p) {
+            Some(src) if !src.parents.is_empty() && depth < MAX_LINEAGE => src
+                .parents
+                .iter()
+                .map(|&q| self.base(q, table, depth + 1))
+                .min()
+                .unwrap_or(Millis::MIN),
+            _ => Millis::MIN,
+        }
+    }
+
+    /// The time at which `p` holds the watermark back, or `None` when it does not.
+    fn hold(&self, p: u32, now: Instant, table: &PartitionTable) -> Option<Millis> {
+        let clock = self.partitions.get(p as usize).and_then(Option::as_ref);
+        let quiet_since =
+            |since: Instant| now.saturating_duration_since(since) >= self.idle_timeout;
+        let Some(src) = table.get(p) else {
+            return clock
+                .filter(|c| !quiet_since(c.last_seen))
+                .map(|c| c.max_time);
+        };
+        let holds = match src.state {
+            SourceState::Finished => !src.children.iter().all(|&c| table.get(c).is_some()),
+            SourceState::CaughtUp(since) => {
+                let last = [
+                    Some(since),
+                    src.last_records.map(|r| r.1),
+                    clock.map(|c| c.last_seen),
+                ]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(since);
+                !quiet_since(last)
+            }
+            SourceState::Reading => {
+                // Records keep coming and none reaches this operator: they are filtered out
+                // before it, and say nothing of its event time.
+                let last_row = clock.map_or(src.declared_at, |c| c.last_seen);
+                let filtered = src
+                    .last_records
+                    .is_some_and(|(seq, _)| clock.is_none_or(|c| seq > c.last_seq));
+                !(filtered && quiet_since(last_row))
+            }
+        };
+        holds.then(|| self.base(p, table, 0))
+    }
+
+    fn recompute(&mut self, now: Instant, table: &PartitionTable) {
+        let mut hold_min = Millis::MAX;
+        let mut any_hold = false;
+        let mut all_max = Millis::MIN;
+        let n = self.partitions.len().max(table.len());
+        for p in 0..n as u32 {
+            if let Some(c) = self.partitions.get(p as usize).and_then(Option::as_ref) {
+                all_max = all_max.max(c.max_time);
+            }
+            if let Some(h) = self.hold(p, now, table) {
+                any_hold = true;
+                hold_min = hold_min.min(h);
+            }
+        }
+        let candidate = if any_hold { hold_min } else { all_max };
         // Monotonic: a partition waking up behind the others cannot move the watermark back.
         self.current = self.current.max(candidate);
     }
@@ -137,26 +306,37 @@ impl WatermarkTracker {
         meta: &std::collections::HashMap<String, String>,
         now: Instant,
     ) -> crate::Result<()> {
+        let damaged = |what: &str| {
+            crate::Error::Pipeline(format!(
+                "the checkpoint's window state is damaged ({what}); remove the checkpoint to \
+                 start over"
+            ))
+        };
         self.current = meta
             .get("watermark")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                crate::Error::Pipeline("window state snapshot has no watermark".into())
-            })?;
-        self.partitions = meta
-            .get("partitions")
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.split(',')
-                    .map(|v| {
-                        v.parse().ok().map(|max_time| PartitionClock {
-                            max_time,
-                            last_seen: now,
+            .ok_or_else(|| damaged("no watermark"))?
+            .parse()
+            .map_err(|_| damaged("the watermark is not a number"))?;
+        self.partitions = match meta.get("partitions").filter(|p| !p.is_empty()) {
+            None => Vec::new(),
+            Some(p) => p
+                .split(',')
+                .map(|v| {
+                    if v.is_empty() {
+                        return Ok(None);
+                    }
+                    v.parse()
+                        .map(|max_time| {
+                            Some(PartitionClock {
+                                max_time,
+                                last_seen: now,
+                                last_seq: 0,
+                            })
                         })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+                        .map_err(|_| damaged("a partition's time is not a number"))
+                })
+                .collect::<crate::Result<_>>()?,
+        };
         Ok(())
     }
 }
@@ -166,9 +346,11 @@ mod tests {
     use super::*;
 
     fn tracker(lateness_ms: u64, idle_ms: u64) -> WatermarkTracker {
+        // (Tests of sources that declare nothing use an empty table.)
         WatermarkTracker::new(WatermarkSettings {
             allowed_lateness: Duration::from_millis(lateness_ms),
             idle_timeout: Duration::from_millis(idle_ms),
+            ..WatermarkSettings::default()
         })
     }
 
@@ -176,12 +358,13 @@ mod tests {
     fn largest_time_minus_lateness_and_never_backwards() {
         let now = Instant::now();
         let mut w = tracker(1000, 60_000);
+        let none = PartitionTable::default();
         assert_eq!(w.watermark(), Millis::MIN);
-        w.observe(0, 5000, now);
+        w.observe(0, 5000, (now, 0), &none);
         assert_eq!(w.watermark(), 4000);
-        w.observe(0, 3000, now);
+        w.observe(0, 3000, (now, 0), &none);
         assert_eq!(w.watermark(), 4000);
-        w.observe(0, 9000, now);
+        w.observe(0, 9000, (now, 0), &none);
         assert_eq!(w.watermark(), 8000);
         w.finish();
         assert_eq!(w.watermark(), Millis::MAX);
@@ -191,20 +374,21 @@ mod tests {
     fn minimum_over_active_partitions_and_idle_ones_are_skipped() {
         let t0 = Instant::now();
         let mut w = tracker(0, 1000);
-        w.observe(1, 2_000, t0);
-        w.observe(0, 10_000, t0);
+        let none = PartitionTable::default();
+        w.observe(1, 2_000, (t0, 0), &none);
+        w.observe(0, 10_000, (t0, 0), &none);
         assert_eq!(
             w.watermark(),
             2_000,
             "the slow shard holds the watermark back"
         );
-        w.observe(0, 20_000, t0 + Duration::from_millis(900));
+        w.observe(0, 20_000, (t0 + Duration::from_millis(900), 0), &none);
         assert_eq!(w.watermark(), 2_000);
         // Shard 1 has been quiet for longer than the idle timeout.
-        w.refresh(t0 + Duration::from_millis(1500));
+        w.refresh(t0 + Duration::from_millis(1500), &none);
         assert_eq!(w.watermark(), 20_000);
         // It wakes up behind: the watermark does not go back.
-        w.observe(1, 3_000, t0 + Duration::from_millis(1600));
+        w.observe(1, 3_000, (t0 + Duration::from_millis(1600), 0), &none);
         assert_eq!(w.watermark(), 20_000);
     }
 
@@ -212,10 +396,168 @@ mod tests {
     fn all_partitions_idle_releases_the_largest_time() {
         let t0 = Instant::now();
         let mut w = tracker(0, 100);
-        w.observe(0, 1_000, t0);
-        w.observe(1, 5_000, t0);
+        let none = PartitionTable::default();
+        w.observe(0, 1_000, (t0, 0), &none);
+        w.observe(1, 5_000, (t0, 0), &none);
         assert_eq!(w.watermark(), 1_000);
-        w.refresh(t0 + Duration::from_millis(200));
+        w.refresh(t0 + Duration::from_millis(200), &none);
         assert_eq!(w.watermark(), 5_000);
+    }
+
+    /// A table of `n` partitions declared at `t0`, the ones in `children` with those parents.
+    fn declared(n: u32, t0: Instant, children: &[(u32, &[u32])]) -> PartitionTable {
+        let mut table = PartitionTable::default();
+        for p in 0..n {
+            let parents = children
+                .iter()
+                .find(|c| c.0 == p)
+                .map_or_else(Vec::new, |c| c.1.to_vec());
+            table.declare(p, parents, t0);
+        }
+        table
+    }
+
+    fn set(table: &mut PartitionTable, p: u32, state: SourceState, children: &[u32]) {
+        let e = table.get_mut(p).unwrap();
+        e.state = state;
+        e.children = children.to_vec();
+    }
+
+    #[test]
+    fn a_declared_partition_without_rows_holds_the_watermark_at_the_start() {
+        // The backlog case: shard 0 answers first with a page far ahead of the others.
+        let t0 = Instant::now();
+        let table = declared(4, t0, &[]);
+        let mut w = tracker(0, 1000);
+        for t in (0..100_000).step_by(1000) {
+            w.observe(0, t, (t0, 0), &table);
+        }
+        assert_eq!(
+            w.watermark(),
+            Millis::MIN,
+            "shards 1 to 3 have not answered"
+        );
+        w.observe(1, 5_000, (t0, 0), &table);
+        w.observe(2, 7_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), Millis::MIN);
+        w.observe(3, 6_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), 5_000, "the slowest shard's time");
+        // Silence is not idleness: shard 1 reading (slow, throttled) keeps holding however long.
+        w.refresh(t0 + Duration::from_secs(3600), &table);
+        assert_eq!(w.watermark(), 5_000);
+    }
+
+    #[test]
+    fn a_caught_up_partition_stops_holding_once_quiet_for_the_idle_timeout() {
+        let t0 = Instant::now();
+        let mut table = declared(2, t0, &[]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 9_000, (t0, 0), &table);
+        w.observe(1, 2_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), 2_000);
+        let t1 = t0 + Duration::from_millis(500);
+        set(&mut table, 1, SourceState::CaughtUp(t1), &[]);
+        w.refresh(t1 + Duration::from_millis(900), &table);
+        assert_eq!(
+            w.watermark(),
+            2_000,
+            "caught up, but not quiet for long enough"
+        );
+        w.refresh(t1 + Duration::from_millis(1000), &table);
+        assert_eq!(w.watermark(), 9_000);
+        // A declared shard that is empty: caught up at once, released after the timeout.
+        let mut table = declared(2, t0, &[]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 4_000, (t0, 0), &table);
+        set(&mut table, 1, SourceState::CaughtUp(t0), &[]);
+        w.refresh(t0 + Duration::from_millis(999), &table);
+        assert_eq!(w.watermark(), Millis::MIN);
+        w.refresh(t0 + Duration::from_millis(1000), &table);
+        assert_eq!(w.watermark(), 4_000);
+    }
+
+    #[test]
+    fn a_child_starts_at_its_parents_time_and_a_finished_parent_holds_until_it_is_declared() {
+        let t0 = Instant::now();
+        // 0 is split into 2 and 3; 1 goes on.
+        let mut table = declared(4, t0, &[(2, &[0]), (3, &[0])]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 10_000, (t0, 0), &table);
+        w.observe(1, 50_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), 10_000);
+        set(&mut table, 0, SourceState::Finished, &[2, 3]);
+        w.refresh(t0, &table);
+        // Neither child has a row: both hold at their parent's time.
+        assert_eq!(w.watermark(), 10_000);
+        w.observe(2, 30_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), 10_000, "child 3 still at its parent's time");
+        w.observe(3, 20_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), 20_000);
+        // A finished partition whose children are not declared yet keeps holding.
+        let mut table = declared(2, t0, &[]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 1_000, (t0, 0), &table);
+        w.observe(1, 8_000, (t0, 0), &table);
+        set(&mut table, 0, SourceState::Finished, &[5]);
+        w.refresh(t0, &table);
+        assert_eq!(w.watermark(), 1_000);
+        table.declare(5, vec![0], t0);
+        w.refresh(t0, &table);
+        assert_eq!(
+            w.watermark(),
+            1_000,
+            "now the child holds at its parent's time"
+        );
+        w.observe(5, 6_000, (t0, 0), &table);
+        assert_eq!(w.watermark(), 6_000);
+        // Finished without children (the end of a partition nobody continues): no hold.
+        set(&mut table, 5, SourceState::Finished, &[]);
+        w.refresh(t0, &table);
+        assert_eq!(w.watermark(), 8_000);
+    }
+
+    #[test]
+    fn a_merge_child_takes_the_earlier_of_its_parents() {
+        let t0 = Instant::now();
+        let mut table = declared(3, t0, &[(2, &[0, 1])]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 4_000, (t0, 0), &table);
+        w.observe(1, 9_000, (t0, 0), &table);
+        set(&mut table, 0, SourceState::Finished, &[2]);
+        set(&mut table, 1, SourceState::Finished, &[2]);
+        w.refresh(t0, &table);
+        assert_eq!(w.watermark(), 4_000);
+    }
+
+    #[test]
+    fn a_partition_whose_rows_never_reach_the_window_stops_holding_after_the_timeout() {
+        // Records of partition 1 keep coming but a WHERE removes them all.
+        let t0 = Instant::now();
+        let mut table = declared(2, t0, &[]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 3_000, (t0, 0), &table);
+        table.get_mut(1).unwrap().last_records = Some((1, t0 + Duration::from_millis(100)));
+        w.refresh(t0 + Duration::from_millis(999), &table);
+        assert_eq!(w.watermark(), Millis::MIN);
+        w.refresh(t0 + Duration::from_millis(1000), &table);
+        assert_eq!(w.watermark(), 3_000);
+        // Without records (slow, throttled, paused) it would have kept holding.
+        let table = declared(2, t0, &[]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 3_000, (t0, 0), &table);
+        w.refresh(t0 + Duration::from_secs(60), &table);
+        assert_eq!(w.watermark(), Millis::MIN);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error() {
+        let mut w = tracker(0, 1000);
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("watermark".to_owned(), "12".to_owned());
+        meta.insert("partitions".to_owned(), "5,x".to_owned());
+        let err = w.load(&meta, Instant::now()).unwrap_err().to_string();
+        assert!(err.contains("damaged"), "{err}");
+        meta.insert("watermark".to_owned(), "soon".to_owned());
+        assert!(w.load(&meta, Instant::now()).is_err());
     }
 }

@@ -23,7 +23,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use super::watermark::{Millis, WatermarkSettings, WatermarkTracker};
+use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use crate::{Error, Result};
 
 /// The window of a windowed `GROUP BY`.
@@ -132,7 +132,37 @@ pub(crate) struct BatchContext<'a> {
     pub(crate) seq: u64,
     /// Source partition of each input record, indexed by row id.
     pub(crate) partitions: &'a [u32],
+    /// Arrival time of each input record, indexed by row id (empty when not known).
+    pub(crate) arrivals: &'a [i64],
+    /// The partitions the source declared (empty for a statement that reads what a window
+    /// emitted: its rows come from no partition).
+    pub(crate) table: &'a PartitionTable,
     pub(crate) now: Instant,
+}
+
+/// `settings.max_future` in milliseconds.
+pub(crate) fn max_future_millis(settings: WatermarkSettings) -> Millis {
+    i64::try_from(settings.max_future.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Why event time `t` of an input row cannot be trusted: it is more than `max_future` ahead of its
+/// record's arrival time. `None` when it is not, or when the arrival is not known (derived rows).
+pub(crate) fn too_far_ahead(
+    t: Millis,
+    row_id: Option<u64>,
+    ctx: &BatchContext<'_>,
+    max_future: Millis,
+) -> Option<String> {
+    let arrival = *ctx.arrivals.get(usize::try_from(row_id?).ok()?)?;
+    (t > arrival.saturating_add(max_future)).then(|| {
+        format!(
+            "event time {} is more than {} ahead of the record's arrival time {}: a clock that is \
+             wrong cannot be allowed to close everyone's windows (query.max_future_ms)",
+            fmt_time(t),
+            fmt_millis(max_future),
+            fmt_time(arrival)
+        )
+    })
 }
 
 /// Converts a time column to epoch milliseconds: timestamps of any unit, dates, epoch
@@ -359,6 +389,8 @@ struct Session {
 pub(crate) struct WindowAggregate {
     plan: WindowAggregatePlan,
     watermark: WatermarkTracker,
+    /// How far ahead of its arrival a row's event time may be.
+    max_future: Millis,
     /// Open tumbling/hopping windows by (end, start), so the next to close comes first.
     windows: BTreeMap<(Millis, Millis), WindowState>,
     /// Open sessions per key (keys as arrow rows), each key's sorted by start.
@@ -437,6 +469,7 @@ impl WindowAggregate {
         Ok(Self {
             plan,
             watermark: WatermarkTracker::new(settings),
+            max_future: max_future_millis(settings),
             windows: BTreeMap::new(),
             sessions: HashMap::new(),
             key_rows,
@@ -474,13 +507,27 @@ impl WindowAggregate {
     }
 
     /// Re-evaluates idle partitions.
-    pub(crate) fn refresh(&mut self, now: Instant) {
-        self.watermark.refresh(now);
+    pub(crate) fn refresh(&mut self, now: Instant, table: &PartitionTable) {
+        self.watermark.refresh(now, table);
+    }
+
+    pub(crate) fn watermark_tracker(&self) -> &WatermarkTracker {
+        &self.watermark
     }
 
     /// End of input: every open window becomes complete.
     pub(crate) fn finish(&mut self) {
         self.watermark.finish();
+    }
+
+    /// Why a row's event time `t` cannot be trusted: too far ahead of its record's arrival.
+    fn too_far_ahead(
+        &self,
+        t: Millis,
+        row_id: Option<u64>,
+        ctx: &BatchContext<'_>,
+    ) -> Option<String> {
+        too_far_ahead(t, row_id, ctx, self.max_future)
     }
 
     /// Aggregates one batch (the output of the per-batch part of the query).
@@ -537,6 +584,15 @@ impl WindowAggregate {
                 continue;
             }
             let t = times.value(i);
+            if let Some(reason) = self.too_far_ahead(t, row_id(i), ctx) {
+                issues.push(RowIssue {
+                    index: i,
+                    row_id: row_id(i),
+                    kind: "bad_time",
+                    reason,
+                });
+                continue;
+            }
             let wm = self.watermark.watermark();
             let late_by = match self.plan.spec {
                 WindowSpec::Tumbling { size } => {
@@ -596,7 +652,8 @@ impl WindowAggregate {
             let partition = row_id(i)
                 .and_then(|r| ctx.partitions.get(r as usize).copied())
                 .unwrap_or(0);
-            self.watermark.observe(partition, t, ctx.now);
+            self.watermark
+                .observe(partition, t, (ctx.now, ctx.seq), ctx.table);
         }
         if accepted.is_empty() {
             return Ok(issues);
@@ -1114,7 +1171,8 @@ impl WindowAggregate {
 
     /// Serialises all open state (windows, sessions, watermark) to Arrow IPC bytes. The state is
     /// taken out and put back, so the operator continues exactly as before.
-    pub(crate) fn snapshot(&mut self) -> Result<Vec<u8>> {
+    /// The schema of a snapshot's rows: window bounds, first batch, keys, accumulator states.
+    fn state_schema(&self) -> Result<Arc<Schema>> {
         let state_fields: Vec<Arc<Field>> = self
             .plan
             .aggs
@@ -1135,7 +1193,11 @@ impl WindowAggregate {
                 .iter()
                 .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
         );
-        let schema = Arc::new(Schema::new(fields));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    pub(crate) fn snapshot(&mut self) -> Result<Vec<u8>> {
+        let schema = self.state_schema()?;
         let mut batches = Vec::new();
         let windows = std::mem::take(&mut self.windows);
         for ((end, start), mut state) in windows {
@@ -1200,6 +1262,7 @@ impl WindowAggregate {
     pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
         let schema = reader.schema();
+        check_state_schema(&schema, &self.state_schema()?.fields()[..])?;
         let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
         self.windows.clear();
         self.sessions.clear();
@@ -1270,6 +1333,40 @@ impl WindowAggregate {
         }
         Ok(())
     }
+}
+
+/// Checks that window state read from a checkpoint has the columns and types the planned query
+/// keeps: the same SQL over input whose types changed cannot take the old state.
+pub(crate) fn check_state_schema(found: &Schema, expected: &[Arc<Field>]) -> Result<()> {
+    let start_over = "restore the input's earlier types, or remove the checkpoint to start over \
+                      (the windows it holds are then lost; the input is read again from where \
+                      the source starts)";
+    if found.fields().len() != expected.len() {
+        return Err(Error::config(
+            "checkpoint",
+            format!(
+                "the checkpoint's window state has {} columns where the query keeps {}; \
+                 {start_over}",
+                found.fields().len(),
+                expected.len()
+            ),
+        ));
+    }
+    for (f, e) in found.fields().iter().zip(expected) {
+        if f.data_type() != e.data_type() {
+            return Err(Error::config(
+                "checkpoint",
+                format!(
+                    "the checkpoint's window state keeps `{}` as {} but the query now makes it \
+                     {} (the input's type changed); {start_over}",
+                    e.name(),
+                    f.data_type(),
+                    e.data_type()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The rows of `batch` whose group is populated (all of them without a guest aggregate).

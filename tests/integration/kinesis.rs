@@ -22,7 +22,7 @@ use crate::support::moto::MotoServer;
 
 const REGION: &str = "us-east-1";
 
-fn client(endpoint: &str) -> Client {
+pub(crate) fn client(endpoint: &str) -> Client {
     let conf = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
@@ -723,7 +723,7 @@ async fn checkpoint_resumes_after_the_last_committed_record() {
 }
 
 /// One `rivulet run` child process of a crash test.
-fn spawn_run(
+pub(crate) fn spawn_run(
     config: &std::path::Path,
     home: &std::path::Path,
     progress: &str,
@@ -747,7 +747,7 @@ fn spawn_run(
 }
 
 /// JSON lines of a file; a line torn by a kill (the last one, unparseable) is left out.
-fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -1,5 +1,7 @@
 //! Integration tests of rivulet through its public API and its command line.
 
+#[cfg(feature = "aws")]
+mod backlog;
 mod cli;
 mod conformance;
 #[cfg(feature = "aws")]
@@ -7,7 +9,10 @@ mod firehose;
 mod kda_app;
 #[cfg(feature = "aws")]
 mod kinesis;
+mod partitions;
 mod pipeline;
+#[cfg(feature = "aws")]
+mod restarts;
 #[cfg(feature = "aws")]
 mod s3;
 #[cfg(feature = "setup")]

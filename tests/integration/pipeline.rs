@@ -55,10 +55,10 @@ impl Source for ScriptedSource {
                     .with_partition_key("pk")
             })
             .collect();
-        Ok(Some(SourceBatch {
+        Ok(Some(SourceBatch::new(
             records,
-            position: Position::single("shard-0", self.next_offset.to_string()),
-        }))
+            Position::single("shard-0", self.next_offset.to_string()),
+        )))
     }
 
     async fn commit(&mut self, position: &Position) -> rivulet::Result<()> {

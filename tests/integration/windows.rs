@@ -292,6 +292,7 @@ async fn a_pipeline_emits_windows_and_routes_streams_to_their_sinks() {
         .watermark(WatermarkSettings {
             allowed_lateness: Duration::from_millis(0),
             idle_timeout: Duration::from_secs(60),
+            ..WatermarkSettings::default()
         })
         .build()
         .await
@@ -376,6 +377,7 @@ async fn explain_names_the_window_time_column_and_lateness() {
         WatermarkSettings {
             allowed_lateness: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            ..WatermarkSettings::default()
         },
     )
     .await
