@@ -1194,6 +1194,13 @@ impl Processing {
             })?;
         }
         let mut errors: Vec<ErrorRecord> = Vec::new();
+        // Partitions with records in this batch, before a transform may drop some: a shard whose
+        // records are all dropped still has them coming (it is not stalled).
+        let read_from = if self.program.is_stateful() && self.transform.is_some() {
+            self.record_partitions(&records)
+        } else {
+            Vec::new()
+        };
         let records = match &self.transform {
             Some(t) if !records.is_empty() => {
                 let total = records.len();
@@ -1222,20 +1229,31 @@ impl Processing {
                 } else {
                     Vec::new()
                 };
+                // With processing-time ROWTIME, a row "arrives" when it is processed: a backlog
+                // record written long ago is not ahead of its arrival.
+                let arrived_by = if self.decoder.processing_rowtime() {
+                    now_ms()
+                } else {
+                    i64::MIN
+                };
                 let (partitions, arrivals): (Vec<u32>, Vec<i64>) = if of_record.is_empty() {
                     (Vec::new(), Vec::new())
                 } else {
                     decoded
                         .row_records
                         .iter()
-                        .map(|&r| (of_record[r], records[r].arrival_time_ms()))
+                        .map(|&r| (of_record[r], records[r].arrival_time_ms().max(arrived_by)))
                         .unzip()
                 };
                 let output = self
                     .program
                     .process_arrived(&decoded.batch, &partitions, &arrivals, seq)
                     .await?;
-                self.mark_records(&of_record, seq);
+                if self.transform.is_some() {
+                    self.mark_records(&read_from, seq);
+                } else {
+                    self.mark_records(&of_record, seq);
+                }
                 for issue in &output.issues {
                     let record = match issue.input_row {
                         Some(row) => records[decoded.row_records[row]].clone(),
@@ -1419,6 +1437,7 @@ impl Processing {
             if last != Some(p) {
                 if let Some(e) = self.program.partition_table_mut().get_mut(p) {
                     e.last_records = Some((seq, now));
+                    e.first_records.get_or_insert(now);
                 }
                 last = Some(p);
             }
@@ -1434,14 +1453,12 @@ impl Processing {
         for event in events {
             let p = self.partition_number(event.partition());
             if self.program.partition_table_mut().get(p).is_none() {
-                self.program
-                    .partition_table_mut()
-                    .declare(p, Vec::new(), now);
+                self.program.partition_table_mut().declare(p, Vec::new());
             }
             match event {
                 PartitionEvent::Declared { parents, .. } => {
                     let parents = parents.iter().map(|q| self.partition_number(q)).collect();
-                    self.program.partition_table_mut().declare(p, parents, now);
+                    self.program.partition_table_mut().declare(p, parents);
                 }
                 PartitionEvent::Reading(_) => self.set_state(p, SourceState::Reading),
                 PartitionEvent::CaughtUp(_) => self.set_state(p, SourceState::CaughtUp(now)),

@@ -193,6 +193,11 @@ impl RecordDecoder {
         }
     }
 
+    /// Whether `ROWTIME` is the time a record entered the pipeline ([`PROCESSING_ROWTIME`]).
+    pub(crate) fn processing_rowtime(&self) -> bool {
+        self.processing_rowtime
+    }
+
     /// Schema of the batches produced: the columns, the metadata columns, then `ROWTIME`.
     pub fn schema(&self) -> &SchemaRef {
         &self.output_schema

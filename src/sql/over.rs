@@ -591,7 +591,16 @@ impl OverAggregate {
             .flatten()
             .map(|e| Ok(e.data_type(&self.input)?))
             .collect::<Result<_>>()?;
-        let mut expected: Vec<Arc<Field>> = found.fields().iter().take(5).cloned().collect();
+        let mut expected: Vec<Arc<Field>> = [
+            ("key", DataType::Binary),
+            ("t", DataType::Int64),
+            ("arrival", DataType::UInt64),
+            ("seq", DataType::UInt64),
+            ("pending", DataType::Boolean),
+        ]
+        .into_iter()
+        .map(|(name, t)| Arc::new(Field::new(name, t, false)))
+        .collect();
         expected.extend(
             arg_types
                 .iter()

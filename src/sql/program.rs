@@ -1121,9 +1121,11 @@ impl SqlProgram {
         })
     }
 
-    /// Partitions (numbers below `n`) whose event time runs more than `by` ahead of the watermark
-    /// in every windowed statement over the input: the ones catch-up alignment pauses. (Ahead in
-    /// every statement, so that the partition holding any statement's watermark keeps reading.)
+    /// Partitions (numbers below `n`) whose event time runs more than `by` ahead of the time the
+    /// watermark is held at, in every windowed statement over the input: the ones catch-up
+    /// alignment pauses. Never a partition that holds some statement's watermark back (ahead in
+    /// every statement), nor one whose time a child partition without rows takes (a merge's other
+    /// parent: pausing it would stop the child from ever starting).
     pub(crate) fn partitions_ahead(&self, by: Millis, n: usize) -> Vec<u32> {
         let trackers: Vec<&WatermarkTracker> = self
             .statements
@@ -1140,8 +1142,11 @@ impl SqlProgram {
         (0..u32::try_from(n).unwrap_or(u32::MAX))
             .filter(|&p| {
                 trackers.iter().all(|t| {
-                    let (wm, time) = (t.watermark(), t.partition_time(p));
-                    wm != Millis::MIN && time != Millis::MIN && time > wm.saturating_add(by)
+                    let (held, time) = (t.hold_time(), t.partition_time(p));
+                    held != Millis::MIN
+                        && time != Millis::MIN
+                        && time > held.saturating_add(by)
+                        && !t.passes_time_on(p, &self.table)
                 })
             })
             .collect()
@@ -1308,8 +1313,8 @@ impl SqlProgram {
         for stmt in &mut self.statements {
             let ctx = BatchContext {
                 seq,
-                partitions,
-                arrivals,
+                partitions: if stmt.from_source { partitions } else { &[] },
+                arrivals: if stmt.from_source { arrivals } else { &[] },
                 table: if stmt.from_source {
                     &self.table
                 } else {

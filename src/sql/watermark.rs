@@ -58,10 +58,11 @@ pub(crate) struct SourcePartition {
     pub(crate) parents: Vec<u32>,
     /// Once finished: the partitions that continue it.
     pub(crate) children: Vec<u32>,
-    pub(crate) declared_at: Instant,
     /// The last micro-batch with records of it (whether or not they reached a window), and when
     /// it was processed.
     pub(crate) last_records: Option<(u64, Instant)>,
+    /// When the pipeline first processed records of it.
+    pub(crate) first_records: Option<Instant>,
 }
 
 /// The partitions a source declared, by partition number; shared by every windowed operator.
@@ -85,8 +86,16 @@ impl PartitionTable {
         self.entries.len()
     }
 
+    /// The declared partitions: (number, how it stands).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &SourcePartition)> {
+        self.entries
+            .iter()
+            .zip(0u32..)
+            .filter_map(|(e, i)| e.as_ref().map(|e| (i, e)))
+    }
+
     /// Declares `p` (again: its parents are replaced, its state kept).
-    pub(crate) fn declare(&mut self, p: u32, parents: Vec<u32>, now: Instant) {
+    pub(crate) fn declare(&mut self, p: u32, parents: Vec<u32>) {
         let i = p as usize;
         if self.entries.len() <= i {
             self.entries.resize(i + 1, None);
@@ -98,8 +107,8 @@ impl PartitionTable {
                     state: SourceState::Reading,
                     parents,
                     children: Vec::new(),
-                    declared_at: now,
                     last_records: None,
+                    first_records: None,
                 })
             }
         }
@@ -194,12 +203,30 @@ impl WatermarkTracker {
             let was = clock.max_time;
             clock.max_time = t;
             // Only a partition at the minimum (or a parent of one) can move the minimum.
-            if was <= self.current || self.partitions.len() == 1 {
+            if was <= self.current || self.partitions.len().max(table.len()) == 1 {
                 self.recompute(now, table);
             }
-        } else if self.current == Millis::MIN {
-            self.recompute(now, table);
         }
+    }
+
+    /// The time the watermark is held at, before the allowed lateness is taken off
+    /// (`Millis::MIN` before any).
+    pub(crate) fn hold_time(&self) -> Millis {
+        self.current
+    }
+
+    /// Whether a declared partition that has no rows in this operator takes its time from `p`
+    /// (it is a child, or a later descendant, of `p`): such a partition must keep being read.
+    pub(crate) fn passes_time_on(&self, p: u32, table: &PartitionTable) -> bool {
+        table.iter().any(|(c, src)| {
+            src.parents.contains(&p)
+                && src.state != SourceState::Finished
+                && self
+                    .partitions
+                    .get(c as usize)
+                    .and_then(Option::as_ref)
+                    .is_none_or(|clock| clock.max_time == Millis::MIN)
+        })
     }
 
     /// Re-evaluates which partitions hold the watermark as of `now`.
@@ -208,25 +235,45 @@ impl WatermarkTracker {
     }
 
     /// The largest time seen in `p`, or when it has none, its parents' (the minimum over them).
-    fn base(&self, p: u32, table: &PartitionTable, depth: usize) -> Millis {
+    /// `memo` keeps what is worked out during one recomputation (lineages can share ancestors).
+    fn base(
+        &self,
+        p: u32,
+        table: &PartitionTable,
+        memo: &mut [Option<Millis>],
+        depth: usize,
+    ) -> Millis {
         if let Some(c) = self.partitions.get(p as usize).and_then(Option::as_ref) {
             if c.max_time != Millis::MIN {
                 return c.max_time;
             }
         }
-        match table.get(p) {
+        if let Some(Some(known)) = memo.get(p as usize) {
+            return *known;
+        }
+        let base = match table.get(p) {
             Some(src) if !src.parents.is_empty() && depth < MAX_LINEAGE => src
                 .parents
                 .iter()
-                .map(|&q| self.base(q, table, depth + 1))
+                .map(|&q| self.base(q, table, memo, depth + 1))
                 .min()
                 .unwrap_or(Millis::MIN),
             _ => Millis::MIN,
+        };
+        if let Some(slot) = memo.get_mut(p as usize) {
+            *slot = Some(base);
         }
+        base
     }
 
     /// The time at which `p` holds the watermark back, or `None` when it does not.
-    fn hold(&self, p: u32, now: Instant, table: &PartitionTable) -> Option<Millis> {
+    fn hold(
+        &self,
+        p: u32,
+        now: Instant,
+        table: &PartitionTable,
+        memo: &mut [Option<Millis>],
+    ) -> Option<Millis> {
         let clock = self.partitions.get(p as usize).and_then(Option::as_ref);
         let quiet_since =
             |since: Instant| now.saturating_duration_since(since) >= self.idle_timeout;
@@ -251,15 +298,17 @@ impl WatermarkTracker {
             }
             SourceState::Reading => {
                 // Records keep coming and none reaches this operator: they are filtered out
-                // before it, and say nothing of its event time.
-                let last_row = clock.map_or(src.declared_at, |c| c.last_seen);
+                // before it, and say nothing of its event time. (Timed from its last row here,
+                // or from its first records: a partition declared long before it was read is
+                // not quiet.)
+                let last_row = clock.map(|c| c.last_seen).or(src.first_records);
                 let filtered = src
                     .last_records
                     .is_some_and(|(seq, _)| clock.is_none_or(|c| seq > c.last_seq));
-                !(filtered && quiet_since(last_row))
+                !(filtered && last_row.is_some_and(quiet_since))
             }
         };
-        holds.then(|| self.base(p, table, 0))
+        holds.then(|| self.base(p, table, memo, 0))
     }
 
     fn recompute(&mut self, now: Instant, table: &PartitionTable) {
@@ -267,11 +316,12 @@ impl WatermarkTracker {
         let mut any_hold = false;
         let mut all_max = Millis::MIN;
         let n = self.partitions.len().max(table.len());
+        let mut memo = vec![None; n];
         for p in 0..n as u32 {
             if let Some(c) = self.partitions.get(p as usize).and_then(Option::as_ref) {
                 all_max = all_max.max(c.max_time);
             }
-            if let Some(h) = self.hold(p, now, table) {
+            if let Some(h) = self.hold(p, now, table, &mut memo) {
                 any_hold = true;
                 hold_min = hold_min.min(h);
             }
@@ -404,15 +454,15 @@ mod tests {
         assert_eq!(w.watermark(), 5_000);
     }
 
-    /// A table of `n` partitions declared at `t0`, the ones in `children` with those parents.
-    fn declared(n: u32, t0: Instant, children: &[(u32, &[u32])]) -> PartitionTable {
+    /// A table of `n` partitions declared, the ones in `children` with those parents.
+    fn declared(n: u32, children: &[(u32, &[u32])]) -> PartitionTable {
         let mut table = PartitionTable::default();
         for p in 0..n {
             let parents = children
                 .iter()
                 .find(|c| c.0 == p)
                 .map_or_else(Vec::new, |c| c.1.to_vec());
-            table.declare(p, parents, t0);
+            table.declare(p, parents);
         }
         table
     }
@@ -427,7 +477,7 @@ mod tests {
     fn a_declared_partition_without_rows_holds_the_watermark_at_the_start() {
         // The backlog case: shard 0 answers first with a page far ahead of the others.
         let t0 = Instant::now();
-        let table = declared(4, t0, &[]);
+        let table = declared(4, &[]);
         let mut w = tracker(0, 1000);
         for t in (0..100_000).step_by(1000) {
             w.observe(0, t, (t0, 0), &table);
@@ -450,7 +500,7 @@ mod tests {
     #[test]
     fn a_caught_up_partition_stops_holding_once_quiet_for_the_idle_timeout() {
         let t0 = Instant::now();
-        let mut table = declared(2, t0, &[]);
+        let mut table = declared(2, &[]);
         let mut w = tracker(0, 1000);
         w.observe(0, 9_000, (t0, 0), &table);
         w.observe(1, 2_000, (t0, 0), &table);
@@ -466,7 +516,7 @@ mod tests {
         w.refresh(t1 + Duration::from_millis(1000), &table);
         assert_eq!(w.watermark(), 9_000);
         // A declared shard that is empty: caught up at once, released after the timeout.
-        let mut table = declared(2, t0, &[]);
+        let mut table = declared(2, &[]);
         let mut w = tracker(0, 1000);
         w.observe(0, 4_000, (t0, 0), &table);
         set(&mut table, 1, SourceState::CaughtUp(t0), &[]);
@@ -480,7 +530,7 @@ mod tests {
     fn a_child_starts_at_its_parents_time_and_a_finished_parent_holds_until_it_is_declared() {
         let t0 = Instant::now();
         // 0 is split into 2 and 3; 1 goes on.
-        let mut table = declared(4, t0, &[(2, &[0]), (3, &[0])]);
+        let mut table = declared(4, &[(2, &[0]), (3, &[0])]);
         let mut w = tracker(0, 1000);
         w.observe(0, 10_000, (t0, 0), &table);
         w.observe(1, 50_000, (t0, 0), &table);
@@ -494,14 +544,14 @@ mod tests {
         w.observe(3, 20_000, (t0, 0), &table);
         assert_eq!(w.watermark(), 20_000);
         // A finished partition whose children are not declared yet keeps holding.
-        let mut table = declared(2, t0, &[]);
+        let mut table = declared(2, &[]);
         let mut w = tracker(0, 1000);
         w.observe(0, 1_000, (t0, 0), &table);
         w.observe(1, 8_000, (t0, 0), &table);
         set(&mut table, 0, SourceState::Finished, &[5]);
         w.refresh(t0, &table);
         assert_eq!(w.watermark(), 1_000);
-        table.declare(5, vec![0], t0);
+        table.declare(5, vec![0]);
         w.refresh(t0, &table);
         assert_eq!(
             w.watermark(),
@@ -519,7 +569,7 @@ mod tests {
     #[test]
     fn a_merge_child_takes_the_earlier_of_its_parents() {
         let t0 = Instant::now();
-        let mut table = declared(3, t0, &[(2, &[0, 1])]);
+        let mut table = declared(3, &[(2, &[0, 1])]);
         let mut w = tracker(0, 1000);
         w.observe(0, 4_000, (t0, 0), &table);
         w.observe(1, 9_000, (t0, 0), &table);
@@ -533,20 +583,44 @@ mod tests {
     fn a_partition_whose_rows_never_reach_the_window_stops_holding_after_the_timeout() {
         // Records of partition 1 keep coming but a WHERE removes them all.
         let t0 = Instant::now();
-        let mut table = declared(2, t0, &[]);
+        let mut table = declared(2, &[]);
         let mut w = tracker(0, 1000);
         w.observe(0, 3_000, (t0, 0), &table);
-        table.get_mut(1).unwrap().last_records = Some((1, t0 + Duration::from_millis(100)));
+        table.get_mut(1).unwrap().last_records = Some((1, t0));
+        table.get_mut(1).unwrap().first_records = Some(t0);
         w.refresh(t0 + Duration::from_millis(999), &table);
         assert_eq!(w.watermark(), Millis::MIN);
         w.refresh(t0 + Duration::from_millis(1000), &table);
         assert_eq!(w.watermark(), 3_000);
+        // Declared long before its first records: quiet only from those.
+        let mut table = declared(2, &[]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 3_000, (t0, 0), &table);
+        let later = t0 + Duration::from_secs(60);
+        table.get_mut(1).unwrap().last_records = Some((1, later));
+        table.get_mut(1).unwrap().first_records = Some(later);
+        w.refresh(later + Duration::from_millis(10), &table);
+        assert_eq!(w.watermark(), Millis::MIN);
         // Without records (slow, throttled, paused) it would have kept holding.
-        let table = declared(2, t0, &[]);
+        let table = declared(2, &[]);
         let mut w = tracker(0, 1000);
         w.observe(0, 3_000, (t0, 0), &table);
         w.refresh(t0 + Duration::from_secs(60), &table);
         assert_eq!(w.watermark(), Millis::MIN);
+    }
+
+    #[test]
+    fn a_parent_passes_its_time_on_to_a_child_without_rows() {
+        let t0 = Instant::now();
+        let mut table = declared(3, &[(2, &[0, 1])]);
+        let mut w = tracker(0, 1000);
+        w.observe(0, 1_000, (t0, 0), &table);
+        w.observe(1, 9_000, (t0, 0), &table);
+        assert!(w.passes_time_on(0, &table) && w.passes_time_on(1, &table));
+        w.observe(2, 9_500, (t0, 1), &table);
+        assert!(!w.passes_time_on(1, &table), "the child has its own time");
+        set(&mut table, 2, SourceState::Finished, &[]);
+        assert!(!w.passes_time_on(0, &table));
     }
 
     #[test]
