@@ -317,13 +317,10 @@ impl OverAggregate {
                 continue;
             }
             let t = times.value(i);
-            if let Some(reason) = super::window::too_far_ahead(t, row_id(i), ctx, self.max_future) {
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "bad_time",
-                    reason,
-                });
+            if let Some(issue) =
+                super::window::too_far_ahead(t, (i, row_id(i)), ctx, self.max_future)
+            {
+                issues.push(issue);
                 continue;
             }
             let wm = self.watermark.watermark();
@@ -470,32 +467,8 @@ impl OverAggregate {
     /// Serialises the kept rows (those waiting to be emitted with their input columns, and those
     /// future frames still reach) and the watermark, as Arrow IPC bytes.
     pub(crate) fn snapshot(&self) -> Result<Vec<u8>> {
-        let arg_types: Vec<DataType> = self
-            .plan
-            .args
-            .iter()
-            .flatten()
-            .map(|e| Ok(e.data_type(&self.input)?))
-            .collect::<Result<_>>()?;
-        let mut fields = vec![
-            Field::new("key", DataType::Binary, false),
-            Field::new("t", DataType::Int64, false),
-            Field::new("arrival", DataType::UInt64, false),
-            Field::new("seq", DataType::UInt64, false),
-            Field::new("pending", DataType::Boolean, false),
-        ];
-        fields.extend(
-            arg_types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Field::new(format!("arg_{i}"), t.clone(), true)),
-        );
-        fields.extend(
-            self.input
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true)),
-        );
+        let arg_types = self.arg_types()?;
+        let fields = self.state_fields(&arg_types);
         let mut meta = HashMap::new();
         self.watermark.save(&mut meta);
         meta.insert("arrivals".to_owned(), self.arrivals.to_string());
@@ -582,32 +555,47 @@ impl OverAggregate {
         Ok(types.join(";"))
     }
 
-    /// Checks that a snapshot's columns and key types are the ones this query keeps.
-    fn check_restored(&self, found: &Schema) -> Result<()> {
-        let arg_types: Vec<DataType> = self
-            .plan
+    /// The types of the aggregates' arguments, in order.
+    fn arg_types(&self) -> Result<Vec<DataType>> {
+        self.plan
             .args
             .iter()
             .flatten()
             .map(|e| Ok(e.data_type(&self.input)?))
-            .collect::<Result<_>>()?;
-        let mut expected: Vec<Arc<Field>> = [
-            ("key", DataType::Binary),
-            ("t", DataType::Int64),
-            ("arrival", DataType::UInt64),
-            ("seq", DataType::UInt64),
-            ("pending", DataType::Boolean),
-        ]
-        .into_iter()
-        .map(|(name, t)| Arc::new(Field::new(name, t, false)))
-        .collect();
-        expected.extend(
+            .collect()
+    }
+
+    /// The columns of a snapshot: key, time, arrival, batch, pending, the arguments, the input.
+    fn state_fields(&self, arg_types: &[DataType]) -> Vec<Field> {
+        let mut fields = vec![
+            Field::new("key", DataType::Binary, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("arrival", DataType::UInt64, false),
+            Field::new("seq", DataType::UInt64, false),
+            Field::new("pending", DataType::Boolean, false),
+        ];
+        fields.extend(
             arg_types
                 .iter()
                 .enumerate()
-                .map(|(i, t)| Arc::new(Field::new(format!("arg_{i}"), t.clone(), true))),
+                .map(|(i, t)| Field::new(format!("arg_{i}"), t.clone(), true)),
         );
-        expected.extend(self.input.fields().iter().cloned());
+        fields.extend(
+            self.input
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        fields
+    }
+
+    /// Checks that a snapshot's columns and key types are the ones this query keeps.
+    fn check_restored(&self, found: &Schema) -> Result<()> {
+        let expected: Vec<Arc<Field>> = self
+            .state_fields(&self.arg_types()?)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         super::window::check_state_schema(found, &expected)?;
         let keys = self.key_types()?;
         match found.metadata().get("key_types") {

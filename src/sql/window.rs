@@ -145,23 +145,27 @@ pub(crate) fn max_future_millis(settings: WatermarkSettings) -> Millis {
     i64::try_from(settings.max_future.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Why event time `t` of an input row cannot be trusted: it is more than `max_future` ahead of its
-/// record's arrival time. `None` when it is not, or when the arrival is not known (derived rows).
+/// The `bad_time` issue of row `(index, row id)` whose event time `t` cannot be trusted: it is more
+/// than `max_future` ahead of its record's arrival time. `None` when it is not, or when the arrival
+/// is not known (derived rows).
 pub(crate) fn too_far_ahead(
     t: Millis,
-    row_id: Option<u64>,
+    (index, row_id): (usize, Option<u64>),
     ctx: &BatchContext<'_>,
     max_future: Millis,
-) -> Option<String> {
+) -> Option<RowIssue> {
     let arrival = *ctx.arrivals.get(usize::try_from(row_id?).ok()?)?;
-    (t > arrival.saturating_add(max_future)).then(|| {
-        format!(
+    (t > arrival.saturating_add(max_future)).then(|| RowIssue {
+        index,
+        row_id,
+        kind: "bad_time",
+        reason: format!(
             "event time {} is more than {} ahead of the record's arrival time {}: a clock that is \
              wrong cannot be allowed to close everyone's windows (query.max_future_ms)",
             fmt_time(t),
             fmt_millis(max_future),
             fmt_time(arrival)
-        )
+        ),
     })
 }
 
@@ -520,16 +524,6 @@ impl WindowAggregate {
         self.watermark.finish();
     }
 
-    /// Why a row's event time `t` cannot be trusted: too far ahead of its record's arrival.
-    fn too_far_ahead(
-        &self,
-        t: Millis,
-        row_id: Option<u64>,
-        ctx: &BatchContext<'_>,
-    ) -> Option<String> {
-        too_far_ahead(t, row_id, ctx, self.max_future)
-    }
-
     /// Aggregates one batch (the output of the per-batch part of the query).
     pub(crate) fn push(
         &mut self,
@@ -584,13 +578,8 @@ impl WindowAggregate {
                 continue;
             }
             let t = times.value(i);
-            if let Some(reason) = self.too_far_ahead(t, row_id(i), ctx) {
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "bad_time",
-                    reason,
-                });
+            if let Some(issue) = too_far_ahead(t, (i, row_id(i)), ctx, self.max_future) {
+                issues.push(issue);
                 continue;
             }
             let wm = self.watermark.watermark();

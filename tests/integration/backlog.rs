@@ -16,7 +16,7 @@ use aws_sdk_kinesis::Client;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::kinesis::{client, json_lines, spawn_run};
+use crate::kinesis::{client, json_lines, moto_stream, spawn_run, stop_gracefully};
 use crate::support::moto::MotoServer;
 
 /// Event time of record 0; record `i` is `i × 10 ms` later.
@@ -483,13 +483,7 @@ async fn run_until(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "graceful stop: {status}");
+    stop_gracefully(&mut child);
     (
         json_lines(&output),
         json_lines(&dir.join(format!("{out}.errors.ndjson"))),
@@ -751,16 +745,9 @@ async fn peak_window_states(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_alignment_keeps_window_state_bounded_while_a_backlog_is_read() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, c)) = moto_stream("skewed", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    c.create_stream()
-        .stream_name("skewed")
-        .shard_count(2)
-        .send()
-        .await
-        .unwrap();
     let shards = open_shards(&c, "skewed").await;
     // Ten keys on each shard: shard 0 dense (a record every 10 ms of event time), shard 1 sparse
     // (every 50 ms). Read 100 records a call, shard 1 runs five times as fast through event time.

@@ -65,7 +65,11 @@ async fn shard_ids(c: &Client, name: &str) -> Vec<(String, bool)> {
 }
 
 /// Puts (payload, partition key) records; returns (shard, sequence number) of each, in order.
-async fn put_raw(c: &Client, name: &str, records: Vec<(String, String)>) -> Vec<(String, String)> {
+pub(crate) async fn put_raw(
+    c: &Client,
+    name: &str,
+    records: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let mut placed = Vec::new();
     for chunk in records.chunks(250) {
         let entries: Vec<PutRecordsRequestEntry> = chunk
@@ -107,7 +111,7 @@ async fn put(c: &Client, name: &str, items: &[(i64, String)]) -> Vec<(String, St
 
 /// A moto server with a new stream, and a client for it; `None` when moto is missing (the test is
 /// skipped, or fails where moto is required).
-async fn moto_stream(name: &str, shards: i32) -> Option<(MotoServer, Client)> {
+pub(crate) async fn moto_stream(name: &str, shards: i32) -> Option<(MotoServer, Client)> {
     let moto = MotoServer::start()?;
     let c = client(&moto.endpoint());
     create_stream(&c, name, shards).await;
@@ -746,6 +750,17 @@ pub(crate) fn spawn_run(
         .expect("start rivulet run")
 }
 
+/// Stops a `rivulet run` child with SIGTERM and asserts that it stopped gracefully.
+pub(crate) fn stop_gracefully(child: &mut std::process::Child) {
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful stop: {status}");
+}
+
 /// JSON lines of a file; a line torn by a kill (the last one, unparseable) is left out.
 pub(crate) fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -885,13 +900,7 @@ async fn crash_and_restart(
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let term = std::process::Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(term.success());
-            let status = child.wait().unwrap();
-            assert!(status.success(), "graceful stop: {status}");
+            stop_gracefully(&mut child);
             let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
             let line = log
                 .lines()

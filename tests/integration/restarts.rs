@@ -5,31 +5,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 
-use crate::kinesis::{client, json_lines, spawn_run};
-use crate::support::moto::MotoServer;
+use crate::kinesis::{json_lines, moto_stream, put_raw, spawn_run, stop_gracefully};
 
 async fn put_ids(c: &Client, stream: &str, ids: std::ops::Range<i64>) {
-    let entries = ids
+    let records = ids
         .map(|id| {
-            PutRecordsRequestEntry::builder()
-                .data(Blob::new(format!(r#"{{"id":{id},"key":"k{}"}}"#, id % 5)))
-                .partition_key(format!("k{}", id % 5))
-                .build()
-                .unwrap()
+            (
+                format!(r#"{{"id":{id},"key":"k{}"}}"#, id % 5),
+                format!("k{}", id % 5),
+            )
         })
         .collect();
-    let out = c
-        .put_records()
-        .stream_name(stream)
-        .set_records(Some(entries))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.failed_record_count(), Some(0));
+    put_raw(c, stream, records).await;
 }
 
 /// Waits up to 30 s for `path` to hold `n` JSON lines.
@@ -51,28 +40,11 @@ async fn wait_for_lines(path: &Path, n: usize, log: &Path) -> Vec<serde_json::Va
     }
 }
 
-fn stop(child: &mut std::process::Child) {
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "graceful stop: {status}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_a_caught_up_stream_keeps_the_schema_it_inferred() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((moto, c)) = moto_stream("quiet", 2).await else {
         return;
     };
-    let c = client(&moto.endpoint());
-    c.create_stream()
-        .stream_name("quiet")
-        .shard_count(2)
-        .send()
-        .await
-        .unwrap();
     put_ids(&c, "quiet", 0..50).await;
     let dir = tempfile::tempdir().unwrap();
     let config = |out: &str| -> PathBuf {
@@ -118,7 +90,7 @@ interval_ms = 100
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop(&mut child);
+    stop_gracefully(&mut child);
     // The second finds nothing new: it must start anyway (with the columns of the first run),
     // and not give up once the schema inference would have waited long enough.
     let second = config("second");
@@ -137,7 +109,7 @@ interval_ms = 100
         &second.with_extension("log"),
     )
     .await;
-    stop(&mut child);
+    stop_gracefully(&mut child);
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
@@ -206,7 +178,7 @@ fn first_windowed_run(dir: &Path) {
         &config.with_extension("log"),
     ));
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut child);
+    stop_gracefully(&mut child);
 }
 
 /// `rivulet run`: its exit code and standard error, or `None` when it was still running after
