@@ -320,13 +320,14 @@ impl Pipeline {
             tx
         });
         // The error output can fail to deliver too (an AWS sink out of attempts, a record over
-        // its limit): what it gives up on goes to standard error, the last resort.
+        // its limit). What it gives up on is shown on standard error, but standard error is not
+        // storage: those batches are not acknowledged, and the pipeline stops.
         let mut error_sink = error_sink;
         let (fallback_tx, fallback_rx) = mpsc::channel(batch.sink_queue.max(1));
         error_sink.set_error_output(ErrorOutput::new(fallback_tx));
         error_sink.set_checkpoint_ranges(ranges);
         tasks.spawn(run_sink(
-            Box::new(crate::sink::StdoutSink::stderr(Default::default())),
+            Box::new(UnstoredErrors::new(error_sink.name())),
             fallback_rx,
             Arc::new(PipelineMetrics::default()),
         ));
@@ -1478,6 +1479,69 @@ impl Processing {
         if let Some(e) = self.program.partition_table_mut().get_mut(p) {
             e.state = state;
         }
+    }
+}
+
+/// Where the error output's own failures go. They are written to standard error for the operator
+/// to see, and refused: their batches are not acknowledged (so no checkpoint covers their records,
+/// which are read again after a restart) and the pipeline stops with an error that says so.
+struct UnstoredErrors {
+    error_output: String,
+    stderr: crate::sink::StdoutSink,
+}
+
+impl UnstoredErrors {
+    fn new(error_output: &str) -> Self {
+        Self {
+            error_output: error_output.to_owned(),
+            stderr: crate::sink::StdoutSink::stderr(Default::default()),
+        }
+    }
+}
+
+impl fmt::Debug for UnstoredErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnstoredErrors")
+            .field("error_output", &self.error_output)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for UnstoredErrors {
+    fn name(&self) -> &str {
+        "unstored error records"
+    }
+
+    async fn write(&mut self, batch: OutputBatch) -> Result<()> {
+        let OutputBatch { stream, data, ack } = batch;
+        let n = data.len();
+        // Shown, not stored: the batch's acknowledgement is dropped, which fails it.
+        let shown = self
+            .stderr
+            .write(OutputBatch {
+                stream,
+                data,
+                ack: Ack::untracked(),
+            })
+            .await;
+        drop(ack);
+        if let Err(e) = shown {
+            tracing::warn!("could not show the unstored error records on standard error: {e}");
+        }
+        Err(Error::sink(
+            &self.error_output,
+            format!(
+                "the error output could not store {n} error record(s) (shown above on standard \
+                 error); stopping without committing the input they came from, which is read again \
+                 after a restart. Give the error output room for them (an S3 or file error output \
+                 has no record size limit) or fix what refuses them"
+            ),
+        ))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

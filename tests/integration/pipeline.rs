@@ -311,6 +311,82 @@ async fn a_failing_sink_stops_the_pipeline_without_committing() {
     );
 }
 
+/// An error output that gives up on everything it is sent, as an AWS sink out of attempts does:
+/// each row goes on to its own error output.
+#[derive(Debug, Default)]
+struct GivingUpErrorOutput {
+    errors: Option<rivulet::ErrorOutput>,
+}
+
+#[async_trait]
+impl Sink for GivingUpErrorOutput {
+    fn name(&self) -> &str {
+        "giving-up"
+    }
+
+    fn set_error_output(&mut self, errors: rivulet::ErrorOutput) {
+        self.errors = Some(errors);
+    }
+
+    async fn write(&mut self, batch: OutputBatch) -> rivulet::Result<()> {
+        let failed = (0..batch.data.len())
+            .map(|_| rivulet::ErrorRecord {
+                stage: rivulet::ErrorStage::Sink,
+                kind: "ServiceUnavailableException".into(),
+                reason: "out of attempts".into(),
+                attempts: 5,
+                record: Record::new(Bytes::from_static(b"{}"), 0),
+                statement: None,
+            })
+            .collect();
+        self.errors
+            .as_ref()
+            .expect("an error output")
+            .send(failed, batch.ack)
+            .await
+    }
+
+    async fn flush(&mut self) -> rivulet::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn error_records_the_error_output_cannot_store_are_not_committed() {
+    // The malformed record of the first batch goes to an error output that cannot store it.
+    let (source, commits) = ScriptedSource::new(vec![
+        vec![r#"{"a":1}"#, r#"{"a":"#, r#"{"a":2}"#],
+        vec![r#"{"a":3}"#],
+    ]);
+    let err = Pipeline::builder()
+        .source(source)
+        .columns(vec![rivulet::Column::new(
+            "a",
+            arrow::datatypes::DataType::Int64,
+        )])
+        .sink(MemorySink::new())
+        .error_output(GivingUpErrorOutput::default())
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("giving-up") && err.contains("could not store 1 error record"),
+        "{err}"
+    );
+    // Standard error showed the record, but it is not storage: no commit covers the batch.
+    let commits = commits.lock().unwrap();
+    assert!(
+        commits.iter().all(|p| p
+            .get("shard-0")
+            .is_none_or(|o| o.parse::<u64>().unwrap() < 3)),
+        "{commits:?}"
+    );
+}
+
 #[tokio::test]
 async fn inferred_schema_sample_records_are_processed_too() {
     let (source, _) = ScriptedSource::new(vec![
