@@ -62,6 +62,65 @@ pub struct FileSource {
     /// What the partition was last reported as: nothing yet, reading, or caught up (following
     /// at the end of the file).
     reported: Option<PartitionEvent>,
+    /// A fingerprint of the file's first bytes (how many, MD5), for positions.
+    head: Option<(u64, String)>,
+    /// The identity a checkpoint's position names: the file must still be that file for its
+    /// offset to mean anything.
+    resumed_identity: Option<FileIdentity>,
+}
+
+/// Which file a position is in: its inode, and a fingerprint of its first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileIdentity {
+    inode: Option<u64>,
+    head_len: u64,
+    head_md5: String,
+}
+
+/// Bytes at the start of a file that its fingerprint covers.
+const HEAD_BYTES: u64 = 1024;
+
+impl FileIdentity {
+    /// Parses `<offset>[;ino=<inode>][;head=<len>:<md5>]` (a bare offset from earlier versions).
+    fn parse(text: &str) -> Option<(u64, Option<Self>)> {
+        let mut parts = text.split(';');
+        let offset = parts.next()?.parse().ok()?;
+        let (mut inode, mut head) = (None, None);
+        for part in parts {
+            match part.split_once('=')? {
+                ("ino", v) => inode = Some(v.parse().ok()?),
+                ("head", v) => {
+                    let (len, md5) = v.split_once(':')?;
+                    head = Some((len.parse().ok()?, md5.to_owned()));
+                }
+                _ => return None,
+            }
+        }
+        let identity = head.map(|(head_len, head_md5)| Self {
+            inode,
+            head_len,
+            head_md5,
+        });
+        Some((offset, identity))
+    }
+}
+
+/// MD5 (hex) of the first `len` bytes of the file at `path`; `None` when it is shorter.
+fn head_md5(path: &Path, len: u64) -> Option<String> {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(len as usize);
+    std::fs::File::open(path)
+        .ok()?
+        .take(len)
+        .read_to_end(&mut buf)
+        .ok()?;
+    (buf.len() as u64 == len).then(|| {
+        Md5::digest(&buf)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
 }
 
 /// Builder for [`FileSource`].
@@ -97,6 +156,23 @@ impl FileSource {
         let mut file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        if let Some(want) = self.resumed_identity.take() {
+            // The checkpoint's offset is in the file it was taken on: a file rotated away and
+            // replaced, or truncated and written again, is read from its start.
+            let inode = file.metadata().await.ok().and_then(|m| file_identity(&m));
+            let same_inode = want.inode.is_none() || inode.is_none() || want.inode == inode;
+            let same_head = head_md5(&self.path, want.head_len).as_deref() == Some(&want.head_md5);
+            if !(same_inode && same_head) {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "the file is not the one the checkpoint was taken on (rotated, replaced or \
+                     rewritten): reading it from its start"
+                );
+                self.offset = 0;
+                self.skip_records = self.header_records;
+            }
+        }
+        self.head = None;
         if self.offset > 0 {
             file.seek(std::io::SeekFrom::Start(self.offset))
                 .await
@@ -203,8 +279,20 @@ impl FileSource {
         out.push(Record::new(data.slice(start..end), arrival));
     }
 
-    fn position(&self) -> Position {
-        Position::single(self.partition.as_ref(), self.offset.to_string())
+    /// The offset reached, with the file's identity: `<offset>;ino=<inode>;head=<len>:<md5>`.
+    fn position(&mut self) -> Position {
+        let want = self.offset.min(HEAD_BYTES);
+        if want > 0 && self.head.as_ref().is_none_or(|h| h.0 < want) {
+            self.head = head_md5(&self.path, want).map(|md5| (want, md5));
+        }
+        let mut text = self.offset.to_string();
+        if let Some(ino) = self.file_id {
+            text.push_str(&format!(";ino={ino}"));
+        }
+        if let Some((len, md5)) = &self.head {
+            text.push_str(&format!(";head={len}:{md5}"));
+        }
+        Position::single(self.partition.as_ref(), text)
     }
 }
 
@@ -271,6 +359,8 @@ impl FileSourceBuilder {
             max_batch_records: usize::MAX,
             eof: false,
             reported: None,
+            head: None,
+            resumed_identity: None,
         })
     }
 }
@@ -286,13 +376,14 @@ impl Source for FileSource {
     }
 
     async fn resume(&mut self, position: &Position) -> Result<()> {
-        if let Some(offset) = position.get(&self.partition) {
-            let offset: u64 = offset.parse().map_err(|_| {
+        if let Some(text) = position.get(&self.partition) {
+            let (offset, identity) = FileIdentity::parse(text).ok_or_else(|| {
                 Error::source(
                     self.partition.as_ref(),
-                    format!("checkpoint offset `{offset}` is not a byte offset"),
+                    format!("checkpoint offset `{text}` is not a file position"),
                 )
             })?;
+            self.resumed_identity = identity;
             if self.file.is_some() {
                 return Err(Error::source(
                     self.partition.as_ref(),
@@ -450,7 +541,8 @@ mod tests {
         std::fs::write(&p, "{\"a\":1}\r\n\n{\"a\":2}\n{\"a\":3}").unwrap();
         let (lines, pos) = read_all(FileSource::builder(&p).build().unwrap()).await;
         assert_eq!(lines, vec!["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]);
-        assert_eq!(pos.get(&p.display().to_string()), Some("25"));
+        let at = pos.get(&p.display().to_string()).unwrap();
+        assert_eq!(at.split(';').next(), Some("25"), "{at}");
     }
 
     #[tokio::test]
@@ -492,10 +584,8 @@ mod tests {
                     .map(|r| String::from_utf8(r.payload().to_vec()).unwrap()),
             );
             // Each line is 8 bytes: the position is just after the last record handed out.
-            assert_eq!(
-                b.position.get(&key),
-                Some((lines.len() * 8).to_string().as_str())
-            );
+            let offset = b.position.get(&key).unwrap().split(';').next().unwrap();
+            assert_eq!(offset, (lines.len() * 8).to_string());
         }
         assert_eq!(sizes, vec![10, 10, 5]);
         assert_eq!(lines.len(), 25);
@@ -512,6 +602,39 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(read_all(s).await.0, vec!["two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn a_position_resumes_in_its_own_file_and_a_replaced_file_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.ndjson");
+        std::fs::write(&p, "one\ntwo\n").unwrap();
+        let (lines, pos) = read_all(FileSource::builder(&p).build().unwrap()).await;
+        assert_eq!(lines, ["one", "two"]);
+        // The same file, grown: on from the position.
+        std::fs::write(&p, "one\ntwo\nthree\n").unwrap();
+        let mut s = FileSource::builder(&p).build().unwrap();
+        s.resume(&pos).await.unwrap();
+        assert_eq!(read_all(s).await.0, ["three"]);
+        // Rotated: moved aside, a new file under the name, longer than the old offset.
+        std::fs::rename(&p, dir.path().join("in.ndjson.1")).unwrap();
+        std::fs::write(&p, "uno\ndos\ntres\n").unwrap();
+        let mut s = FileSource::builder(&p).build().unwrap();
+        s.resume(&pos).await.unwrap();
+        assert_eq!(read_all(s).await.0, ["uno", "dos", "tres"]);
+        // Truncated in place and written again (copytruncate): the same inode, other bytes.
+        let (_, pos) = read_all(FileSource::builder(&p).build().unwrap()).await;
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(0).unwrap();
+        std::fs::write(&p, "ein\nzwei\ndrei\nvier\n").unwrap();
+        let mut s = FileSource::builder(&p).build().unwrap();
+        s.resume(&pos).await.unwrap();
+        assert_eq!(read_all(s).await.0, ["ein", "zwei", "drei", "vier"]);
+        // A bare offset (a checkpoint of an earlier version) still resumes.
+        let key = p.display().to_string();
+        let mut s = FileSource::builder(&p).build().unwrap();
+        s.resume(&Position::single(&*key, "4")).await.unwrap();
+        assert_eq!(read_all(s).await.0, ["zwei", "drei", "vier"]);
     }
 
     #[tokio::test]
