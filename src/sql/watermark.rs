@@ -202,8 +202,11 @@ impl WatermarkTracker {
         if t > clock.max_time {
             let was = clock.max_time;
             clock.max_time = t;
-            // Only a partition at the minimum (or a parent of one) can move the minimum.
-            if was <= self.current || self.partitions.len().max(table.len()) == 1 {
+            if self.partitions.len() == 1 && table.len() == 0 {
+                // One partition, just seen, declared by nobody: it alone is the watermark.
+                self.current = self.current.max(t);
+            } else if was <= self.current || self.partitions.len().max(table.len()) == 1 {
+                // Only a partition at the minimum (or a parent of one) can move the minimum.
                 self.recompute(now, table);
             }
         }
@@ -316,7 +319,12 @@ impl WatermarkTracker {
         let mut any_hold = false;
         let mut all_max = Millis::MIN;
         let n = self.partitions.len().max(table.len());
-        let mut memo = vec![None; n];
+        // Lineage times, worked out once per recomputation; only children without rows need them.
+        let mut memo = if table.len() == 0 {
+            Vec::new()
+        } else {
+            vec![None; n]
+        };
         for p in 0..n as u32 {
             if let Some(c) = self.partitions.get(p as usize).and_then(Option::as_ref) {
                 all_max = all_max.max(c.max_time);
