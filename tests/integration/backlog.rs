@@ -16,7 +16,9 @@ use aws_sdk_kinesis::Client;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::kinesis::{client, json_lines, moto_stream, spawn_run, stop_gracefully};
+use crate::kinesis::{
+    client, json_lines, moto_stream, spawn_run, stop_gracefully, write_pipeline_file,
+};
 use crate::support::moto::MotoServer;
 
 /// Event time of record 0; record `i` is `i × 10 ms` later.
@@ -322,7 +324,6 @@ fn pipeline_file(
     out: &str,
     checkpoint: bool,
 ) -> PathBuf {
-    let path = dir.join(format!("{out}.toml"));
     // With a checkpoint (the kill test), small pages: the backlog takes long enough to read that
     // the kills land in the middle of it.
     let (checkpoint, max_records) = if checkpoint {
@@ -333,9 +334,10 @@ fn pipeline_file(
     } else {
         ("", "")
     };
-    std::fs::write(
-        &path,
-        format!(
+    write_pipeline_file(
+        dir,
+        out,
+        &format!(
             r#"
 [source]
 type = "kinesis"
@@ -371,8 +373,6 @@ path = "{out}.errors.ndjson"
 "#
         ),
     )
-    .unwrap();
-    path
 }
 
 const TUMBLING: &str = "SELECT key, COUNT(*) AS n, SUM(id) AS s, MIN(v) AS lo, MAX(v) AS hi, \

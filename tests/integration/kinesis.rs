@@ -750,6 +750,17 @@ pub(crate) fn spawn_run(
         .expect("start rivulet run")
 }
 
+/// Writes the pipeline file `<name>.toml` into `dir`; returns its path.
+pub(crate) fn write_pipeline_file(
+    dir: &std::path::Path,
+    name: &str,
+    toml: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
 /// Stops a `rivulet run` child with SIGTERM and asserts that it stopped gracefully.
 pub(crate) fn stop_gracefully(child: &mut std::process::Child) {
     let term = std::process::Command::new("kill")
@@ -776,10 +787,10 @@ fn crash_config(
     sql: &str,
     out: &str,
 ) -> std::path::PathBuf {
-    let path = dir.join(format!("{out}.toml"));
-    std::fs::write(
-        &path,
-        format!(
+    write_pipeline_file(
+        dir,
+        out,
+        &format!(
             r#"
 [source]
 type = "kinesis"
@@ -821,8 +832,6 @@ max_latency_ms = 50
 "#
         ),
     )
-    .unwrap();
-    path
 }
 
 /// Puts `n` records `{"id", "key", "ts"}` (event time 10 ms apart) on a new 2-shard stream;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 
-use crate::kinesis::{json_lines, moto_stream, put_raw, spawn_run, stop_gracefully};
+use crate::kinesis::{
+    json_lines, moto_stream, put_raw, spawn_run, stop_gracefully, write_pipeline_file,
+};
 
 async fn put_ids(c: &Client, stream: &str, ids: std::ops::Range<i64>) {
     let records = ids
@@ -48,10 +50,10 @@ async fn a_restart_on_a_caught_up_stream_keeps_the_schema_it_inferred() {
     put_ids(&c, "quiet", 0..50).await;
     let dir = tempfile::tempdir().unwrap();
     let config = |out: &str| -> PathBuf {
-        let path = dir.path().join(format!("{out}.toml"));
-        std::fs::write(
-            &path,
-            format!(
+        write_pipeline_file(
+            dir.path(),
+            out,
+            &format!(
                 r#"
 [source]
 type = "kinesis"
@@ -77,8 +79,6 @@ interval_ms = 100
                 moto.endpoint()
             ),
         )
-        .unwrap();
-        path
     };
     // The first run infers the columns from the records, reads them all, and stops.
     let first = config("first");
@@ -119,10 +119,10 @@ interval_ms = 100
 
 /// A windowed pipeline over a followed file, with a checkpoint; `key_type` is the key's SQL type.
 fn windowed_config(dir: &Path, key_type: &str, out: &str) -> PathBuf {
-    let path = dir.join(format!("{out}.toml"));
-    std::fs::write(
-        &path,
-        format!(
+    write_pipeline_file(
+        dir,
+        out,
+        &format!(
             r#"
 [source]
 type = "file"
@@ -149,8 +149,6 @@ interval_ms = 100
 "#
         ),
     )
-    .unwrap();
-    path
 }
 
 /// Runs the windowed pipeline over three seconds of input until it has emitted two windows, and
