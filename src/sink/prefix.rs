@@ -9,6 +9,12 @@
 //!   number, so that a replay produces the same key.
 //!
 //! A prefix without a `timestamp` expression gets `yyyy/MM/dd/HH/` appended, as Firehose does.
+//!
+//! Partition values are percent-encoded (RFC 3986) before they enter a key: letters, digits and
+//! `-`, `_`, `.`, `~` stay as they are; every other byte of the value's UTF-8 text, `/` and `%`
+//! included, becomes `%XX` (upper-case hex); the values `.` and `..` become `%2E` and `%2E%2E`.
+//! Distinct values thus give distinct keys (`a/b` is `a%2Fb`, `/home` is `%2Fhome`), a value
+//! never adds a path segment, and Hive-style readers (Athena, Glue, Spark) decode the value back.
 
 use crate::{Error, Result};
 
@@ -91,11 +97,29 @@ impl KeyPrefix {
             match p {
                 Part::Literal(s) => out.push_str(s),
                 Part::Time(f) => out.push_str(&time.format(f).to_string()),
-                Part::Column(_) => out.push_str(values.next().copied().unwrap_or("")),
+                Part::Column(_) => encode_value(values.next().copied().unwrap_or(""), &mut out),
                 Part::Random => out.push_str(&random_string(seed)),
             }
         }
         out
+    }
+}
+
+/// Appends `value` percent-encoded (see the module docs) to `out`.
+pub(crate) fn encode_value(value: &str, out: &mut String) {
+    if value == "." || value == ".." {
+        out.push_str(&"%2E".repeat(value.len()));
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
     }
 }
 
@@ -186,6 +210,33 @@ mod tests {
         .unwrap();
         assert_eq!(p.columns().collect::<Vec<_>>(), ["sector"]);
         assert_eq!(p.render(T, &["TECH"], 0), "data/TECH/2026-11-28T03/");
+    }
+
+    #[test]
+    fn distinct_partition_values_render_distinct_prefixes() {
+        let p = KeyPrefix::parse("data/!{partitionKeyFromQuery:path}/", "k").unwrap();
+        let values = [
+            "home", "/home", "home/", "a//b", "a/b", "a%2Fb", ".", "..", "a b", "ü", "a+b",
+        ];
+        let rendered: Vec<String> = values.iter().map(|v| p.render(T, &[v], 0)).collect();
+        let distinct: std::collections::HashSet<&String> = rendered.iter().collect();
+        assert_eq!(distinct.len(), values.len(), "{rendered:?}");
+        for r in &rendered {
+            let segments: Vec<&str> = r.split('/').collect();
+            assert_eq!(segments.len(), 7, "a value adds no path segment: {r}");
+            assert!(
+                segments[..6]
+                    .iter()
+                    .all(|s| !s.is_empty() && *s != "." && *s != ".."),
+                "{r}"
+            );
+        }
+        assert_eq!(rendered[0], "data/home/2026/11/28/03/");
+        assert_eq!(rendered[1], "data/%2Fhome/2026/11/28/03/");
+        assert_eq!(rendered[4], "data/a%2Fb/2026/11/28/03/");
+        assert_eq!(rendered[5], "data/a%252Fb/2026/11/28/03/");
+        assert_eq!(rendered[7], "data/%2E%2E/2026/11/28/03/");
+        assert_eq!(rendered[9], "data/%C3%BC/2026/11/28/03/");
     }
 
     #[test]

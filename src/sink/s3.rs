@@ -1,7 +1,7 @@
 //! Amazon S3 (or any `object_store` store) as a sink: objects rolled by size and age, keyed like
 //! Firehose keys them, named deterministically per checkpoint range.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +179,9 @@ pub struct S3Sink {
     ranges: CheckpointRanges,
     counters_range: Arc<str>,
     counters: HashMap<String, u32>,
+    /// The keys issued in the current range: no two objects of a run share a key (keys of
+    /// different ranges differ in the range's id).
+    issued: HashSet<String>,
     open: BTreeMap<String, OpenObject>,
     errors: Option<ErrorOutput>,
     objects_written: u64,
@@ -256,29 +259,33 @@ impl S3Sink {
         format!(".{base}{}{envelope}", compression.extension())
     }
 
-    /// The key of the next object for partition `values` in the current range.
+    /// The key of the next object for partition `values` in the current range: the next number
+    /// of that partition whose key this run has not issued yet (the same keys, in the same order,
+    /// when a replay of the range writes the same objects).
     fn next_key(&mut self, values: &[String], range: &CheckpointRange) -> String {
         if self.counters_range != range.id {
             self.counters.clear();
+            self.issued.clear();
             self.counters_range = Arc::clone(&range.id);
         }
         let group = group_key(values);
-        let n = self.counters.entry(group.clone()).or_insert(0);
-        let seq = *n;
-        *n += 1;
-        let seed = {
-            use md5::Digest as _;
-            let d = md5::Md5::digest(format!("{}\u{1f}{group}\u{1f}{seq}", range.id));
-            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-        };
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-        let prefix = self.prefix.render(range.started_ms, &refs, seed);
-        format!(
-            "{prefix}{}-{}-{seq:05}{}",
-            self.name,
-            range.id,
-            self.extension()
-        )
+        let extension = self.extension();
+        loop {
+            let n = self.counters.entry(group.clone()).or_insert(0);
+            let seq = *n;
+            *n += 1;
+            let seed = {
+                use md5::Digest as _;
+                let d = md5::Md5::digest(format!("{}\u{1f}{group}\u{1f}{seq}", range.id));
+                u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+            };
+            let prefix = self.prefix.render(range.started_ms, &refs, seed);
+            let key = format!("{prefix}{}-{}-{seq:05}{extension}", self.name, range.id);
+            if self.issued.insert(key.clone()) {
+                return key;
+            }
+        }
     }
 
     fn new_body(&self, schema: Option<arrow::datatypes::SchemaRef>) -> Result<Body> {
@@ -378,7 +385,7 @@ impl S3Sink {
     }
 
     async fn upload(&self, key: &str, data: Vec<u8>) -> Result<()> {
-        let path = ObjectPath::from(key);
+        let path = object_path(key).map_err(|e| Error::sink(&self.name, e))?;
         let fail = |e: object_store::Error| {
             Error::sink(
                 &self.name,
@@ -717,6 +724,9 @@ impl S3SinkBuilder {
             return Err(Error::config("name", "must be non-empty and without `/`"));
         }
         let prefix = KeyPrefix::parse(&self.prefix, "prefix")?;
+        // Partition values are encoded and cannot break a key; the prefix's own text can.
+        let sample = prefix.render(0, &vec!["v"; prefix.columns().count()], 0);
+        object_path(&format!("{sample}{}", self.name)).map_err(|e| Error::config("prefix", e))?;
         let partition_columns: Vec<String> = prefix.columns().map(str::to_owned).collect();
         let store = match self.store {
             Some(store) => store,
@@ -758,6 +768,7 @@ impl S3SinkBuilder {
             counters_range: Arc::clone(&start.id),
             ranges: CheckpointRanges::fixed(start),
             counters: HashMap::new(),
+            issued: HashSet::new(),
             open: BTreeMap::new(),
             errors: None,
             objects_written: 0,
@@ -817,6 +828,17 @@ fn group_key(values: &[String]) -> String {
     values.iter().map(|v| format!("{}:{v}", v.len())).collect()
 }
 
+/// The object store path of S3 key `key`, taken as it is (no segment dropped or re-encoded), or
+/// why S3 keys of that form cannot be written here.
+fn object_path(key: &str) -> std::result::Result<ObjectPath, String> {
+    ObjectPath::parse(key).map_err(|_| {
+        format!(
+            "the key `{key}` cannot be written: keys here have no empty path segment (`//`), \
+             no segment `.` or `..` and no control character"
+        )
+    })
+}
+
 /// Reads one object from S3 (credentials from the SDK's default chain).
 pub async fn get_object(
     bucket: &str,
@@ -837,8 +859,9 @@ pub async fn get_object_with(
     let store = build_s3(bucket, config, None)?;
     let fail =
         |e: object_store::Error| Error::sink("s3", format!("reading s3://{bucket}/{key}: {e}"));
+    let path = object_path(key).map_err(|e| Error::sink("s3", e))?;
     store
-        .get(&ObjectPath::from(key))
+        .get(&path)
         .await
         .map_err(fail)?
         .bytes()
@@ -982,7 +1005,7 @@ mod tests {
             k[0],
             format!("out/2026/11/28/03/rivulet-{}-00000.json", range.id)
         );
-        let body = store.get(&ObjectPath::from(k[0].as_str())).await.unwrap();
+        let body = store.get(&ObjectPath::parse(&k[0]).unwrap()).await.unwrap();
         let text = String::from_utf8(body.bytes().await.unwrap().to_vec()).unwrap();
         assert_eq!(text.lines().count(), 7);
     }
@@ -1002,7 +1025,7 @@ mod tests {
         assert_eq!(before.len(), 3, "one object per batch over 100 bytes");
         let mut contents = Vec::new();
         for k in &before {
-            let b = store.get(&ObjectPath::from(k.as_str())).await.unwrap();
+            let b = store.get(&ObjectPath::parse(k).unwrap()).await.unwrap();
             contents.push(b.bytes().await.unwrap());
         }
         // A crash, then a replay of the same range: the same names, overwritten.
@@ -1017,7 +1040,7 @@ mod tests {
         replay.finish().await.unwrap();
         assert_eq!(keys(&store).await, before);
         for (k, c) in before.iter().zip(contents) {
-            let b = store.get(&ObjectPath::from(k.as_str())).await.unwrap();
+            let b = store.get(&ObjectPath::parse(k).unwrap()).await.unwrap();
             assert_eq!(b.bytes().await.unwrap(), c);
         }
         // A new range starts its own numbering.
@@ -1063,5 +1086,97 @@ mod tests {
             panic!()
         };
         assert_eq!(b.num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn distinct_partition_values_never_share_an_object_key() {
+        let store = Arc::new(InMemory::new());
+        let mut s = sink(&store, "data/!{partitionKeyFromQuery:sector}/", 1 << 20).await;
+        let values = ["home", "/home", "home/", "a//b", "a/b"];
+        for (i, v) in values.iter().enumerate() {
+            s.write(OutputBatch::rows("s", rows(i + 1, v)))
+                .await
+                .unwrap();
+        }
+        s.finish().await.unwrap();
+        let k = keys(&store).await;
+        assert_eq!(k.len(), values.len(), "one object per value: {k:?}");
+        // Each object holds exactly the rows of its own value.
+        let mut seen = Vec::new();
+        for key in &k {
+            let body = store.get(&ObjectPath::parse(key).unwrap()).await.unwrap();
+            let text = String::from_utf8(body.bytes().await.unwrap().to_vec()).unwrap();
+            let sectors: HashSet<String> = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["sector"].to_string()
+                })
+                .collect();
+            assert_eq!(sectors.len(), 1, "{key}: {text}");
+            seen.push((text.lines().count(), sectors.into_iter().next().unwrap()));
+        }
+        seen.sort();
+        let want: Vec<(usize, String)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, serde_json::Value::from(*v).to_string()))
+            .collect();
+        assert_eq!(seen, want);
+        assert!(k.contains(&format!(
+            "data/a%2F%2Fb/2026/11/28/03/rivulet-{}-00000.json",
+            CheckpointRange::after(&crate::Position::single("p", "1"), 1_795_835_045_000).id
+        )));
+    }
+
+    #[tokio::test]
+    async fn two_objects_of_a_run_never_share_a_key() {
+        // With two adjacent values and no separator, ("ab", "c") and ("a", "bc") render the
+        // same prefix; the second object takes the next number instead of overwriting the first.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Utf8, false),
+            Field::new("y", DataType::Utf8, false),
+        ]));
+        let batch = |x: &str, y: &str| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from(vec![x])),
+                    Arc::new(StringArray::from(vec![y])),
+                ],
+            )
+            .unwrap()
+        };
+        let store = Arc::new(InMemory::new());
+        let mut s = sink(
+            &store,
+            "!{partitionKeyFromQuery:x}!{partitionKeyFromQuery:y}/",
+            1 << 20,
+        )
+        .await;
+        s.write(OutputBatch::rows("s", batch("ab", "c")))
+            .await
+            .unwrap();
+        s.write(OutputBatch::rows("s", batch("a", "bc")))
+            .await
+            .unwrap();
+        s.finish().await.unwrap();
+        let k = keys(&store).await;
+        assert_eq!(k.len(), 2, "{k:?}");
+        assert!(
+            k[0].starts_with("abc/") && k[1].starts_with("abc/"),
+            "{k:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_prefix_that_cannot_form_a_key_is_refused_at_build() {
+        let err = S3Sink::builder("b")
+            .with_store(Arc::new(InMemory::new()) as Arc<dyn ObjectStore>)
+            .with_prefix("data//x/")
+            .build()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefix") && err.contains("//"), "{err}");
     }
 }
