@@ -38,6 +38,8 @@ use crate::{Error, Result};
 /// # poll_interval_ms = 200  # kinesis: least time between calls on a shard (≥ 200)
 /// # idle_poll_interval_ms = 1000  # kinesis: time between calls while a shard has nothing new
 /// # list_shards_interval_ms = 60000  # kinesis: how often new shards are looked for
+/// # filter_out_of_range_sub_records = false  # kinesis: KPL sub-records outside their shard's
+///                           # hash-key range go to the error output (KCL-style) instead of on
 ///
 /// [[reference]]            # optional, repeatable: a static table the SQL can join to the stream
 /// name = "companies"
@@ -300,6 +302,8 @@ enum SourceConfig {
         poll_interval_ms: Option<u64>,
         idle_poll_interval_ms: Option<u64>,
         list_shards_interval_ms: Option<u64>,
+        #[serde(default)]
+        filter_out_of_range_sub_records: bool,
     },
 }
 
@@ -1691,11 +1695,13 @@ impl PipelineConfig {
                 stream,
                 region,
                 endpoint_url,
+                filter_out_of_range_sub_records,
                 ..
             } => {
                 let mut k = crate::kinesis::KinesisSource::builder(stream.clone())
                     .start_position(self.kinesis_start()?)
-                    .poll_settings(self.poll_settings()?);
+                    .poll_settings(self.poll_settings()?)
+                    .filter_out_of_range_sub_records(*filter_out_of_range_sub_records);
                 if let Some(r) = region {
                     k = k.region(r.clone());
                 }

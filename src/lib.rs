@@ -75,7 +75,7 @@ pub use pipeline::{
     BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle,
     DEFAULT_CHECKPOINT_INTERVAL, RAW_STREAM,
 };
-pub use record::{Position, Record, RecordId};
+pub use record::{Position, Record, RecordId, Rejection};
 pub use sink::{
     error_schema, CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage,
     FileSink, FileSinkBuilder, MemorySink, MemorySinkHandle, NullSink, OutputBatch, OutputData,

@@ -112,8 +112,9 @@ pub struct PartitionHealth {
     pub renewals: u64,
     /// Other failed calls that were retried.
     pub retries: u64,
-    /// Sub-records dropped because their hash key lies outside the shard's range.
-    pub dropped_out_of_range: u64,
+    /// Sub-records whose hash key lies outside the shard's range, sent to the error output (only
+    /// with `filter_out_of_range_sub_records`; otherwise they are delivered and not counted here).
+    pub out_of_range: u64,
     /// Read to its end (a closed shard after a split or merge).
     pub finished: bool,
     /// Reads wait: its event time runs ahead of the pipeline's watermark by more than

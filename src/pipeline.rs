@@ -1195,6 +1195,25 @@ impl Processing {
             })?;
         }
         let mut errors: Vec<ErrorRecord> = Vec::new();
+        // Records the source set aside go to the error output as they are.
+        let records = if records.iter().any(|r| r.rejection().is_some()) {
+            let (rejected, kept): (Vec<Record>, Vec<Record>) =
+                records.into_iter().partition(|r| r.rejection().is_some());
+            errors.extend(rejected.into_iter().map(|record| {
+                let why = record.rejection().expect("partitioned on it");
+                ErrorRecord {
+                    statement: None,
+                    stage: ErrorStage::Source,
+                    attempts: 1,
+                    kind: why.kind.clone(),
+                    reason: why.reason.clone(),
+                    record,
+                }
+            }));
+            kept
+        } else {
+            records
+        };
         // Partitions with records in this batch, before a transform may drop some: a shard whose
         // records are all dropped still has them coming (it is not stalled).
         let read_from = if self.program.is_stateful() && self.transform.is_some() {

@@ -44,6 +44,17 @@ pub struct Record {
     shard_id: Option<Arc<str>>,
     sequence_number: Option<Arc<str>>,
     sub_sequence_number: Option<u64>,
+    rejection: Option<Box<Rejection>>,
+}
+
+/// Why a source set a record aside: the record was read, and the pipeline sends it to the error
+/// output (stage `source`) instead of processing it; it counts as stored once it is stored there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// A stable name for the error output's `kind` column, e.g. `out_of_shard_range`.
+    pub kind: String,
+    /// What is wrong with the record, for people.
+    pub reason: String,
 }
 
 impl Record {
@@ -56,6 +67,7 @@ impl Record {
             shard_id: None,
             sequence_number: None,
             sub_sequence_number: None,
+            rejection: None,
         }
     }
 
@@ -88,6 +100,21 @@ impl Record {
     pub fn with_payload(mut self, payload: Bytes) -> Self {
         self.payload = payload;
         self
+    }
+
+    /// Sets the record aside: the pipeline sends it to the error output with `kind` and `reason`
+    /// instead of processing it.
+    pub fn with_rejection(mut self, kind: impl Into<String>, reason: impl Into<String>) -> Self {
+        self.rejection = Some(Box::new(Rejection {
+            kind: kind.into(),
+            reason: reason.into(),
+        }));
+        self
+    }
+
+    /// Why the source set the record aside, if it did.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        self.rejection.as_deref()
     }
 
     /// The payload bytes.

@@ -115,6 +115,8 @@ pub(crate) struct ShardReader {
     pub(crate) health: Arc<SourceHealth>,
     /// The pipeline's catch-up alignment: reads wait while it pauses this shard.
     pub(crate) alignment: Option<Arc<PartitionAlignment>>,
+    /// Sub-records outside the shard's hash-key range go to the error output.
+    pub(crate) filter_out_of_range: bool,
 }
 
 impl ShardReader {
@@ -128,8 +130,10 @@ impl ShardReader {
 
     async fn read(&self) -> Result<(), String> {
         let id = Arc::clone(&self.shard.id);
-        let mut unpacker = RecordUnpacker::new(Arc::clone(&id))
-            .with_hash_range(self.shard.hash_range.0, self.shard.hash_range.1);
+        let mut unpacker = RecordUnpacker::new(Arc::clone(&id));
+        if self.filter_out_of_range {
+            unpacker = unpacker.with_hash_range(self.shard.hash_range.0, self.shard.hash_range.1);
+        }
         if let ShardOffset::After {
             sequence,
             sub: Some(sub),
@@ -216,7 +220,7 @@ impl ShardReader {
             let behind = page.millis_behind.map(|m| m.max(0) as u64);
             self.health.update(&id, |h| {
                 h.records += stats.records;
-                h.dropped_out_of_range += stats.out_of_range;
+                h.out_of_range += stats.out_of_range;
                 if behind.is_some() {
                     h.millis_behind = behind;
                 }

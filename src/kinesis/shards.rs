@@ -107,8 +107,8 @@ impl fmt::Display for ShardOffset {
 pub struct UnpackStats {
     /// Records produced (plain records plus sub-records).
     pub records: u64,
-    /// Sub-records dropped because their hash key lies outside the shard's range (left behind by
-    /// resharding: the same sub-record is also in the child shard that owns the key).
+    /// Sub-records whose hash key lies outside the shard's range, set aside for the error output
+    /// (only with [`RecordUnpacker::with_hash_range`]).
     pub out_of_range: u64,
     /// Records that started with the aggregation magic bytes but were not valid aggregates; they
     /// were passed through as plain records.
@@ -116,8 +116,8 @@ pub struct UnpackStats {
 }
 
 /// Turns one shard's raw Kinesis records into rivulet [`Record`]s: KPL de-aggregation (sub-records
-/// are slices of the outer record, not copies), the hash-key-range filter, and the skip of
-/// sub-records already read before a restart.
+/// are slices of the outer record, not copies), the optional hash-key-range filter, and the skip
+/// of sub-records already read before a restart.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -150,7 +150,13 @@ impl RecordUnpacker {
         }
     }
 
-    /// Drops sub-records whose hash key lies outside `start..=end` (the shard's range).
+    /// Sets aside sub-records whose hash key lies outside `start..=end` (the shard's range), as the
+    /// KCL filters them: they are still produced, marked with a [`Rejection`](crate::Rejection) of
+    /// kind `out_of_shard_range`, so the pipeline sends them to the error output.
+    ///
+    /// Without it every sub-record is produced as it is. Aggregators other than the KPL route an
+    /// aggregate by its first record's key, and the KPL's own shard prediction can be stale after
+    /// a reshard; either way such sub-records are in this stream only once, here.
     pub fn with_hash_range(mut self, start: u128, end: u128) -> Self {
         self.range = (start, end);
         self
@@ -191,23 +197,30 @@ impl RecordUnpacker {
                     let explicit = sub
                         .explicit_hash_key_index
                         .map(|e| &*aggregate.explicit_hash_keys[e]);
+                    let mut record = Record::new(sub.data.clone(), arrival_ms)
+                        .with_partition_key(Arc::clone(key))
+                        .with_shard_id(Arc::clone(&self.shard))
+                        .with_sequence_number(Arc::clone(&sequence))
+                        .with_sub_sequence_number(i);
                     if self.range != FULL_RANGE {
                         // A sub-record whose explicit hash key does not parse is kept: it
-                        // cannot be placed, and dropping it would lose it.
-                        let in_range = kpl::hash_key(key, explicit)
-                            .is_none_or(|h| h >= self.range.0 && h <= self.range.1);
-                        if !in_range {
+                        // cannot be placed.
+                        if let Some(h) = kpl::hash_key(key, explicit)
+                            .filter(|h| *h < self.range.0 || *h > self.range.1)
+                        {
                             stats.out_of_range += 1;
-                            continue;
+                            record = record.with_rejection(
+                                "out_of_shard_range",
+                                format!(
+                                    "sub-record {i} of an aggregated record has hash key {h}, \
+                                     outside the range {}..={} of shard {} (filtered as the KCL \
+                                     does: filter_out_of_range_sub_records = true)",
+                                    self.range.0, self.range.1, self.shard
+                                ),
+                            );
                         }
                     }
-                    out.push(
-                        Record::new(sub.data.clone(), arrival_ms)
-                            .with_partition_key(Arc::clone(key))
-                            .with_shard_id(Arc::clone(&self.shard))
-                            .with_sequence_number(Arc::clone(&sequence))
-                            .with_sub_sequence_number(i),
-                    );
+                    out.push(record);
                     stats.records += 1;
                 }
             }
@@ -278,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn sub_records_outside_the_shard_range_are_dropped() {
+    fn sub_records_outside_the_shard_range_are_set_aside_with_a_reason() {
         // Explicit hash keys place the sub-records on either side of 2^127.
         let low = "1";
         let high = (1u128 << 127).to_string();
@@ -290,8 +303,20 @@ mod tests {
         let stats = RecordUnpacker::new("s")
             .with_hash_range(1u128 << 127, u128::MAX)
             .unpack(&packed, "k", "1", 0, &mut out);
-        assert_eq!((stats.records, stats.out_of_range), (1, 1));
-        assert_eq!(out[0].payload(), &b"high"[..]);
+        assert_eq!((stats.records, stats.out_of_range), (2, 1));
+        assert_eq!(out[0].payload(), &b"low"[..]);
+        let why = out[0]
+            .rejection()
+            .expect("the low key is outside the upper half");
+        assert_eq!(why.kind, "out_of_shard_range");
+        assert!(why.reason.contains("hash key 1,"), "{}", why.reason);
+        assert_eq!(out[1].payload(), &b"high"[..]);
+        assert!(out[1].rejection().is_none());
+        // Without the filter, both are delivered as they are.
+        let mut all = Vec::new();
+        let stats = RecordUnpacker::new("s").unpack(&packed, "k", "1", 0, &mut all);
+        assert_eq!((stats.records, stats.out_of_range), (2, 0));
+        assert!(all.iter().all(|r| r.rejection().is_none()));
     }
 
     #[test]

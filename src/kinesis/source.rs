@@ -97,6 +97,8 @@ pub struct KinesisSource {
     /// Partition events not yet handed out with a batch.
     partition_events: Vec<PartitionEvent>,
     alignment: Option<Arc<PartitionAlignment>>,
+    /// Sub-records outside their shard's hash-key range go to the error output.
+    filter_out_of_range: bool,
 }
 
 impl fmt::Debug for KinesisSource {
@@ -118,6 +120,7 @@ pub struct KinesisSourceBuilder {
     client: Option<aws_sdk_kinesis::Client>,
     start: StartPosition,
     settings: PollSettings,
+    filter_out_of_range: bool,
 }
 
 impl KinesisSource {
@@ -130,6 +133,7 @@ impl KinesisSource {
             client: None,
             start: StartPosition::default(),
             settings: PollSettings::default(),
+            filter_out_of_range: false,
         }
     }
 
@@ -158,6 +162,7 @@ impl KinesisSource {
             list_now: true,
             list_retry_at: None,
             health: Arc::new(SourceHealth::default()),
+            filter_out_of_range: false,
             name,
             partition_events: Vec::new(),
             alignment: None,
@@ -354,6 +359,7 @@ impl KinesisSource {
                 events: self.events_tx.clone(),
                 health: Arc::clone(&self.health),
                 alignment: self.alignment.clone(),
+                filter_out_of_range: self.filter_out_of_range,
             };
             self.readers.spawn(reader.run());
         }
@@ -541,6 +547,19 @@ impl KinesisSourceBuilder {
         self
     }
 
+    /// Sends the KPL sub-records whose hash key lies outside the range of the shard they were
+    /// read from to the error output (kind `out_of_shard_range`), as the KCL filters them, instead
+    /// of delivering them (default: off, every sub-record is delivered).
+    ///
+    /// Such sub-records are not copies: an aggregator that routes an aggregate by its first
+    /// record's key (the AWS kinesis-aggregation libraries, Fluent Bit) or a KPL whose shard map
+    /// was stale during a reshard put them in this shard only. Turn this on only where the
+    /// producer guarantees that every sub-record is in its own shard.
+    pub fn filter_out_of_range_sub_records(mut self, filter: bool) -> Self {
+        self.filter_out_of_range = filter;
+        self
+    }
+
     /// Checks the settings and creates the client. No call is made until the first batch is
     /// asked for.
     pub async fn build(self) -> Result<KinesisSource> {
@@ -574,12 +593,9 @@ impl KinesisSourceBuilder {
             client,
             stream: Arc::new(stream.clone()),
         };
-        Ok(KinesisSource::with_api(
-            Arc::new(api),
-            stream,
-            self.start,
-            self.settings,
-        ))
+        let mut source = KinesisSource::with_api(Arc::new(api), stream, self.start, self.settings);
+        source.filter_out_of_range = self.filter_out_of_range;
+        Ok(source)
     }
 }
 

@@ -15,6 +15,8 @@ pub const ERROR_STREAM: &str = "error_stream";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorStage {
+    /// Reading: the source set the record aside (see [`Record::with_rejection`](crate::Record::with_rejection)).
+    Source,
     /// Transforming the raw record before decoding (a [`RecordTransform`](crate::RecordTransform)).
     Transform,
     /// Decoding the payload into a row.
@@ -28,6 +30,7 @@ pub enum ErrorStage {
 impl ErrorStage {
     fn as_str(self) -> &'static str {
         match self {
+            Self::Source => "source",
             Self::Transform => "transform",
             Self::Decode => "decode",
             Self::Sql => "sql",
@@ -62,11 +65,11 @@ pub struct ErrorRecord {
 /// | --- | --- | --- |
 /// | `attemptsMade` | int64 | tries before giving up |
 /// | `arrivalTimestamp` | int64 | the record's arrival (`ROWTIME`), milliseconds since the epoch |
-/// | `errorCode` | utf8 | stable category: `processing_failed`, `transform_failed`, `malformed`, `oversized`, `bad_rowtime`, `sql`, `late`, `bad_time`, or a service error code |
+/// | `errorCode` | utf8 | stable category: `processing_failed`, `transform_failed`, `malformed`, `oversized`, `bad_rowtime`, `sql`, `late`, `bad_time`, `out_of_shard_range`, `partition_key_missing`, or a service error code |
 /// | `errorMessage` | utf8 | what is wrong |
 /// | `attemptEndingTimestamp` | int64 | when the last try failed, milliseconds since the epoch |
 /// | `rawData` | utf8 | the payload, base64 (lossless) |
-/// | `stage` | utf8 | `transform`, `decode`, `sql`, `sink` |
+/// | `stage` | utf8 | `source`, `transform`, `decode`, `sql`, `sink` |
 /// | `recordId` | utf8, nullable | `shard/sequence/sub-sequence`, when the source has them |
 /// | `partitionKey`, `shardId`, `sequenceNumber` | utf8, nullable | source metadata |
 /// | `subSequenceNumber` | uint64, nullable | KPL sub-record index |

@@ -410,7 +410,19 @@ async fn split_and_merge_while_producing_keep_every_record_once_and_in_key_order
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
+async fn kpl_aggregates_unpack_with_sub_sequence_numbers_and_every_sub_record_is_delivered() {
+    kpl_aggregates_unpack(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_style_filtering_sends_sub_records_outside_the_shard_to_the_error_output() {
+    kpl_aggregates_unpack(true).await;
+}
+
+/// Aggregates (rivulet's, an independent encoder's, a corrupt one) written to shard 0 of two,
+/// some of whose sub-records carry hash keys of shard 1. Every sub-record comes out once: in the
+/// output, or (with `filter`, those of shard 1) in the error output with the reason.
+async fn kpl_aggregates_unpack(filter: bool) {
     let Some((_moto, c)) = moto_stream("kpl", 2).await else {
         return;
     };
@@ -428,7 +440,7 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
             .map(|(i, p)| (if i % 2 == 0 { "a" } else { "c" }, None, p.as_bytes())),
     );
     // Sent with an explicit hash key of 1 so it lands on shard 0; one sub-record carries an
-    // explicit hash key of shard 1 and must be dropped there.
+    // explicit hash key of shard 1 (as aggregators that route by the first record's key write).
     let mut with_stray: Vec<(&str, Option<&str>, &[u8])> = Vec::new();
     let stray = r#"{"id":99,"key":"stray"}"#;
     let kept = r#"{"id":10,"key":"k10"}"#;
@@ -469,7 +481,13 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
     let out = sink.handle();
     let error_sink = MemorySink::new();
     let errors = error_sink.handle();
-    let source = kinesis(&c, "kpl", StartPosition::TrimHorizon).await;
+    let source = KinesisSource::builder("kpl")
+        .client(c.clone())
+        .poll_settings(fast_polling())
+        .filter_out_of_range_sub_records(filter)
+        .build()
+        .await
+        .unwrap();
     let health = rivulet::Source::health(&source).unwrap();
     let pipeline = Pipeline::builder()
         .source(source)
@@ -491,14 +509,15 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
     )
     .unwrap();
     // The fixture's sub-records route by their own hash keys (computed independently, in
-    // Python): those of the upper half belong to shard 1 and are dropped on shard 0.
+    // Python): those of the upper half belong to shard 1.
     let in_shard0 = |want: &serde_json::Value| {
         want["hash_key"].as_str().unwrap().parse::<u128>().unwrap() < (1u128 << 127)
     };
     let fixture_kept = fixture_expected.iter().filter(|w| in_shard0(w)).count();
     assert!(fixture_kept > 0 && fixture_kept < fixture_expected.len());
-    // 5 + 1 kept + the fixture's kept sub-records + the corrupt record passed through as one.
-    let total = 5 + 1 + fixture_kept + 1;
+    // 5 + 2 + the fixture's sub-records + the corrupt record passed through as one.
+    let total = 5 + 2 + fixture_expected.len() + 1;
+    let outside = 1 + fixture_expected.len() - fixture_kept;
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.num_rows() + errors.num_rows() < total {
         assert!(Instant::now() < deadline, "{:?}", health.partitions());
@@ -508,10 +527,29 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
     task.await.unwrap().unwrap();
     let shard0 = &health.partitions()[&shards[0].0];
     assert_eq!(
-        shard0.dropped_out_of_range as usize,
-        1 + fixture_expected.len() - fixture_kept
+        shard0.out_of_range as usize,
+        if filter { outside } else { 0 }
     );
     assert_eq!(shard0.records as usize, total);
+    // With the filter, the sub-records of shard 1 are in the error output, saying why.
+    let mut set_aside = 0;
+    for b in errors.batches() {
+        let kind = b.column_by_name("errorCode").unwrap().as_string::<i32>();
+        let stage = b.column_by_name("stage").unwrap().as_string::<i32>();
+        let reason = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            if kind.value(i) == "out_of_shard_range" {
+                assert_eq!(stage.value(i), "source");
+                assert!(
+                    reason.value(i).contains("outside the range"),
+                    "{}",
+                    reason.value(i)
+                );
+                set_aside += 1;
+            }
+        }
+    }
+    assert_eq!(set_aside, if filter { outside } else { 0 });
 
     // (sequence, sub-sequence) → (id or raw payload, partition key), over output and errors.
     let mut got: BTreeMap<(String, i64), (String, String)> = BTreeMap::new();
@@ -570,26 +608,35 @@ async fn kpl_aggregates_unpack_with_sub_sequence_numbers() {
         got[&(seq_of("stray"), 0)],
         ("10".to_owned(), "c".to_owned())
     );
-    assert!(
-        !got.contains_key(&(seq_of("stray"), 1)),
-        "stray sub-record kept"
-    );
+    // The stray sub-record is delivered (a row, id 99) or, filtered, its bytes are in the
+    // error output.
+    let (stray_value, _) = &got[&(seq_of("stray"), 1)];
+    if filter {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(stray_value)
+            .unwrap();
+        assert_eq!(raw, stray.as_bytes());
+    } else {
+        assert_eq!(stray_value, "99");
+    }
     // Every sub-record of the independently encoded fixture, with its key and payload.
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     for want in &fixture_expected {
         let sub = want["sub_sequence_number"].as_i64().unwrap();
         let key = (seq_of("fixture"), sub);
-        if !in_shard0(want) {
-            assert!(
-                !got.contains_key(&key),
-                "sub-record {sub} belongs to shard 1"
-            );
-            continue;
-        }
         let (value, pk) = &got[&key];
         assert_eq!(pk, want["partition_key"].as_str().unwrap());
         let data = b64.decode(want["data_base64"].as_str().unwrap()).unwrap();
+        if filter && !in_shard0(want) {
+            assert_eq!(
+                value,
+                want["data_base64"].as_str().unwrap(),
+                "sub-record {sub}"
+            );
+            continue;
+        }
         match serde_json::from_slice::<serde_json::Value>(&data) {
             Ok(v) if v.is_object() => {
                 let id = v.get("id").map_or("null".to_owned(), |i| i.to_string());
