@@ -161,8 +161,22 @@ fn decode_context(bytes: &[u8]) -> Result<EncryptionContext, EnvelopeError> {
     Ok(context)
 }
 
-/// Parses the envelope at the start of `data`.
-pub(crate) fn parse(data: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
+/// Longest possible header: magic, version, three fields of at most 64 KiB with their lengths,
+/// nonce and ciphertext length.
+pub(crate) const MAX_HEADER_LEN: usize = 3 + 1 + 3 * (2 + u16::MAX as usize) + NONCE_LEN + 4;
+
+/// The header fields of an envelope, read without its ciphertext.
+struct Head<'a> {
+    key_fields: &'a [u8],
+    key_id: &'a str,
+    context: EncryptionContext,
+    encrypted_key: &'a [u8],
+    nonce: [u8; NONCE_LEN],
+    header_end: usize,
+    sealed_len: usize,
+}
+
+fn parse_head(data: &[u8]) -> Result<Head<'_>, EnvelopeError> {
     let mut r = Reader { data, at: 0 };
     let magic = r.take(3, "magic")?;
     if magic != MAGIC {
@@ -183,20 +197,44 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
         .expect("took NONCE_LEN bytes");
     let c = r.take(4, "ciphertext length")?;
     let ciphertext_len = u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize;
-    let header_end = r.at;
     let sealed_len = ciphertext_len
         .checked_add(TAG_LEN)
         .ok_or(EnvelopeError::Invalid(
             "the ciphertext length is too large".into(),
         ))?;
-    let sealed = r.take(sealed_len, "ciphertext")?;
-    Ok(Parsed {
+    Ok(Head {
         key_fields,
         key_id,
         context,
         encrypted_key,
         nonce,
-        header: &data[..header_end],
+        header_end: r.at,
+        sealed_len,
+    })
+}
+
+/// The length the envelope starting at `data` declares (header, ciphertext and tag), read from
+/// its header alone: `data` needs to hold the header only (at most [`MAX_HEADER_LEN`] bytes).
+pub(crate) fn declared_len(data: &[u8]) -> Result<usize, EnvelopeError> {
+    let head = parse_head(data)?;
+    Ok(head.header_end + head.sealed_len)
+}
+
+/// Parses the envelope at the start of `data`.
+pub(crate) fn parse(data: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
+    let head = parse_head(data)?;
+    let mut r = Reader {
+        data,
+        at: head.header_end,
+    };
+    let sealed = r.take(head.sealed_len, "ciphertext")?;
+    Ok(Parsed {
+        key_fields: head.key_fields,
+        key_id: head.key_id,
+        context: head.context,
+        encrypted_key: head.encrypted_key,
+        nonce: head.nonce,
+        header: &data[..head.header_end],
         sealed,
         len: r.at,
     })

@@ -354,45 +354,114 @@ pub(crate) async fn seal_records(
 
 /// Cuts an envelope left incomplete at the end of the file at `path` (a write interrupted by a
 /// crash: never acknowledged, so written again after the restart), so that what is appended next
-/// stays readable. A file that does not exist or is empty is left alone; one that does not hold
-/// envelopes is refused rather than appended to.
+/// stays readable. A file that does not exist or is empty is left alone.
+///
+/// Only a torn tail is cut: the last envelope, running past the end of the file, with no complete
+/// envelope after its start. Anything else (data that is not envelopes, or an envelope whose
+/// declared length runs past the end while complete envelopes follow it, as a damaged length
+/// field does) is refused, naming the offset, and the file is left as it is. The file is read
+/// header by header (seeking over the ciphertexts), never whole.
 pub(crate) async fn truncate_torn_envelope(path: &std::path::Path) -> Result<()> {
-    let data = match tokio::fs::read(path).await {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || cut_torn_tail(&owned))
+        .await
+        .map_err(|e| Error::Pipeline(format!("checking {}: {e}", path.display())))?
+}
+
+fn cut_torn_tail(path: &std::path::Path) -> Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
+    let refuse = |why: String| {
+        Error::sink(
+            path.display().to_string(),
+            format!("{why}; encrypted output is not appended to it: move it aside or repair it"),
+        )
     };
-    let mut at = 0;
-    while at < data.len() {
-        match envelope::parse(&data[at..]) {
-            Ok(p) => at += p.len,
-            Err(EnvelopeError::Truncated { .. }) => break,
-            Err(e) => {
-                return Err(Error::sink(
-                    path.display().to_string(),
-                    format!(
-                        "holds data that is not envelopes at byte {at} ({e}); encrypted output \
-                         is not appended to it"
-                    ),
-                ))
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("opening", e)),
+    };
+    let len = file.metadata().map_err(|e| io("reading", e))?.len();
+    // Reads up to `buf.len()` bytes at `at` (fewer at the end of the file).
+    let read_at = |file: &mut std::fs::File, at: u64, buf: &mut [u8]| -> Result<usize> {
+        file.seek(SeekFrom::Start(at))
+            .map_err(|e| io("reading", e))?;
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io("reading", e)),
             }
         }
+        Ok(n)
+    };
+    let mut head = vec![0u8; envelope::MAX_HEADER_LEN];
+    let mut at = 0u64;
+    let torn = loop {
+        if at >= len {
+            return Ok(());
+        }
+        let n = read_at(&mut file, at, &mut head)?;
+        match envelope::declared_len(&head[..n]) {
+            Ok(total) if at + total as u64 <= len => at += total as u64,
+            Ok(total) => break format!("declares {total} bytes"),
+            Err(EnvelopeError::Truncated { field, .. }) => break format!("ends in its {field}"),
+            Err(e) => {
+                return Err(refuse(format!(
+                    "it holds data that is not envelopes at byte {at} ({e})"
+                )))
+            }
+        }
+    };
+    // A torn tail holds no complete envelope after its start; a damaged length field does.
+    let mut window = vec![0u8; 1 << 20];
+    let marker = [
+        envelope::MAGIC[0],
+        envelope::MAGIC[1],
+        envelope::MAGIC[2],
+        envelope::VERSION,
+    ];
+    let mut from = at + 1;
+    while from < len {
+        let n = read_at(&mut file, from, &mut window)?;
+        let mut found = None;
+        for i in memchr::memmem::find_iter(&window[..n], &marker) {
+            let q = from + i as u64;
+            let k = read_at(&mut file, q, &mut head)?;
+            if matches!(envelope::declared_len(&head[..k]), Ok(t) if q + t as u64 <= len) {
+                found = Some(q);
+                break;
+            }
+        }
+        if let Some(q) = found {
+            return Err(refuse(format!(
+                "the envelope at byte {at} runs past the end of the file ({torn}, {} remain), \
+                 yet a complete envelope starts at byte {q}: the file is damaged at byte {at}, \
+                 not cut short by an interrupted write",
+                len - at
+            )));
+        }
+        if n < window.len() {
+            break;
+        }
+        // Overlap by the marker's length less one, so a marker across two windows is found.
+        from += (n - (marker.len() - 1)) as u64;
     }
-    if at < data.len() {
-        tracing::warn!(
-            path = %path.display(),
-            "cutting {} bytes of an envelope left incomplete by an interrupted write",
-            data.len() - at
-        );
-        let f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .await
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        f.set_len(at as u64)
-            .await
-            .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
-    }
+    tracing::warn!(
+        path = %path.display(),
+        "cutting {} bytes at byte {at}: the last envelope was left incomplete by an interrupted \
+         write ({torn})",
+        len - at
+    );
+    file.set_len(at).map_err(|e| io("truncating", e))?;
+    file.sync_all().map_err(|e| io("syncing", e))?;
     Ok(())
 }
 
@@ -940,6 +1009,65 @@ pub(crate) mod tests {
         std::fs::write(&path, b"{\"plain\":1}\n").unwrap();
         let err = truncate_torn_envelope(&path).await.unwrap_err();
         assert!(err.to_string().contains("not envelopes"), "{err}");
+    }
+
+    /// Three envelopes, and where each starts and its ciphertext length field is.
+    async fn three_envelopes() -> (Vec<u8>, Vec<(usize, usize)>) {
+        let (_, mut enc) = encryptor(DataKeyLimits::default());
+        let mut data = Vec::new();
+        let mut at = Vec::new();
+        for m in [&b"one\n"[..], b"two\n", b"three\n"] {
+            let start = data.len();
+            enc.seal(m, &mut data).await.unwrap();
+            let header = envelope::parse(&data[start..]).unwrap().header.len();
+            at.push((start, start + header - 4));
+        }
+        (data, at)
+    }
+
+    #[tokio::test]
+    async fn a_damaged_length_field_is_refused_naming_its_offset_and_nothing_is_cut() {
+        let (data, at) = three_envelopes().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        // A flipped high bit in the ciphertext length of the first and of the second envelope:
+        // each now runs past the end of the file, with complete envelopes after it.
+        for (which, (start, len_field)) in at.iter().take(2).enumerate() {
+            let mut damaged = data.clone();
+            damaged[*len_field] ^= 0x01;
+            std::fs::write(&path, &damaged).unwrap();
+            let err = truncate_torn_envelope(&path).await.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("damaged at byte {start}")),
+                "envelope {which}: {err}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing cut");
+        }
+        // A length field that makes the envelope shorter: the next one does not start where it
+        // says, which is not envelopes either.
+        let mut damaged = data.clone();
+        damaged[at[0].1 + 3] ^= 0x02;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = truncate_torn_envelope(&path).await.unwrap_err().to_string();
+        assert!(err.contains("not envelopes at byte"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), damaged);
+    }
+
+    #[tokio::test]
+    async fn a_tail_torn_anywhere_in_the_last_envelope_is_cut_to_the_envelopes_before_it() {
+        let (data, at) = three_envelopes().await;
+        let last = at[2].0;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        // Torn in the magic, in the key id, in the length field, in the ciphertext, in the tag.
+        for cut in [last + 1, last + 6, at[2].1 + 2, at[2].1 + 5, data.len() - 1] {
+            std::fs::write(&path, &data[..cut]).unwrap();
+            truncate_torn_envelope(&path).await.unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), &data[..last], "cut at {cut}");
+        }
+        std::fs::write(&path, &data).unwrap();
+        truncate_torn_envelope(&path).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data, "a whole file is kept");
     }
 
     #[test]
