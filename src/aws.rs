@@ -58,3 +58,60 @@ macro_rules! sdk_client {
     };
 }
 pub(crate) use sdk_client;
+
+/// Exponential back-off with full jitter.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubling up to `max`.
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The wait before the next attempt: half of the current ceiling, plus up to as much again
+    /// at random.
+    pub(crate) fn next(&mut self) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        // Half fixed, half random: never zero, never in lockstep with other readers.
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// Back to the first wait, after a success.
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_and_stays_jittered() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = b.next();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            let d = b.next();
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_secs(2));
+        }
+        let late = b.next();
+        assert!(late >= Duration::from_secs(1), "{late:?}");
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+}

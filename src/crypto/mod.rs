@@ -137,11 +137,32 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
 }
 
 /// Data keys from AWS KMS.
+///
+/// A call that fails in a way that may pass (`ThrottlingException`, `KMSInternalException`,
+/// `DependencyTimeoutException`, `KeyUnavailableException`, a server error, a network failure or
+/// timeout, credentials that could not be loaded) is retried with a jittered exponential back-off
+/// from 100 ms to 5 s, up to [`KmsKeyProvider::DEFAULT_MAX_ATTEMPTS`] attempts in all (about 20 s);
+/// any other failure (access denied, a disabled or unknown key, a wrong context) fails at once.
 #[derive(Debug, Clone)]
 pub struct KmsKeyProvider {
     client: aws_sdk_kms::Client,
     key_id: String,
+    max_attempts: u32,
 }
+
+/// First and longest wait between two attempts of a KMS call.
+const KMS_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// KMS error codes worth another attempt.
+const KMS_RETRYABLE: &[&str] = &[
+    "ThrottlingException",
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+];
 
 impl KmsKeyProvider {
     /// A provider for `key_id` (key id, key ARN, alias name or alias ARN) with a client configured
@@ -158,17 +179,86 @@ impl KmsKeyProvider {
         ))
     }
 
+    /// Attempts a KMS call gets by default before its failure is returned.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+
     /// A provider using a client the caller configured.
     pub fn with_client(client: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
         Self {
             client,
             key_id: key_id.into(),
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Sets the attempts a call gets (at least 1; 1 does not retry).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Runs `call` until it succeeds, fails in a way retrying cannot help, or has had its
+    /// attempts.
+    async fn retried<T, E, F, Fut>(&self, operation: &'static str, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, aws_sdk_kms::error::SdkError<E>>>,
+        E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let mut backoff = crate::aws::Backoff::new(KMS_BACKOFF.0, KMS_BACKOFF.1);
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < self.max_attempts && kms_retryable(&e) => {
+                    let wait = backoff.next();
+                    tracing::warn!(
+                        operation,
+                        attempt,
+                        "KMS call failed, retrying in {wait:?}: {}",
+                        kms_error(operation, e)
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(match kms_error(operation, e) {
+                        Error::Envelope(EnvelopeError::Kms {
+                            operation,
+                            code,
+                            message,
+                        }) if attempt > 1 => Error::Envelope(EnvelopeError::Kms {
+                            operation,
+                            code,
+                            message: format!("{message} (after {attempt} attempts)"),
+                        }),
+                        other => other,
+                    })
+                }
+            }
         }
     }
 
     /// The key the provider generates data keys under, as given.
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+}
+
+/// Whether a failed KMS call may succeed when tried again.
+fn kms_retryable<E>(e: &aws_sdk_kms::error::SdkError<E>) -> bool
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata,
+{
+    use aws_sdk_kms::error::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or_default();
+            KMS_RETRYABLE.contains(&code) || s.raw().status().is_server_error()
+        }
+        SdkError::ConstructionFailure(_) => false,
+        SdkError::DispatchFailure(d) => !d.is_user(),
+        _ => true,
     }
 }
 
@@ -209,14 +299,15 @@ fn sdk_context(context: &EncryptionContext) -> Option<HashMap<String, String>> {
 impl KeyProvider for KmsKeyProvider {
     async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey> {
         let out = self
-            .client
-            .generate_data_key()
-            .key_id(&self.key_id)
-            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
-            .set_encryption_context(sdk_context(context))
-            .send()
-            .await
-            .map_err(|e| kms_error("GenerateDataKey", e))?;
+            .retried("GenerateDataKey", || {
+                self.client
+                    .generate_data_key()
+                    .key_id(&self.key_id)
+                    .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+                    .set_encryption_context(sdk_context(context))
+                    .send()
+            })
+            .await?;
         let missing = |what: &str| {
             Error::Envelope(EnvelopeError::Kms {
                 operation: "GenerateDataKey",
@@ -246,14 +337,15 @@ impl KeyProvider for KmsKeyProvider {
         context: &EncryptionContext,
     ) -> Result<Vec<u8>> {
         let out = self
-            .client
-            .decrypt()
-            .key_id(key_id)
-            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(encrypted))
-            .set_encryption_context(sdk_context(context))
-            .send()
-            .await
-            .map_err(|e| kms_error("Decrypt", e))?;
+            .retried("Decrypt", || {
+                self.client
+                    .decrypt()
+                    .key_id(key_id)
+                    .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(encrypted))
+                    .set_encryption_context(sdk_context(context))
+                    .send()
+            })
+            .await?;
         out.plaintext().map(|p| p.as_ref().to_vec()).ok_or_else(|| {
             Error::Envelope(EnvelopeError::Kms {
                 operation: "Decrypt",

@@ -23,6 +23,10 @@ pub(crate) enum ApiError {
     NotFound(String),
     /// A network failure, a timeout or a server error: retry after a back-off.
     Transient(String),
+    /// The request could not be sent: most often the credentials could not be loaded (an
+    /// instance metadata or STS hiccup, an expired SSO session). Retried a bounded number of
+    /// times in a row, then fatal.
+    Unsent(String),
     /// Retrying cannot help (no such stream, access denied, invalid argument).
     Fatal(String),
 }
@@ -34,6 +38,7 @@ impl fmt::Display for ApiError {
             Self::ExpiredIterator(m) => write!(f, "shard iterator expired: {m}"),
             Self::NotFound(m) => f.write_str(m),
             Self::Transient(m) => write!(f, "transient failure: {m}"),
+            Self::Unsent(m) => write!(f, "the request could not be sent: {m}"),
             Self::Fatal(m) => f.write_str(m),
         }
     }
@@ -135,10 +140,11 @@ where
             }
         }
         SdkError::ConstructionFailure(_) => ApiError::Fatal(text()),
-        // Network trouble passes; anything else before the request is sent (no credentials, no
-        // way to sign) does not.
-        SdkError::DispatchFailure(d) if d.is_user() || (d.is_other() && d.as_other().is_none()) => {
-            ApiError::Fatal(text())
+        SdkError::DispatchFailure(d) if d.is_user() => ApiError::Fatal(text()),
+        // Failing before the request is sent: credentials that could not be loaded (which may
+        // pass) or a request that cannot be signed (which does not).
+        SdkError::DispatchFailure(d) if d.is_other() && d.as_other().is_none() => {
+            ApiError::Unsent(text())
         }
         _ => ApiError::Transient(text()),
     }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::api::{ApiError, KinesisApi};
 use super::shards::{RecordUnpacker, ShardInfo, ShardOffset};
+use crate::aws::Backoff;
 use crate::metrics::SourceHealth;
 use crate::record::Record;
 use crate::source::PartitionAlignment;
@@ -77,29 +78,22 @@ pub(crate) enum ReaderEvent {
     Failed { shard: Arc<str>, error: String },
 }
 
-/// Exponential back-off with full jitter.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
+/// Calls in a row that may fail before being sent (credentials that do not load) before the
+/// reader gives up: with the default back-off, about 20 s.
+pub(crate) const MAX_UNSENT_IN_A_ROW: u32 = 8;
 
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        // Half fixed, half random: never zero, never in lockstep with other readers.
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
+/// Counts a call that could not be sent; fails once [`MAX_UNSENT_IN_A_ROW`] did in a row. Other
+/// failures leave the count alone (they are retried without bound, as throttling is).
+fn check_unsent(e: &ApiError, unsent: &mut u32) -> Result<(), String> {
+    if let ApiError::Unsent(m) = e {
+        *unsent += 1;
+        if *unsent >= MAX_UNSENT_IN_A_ROW {
+            return Err(format!(
+                "{unsent} calls in a row could not be sent (are credentials available?): {m}"
+            ));
+        }
     }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
+    Ok(())
 }
 
 /// Reads one shard from `start` until its end, sending what it reads on `events`.
@@ -144,14 +138,12 @@ impl ShardReader {
         // Where a new iterator starts: the start, then after the last record delivered.
         let mut from = self.start.clone();
         let mut iterator: Option<String> = None;
-        let mut backoff = Backoff {
-            initial: self.settings.initial_backoff,
-            max: self.settings.max_backoff,
-            attempt: 0,
-        };
+        let mut backoff = Backoff::new(self.settings.initial_backoff, self.settings.max_backoff);
         let mut next_call = Instant::now();
         // Reported caught up, with no record since.
         let mut caught_up = false;
+        // Calls in a row that could not be sent (credentials that would not load).
+        let mut unsent = 0u32;
         loop {
             let it = match &iterator {
                 Some(it) => it.clone(),
@@ -168,6 +160,7 @@ impl ShardReader {
                     Err(ApiError::NotFound(e)) if self.shard.closed => return self.gone(&e).await,
                     Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
                     Err(e) => {
+                        check_unsent(&e, &mut unsent)?;
                         self.count_failure(&e);
                         tokio::time::sleep(backoff.next()).await;
                         continue;
@@ -189,6 +182,7 @@ impl ShardReader {
                 Err(ApiError::NotFound(e)) if self.shard.closed => return self.gone(&e).await,
                 Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
                 Err(e) => {
+                    check_unsent(&e, &mut unsent)?;
                     self.count_failure(&e);
                     let wait = backoff.next();
                     next_call = Instant::now() + wait;
@@ -196,6 +190,7 @@ impl ShardReader {
                 }
             };
             backoff.reset();
+            unsent = 0;
             let raw = page.records.len();
             let mut records = Vec::with_capacity(raw);
             let mut stats = super::shards::UnpackStats::default();
@@ -316,29 +311,5 @@ impl ShardReader {
                 self.health.update(&self.shard.id, |h| h.retries += 1);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_ceiling_and_stays_jittered() {
-        let mut b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-            attempt: 0,
-        };
-        let first = b.next();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            let d = b.next();
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_secs(2));
-        }
-        let late = b.next();
-        assert!(late >= Duration::from_secs(1), "{late:?}");
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
     }
 }

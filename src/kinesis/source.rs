@@ -27,7 +27,7 @@ const EVENT_QUEUE: usize = 16;
 
 /// Calls the first ListShards may take before the source gives up (a wrong stream name or
 /// missing credentials should fail the start, not hang it).
-const FIRST_LIST_ATTEMPTS: u32 = 5;
+const FIRST_LIST_ATTEMPTS: u32 = super::reader::MAX_UNSENT_IN_A_ROW;
 
 /// A shard started at LATEST is checkpointed as AT_TIMESTAMP of its start minus this, covering a
 /// local clock somewhat ahead of the service's: a restart may re-read a little, never skip.
@@ -174,6 +174,8 @@ impl KinesisSource {
     async fn refresh_shards(&mut self) -> Result<()> {
         let first = self.last_list.is_none();
         let mut attempt = 0;
+        let mut backoff =
+            crate::aws::Backoff::new(self.settings.initial_backoff, self.settings.max_backoff);
         let listed = loop {
             attempt += 1;
             match self.api.list_shards().await {
@@ -183,7 +185,7 @@ impl KinesisSource {
                 }
                 Err(e) if first && attempt < FIRST_LIST_ATTEMPTS => {
                     tracing::warn!(stream = %self.stream.name(), "listing shards: {e}; retrying");
-                    tokio::time::sleep(self.settings.initial_backoff * attempt).await;
+                    tokio::time::sleep(backoff.next()).await;
                 }
                 Err(e) if first => {
                     return Err(Error::source(

@@ -652,6 +652,117 @@ async fn kpl_aggregates_unpack(filter: bool) {
     assert_eq!(b64.decode(raw).unwrap(), corrupt);
 }
 
+/// Credentials that fail to load on the next `fail_next` calls (or always), as an
+/// instance-metadata or STS hiccup does.
+#[derive(Debug, Default)]
+struct FlakyCredentials {
+    calls: std::sync::atomic::AtomicU64,
+    fail_next: std::sync::atomic::AtomicU64,
+    always_fail: bool,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for FlakyCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        use aws_credential_types::provider::{error::CredentialsError, future};
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let fail = self.always_fail
+            || self
+                .fail_next
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        future::ProvideCredentials::ready(if fail {
+            Err(CredentialsError::provider_error(
+                "timed out reading instance metadata (injected)",
+            ))
+        } else {
+            Ok(Credentials::new("test", "test", None, None, "flaky"))
+        })
+    }
+}
+
+/// A client whose credentials are loaded for every call (no cache) from `credentials`.
+fn flaky_client(endpoint: &str, credentials: &Arc<FlakyCredentials>) -> Client {
+    let provider: Arc<dyn aws_credential_types::provider::ProvideCredentials> =
+        Arc::clone(credentials) as _;
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(
+            provider,
+        ))
+        .identity_cache(aws_sdk_kinesis::config::IdentityCache::no_cache())
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_fail_to_load_for_a_while_are_retried_and_nothing_is_lost() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some((moto, c)) = moto_stream("creds", 2).await else {
+        return;
+    };
+    put(&c, "creds", &items(0..200, 7)).await;
+    // Five failures at the start (the first ListShards), four in a row later (while reading).
+    let credentials = Arc::new(FlakyCredentials::default());
+    credentials.fail_next.store(5, SeqCst);
+    let source = KinesisSource::builder("creds")
+        .client(flaky_client(&moto.endpoint(), &credentials))
+        .poll_settings(PollSettings {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..fast_polling()
+        })
+        .build()
+        .await
+        .unwrap();
+    let run = start(source, META_SQL).await;
+    run.wait_for(200).await;
+    credentials.fail_next.store(4, SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while credentials.fail_next.load(SeqCst) > 0 {
+        assert!(Instant::now() < deadline, "the readers stopped calling");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    put(&c, "creds", &items(200..300, 7)).await;
+    run.wait_for(300).await;
+    let (batches, _) = run.stop().await;
+    assert_exactly_once_in_key_order(&rows(&batches), 300);
+
+    // Credentials that never load stop the source after a bounded number of attempts.
+    let never = Arc::new(FlakyCredentials {
+        always_fail: true,
+        ..FlakyCredentials::default()
+    });
+    let source = KinesisSource::builder("creds")
+        .client(flaky_client(&moto.endpoint(), &never))
+        .poll_settings(PollSettings {
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            ..fast_polling()
+        })
+        .build()
+        .await
+        .unwrap();
+    let err = id_key_pipeline(source, META_SQL, MemorySink::new())
+        .error_output(NullSink::new())
+        .build()
+        .await
+        .expect("builds without a call")
+        .run()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listing shards failed 8 times"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
     let Some(moto) = MotoServer::start() else {

@@ -841,3 +841,78 @@ async fn partition_values_that_differ_only_in_slashes_land_in_distinct_objects()
     rows.sort();
     assert_eq!(rows, (0..n).collect::<Vec<_>>(), "every row once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_throttling_is_retried_and_every_envelope_opens() {
+    use crate::support::fault_proxy::{FaultProxy, Faults};
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let key = create_key(&moto).await;
+    // Half of all GenerateDataKey and Decrypt calls throttled.
+    let proxy = FaultProxy::start(
+        moto.port(),
+        Faults {
+            kms_throttle: 0.5,
+            seed: 3,
+            ..Faults::default()
+        },
+    );
+    let through = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&sdk_config(&moto))
+            .endpoint_url(proxy.endpoint())
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let provider: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::with_client(through, key));
+    // A new data key for every message: 20 GenerateDataKey calls.
+    let mut enc = EnvelopeEncryptor::builder(Arc::clone(&provider))
+        .with_limits(rivulet::crypto::DataKeyLimits {
+            max_messages: 1,
+            ..rivulet::crypto::DataKeyLimits::default()
+        })
+        .build()
+        .unwrap();
+    let mut sealed = Vec::new();
+    for i in 0..20 {
+        enc.seal(format!("{i}\n").as_bytes(), &mut sealed)
+            .await
+            .expect("a throttled GenerateDataKey is retried");
+    }
+    assert_eq!(enc.keys_generated(), 20);
+    let mut dec = EnvelopeDecryptor::new(Arc::clone(&provider));
+    let plain = String::from_utf8(dec.open_all(&sealed).await.unwrap()).unwrap();
+    let want: String = (0..20).map(|i| format!("{i}\n")).collect();
+    assert_eq!(plain, want);
+    assert!(
+        proxy.kms_throttled() >= 5,
+        "{} throttled",
+        proxy.kms_throttled()
+    );
+
+    // Retrying is bounded: with every call throttled, the failure comes back, saying so.
+    let always = FaultProxy::start(
+        moto.port(),
+        Faults {
+            kms_throttle: 1.0,
+            ..Faults::default()
+        },
+    );
+    let throttled = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&sdk_config(&moto))
+            .endpoint_url(always.endpoint())
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let provider = KmsKeyProvider::with_client(throttled, "any").with_max_attempts(3);
+    let err = provider
+        .generate_data_key(&Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ThrottlingException") && err.contains("after 3 attempts"),
+        "{err}"
+    );
+    assert_eq!(always.kms_throttled(), 3);
+}

@@ -61,6 +61,9 @@ pub(crate) struct Faults {
     /// `ServiceUnavailableException` (Firehose's two per-record codes; the second asks the client
     /// to slow down).
     pub(crate) record_internal_failure: bool,
+    /// Probability, per KMS request (`TrentService.*`: `GenerateDataKey`, `Decrypt`), of
+    /// `ThrottlingException` (HTTP 400, nothing forwarded).
+    pub(crate) kms_throttle: f64,
     /// Seed of the PRNG that draws the faults.
     pub(crate) seed: u64,
 }
@@ -96,6 +99,8 @@ struct Shared {
     batch_error: f64,
     record_failure: f64,
     record_internal_failure: bool,
+    kms_throttle: f64,
+    kms_throttles: AtomicU64,
     rng: Mutex<u64>,
     throttles: AtomicU64,
     expiries: AtomicU64,
@@ -113,6 +118,7 @@ enum Fault {
     Expire,
     SlowDown,
     InternalFailure,
+    KmsThrottle,
 }
 
 impl Fault {
@@ -138,6 +144,11 @@ impl Fault {
                 "500 Internal Server Error",
                 "InternalFailure",
                 "Internal failure (injected)",
+            ),
+            Fault::KmsThrottle => (
+                "400 Bad Request",
+                "ThrottlingException",
+                "Rate exceeded (injected)",
             ),
         };
         let body = format!(r#"{{"__type":"{kind}","message":"{message}"}}"#);
@@ -173,6 +184,8 @@ impl Shared {
             batch_error: faults.batch_error,
             record_failure: faults.record_failure,
             record_internal_failure: faults.record_internal_failure,
+            kms_throttle: faults.kms_throttle,
+            kms_throttles: AtomicU64::new(0),
             rng: Mutex::new(faults.seed),
             throttles: AtomicU64::new(0),
             expiries: AtomicU64::new(0),
@@ -203,6 +216,14 @@ impl Shared {
         } else {
             None
         }
+    }
+
+    /// Draws whether to answer a KMS request with `ThrottlingException`, and counts it.
+    fn draw_kms(&self) -> Option<Fault> {
+        (self.uniform() < self.kms_throttle).then(|| {
+            self.kms_throttles.fetch_add(1, Ordering::Relaxed);
+            Fault::KmsThrottle
+        })
     }
 
     /// Records a `PutRecordBatch` request (and its number of records), then draws whether to
@@ -364,7 +385,8 @@ impl FaultProxy {
                 && faults.batch_throttle >= 0.0
                 && faults.batch_error >= 0.0
                 && faults.batch_throttle + faults.batch_error <= 1.0
-                && (0.0..=1.0).contains(&faults.record_failure),
+                && (0.0..=1.0).contains(&faults.record_failure)
+                && (0.0..=1.0).contains(&faults.kms_throttle),
             "fault probabilities must be >= 0, and add up to at most 1 per kind of request: \
              {faults:?}"
         );
@@ -399,6 +421,12 @@ impl FaultProxy {
             self.shared.throttles.load(Ordering::Relaxed),
             self.shared.expiries.load(Ordering::Relaxed),
         )
+    }
+
+    /// KMS requests answered with `ThrottlingException` so far.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    pub(crate) fn kms_throttled(&self) -> u64 {
+        self.shared.kms_throttles.load(Ordering::Relaxed)
     }
 
     /// What was injected into Firehose `PutRecordBatch` calls so far.
@@ -479,10 +507,15 @@ fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         let put_record_batch = target
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case(PUT_RECORD_BATCH));
+        let kms = target
+            .as_deref()
+            .is_some_and(|t| t.starts_with("TrentService."));
         let fault = if get_records {
             shared.draw()
         } else if put_record_batch {
             shared.draw_batch(&request)
+        } else if kms {
+            shared.draw_kms()
         } else {
             None
         };
