@@ -101,7 +101,7 @@ pub mod firehose {
 #[cfg(feature = "aws")]
 pub mod s3 {
     pub use crate::sink::s3_limits::*;
-    pub use crate::sink::{decompress, get_object, get_object_with};
+    pub use crate::sink::{abort_uploads_in_progress, decompress, get_object, get_object_with};
     pub use crate::sink::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
 }
 pub use source::{

@@ -411,6 +411,13 @@ async fn drive(
         eprintln!("rivulet: stopping; flushing sinks (press Ctrl-C again to abort)");
         handle.shutdown();
         wait_for_signal().await;
+        // Multipart uploads in progress would stay open (and billed): abort them, briefly.
+        #[cfg(feature = "aws")]
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            rivulet::s3::abort_uploads_in_progress(),
+        )
+        .await;
         eprintln!("rivulet: aborted");
         std::process::exit(130);
     });

@@ -48,8 +48,8 @@ pub use firehose::{
 };
 #[cfg(feature = "aws")]
 pub use s3::{
-    decompress, get_object, get_object_with, Compression, ObjectFormat, S3Sink, S3SinkBuilder,
-    ServerSideEncryption,
+    abort_uploads_in_progress, decompress, get_object, get_object_with, Compression, ObjectFormat,
+    S3Sink, S3SinkBuilder, ServerSideEncryption,
 };
 /// The S3 sink's limits and defaults (re-exported as `rivulet::s3`).
 #[cfg(feature = "aws")]

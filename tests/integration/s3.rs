@@ -916,3 +916,104 @@ async fn kms_throttling_is_retried_and_every_envelope_opens() {
     );
     assert_eq!(always.kms_throttled(), 3);
 }
+
+/// A sink about to upload one object of `mib` MiB as a multipart upload when it finishes.
+async fn sink_with_a_big_object(moto: &MotoServer, prefix: &str, mib: usize) -> S3Sink {
+    use rivulet::Sink as _;
+    let mut s = sink(moto)
+        .with_prefix(prefix)
+        .with_roll_bytes(256 << 20)
+        .with_multipart_threshold(10 << 20)
+        .build()
+        .await
+        .unwrap();
+    let text = "y".repeat(4000);
+    let n = (mib << 20) / 4000;
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![Arc::new(arrow::array::StringArray::from(vec![
+            text.as_str();
+            n
+        ]))],
+    )
+    .unwrap();
+    s.write(rivulet::OutputBatch::rows("s", batch))
+        .await
+        .unwrap();
+    s
+}
+
+/// Waits until `bucket` has a multipart upload in progress under `prefix` (true), or none is
+/// seen before the object exists (false: it completed too soon to be interrupted).
+async fn upload_in_progress(moto: &MotoServer, prefix: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if s3::multipart_uploads(moto.port(), BUCKET)
+            .iter()
+            .any(|k| k.starts_with(prefix))
+        {
+            return true;
+        }
+        if !keys_under(moto, prefix).is_empty() {
+            return false;
+        }
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+async fn no_upload_left(moto: &MotoServer, prefix: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s3::multipart_uploads(moto.port(), BUCKET)
+        .iter()
+        .any(|k| k.starts_with(prefix))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interrupted multipart upload is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_interrupted_by_cancellation_is_aborted() {
+    use rivulet::Sink as _;
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    s3::create_bucket(moto.port(), BUCKET);
+    // The uploading task is aborted (a second Ctrl-C, a task cancelled) in the middle.
+    let mut interrupted = false;
+    for attempt in 0..5 {
+        let prefix = format!("cancelled-{attempt}/");
+        let mut s = sink_with_a_big_object(&moto, &prefix, 60).await;
+        let task = tokio::spawn(async move { s.finish().await });
+        if !upload_in_progress(&moto, &prefix).await {
+            continue;
+        }
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        no_upload_left(&moto, &prefix).await;
+        assert!(keys_under(&moto, &prefix).is_empty());
+        interrupted = true;
+        break;
+    }
+    assert!(
+        interrupted,
+        "every upload completed before it could be interrupted"
+    );
+
+    // The process-wide abort (what the CLI does on a second Ctrl-C before it exits).
+    let mut s = sink_with_a_big_object(&moto, "aborted/", 60).await;
+    let task = tokio::spawn(async move { s.finish().await });
+    if upload_in_progress(&moto, "aborted/").await {
+        rivulet::s3::abort_uploads_in_progress().await;
+        no_upload_left(&moto, "aborted/").await;
+        let err = task.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("aborted"), "{err}");
+    }
+}

@@ -32,6 +32,23 @@ pub(crate) fn list_keys(port: u16, bucket: &str) -> Vec<String> {
     list_keys_in_pages(port, bucket, None)
 }
 
+/// The keys of the multipart uploads of `bucket` that are in progress (neither completed nor
+/// aborted).
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+pub(crate) fn multipart_uploads(port: u16, bucket: &str) -> Vec<String> {
+    let body = success(
+        port,
+        "GET",
+        &format!("/{}?uploads", encode(bucket, false)),
+        &[],
+    );
+    let xml = String::from_utf8(body).expect("a UTF-8 listing");
+    elements(&xml, "Key")
+        .into_iter()
+        .map(xml_unescape)
+        .collect()
+}
+
 /// Stores `body` as the object `key` of `bucket`.
 #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
 pub(crate) fn put_object(port: u16, bucket: &str, key: &str, body: &[u8]) {
