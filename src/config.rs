@@ -537,6 +537,37 @@ enum SseConfig {
     Kms,
 }
 
+impl SinkConfig {
+    /// The client-side encryption of the sink, when it has one.
+    fn encryption(&self) -> Option<&EncryptionConfig> {
+        match self {
+            Self::File { encryption, .. }
+            | Self::Kinesis { encryption, .. }
+            | Self::Firehose { encryption, .. }
+            | Self::S3 { encryption, .. } => encryption.as_ref(),
+            Self::Stdout { .. } | Self::Stderr { .. } => None,
+        }
+    }
+
+    /// The sink with `with` as its client-side encryption, unless it has its own (a stdout or
+    /// stderr sink cannot encrypt and is returned as it is).
+    fn encrypted_by_default(mut self, with: Option<&EncryptionConfig>) -> Self {
+        if let (
+            Self::File { encryption, .. }
+            | Self::Kinesis { encryption, .. }
+            | Self::Firehose { encryption, .. }
+            | Self::S3 { encryption, .. },
+            Some(with),
+        ) = (&mut self, with)
+        {
+            if encryption.is_none() {
+                *encryption = Some(with.clone());
+            }
+        }
+        self
+    }
+}
+
 /// Client-side envelope encryption of a sink's output with a KMS key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -983,6 +1014,7 @@ impl PipelineConfig {
             check_sink("raw_copy", s)?;
         }
         self.check_s3_names()?;
+        self.check_plaintext()?;
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
         }
@@ -1082,10 +1114,18 @@ impl PipelineConfig {
     /// The error output: `[error_output]`, or by default, like Firehose's error prefix, the prefix
     /// `processing-failed/` of the first S3 sink's bucket, or else the local file
     /// `processing-failed/<name>.ndjson` beside the pipeline file.
+    ///
+    /// When a sink encrypts its output, the default error output is encrypted with the first
+    /// such sink's settings (an explicit one must encrypt by itself: see `check_plaintext`).
     fn error_output_config(&self) -> SinkConfig {
         if let Some(e) = &self.error_output {
             return e.clone();
         }
+        self.default_error_output()
+            .encrypted_by_default(self.sinks.iter().find_map(SinkConfig::encryption))
+    }
+
+    fn default_error_output(&self) -> SinkConfig {
         let first_s3 = self
             .sinks
             .iter()
@@ -1127,6 +1167,36 @@ impl PipelineConfig {
             truncate: false,
             encryption: None,
         }
+    }
+
+    /// When a sink encrypts its output, the error output and the raw copy (which keep input
+    /// records as they were read) must encrypt too.
+    fn check_plaintext(&self) -> Result<()> {
+        let Some(i) = self.sinks.iter().position(|s| s.encryption().is_some()) else {
+            return Ok(());
+        };
+        for (key, sink) in [
+            ("error_output", &self.error_output),
+            ("raw_copy", &self.raw_copy),
+        ] {
+            if sink.as_ref().is_some_and(|s| s.encryption().is_none()) {
+                return Err(Error::config(
+                    key,
+                    format!(
+                        "sinks[{i}] encrypts its output, but {key} would keep the records it \
+                         receives in clear: give it an [{key}.encryption] table (a file, \
+                         firehose, kinesis or s3 sink){}",
+                        if key == "error_output" {
+                            ", or leave it out: the default error output is encrypted like \
+                             the sinks"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Where the error output goes, for messages: a path, an S3 prefix, or a sink type.
@@ -2010,6 +2080,54 @@ mod tests {
     }
 
     const SINK: &str = "\n[[sinks]]\ntype = \"stdout\"\n";
+
+    #[test]
+    fn when_a_sink_encrypts_the_error_output_and_raw_copy_do_too_or_are_refused() {
+        let source = "[source]\ntype = \"generator\"\nlimit = 1\n";
+        let encrypted_file = "[[sinks]]\ntype = \"file\"\npath = \"out.rve\"\n\
+                              [sinks.encryption]\nkms_key_id = \"alias/k\"\n";
+        // The default error output (a local file here) takes the sink's encryption.
+        let c = parse(&format!("{source}{encrypted_file}")).unwrap();
+        let errors = c.error_output_config();
+        assert!(matches!(errors, SinkConfig::File { .. }), "{errors:?}");
+        assert_eq!(errors.encryption().unwrap().kms_key_id, "alias/k");
+        // So does the default in the bucket of an unencrypted S3 sink next to an encrypted one.
+        let c = parse(&format!(
+            "{source}[[sinks]]\ntype = \"s3\"\nbucket = \"b\"\n{encrypted_file}"
+        ))
+        .unwrap();
+        let errors = c.error_output_config();
+        assert!(matches!(errors, SinkConfig::S3 { .. }), "{errors:?}");
+        assert_eq!(errors.encryption().unwrap().kms_key_id, "alias/k");
+        // An explicit error output or raw copy in clear is refused, saying why.
+        for (table, key) in [
+            (
+                "[error_output]\ntype = \"file\"\npath = \"e.ndjson\"\n",
+                "error_output",
+            ),
+            ("[error_output]\ntype = \"stderr\"\n", "error_output"),
+            ("[raw_copy]\ntype = \"file\"\npath = \"raw\"\n", "raw_copy"),
+        ] {
+            let err = parse(&format!("{source}{encrypted_file}{table}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("sinks[0] encrypts") && err.contains("in clear"),
+                "{err}"
+            );
+        }
+        // Encrypted, they are accepted; without an encrypting sink, nothing is required.
+        parse(&format!(
+            "{source}{encrypted_file}[raw_copy]\ntype = \"file\"\npath = \"raw\"\n\
+             [raw_copy.encryption]\nkms_key_id = \"alias/k\"\n"
+        ))
+        .unwrap();
+        let c = parse(&format!(
+            "{source}[[sinks]]\ntype = \"stdout\"\n[error_output]\ntype = \"stderr\"\n"
+        ))
+        .unwrap();
+        assert!(c.error_output_config().encryption().is_none());
+    }
 
     #[test]
     fn minimal_generator_config() {

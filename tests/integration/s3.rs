@@ -1017,3 +1017,95 @@ async fn a_multipart_upload_interrupted_by_cancellation_is_aborted() {
         assert!(err.contains("aborted"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_error_output_of_an_encrypting_pipeline_is_encrypted_too() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let key = create_key(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.ndjson"),
+        "{\"n\":1,\"secret\":\"a\"}\nnot json, and secret\n{\"n\":2,\"secret\":\"b\"}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("quiet.toml");
+    let endpoint = moto.endpoint();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+type = "file"
+path = "in.ndjson"
+
+[format]
+columns = [{{ name = "n", type = "BIGINT" }}, {{ name = "secret", type = "VARCHAR" }}]
+
+[query]
+sql = "SELECT n, secret FROM source"
+
+[[sinks]]
+type = "file"
+path = "out.rve"
+
+[sinks.encryption]
+kms_key_id = "{key}"
+endpoint_url = "{endpoint}"
+region = "us-east-1"
+"#
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("HOME", dir.path())
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("run rivulet")
+    };
+    let out = cli(&["run", config.to_str().unwrap(), "--progress-interval", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let errors = dir.path().join("processing-failed/quiet.ndjson");
+    let sealed = std::fs::read(&errors).unwrap();
+    assert!(
+        sealed.starts_with(b"RVE\x01"),
+        "the error output is envelopes"
+    );
+    assert!(
+        !sealed.windows(6).any(|w| w == b"secret"),
+        "no plaintext in the error output"
+    );
+    let out = cli(&[
+        "decrypt",
+        errors.to_str().unwrap(),
+        "--endpoint-url",
+        &endpoint,
+        "--region",
+        "us-east-1",
+        "--context",
+        "rivulet:stream=error_stream",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    assert_eq!(rows[0]["errorCode"], "malformed");
+}
