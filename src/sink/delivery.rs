@@ -1,21 +1,33 @@
-//! What the AWS sinks share: per-record delivery with partial-failure retries, a sink-wide pause
-//! when throttled, bounded concurrency, and the hand-over of undeliverable records to the error
-//! output.
+//! What the AWS sinks share: per-record delivery with partial-failure retries, paced calls, and
+//! the hand-over of undeliverable records to the error output.
 //!
 //! A sink turns its rows into service records, groups them into requests with [`plan`], and hands
-//! each request to a [`Dispatcher`], which sends it with the service's [`PutApi`] until every
-//! record is accepted or out of attempts. Records out of attempts go to the error output with their
-//! last error code; a request's acknowledgement completes once each of its records is either
-//! accepted or stored there.
+//! them to a [`Dispatcher`]. The dispatcher keeps one queue of records to send; a few workers take
+//! calls' worth of records from it (records due for a retry first, then new ones, within the
+//! service's limits) and send them with the service's [`PutApi`]. A record that fails goes back
+//! into the queue, due again after a jittered back-off (growing with its failed calls; a throttled
+//! record waits the first back-off, the window paces it), and travels with a later call: a
+//! request's failed tail never holds up the records behind it. Records out of attempts go to the
+//! error output with their last error code; a batch's acknowledgement completes once each of its
+//! records is either accepted or stored there.
+//!
+//! Pacing: the number of calls in flight is a window between 1 and `max_concurrent_requests`,
+//! adjusted after each call by the shares `a` of its records that were accepted and `f` that were
+//! throttled (a whole call refused as throttled counts as `f = 1`): `w ← w + a/w − f·w/2`.
+//! Accepted records open the window additively, throttled ones close it multiplicatively in
+//! proportion (server errors do neither), so a stream that is
+//! merely busy settles at a smaller window (about 2 of 4 calls in flight when 30 % of the records
+//! are refused) instead of stalling, and one that refuses most records gets one call at a time.
+//! A call refused whole, or one with most of its records throttled, also pauses every call of the
+//! sink for a back-off that grows while it lasts.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{ErrorOutput, ErrorRecord, ErrorStage};
@@ -191,122 +203,96 @@ pub(crate) fn plan<R: Outbound>(
     (requests, oversized)
 }
 
-/// What the request tasks of one sink share.
-#[derive(Debug)]
-pub(crate) struct Delivery<R: Outbound> {
+/// Records waiting to be sent, for the first time or again, with the acknowledgement they owe.
+struct Pending<R> {
+    records: Vec<R>,
+    /// The last error of each record (empty strings before its first call).
+    errors: Vec<(String, String)>,
+    /// Acknowledged once every record is accepted or stored in the error output.
+    ack: Ack,
+    /// Calls that carried these records.
+    calls: u32,
+    /// Failed calls that count against `max_attempts` (throttling does not).
+    failures: u32,
+    /// When the first call carrying them was made.
+    first_call: Option<Instant>,
+    /// Not sent again before this.
+    not_before: Instant,
+    bytes: usize,
+}
+
+impl<R: Outbound> Pending<R> {
+    fn new(records: Vec<R>, ack: Ack, now: Instant) -> Self {
+        let bytes = records.iter().map(Outbound::size).sum();
+        Self {
+            errors: vec![(String::new(), String::new()); records.len()],
+            records,
+            ack,
+            calls: 0,
+            failures: 0,
+            first_call: None,
+            not_before: now,
+            bytes,
+        }
+    }
+
+    /// Splits off the records from `at` on, with a split of the acknowledgement.
+    fn split_off(&mut self, at: usize) -> Self {
+        let records = self.records.split_off(at);
+        let bytes = records.iter().map(Outbound::size).sum();
+        self.bytes -= bytes;
+        Self {
+            errors: self.errors.split_off(at),
+            records,
+            ack: self.ack.split(),
+            calls: self.calls,
+            failures: self.failures,
+            first_call: self.first_call,
+            not_before: self.not_before,
+            bytes,
+        }
+    }
+}
+
+/// The queue and the pacing of one sink.
+struct State<R> {
+    queue: VecDeque<Pending<R>>,
+    queued_records: usize,
+    queued_bytes: usize,
+    in_flight: usize,
+    /// Calls allowed in flight, between 1 and `max_concurrent_requests`.
+    window: f64,
+    /// No call before this: set when calls are throttled.
+    paused_until: Option<Instant>,
+    /// Calls in a row refused whole or mostly throttled: how long the pause is.
+    throttled_in_a_row: u32,
+    /// Records being handed to the error output.
+    handing_over: usize,
+    /// Why the sink cannot go on.
+    failed: Option<String>,
+    /// The dispatcher is gone: workers stop.
+    closed: bool,
+    workers_started: bool,
+}
+
+/// What the dispatcher and its workers share.
+struct Shared<R: Outbound> {
     name: String,
     api: Arc<dyn PutApi<R>>,
     settings: DeliverySettings,
-    /// No call before this instant: set when a call is throttled.
-    paused_until: Mutex<Option<Instant>>,
+    limits: Limits,
+    state: Mutex<State<R>>,
+    changed: Notify,
     errors: Mutex<Option<ErrorOutput>>,
 }
 
-impl<R: Outbound> Delivery<R> {
-    async fn wait_if_paused(&self) {
-        // Another request may extend the pause while this one waits.
-        loop {
-            let until = *self
-                .paused_until
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                _ => return,
-            }
-        }
-    }
-
-    fn pause(&self, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut p = self
-            .paused_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if p.is_none_or(|t| t < until) {
-            *p = Some(until);
-        }
-    }
-
-    /// Sends `records` until each is accepted or out of attempts; then acknowledges `ack`.
-    pub(crate) async fn deliver(&self, records: Vec<R>, ack: Ack) -> Result<()> {
-        let started = Instant::now();
-        // Index into `records` → the last error of a record still to deliver.
-        let mut todo: BTreeMap<usize, (String, String)> = (0..records.len())
-            .map(|i| (i, (String::new(), String::new())))
-            .collect();
-        // Calls made, and failed calls that count against `max_attempts`: a throttled call
-        // does not (throttling is bounded by `max_retry_time` only, so that a busy stream slows
-        // the pipeline down instead of filling the error output).
-        let mut calls = 0u32;
-        let mut failures = 0u32;
-        while !todo.is_empty() {
-            calls += 1;
-            self.wait_if_paused().await;
-            let indices: Vec<usize> = todo.keys().copied().collect();
-            let batch: Vec<R> = indices.iter().map(|&i| records[i].clone()).collect();
-            let throttled = match self.api.put(&batch).await {
-                Ok(outcome) => {
-                    if outcome.len() != indices.len() {
-                        return Err(Error::sink(
-                            &self.name,
-                            format!("{} answers for {} records", outcome.len(), indices.len()),
-                        ));
-                    }
-                    let mut throttled = false;
-                    for (i, result) in indices.into_iter().zip(outcome) {
-                        match result {
-                            None => {
-                                todo.remove(&i);
-                            }
-                            Some(e) => {
-                                throttled |= self.api.throttling_codes().contains(&e.0.as_str());
-                                todo.insert(i, e);
-                            }
-                        }
-                    }
-                    throttled
-                }
-                Err(CallError::Fatal(message)) => {
-                    // The batch is not acknowledged: its input is read again after a restart.
-                    return Err(Error::sink(&self.name, message));
-                }
-                Err(CallError::Throttled { code, message }) => {
-                    for e in todo.values_mut() {
-                        *e = (code.clone(), message.clone());
-                    }
-                    true
-                }
-                Err(CallError::Transient { code, message }) => {
-                    for e in todo.values_mut() {
-                        *e = (code.clone(), message.clone());
-                    }
-                    false
-                }
-            };
-            if todo.is_empty() {
-                break;
-            }
-            let wait = self.settings.backoff(calls);
-            if throttled {
-                // Every request of the sink waits, not just this one.
-                self.pause(wait);
-            } else {
-                failures += 1;
-            }
-            if failures >= self.settings.max_attempts
-                || started.elapsed() + wait >= self.settings.max_retry_time
-            {
-                return self.give_up(&records, todo, calls, ack).await;
-            }
-            tokio::time::sleep(wait).await;
-        }
-        ack.acknowledge();
-        Ok(())
+impl<R: Outbound> Shared<R> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State<R>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The error output, or why `what` cannot be kept without one.
-    pub(crate) fn error_output(&self, what: impl FnOnce() -> String) -> Result<ErrorOutput> {
+    fn error_output(&self, what: impl FnOnce() -> String) -> Result<ErrorOutput> {
         self.errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -319,102 +305,384 @@ impl<R: Outbound> Delivery<R> {
             })
     }
 
-    /// Records that ran out of attempts go to the error output with their last error; the batch
-    /// counts as stored once they are stored there.
-    async fn give_up(
+    /// Takes a call's worth of records that are due: in queue order (retries are queued in
+    /// front), within the service's limits, splitting the last entry when it does not fit.
+    fn take_call(&self, st: &mut State<R>, now: Instant) -> Vec<Pending<R>> {
+        let mut parts = Vec::new();
+        let (mut records, mut bytes) = (0usize, 0usize);
+        let mut i = 0;
+        while i < st.queue.len() && records < self.limits.max_records {
+            if st.queue[i].not_before > now {
+                i += 1;
+                continue;
+            }
+            let entry = &st.queue[i];
+            let (mut k, mut b) = (0usize, 0usize);
+            while k < entry.records.len()
+                && records + k < self.limits.max_records
+                && bytes + b + entry.records[k].size() <= self.limits.max_call_bytes
+            {
+                b += entry.records[k].size();
+                k += 1;
+            }
+            if k == 0 {
+                break;
+            }
+            let part = if k == entry.records.len() {
+                st.queue.remove(i).expect("an entry at i")
+            } else {
+                let tail = st.queue[i].split_off(k);
+                i += 1;
+                std::mem::replace(&mut st.queue[i - 1], tail)
+            };
+            records += part.records.len();
+            bytes += part.bytes;
+            parts.push(part);
+        }
+        st.queued_records -= records;
+        st.queued_bytes -= bytes;
+        parts
+    }
+
+    /// Waits for a call to make: records due, a free place in the window, no pause. `None` when
+    /// the sink failed or the dispatcher is gone.
+    async fn next_call(&self) -> Option<Vec<Pending<R>>> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake = {
+                let mut st = self.state();
+                if st.failed.is_some() || st.closed {
+                    return None;
+                }
+                let now = Instant::now();
+                let paused = st.paused_until.filter(|&t| t > now);
+                if paused.is_none() && (st.in_flight as f64) < st.window.floor().max(1.0) {
+                    let parts = self.take_call(&mut st, now);
+                    if !parts.is_empty() {
+                        st.in_flight += 1;
+                        drop(st);
+                        // The queue has room again for a waiting sender.
+                        self.changed.notify_waiters();
+                        return Some(parts);
+                    }
+                }
+                paused.or_else(|| {
+                    st.queue
+                        .iter()
+                        .map(|e| e.not_before)
+                        .filter(|&t| t > now)
+                        .min()
+                })
+            };
+            match wake {
+                Some(t) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(t) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// A worker: makes calls until the sink fails or the dispatcher is gone.
+    async fn work(self: Arc<Self>) {
+        while let Some(parts) = self.next_call().await {
+            let started = Instant::now();
+            let records: Vec<R> = parts
+                .iter()
+                .flat_map(|p| p.records.iter().cloned())
+                .collect();
+            let result = self.api.put(&records).await;
+            let give_up = self.settle(parts, records.len(), result, started);
+            if !give_up.is_empty() {
+                if let Err(e) = self.hand_over(give_up).await {
+                    self.fail(e.to_string());
+                }
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn fail(&self, message: String) {
+        let mut st = self.state();
+        st.failed.get_or_insert(message);
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// Takes in the outcome of a call: accepted parts are acknowledged, failed records queued
+    /// again (or returned, out of attempts), and the window adjusted.
+    fn settle(
         &self,
-        records: &[R],
-        failed: BTreeMap<usize, (String, String)>,
-        attempts: u32,
-        ack: Ack,
-    ) -> Result<()> {
-        let count = failed.len();
-        let errors = self.error_output(|| {
-            format!("{count} records could not be delivered after {attempts} attempts")
-        })?;
-        tracing::warn!(
-            sink = %self.name,
-            records = failed.len(),
-            attempts,
-            "delivery failed; records go to the error output"
-        );
-        let now = now_ms();
-        let rows = failed
-            .into_iter()
-            .map(|(i, (code, message))| ErrorRecord {
-                statement: None,
-                stage: ErrorStage::Sink,
-                attempts,
-                kind: code,
-                reason: format!("{} after {attempts} attempts: {message}", self.name),
-                record: records[i].as_error_record(now),
-            })
-            .collect::<Vec<_>>();
-        errors.send(rows, ack.split()).await?;
-        ack.acknowledge();
-        Ok(())
+        parts: Vec<Pending<R>>,
+        sent: usize,
+        result: CallResult,
+        started: Instant,
+    ) -> Vec<Pending<R>> {
+        let (outcome, whole_call_throttled) = match result {
+            Ok(outcome) if outcome.len() == sent => (outcome, false),
+            Ok(outcome) => {
+                drop(parts);
+                self.in_flight_done();
+                self.fail(format!("{} answers for {sent} records", outcome.len()));
+                return Vec::new();
+            }
+            Err(CallError::Fatal(message)) => {
+                // Not acknowledged: the input is read again after a restart.
+                drop(parts);
+                self.in_flight_done();
+                self.fail(message);
+                return Vec::new();
+            }
+            Err(CallError::Throttled { code, message }) => {
+                (vec![Some((code, message)); sent], true)
+            }
+            Err(CallError::Transient { code, message }) => {
+                (vec![Some((code, message)); sent], false)
+            }
+        };
+        let now = Instant::now();
+        let throttling = self.api.throttling_codes();
+        let mut throttled = 0usize;
+        let mut accepted = 0usize;
+        let mut retry = Vec::new();
+        let mut give_up = Vec::new();
+        let mut outcome = outcome.into_iter();
+        for part in parts {
+            let mut failed = Vec::new();
+            let mut errors = Vec::new();
+            let mut counted = false;
+            for (record, result) in part.records.into_iter().zip(outcome.by_ref()) {
+                if let Some(error) = result {
+                    if whole_call_throttled || throttling.contains(&error.0.as_str()) {
+                        throttled += 1;
+                    } else {
+                        counted = true;
+                    }
+                    failed.push(record);
+                    errors.push(error);
+                } else {
+                    accepted += 1;
+                }
+            }
+            if failed.is_empty() {
+                part.ack.acknowledge();
+                continue;
+            }
+            let bytes = failed.iter().map(Outbound::size).sum();
+            let calls = part.calls + 1;
+            let failures = part.failures + u32::from(counted);
+            let first_call = part.first_call.unwrap_or(started);
+            // A record that failed (a server error) waits longer each time; one that was only
+            // throttled is paced by the window and waits the first back-off again.
+            let wait = self.settings.backoff(if counted { failures } else { 1 });
+            let entry = Pending {
+                records: failed,
+                errors,
+                ack: part.ack,
+                calls,
+                failures,
+                first_call: Some(first_call),
+                not_before: now + wait,
+                bytes,
+            };
+            if entry.failures >= self.settings.max_attempts
+                || first_call.elapsed() + wait >= self.settings.max_retry_time
+            {
+                give_up.push(entry);
+            } else {
+                retry.push(entry);
+            }
+        }
+        // Accepted records open the window, throttled ones close it; other failures (server
+        // errors) leave it as it is.
+        let a = accepted as f64 / sent.max(1) as f64;
+        let f = throttled as f64 / sent.max(1) as f64;
+        let mut st = self.state();
+        st.in_flight -= 1;
+        let w = st.window;
+        st.window =
+            (w + a / w - f * w / 2.0).clamp(1.0, self.settings.max_concurrent_requests as f64);
+        if whole_call_throttled || f >= 0.5 {
+            st.throttled_in_a_row += 1;
+            let pause = self.settings.backoff(st.throttled_in_a_row).mul_f64(f);
+            let until = now + pause;
+            if st.paused_until.is_none_or(|t| t < until) {
+                st.paused_until = Some(until);
+            }
+        } else {
+            st.throttled_in_a_row = 0;
+        }
+        for entry in retry.into_iter().rev() {
+            st.queued_records += entry.records.len();
+            st.queued_bytes += entry.bytes;
+            st.queue.push_front(entry);
+        }
+        st.handing_over += give_up.iter().map(|e| e.records.len()).sum::<usize>();
+        give_up
+    }
+
+    fn in_flight_done(&self) {
+        self.state().in_flight -= 1;
+    }
+
+    /// Records that ran out of attempts go to the error output with their last error; their
+    /// batch counts as stored once they are stored there.
+    async fn hand_over(&self, entries: Vec<Pending<R>>) -> Result<()> {
+        let count: usize = entries.iter().map(|e| e.records.len()).sum();
+        let result = async {
+            let errors = self.error_output(|| {
+                format!("{count} records could not be delivered after their attempts")
+            })?;
+            tracing::warn!(
+                sink = %self.name,
+                records = count,
+                "delivery failed; records go to the error output"
+            );
+            let now = now_ms();
+            for entry in entries {
+                let attempts = entry.calls;
+                let rows = entry
+                    .records
+                    .iter()
+                    .zip(entry.errors)
+                    .map(|(record, (code, message))| ErrorRecord {
+                        statement: None,
+                        stage: ErrorStage::Sink,
+                        attempts,
+                        kind: code,
+                        reason: format!("{} after {attempts} attempts: {message}", self.name),
+                        record: record.as_error_record(now),
+                    })
+                    .collect::<Vec<_>>();
+                errors.send(rows, entry.ack.split()).await?;
+                entry.ack.acknowledge();
+            }
+            Ok(())
+        }
+        .await;
+        self.state().handing_over -= count;
+        result
     }
 }
 
-/// Sends requests with bounded concurrency and reports the first failure.
-#[derive(Debug)]
+/// Sends records with paced, bounded concurrency and reports the first failure.
 pub(crate) struct Dispatcher<R: Outbound> {
-    name: String,
-    delivery: Arc<Delivery<R>>,
-    requests: JoinSet<Result<()>>,
-    permits: Arc<Semaphore>,
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Outbound> fmt::Debug for Dispatcher<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Outbound> Drop for Dispatcher<R> {
+    fn drop(&mut self) {
+        self.shared.state().closed = true;
+        self.shared.changed.notify_waiters();
+    }
 }
 
 impl<R: Outbound> Dispatcher<R> {
-    pub(crate) fn new(name: String, api: Arc<dyn PutApi<R>>, settings: DeliverySettings) -> Self {
+    pub(crate) fn new(
+        name: String,
+        api: Arc<dyn PutApi<R>>,
+        settings: DeliverySettings,
+        limits: Limits,
+    ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
-            delivery: Arc::new(Delivery {
-                name: name.clone(),
+            shared: Arc::new(Shared {
+                name,
                 api,
+                limits,
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    queued_records: 0,
+                    queued_bytes: 0,
+                    in_flight: 0,
+                    window: settings.max_concurrent_requests as f64,
+                    paused_until: None,
+                    throttled_in_a_row: 0,
+                    handing_over: 0,
+                    failed: None,
+                    closed: false,
+                    workers_started: false,
+                }),
                 settings,
-                paused_until: Mutex::new(None),
+                changed: Notify::new(),
                 errors: Mutex::new(None),
             }),
-            name,
-            requests: JoinSet::new(),
         }
     }
 
     pub(crate) fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     pub(crate) fn set_error_output(&self, errors: ErrorOutput) {
         *self
-            .delivery
+            .shared
             .errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(errors);
     }
 
-    /// Waits for finished requests without blocking; the first failure stops the sink.
-    fn reap(&mut self) -> Result<()> {
-        while let Some(done) = self.requests.try_join_next() {
-            done.map_err(|e| Error::sink(&self.name, format!("a request task failed: {e}")))??;
-        }
-        Ok(())
+    fn failure(&self, message: &str) -> Error {
+        Error::sink(&self.shared.name, message.to_owned())
     }
 
-    /// Sends one request in the background (waiting while `max_concurrent_requests` are in
-    /// flight); `ack` completes once every record is accepted or in the error output.
+    /// Queues `records` (waiting while the queue is full: about two windows' worth); `ack`
+    /// completes once every record is accepted or in the error output.
     pub(crate) async fn send(&mut self, records: Vec<R>, ack: Ack) -> Result<()> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::sink(&self.name, "the sink is closed"))?;
-        let delivery = Arc::clone(&self.delivery);
-        self.requests.spawn(async move {
-            let result = delivery.deliver(records, ack).await;
-            drop(permit);
-            result
-        });
-        self.reap()
+        if records.is_empty() {
+            ack.acknowledge();
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let most = shared.settings.max_concurrent_requests * 2;
+        let (max_records, max_bytes) = (
+            shared.limits.max_records * most,
+            shared.limits.max_call_bytes * most,
+        );
+        let mut entry = Some(Pending::new(records, ack, Instant::now()));
+        loop {
+            let notified = shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.state();
+                if let Some(m) = &st.failed {
+                    return Err(self.failure(m));
+                }
+                let e = entry.as_ref().expect("queued once");
+                if st.queued_records == 0
+                    || (st.queued_records + e.records.len() <= max_records
+                        && st.queued_bytes + e.bytes <= max_bytes)
+                {
+                    let e = entry.take().expect("queued once");
+                    st.queued_records += e.records.len();
+                    st.queued_bytes += e.bytes;
+                    st.queue.push_back(e);
+                    if !st.workers_started {
+                        st.workers_started = true;
+                        for _ in 0..shared.settings.max_concurrent_requests {
+                            tokio::spawn(Arc::clone(shared).work());
+                        }
+                    }
+                    drop(st);
+                    shared.changed.notify_waiters();
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Records that cannot be sent at all go to the error output as `kind`, with `why` as the
@@ -428,7 +696,7 @@ impl<R: Outbound> Dispatcher<R> {
     ) -> Result<()> {
         let count = records.len();
         let errors = self
-            .delivery
+            .shared
             .error_output(|| format!("{count} records cannot be sent ({kind})"))?;
         let now = now_ms();
         let rows = records
@@ -445,11 +713,26 @@ impl<R: Outbound> Dispatcher<R> {
         errors.send(rows, ack).await
     }
 
-    /// Waits for every request in flight.
+    /// Waits until every queued record is accepted or in the error output; the first failure
+    /// of the sink is returned (and what is still queued is dropped unacknowledged).
     pub(crate) async fn flush(&mut self) -> Result<()> {
-        while let Some(done) = self.requests.join_next().await {
-            done.map_err(|e| Error::sink(&self.name, format!("a request task failed: {e}")))??;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.shared.state();
+                if let Some(m) = st.failed.clone() {
+                    st.queue.clear();
+                    st.queued_records = 0;
+                    st.queued_bytes = 0;
+                    return Err(self.failure(&m));
+                }
+                if st.queue.is_empty() && st.in_flight == 0 && st.handing_over == 0 {
+                    return Ok(());
+                }
+            }
+            notified.await;
         }
-        Ok(())
     }
 }

@@ -6,13 +6,15 @@
 //!
 //! - each output row becomes one record (a JSON line or a CSV row, newline-terminated);
 //! - a record over [`MAX_RECORD_BYTES`] cannot be sent and goes to the error output;
-//! - records are grouped into requests of at most [`MAX_RECORDS_PER_CALL`] records and
-//!   [`MAX_BYTES_PER_CALL`] bytes, sent with at most `max_concurrent_requests` in flight;
-//! - when a call succeeds with `FailedPutCount > 0`, only the failed records are sent again, after a
-//!   jittered back-off, until `max_attempts` or `max_retry_time`; records still failing go to the
-//!   error output with their last error code and message;
-//! - a throttled call (`ServiceUnavailableException`, `LimitExceededException`, `ThrottlingException`)
-//!   pauses every request of the sink for the back-off, not just the one that was refused.
+//! - records are queued and sent in calls of at most [`MAX_RECORDS_PER_CALL`] records and
+//!   [`MAX_BYTES_PER_CALL`] bytes, with at most `max_concurrent_requests` in flight;
+//! - when a call succeeds with `FailedPutCount > 0`, only the failed records are sent again: they
+//!   are queued again, due after a jittered back-off, and travel with a later call, until
+//!   `max_attempts` or `max_retry_time`; records still failing go to the error output with their
+//!   last error code and message;
+//! - throttling (`ServiceUnavailableException`, `LimitExceededException`, `ThrottlingException`,
+//!   of a call or of records) narrows the window of calls in flight in proportion to the share of
+//!   records throttled, and a call refused whole pauses the sink (see the delivery module).
 //!
 //! A batch is acknowledged only when each of its records has either been accepted by Firehose or been
 //! stored in the error output. Records can arrive more than once (a call that fails after Firehose
@@ -204,7 +206,7 @@ impl FirehoseSink {
         settings: DeliverySettings,
     ) -> Self {
         Self {
-            dispatcher: Dispatcher::new(name, api, settings),
+            dispatcher: Dispatcher::new(name, api, settings, LIMITS),
             encoder: Encoder::new(format),
             encryption: None,
         }
@@ -603,6 +605,48 @@ mod tests {
                 failed: false
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_record_does_not_hold_up_the_records_behind_it() {
+        // One call at a time; the first batch's only record is throttled three times.
+        let api = Arc::new(Fake {
+            fail: Some(|attempt, r| {
+                (r.starts_with(b"{\"v\":\"stuck") && attempt <= 3)
+                    .then_some("ServiceUnavailableException")
+            }),
+            ..Fake::default()
+        });
+        let mut sink = FirehoseSink::with_api(
+            "firehose:test".into(),
+            Arc::clone(&api) as Arc<dyn PutApi<Bytes>>,
+            OutputFormat::JsonLines,
+            DeliverySettings {
+                max_concurrent_requests: 1,
+                initial_backoff: Duration::from_millis(40),
+                max_backoff: Duration::from_millis(80),
+                ..DeliverySettings::default()
+            },
+        );
+        let (acks_tx, mut acks) = mpsc::unbounded_channel();
+        let write = |seq: u64, values: Vec<String>| OutputBatch {
+            stream: Arc::from("DESTINATION_SQL_STREAM"),
+            data: OutputData::Rows(rows(values)),
+            ack: Ack::new(seq, Some(acks_tx.clone())),
+        };
+        sink.write(write(1, vec!["stuck".into()])).await.unwrap();
+        sink.write(write(2, (0..10).map(|i| format!("free-{i}")).collect()))
+            .await
+            .unwrap();
+        sink.flush().await.unwrap();
+        let mut done = Vec::new();
+        while let Ok(m) = acks.try_recv() {
+            if let TrackerMsg::Done(e) = m {
+                done.push(e.seq);
+            }
+        }
+        assert_eq!(done, vec![2, 1], "the later batch is stored first");
+        assert_eq!(api.accepted.lock().unwrap().len(), 11);
     }
 
     #[tokio::test]
