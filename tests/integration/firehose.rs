@@ -18,7 +18,7 @@ use crate::support::fault_proxy::{FaultProxy, Faults};
 use crate::support::moto::MotoServer;
 use crate::support::s3;
 
-const BUCKET: &str = "delivered";
+pub(crate) const BUCKET: &str = "delivered";
 const RECORDS: u64 = 3000;
 
 fn client(endpoint: &str) -> Client {
@@ -33,7 +33,7 @@ fn client(endpoint: &str) -> Client {
 }
 
 /// A bucket and a delivery stream writing into it under `prefix`.
-async fn delivery_stream(moto: &MotoServer, name: &str, prefix: &str) {
+pub(crate) async fn delivery_stream(moto: &MotoServer, name: &str, prefix: &str) {
     s3::create_bucket(moto.port(), BUCKET);
     client(&moto.endpoint())
         .create_delivery_stream()
@@ -52,7 +52,7 @@ async fn delivery_stream(moto: &MotoServer, name: &str, prefix: &str) {
 }
 
 /// Every line of every object in the bucket under `prefix`.
-fn delivered_lines(moto: &MotoServer, prefix: &str) -> Vec<String> {
+pub(crate) fn delivered_lines(moto: &MotoServer, prefix: &str) -> Vec<String> {
     let mut lines = Vec::new();
     for key in s3::list_keys(moto.port(), BUCKET) {
         if !key.starts_with(prefix) {

@@ -34,7 +34,7 @@ pub(crate) fn client(endpoint: &str) -> Client {
     Client::from_conf(conf)
 }
 
-async fn create_stream(c: &Client, name: &str, shards: i32) {
+pub(crate) async fn create_stream(c: &Client, name: &str, shards: i32) {
     c.create_stream()
         .stream_name(name)
         .shard_count(shards)

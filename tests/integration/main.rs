@@ -8,6 +8,8 @@ mod conformance;
 mod firehose;
 mod kda_app;
 #[cfg(feature = "aws")]
+mod kill_loop;
+#[cfg(feature = "aws")]
 mod kinesis;
 mod partitions;
 mod pipeline;

@@ -4,7 +4,8 @@
 //!
 //! Each Kinesis `GetRecords` request is, with the configured probabilities, answered by the proxy
 //! itself with `ProvisionedThroughputExceededException` or `ExpiredIteratorException` (HTTP 400,
-//! as the service does). Each Firehose `PutRecordBatch` request is, likewise, answered by the proxy
+//! as the service does) or `InternalFailure` (HTTP 500). KMS requests may be answered with
+//! `ThrottlingException`. Each Firehose `PutRecordBatch` request is, likewise, answered by the proxy
 //! with `ServiceUnavailableException` (HTTP 503) or `InternalFailure` (HTTP 500); when let through,
 //! each of its records may be drawn to fail. Failing records are taken out of the request before
 //! it is forwarded, so moto never stores them, and the answer gets a `ServiceUnavailableException`
@@ -46,6 +47,8 @@ pub(crate) struct Faults {
     pub(crate) throttle: f64,
     /// Probability, per `GetRecords` request, of `ExpiredIteratorException`.
     pub(crate) expire: f64,
+    /// Probability, per `GetRecords` request, of `InternalFailure` (HTTP 500, a server error).
+    pub(crate) get_records_error: f64,
     /// Probability, per `PutRecordBatch` request, of `ServiceUnavailableException` (HTTP 503,
     /// nothing forwarded).
     pub(crate) batch_throttle: f64,
@@ -95,6 +98,8 @@ struct Shared {
     upstream_port: u16,
     throttle: f64,
     expire: f64,
+    get_records_error: f64,
+    get_records_errors: AtomicU64,
     batch_throttle: f64,
     batch_error: f64,
     record_failure: f64,
@@ -180,6 +185,8 @@ impl Shared {
             upstream_port,
             throttle: faults.throttle,
             expire: faults.expire,
+            get_records_error: faults.get_records_error,
+            get_records_errors: AtomicU64::new(0),
             batch_throttle: faults.batch_throttle,
             batch_error: faults.batch_error,
             record_failure: faults.record_failure,
@@ -213,6 +220,9 @@ impl Shared {
         } else if u < self.throttle + self.expire {
             self.expiries.fetch_add(1, Ordering::Relaxed);
             Some(Fault::Expire)
+        } else if u < self.throttle + self.expire + self.get_records_error {
+            self.get_records_errors.fetch_add(1, Ordering::Relaxed);
+            Some(Fault::InternalFailure)
         } else {
             None
         }
@@ -381,7 +391,8 @@ impl FaultProxy {
         assert!(
             faults.throttle >= 0.0
                 && faults.expire >= 0.0
-                && faults.throttle + faults.expire <= 1.0
+                && faults.get_records_error >= 0.0
+                && faults.throttle + faults.expire + faults.get_records_error <= 1.0
                 && faults.batch_throttle >= 0.0
                 && faults.batch_error >= 0.0
                 && faults.batch_throttle + faults.batch_error <= 1.0
@@ -421,6 +432,12 @@ impl FaultProxy {
             self.shared.throttles.load(Ordering::Relaxed),
             self.shared.expiries.load(Ordering::Relaxed),
         )
+    }
+
+    /// `GetRecords` requests answered with `InternalFailure` so far.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    pub(crate) fn get_records_errors(&self) -> u64 {
+        self.shared.get_records_errors.load(Ordering::Relaxed)
     }
 
     /// KMS requests answered with `ThrottlingException` so far.
