@@ -42,7 +42,10 @@ fn engine_for(limits: &WasmLimits) -> Result<Engine> {
     config
         .epoch_interruption(true)
         .consume_fuel(key.0)
-        .max_wasm_stack(key.1);
+        .max_wasm_stack(key.1)
+        // One linear memory per guest, 32-bit: what the memory cap counts.
+        .wasm_multi_memory(false)
+        .wasm_memory64(false);
     let engine = Engine::new(&config)
         .map_err(|e| Error::Wasm(format!("cannot set up the WebAssembly engine: {e}")))?;
     let ticking = engine.clone();
@@ -207,7 +210,12 @@ fn describe_trap(e: &wasmtime::Error, limits: &WasmLimits) -> String {
         Some(t) => format!("trap: {t}"),
         None => {
             let s = format!("{e:#}");
-            if s.contains("memory") && s.contains("grow") || s.contains("limit") {
+            if s.contains("table") {
+                format!(
+                    "the guest's table would pass its limit of {} elements ({s})",
+                    super::MAX_TABLE_ELEMENTS
+                )
+            } else if s.contains("memory") && s.contains("grow") || s.contains("limit") {
                 format!(
                     "the guest's memory would pass its limit of {} MiB ({s})",
                     limits.max_memory_bytes >> 20
@@ -275,6 +283,9 @@ impl Loaded {
     fn new_instance(&self) -> std::result::Result<(Store<StoreLimits>, Instance), String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.max_memory_bytes)
+            .memories(1)
+            .tables(super::MAX_TABLES)
+            .table_elements(super::MAX_TABLE_ELEMENTS)
             .trap_on_grow_failure(true)
             .instances(1)
             .build();

@@ -50,6 +50,11 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use crate::sql::SqlFunctions;
 use crate::{Error, Result};
 
+/// Most tables a guest instance may have (Rust guests have one, for indirect calls).
+pub const MAX_TABLES: usize = 4;
+/// Most elements of one table of a guest instance (8 bytes each to the host).
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
 /// What a guest may use per call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmLimits {
@@ -57,7 +62,10 @@ pub struct WasmLimits {
     pub deadline: Duration,
     /// Fuel (roughly, WebAssembly instructions) per call; `None` (default) for no fuel metering.
     pub fuel: Option<u64>,
-    /// Largest linear memory of an instance. Default 64 MiB.
+    /// Largest linear memory of an instance. Default 64 MiB. An instance has one linear memory
+    /// (multi-memory and 64-bit memories are switched off), at most
+    /// [`MAX_TABLES`](crate::wasm::MAX_TABLES) tables of at most
+    /// [`MAX_TABLE_ELEMENTS`](crate::wasm::MAX_TABLE_ELEMENTS) elements each.
     pub max_memory_bytes: usize,
     /// Largest WebAssembly stack. Default 512 KiB.
     pub max_stack_bytes: usize,

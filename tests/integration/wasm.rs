@@ -215,6 +215,10 @@ async fn every_hostile_guest_fails_only_its_batches_and_the_pipeline_goes_on() {
         ("trap", "unreachable"),
         ("wrong_length", "bytes of values"),
         ("out_of_bounds", "outside the guest's memory"),
+        (
+            "table_bomb",
+            "table would pass its limit of 100000 elements",
+        ),
     ] {
         let module = hostile(guest);
         let (out, errors) = run(
@@ -269,6 +273,18 @@ async fn a_trapped_instance_is_replaced_and_later_batches_run() {
     );
     let failed: usize = errors.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(failed, 10);
+}
+
+#[test]
+fn a_module_with_more_memories_than_one_is_refused_at_load() {
+    let text = std::fs::read(repo().join("udfs/hostile/many_memories.wat")).unwrap();
+    let err = WasmModule::from_bytes("many_memories", &text, WasmLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot be compiled") && err.contains("memor"),
+        "{err}"
+    );
 }
 
 #[test]
