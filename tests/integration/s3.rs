@@ -100,6 +100,21 @@ fn json_lines(batches: &[RecordBatch]) -> Vec<String> {
     lines
 }
 
+/// Runs the `rivulet` CLI in `dir` (also its home) with the emulator's credentials and nothing
+/// looked up anywhere else.
+fn cli_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
+        .args(args)
+        .current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOME", dir)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("run rivulet")
+}
+
 fn keys_under(moto: &MotoServer, prefix: &str) -> Vec<String> {
     s3::list_keys(moto.port(), BUCKET)
         .into_iter()
@@ -499,17 +514,7 @@ region = "us-east-1"
         ),
     )
     .unwrap();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("HOME", dir.path())
-            .env_remove("AWS_PROFILE")
-            .output()
-            .expect("run rivulet")
-    };
+    let cli = |args: &[&str]| cli_in(dir.path(), args);
     let out = cli(&["run", config.to_str().unwrap(), "--progress-interval", "0"]);
     assert!(
         out.status.success(),
@@ -1058,18 +1063,7 @@ region = "us-east-1"
         ),
     )
     .unwrap();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"))
-            .args(args)
-            .current_dir(dir.path())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("HOME", dir.path())
-            .env_remove("AWS_PROFILE")
-            .output()
-            .expect("run rivulet")
-    };
+    let cli = |args: &[&str]| cli_in(dir.path(), args);
     let out = cli(&["run", config.to_str().unwrap(), "--progress-interval", "0"]);
     assert!(
         out.status.success(),
