@@ -53,6 +53,7 @@ use crate::{Error, Result};
 /// deadline_ms = 100         # per call (one micro-batch)
 /// # fuel = 50000000         # optional deterministic budget per call
 /// # max_memory_mb = 64
+/// # max_state_kb = 64       # largest state an aggregate may keep per group
 ///
 /// [checkpoint]              # optional: resume after a stop or crash
 /// path = "state/checkpoint" # the checkpoint file (replaced atomically)
@@ -244,6 +245,7 @@ struct UdfConfig {
     deadline_ms: Option<u64>,
     fuel: Option<u64>,
     max_memory_mb: Option<usize>,
+    max_state_kb: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1321,6 +1323,9 @@ impl PipelineConfig {
                 limits.fuel = u.fuel;
                 if let Some(mb) = u.max_memory_mb {
                     limits.max_memory_bytes = mb << 20;
+                }
+                if let Some(kb) = u.max_state_kb {
+                    limits.max_state_bytes = kb << 10;
                 }
                 let key = format!("udfs[{i}]");
                 let module = if u.path.starts_with("s3://") {

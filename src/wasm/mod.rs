@@ -69,6 +69,10 @@ pub struct WasmLimits {
     pub max_memory_bytes: usize,
     /// Largest WebAssembly stack. Default 512 KiB.
     pub max_stack_bytes: usize,
+    /// Largest state an aggregate may return for one group. Default 64 KiB. The host keeps every
+    /// group's state in the window's state and in checkpoints, so a call returning a larger state
+    /// fails its batch (the rows go to the error output) and no state changes.
+    pub max_state_bytes: usize,
     /// Directory for compiled modules (wasmtime's serialisation, keyed by the module's digest and
     /// the engine's configuration); `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
@@ -81,6 +85,7 @@ impl Default for WasmLimits {
             fuel: None,
             max_memory_bytes: 64 << 20,
             max_stack_bytes: 512 << 10,
+            max_state_bytes: 64 << 10,
             cache_dir: None,
         }
     }

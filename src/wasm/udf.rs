@@ -556,7 +556,7 @@ impl RecordTransform for WasmRecordTransform {
                 abi::transform_code::OK => Transformed::Ok(value(i)),
                 abi::transform_code::DROPPED => Transformed::Dropped,
                 abi::transform_code::FAILED => {
-                    Transformed::ProcessingFailed(String::from_utf8_lossy(&value(i)).into_owned())
+                    Transformed::ProcessingFailed(super::engine::guest_message(&value(i)))
                 }
                 _ => Transformed::Ok(records[i].payload().clone()),
             })

@@ -429,6 +429,104 @@ fn compiled_modules_are_cached_on_disk_and_a_damaged_entry_is_recompiled() {
     assert!(std::fs::read(&entries[0]).unwrap().len() > 100, "rewritten");
 }
 
+#[cfg(unix)]
+#[test]
+fn a_cache_entry_others_could_have_written_is_never_loaded() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let entry_of = |dir: &std::path::Path| -> PathBuf {
+        let entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        entries[0].clone()
+    };
+    let limits = |dir: &std::path::Path| WasmLimits {
+        cache_dir: Some(dir.to_owned()),
+        ..WasmLimits::default()
+    };
+    let doubler = std::fs::read(repo().join("udfs/hostile/trap_on_negative.wat")).unwrap();
+    let other = std::fs::read(repo().join("udfs/hostile/huge_error.wat")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // The doubler's entry name, and the compiled code of another module with the same signature,
+    // `f(f64) -> f64`, that fails every call: what a planted entry would run.
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    WasmModule::from_bytes("double", &doubler, limits(&a)).unwrap();
+    WasmModule::from_bytes("other", &other, limits(&b)).unwrap();
+    let (key, planted) = (
+        entry_of(&a).file_name().unwrap().to_owned(),
+        std::fs::read(entry_of(&b)).unwrap(),
+    );
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "a cache directory rivulet creates is its user's alone"
+    );
+    assert_eq!(
+        std::fs::metadata(entry_of(&a))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let doubles = |module: &WasmModule| -> bool {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (out, errors) = rt.block_on(run(
+            module,
+            "{\"x\":4}\n",
+            "SELECT f(x) AS y FROM source",
+            10,
+        ));
+        let ok = out.iter().any(|b| b.num_rows() == 1);
+        assert!(ok != errors.iter().any(|b| b.num_rows() == 1));
+        ok && out[0].column(0).as_primitive::<Float64Type>().value(0) == 8.0
+    };
+
+    // In a private directory, a planted entry is loaded: what the checks below guard.
+    let private = root.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    mode(&private, 0o700);
+    std::fs::write(private.join(&key), &planted).unwrap();
+    mode(&private.join(&key), 0o600);
+    assert!(!doubles(
+        &WasmModule::from_bytes("double", &doubler, limits(&private)).unwrap()
+    ));
+
+    // A directory other users can write: nothing in it is loaded, and nothing is written to it.
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join(&key), &planted).unwrap();
+    mode(&shared.join(&key), 0o600);
+    mode(&shared, 0o777);
+    let module = WasmModule::from_bytes("double", &doubler, limits(&shared)).unwrap();
+    assert!(
+        doubles(&module),
+        "the planted entry in a shared directory ran"
+    );
+    assert_eq!(std::fs::read(shared.join(&key)).unwrap(), planted);
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 1);
+
+    // An entry other users can write, in a private directory: compiled again and replaced by a
+    // private entry.
+    mode(&shared, 0o700);
+    mode(&shared.join(&key), 0o666);
+    let module = WasmModule::from_bytes("double", &doubler, limits(&shared)).unwrap();
+    assert!(doubles(&module), "a group- and world-writable entry ran");
+    assert_ne!(std::fs::read(shared.join(&key)).unwrap(), planted);
+    assert_eq!(
+        std::fs::metadata(shared.join(&key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_agent_parsers_from_sql_match_the_native_functions() {
     let Some(path) = built("user_agent") else {
@@ -525,4 +623,94 @@ async fn a_guests_error_message_is_cut_to_a_kilobyte() {
             assert!(m.contains("33423360 bytes in all"), "{m}");
         }
     }
+}
+
+/// Runs a windowed aggregate of `state_bomb` (1 MiB of state per group from every update) over 100
+/// rows of 10 keys in batches of 10; returns the output rows and the error rows.
+async fn state_bomb_run(limits: WasmLimits) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    use arrow::datatypes::{DataType, TimeUnit};
+    let text = std::fs::read(repo().join("udfs/hostile/state_bomb.wat")).unwrap();
+    let module = WasmModule::from_bytes("state_bomb", &text, limits).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    let input: String = (0..100)
+        .map(|i| {
+            format!(
+                "{{\"k\":\"k{}\",\"x\":{i},\"t\":{}}}\n",
+                i % 10,
+                1_767_225_600_000i64 + i
+            )
+        })
+        .collect();
+    std::fs::write(&path, input).unwrap();
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    Pipeline::builder()
+        .source(FileSource::builder(&path).build().unwrap())
+        .format(RecordFormat::Json)
+        .columns(vec![
+            rivulet::Column::new("k", DataType::Utf8),
+            rivulet::Column::new("x", DataType::Float64),
+            rivulet::Column::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ),
+        ])
+        .functions(module.sql_functions())
+        .sql(
+            "SELECT k, f(x) AS y, COUNT(*) AS n FROM source \
+             GROUP BY k, TUMBLE(t, INTERVAL '1' MINUTE)",
+        )
+        .sink(out)
+        .error_output(errors)
+        .batch_settings(rivulet::BatchSettings {
+            max_rows: 10,
+            ..rivulet::BatchSettings::default()
+        })
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .expect("the pipeline keeps running");
+    (rows.batches(), error_rows.batches())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_state_over_the_limit_fails_its_batch_and_nothing_is_kept() {
+    let (out, errors) = state_bomb_run(WasmLimits::default()).await;
+    let ok: usize = out.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(ok, 0, "no group kept a state, so no window has a row");
+    let failed: usize = errors.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(failed, 100, "every row, in the error output");
+    for b in &errors {
+        let msg = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            assert!(
+                msg.value(i).contains("1048576 bytes") && msg.value(i).contains("max_state_bytes"),
+                "{}",
+                msg.value(i)
+            );
+        }
+    }
+    // The same guest under a limit its states fit: every key's window, no error.
+    let (out, errors) = state_bomb_run(WasmLimits {
+        max_state_bytes: 2 << 20,
+        ..WasmLimits::default()
+    })
+    .await;
+    assert_eq!(errors.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+    let counts: Vec<i64> = out
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("n")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(counts, vec![10; 10], "one window per key, of its 10 rows");
 }

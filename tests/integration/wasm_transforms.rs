@@ -229,3 +229,58 @@ async fn a_trapping_transform_fails_only_its_batch_and_the_next_batch_runs() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transforms_failure_message_is_cut_to_a_kilobyte() {
+    // Every record is marked ProcessingFailed with a message of 1 MiB.
+    let text = std::fs::read(repo().join("udfs/hostile/huge_failure.wat")).unwrap();
+    let module = WasmModule::from_bytes("huge_failure", &text, WasmLimits::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    let input: String = (1..=40).map(|i| format!("{{\"x\":{i}}}\n")).collect();
+    std::fs::write(&path, input).unwrap();
+    let out = MemorySink::new();
+    let rows = out.handle();
+    let errors = MemorySink::new();
+    let error_rows = errors.handle();
+    Pipeline::builder()
+        .source(FileSource::builder(&path).build().unwrap())
+        .format(RecordFormat::Json)
+        .columns(vec![rivulet::Column::new(
+            "x",
+            arrow::datatypes::DataType::Int64,
+        )])
+        .transform(module.transform("t").unwrap())
+        .sink(out)
+        .error_output(errors)
+        .batch_settings(rivulet::BatchSettings {
+            max_rows: 10,
+            ..rivulet::BatchSettings::default()
+        })
+        .build()
+        .await
+        .unwrap()
+        .run()
+        .await
+        .expect("the pipeline keeps running");
+    assert_eq!(
+        rows.batches()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>(),
+        0
+    );
+    let errs = error_rows.batches();
+    assert_eq!(errs.iter().map(RecordBatch::num_rows).sum::<usize>(), 40);
+    for b in &errs {
+        let code = b.column_by_name("errorCode").unwrap().as_string::<i32>();
+        let msg = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            assert_eq!(code.value(i), "processing_failed");
+            let m = msg.value(i);
+            assert!(m.len() < 1200, "a message of {} bytes", m.len());
+            assert!(m.contains("xxxx"), "{m}");
+            assert!(m.contains("1048576 bytes in all"), "{m}");
+        }
+    }
+}
