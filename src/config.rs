@@ -104,6 +104,9 @@ use crate::{Error, Result};
 /// # compression = "zstd"    # s3: "none", "gzip", "zstd", "snappy"
 /// # roll_bytes = 5242880    # s3: upload an object at this size…
 /// # roll_interval_ms = 60000 # s3: …or at this age
+/// # max_open_partitions = 500 # s3: objects open at once (one per partition value); past
+///                           # it the one opened first is uploaded early
+/// # max_buffered_bytes = 268435456 # s3: bytes in open objects; past it the largest go early
 /// # multipart_threshold = 16777216 # s3: objects this large go up in parts
 /// # server_side_encryption = "kms"  # s3: or "aes256"; "kms" needs sse_kms_key_id
 /// # [sinks.encryption]      # file, firehose, kinesis, s3: client-side KMS envelope encryption
@@ -502,6 +505,8 @@ enum SinkConfig {
         compression: CompressionConfig,
         roll_bytes: Option<usize>,
         roll_interval_ms: Option<u64>,
+        max_open_partitions: Option<usize>,
+        max_buffered_bytes: Option<usize>,
         multipart_threshold: Option<usize>,
         region: Option<String>,
         endpoint_url: Option<String>,
@@ -1152,6 +1157,8 @@ impl PipelineConfig {
                 compression: CompressionConfig::None,
                 roll_bytes: None,
                 roll_interval_ms: None,
+                max_open_partitions: None,
+                max_buffered_bytes: None,
                 multipart_threshold: None,
                 region: region.clone(),
                 endpoint_url: endpoint_url.clone(),
@@ -1551,6 +1558,8 @@ impl PipelineConfig {
                 compression,
                 roll_bytes,
                 roll_interval_ms,
+                max_open_partitions,
+                max_buffered_bytes,
                 multipart_threshold,
                 region,
                 endpoint_url,
@@ -1582,6 +1591,12 @@ impl PipelineConfig {
                 }
                 if let Some(ms) = roll_interval_ms {
                     b = b.with_roll_interval(Duration::from_millis(*ms));
+                }
+                if let Some(n) = max_open_partitions {
+                    b = b.with_max_open_partitions(*n);
+                }
+                if let Some(n) = max_buffered_bytes {
+                    b = b.with_max_buffered_bytes(*n);
                 }
                 if let Some(n) = multipart_threshold {
                     b = b.with_multipart_threshold(*n);

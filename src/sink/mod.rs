@@ -55,8 +55,8 @@ pub use s3::{
 #[cfg(feature = "aws")]
 pub(crate) mod s3_limits {
     pub use super::s3::{
-        DEFAULT_MULTIPART_THRESHOLD, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_INTERVAL, MAX_PUT_BYTES,
-        MIN_PART_BYTES,
+        DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_OPEN_PARTITIONS, DEFAULT_MULTIPART_THRESHOLD,
+        DEFAULT_ROLL_BYTES, DEFAULT_ROLL_INTERVAL, MAX_PUT_BYTES, MIN_PART_BYTES,
     };
 }
 pub use memory::{MemorySink, MemorySinkHandle, NullSink};

@@ -38,6 +38,13 @@ pub const MAX_PUT_BYTES: usize = 5 << 30;
 const MAX_SEALED_OBJECT_BYTES: usize = 3 << 30;
 /// Default roll size, Firehose's default buffering size for S3: 5 MiB.
 pub const DEFAULT_ROLL_BYTES: usize = 5 << 20;
+/// Default bound on the objects open at once (one per partition value): Firehose's default
+/// active-partition quota.
+pub const DEFAULT_MAX_OPEN_PARTITIONS: usize = 500;
+
+/// Default bound on the bytes buffered in open objects, all partitions together.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
+
 /// Default roll age. Firehose buffers up to 300 s by default; a minute keeps checkpoints (which
 /// wait for the upload) closer to the data.
 pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(60);
@@ -174,6 +181,8 @@ pub struct S3Sink {
     compression: Compression,
     roll_bytes: usize,
     roll_interval: Duration,
+    max_open: usize,
+    max_buffered: usize,
     multipart_threshold: usize,
     encryption: Option<EnvelopeEncryptor>,
     ranges: CheckpointRanges,
@@ -185,6 +194,7 @@ pub struct S3Sink {
     open: BTreeMap<String, OpenObject>,
     errors: Option<ErrorOutput>,
     objects_written: u64,
+    closed_early: u64,
 }
 
 impl std::fmt::Debug for S3Sink {
@@ -210,6 +220,8 @@ pub struct S3SinkBuilder {
     compression: Compression,
     roll_bytes: usize,
     roll_interval: Duration,
+    max_open: usize,
+    max_buffered: usize,
     multipart_threshold: usize,
     region: Option<String>,
     endpoint_url: Option<String>,
@@ -230,6 +242,8 @@ impl S3Sink {
             compression: Compression::None,
             roll_bytes: DEFAULT_ROLL_BYTES,
             roll_interval: DEFAULT_ROLL_INTERVAL,
+            max_open: DEFAULT_MAX_OPEN_PARTITIONS,
+            max_buffered: DEFAULT_MAX_BUFFERED_BYTES,
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             region: None,
             endpoint_url: None,
@@ -243,6 +257,48 @@ impl S3Sink {
     /// Objects uploaded so far.
     pub fn objects_written(&self) -> u64 {
         self.objects_written
+    }
+
+    /// Objects uploaded before their roll size or age, to keep the open objects within
+    /// [`max_open_partitions`](S3SinkBuilder::with_max_open_partitions) and
+    /// [`max_buffered_bytes`](S3SinkBuilder::with_max_buffered_bytes).
+    pub fn objects_closed_early(&self) -> u64 {
+        self.closed_early
+    }
+
+    /// Makes room for one more open object: uploads the one opened first while
+    /// `max_open_partitions` are open.
+    async fn make_room(&mut self) -> Result<()> {
+        while self.open.len() >= self.max_open {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, o)| o.opened)
+                .map(|(g, _)| g.clone())
+                .expect("the sink holds open objects");
+            self.close(&oldest).await?;
+            self.closed_early += 1;
+        }
+        Ok(())
+    }
+
+    /// Uploads the largest open objects while those open hold more than `max_buffered_bytes`.
+    async fn shed_bytes(&mut self) -> Result<()> {
+        loop {
+            let sizes: Vec<(usize, &String)> =
+                self.open.iter().map(|(g, o)| (o.body.bytes(), g)).collect();
+            let total: usize = sizes.iter().map(|(b, _)| b).sum();
+            if total <= self.max_buffered {
+                return Ok(());
+            }
+            let largest = sizes
+                .iter()
+                .max_by_key(|(b, _)| *b)
+                .map(|(_, g)| (*g).clone())
+                .expect("over the bound, so something is open");
+            self.close(&largest).await?;
+            self.closed_early += 1;
+        }
     }
 
     fn extension(&self) -> String {
@@ -582,6 +638,9 @@ impl Sink for S3Sink {
         }
         let mut touched = Vec::with_capacity(parts.len());
         for ((values, data), ack) in parts.into_iter().zip(acks) {
+            if !self.open.contains_key(&group_key(&values)) {
+                self.make_room().await?;
+            }
             touched.push(self.append(values, &data, ack)?);
         }
         for group in touched {
@@ -593,7 +652,7 @@ impl Sink for S3Sink {
                 self.close(&group).await?;
             }
         }
-        Ok(())
+        self.shed_bytes().await
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -643,6 +702,25 @@ impl S3SinkBuilder {
     /// Uploads an object once it has been open this long; default 60 s.
     pub fn with_roll_interval(mut self, interval: Duration) -> Self {
         self.roll_interval = interval;
+        self
+    }
+
+    /// At most this many objects are open at once, one per value of the partition columns
+    /// (default [`DEFAULT_MAX_OPEN_PARTITIONS`], 500). Rows of a new value while that many are
+    /// open first upload the object opened earliest, before its roll size or age: output with
+    /// more distinct values than this per roll interval lands in more, smaller objects, and
+    /// nothing goes to the error output (where Firehose sends such rows, as
+    /// `activePartitionExceeded`).
+    pub fn with_max_open_partitions(mut self, partitions: usize) -> Self {
+        self.max_open = partitions;
+        self
+    }
+
+    /// At most this many bytes are buffered in open objects, all partitions together (default
+    /// [`DEFAULT_MAX_BUFFERED_BYTES`], 256 MiB); past it the largest open objects are uploaded
+    /// early.
+    pub fn with_max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered = bytes;
         self
     }
 
@@ -700,6 +778,12 @@ impl S3SinkBuilder {
             return Err(Error::config(
                 "roll_bytes",
                 "roll_bytes and roll_interval_ms must be above zero",
+            ));
+        }
+        if self.max_open == 0 || self.max_buffered == 0 {
+            return Err(Error::config(
+                "max_open_partitions",
+                "max_open_partitions and max_buffered_bytes must be above zero",
             ));
         }
         if self.multipart_threshold < MIN_PART_BYTES * 2 {
@@ -760,6 +844,8 @@ impl S3SinkBuilder {
             compression: self.compression,
             roll_bytes: self.roll_bytes,
             roll_interval: self.roll_interval,
+            max_open: self.max_open,
+            max_buffered: self.max_buffered,
             multipart_threshold: self.multipart_threshold,
             encryption: self.encryption,
             counters_range: Arc::clone(&start.id),
@@ -769,6 +855,7 @@ impl S3SinkBuilder {
             open: BTreeMap::new(),
             errors: None,
             objects_written: 0,
+            closed_early: 0,
         })
     }
 }
@@ -1145,6 +1232,100 @@ mod tests {
         let after = keys(&store).await;
         assert_eq!(after.len(), 4);
         assert!(after.iter().filter(|k| k.ends_with("-00000.json")).count() == 2);
+    }
+
+    /// `n` rows, row `i` of sector `s{i % values}`.
+    fn spread(n: usize, values: usize) -> RecordBatch {
+        let schema = rows(0, "").schema();
+        let sectors: Vec<String> = (0..n).map(|i| format!("s{}", i % values)).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(sectors)),
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Every (sector, n) row in the store's objects.
+    async fn stored_rows(store: &InMemory) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for k in keys(store).await {
+            let b = store.get(&ObjectPath::parse(&k).unwrap()).await.unwrap();
+            let text = String::from_utf8(b.bytes().await.unwrap().to_vec()).unwrap();
+            let sector = k.split('/').nth(1).unwrap().to_owned();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["sector"], sector.as_str(), "a row in its partition's object");
+                out.push((sector.clone(), v["n"].as_i64().unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn open_partitions_stay_within_their_bound_and_every_row_is_stored() {
+        let store = Arc::new(InMemory::new());
+        let mut s = S3Sink::builder("b")
+            .with_store(Arc::clone(&store) as Arc<dyn ObjectStore>)
+            .with_prefix("by/!{partitionKeyFromQuery:sector}/")
+            .with_max_open_partitions(50)
+            .build()
+            .await
+            .unwrap();
+        // 2,000 distinct values in batches of 400 rows.
+        let mut acks = Vec::new();
+        for b in 0..10 {
+            let n = Int64Array::from_iter_values((0..400).map(|i| b * 400 + i));
+            let sectors: Vec<String> = (0..400)
+                .map(|i| format!("s{}", (b * 400 + i) % 2_000))
+                .collect();
+            let batch = RecordBatch::try_new(
+                rows(0, "").schema(),
+                vec![Arc::new(StringArray::from(sectors)), Arc::new(n)],
+            )
+            .unwrap();
+            let (ack, probe) = crate::ack::Ack::with_receipt();
+            s.write(OutputBatch {
+                stream: "s".into(),
+                data: OutputData::Rows(batch),
+                ack,
+            })
+            .await
+            .unwrap();
+            acks.push(probe);
+            assert!(s.open.len() <= 50, "{} objects open", s.open.len());
+        }
+        s.finish().await.unwrap();
+        assert!(acks.iter().all(|p| p.is_stored()));
+        assert!(s.objects_closed_early() > 0);
+        let want: Vec<(String, i64)> = {
+            let mut w: Vec<_> = (0..4_000).map(|i| (format!("s{}", i % 2_000), i)).collect();
+            w.sort();
+            w
+        };
+        assert_eq!(stored_rows(&store).await, want, "every row once, in its partition");
+    }
+
+    #[tokio::test]
+    async fn buffered_bytes_stay_within_their_bound() {
+        let store = Arc::new(InMemory::new());
+        let mut s = S3Sink::builder("b")
+            .with_store(Arc::clone(&store) as Arc<dyn ObjectStore>)
+            .with_prefix("by/!{partitionKeyFromQuery:sector}/")
+            .with_max_buffered_bytes(10_000)
+            .build()
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            s.write(OutputBatch::rows("s", spread(300, 7))).await.unwrap();
+            let held: usize = s.open.values().map(|o| o.body.bytes()).sum();
+            assert!(held <= 10_000, "{held} bytes buffered");
+        }
+        s.finish().await.unwrap();
+        assert_eq!(stored_rows(&store).await.len(), 6_000);
     }
 
     #[tokio::test]
