@@ -58,6 +58,11 @@ impl FakeKinesis {
 
     /// Appends a record `data` to `shard`, arriving at `arrival_ms`.
     pub(crate) fn put(&self, shard: &str, data: &str, arrival_ms: i64) {
+        self.put_bytes(shard, Bytes::from(data.to_owned()), arrival_ms);
+    }
+
+    /// Appends a record of any bytes (a KPL aggregate, say) to `shard`.
+    pub(crate) fn put_bytes(&self, shard: &str, data: Bytes, arrival_ms: i64) {
         self.with(|i| {
             i.next_sequence += 1;
             let seq = i.next_sequence;
@@ -66,8 +71,7 @@ impl FakeKinesis {
                 .iter_mut()
                 .find(|s| &*s.info.id == shard)
                 .expect("known shard");
-            s.records
-                .push((seq, "pk".into(), Bytes::from(data.to_owned()), arrival_ms));
+            s.records.push((seq, "pk".into(), data, arrival_ms));
         });
     }
 

@@ -20,7 +20,7 @@ mod reader;
 mod shards;
 mod source;
 
-pub use reader::{PollSettings, MAX_RECORDS_PER_CALL};
+pub use reader::{PollSettings, MAX_EVENT_BYTES, MAX_EVENT_RECORDS, MAX_RECORDS_PER_CALL};
 pub use shards::{RecordUnpacker, UnpackStats};
 pub use source::{KinesisSource, KinesisSourceBuilder, StartPosition};
 

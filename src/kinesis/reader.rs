@@ -25,6 +25,28 @@ const ALIGNMENT_POLL: Duration = Duration::from_millis(50);
 /// Most records one GetRecords call may return.
 pub const MAX_RECORDS_PER_CALL: i32 = 10_000;
 
+/// Most records a reader hands on at once. A page of KPL aggregates can unpack into far more
+/// records than the page held (a 1 MB aggregate of 2-byte sub-records into some 200,000): the
+/// reader hands them on in events of at most this many records and [`MAX_EVENT_BYTES`], as it
+/// unpacks, so no page sits de-aggregated whole.
+pub const MAX_EVENT_RECORDS: usize = 10_000;
+
+/// Most bytes of records a reader hands on at once: payloads plus each record's own size.
+pub const MAX_EVENT_BYTES: usize = 8 << 20;
+
+/// What a record counts against [`MAX_EVENT_BYTES`].
+fn event_cost(r: &Record) -> usize {
+    std::mem::size_of::<Record>() + r.payload().len()
+}
+
+/// The shard offset right after `r`: inside its aggregated record when it is a sub-record.
+fn offset_after(r: &Record) -> Option<ShardOffset> {
+    Some(ShardOffset::After {
+        sequence: Arc::from(r.sequence_number()?),
+        sub: r.sub_sequence_number(),
+    })
+}
+
 /// How a shard is polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollSettings {
@@ -192,9 +214,11 @@ impl ShardReader {
             backoff.reset();
             unsent = 0;
             let raw = page.records.len();
-            let mut records = Vec::with_capacity(raw);
+            let mut records = Vec::new();
+            let mut bytes = 0;
             let mut stats = super::shards::UnpackStats::default();
             for r in &page.records {
+                let before = records.len();
                 let s = unpacker.unpack(
                     &r.data,
                     &r.partition_key,
@@ -205,6 +229,34 @@ impl ShardReader {
                 stats.records += s.records;
                 stats.out_of_range += s.out_of_range;
                 stats.malformed_aggregates += s.malformed_aggregates;
+                bytes += records[before..].iter().map(event_cost).sum::<usize>();
+                // Full events go on as they fill: the page's records are never all held here.
+                while records.len() >= MAX_EVENT_RECORDS || bytes >= MAX_EVENT_BYTES {
+                    let mut cut = 0;
+                    let mut cut_bytes = 0;
+                    while cut < records.len().min(MAX_EVENT_RECORDS) {
+                        let c = event_cost(&records[cut]);
+                        if cut > 0 && cut_bytes + c > MAX_EVENT_BYTES {
+                            break;
+                        }
+                        cut_bytes += c;
+                        cut += 1;
+                    }
+                    let rest = records.split_off(cut);
+                    let full = std::mem::replace(&mut records, rest);
+                    bytes -= cut_bytes;
+                    let Some(offset) = full.last().and_then(offset_after) else {
+                        return Err(format!("shard {id}: a record without a sequence number"));
+                    };
+                    let event = ReaderEvent::Records {
+                        shard: Arc::clone(&id),
+                        records: full,
+                        offset,
+                    };
+                    if self.events.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
             if let Some(last) = page.records.last() {
                 from = ShardOffset::After {

@@ -780,4 +780,51 @@ mod tests {
             .to_string();
         assert!(err.contains("not a Kinesis position"), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_page_of_aggregates_goes_on_in_bounded_pieces_and_resumes_inside_an_aggregate() {
+        use super::super::reader::MAX_EVENT_RECORDS;
+        let fake = FakeKinesis::default();
+        fake.shard("S", &[], false);
+        // One page of 3 records that unpack into 75,000.
+        let per = 25_000;
+        let want: Vec<String> = (0..3 * per).map(|n| format!("{n:05}")).collect();
+        for chunk in want.chunks(per) {
+            let aggregate =
+                super::super::kpl::aggregate(chunk.iter().map(|p| ("pk", None, p.as_bytes())));
+            fake.put_bytes("S", aggregate, 0);
+        }
+        let mut s = source(&fake, StartPosition::TrimHorizon);
+        s.set_max_batch_records(1_000);
+        let mut got = Vec::new();
+        let mut position = Position::new();
+        while got.len() < 30_000 {
+            let batch = s.next_batch().await.unwrap().unwrap();
+            assert!(
+                batch.records.len() < 1_000 + MAX_EVENT_RECORDS,
+                "a batch of {} records",
+                batch.records.len()
+            );
+            position.advance(&batch.position);
+            got.extend(
+                batch
+                    .records
+                    .iter()
+                    .map(|r| String::from_utf8(r.payload().to_vec()).unwrap()),
+            );
+        }
+        let at = position.get("S").unwrap().to_owned();
+        assert!(
+            at.contains(':'),
+            "the position is inside an aggregate: {at}"
+        );
+        // A restart from that position reads the rest: nothing twice, nothing lost.
+        drop(s);
+        let mut s = source(&fake, StartPosition::TrimHorizon);
+        s.resume(&position).await.unwrap();
+        let (rest, _) = read(&mut s, want.len() - got.len()).await;
+        got.extend(rest.into_iter().map(|(_, p)| p));
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "every record once, in order");
+    }
 }

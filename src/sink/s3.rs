@@ -1257,7 +1257,11 @@ mod tests {
             let sector = k.split('/').nth(1).unwrap().to_owned();
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                assert_eq!(v["sector"], sector.as_str(), "a row in its partition's object");
+                assert_eq!(
+                    v["sector"],
+                    sector.as_str(),
+                    "a row in its partition's object"
+                );
                 out.push((sector.clone(), v["n"].as_i64().unwrap()));
             }
         }
@@ -1306,7 +1310,11 @@ mod tests {
             w.sort();
             w
         };
-        assert_eq!(stored_rows(&store).await, want, "every row once, in its partition");
+        assert_eq!(
+            stored_rows(&store).await,
+            want,
+            "every row once, in its partition"
+        );
     }
 
     #[tokio::test]
@@ -1320,7 +1328,9 @@ mod tests {
             .await
             .unwrap();
         for _ in 0..20 {
-            s.write(OutputBatch::rows("s", spread(300, 7))).await.unwrap();
+            s.write(OutputBatch::rows("s", spread(300, 7)))
+                .await
+                .unwrap();
             let held: usize = s.open.values().map(|o| o.body.bytes()).sum();
             assert!(held <= 10_000, "{held} bytes buffered");
         }
