@@ -591,6 +591,10 @@ impl PipelineBuilder {
             ));
         }
         source.set_max_batch_records(self.batch.max_rows);
+        source.set_max_record_bytes(
+            self.max_record_bytes
+                .unwrap_or(crate::format::DEFAULT_MAX_RECORD_BYTES),
+        );
         // Before the first read, so that every shard reader the source starts can be paused.
         let alignment = Arc::new(PartitionAlignment::default());
         source.set_alignment(Arc::clone(&alignment));

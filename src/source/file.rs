@@ -51,13 +51,19 @@ pub struct FileSource {
     file_id: Option<u64>,
     /// Offset in the file of the first byte of `pending`.
     offset: u64,
-    /// Bytes read that do not yet form a whole record.
+    /// Bytes read and not handed out yet: whole records a batch had no room for, then a record
+    /// still incomplete. It always starts at a record's start (or in the dropped tail of an
+    /// oversized one).
     pending: BytesMut,
-    /// Bytes read and holding whole records not handed out yet (a batch stopped at
-    /// `max_batch_records`); they come before `pending`.
-    backlog: Bytes,
+    /// How framing stands at the end of what it scanned of `pending`.
+    scan: Scan,
+    /// `pending` holds whole records a batch stopped at `max_batch_records` had no room for.
+    waiting: bool,
     /// Most records per batch.
     max_batch_records: usize,
+    /// Longest record: a longer one is set aside (its first bytes go to the error output) and
+    /// framing goes on after it.
+    max_record_bytes: usize,
     eof: bool,
     /// What the partition was last reported as: nothing yet, reading, or caught up (following
     /// at the end of the file).
@@ -75,6 +81,23 @@ struct FileIdentity {
     inode: Option<u64>,
     head_len: u64,
     head_md5: String,
+}
+
+/// Framing state between reads, so each byte is scanned once however long a record grows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scan {
+    /// Bytes of `pending` already scanned, all in the record that starts it.
+    scanned: usize,
+    /// CSV: the scan stopped inside a quoted field.
+    in_quotes: bool,
+    /// The rest of an oversized record is being dropped up to the next line break.
+    dropping: bool,
+}
+
+/// One piece framing cut: a record, or a record set aside with why.
+enum Piece {
+    Record(usize, usize),
+    SetAside(usize, usize, &'static str, String),
 }
 
 /// Bytes at the start of a file that its fingerprint covers.
@@ -187,32 +210,54 @@ impl FileSource {
     async fn reopen_from_start(&mut self) -> Result<()> {
         self.offset = 0;
         self.pending.clear();
-        self.backlog = Bytes::new();
+        self.scan = Scan::default();
+        self.waiting = false;
         self.skip_records = self.header_records;
         self.open().await
     }
 
-    /// Cuts whole records off the front of `pending`. At end of input, a last record without a
-    /// terminator counts too.
+    /// Cuts whole records off the front of `pending` (at most `max_batch_records`), scanning only
+    /// bytes not scanned before. At end of input, a last record without a terminator counts too.
+    ///
+    /// A record longer than `max_record_bytes` is set aside: its first `max_record_bytes` bytes go
+    /// on as a record the pipeline sends to the error output, the rest up to the next line break
+    /// is dropped, and framing goes on there. In CSV, when an unclosed quote is what made the
+    /// record long, the line holding the quote is set aside and framing goes on at the next line,
+    /// so one stray quote costs one line rather than the rest of the file.
     fn take_records(&mut self, at_eof: bool) -> Vec<Record> {
-        let data = if self.backlog.is_empty() {
-            self.pending.split().freeze()
-        } else {
-            std::mem::take(&mut self.backlog)
-        };
-        let arrival = now_ms();
-        // Sized up front: a growing vector would copy every record several times.
         let limit = self.max_batch_records.max(1);
-        let mut records = Vec::with_capacity(limit.min(data.len() / 32 + 1));
+        let max = self.max_record_bytes.max(1);
+        let bytes = &self.pending[..];
+        let mut pieces = Vec::new();
+        // A scan that stopped past the end (an escape as the last byte read) resumes there.
+        if self.scan.scanned > bytes.len() {
+            return Vec::new();
+        }
         let mut start = 0usize;
-        let mut in_quotes = false;
-        let mut i = 0usize;
-        let bytes = &data[..];
-        while i < bytes.len() && records.len() < limit {
-            let end = match self.framing {
+        let mut i = self.scan.scanned;
+        let mut in_quotes = self.scan.in_quotes;
+        let mut dropping = self.scan.dropping;
+        while pieces.len() < limit {
+            if dropping {
+                match memchr::memchr(b'\n', &bytes[i..]) {
+                    Some(p) => {
+                        start = i + p + 1;
+                        i = start;
+                        dropping = false;
+                        continue;
+                    }
+                    None => {
+                        start = bytes.len();
+                        i = start;
+                        break;
+                    }
+                }
+            }
+            // The end of the record at `start`, and how far the scan got.
+            let (end, reached) = match self.framing {
                 Framing::Lines => match memchr::memchr(b'\n', &bytes[i..]) {
-                    Some(p) => i + p,
-                    None => break,
+                    Some(p) => (Some(i + p), i + p),
+                    None => (None, bytes.len()),
                 },
                 Framing::CsvRows { quote, escape } => {
                     let mut j = i;
@@ -220,7 +265,8 @@ impl FileSource {
                     while j < bytes.len() {
                         let b = bytes[j];
                         if in_quotes && Some(b) == escape && b != quote {
-                            // The escaped byte (a quote, say) is data.
+                            // The escaped byte (a quote, say) is data, also when it is not
+                            // read yet: the scan then goes on past it.
                             j += 2;
                             continue;
                         }
@@ -232,28 +278,97 @@ impl FileSource {
                         }
                         j += 1;
                     }
-                    match found {
-                        Some(p) => p,
-                        None => break,
-                    }
+                    (found, j)
                 }
             };
-            self.push_record(&data, start, end, arrival, &mut records);
-            start = end + 1;
-            i = start;
+            if end.unwrap_or(bytes.len()) - start <= max {
+                match end {
+                    Some(end) => {
+                        pieces.push(Piece::Record(start, end));
+                        start = end + 1;
+                        i = start;
+                        continue;
+                    }
+                    None => {
+                        i = reached;
+                        break;
+                    }
+                }
+            }
+            // Oversized. A CSV record spanning lines (an unclosed quote, most often) gives up
+            // its first line alone, and framing goes on at the next line: nothing else is lost.
+            let line = memchr::memchr(b'\n', &bytes[start..]).map(|p| start + p);
+            if let (Framing::CsvRows { .. }, Some(l)) = (self.framing, line) {
+                if l - start <= max {
+                    pieces.push(Piece::SetAside(
+                        start,
+                        l,
+                        "unbalanced_quote",
+                        format!(
+                            "this line starts a CSV record of more than max_record_bytes \
+                             ({max} bytes), most likely a quoted field that is not closed: the \
+                             line is set aside and framing goes on at the next line"
+                        ),
+                    ));
+                    in_quotes = false;
+                    start = l + 1;
+                    i = start;
+                    continue;
+                }
+            }
+            pieces.push(Piece::SetAside(
+                start,
+                start + max,
+                "oversized",
+                format!(
+                    "a record of more than max_record_bytes ({max} bytes): its first {max} bytes \
+                     are here, the rest up to the next line break is dropped"
+                ),
+            ));
+            in_quotes = false;
+            dropping = true;
+            i = start + max;
+            start = i;
         }
-        if records.len() == limit && start < data.len() {
-            // More whole records may follow: keep them, uncopied, for the next batch.
-            self.offset += start as u64;
-            self.backlog = data.slice(start..);
-            return records;
+        let full = pieces.len() == limit;
+        if at_eof && !full && start < bytes.len() && !dropping {
+            pieces.push(Piece::Record(start, bytes.len()));
+            start = bytes.len();
         }
-        if at_eof && start < data.len() {
-            self.push_record(&data, start, data.len(), arrival, &mut records);
-            start = data.len();
+        if at_eof && dropping {
+            start = bytes.len();
         }
+        // Rescanning starts where this scan stopped, relative to the bytes that stay.
+        self.scan = if full {
+            Scan {
+                dropping,
+                ..Scan::default()
+            }
+        } else {
+            Scan {
+                scanned: i.max(start) - start,
+                in_quotes,
+                dropping,
+            }
+        };
+        self.waiting = full;
         self.offset += start as u64;
-        self.pending = BytesMut::from(&data[start..]);
+        let data = self.pending.split_to(start).freeze();
+        let arrival = now_ms();
+        let mut records = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            match piece {
+                Piece::Record(from, to) => self.push_record(&data, from, to, arrival, &mut records),
+                Piece::SetAside(from, to, kind, reason) => {
+                    if self.skip_records > 0 {
+                        self.skip_records -= 1;
+                    }
+                    records.push(
+                        Record::new(data.slice(from..to), arrival).with_rejection(kind, reason),
+                    );
+                }
+            }
+        }
         records
     }
 
@@ -355,8 +470,10 @@ impl FileSourceBuilder {
             file_id: None,
             offset: self.start_offset,
             pending: BytesMut::new(),
-            backlog: Bytes::new(),
+            scan: Scan::default(),
+            waiting: false,
             max_batch_records: usize::MAX,
+            max_record_bytes: crate::format::DEFAULT_MAX_RECORD_BYTES,
             eof: false,
             reported: None,
             head: None,
@@ -373,6 +490,10 @@ impl Source for FileSource {
 
     fn set_max_batch_records(&mut self, max: usize) {
         self.max_batch_records = max.max(1);
+    }
+
+    fn set_max_record_bytes(&mut self, max: usize) {
+        self.max_record_bytes = max.max(1);
     }
 
     async fn resume(&mut self, position: &Position) -> Result<()> {
@@ -432,12 +553,12 @@ impl FileSource {
             self.open().await?;
         }
         loop {
-            if !self.backlog.is_empty() {
+            if self.waiting {
                 // A full batch waiting is handed out as it is; a smaller rest is topped up with
-                // the next read first, so batches stay full (copying only that rest's bytes).
+                // the next read first, so batches stay full.
                 let full = match self.framing {
                     Framing::Lines => {
-                        memchr::memchr_iter(b'\n', &self.backlog)
+                        memchr::memchr_iter(b'\n', &self.pending)
                             .take(self.max_batch_records)
                             .count()
                             >= self.max_batch_records
@@ -449,9 +570,6 @@ impl FileSource {
                     if !records.is_empty() {
                         return Ok(Some(SourceBatch::new(records, self.position())));
                     }
-                } else {
-                    self.pending = BytesMut::from(&self.backlog[..]);
-                    self.backlog = Bytes::new();
                 }
             }
             let Some(file) = self.file.as_mut() else {
@@ -486,7 +604,7 @@ impl FileSource {
                 (Some(now), Some(open)) => now != open,
                 _ => false,
             };
-            let read_to = self.offset + (self.backlog.len() + self.pending.len()) as u64;
+            let read_to = self.offset + self.pending.len() as u64;
             if replaced || len < read_to {
                 tracing::warn!(
                     path = %self.path.display(),
@@ -560,6 +678,141 @@ mod tests {
             .unwrap();
         let (rows, _) = read_all(s).await;
         assert_eq!(rows, vec!["1,\"x\ny\"", "2,\"q\\\"\nr\"", "3,z"]);
+    }
+
+    /// Every record of `s`, as (text, the kind it was set aside as).
+    async fn read_with_rejections(mut s: FileSource) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        while let Some(b) = s.next_batch().await.unwrap() {
+            out.extend(b.records.iter().map(|r| {
+                (
+                    String::from_utf8(r.payload().to_vec()).unwrap(),
+                    r.rejection().map(|j| j.kind.clone()),
+                )
+            }));
+        }
+        out
+    }
+
+    fn csv(p: &Path) -> FileSource {
+        FileSource::builder(p)
+            .with_framing(Framing::CsvRows {
+                quote: b'"',
+                escape: Some(b'\\'),
+            })
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stray_quote_costs_its_line_and_framing_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.csv");
+        // 3 MiB of rows, row 3 with a quote that never closes.
+        let rows: Vec<String> = (0..100_000)
+            .map(|i| {
+                if i == 3 {
+                    format!("{i},\"broken")
+                } else {
+                    format!("{i},\"ok, {i}\"")
+                }
+            })
+            .collect();
+        std::fs::write(&p, rows.join("\n") + "\n").unwrap();
+        let mut s = csv(&p);
+        s.set_max_record_bytes(1024);
+        let got = read_with_rejections(s).await;
+        assert_eq!(got.len(), rows.len(), "one record per row");
+        for (i, (text, rejected)) in got.iter().enumerate() {
+            assert_eq!(text, &rows[i]);
+            let want = (i == 3).then(|| "unbalanced_quote".to_owned());
+            assert_eq!(rejected, &want, "row {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_is_set_aside_with_its_first_bytes_and_the_next_lines_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.ndjson");
+        let long = "x".repeat(3 << 20);
+        std::fs::write(&p, format!("a\n{long}\nb\nc")).unwrap();
+        let mut s = FileSource::builder(&p).build().unwrap();
+        s.set_max_record_bytes(1 << 20);
+        let got = read_with_rejections(s).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], ("a".to_owned(), None));
+        assert_eq!(got[1].0.len(), 1 << 20, "the first max_record_bytes bytes");
+        assert_eq!(got[1].1.as_deref(), Some("oversized"));
+        assert_eq!(got[2], ("b".to_owned(), None));
+        assert_eq!(got[3], ("c".to_owned(), None));
+    }
+
+    #[tokio::test]
+    async fn an_escape_at_the_end_of_a_read_escapes_the_first_byte_of_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.csv");
+        // Row 1 fills the first read up to its last byte, an escape; the escaped quote is the
+        // first byte of the second read.
+        let head = "1,\"";
+        let fill = "y".repeat(CHUNK_BYTES - head.len() - 1);
+        let row1 = format!("{head}{fill}\\\"\nstill row 1\"");
+        assert_eq!(row1.as_bytes()[CHUNK_BYTES - 1], b'\\');
+        std::fs::write(&p, format!("{row1}\n2,z\n")).unwrap();
+        let got = read_with_rejections(csv(&p)).await;
+        assert_eq!(got, vec![(row1, None), ("2,z".to_owned(), None)]);
+    }
+
+    #[tokio::test]
+    async fn a_record_growing_in_a_followed_file_is_cut_at_the_limit_not_held() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in.csv");
+        std::fs::write(&p, "1,a\n2,\"open\n").unwrap();
+        let mut s = FileSource::builder(&p)
+            .with_framing(Framing::CsvRows {
+                quote: b'"',
+                escape: None,
+            })
+            .with_follow(true)
+            .with_poll_interval(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        s.set_max_record_bytes(64 << 10);
+        // 4 MiB more without a closing quote, in pieces, read as they come.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..64 {
+            f.write_all("z".repeat(64 << 10).as_bytes()).unwrap();
+            let b = s.next_batch().await.unwrap().unwrap();
+            got.extend(
+                b.records
+                    .iter()
+                    .map(|r| r.rejection().map(|j| j.kind.clone())),
+            );
+            assert!(
+                s.pending.len() <= (64 << 10) + CHUNK_BYTES,
+                "{} bytes held",
+                s.pending.len()
+            );
+        }
+        f.write_all(b"\n3,b\n").unwrap();
+        for _ in 0..3 {
+            let b = s.next_batch().await.unwrap().unwrap();
+            got.extend(
+                b.records
+                    .iter()
+                    .map(|r| r.rejection().map(|j| j.kind.clone())),
+            );
+        }
+        assert_eq!(
+            got,
+            vec![
+                None,
+                Some("unbalanced_quote".to_owned()),
+                Some("oversized".to_owned()),
+                None
+            ]
+        );
     }
 
     #[tokio::test]

@@ -177,6 +177,14 @@ pub trait Source: Send + Debug {
         let _ = max;
     }
 
+    /// The pipeline's largest record (`max_record_bytes`): a source that frames records itself
+    /// should stop framing one at this size, so a record without an end cannot grow its memory,
+    /// and set it aside ([`Record::with_rejection`](crate::Record::with_rejection)) for the error
+    /// output. The default ignores it.
+    fn set_max_record_bytes(&mut self, max: usize) {
+        let _ = max;
+    }
+
     /// Continues after `position`, which this source produced in an earlier run (read back from a
     /// checkpoint). Called once, before the first [`next_batch`](Source::next_batch). The default
     /// accepts only an empty position: such a source cannot resume.
