@@ -32,6 +32,13 @@ pub(crate) enum TrackerMsg {
     /// The SQL window state right after batch `seq`: the batch is a checkpoint candidate.
     State(u64, WindowSnapshot),
     Done(AckEvent),
+    /// Batches `from` to `into` (and every batch between) complete together: none of them is
+    /// done before all are. The pipeline sends it before it lets go of `from`'s handle, to hold
+    /// one handle for many batches whose rows wait in open windows.
+    Merge {
+        from: u64,
+        into: u64,
+    },
 }
 
 /// The window state of the SQL at one batch.
@@ -151,10 +158,15 @@ impl fmt::Debug for Ack {
     }
 }
 
+/// One batch handed out and not committed, or several merged into one.
 #[derive(Debug)]
 struct PendingBatch {
+    /// The position after the last batch of the entry.
     position: Position,
-    done: bool,
+    /// The last batch of the entry (its key is the first).
+    last: u64,
+    /// Batches of the entry not done yet.
+    outstanding: u32,
     state: Option<WindowSnapshot>,
 }
 
@@ -192,15 +204,54 @@ impl AckTracker {
             seq,
             PendingBatch {
                 position,
-                done: false,
+                last: seq,
+                outstanding: 1,
                 state: None,
             },
         );
     }
 
+    /// Merges the entries from the one holding `from` to the one holding `into` into one, done
+    /// when all of them are. The merged entry commits at `into`'s position with `into`'s window
+    /// state; the states of earlier batches in it are dropped (they were commit points, now
+    /// passed over: a later commit, never a lost row).
+    pub(crate) fn merge(&mut self, from: u64, into: u64) {
+        let Some(first) = self
+            .pending
+            .range(..=from)
+            .next_back()
+            .filter(|(_, e)| e.last >= from)
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let keys: Vec<u64> = self.pending.range(first..=into).map(|(k, _)| *k).collect();
+        let mut merged: Option<PendingBatch> = None;
+        for k in keys {
+            let e = self.pending.remove(&k).expect("listed above");
+            merged = Some(match merged {
+                None => e,
+                Some(mut m) => {
+                    m.position.advance(&e.position);
+                    m.last = m.last.max(e.last);
+                    m.outstanding += e.outstanding;
+                    m.state = e.state;
+                    m
+                }
+            });
+        }
+        if let Some(mut m) = merged {
+            if m.last != into {
+                m.state = None;
+            }
+            self.pending.insert(first, m);
+        }
+    }
+
     /// Attaches the window state taken right after batch `seq`.
     pub(crate) fn set_state(&mut self, seq: u64, state: WindowSnapshot) {
-        if let Some(entry) = self.pending.get_mut(&seq) {
+        // Only an entry that ends at `seq` can commit with the state taken after it.
+        if let Some(entry) = self.pending.get_mut(&seq).filter(|e| e.last == seq) {
             entry.state = Some(state);
         }
     }
@@ -217,6 +268,10 @@ impl AckTracker {
                 None
             }
             TrackerMsg::Done(event) => self.on_event(event),
+            TrackerMsg::Merge { from, into } => {
+                self.merge(from, into);
+                None
+            }
         }
     }
 
@@ -226,12 +281,17 @@ impl AckTracker {
             self.failed.push(event.seq);
             return None;
         }
-        if let Some(entry) = self.pending.get_mut(&event.seq) {
-            entry.done = true;
+        if let Some((_, entry)) = self
+            .pending
+            .range_mut(..=event.seq)
+            .next_back()
+            .filter(|(_, e)| e.last >= event.seq)
+        {
+            entry.outstanding = entry.outstanding.saturating_sub(1);
         }
         let mut commit = None;
         while let Some(entry) = self.pending.first_entry() {
-            if !entry.get().done {
+            if entry.get().outstanding > 0 {
                 break;
             }
             let batch = entry.remove();
@@ -465,5 +525,38 @@ mod tests {
         t.set_state(3, WindowSnapshot::default());
         let c = t.on_event(done(3)).unwrap();
         assert_eq!(c.position.get("s"), Some("40"));
+    }
+
+    #[test]
+    fn merged_batches_commit_together_at_the_last_ones_position() {
+        let done = |seq| AckEvent { seq, failed: false };
+        let mut t = AckTracker::default();
+        for (seq, at) in [(0, "10"), (1, "20"), (2, "30"), (3, "40"), (4, "50")] {
+            t.register(seq, Position::single("s", at));
+        }
+        t.set_state(1, WindowSnapshot::default());
+        t.merge(1, 3);
+        assert_eq!(t.outstanding(), 3, "entries 0, 1..=3 and 4");
+        assert_eq!(t.on_event(done(0)).unwrap().position.get("s"), Some("10"));
+        assert_eq!(t.on_event(done(1)), None, "1 waits for 2 and 3");
+        assert_eq!(t.on_event(done(3)), None);
+        let c = t.on_event(done(2)).unwrap();
+        assert_eq!(c.position.get("s"), Some("40"));
+        assert_eq!(
+            c.state, None,
+            "batch 1's state does not go with batch 3's position"
+        );
+        // A merge into an entry already merged extends it; a failed batch in it blocks it.
+        t.register(5, Position::single("s", "60"));
+        t.merge(4, 5);
+        assert_eq!(
+            t.on_event(AckEvent {
+                seq: 5,
+                failed: true
+            }),
+            None
+        );
+        assert_eq!(t.on_event(done(4)), None);
+        assert_eq!(t.outstanding(), 1);
     }
 }

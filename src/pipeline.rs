@@ -71,6 +71,11 @@ pub struct BatchSettings {
     pub sink_queue: usize,
 }
 
+/// Most micro-batch handles held for rows in open windows. Past it, the newest held batch is
+/// merged with the next (they complete together), so neither the handles nor the tracker's
+/// entries grow while a window stays open, as a session that keeps receiving rows does.
+const MAX_HELD: usize = 32;
+
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
@@ -1033,7 +1038,7 @@ struct Processing {
     metrics: Arc<PipelineMetrics>,
     seq: u64,
     /// Acknowledgements of micro-batches whose rows are still in open windows: they complete only
-    /// once the windows holding those rows are emitted and stored.
+    /// once the windows holding those rows are emitted and stored. At most [`MAX_HELD`].
     held: VecDeque<(u64, Ack)>,
     /// Source partition (shard) numbers, for per-partition watermarks.
     partitions: HashMap<Arc<str>, u32>,
@@ -1396,6 +1401,17 @@ impl Processing {
             }
         }
         if oldest_open.is_some_and(|o| o <= seq) {
+            // At most MAX_HELD handles wait: the newest held batch then completes only together
+            // with this one (a later commit, never an early one), and its handle goes.
+            if self.held.len() >= MAX_HELD {
+                if let Some((prev, ack)) = self.held.pop_back() {
+                    let _ = self.tracker.send(TrackerMsg::Merge {
+                        from: prev,
+                        into: seq,
+                    });
+                    ack.acknowledge();
+                }
+            }
             self.held.push_back((seq, root));
         } else {
             root.acknowledge();

@@ -48,6 +48,93 @@ fn check(name: &str, grown: usize, bound: usize) {
 async fn every_data_path_stays_within_its_memory_bound() {
     s3_partitions().await;
     kpl_amplification().await;
+    held_acknowledgements().await;
+}
+
+/// A session that keeps receiving rows for 6,000 micro-batches while sessions of other keys close
+/// all along, with no checkpoint store: every batch waits for the long session, and their handles
+/// (each output once took a handle of every waiting batch) stay bounded; at the end every batch
+/// is committed.
+async fn held_acknowledgements() {
+    use arrow::datatypes::TimeUnit;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    let rows = 6_000;
+    // Each batch: a row of `long` and the only row of key `s<i>`, 10 minutes after the last.
+    let input: String = (0..rows)
+        .map(|i| {
+            let t = 1_767_225_600_000i64 + i * 600_000;
+            format!("{{\"k\":\"long\",\"t\":{t}}}\n{{\"k\":\"s{i}\",\"t\":{t}}}\n")
+        })
+        .collect();
+    std::fs::write(&path, &input).unwrap();
+    let out = MemorySink::new();
+    let windows = out.handle();
+    let mut committed = None;
+    let grown = peak_growth(async {
+        let report = Pipeline::builder()
+            .source(FileSource::builder(&path).build().unwrap())
+            .format(RecordFormat::Json)
+            .columns(vec![
+                Column::new("k", DataType::Utf8),
+                Column::new(
+                    "t",
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                ),
+            ])
+            .sql("SELECT k, COUNT(*) AS n FROM source GROUP BY k, SESSION(t, INTERVAL '1' HOUR)")
+            .sink(out)
+            .error_output(MemorySink::new())
+            .batch_settings(rivulet::BatchSettings {
+                max_rows: 2,
+                ..rivulet::BatchSettings::default()
+            })
+            .build()
+            .await
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        committed = Some(report.committed);
+    })
+    .await;
+    let mut sessions = std::collections::BTreeMap::new();
+    for b in windows.batches() {
+        use arrow::array::AsArray as _;
+        let k = b.column_by_name("k").unwrap().as_string::<i32>();
+        let n = b
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            assert!(sessions.insert(k.value(i).to_owned(), n.value(i)).is_none());
+        }
+    }
+    assert_eq!(sessions.len() as i64, rows + 1, "a session per key");
+    assert_eq!(
+        sessions["long"], rows,
+        "the long session holds a row of every batch"
+    );
+    let at = committed.unwrap();
+    let offset = at
+        .iter()
+        .next()
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        offset,
+        input.len().to_string(),
+        "every batch committed at the end"
+    );
+    check(
+        &format!("a session open over {rows} micro-batches"),
+        grown,
+        64 << 20,
+    );
 }
 
 /// 32 KPL aggregates of about 900 KB, each of 110,000 sub-records of 2 bytes (3.5 million records
