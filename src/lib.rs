@@ -111,5 +111,6 @@ pub use source::{
 };
 pub use sql::{
     QueryOutput, RowFailure, SqlFunctions, SqlIssue, SqlOutput, SqlProgram, StreamQuery,
-    WatermarkSettings, SOURCE_ALIAS, SOURCE_STREAM,
+    WatermarkSettings, MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SOURCE_ALIAS,
+    SOURCE_STREAM, SQL_MEMORY_LIMIT,
 };

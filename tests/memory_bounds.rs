@@ -49,6 +49,81 @@ async fn every_data_path_stays_within_its_memory_bound() {
     s3_partitions().await;
     kpl_amplification().await;
     held_acknowledgements().await;
+    sql_built_values().await;
+}
+
+/// Rows whose values ask `lpad`, `rpad`, `repeat` and `array_repeat` for 2 GB values: each such
+/// row fails alone into the error output, the others pass.
+async fn sql_built_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    let sizes = [3i64, 2_000_000_000, 5, 1_000_000_000, 4];
+    let input: String = sizes
+        .iter()
+        .map(|n| format!("{{\"s\":\"ab\",\"n\":{n}}}\n"))
+        .collect();
+    std::fs::write(&path, &input).unwrap();
+    for (call, small) in [
+        ("lpad(s, n)", 10_000i64),
+        ("rpad(s, n)", 10_000),
+        ("repeat(s, n)", 10_000),
+        ("cardinality(array_repeat(s, n))", 10_000),
+    ] {
+        let out = MemorySink::new();
+        let rows = out.handle();
+        let errors = MemorySink::new();
+        let error_rows = errors.handle();
+        let grown = peak_growth(async {
+            Pipeline::builder()
+                .source(FileSource::builder(&path).build().unwrap())
+                .format(RecordFormat::Json)
+                .columns(vec![
+                    Column::new("s", DataType::Utf8),
+                    Column::new("n", DataType::Int64),
+                ])
+                .sql(format!("SELECT n, {call} AS v FROM source"))
+                .sink(out)
+                .error_output(errors)
+                .build()
+                .await
+                .unwrap()
+                .run()
+                .await
+                .unwrap();
+        })
+        .await;
+        let passed: Vec<i64> = rows
+            .batches()
+            .iter()
+            .flat_map(|b| {
+                use arrow::array::AsArray as _;
+                b.column_by_name("n")
+                    .unwrap()
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        let want: Vec<i64> = sizes.iter().copied().filter(|n| *n < small).collect();
+        assert_eq!(passed, want, "{call}: the rows within the limit");
+        let failed: Vec<String> = error_rows
+            .batches()
+            .iter()
+            .flat_map(|b| {
+                use arrow::array::AsArray as _;
+                let m = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+                (0..b.num_rows())
+                    .map(|i| m.value(i).to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(failed.len(), 2, "{call}: {failed:?}");
+        assert!(
+            failed.iter().all(|m| m.contains("over the limit")),
+            "{call}: {failed:?}"
+        );
+        check(&format!("SQL {call} asked for 2 GB"), grown, 256 << 20);
+    }
 }
 
 /// A session that keeps receiving rows for 6,000 micro-batches while sessions of other keys close

@@ -14,6 +14,7 @@
 //! joins of streams, `DISTINCT`, `ORDER BY` and `LIMIT` elsewhere, subqueries — are refused with
 //! an error saying why.
 
+mod bounds;
 mod kda;
 mod kda_functions;
 mod kda_log_parse;
@@ -27,6 +28,7 @@ mod window;
 pub(crate) use kda::is_application as is_kda_application;
 pub(crate) use kda::rename_stream;
 pub(crate) use program::output_stream_names;
+pub use bounds::{MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT};
 pub use program::{SqlFunctions, SqlIssue, SqlOutput, SqlProgram};
 pub(crate) use watermark::SourceState;
 pub use watermark::WatermarkSettings;
@@ -363,7 +365,13 @@ fn session() -> SessionContext {
         .with_target_partitions(1)
         .with_information_schema(false);
     config.options_mut().sql_parser.enable_ident_normalization = false;
-    SessionContext::new_with_config(config)
+    let mut state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(bounds::runtime())
+        .with_default_features()
+        .build();
+    bounds::register(&mut state);
+    SessionContext::new_with_state(state)
 }
 
 /// True when `sql` names `ROWTIME` (outside string literals and comments).

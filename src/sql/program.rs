@@ -238,6 +238,7 @@ fn streaming_state() -> SessionState {
     optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     let base = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(super::bounds::runtime())
         .with_default_features()
         .build();
     let rules = base
@@ -261,6 +262,7 @@ fn streaming_state() -> SessionState {
     {
         let _ = state.register_udf(Arc::new(udf));
     }
+    super::bounds::register(&mut state);
     state
 }
 
