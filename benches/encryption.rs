@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rivulet::crypto::{
-    DataKey, EncryptionContext, EnvelopeDecryptor, EnvelopeEncryptor, KeyProvider,
+    DataKey, EncryptionContext, EnvelopeDecryptor, EnvelopeEncryptor, KeyProvider, Zeroizing,
 };
 use rivulet::firehose::plan_requests;
 use rivulet::s3::{Compression, ObjectFormat, S3Sink};
@@ -36,7 +36,7 @@ impl KeyProvider for FixedKey {
     async fn generate_data_key(&self, _: &EncryptionContext) -> rivulet::Result<DataKey> {
         Ok(DataKey {
             key_id: "arn:aws:kms:us-east-1:000000000000:key/bench".into(),
-            plaintext: vec![7; 32],
+            plaintext: vec![7; 32].into(),
             encrypted: vec![9; 184],
         })
     }
@@ -46,8 +46,8 @@ impl KeyProvider for FixedKey {
         _: &str,
         _: &[u8],
         _: &EncryptionContext,
-    ) -> rivulet::Result<Vec<u8>> {
-        Ok(vec![7; 32])
+    ) -> rivulet::Result<Zeroizing<Vec<u8>>> {
+        Ok(vec![7; 32].into())
     }
 }
 

@@ -27,6 +27,9 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 pub use envelope::EncryptionContext;
 use envelope::{NONCE_LEN, TAG_LEN};
+/// Plaintext data keys are held in it ([`DataKey::plaintext`], [`KeyProvider::decrypt_data_key`]):
+/// zeroed when dropped.
+pub use zeroize::Zeroizing;
 
 use crate::{Error, Result};
 
@@ -93,12 +96,13 @@ pub enum EnvelopeError {
 }
 
 /// A data key: the plaintext for this process only, and the same key as KMS encrypted it, to
-/// store next to the data.
+/// store next to the data. The plaintext is zeroed when the key is dropped, and its `Debug` form
+/// never shows it.
 pub struct DataKey {
     /// ARN of the KMS key that encrypted it.
     pub key_id: String,
-    /// 32 bytes of key.
-    pub plaintext: Vec<u8>,
+    /// 32 bytes of key, zeroed on drop.
+    pub plaintext: Zeroizing<Vec<u8>>,
     /// The encrypted data key (opaque to rivulet).
     pub encrypted: Vec<u8>,
 }
@@ -113,27 +117,20 @@ impl fmt::Debug for DataKey {
     }
 }
 
-impl Drop for DataKey {
-    fn drop(&mut self) {
-        // Best effort: clear this copy of the key.
-        self.plaintext.iter_mut().for_each(|b| *b = 0);
-    }
-}
-
 /// Where data keys come from: KMS ([`KmsKeyProvider`]), or a stand-in in tests.
 #[async_trait]
 pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// A new AES-256 data key under `context` (KMS `GenerateDataKey`).
     async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey>;
 
-    /// The plaintext of `encrypted` (KMS `Decrypt`); `key_id` is the key the envelope names (or the
-    /// one required), which KMS checks.
+    /// The plaintext of `encrypted` (KMS `Decrypt`), zeroed when dropped; `key_id` is the key the
+    /// envelope names (or the one required), which KMS checks.
     async fn decrypt_data_key(
         &self,
         key_id: &str,
         encrypted: &[u8],
         context: &EncryptionContext,
-    ) -> Result<Vec<u8>>;
+    ) -> Result<Zeroizing<Vec<u8>>>;
 }
 
 /// Data keys from AWS KMS.
@@ -298,7 +295,7 @@ fn sdk_context(context: &EncryptionContext) -> Option<HashMap<String, String>> {
 #[async_trait]
 impl KeyProvider for KmsKeyProvider {
     async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey> {
-        let out = self
+        let mut out = self
             .retried("GenerateDataKey", || {
                 self.client
                     .generate_data_key()
@@ -315,13 +312,16 @@ impl KeyProvider for KmsKeyProvider {
                 message: format!("the response has no {what}"),
             })
         };
+        // The plaintext is moved out of the response, not copied, so that the one copy is zeroed.
+        let plaintext = Zeroizing::new(
+            out.plaintext
+                .take()
+                .ok_or_else(|| missing("Plaintext"))?
+                .into_inner(),
+        );
         Ok(DataKey {
             key_id: out.key_id().ok_or_else(|| missing("KeyId"))?.to_owned(),
-            plaintext: out
-                .plaintext()
-                .ok_or_else(|| missing("Plaintext"))?
-                .as_ref()
-                .to_vec(),
+            plaintext,
             encrypted: out
                 .ciphertext_blob()
                 .ok_or_else(|| missing("CiphertextBlob"))?
@@ -335,8 +335,8 @@ impl KeyProvider for KmsKeyProvider {
         key_id: &str,
         encrypted: &[u8],
         context: &EncryptionContext,
-    ) -> Result<Vec<u8>> {
-        let out = self
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let mut out = self
             .retried("Decrypt", || {
                 self.client
                     .decrypt()
@@ -346,13 +346,16 @@ impl KeyProvider for KmsKeyProvider {
                     .send()
             })
             .await?;
-        out.plaintext().map(|p| p.as_ref().to_vec()).ok_or_else(|| {
-            Error::Envelope(EnvelopeError::Kms {
-                operation: "Decrypt",
-                code: "InvalidResponse".into(),
-                message: "the response has no Plaintext".into(),
+        out.plaintext
+            .take()
+            .map(|p| Zeroizing::new(p.into_inner()))
+            .ok_or_else(|| {
+                Error::Envelope(EnvelopeError::Kms {
+                    operation: "Decrypt",
+                    code: "InvalidResponse".into(),
+                    message: "the response has no Plaintext".into(),
+                })
             })
-        })
     }
 }
 
@@ -831,13 +834,13 @@ impl EnvelopeDecryptor {
             None => p.key_id,
         };
         if !self.keys.contains_key(p.key_fields) {
-            let mut plain = self
+            let plain = self
                 .provider
                 .decrypt_data_key(key_id, p.encrypted_key, &p.context)
                 .await?;
             self.kms_calls += 1;
             let unbound = UnboundKey::new(&AES_256_GCM, &plain);
-            plain.iter_mut().for_each(|b| *b = 0);
+            drop(plain);
             let unbound = unbound.map_err(|_| {
                 Error::Envelope(EnvelopeError::Invalid(
                     "the decrypted data key is not 32 bytes".into(),
@@ -919,7 +922,7 @@ pub(crate) mod tests {
             encrypted.extend_from_slice(format!("{context:?}").as_bytes());
             Ok(DataKey {
                 key_id: KEY_ARN.into(),
-                plaintext,
+                plaintext: plaintext.into(),
                 encrypted,
             })
         }
@@ -929,7 +932,7 @@ pub(crate) mod tests {
             _key_id: &str,
             encrypted: &[u8],
             context: &EncryptionContext,
-        ) -> Result<Vec<u8>> {
+        ) -> Result<Zeroizing<Vec<u8>>> {
             if encrypted.len() < 32 || &encrypted[32..] != format!("{context:?}").as_bytes() {
                 return Err(Error::Envelope(EnvelopeError::Kms {
                     operation: "Decrypt",
@@ -937,7 +940,9 @@ pub(crate) mod tests {
                     message: String::new(),
                 }));
             }
-            Ok(encrypted[..32].iter().map(|b| b ^ 0x5a).collect())
+            Ok(Zeroizing::new(
+                encrypted[..32].iter().map(|b| b ^ 0x5a).collect(),
+            ))
         }
     }
 

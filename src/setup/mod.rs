@@ -21,12 +21,13 @@
 //!   stream, writes the sinks (and the raw copy: the original's reader role), and uses the key. It
 //!   replaces the analytics role, since the SQL now runs in the application;
 //! - a **delivery role** per Firehose delivery stream (the raw-data one included), trusted by
-//!   Firehose for this account only (`sts:ExternalId`);
+//!   Firehose for this account only (`sts:ExternalId` and `aws:SourceAccount`);
 //! - no metrics role: rivulet sends no metrics anywhere.
 //!
 //! Every statement names specific actions on specific ARNs. The only `Resource: "*"` are in the
-//! key policy, where `*` means the key itself (AWS requires it). [`policy::lint`] checks every
-//! generated document.
+//! key policy, where `*` means the key itself (AWS requires it). A key policy statement naming a
+//! role allows on its own, so each carries the conditions of the role's IAM statement on the key.
+//! [`policy::lint`] checks every generated document.
 
 mod aws;
 mod cfn;
@@ -440,8 +441,6 @@ pub(crate) fn desired(
         ));
     }
 
-    // The key first: every other resource's policy names it.
-    let mut key_users: Vec<String> = Vec::new();
     // Buckets: the delivery bucket and the S3 sinks' buckets.
     let mut buckets: Vec<String> = Vec::new();
     if let Some(b) = &s.bucket {
@@ -490,7 +489,12 @@ pub(crate) fn desired(
             vec![],
         )
         .with_principal(Principal::Service("firehose.amazonaws.com".into()))
-        .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])]);
+        .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])
+        .with_condition(
+            "StringEquals",
+            "aws:SourceAccount",
+            vec![account.to_owned()],
+        )]);
         delivery_roles.push(Planned::Role {
             name: role.clone(),
             purpose: format!(
@@ -501,7 +505,6 @@ pub(crate) fn desired(
             trust,
             policy,
         });
-        key_users.push(arns.role(&role));
         deliveries.push(Planned::DeliveryStream {
             name: (*name).clone(),
             role,
@@ -534,12 +537,22 @@ pub(crate) fn desired(
             .into_iter()
             .enumerate()
             .map(|(i, pr)| {
-                Statement::allow(&format!("AssumeRole{i}"), &["sts:AssumeRole"], vec![])
-                    .with_principal(pr)
+                let service = matches!(pr, Principal::Service(_));
+                let st = Statement::allow(&format!("AssumeRole{i}"), &["sts:AssumeRole"], vec![])
+                    .with_principal(pr);
+                // A service assumes the role only for this account's resources.
+                if service {
+                    st.with_condition(
+                        "StringEquals",
+                        "aws:SourceAccount",
+                        vec![account.to_owned()],
+                    )
+                } else {
+                    st
+                }
             })
             .collect(),
     );
-    key_users.push(arns.role(&runtime));
     let runtime_role = Planned::Role {
         name: runtime,
         purpose: "what the application running the pipeline may do".into(),
@@ -550,7 +563,7 @@ pub(crate) fn desired(
     if encryption {
         resources.push(Planned::Key {
             alias: key_alias(p),
-            policy: key_policy(&arns, &key_users, &delivery_roles, region),
+            policy: key_policy(&arns, delivery_roles.iter().chain([&runtime_role]), &key),
         });
     }
     for b in buckets {
@@ -913,15 +926,41 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
                 ),
             );
         }
+        // Function modules in a bucket the setup encrypts with the key are decrypted through S3.
+        let encrypted_buckets: Vec<&String> = inputs
+            .section
+            .bucket
+            .iter()
+            .chain(inputs.s3_sinks.iter().map(|(b, _)| b))
+            .collect();
+        let modules: Vec<String> = inputs
+            .udf_objects
+            .iter()
+            .filter(|(b, _)| encrypted_buckets.contains(&b))
+            .map(|(b, k)| format!("arn:aws:s3:::{b}/{k}"))
+            .collect();
+        if !modules.is_empty() {
+            st.push(
+                Statement::allow("DecryptFunctionModules", &["kms:Decrypt"], vec![arn(key)])
+                    .with_condition(
+                        "StringEquals",
+                        "kms:ViaService",
+                        vec![format!("s3.{}.amazonaws.com", arns.region)],
+                    )
+                    .with_condition("StringEquals", "kms:EncryptionContext:aws:s3:arn", modules),
+            );
+        }
     }
     PolicyDocument::new(st)
 }
 
-fn key_policy(
+/// The key policy: the account administers the key, IAM policies may grant its use, AWS services
+/// may create grants for themselves, and `roles` (the delivery roles, then the runtime role) use it
+/// as their IAM policies say.
+fn key_policy<'a>(
     arns: &Arns<'_>,
-    users: &[String],
-    delivery_roles: &[Planned],
-    region: &str,
+    roles: impl Iterator<Item = &'a Planned>,
+    key: &str,
 ) -> PolicyDocument {
     let mut st = vec![
         Statement::allow(
@@ -966,29 +1005,28 @@ fn key_policy(
         .with_principal(Principal::Aws(arns.root()))
         .with_condition("Bool", "kms:GrantIsForAWSResource", vec!["true".into()]),
     ];
-    let delivery: Vec<String> = delivery_roles
-        .iter()
-        .filter_map(|r| match r {
-            Planned::Role { name, .. } => Some(arns.role(name)),
-            _ => None,
-        })
-        .collect();
-    for (i, role) in users.iter().enumerate() {
-        let through_s3 = delivery.contains(role);
-        let mut s = Statement::allow(
-            &format!("RoleUsesTheKey{i}"),
-            &["kms:Decrypt", "kms:GenerateDataKey"],
-            vec![Resource::AnyKeyPolicy],
-        )
-        .with_principal(Principal::Aws(role.clone()));
-        if through_s3 {
-            s = s.with_condition(
-                "StringEquals",
-                "kms:ViaService",
-                vec![format!("s3.{region}.amazonaws.com")],
-            );
+    // A key policy statement naming a principal allows on its own, without the principal's IAM
+    // policy: each role gets the statements of its IAM policy on the key, with the same actions
+    // and the same conditions (the services it may use the key through, the encryption context),
+    // so that the key policy grants no more than the IAM policy does.
+    let key = arn(key);
+    for (i, role) in roles.enumerate() {
+        let Planned::Role { name, policy, .. } = role else {
+            continue;
+        };
+        for s in &policy.statements {
+            if !s.resources.contains(&key) || !s.actions.iter().all(|a| a.starts_with("kms:")) {
+                continue;
+            }
+            st.push(Statement {
+                sid: format!("RoleUsesTheKey{i}{}", s.sid),
+                effect: s.effect,
+                principal: Some(Principal::Aws(arns.role(name))),
+                actions: s.actions.clone(),
+                resources: vec![Resource::AnyKeyPolicy],
+                condition: s.condition.clone(),
+            });
         }
-        st.push(s);
     }
     PolicyDocument::new(st)
 }

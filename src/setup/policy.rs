@@ -58,15 +58,19 @@ pub enum Principal {
     Service(String),
     /// An account or IAM principal ARN, e.g. `arn:aws:iam::123456789012:root`.
     Aws(String),
+    /// `Principal: "*"`: anyone at all. rivulet never generates it; [`lint`] refuses it.
+    Anyone,
 }
 
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (kind, v) = match self {
+            Principal::Service(v) => ("Service", v),
+            Principal::Aws(v) => ("AWS", v),
+            Principal::Anyone => return s.serialize_str("*"),
+        };
         let mut m = s.serialize_map(Some(1))?;
-        match self {
-            Principal::Service(v) => m.serialize_entry("Service", v)?,
-            Principal::Aws(v) => m.serialize_entry("AWS", v)?,
-        }
+        m.serialize_entry(kind, v)?;
         m.end()
     }
 }
@@ -162,14 +166,23 @@ pub enum DocumentKind {
 }
 
 /// Checks a document for what least privilege forbids, and returns every problem:
-/// - `Action: "*"` or a whole service (`s3:*`);
+/// - `Action: "*"`, a whole service (`s3:*`), or any other action with a wildcard (`*` or `?`
+///   anywhere: `kms:Create*`, `s3:Put*`), or an action that is not `service:Action`;
 /// - `Resource: "*"`, except in a key policy (where it means the key itself);
+/// - a resource that is not an ARN, a resource with `?`, or a `*` anywhere but at the end of a
+///   path under a named resource (`arn:aws:s3:::bucket/prefix/*` passes; `arn:aws:s3:::*`,
+///   `…:stream/*` and `arn:aws:kinesis:*:…` do not);
+/// - `Principal: "*"`, or a principal with a wildcard (`{"AWS": "*"}`);
+/// - a trust statement for an AWS service without `StringEquals` on `aws:SourceAccount` (so that
+///   the service assumes the role only for this account's resources);
 /// - `iam:PassRole` without a specific role ARN;
-/// - an identity statement with no resource, or a trust statement without a principal;
+/// - an identity statement with no resource, or a trust or key policy statement without a
+///   principal;
 /// - duplicate statement ids.
 pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
     let mut problems = Vec::new();
     let mut sids = std::collections::HashSet::new();
+    let wildcard = |s: &str| s.contains(['*', '?']);
     for st in &doc.statements {
         let at = format!("statement `{}`", st.sid);
         if !sids.insert(st.sid.as_str()) {
@@ -179,14 +192,40 @@ pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
             problems.push(format!("{at}: no action"));
         }
         for a in &st.actions {
-            if a == "*" || a.ends_with(":*") || !a.contains(':') {
-                problems.push(format!("{at}: action `{a}` is not one specific action"));
+            if wildcard(a) {
+                problems.push(format!(
+                    "{at}: action `{a}` has a wildcard: name each action instead"
+                ));
+            } else if !a.contains(':') {
+                problems.push(format!("{at}: action `{a}` is not `service:Action`"));
             }
+        }
+        match &st.principal {
+            Some(Principal::Anyone) => {
+                problems.push(format!("{at}: `Principal: \"*\"` lets anyone in"));
+            }
+            Some(Principal::Aws(p) | Principal::Service(p)) if wildcard(p) => {
+                problems.push(format!("{at}: principal `{p}` has a wildcard"));
+            }
+            _ => {}
         }
         match kind {
             DocumentKind::Trust => {
                 if st.principal.is_none() {
                     problems.push(format!("{at}: a trust statement needs a principal"));
+                }
+                if let Some(Principal::Service(service)) = &st.principal {
+                    let source_account = st
+                        .condition
+                        .get("StringEquals")
+                        .and_then(|c| c.get("aws:SourceAccount"))
+                        .is_some_and(|v| !v.is_empty() && v.iter().all(|a| !a.is_empty()));
+                    if !source_account {
+                        problems.push(format!(
+                            "{at}: a trust statement for service `{service}` needs a \
+                             `StringEquals` condition on `aws:SourceAccount`"
+                        ));
+                    }
                 }
             }
             DocumentKind::Identity => {
@@ -209,6 +248,8 @@ pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
             if let Resource::Arn(a) = r {
                 if !a.starts_with("arn:") {
                     problems.push(format!("{at}: resource `{a}` is not an ARN"));
+                } else if a.contains('?') {
+                    problems.push(format!("{at}: resource `{a}` has a `?` wildcard"));
                 } else if a.contains('*') && !narrow_wildcard(a) {
                     problems.push(format!(
                         "{at}: resource `{a}` has a wildcard that is not confined to the objects \
@@ -286,12 +327,221 @@ mod tests {
             &["sts:AssumeRole"],
             vec![],
         )
-        .with_principal(Principal::Service("firehose.amazonaws.com".into()))]);
+        .with_principal(Principal::Service("firehose.amazonaws.com".into()))
+        .with_condition(
+            "StringEquals",
+            "aws:SourceAccount",
+            vec!["123456789012".into()],
+        )]);
         assert_eq!(
             trust.to_value()["Statement"][0]["Principal"],
             serde_json::json!({"Service": "firehose.amazonaws.com"})
         );
         assert!(lint(&trust, DocumentKind::Trust).is_empty());
+        let anyone = Statement::allow("Assume", &["sts:AssumeRole"], vec![])
+            .with_principal(Principal::Anyone);
+        assert_eq!(
+            PolicyDocument::new(vec![anyone]).to_value()["Statement"][0]["Principal"],
+            serde_json::json!("*")
+        );
+    }
+
+    /// One shape per row, each refused with its own problem; then documents of every kind that
+    /// pass.
+    #[test]
+    fn the_lint_refuses_each_shape_with_its_problem() {
+        use DocumentKind::{Identity, KeyPolicy, Trust};
+        let object = || vec![arn("arn:aws:s3:::b/p/*")];
+        let identity =
+            |actions: &[&str], resources: Vec<Resource>| Statement::allow("A", actions, resources);
+        let firehose = || {
+            Statement::allow("A", &["sts:AssumeRole"], vec![])
+                .with_principal(Principal::Service("firehose.amazonaws.com".into()))
+        };
+        let key_use = |p: Principal| {
+            Statement::allow("A", &["kms:Decrypt"], vec![Resource::AnyKeyPolicy]).with_principal(p)
+        };
+        let cases: Vec<(&str, DocumentKind, Statement, &str)> = vec![
+            (
+                "every action",
+                Identity,
+                identity(&["*"], object()),
+                "statement `A`: action `*` has a wildcard: name each action instead",
+            ),
+            (
+                "a whole service",
+                Identity,
+                identity(&["s3:*"], object()),
+                "statement `A`: action `s3:*` has a wildcard: name each action instead",
+            ),
+            (
+                "a partial action wildcard (kms)",
+                KeyPolicy,
+                Statement::allow("A", &["kms:Create*"], vec![Resource::AnyKeyPolicy])
+                    .with_principal(Principal::Aws("arn:aws:iam::1:root".into())),
+                "statement `A`: action `kms:Create*` has a wildcard: name each action instead",
+            ),
+            (
+                "a partial action wildcard (s3)",
+                Identity,
+                identity(&["s3:Put*"], object()),
+                "statement `A`: action `s3:Put*` has a wildcard: name each action instead",
+            ),
+            (
+                "`*` inside an action",
+                Identity,
+                identity(&["kinesis:*Records"], object()),
+                "statement `A`: action `kinesis:*Records` has a wildcard: name each action instead",
+            ),
+            (
+                "`?` in an action",
+                Identity,
+                identity(&["s3:GetObjec?"], object()),
+                "statement `A`: action `s3:GetObjec?` has a wildcard: name each action instead",
+            ),
+            (
+                "an action without its service",
+                Identity,
+                identity(&["GetObject"], object()),
+                "statement `A`: action `GetObject` is not `service:Action`",
+            ),
+            (
+                "`?` in a resource",
+                Identity,
+                identity(&["s3:GetObject"], vec![arn("arn:aws:s3:::b/p?/*")]),
+                "statement `A`: resource `arn:aws:s3:::b/p?/*` has a `?` wildcard",
+            ),
+            (
+                "`?` in a resource without `*`",
+                Identity,
+                identity(
+                    &["kinesis:GetRecords"],
+                    vec![arn("arn:aws:kinesis:r:1:stream/s?")],
+                ),
+                "statement `A`: resource `arn:aws:kinesis:r:1:stream/s?` has a `?` wildcard",
+            ),
+            (
+                "`*` for every bucket",
+                Identity,
+                identity(&["s3:GetObject"], vec![arn("arn:aws:s3:::*")]),
+                "statement `A`: resource `arn:aws:s3:::*` has a wildcard that is not confined to \
+                 the objects under a named prefix",
+            ),
+            (
+                "`*` for every region",
+                Identity,
+                identity(
+                    &["kinesis:GetRecords"],
+                    vec![arn("arn:aws:kinesis:*:1:stream/s")],
+                ),
+                "statement `A`: resource `arn:aws:kinesis:*:1:stream/s` has a wildcard that is \
+                 not confined to the objects under a named prefix",
+            ),
+            (
+                "`Resource: \"*\"` in an identity policy",
+                Identity,
+                identity(&["kms:Decrypt"], vec![Resource::AnyKeyPolicy]),
+                "statement `A`: `Resource: \"*\"` is allowed only in a key policy",
+            ),
+            (
+                "`Principal: \"*\"` in a trust policy",
+                Trust,
+                Statement::allow("A", &["sts:AssumeRole"], vec![])
+                    .with_principal(Principal::Anyone),
+                "statement `A`: `Principal: \"*\"` lets anyone in",
+            ),
+            (
+                "`Principal: \"*\"` in a key policy",
+                KeyPolicy,
+                key_use(Principal::Anyone),
+                "statement `A`: `Principal: \"*\"` lets anyone in",
+            ),
+            (
+                "`{\"AWS\": \"*\"}` in a key policy",
+                KeyPolicy,
+                key_use(Principal::Aws("*".into())),
+                "statement `A`: principal `*` has a wildcard",
+            ),
+            (
+                "`{\"AWS\": \"*\"}` in a trust policy",
+                Trust,
+                Statement::allow("A", &["sts:AssumeRole"], vec![])
+                    .with_principal(Principal::Aws("*".into())),
+                "statement `A`: principal `*` has a wildcard",
+            ),
+            (
+                "a service trusted without a condition",
+                Trust,
+                firehose(),
+                "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
+                 `StringEquals` condition on `aws:SourceAccount`",
+            ),
+            (
+                "a service trusted with sts:ExternalId only",
+                Trust,
+                firehose().with_condition("StringEquals", "sts:ExternalId", vec!["1".into()]),
+                "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
+                 `StringEquals` condition on `aws:SourceAccount`",
+            ),
+            (
+                "a service trusted with aws:SourceAccount under StringLike",
+                Trust,
+                firehose().with_condition("StringLike", "aws:SourceAccount", vec!["1".into()]),
+                "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
+                 `StringEquals` condition on `aws:SourceAccount`",
+            ),
+            (
+                "a service trusted with an empty aws:SourceAccount",
+                Trust,
+                firehose().with_condition("StringEquals", "aws:SourceAccount", vec![]),
+                "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
+                 `StringEquals` condition on `aws:SourceAccount`",
+            ),
+        ];
+        for (shape, kind, statement, problem) in cases {
+            assert_eq!(
+                lint(&PolicyDocument::new(vec![statement]), kind),
+                vec![problem.to_owned()],
+                "{shape}"
+            );
+        }
+
+        let account = || vec!["123456789012".to_owned()];
+        let trust = PolicyDocument::new(vec![
+            firehose()
+                .with_condition("StringEquals", "sts:ExternalId", account())
+                .with_condition("StringEquals", "aws:SourceAccount", account()),
+            Statement::allow("B", &["sts:AssumeRole"], vec![])
+                .with_principal(Principal::Aws("arn:aws:iam::123456789012:root".into())),
+        ]);
+        assert_eq!(lint(&trust, Trust), Vec::<String>::new());
+        let identity = PolicyDocument::new(vec![
+            Statement::allow(
+                "A",
+                &["s3:GetObject", "s3:PutObject"],
+                vec![arn("arn:aws:s3:::b/p/*"), arn("arn:aws:s3:::b/q/*")],
+            ),
+            Statement::allow(
+                "B",
+                &["kms:Decrypt", "kms:GenerateDataKey"],
+                vec![arn("arn:aws:kms:r:123456789012:key/k")],
+            )
+            .with_condition(
+                "StringEquals",
+                "kms:ViaService",
+                vec!["s3.r.amazonaws.com".into()],
+            ),
+        ]);
+        assert_eq!(lint(&identity, Identity), Vec::<String>::new());
+        let key = PolicyDocument::new(vec![key_use(Principal::Aws(
+            "arn:aws:iam::123456789012:role/r".into(),
+        ))
+        .with_condition(
+            "StringEquals",
+            "kms:ViaService",
+            vec!["s3.r.amazonaws.com".into()],
+        )]);
+        assert_eq!(lint(&key, KeyPolicy), Vec::<String>::new());
     }
 
     #[test]

@@ -222,6 +222,8 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
             format!("arn:aws:iam::{ACCOUNT}:root"),
             format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-firehose-ticker-out"),
             format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-firehose-ticker-raw"),
+            // Kinesis streams, then S3 objects.
+            format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-runtime"),
             format!("arn:aws:iam::{ACCOUNT}:role/rivulet-ticker-runtime"),
         ]
     );
@@ -373,8 +375,42 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
         .unwrap());
     assert_eq!(
         trust["Statement"][0]["Condition"],
-        json!({"StringEquals": {"sts:ExternalId": [ACCOUNT]}})
+        json!({"StringEquals": {"aws:SourceAccount": [ACCOUNT], "sts:ExternalId": [ACCOUNT]}})
     );
+
+    // A key policy statement naming a role allows on its own: each carries the actions and the
+    // conditions of the role's IAM statement on the key, as KMS and IAM hold them.
+    for role in [
+        "rivulet-ticker-runtime",
+        "rivulet-ticker-firehose-ticker-out",
+        "rivulet-ticker-firehose-ticker-raw",
+    ] {
+        let principal = format!("arn:aws:iam::{ACCOUNT}:role/{role}");
+        let in_key_policy: Vec<(serde_json::Value, serde_json::Value)> = key_policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["Principal"]["AWS"] == principal.as_str())
+            .map(|s| {
+                assert_eq!(s["Resource"], json!(["*"]), "{role}: {s}");
+                (s["Action"].clone(), s["Condition"].clone())
+            })
+            .collect();
+        let in_iam: Vec<(serde_json::Value, serde_json::Value)> = role_policy(role).await
+            ["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["Resource"] == json!([key_arn]))
+            .map(|s| (s["Action"].clone(), s["Condition"].clone()))
+            .collect();
+        assert!(!in_iam.is_empty(), "{role} uses the key");
+        assert_eq!(in_key_policy, in_iam, "{role}");
+        assert!(
+            in_key_policy.iter().all(|(_, c)| c.is_object()),
+            "{role}: {in_key_policy:?}"
+        );
+    }
 
     // A second apply changes nothing.
     let (ok, out, err) = cli(dir.path(), &["setup", "apply", p]);
