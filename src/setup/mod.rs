@@ -21,7 +21,7 @@
 //!   stream, writes the sinks (and the raw copy: the original's reader role), and uses the key. It
 //!   replaces the analytics role, since the SQL now runs in the application;
 //! - a **delivery role** per Firehose delivery stream (the raw-data one included), trusted by
-//!   Firehose for this account only (`sts:ExternalId` and `aws:SourceAccount`);
+//!   Firehose for this account only (`sts:ExternalId`, the account Firehose acts for);
 //! - no metrics role: rivulet sends no metrics anywhere.
 //!
 //! Every statement names specific actions on specific ARNs. The only `Resource: "*"` are in the
@@ -489,12 +489,10 @@ pub(crate) fn desired(
             vec![],
         )
         .with_principal(Principal::Service("firehose.amazonaws.com".into()))
-        .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])
-        .with_condition(
-            "StringEquals",
-            "aws:SourceAccount",
-            vec![account.to_owned()],
-        )]);
+        // Firehose names the account it acts for as the external ID (its documented trust
+        // policy); it is not documented to send `aws:SourceAccount`, which a condition would then
+        // require, and the role could not be assumed.
+        .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])]);
         delivery_roles.push(Planned::Role {
             name: role.clone(),
             purpose: format!(

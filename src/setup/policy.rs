@@ -173,8 +173,9 @@ pub enum DocumentKind {
 ///   path under a named resource (`arn:aws:s3:::bucket/prefix/*` passes; `arn:aws:s3:::*`,
 ///   `…:stream/*` and `arn:aws:kinesis:*:…` do not);
 /// - `Principal: "*"`, or a principal with a wildcard (`{"AWS": "*"}`);
-/// - a trust statement for an AWS service without `StringEquals` on `aws:SourceAccount` (so that
-///   the service assumes the role only for this account's resources);
+/// - a trust statement for an AWS service without `StringEquals` on `aws:SourceAccount`, or, for
+///   Firehose, which names the account it acts for as the external ID, on `sts:ExternalId` (so
+///   that the service assumes the role only for this account's resources);
 /// - `iam:PassRole` without a specific role ARN;
 /// - an identity statement with no resource, or a trust or key policy statement without a
 ///   principal;
@@ -215,15 +216,18 @@ pub fn lint(doc: &PolicyDocument, kind: DocumentKind) -> Vec<String> {
                     problems.push(format!("{at}: a trust statement needs a principal"));
                 }
                 if let Some(Principal::Service(service)) = &st.principal {
-                    let source_account = st
-                        .condition
-                        .get("StringEquals")
-                        .and_then(|c| c.get("aws:SourceAccount"))
-                        .is_some_and(|v| !v.is_empty() && v.iter().all(|a| !a.is_empty()));
-                    if !source_account {
+                    let equals = |key: &str| {
+                        st.condition
+                            .get("StringEquals")
+                            .and_then(|c| c.get(key))
+                            .is_some_and(|v| !v.is_empty() && v.iter().all(|a| !a.is_empty()))
+                    };
+                    let firehose = service == "firehose.amazonaws.com";
+                    if !(equals("aws:SourceAccount") || firehose && equals("sts:ExternalId")) {
                         problems.push(format!(
                             "{at}: a trust statement for service `{service}` needs a \
-                             `StringEquals` condition on `aws:SourceAccount`"
+                             `StringEquals` condition on `aws:SourceAccount`{}",
+                            if firehose { " or `sts:ExternalId`" } else { "" }
                         ));
                     }
                 }
@@ -474,13 +478,15 @@ mod tests {
                 Trust,
                 firehose(),
                 "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
-                 `StringEquals` condition on `aws:SourceAccount`",
+                 `StringEquals` condition on `aws:SourceAccount` or `sts:ExternalId`",
             ),
             (
-                "a service trusted with sts:ExternalId only",
+                "another service trusted with sts:ExternalId only",
                 Trust,
-                firehose().with_condition("StringEquals", "sts:ExternalId", vec!["1".into()]),
-                "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
+                Statement::allow("A", &["sts:AssumeRole"], vec![])
+                    .with_principal(Principal::Service("ecs-tasks.amazonaws.com".into()))
+                    .with_condition("StringEquals", "sts:ExternalId", vec!["1".into()]),
+                "statement `A`: a trust statement for service `ecs-tasks.amazonaws.com` needs a \
                  `StringEquals` condition on `aws:SourceAccount`",
             ),
             (
@@ -488,14 +494,14 @@ mod tests {
                 Trust,
                 firehose().with_condition("StringLike", "aws:SourceAccount", vec!["1".into()]),
                 "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
-                 `StringEquals` condition on `aws:SourceAccount`",
+                 `StringEquals` condition on `aws:SourceAccount` or `sts:ExternalId`",
             ),
             (
                 "a service trusted with an empty aws:SourceAccount",
                 Trust,
                 firehose().with_condition("StringEquals", "aws:SourceAccount", vec![]),
                 "statement `A`: a trust statement for service `firehose.amazonaws.com` needs a \
-                 `StringEquals` condition on `aws:SourceAccount`",
+                 `StringEquals` condition on `aws:SourceAccount` or `sts:ExternalId`",
             ),
         ];
         for (shape, kind, statement, problem) in cases {
@@ -508,9 +514,7 @@ mod tests {
 
         let account = || vec!["123456789012".to_owned()];
         let trust = PolicyDocument::new(vec![
-            firehose()
-                .with_condition("StringEquals", "sts:ExternalId", account())
-                .with_condition("StringEquals", "aws:SourceAccount", account()),
+            firehose().with_condition("StringEquals", "sts:ExternalId", account()),
             Statement::allow("B", &["sts:AssumeRole"], vec![])
                 .with_principal(Principal::Aws("arn:aws:iam::123456789012:root".into())),
         ]);

@@ -104,10 +104,7 @@ fn delivery_roles_are_scoped_to_their_prefixes_account_and_key() {
         .unwrap();
     assert_eq!(
         trust.to_value()["Statement"][0]["Condition"],
-        serde_json::json!({"StringEquals": {
-            "aws:SourceAccount": ["123456789012"],
-            "sts:ExternalId": ["123456789012"]
-        }})
+        serde_json::json!({"StringEquals": {"sts:ExternalId": ["123456789012"]}})
     );
     let p = policy.to_value();
     assert_eq!(
@@ -521,7 +518,7 @@ fn service_principals_are_trusted_for_this_account_only() {
     assert_eq!(
         template["Resources"]["RoleRivuletTickerFirehoseOut"]["Properties"]
             ["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]
-            ["aws:SourceAccount"],
+            ["sts:ExternalId"],
         serde_json::json!([{"Ref": "AWS::AccountId"}])
     );
     // A wildcard principal from the file fails the lint, and so the plan.

@@ -375,7 +375,7 @@ async fn apply_is_idempotent_updates_what_changed_and_destroy_keeps_what_existed
         .unwrap());
     assert_eq!(
         trust["Statement"][0]["Condition"],
-        json!({"StringEquals": {"aws:SourceAccount": [ACCOUNT], "sts:ExternalId": [ACCOUNT]}})
+        json!({"StringEquals": {"sts:ExternalId": [ACCOUNT]}})
     );
 
     // A key policy statement naming a role allows on its own: each carries the actions and the
