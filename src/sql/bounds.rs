@@ -112,7 +112,11 @@ impl Bounded {
         let counts = counts(n, rows)?;
         match self.kind {
             Kind::Pad => {
-                if let Some(n) = counts.iter().flatten().find(|n| **n > MAX_BUILT_VALUE_BYTES as i64) {
+                if let Some(n) = counts
+                    .iter()
+                    .flatten()
+                    .find(|n| **n > MAX_BUILT_VALUE_BYTES as i64)
+                {
                     return exec_err!(
                         "{name}: a length of {n} is over the limit of {MAX_BUILT_VALUE_BYTES} \
                          characters (rivulet::MAX_BUILT_VALUE_BYTES)"

@@ -15,6 +15,7 @@
 //! an error saying why.
 
 mod bounds;
+mod checked;
 mod kda;
 mod kda_functions;
 mod kda_log_parse;
@@ -25,10 +26,10 @@ mod rewrite;
 mod watermark;
 mod window;
 
+pub use bounds::{MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT};
 pub(crate) use kda::is_application as is_kda_application;
 pub(crate) use kda::rename_stream;
 pub(crate) use program::output_stream_names;
-pub use bounds::{MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT};
 pub use program::{SqlFunctions, SqlIssue, SqlOutput, SqlProgram};
 pub(crate) use watermark::SourceState;
 pub use watermark::WatermarkSettings;
@@ -371,6 +372,7 @@ fn session() -> SessionContext {
         .with_default_features()
         .build();
     bounds::register(&mut state);
+    state.add_analyzer_rule(Arc::new(checked::CheckedArithmetic));
     SessionContext::new_with_state(state)
 }
 

@@ -263,6 +263,7 @@ fn streaming_state() -> SessionState {
         let _ = state.register_udf(Arc::new(udf));
     }
     super::bounds::register(&mut state);
+    state.add_analyzer_rule(Arc::new(super::checked::CheckedArithmetic));
     state
 }
 

@@ -460,3 +460,72 @@ async fn inference_on_a_followed_file_returns_once_the_file_goes_idle() {
     let committed = report.committed.get(&path.display().to_string()).unwrap();
     assert_eq!(committed.split(';').next(), Some("16"), "{committed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_overflow_fails_its_row_into_the_error_output_instead_of_wrapping() {
+    use arrow::datatypes::{DataType, Int64Type};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    let xs = [1i64, i64::MAX, 2, i64::MIN, 3];
+    let input: String = xs.iter().map(|x| format!("{{\"x\":{x}}}\n")).collect();
+    std::fs::write(&path, input).unwrap();
+    for (expr, ok) in [
+        ("x + 1", vec![1i64, 2, 3, i64::MIN]),
+        ("x - 1", vec![1, i64::MAX, 2, 3]),
+        ("x * 2", vec![1, 2, 3]),
+    ] {
+        let out = MemorySink::new();
+        let rows = out.handle();
+        let errors = MemorySink::new();
+        let error_rows = errors.handle();
+        Pipeline::builder()
+            .source(rivulet::FileSource::builder(&path).build().unwrap())
+            .format(rivulet::RecordFormat::Json)
+            .columns(vec![rivulet::Column::new("x", DataType::Int64)])
+            // In the projection and in the filter.
+            .sql(format!(
+                "SELECT x, {expr} AS y FROM source WHERE {expr} IS NOT NULL"
+            ))
+            .sink(out)
+            .error_output(errors)
+            .build()
+            .await
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for b in rows.batches() {
+            let x = b.column_by_name("x").unwrap().as_primitive::<Int64Type>();
+            let y = b.column_by_name("y").unwrap().as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                let want = match expr {
+                    "x + 1" => x.value(i) + 1,
+                    "x - 1" => x.value(i) - 1,
+                    _ => x.value(i) * 2,
+                };
+                assert_eq!(y.value(i), want, "{expr} for {}", x.value(i));
+                got.push(x.value(i));
+            }
+        }
+        let mut want = ok.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "{expr}: the rows that do not overflow");
+        let failed: Vec<String> = error_rows
+            .batches()
+            .iter()
+            .flat_map(|b| {
+                let m = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
+                (0..b.num_rows())
+                    .map(|i| m.value(i).to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(failed.len(), xs.len() - ok.len(), "{expr}: {failed:?}");
+        assert!(
+            failed.iter().all(|m| m.contains("verflow")),
+            "{expr}: {failed:?}"
+        );
+    }
+}
