@@ -105,7 +105,7 @@ impl FileCheckpointStore {
         &self.path
     }
 
-    fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
+    pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
         let header = Header {
             version: FORMAT_VERSION,
             created_ms: checkpoint.created_ms,
@@ -133,7 +133,7 @@ impl FileCheckpointStore {
         Ok(out)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Checkpoint> {
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<Checkpoint> {
         let bad = |why: &str| {
             Error::Pipeline(format!(
                 "checkpoint file {} is not a rivulet checkpoint: {why}",
@@ -268,6 +268,23 @@ pub(crate) fn sql_fingerprint(sql: &str) -> String {
     use md5::{Digest, Md5};
     let digest = Md5::digest(sql.trim().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A checkpoint file with some of everything, for the fuzz targets' seeds.
+#[cfg(test)]
+pub(crate) fn fuzz_seed_checkpoint() -> Vec<u8> {
+    FileCheckpointStore::encode(&Checkpoint {
+        position: Position::single(
+            "shardId-000000000000",
+            "49590338271490256608559692538361571095921575989136588898:3",
+        ),
+        state: vec![vec![1, 2, 3], Vec::new()],
+        partitions: vec!["shardId-000000000000".into()],
+        sql_fingerprint: sql_fingerprint("SELECT 1"),
+        created_ms: 1_767_225_600_000,
+        input_columns: vec![("x".into(), arrow::datatypes::DataType::Int64)],
+    })
+    .expect("a checkpoint encodes")
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub mod crypto;
 pub mod discover;
 mod error;
 mod format;
+#[cfg(test)]
+mod fuzz;
 mod kda_app;
 #[cfg(feature = "aws")]
 pub mod kinesis;

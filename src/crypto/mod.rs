@@ -15,7 +15,7 @@
 //! a sink in the pipeline file: a record sink (Firehose, Kinesis) seals each record, a file sink each
 //! chunk it writes, the S3 sink each object.
 
-mod envelope;
+pub(crate) mod envelope;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -896,6 +896,24 @@ fn same_key(expected: &str, found: &str) -> bool {
         return expected == found;
     }
     found == expected || found.ends_with(&format!(":key/{expected}"))
+}
+
+/// An envelope with a context, for the fuzz targets' seeds (its key and ciphertext are not real).
+#[cfg(test)]
+pub(crate) fn fuzz_seed_envelope() -> Vec<u8> {
+    let mut context = EncryptionContext::new();
+    context.insert("rivulet:pipeline".into(), "ticker".into());
+    let mut out = Vec::new();
+    envelope::write_header(
+        &mut out,
+        "arn:aws:kms:us-east-1:000000000000:key/local",
+        &envelope::encode_context(&context).expect("a small context"),
+        &[7; 48],
+        &[1; envelope::NONCE_LEN],
+        16,
+    );
+    out.extend_from_slice(&[9; 32]);
+    out
 }
 
 #[cfg(test)]

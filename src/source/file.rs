@@ -229,12 +229,13 @@ impl FileSource {
         let max = self.max_record_bytes.max(1);
         let bytes = &self.pending[..];
         let mut pieces = Vec::new();
-        // A scan that stopped past the end (an escape as the last byte read) resumes there.
-        if self.scan.scanned > bytes.len() {
+        // A scan that stopped past the end (an escape as the last byte read) resumes there; at
+        // the end of input, the record it is in is the last.
+        if self.scan.scanned > bytes.len() && !at_eof {
             return Vec::new();
         }
         let mut start = 0usize;
-        let mut i = self.scan.scanned;
+        let mut i = self.scan.scanned.min(bytes.len());
         let mut in_quotes = self.scan.in_quotes;
         let mut dropping = self.scan.dropping;
         while pieces.len() < limit {
@@ -370,6 +371,24 @@ impl FileSource {
             }
         }
         records
+    }
+
+    /// Appends bytes as a read would (for the fuzz target of framing).
+    #[cfg(test)]
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// Frames what was fed (for the fuzz target of framing).
+    #[cfg(test)]
+    pub(crate) fn frame(&mut self, at_eof: bool) -> Vec<Record> {
+        self.take_records(at_eof)
+    }
+
+    /// Bytes framed or dropped so far (for the fuzz target of framing).
+    #[cfg(test)]
+    pub(crate) fn consumed(&self) -> u64 {
+        self.offset
     }
 
     fn push_record(

@@ -16,7 +16,7 @@
 
 mod bounds;
 mod checked;
-mod kda;
+pub(crate) mod kda;
 mod kda_functions;
 mod kda_log_parse;
 mod over;
