@@ -39,6 +39,38 @@ fn event_cost(r: &Record) -> usize {
     std::mem::size_of::<Record>() + r.payload().len()
 }
 
+/// Cuts `records` into full events (in order) and the rest, which fills no event yet. Each event
+/// holds at most [`MAX_EVENT_RECORDS`] records and [`MAX_EVENT_BYTES`] (at least one record); the
+/// cuts are made from the back, so each record moves once.
+fn cut_events(mut records: Vec<Record>) -> (Vec<Vec<Record>>, Vec<Record>) {
+    let mut cuts = Vec::new();
+    let (mut n, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let c = event_cost(r);
+        if n > 0 && (n == MAX_EVENT_RECORDS || bytes + c > MAX_EVENT_BYTES) {
+            cuts.push(i);
+            n = 0;
+            bytes = 0;
+        }
+        n += 1;
+        bytes += c;
+    }
+    if n >= MAX_EVENT_RECORDS || bytes >= MAX_EVENT_BYTES {
+        cuts.push(records.len());
+    }
+    let rest = match cuts.last() {
+        Some(&last) => records.split_off(last),
+        None => return (Vec::new(), records),
+    };
+    let mut pieces = Vec::with_capacity(cuts.len());
+    for &at in cuts[..cuts.len() - 1].iter().rev() {
+        pieces.push(records.split_off(at));
+    }
+    pieces.push(records);
+    pieces.reverse();
+    (pieces, rest)
+}
+
 /// The shard offset right after `r`: inside its aggregated record when it is a sub-record.
 fn offset_after(r: &Record) -> Option<ShardOffset> {
     Some(ShardOffset::After {
@@ -231,30 +263,22 @@ impl ShardReader {
                 stats.malformed_aggregates += s.malformed_aggregates;
                 bytes += records[before..].iter().map(event_cost).sum::<usize>();
                 // Full events go on as they fill: the page's records are never all held here.
-                while records.len() >= MAX_EVENT_RECORDS || bytes >= MAX_EVENT_BYTES {
-                    let mut cut = 0;
-                    let mut cut_bytes = 0;
-                    while cut < records.len().min(MAX_EVENT_RECORDS) {
-                        let c = event_cost(&records[cut]);
-                        if cut > 0 && cut_bytes + c > MAX_EVENT_BYTES {
-                            break;
+                if records.len() >= MAX_EVENT_RECORDS || bytes >= MAX_EVENT_BYTES {
+                    let (full, rest) = cut_events(std::mem::take(&mut records));
+                    records = rest;
+                    bytes = records.iter().map(event_cost).sum();
+                    for piece in full {
+                        let Some(offset) = piece.last().and_then(offset_after) else {
+                            return Err(format!("shard {id}: a record without a sequence number"));
+                        };
+                        let event = ReaderEvent::Records {
+                            shard: Arc::clone(&id),
+                            records: piece,
+                            offset,
+                        };
+                        if self.events.send(event).await.is_err() {
+                            return Ok(());
                         }
-                        cut_bytes += c;
-                        cut += 1;
-                    }
-                    let rest = records.split_off(cut);
-                    let full = std::mem::replace(&mut records, rest);
-                    bytes -= cut_bytes;
-                    let Some(offset) = full.last().and_then(offset_after) else {
-                        return Err(format!("shard {id}: a record without a sequence number"));
-                    };
-                    let event = ReaderEvent::Records {
-                        shard: Arc::clone(&id),
-                        records: full,
-                        offset,
-                    };
-                    if self.events.send(event).await.is_err() {
-                        return Ok(());
                     }
                 }
             }
@@ -363,5 +387,53 @@ impl ShardReader {
                 self.health.update(&self.shard.id, |h| h.retries += 1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn numbered(n: usize, size: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                let mut payload = vec![0u8; size.max(8)];
+                payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                Record::new(Bytes::from(payload), 0).with_sequence_number(i.to_string())
+            })
+            .collect()
+    }
+
+    fn number(r: &Record) -> u64 {
+        u64::from_le_bytes(r.payload()[..8].try_into().unwrap())
+    }
+
+    #[test]
+    fn events_are_cut_by_records_and_bytes_in_order() {
+        let (full, rest) = cut_events(numbered(25_000, 8));
+        assert_eq!(
+            full.iter().map(Vec::len).collect::<Vec<_>>(),
+            [MAX_EVENT_RECORDS, MAX_EVENT_RECORDS]
+        );
+        assert_eq!(rest.len(), 5_000);
+        let order: Vec<u64> = full.iter().flatten().chain(&rest).map(number).collect();
+        assert!(order.iter().copied().eq(0..25_000), "in order, each once");
+
+        // 1 MiB payloads: seven fit in 8 MiB with their records' own size.
+        let (full, rest) = cut_events(numbered(20, 1 << 20));
+        assert_eq!(full.iter().map(Vec::len).collect::<Vec<_>>(), [7, 7]);
+        assert_eq!(rest.len(), 6);
+        for piece in &full {
+            assert!(piece.iter().map(event_cost).sum::<usize>() <= MAX_EVENT_BYTES);
+        }
+        // Exactly full: nothing left over.
+        let (full, rest) = cut_events(numbered(MAX_EVENT_RECORDS, 8));
+        assert_eq!(full.len(), 1);
+        assert!(rest.is_empty());
+        // A record over the byte bound alone is an event of its own.
+        let (full, rest) = cut_events(numbered(2, 9 << 20));
+        assert_eq!(full.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+        assert!(rest.is_empty());
     }
 }
