@@ -2,7 +2,8 @@
 # Runs the fuzz targets of src/fuzz.rs: each for SECONDS (default 60), or only those whose name
 # contains FILTER. An input that breaks a target is written to fuzz/crashes/<target>/ and the
 # run fails; copy it into fuzz/regressions/<target>/ (with a name saying what it broke) so every
-# later test run replays it. CI runs the same targets for 1 s each as part of the tests.
+# later test run replays it. The tests (and so CI) run each target on a fixed number of inputs from a fixed
+# seed, the same on every machine; this script fuzzes with random seeds.
 #
 #   scripts/fuzz.sh [SECONDS] [FILTER]
 #   RIVULET_FUZZ_SEED=123 scripts/fuzz.sh 10 csv_framing   # repeat a run

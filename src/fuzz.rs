@@ -4,8 +4,9 @@
 //! Each target takes bytes and must not panic, hang or break its invariants. The driver first
 //! replays every input in `fuzz/regressions/<target>/` (inputs that once broke a target, kept as
 //! regression tests), then mutates a seed corpus (records, files and SQL from the repository, and
-//! the target's own encoders) for `RIVULET_FUZZ_SECONDS` per target (default 1), with
-//! `RIVULET_FUZZ_SEED` to repeat a run. Mutations flip bits, overwrite, insert, delete and
+//! the target's own encoders): in a test run, a fixed number of inputs per target from a fixed seed, the same on
+//! every machine; with `RIVULET_FUZZ_SECONDS` (what `scripts/fuzz.sh` sets), random inputs for that
+//! long per target, and `RIVULET_FUZZ_SEED` to repeat a run. Mutations flip bits, overwrite, insert, delete and
 //! duplicate ranges, splice two inputs and insert tokens of the target's syntax. An input that
 //! panics is written to `fuzz/crashes/<target>/` and fails the run with its path; copied into
 //! `fuzz/regressions/<target>/` it is replayed from then on.
@@ -23,19 +24,39 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn budget() -> Duration {
-    let secs: f64 = std::env::var("RIVULET_FUZZ_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    Duration::from_secs_f64(secs)
+/// How long a target is fuzzed: `RIVULET_FUZZ_SECONDS` of random inputs (what
+/// `scripts/fuzz.sh` sets), or else a fixed number of inputs from a fixed seed, so that a test
+/// run is the same on every machine and a failure in CI is one anybody can repeat.
+enum Budget {
+    Time(Duration),
+    Inputs(u64),
 }
 
-fn seed() -> u64 {
+/// Inputs per target in a test run (a few seconds of a debug build each).
+const TEST_INPUTS: u64 = 10_000;
+/// Inputs in a test run for a target that builds a decoder per input.
+const TEST_INPUTS_SLOW: u64 = 500;
+/// The seed of a test run (any seed works; this one is fixed so that runs repeat).
+const TEST_SEED: u64 = 0x7269_7675_6c65_7421;
+
+fn budget(test_inputs: u64) -> Budget {
+    match std::env::var("RIVULET_FUZZ_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        Some(secs) => Budget::Time(Duration::from_secs_f64(secs)),
+        None => Budget::Inputs(test_inputs),
+    }
+}
+
+fn seed(budget: &Budget) -> u64 {
     std::env::var("RIVULET_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..))
+        .unwrap_or_else(|| match budget {
+            Budget::Time(_) => fastrand::u64(..),
+            Budget::Inputs(_) => TEST_SEED,
+        })
 }
 
 /// Every file's bytes under `dir` (none when it does not exist).
@@ -108,7 +129,13 @@ fn mutate(rng: &mut fastrand::Rng, input: &[u8], corpus: &[Vec<u8>], tokens: &[&
 }
 
 /// Replays `target`'s regressions, then fuzzes it for the budget.
-fn run(name: &str, seeds: Vec<Vec<u8>>, tokens: &[&[u8]], target: impl Fn(&[u8])) {
+fn run(
+    name: &str,
+    test_inputs: u64,
+    seeds: Vec<Vec<u8>>,
+    tokens: &[&[u8]],
+    target: impl Fn(&[u8]),
+) {
     let regressions = files(&repo().join("fuzz/regressions").join(name));
     for (i, input) in regressions.iter().enumerate() {
         if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
@@ -118,12 +145,15 @@ fn run(name: &str, seeds: Vec<Vec<u8>>, tokens: &[&[u8]], target: impl Fn(&[u8])
     let mut corpus = seeds;
     corpus.extend(regressions);
     corpus.push(Vec::new());
-    let seed = seed();
+    let budget = budget(test_inputs);
+    let seed = seed(&budget);
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
-    let budget = budget();
     let mut runs = 0u64;
-    while started.elapsed() < budget {
+    while match budget {
+        Budget::Time(limit) => started.elapsed() < limit,
+        Budget::Inputs(n) => runs < n,
+    } {
         let base = &corpus[rng.usize(..corpus.len())];
         let input = mutate(&mut rng, base, &corpus, tokens);
         runs += 1;
@@ -238,6 +268,7 @@ fn json_decoding() {
     );
     run(
         "json_decoding",
+        TEST_INPUTS,
         seeds,
         JSON_TOKENS,
         decode_target(crate::RecordFormat::Json),
@@ -249,6 +280,7 @@ fn csv_decoding() {
     let seeds = sample_lines("ticks.csv");
     run(
         "csv_decoding",
+        TEST_INPUTS_SLOW,
         seeds,
         &[
             b",",
@@ -277,6 +309,7 @@ fn csv_framing() {
     std::fs::write(&path, b"").expect("an empty file");
     run(
         "csv_framing",
+        TEST_INPUTS,
         seeds,
         &[b"\"", b"\\", b"\n", b"\r\n", b"\\\"", b"\"\""],
         |input: &[u8]| {
@@ -327,6 +360,7 @@ fn kpl_deaggregation() {
     }
     run(
         "kpl_deaggregation",
+        TEST_INPUTS,
         seeds,
         &[
             b"\xf3\x89\x9a\xc2",
@@ -359,6 +393,7 @@ fn envelope_parsing() {
     let seeds = vec![crate::crypto::fuzz_seed_envelope()];
     run(
         "envelope_parsing",
+        TEST_INPUTS,
         seeds,
         &[b"RVE1", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff"],
         |input: &[u8]| {
@@ -386,6 +421,7 @@ fn kda_translation() {
     }
     run(
         "kda_translation",
+        TEST_INPUTS,
         seeds,
         &[
             b"CREATE OR REPLACE STREAM ",
@@ -431,6 +467,7 @@ fn pipeline_files() {
     );
     run(
         "pipeline_files",
+        TEST_INPUTS,
         seeds,
         &[
             b"[[sinks]]\n",
@@ -455,6 +492,7 @@ fn checkpoint_decoding() {
     let seeds = vec![crate::checkpoint::fuzz_seed_checkpoint()];
     run(
         "checkpoint_decoding",
+        TEST_INPUTS,
         seeds,
         &[
             b"{",

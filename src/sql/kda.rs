@@ -426,7 +426,11 @@ fn table_function(
                     [t] | [t, _, _] => ident(t).ok(),
                     _ => None,
                 };
-                let alias_ok = item.len() == 1 || word_is(&item[1].token, "AS");
+                let alias_ok = match item {
+                    [_] => true,
+                    [_, as_, _] => word_is(&as_.token, "AS"),
+                    _ => false,
+                };
                 name.filter(|_| alias_ok)
                     .and_then(|n| outputs.iter().find(|(o, _)| *o == n))
                     .map(|(_, e)| e.clone())
