@@ -841,7 +841,7 @@ async fn reference_bytes(r: &ReferenceConfig, local: &Path) -> Result<Vec<u8>> {
             let (bucket, key) = rest
                 .split_once('/')
                 .ok_or_else(|| Error::Format(format!("`{}` is not s3://bucket/key", r.path)))?;
-            crate::sink::get_object(bucket, key, r.region.clone(), r.endpoint_url.clone())
+            crate::aws::s3::get_object(bucket, key, r.region.clone(), r.endpoint_url.clone())
                 .await?
                 .to_vec()
         }
@@ -1531,7 +1531,7 @@ impl PipelineConfig {
                 encryption,
                 ..
             } => {
-                let mut b = crate::sink::KinesisSink::builder(stream_name.clone())
+                let mut b = crate::kinesis::KinesisSink::builder(stream_name.clone())
                     .partition_key_column(partition_key.clone())
                     .format(record_format(format))
                     .delivery_settings(delivery_settings(s));
@@ -2001,13 +2001,36 @@ fn check_sink(key: &str, s: &SinkConfig) -> Result<()> {
 }
 
 #[cfg(feature = "setup")]
+/// What the pipeline file says about resources, for `rivulet setup` (which interprets it).
+#[derive(Debug, Clone)]
+pub(crate) struct SetupInputs {
+    pub(crate) pipeline: String,
+    pub(crate) section: SetupSection,
+    /// The Kinesis source stream, and the region and endpoint the source names.
+    pub(crate) source: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    /// Firehose sinks' delivery streams (error output included), and the raw copy's.
+    pub(crate) deliveries: Vec<String>,
+    pub(crate) raw_delivery: Option<String>,
+    /// Kinesis sinks' streams.
+    pub(crate) output_streams: Vec<String>,
+    /// S3 sinks' bucket and prefix (raw copy and error output included).
+    pub(crate) s3_sinks: Vec<(String, String)>,
+    /// The KMS key ids sinks seal their output with (`encryption.kms_key_id`), each once: setup
+    /// tells its own key's alias from keys it does not manage.
+    pub(crate) envelope_keys: Vec<String>,
+    /// `[[udfs]]` modules loaded from S3: bucket and key.
+    pub(crate) udf_objects: Vec<(String, String)>,
+}
+
+#[cfg(feature = "setup")]
 impl PipelineConfig {
     /// What `rivulet setup` reads from the file: the streams, delivery streams, buckets and keys
     /// its source and sinks name, and the `[setup]` table.
-    pub(crate) fn setup_inputs(&self) -> Result<crate::setup::SetupInputs> {
+    pub(crate) fn setup_inputs(&self) -> Result<SetupInputs> {
         let section = self.setup.clone().unwrap_or_default();
-        let alias = crate::setup::key_alias(self.name());
-        let mut inputs = crate::setup::SetupInputs {
+        let mut inputs = SetupInputs {
             pipeline: self.name().to_owned(),
             source: None,
             region: section.region.clone(),
@@ -2017,8 +2040,7 @@ impl PipelineConfig {
             raw_delivery: None,
             output_streams: Vec::new(),
             s3_sinks: Vec::new(),
-            envelope_with_setup_key: false,
-            other_keys: Vec::new(),
+            envelope_keys: Vec::new(),
             udf_objects: self
                 .udfs
                 .iter()
@@ -2080,10 +2102,8 @@ impl PipelineConfig {
                 SinkConfig::Stdout { .. } | SinkConfig::Stderr { .. } => &None,
             };
             if let Some(e) = encryption {
-                if e.kms_key_id == alias {
-                    inputs.envelope_with_setup_key = true;
-                } else if !inputs.other_keys.contains(&e.kms_key_id) {
-                    inputs.other_keys.push(e.kms_key_id.clone());
+                if !inputs.envelope_keys.contains(&e.kms_key_id) {
+                    inputs.envelope_keys.push(e.kms_key_id.clone());
                 }
             }
         }

@@ -78,7 +78,7 @@ pub enum Error {
     /// Envelope encryption or decryption failed.
     #[cfg(feature = "aws")]
     #[error("envelope encryption: {0}")]
-    Envelope(#[from] crate::crypto::EnvelopeError),
+    Envelope(#[from] EnvelopeError),
 
     /// A WASM module cannot be loaded or used (it imports something, lacks an export, does not
     /// compile, or describes itself wrongly).
@@ -124,4 +124,64 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// Why an envelope could not be made or opened (see [`crypto`](crate::crypto), which re-exports
+/// it). It is defined here, beside the crate's error, so that this module depends on nothing above
+/// it.
+#[cfg(feature = "aws")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The data does not start with an envelope (wrong file, or not encrypted).
+    #[error("not an envelope: the data does not start with the bytes `RVE`")]
+    NotAnEnvelope,
+    /// The envelope was written by a newer version of the format.
+    #[error("envelope version {0} is not supported (this build reads version 1)")]
+    UnsupportedVersion(u8),
+    /// The data ends inside an envelope.
+    #[error("the envelope is truncated in its {field} (at byte {offset})")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+        /// Offset of the field in the envelope.
+        offset: usize,
+    },
+    /// A field of the envelope is malformed, or a context or key too large to store.
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+    /// The envelope's context lacks a pair the decryptor requires, or has another value.
+    #[error(
+        "encryption context mismatch for `{key}`: expected `{expected}`, the envelope has {found}"
+    )]
+    ContextMismatch {
+        /// The context key.
+        key: String,
+        /// The value required.
+        expected: String,
+        /// What the envelope has (`no such key` when absent).
+        found: String,
+    },
+    /// The envelope was encrypted under another KMS key than the one required.
+    #[error("the envelope's data key belongs to KMS key `{found}`, not `{expected}`")]
+    KeyMismatch {
+        /// The key required.
+        expected: String,
+        /// The key named by the envelope.
+        found: String,
+    },
+    /// The ciphertext or the header was changed, or the data key does not match it.
+    #[error("authentication failed: the ciphertext or its header was altered")]
+    Authentication,
+    /// KMS refused or failed a call.
+    #[error("KMS {operation} failed: {code}: {message}")]
+    Kms {
+        /// `GenerateDataKey` or `Decrypt`.
+        operation: &'static str,
+        /// The service's error code, e.g. `InvalidCiphertextException`, `IncorrectKeyException`,
+        /// `NotFoundException`, `AccessDeniedException`.
+        code: String,
+        /// The service's message.
+        message: String,
+    },
 }

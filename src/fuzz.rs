@@ -414,7 +414,7 @@ fn kda_translation() {
         .flatten()
     {
         if let Ok(sql) = std::fs::read(entry.path().join("query.sql")) {
-            if crate::sql::kda::is_application(&String::from_utf8_lossy(&sql)) {
+            if crate::kda::Dialect::of(&String::from_utf8_lossy(&sql)) == crate::kda::Dialect::Kda {
                 seeds.push(sql);
             }
         }
@@ -448,7 +448,7 @@ fn kda_translation() {
         ],
         |input: &[u8]| {
             let text = String::from_utf8_lossy(input);
-            let _ = crate::sql::kda::translate(&text);
+            let _ = crate::kda::translate(&text);
         },
     );
 }

@@ -44,7 +44,7 @@ mod error;
 mod format;
 #[cfg(test)]
 mod fuzz;
-mod kda_app;
+mod kda;
 #[cfg(feature = "aws")]
 pub mod kinesis;
 #[cfg(feature = "aws")]
@@ -71,24 +71,27 @@ pub use format::{
     FailureKind, JsonPath, MetadataColumn, OutputFormat, RecordDecoder, RecordDecoderBuilder,
     RecordFormat, DEFAULT_MAX_RECORD_BYTES, PROCESSING_ROWTIME, ROWTIME,
 };
-pub use kda_app::{KdaApplication, KdaReference};
+pub use kda::{KdaApplication, KdaReference};
+#[cfg(feature = "aws")]
+pub use kinesis::{KinesisSink, KinesisSinkBuilder};
 pub use metrics::{MetricsSnapshot, PartitionHealth, PipelineMetrics, SourceHealth};
 pub use pipeline::{
     BatchSettings, Pipeline, PipelineBuilder, PipelineReport, ShutdownHandle,
-    DEFAULT_CHECKPOINT_INTERVAL, RAW_STREAM,
+    DEFAULT_CHECKPOINT_INTERVAL,
 };
-pub use record::{Position, Record, RecordId, Rejection};
+pub use record::{
+    Position, Record, RecordId, Rejection, DESTINATION_STREAM, ERROR_STREAM, RAW_STREAM,
+    SOURCE_ALIAS, SOURCE_STREAM,
+};
 pub use sink::{
     error_schema, CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage,
     FileSink, FileSinkBuilder, MemorySink, MemorySinkHandle, NullSink, OutputBatch, OutputData,
-    Sink, StdoutSink, DESTINATION_STREAM, ERROR_STREAM,
+    Sink, StdoutSink,
 };
 #[cfg(feature = "aws")]
 pub use sink::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
 #[cfg(feature = "aws")]
-pub use sink::{
-    DeliverySettings, FirehoseSink, FirehoseSinkBuilder, KinesisSink, KinesisSinkBuilder,
-};
+pub use sink::{DeliverySettings, FirehoseSink, FirehoseSinkBuilder};
 pub use transform::{FnTransform, RecordTransform, Transformed};
 
 /// Amazon Data Firehose: the sink and the service limits it batches by.
@@ -102,8 +105,9 @@ pub mod firehose {
 /// Amazon S3: the sink, its formats, and the limits and defaults it works with.
 #[cfg(feature = "aws")]
 pub mod s3 {
+    pub use crate::aws::s3::{decompress, get_object, get_object_with};
+    pub use crate::sink::abort_uploads_in_progress;
     pub use crate::sink::s3_limits::*;
-    pub use crate::sink::{abort_uploads_in_progress, decompress, get_object, get_object_with};
     pub use crate::sink::{Compression, ObjectFormat, S3Sink, S3SinkBuilder, ServerSideEncryption};
 }
 pub use source::{
@@ -113,6 +117,5 @@ pub use source::{
 };
 pub use sql::{
     QueryOutput, RowFailure, SqlFunctions, SqlIssue, SqlOutput, SqlProgram, StreamQuery,
-    WatermarkSettings, MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SOURCE_ALIAS,
-    SOURCE_STREAM, SQL_MEMORY_LIMIT,
+    WatermarkSettings, MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT,
 };

@@ -27,14 +27,12 @@ use crate::ack::{Ack, AckTracker, Commit, TrackerMsg, WindowSnapshot};
 use crate::checkpoint::{sql_fingerprint, Checkpoint, CheckpointStore};
 use crate::format::{infer_schema, Column, MetadataColumn, RecordDecoder, RecordFormat};
 use crate::metrics::{MetricsSnapshot, PipelineMetrics, SourceHealth};
-use crate::record::{Position, Record};
+use crate::record::{now_ms, Position, Record, DESTINATION_STREAM, ERROR_STREAM, RAW_STREAM};
 use crate::sink::{
     CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage, OutputBatch,
-    OutputData, Sink, DESTINATION_STREAM, ERROR_STREAM,
+    OutputData, Sink,
 };
-use crate::source::{
-    now_ms, PartitionAlignment, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION,
-};
+use crate::source::{PartitionAlignment, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
 use crate::sql::{SourceState, SqlFunctions, SqlOutput, SqlProgram, WatermarkSettings};
 use crate::transform::{RecordTransform, Transformed};
 use crate::{Error, Result};
@@ -50,9 +48,6 @@ const WINDOW_TICK: Duration = Duration::from_secs(1);
 
 /// How long schema inference waits for a first record from an idle source.
 const INFER_WAIT: Duration = Duration::from_secs(10);
-
-/// Name of the stream a raw-data copy receives.
-pub const RAW_STREAM: &str = "raw_data";
 
 /// Default time between checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
@@ -796,6 +791,7 @@ impl PipelineBuilder {
         }
         let (shutdown_tx, _) = watch::channel(false);
         let health = source.health();
+        let kda = program.dialect() == crate::kda::Dialect::Kda;
         Ok(Pipeline {
             checkpoints: self.checkpoint_store.map(|store| Checkpoints {
                 store,
@@ -840,7 +836,7 @@ impl PipelineBuilder {
                 });
                 // A Kinesis Data Analytics application's errors also carry the columns of KDA's
                 // error_stream.
-                if crate::sql::is_kda_application(&self.sql) {
+                if kda {
                     Box::new(crate::sink::KdaErrorColumns::new(sink))
                 } else {
                     sink

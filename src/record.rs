@@ -210,6 +210,22 @@ impl Position {
     }
 }
 
+/// Name under which the input stream is registered in SQL.
+pub const SOURCE_STREAM: &str = "SOURCE_SQL_STREAM_001";
+/// Short alias of the input stream in SQL.
+pub const SOURCE_ALIAS: &str = "source";
+/// Name of the output stream of a single-statement query.
+pub const DESTINATION_STREAM: &str = "DESTINATION_SQL_STREAM";
+/// Name of the error output stream.
+pub const ERROR_STREAM: &str = "error_stream";
+/// Name of the stream a raw-data copy receives.
+pub const RAW_STREAM: &str = "raw_data";
+
+/// The wall clock in milliseconds since the epoch: arrival and processing times.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

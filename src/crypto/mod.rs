@@ -31,69 +31,13 @@ use envelope::{NONCE_LEN, TAG_LEN};
 /// zeroed when dropped.
 pub use zeroize::Zeroizing;
 
+pub use crate::error::EnvelopeError;
 use crate::{Error, Result};
 
 /// Context key naming the pipeline.
 pub const CONTEXT_PIPELINE: &str = "rivulet:pipeline";
 /// Context key naming the output stream (or `raw_data`, `error_stream`).
 pub const CONTEXT_STREAM: &str = "rivulet:stream";
-
-/// Why an envelope could not be made or opened.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EnvelopeError {
-    /// The data does not start with an envelope (wrong file, or not encrypted).
-    #[error("not an envelope: the data does not start with the bytes `RVE`")]
-    NotAnEnvelope,
-    /// The envelope was written by a newer version of the format.
-    #[error("envelope version {0} is not supported (this build reads version 1)")]
-    UnsupportedVersion(u8),
-    /// The data ends inside an envelope.
-    #[error("the envelope is truncated in its {field} (at byte {offset})")]
-    Truncated {
-        /// The field being read.
-        field: &'static str,
-        /// Offset of the field in the envelope.
-        offset: usize,
-    },
-    /// A field of the envelope is malformed, or a context or key too large to store.
-    #[error("invalid envelope: {0}")]
-    Invalid(String),
-    /// The envelope's context lacks a pair the decryptor requires, or has another value.
-    #[error(
-        "encryption context mismatch for `{key}`: expected `{expected}`, the envelope has {found}"
-    )]
-    ContextMismatch {
-        /// The context key.
-        key: String,
-        /// The value required.
-        expected: String,
-        /// What the envelope has (`no such key` when absent).
-        found: String,
-    },
-    /// The envelope was encrypted under another KMS key than the one required.
-    #[error("the envelope's data key belongs to KMS key `{found}`, not `{expected}`")]
-    KeyMismatch {
-        /// The key required.
-        expected: String,
-        /// The key named by the envelope.
-        found: String,
-    },
-    /// The ciphertext or the header was changed, or the data key does not match it.
-    #[error("authentication failed: the ciphertext or its header was altered")]
-    Authentication,
-    /// KMS refused or failed a call.
-    #[error("KMS {operation} failed: {code}: {message}")]
-    Kms {
-        /// `GenerateDataKey` or `Decrypt`.
-        operation: &'static str,
-        /// The service's error code, e.g. `InvalidCiphertextException`, `IncorrectKeyException`,
-        /// `NotFoundException`, `AccessDeniedException`.
-        code: String,
-        /// The service's message.
-        message: String,
-    },
-}
 
 /// A data key: the plaintext for this process only, and the same key as KMS encrypted it, to
 /// store next to the data. The plaintext is zeroed when the key is dropped, and its `Debug` form

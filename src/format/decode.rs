@@ -351,7 +351,7 @@ impl RecordDecoder {
         let rowtime = match self.rowtime_column {
             None if self.processing_rowtime => {
                 // One instant for the whole micro-batch: its records entered together.
-                let now = crate::source::now_ms().max(self.last_processing);
+                let now = crate::record::now_ms().max(self.last_processing);
                 self.last_processing = now;
                 TimestampMillisecondArray::from_iter_values(row_records.iter().map(|_| now))
             }
@@ -865,9 +865,9 @@ mod tests {
                 .values()
                 .to_vec()
         };
-        let before = crate::source::now_ms();
+        let before = crate::record::now_ms();
         let first = rowtimes(&mut d);
-        let after = crate::source::now_ms();
+        let after = crate::record::now_ms();
         // Not the arrival times (1000, 1001): one instant of this decode for both rows.
         assert_eq!(first[0], first[1]);
         assert!((before..=after).contains(&first[0]), "{first:?}");

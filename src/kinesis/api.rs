@@ -257,7 +257,7 @@ impl KinesisApi for SdkApi {
                 arrival_ms: r
                     .approximate_arrival_timestamp
                     .and_then(|t| t.to_millis().ok())
-                    .unwrap_or_else(crate::source::now_ms),
+                    .unwrap_or_else(crate::record::now_ms),
             })
             .collect();
         let child_shards = resp

@@ -1,4 +1,5 @@
-//! Amazon Kinesis Data Streams: the [`KinesisSource`] and the pieces it is built from.
+//! Amazon Kinesis Data Streams: the [`KinesisSource`] and the pieces it is built from, and the
+//! [`KinesisSink`] (PutRecords, with the delivery machinery it shares with the Firehose sink).
 //!
 //! The source lists the stream's shards (ListShards, refreshed periodically and whenever a shard
 //! ends), runs one polling reader per shard (GetShardIterator / GetRecords) and merges what they
@@ -18,15 +19,17 @@ mod fake;
 pub mod kpl;
 mod reader;
 mod shards;
+mod sink;
 mod source;
 
 pub use reader::{PollSettings, MAX_EVENT_BYTES, MAX_EVENT_RECORDS, MAX_RECORDS_PER_CALL};
 pub use shards::{RecordUnpacker, UnpackStats};
+pub use sink::{KinesisSink, KinesisSinkBuilder};
 pub use source::{KinesisSource, KinesisSourceBuilder, StartPosition};
 
 /// The Kinesis sink's service limits.
 pub mod sink_limits {
-    pub use crate::sink::kinesis_limits::{
+    pub use super::sink::{
         MAX_BYTES_PER_CALL, MAX_PARTITION_KEY_CHARS, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
     };
 }

@@ -14,8 +14,9 @@ use super::api::{ApiError, KinesisApi, SdkApi, StreamRef};
 use super::reader::{PollSettings, ReaderEvent, ShardReader, MAX_RECORDS_PER_CALL};
 use super::shards::{ShardInfo, ShardOffset};
 use crate::metrics::SourceHealth;
+use crate::record::now_ms;
 use crate::record::Position;
-use crate::source::{now_ms, PartitionAlignment, PartitionEvent, Source, SourceBatch};
+use crate::source::{PartitionAlignment, PartitionEvent, Source, SourceBatch};
 use crate::{Error, Result};
 
 /// How long `next_batch` waits for records before returning an empty batch.

@@ -1253,7 +1253,8 @@ pub async fn destroy(config: &crate::PipelineConfig) -> Result<ApplyReport> {
             }
             Planned::Key { alias, .. } => {
                 let kept_data = changes.iter().any(|c| c.starts_with("kept S3 bucket"));
-                if found.key_arn.is_some() && (kept_data || inputs.envelope_with_setup_key) {
+                if found.key_arn.is_some() && (kept_data || super::envelope_with_setup_key(&inputs))
+                {
                     changes.push(format!(
                         "kept KMS key {alias}: {}",
                         if kept_data {

@@ -39,7 +39,7 @@ pub use aws::{apply, destroy, ApplyReport};
 pub use cfn::cloudformation;
 use policy::{arn, DocumentKind, PolicyDocument, Principal, Resource, Statement};
 
-use crate::config::{DeliverySection, SetupSection};
+pub(crate) use crate::config::{DeliverySection, SetupInputs};
 use crate::{Error, Result};
 
 /// Tag key on everything rivulet creates: the pipeline's name.
@@ -304,28 +304,17 @@ impl Plan {
     }
 }
 
-/// What the pipeline file says about resources.
-#[derive(Debug, Clone)]
-pub(crate) struct SetupInputs {
-    pub(crate) pipeline: String,
-    pub(crate) section: SetupSection,
-    /// The Kinesis source stream, and the region and endpoint the source names.
-    pub(crate) source: Option<String>,
-    pub(crate) region: Option<String>,
-    pub(crate) endpoint_url: Option<String>,
-    /// Firehose sinks' delivery streams (error output included), and the raw copy's.
-    pub(crate) deliveries: Vec<String>,
-    pub(crate) raw_delivery: Option<String>,
-    /// Kinesis sinks' streams.
-    pub(crate) output_streams: Vec<String>,
-    /// S3 sinks' bucket and prefix (raw copy and error output included).
-    pub(crate) s3_sinks: Vec<(String, String)>,
-    /// Whether a sink seals its output with the setup's key (its `encryption.kms_key_id` is the
-    /// setup key's alias); other key ids, which rivulet does not manage.
-    pub(crate) envelope_with_setup_key: bool,
-    pub(crate) other_keys: Vec<String>,
-    /// `[[udfs]]` modules loaded from S3: bucket and key.
-    pub(crate) udf_objects: Vec<(String, String)>,
+/// Whether a sink seals its output with the setup's key (its `encryption.kms_key_id` is the
+/// setup key's alias).
+fn envelope_with_setup_key(inputs: &SetupInputs) -> bool {
+    let alias = key_alias(&inputs.pipeline);
+    inputs.envelope_keys.contains(&alias)
+}
+
+/// The key ids sinks seal their output with that rivulet does not manage.
+fn other_keys(inputs: &SetupInputs) -> impl Iterator<Item = &String> {
+    let alias = key_alias(&inputs.pipeline);
+    inputs.envelope_keys.iter().filter(move |k| **k != alias)
 }
 
 /// The setup key's alias for `pipeline`.
@@ -575,7 +564,7 @@ pub(crate) fn desired(
     resources.push(runtime_role);
     resources.extend(deliveries);
 
-    for k in &inputs.other_keys {
+    for k in other_keys(inputs) {
         notes.push(format!(
             "a sink encrypts with key `{k}`, which rivulet does not manage: the runtime role is \
              not granted it; grant kms:GenerateDataKey and kms:Decrypt on it yourself"
@@ -910,7 +899,7 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
                 ),
             );
         }
-        if inputs.envelope_with_setup_key {
+        if envelope_with_setup_key(inputs) {
             st.push(
                 Statement::allow(
                     "EnvelopeEncryption",

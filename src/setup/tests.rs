@@ -1,6 +1,7 @@
 //! Policies for every combination of options, without AWS.
 
 use super::*;
+use crate::config::SetupSection;
 
 fn inputs(destination: &str, encryption: bool, raw: bool) -> SetupInputs {
     let mut section = SetupSection {
@@ -29,8 +30,7 @@ fn inputs(destination: &str, encryption: bool, raw: bool) -> SetupInputs {
         raw_delivery: raw.then(|| "raw".into()),
         output_streams: vec![],
         s3_sinks: vec![],
-        envelope_with_setup_key: false,
-        other_keys: vec![],
+        envelope_keys: vec![],
         udf_objects: vec![],
     }
 }
@@ -208,7 +208,7 @@ fn the_runtime_role_allows_every_call_rivulet_makes() {
     let mut i = inputs("s3", true, true);
     i.output_streams = vec!["out-stream".into()];
     i.s3_sinks = vec![("sink-bucket".into(), "data/!{timestamp:yyyy}/".into())];
-    i.envelope_with_setup_key = true;
+    i.envelope_keys = vec![key_alias(&i.pipeline)];
     i.udf_objects = vec![("udf-bucket".into(), "udfs/f.wasm".into())];
     let key = "arn:aws:kms:us-east-1:123456789012:key/k";
     let plan = desired(&i, "123456789012", "us-east-1", Some(key)).unwrap();
@@ -235,7 +235,7 @@ fn the_runtime_role_allows_every_call_rivulet_makes() {
             "firehose:PutRecordBatch",
             "arn:aws:firehose:us-east-1:123456789012:deliverystream/raw".to_owned(),
         ),
-        // src/sink/kinesis_stream.rs
+        // src/kinesis/sink.rs
         (
             "kinesis:PutRecords",
             "arn:aws:kinesis:us-east-1:123456789012:stream/out-stream".to_owned(),
@@ -318,7 +318,7 @@ fn every_key_user() -> SetupInputs {
     let mut i = inputs("s3", true, true);
     i.output_streams = vec!["out-stream".into()];
     i.s3_sinks = vec![("sink-bucket".into(), "data/".into())];
-    i.envelope_with_setup_key = true;
+    i.envelope_keys = vec![key_alias(&i.pipeline)];
     i
 }
 

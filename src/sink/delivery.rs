@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use super::{ErrorOutput, ErrorRecord, ErrorStage};
 use crate::ack::Ack;
+use crate::record::now_ms;
 use crate::record::Record;
-use crate::source::now_ms;
 use crate::{Error, Result};
 
 /// How a sink retries and how much it sends at once.

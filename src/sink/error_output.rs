@@ -8,9 +8,6 @@ use base64::Engine as _;
 
 use crate::record::Record;
 
-/// Name of the error output stream.
-pub const ERROR_STREAM: &str = "error_stream";
-
 /// Where in the pipeline a record failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -6,13 +6,11 @@
 //! acknowledging when it gives up on the data.
 
 #[cfg(feature = "aws")]
-mod delivery;
+pub(crate) mod delivery;
 mod error_output;
 mod file;
 #[cfg(feature = "aws")]
 mod firehose;
-#[cfg(feature = "aws")]
-mod kinesis_stream;
 mod memory;
 #[cfg(feature = "aws")]
 mod prefix;
@@ -29,17 +27,8 @@ use bytes::Bytes;
 
 #[cfg(feature = "aws")]
 pub use delivery::DeliverySettings;
-#[cfg(feature = "aws")]
-pub use kinesis_stream::{KinesisSink, KinesisSinkBuilder};
-/// The Kinesis sink's limits (re-exported as `rivulet::kinesis::sink_limits`).
-#[cfg(feature = "aws")]
-pub(crate) mod kinesis_limits {
-    pub use super::kinesis_stream::{
-        MAX_BYTES_PER_CALL, MAX_PARTITION_KEY_CHARS, MAX_RECORDS_PER_CALL, MAX_RECORD_BYTES,
-    };
-}
 pub(crate) use error_output::KdaErrorColumns;
-pub use error_output::{error_schema, ErrorRecord, ErrorStage, ERROR_STREAM};
+pub use error_output::{error_schema, ErrorRecord, ErrorStage};
 pub use file::{FileSink, FileSinkBuilder};
 #[cfg(feature = "aws")]
 pub use firehose::{
@@ -48,8 +37,8 @@ pub use firehose::{
 };
 #[cfg(feature = "aws")]
 pub use s3::{
-    abort_uploads_in_progress, decompress, get_object, get_object_with, Compression, ObjectFormat,
-    S3Sink, S3SinkBuilder, ServerSideEncryption,
+    abort_uploads_in_progress, Compression, ObjectFormat, S3Sink, S3SinkBuilder,
+    ServerSideEncryption,
 };
 /// The S3 sink's limits and defaults (re-exported as `rivulet::s3`).
 #[cfg(feature = "aws")]
@@ -64,10 +53,8 @@ pub use stdout::StdoutSink;
 
 use crate::ack::Ack;
 use crate::format::Encoder;
+use crate::record::ERROR_STREAM;
 use crate::{Error, Result};
-
-/// Name of the output stream of a single-statement query.
-pub const DESTINATION_STREAM: &str = "DESTINATION_SQL_STREAM";
 
 /// The content of an [`OutputBatch`].
 #[derive(Debug, Clone)]
@@ -139,7 +126,7 @@ impl ErrorOutput {
     pub async fn send(&self, errors: Vec<ErrorRecord>, ack: Ack) -> Result<()> {
         let batch = OutputBatch {
             stream: Arc::from(ERROR_STREAM),
-            data: OutputData::Rows(ErrorRecord::to_batch(&errors, crate::source::now_ms())),
+            data: OutputData::Rows(ErrorRecord::to_batch(&errors, crate::record::now_ms())),
             ack,
         };
         self.tx

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{now_ms, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
+use super::{PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
+use crate::record::now_ms;
 use crate::record::{Position, Record};
 use crate::{Error, Result};
 

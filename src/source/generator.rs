@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use tokio::time::Instant;
 
-use super::{now_ms, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
+use super::{PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
+use crate::record::now_ms;
 use crate::record::{Position, Record};
 use crate::{Error, Result};
 

@@ -218,7 +218,3 @@ pub trait Source: Send + Debug {
         Ok(())
     }
 }
-
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}

@@ -13,22 +13,24 @@
 //! window's rows. Shapes that cannot run on an unbounded stream — an aggregate without a window,
 //! joins of streams, `DISTINCT`, `ORDER BY` and `LIMIT` elsewhere, subqueries — are refused with
 //! an error saying why.
+//!
+//! Kinesis Data Analytics application code is handed to [`kda`](crate::kda), which translates it
+//! into these statements; the engine itself knows no dialect. Aggregates whose calls can fail a
+//! whole batch (WASM guests') take part in windows through the two-phase interface of `guest`,
+//! which the engine declares and `wasm` implements.
 
 mod bounds;
 mod checked;
-pub(crate) mod kda;
-mod kda_functions;
-mod kda_log_parse;
+mod guest;
 mod over;
 mod program;
-mod rcf;
 mod rewrite;
 mod watermark;
 mod window;
 
 pub use bounds::{MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT};
-pub(crate) use kda::is_application as is_kda_application;
-pub(crate) use kda::rename_stream;
+#[cfg(feature = "wasm")]
+pub(crate) use guest::{GuestGroups, PhasedGroups, PreparedUpdate};
 pub(crate) use program::output_stream_names;
 pub use program::{SqlFunctions, SqlIssue, SqlOutput, SqlProgram};
 pub(crate) use watermark::SourceState;
@@ -54,13 +56,9 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::format::ROWTIME;
+use crate::record::{SOURCE_ALIAS, SOURCE_STREAM};
 use crate::sql::rewrite::ROW_ID;
 use crate::{Error, Result};
-
-/// Name under which the input stream is registered.
-pub const SOURCE_STREAM: &str = "SOURCE_SQL_STREAM_001";
-/// Short alias of the input stream.
-pub const SOURCE_ALIAS: &str = "source";
 
 /// Holds the micro-batch the plan reads on its next execution.
 #[derive(Debug)]

@@ -35,11 +35,11 @@ use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTrack
 use super::window::{
     fmt_millis, BatchContext, GroupColumn, RowIssue, WindowAggregate, WindowAggregatePlan,
 };
-use super::{
-    describe, mentions_rowtime, slots_read, BatchSlot, PerBatch, SOURCE_ALIAS, SOURCE_STREAM,
-};
+use super::{describe, mentions_rowtime, slots_read, BatchSlot, PerBatch};
 use crate::format::ROWTIME;
-use crate::sink::DESTINATION_STREAM;
+use crate::kda::Dialect;
+use crate::record::DESTINATION_STREAM;
+use crate::record::{SOURCE_ALIAS, SOURCE_STREAM};
 use crate::{Error, Result};
 
 /// A row the program could not process, and why.
@@ -209,6 +209,8 @@ pub struct SqlProgram {
     settings: WatermarkSettings,
     /// The source partitions the pipeline declared, for the watermarks.
     table: PartitionTable,
+    /// The dialect the statements were written in.
+    dialect: Dialect,
 }
 
 impl fmt::Debug for SqlProgram {
@@ -256,9 +258,7 @@ fn streaming_state() -> SessionState {
         ScalarUDF::from(EventTime::new()),
     ]
     .into_iter()
-    .chain(super::kda_functions::functions())
-    .chain(super::kda_log_parse::functions())
-    .chain([super::rcf::function()])
+    .chain(crate::kda::functions())
     {
         let _ = state.register_udf(Arc::new(udf));
     }
@@ -786,7 +786,7 @@ impl SqlProgram {
         settings: WatermarkSettings,
         functions: &SqlFunctions,
     ) -> Result<Self> {
-        if !super::kda::is_application(sql) {
+        if Dialect::of(sql) == Dialect::Standard {
             return Self::plan(sql, input_schema, settings, functions).await;
         }
         // Kinesis Data Analytics application code: its pumps, translated.
@@ -796,9 +796,10 @@ impl SqlProgram {
             .map(|f| f.name().clone())
             .filter(|n| n != ROWTIME)
             .collect();
-        let app = super::kda::translate_with(sql, Some(&source_columns))?;
+        let app = crate::kda::translate_with(sql, Some(&source_columns))?;
         match Self::plan(&app.sql(), Arc::clone(&input_schema), settings, functions).await {
             Ok(mut program) => {
+                program.dialect = Dialect::Kda;
                 // One statement per pump, in order: errors name the pump.
                 for (stmt, pump) in program.statements.iter_mut().zip(&app.pumps) {
                     stmt.label = Arc::from(pump.name.as_str());
@@ -1121,7 +1122,13 @@ impl SqlProgram {
             source_schema,
             settings,
             table: PartitionTable::default(),
+            dialect: Dialect::Standard,
         })
+    }
+
+    /// The dialect the statements were written in, decided from their text when planned.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// Partitions (numbers below `n`) whose event time runs more than `by` ahead of the time the
@@ -1564,8 +1571,8 @@ fn push_failures(
 
 /// Names of the streams the statements of `sql` write, in order, without planning them.
 pub(crate) fn output_stream_names(sql: &str) -> Result<Vec<String>> {
-    if super::kda::is_application(sql) {
-        let app = super::kda::translate(sql)?;
+    if Dialect::of(sql) == Dialect::Kda {
+        let app = crate::kda::translate(sql)?;
         let mut names: Vec<String> = Vec::new();
         for p in &app.pumps {
             if !names.contains(&p.target) {

@@ -23,6 +23,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
+use super::guest::GuestGroups;
 use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use crate::{Error, Result};
 
@@ -411,27 +412,6 @@ pub(crate) struct WindowAggregate {
 /// The keys, arguments and filters of some rows.
 type RowsOf = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<Option<ArrayRef>>);
 
-/// The WASM aggregate state behind a guest aggregate's accumulator.
-#[cfg(feature = "wasm")]
-fn guest_groups(acc: &mut Box<dyn GroupsAccumulator>) -> Option<&mut crate::wasm::WasmGroups> {
-    let any: &mut dyn std::any::Any = acc.as_mut();
-    any.downcast_mut()
-}
-
-/// Whether `agg` is an aggregate whose calls can fail a whole batch (a WASM guest's).
-fn is_guest(agg: &AggregateFunctionExpr) -> bool {
-    #[cfg(feature = "wasm")]
-    {
-        let inner: &dyn std::any::Any = agg.fun().inner().as_ref();
-        inner.is::<crate::wasm::WasmAggregateFunction>()
-    }
-    #[cfg(not(feature = "wasm"))]
-    {
-        let _ = agg;
-        false
-    }
-}
-
 /// The reason of a batch failure inside a DataFusion error, or the error itself.
 fn guest_failure(e: datafusion::error::DataFusionError) -> Result<String> {
     let e = Error::from(e);
@@ -468,7 +448,7 @@ impl WindowAggregate {
                 .collect(),
         )?;
         let guest_aggs = (0..plan.aggs.len())
-            .filter(|&i| is_guest(&plan.aggs[i]))
+            .filter(|&i| GuestGroups::is_guest(&plan.aggs[i]))
             .collect();
         Ok(Self {
             plan,
@@ -831,7 +811,7 @@ impl WindowAggregate {
         'calls: for (pi, part) in parts.iter().enumerate() {
             let state = self.windows.get_mut(&part.window).expect("interned above");
             for &i in &guests {
-                let g = guest_groups(&mut state.accs[i]).expect("a guest aggregate");
+                let g = GuestGroups::of(&mut state.accs[i]).expect("a guest aggregate");
                 let filter = part.filters[i].as_ref().map(|f| f.as_boolean());
                 match g.prepare(&part.args[i], &part.groups, filter, part.total) {
                     Ok(Some(p)) => prepared.push((pi, i, p)),
@@ -854,7 +834,7 @@ impl WindowAggregate {
             let state = self.windows.get_mut(&part.window).expect("interned above");
             if failure.is_none() {
                 while let Some((_, i, p)) = prepared.next_if(|(x, _, _)| *x == pi) {
-                    guest_groups(&mut state.accs[i])
+                    GuestGroups::of(&mut state.accs[i])
                         .expect("a guest aggregate")
                         .commit(p);
                 }
@@ -862,7 +842,7 @@ impl WindowAggregate {
             let none = arrow::array::BooleanArray::from(vec![false; part.count]);
             for (i, acc) in state.accs.iter_mut().enumerate() {
                 if guests.contains(&i) {
-                    guest_groups(acc)
+                    GuestGroups::of(acc)
                         .expect("a guest aggregate")
                         .grow(part.total);
                     continue;
@@ -1416,14 +1396,15 @@ fn new_window_state(plan: &WindowAggregatePlan, seq: u64) -> Result<WindowState>
                 ))
             }
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()?;
+    let guests = accs.iter().any(|a| GuestGroups::is(a.as_ref()));
     Ok(WindowState {
         groups,
         keyless_groups: 0,
         accs,
         first_seq: seq,
         scratch: Vec::new(),
-        populated: plan.aggs.iter().any(|a| is_guest(a)).then(Vec::new),
+        populated: guests.then(Vec::new),
     })
 }
 

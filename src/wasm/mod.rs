@@ -42,7 +42,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use abi::{AbiType, FunctionDescription, FunctionKind};
-pub(crate) use udf::WasmGroups;
 pub use udf::{WasmAggregateFunction, WasmRecordTransform, WasmScalarFunction};
 
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
@@ -137,7 +136,7 @@ impl WasmModule {
             .and_then(|rest| rest.split_once('/'))
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
             .ok_or_else(|| Error::config("udfs.path", format!("`{url}` is not s3://bucket/key")))?;
-        let bytes = crate::sink::get_object_with(bucket, key, config).await?;
+        let bytes = crate::aws::s3::get_object_with(bucket, key, config).await?;
         Self::from_bytes(url, &bytes, limits)
     }
 

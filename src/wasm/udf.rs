@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
 use super::abi::{self, FunctionDescription};
 use super::engine::{CallFailure, Instances};
 use crate::record::Record;
-use crate::sql::BatchFailure;
+use crate::sql::{BatchFailure, GuestGroups, PhasedGroups, PreparedUpdate};
 use crate::transform::{RecordTransform, Transformed};
 
 /// `Debug`, `PartialEq`, `Eq` and `Hash` of a function of a module: it is the same function when
@@ -229,7 +229,7 @@ impl AggregateUDFImpl for WasmAggregateFunction {
         &self,
         _args: AccumulatorArgs,
     ) -> DfResult<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(self.groups()))
+        Ok(Box::new(GuestGroups::new(self.groups())))
     }
 }
 
@@ -274,26 +274,14 @@ impl WasmGroups {
     }
 
     /// Makes room for `total_num_groups` groups.
-    pub(crate) fn grow(&mut self, total_num_groups: usize) {
+    fn grow(&mut self, total_num_groups: usize) {
         if self.states.len() < total_num_groups {
             self.states.resize(total_num_groups, None);
         }
     }
 
-    /// An update's new states for the groups it touches, without storing them: the window
-    /// operator prepares every guest aggregate of a batch, and commits only when all succeeded.
-    pub(crate) fn prepare(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> DfResult<Option<Prepared>> {
-        self.prepare_step(false, values, group_indices, opt_filter, total_num_groups)
-    }
-
     /// Stores prepared states.
-    pub(crate) fn commit(&mut self, p: Prepared) {
+    fn commit(&mut self, p: Prepared) {
         let offsets = p.states.value_offsets();
         for (i, &g) in p.touched.iter().enumerate() {
             let old = self.states[g].as_ref().map_or(0, Bytes::len);
@@ -387,6 +375,33 @@ impl WasmGroups {
     }
 }
 
+/// The window operator prepares every guest aggregate of a batch, and commits only when all
+/// succeeded.
+impl PhasedGroups for WasmGroups {
+    fn prepare(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<Option<PreparedUpdate>> {
+        Ok(self
+            .prepare_step(false, values, group_indices, opt_filter, total_num_groups)?
+            .map(|p| Box::new(p) as PreparedUpdate))
+    }
+
+    fn commit(&mut self, update: PreparedUpdate) {
+        let p = update
+            .downcast::<Prepared>()
+            .expect("an update this accumulator prepared");
+        WasmGroups::commit(self, *p);
+    }
+
+    fn grow(&mut self, total_num_groups: usize) {
+        WasmGroups::grow(self, total_num_groups);
+    }
+}
+
 impl GroupsAccumulator for WasmGroups {
     fn update_batch(
         &mut self,
@@ -475,7 +490,7 @@ impl GroupsAccumulator for WasmGroups {
 
 /// New states an update computed, not yet stored.
 #[derive(Debug)]
-pub(crate) struct Prepared {
+struct Prepared {
     touched: Vec<usize>,
     states: BinaryArray,
 }

@@ -120,7 +120,7 @@ fn random_cut_forest(
             Some(columns) => columns,
             // The input's columns are known when the program is planned; before that (naming
             // the output streams) no column is needed.
-            None if stream == super::SOURCE_STREAM => Vec::new(),
+            None if stream == crate::record::SOURCE_STREAM => Vec::new(),
             None => {
                 return Err(here(
                     list[0].span.start,
@@ -845,7 +845,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
             })?;
             let line = stmt[0].span.start.line;
             let known = |stream: &str| -> Option<Vec<String>> {
-                if stream == super::SOURCE_STREAM {
+                if stream == crate::record::SOURCE_STREAM {
                     return source_columns.map(<[String]>::to_vec);
                 }
                 streams
@@ -889,7 +889,7 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
     for (name, target, line, body, columns, decl, reads, names) in pending {
         let carry = read.contains(&target);
         let columns_of = |stream: &str| -> Option<Vec<String>> {
-            if stream == super::SOURCE_STREAM {
+            if stream == crate::record::SOURCE_STREAM {
                 return source_columns.map(<[String]>::to_vec);
             }
             streams

@@ -53,7 +53,7 @@ impl KdaApplication {
     /// names it: `SOURCE_SQL_STREAM_001`, whatever `NamePrefix` the application gave it.
     pub fn code(&self, code: &str) -> Result<String> {
         match &self.input_stream {
-            Some(name) => crate::sql::rename_stream(code, name, "SOURCE_SQL_STREAM_001"),
+            Some(name) => super::rename_stream(code, name, "SOURCE_SQL_STREAM_001"),
             None => Ok(code.to_owned()),
         }
     }

@@ -1,5 +1,7 @@
 //! What every AWS client of rivulet shares: how its configuration is loaded and how it retries.
 
+pub(crate) mod s3;
+
 use std::time::Duration;
 
 use crate::{Error, Result};

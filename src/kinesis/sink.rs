@@ -15,13 +15,13 @@ use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::delivery::{
-    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
-};
-use super::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::crypto::{seal_records, EnvelopeEncryptor};
 use crate::format::{Encoder, OutputFormat};
 use crate::record::Record;
+use crate::sink::delivery::{
+    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+};
+use crate::sink::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::{Error, Result};
 
 /// Most records in one PutRecords call (Kinesis API reference, PutRecords).
@@ -229,7 +229,7 @@ impl Sink for KinesisSink {
                     let hash_key = hash_keys.filter(|h| !h.is_null(i)).map(|h| h.value(i));
                     // A hash key the service would refuse fails the whole call: checked here.
                     let hash_key_ok =
-                        hash_key.is_none_or(|h| crate::kpl::hash_key("", Some(h)).is_some());
+                        hash_key.is_none_or(|h| super::kpl::hash_key("", Some(h)).is_some());
                     let record = KinesisRecord {
                         data,
                         partition_key: Arc::from(key.unwrap_or_default()),
@@ -273,7 +273,7 @@ impl Sink for KinesisSink {
         if !bad_keys.is_empty() {
             let column = self.partition_key.clone();
             let why = move |r: &KinesisRecord| match &r.explicit_hash_key {
-                Some(h) if crate::kpl::hash_key("", Some(h)).is_none() => {
+                Some(h) if super::kpl::hash_key("", Some(h)).is_none() => {
                     format!("explicit hash key `{h}` is not a decimal number from 0 to 2^128 - 1")
                 }
                 _ => format!(
