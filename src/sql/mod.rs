@@ -22,11 +22,10 @@
 mod bounds;
 mod checked;
 mod guest;
-mod over;
+mod ops;
 mod program;
 mod rewrite;
 mod watermark;
-mod window;
 
 pub use bounds::{MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT};
 #[cfg(feature = "wasm")]

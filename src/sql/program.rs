@@ -27,14 +27,12 @@ use datafusion::sql::sqlparser::ast::{Statement, TableObject};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use super::over::{OverAggregate, OverPlan};
+use super::ops::{fmt_millis, BatchContext, GroupColumn, WindowAggregate, WindowAggregatePlan};
+use super::ops::{OverAggregate, OverPlan, StreamOperator};
 use super::rewrite::{
     rewrite_query, EventTime, WindowBound, WindowClause, ROW_ID, WINDOW_END_FN, WINDOW_START_FN,
 };
 use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
-use super::window::{
-    fmt_millis, BatchContext, GroupColumn, RowIssue, WindowAggregate, WindowAggregatePlan,
-};
 use super::{describe, mentions_rowtime, slots_read, BatchSlot, PerBatch};
 use crate::format::ROWTIME;
 use crate::kda::Dialect;
@@ -68,74 +66,10 @@ pub struct SqlOutput {
     pub issues: Vec<SqlIssue>,
 }
 
-/// A stateful operator between two per-batch plans.
-enum Operator {
-    Group(WindowAggregate, WindowClause),
-    Over(OverAggregate),
-}
-
-impl Operator {
-    fn push(&mut self, batch: &RecordBatch, ctx: &BatchContext<'_>) -> Result<Vec<RowIssue>> {
-        match self {
-            Operator::Group(op, _) => op.push(batch, ctx),
-            Operator::Over(op) => op.push(batch, ctx),
-        }
-    }
-
-    fn take_emit_issues(&mut self) -> Vec<(RecordBatch, String)> {
-        match self {
-            Operator::Group(op, _) => op.take_emit_issues(),
-            Operator::Over(_) => Vec::new(),
-        }
-    }
-
-    /// Rows ready to leave the operator: for a group window, one batch per window.
-    fn emit_ready(&mut self) -> Result<Vec<RecordBatch>> {
-        match self {
-            Operator::Group(op, _) => op.emit_ready(),
-            Operator::Over(op) => Ok(op.emit_ready()?.into_iter().collect()),
-        }
-    }
-
-    fn refresh(&mut self, now: Instant, table: &PartitionTable) {
-        match self {
-            Operator::Group(op, _) => op.refresh(now, table),
-            Operator::Over(op) => op.refresh(now, table),
-        }
-    }
-
-    fn finish(&mut self) {
-        match self {
-            Operator::Group(op, _) => op.finish(),
-            Operator::Over(op) => op.finish(),
-        }
-    }
-
-    fn watermark(&self) -> &WatermarkTracker {
-        match self {
-            Operator::Group(op, _) => op.watermark_tracker(),
-            Operator::Over(op) => op.watermark_tracker(),
-        }
-    }
-
-    fn live_states(&self) -> usize {
-        match self {
-            Operator::Group(op, _) => op.live_states(),
-            Operator::Over(op) => op.live_states(),
-        }
-    }
-
-    fn oldest_seq(&self) -> Option<u64> {
-        match self {
-            Operator::Group(op, _) => op.oldest_seq(),
-            Operator::Over(op) => op.oldest_seq(),
-        }
-    }
-}
-
 struct Windowed {
     pre: PerBatch,
-    op: Operator,
+    /// The stateful operator between the two per-batch plans.
+    op: Box<dyn StreamOperator>,
     post: PerBatch,
     /// The statement sorts or limits its rows (`ORDER BY`, `LIMIT`): the part above the
     /// operator runs once per window, so that they apply to each window's rows.
@@ -488,7 +422,7 @@ fn merge_writers(first: &RecordBatch, second: &RecordBatch) -> Result<RecordBatc
     let Ok(at) = schema.index_of(ROWTIME) else {
         return Ok(both);
     };
-    let (times, _) = super::window::time_to_millis(both.column(at))?;
+    let (times, _) = super::ops::time_to_millis(both.column(at))?;
     let mut order: Vec<u32> = (0..both.num_rows() as u32).collect();
     order.sort_by_key(|&i| times.is_valid(i as usize).then(|| times.value(i as usize)));
     let order = arrow::array::UInt32Array::from(order);
@@ -711,6 +645,7 @@ fn split_windowed(
     let (post, _) = replace_with_slot(plan, &top, task_ctx)?;
     let window_plan = WindowAggregatePlan {
         spec: clause.spec,
+        time_sql: clause.time_sql.clone(),
         time_expr,
         row_expr,
         keys,
@@ -1033,7 +968,7 @@ impl SqlProgram {
                     let (pre, plan, post) = split_windowed(&physical, c, input_slot, &task_ctx)?;
                     Stage::Windowed(Box::new(Windowed {
                         pre,
-                        op: Operator::Group(WindowAggregate::new(plan, settings)?, c.clone()),
+                        op: Box::new(WindowAggregate::new(plan, settings)?),
                         post: if per_window { post.per_window() } else { post },
                         per_window,
                     }))
@@ -1043,7 +978,7 @@ impl SqlProgram {
                         split_over(&physical, input_slot, &task_ctx)?;
                     Stage::Windowed(Box::new(Windowed {
                         pre,
-                        op: Operator::Over(OverAggregate::new(plan, settings, &input_schema)?),
+                        op: Box::new(OverAggregate::new(plan, settings, &input_schema)?),
                         post,
                         per_window: false,
                     }))
@@ -1345,7 +1280,7 @@ impl SqlProgram {
                     if let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) {
                         let r = w.pre.execute_rows(src).await?;
                         push_failures(&mut out.issues, &stmt.label, src, &r.failures);
-                        let issues = w.op.push(&r.batch, &ctx)?;
+                        let issues = w.op.process_batch(&r.batch, &ctx)?;
                         for i in issues {
                             out.issues.push(SqlIssue {
                                 input_row: i.row_id.map(|r| r as usize),
@@ -1359,7 +1294,7 @@ impl SqlProgram {
                     if end {
                         w.op.finish();
                     } else {
-                        w.op.refresh(now, ctx.table);
+                        w.op.on_time(now, ctx.table);
                     }
                     let emitted = w.op.emit_ready()?;
                     for (row, reason) in w.op.take_emit_issues() {
@@ -1443,10 +1378,7 @@ impl SqlProgram {
         self.statements
             .iter_mut()
             .filter_map(|s| match &mut s.stage {
-                Stage::Windowed(w) => Some(match &mut w.op {
-                    Operator::Group(op, _) => op.snapshot(),
-                    Operator::Over(op) => op.snapshot(),
-                }),
+                Stage::Windowed(w) => Some(w.op.snapshot()),
                 Stage::Stateless(_) => None,
             })
             .collect()
@@ -1462,10 +1394,7 @@ impl SqlProgram {
                         "window state snapshot has fewer statements than the SQL".into(),
                     )
                 })?;
-                match &mut w.op {
-                    Operator::Group(op, _) => op.restore(bytes)?,
-                    Operator::Over(op) => op.restore(bytes)?,
-                }
+                w.op.restore(bytes)?;
             }
         }
         Ok(())
@@ -1490,37 +1419,7 @@ impl SqlProgram {
                 Stage::Windowed(w) => {
                     s.push_str("  per batch, before the window:\n");
                     push_indented(&mut s, &w.pre.display(), 4);
-                    match &w.op {
-                        Operator::Group(op, clause) => {
-                            let plan = op.plan();
-                            let keys: Vec<String> =
-                                plan.keys.iter().map(|k| k.to_string()).collect();
-                            let aggs: Vec<String> =
-                                plan.aggs.iter().map(|a| a.name().to_owned()).collect();
-                            s.push_str(&format!(
-                                "  window: {} on event time `{}`; keys [{}]; aggregates [{}]\n",
-                                plan.spec,
-                                clause.time_sql,
-                                keys.join(", "),
-                                aggs.join(", ")
-                            ));
-                        }
-                        Operator::Over(op) => {
-                            let plan = op.plan();
-                            let keys: Vec<String> =
-                                plan.partition_by.iter().map(|k| k.to_string()).collect();
-                            let aggs: Vec<String> =
-                                plan.aggs.iter().map(|a| a.name().to_owned()).collect();
-                            s.push_str(&format!(
-                                "  window: OVER ({}) on event time `{}`; partitioned by [{}]; \
-                                 aggregates [{}]; one output row per input row\n",
-                                plan.frame,
-                                plan.time_expr,
-                                keys.join(", "),
-                                aggs.join(", ")
-                            ));
-                        }
-                    }
+                    s.push_str(&format!("  {}\n", w.op.describe()));
                     s.push_str(&format!(
                         "    watermark: largest event time per partition − {lateness} allowed \
                          lateness, minimum over partitions active in the last {idle}; a window \

@@ -23,8 +23,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use super::ops::WindowSpec;
 use super::watermark::Millis;
-use super::window::WindowSpec;
 use crate::{Error, Result};
 
 /// Hidden column holding the index of a row's input record within its micro-batch.
@@ -77,7 +77,7 @@ impl ScalarUDFImpl for EventTime {
     ) -> datafusion::error::Result<ColumnarValue> {
         let n = args.number_rows;
         let col = args.args[0].clone().into_array(n)?;
-        let (millis, _) = super::window::time_to_millis(&col)
+        let (millis, _) = super::ops::time_to_millis(&col)
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let ts = arrow::array::TimestampMillisecondArray::new(
             millis.values().clone(),

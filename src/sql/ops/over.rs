@@ -21,8 +21,9 @@ use datafusion::physical_expr::window::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
-use super::window::{fmt_millis, row_ids, time_to_millis, BatchContext, RowIssue};
+use super::group::{fmt_millis, row_ids, time_to_millis, BatchContext, RowIssue};
+use super::StreamOperator;
+use crate::sql::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use crate::{Error, Result};
 
 /// How far back a frame reaches.
@@ -210,6 +211,66 @@ impl std::fmt::Debug for OverAggregate {
     }
 }
 
+impl StreamOperator for OverAggregate {
+    fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &BatchContext<'_>,
+    ) -> Result<Vec<RowIssue>> {
+        self.push(batch, ctx)
+    }
+
+    fn on_time(&mut self, now: std::time::Instant, table: &PartitionTable) {
+        self.watermark.refresh(now, table);
+    }
+
+    fn finish(&mut self) {
+        self.watermark.finish();
+    }
+
+    fn emit_ready(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(OverAggregate::emit_ready(self)?.into_iter().collect())
+    }
+
+    fn watermark(&self) -> &WatermarkTracker {
+        &self.watermark
+    }
+
+    fn live_states(&self) -> usize {
+        self.partitions.values().map(VecDeque::len).sum()
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        self.chunks.values().map(|c| c.2).min()
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        OverAggregate::snapshot(self)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        OverAggregate::restore(self, bytes)
+    }
+
+    fn describe(&self) -> String {
+        let keys: Vec<String> = self
+            .plan
+            .partition_by
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        let aggs: Vec<String> = self.plan.aggs.iter().map(|a| a.name().to_owned()).collect();
+        format!(
+            "window: OVER ({}) on event time `{}`; partitioned by [{}]; aggregates [{}]; \
+             one output row per input row",
+            self.plan.frame,
+            self.plan.time_expr,
+            keys.join(", "),
+            aggs.join(", ")
+        )
+    }
+}
+
 impl OverAggregate {
     pub(crate) fn new(
         plan: OverPlan,
@@ -229,38 +290,13 @@ impl OverAggregate {
             keys: RowConverter::new(fields)?,
             plan,
             watermark: WatermarkTracker::new(settings),
-            max_future: super::window::max_future_millis(settings),
+            max_future: super::group::max_future_millis(settings),
             partitions: HashMap::new(),
             chunks: HashMap::new(),
             next_chunk: 0,
             arrivals: 0,
             input: Arc::clone(input),
         })
-    }
-
-    pub(crate) fn plan(&self) -> &OverPlan {
-        &self.plan
-    }
-
-    /// Rows kept (waiting or needed by future frames).
-    pub(crate) fn live_states(&self) -> usize {
-        self.partitions.values().map(VecDeque::len).sum()
-    }
-
-    pub(crate) fn oldest_seq(&self) -> Option<u64> {
-        self.chunks.values().map(|c| c.2).min()
-    }
-
-    pub(crate) fn refresh(&mut self, now: std::time::Instant, table: &PartitionTable) {
-        self.watermark.refresh(now, table);
-    }
-
-    pub(crate) fn finish(&mut self) {
-        self.watermark.finish();
-    }
-
-    pub(crate) fn watermark_tracker(&self) -> &WatermarkTracker {
-        &self.watermark
     }
 
     pub(crate) fn push(
@@ -318,7 +354,7 @@ impl OverAggregate {
             }
             let t = times.value(i);
             if let Some(issue) =
-                super::window::too_far_ahead(t, (i, row_id(i)), ctx, self.max_future)
+                super::group::too_far_ahead(t, (i, row_id(i)), ctx, self.max_future)
             {
                 issues.push(issue);
                 continue;
@@ -596,7 +632,7 @@ impl OverAggregate {
             .into_iter()
             .map(Arc::new)
             .collect();
-        super::window::check_state_schema(found, &expected)?;
+        super::group::check_state_schema(found, &expected)?;
         let keys = self.key_types()?;
         match found.metadata().get("key_types") {
             Some(k) if *k != keys => Err(Error::config(

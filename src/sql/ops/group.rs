@@ -23,8 +23,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use super::guest::GuestGroups;
-use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
+use super::StreamOperator;
+use crate::sql::guest::GuestGroups;
+use crate::sql::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use crate::{Error, Result};
 
 /// The window of a windowed `GROUP BY`.
@@ -102,6 +103,8 @@ pub(crate) enum GroupColumn {
 #[derive(Debug, Clone)]
 pub(crate) struct WindowAggregatePlan {
     pub(crate) spec: WindowSpec,
+    /// The time expression, as written (for `EXPLAIN`).
+    pub(crate) time_sql: String,
     pub(crate) time_expr: Arc<dyn PhysicalExpr>,
     /// Evaluates to the input row id (`UInt64`, null for derived rows), when the input has one.
     pub(crate) row_expr: Option<Arc<dyn PhysicalExpr>>,
@@ -415,7 +418,7 @@ type RowsOf = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<Option<ArrayRef>>);
 /// The reason of a batch failure inside a DataFusion error, or the error itself.
 fn guest_failure(e: datafusion::error::DataFusionError) -> Result<String> {
     let e = Error::from(e);
-    match super::batch_failure(&e) {
+    match crate::sql::batch_failure(&e) {
         Some(reason) => Ok(reason),
         None => Err(e),
     }
@@ -436,6 +439,64 @@ struct Assignment {
     start: Millis,
     end: Millis,
     rows: Vec<u32>,
+}
+
+impl StreamOperator for WindowAggregate {
+    fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &BatchContext<'_>,
+    ) -> Result<Vec<RowIssue>> {
+        self.push(batch, ctx)
+    }
+
+    fn on_time(&mut self, now: Instant, table: &PartitionTable) {
+        self.watermark.refresh(now, table);
+    }
+
+    fn finish(&mut self) {
+        self.watermark.finish();
+    }
+
+    fn emit_ready(&mut self) -> Result<Vec<RecordBatch>> {
+        WindowAggregate::emit_ready(self)
+    }
+
+    fn take_emit_issues(&mut self) -> Vec<(RecordBatch, String)> {
+        std::mem::take(&mut self.emit_issues)
+    }
+
+    fn watermark(&self) -> &WatermarkTracker {
+        &self.watermark
+    }
+
+    fn live_states(&self) -> usize {
+        WindowAggregate::live_states(self)
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        WindowAggregate::oldest_seq(self)
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        WindowAggregate::snapshot(self)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        WindowAggregate::restore(self, bytes)
+    }
+
+    fn describe(&self) -> String {
+        let keys: Vec<String> = self.plan.keys.iter().map(|k| k.to_string()).collect();
+        let aggs: Vec<String> = self.plan.aggs.iter().map(|a| a.name().to_owned()).collect();
+        format!(
+            "window: {} on event time `{}`; keys [{}]; aggregates [{}]",
+            self.plan.spec,
+            self.plan.time_sql,
+            keys.join(", "),
+            aggs.join(", ")
+        )
+    }
 }
 
 impl WindowAggregate {
@@ -463,10 +524,6 @@ impl WindowAggregate {
         })
     }
 
-    pub(crate) fn plan(&self) -> &WindowAggregatePlan {
-        &self.plan
-    }
-
     /// Number of live (window, key) states.
     pub(crate) fn live_states(&self) -> usize {
         self.windows
@@ -488,20 +545,6 @@ impl WindowAggregate {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Re-evaluates idle partitions.
-    pub(crate) fn refresh(&mut self, now: Instant, table: &PartitionTable) {
-        self.watermark.refresh(now, table);
-    }
-
-    pub(crate) fn watermark_tracker(&self) -> &WatermarkTracker {
-        &self.watermark
-    }
-
-    /// End of input: every open window becomes complete.
-    pub(crate) fn finish(&mut self) {
-        self.watermark.finish();
     }
 
     /// Aggregates one batch (the output of the per-batch part of the query).
@@ -1052,11 +1095,6 @@ impl WindowAggregate {
             }
         }
         Ok((batch.num_rows() > 0).then_some(batch))
-    }
-
-    /// Rows emitted since the last call whose guest aggregate failed to evaluate.
-    pub(crate) fn take_emit_issues(&mut self) -> Vec<(RecordBatch, String)> {
-        std::mem::take(&mut self.emit_issues)
     }
 
     fn session_rows(
