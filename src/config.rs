@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[cfg(feature = "aws")]
+use crate::aws::ClientOptions;
 use crate::format::{parse_sql_type, Column, CsvOptions, JsonPath, OutputFormat, RecordFormat};
 use crate::pipeline::{BatchSettings, Pipeline};
 use crate::sink::{FileSink, Sink, StdoutSink};
@@ -1507,14 +1509,9 @@ impl PipelineConfig {
                 ..
             } => {
                 let mut b = crate::sink::FirehoseSink::builder(delivery_stream.clone())
+                    .client_options(ClientOptions::at(region.as_ref(), endpoint_url.as_ref()))
                     .format(record_format(format))
                     .delivery_settings(delivery_settings(s));
-                if let Some(r) = region {
-                    b = b.region(r.clone());
-                }
-                if let Some(u) = endpoint_url {
-                    b = b.endpoint_url(u.clone());
-                }
                 if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
                     b = b.encryption(enc);
                 }
@@ -1532,17 +1529,12 @@ impl PipelineConfig {
                 ..
             } => {
                 let mut b = crate::kinesis::KinesisSink::builder(stream_name.clone())
+                    .client_options(ClientOptions::at(region.as_ref(), endpoint_url.as_ref()))
                     .partition_key_column(partition_key.clone())
                     .format(record_format(format))
                     .delivery_settings(delivery_settings(s));
                 if let Some(h) = explicit_hash_key {
                     b = b.explicit_hash_key_column(h.clone());
-                }
-                if let Some(r) = region {
-                    b = b.region(r.clone());
-                }
-                if let Some(u) = endpoint_url {
-                    b = b.endpoint_url(u.clone());
                 }
                 if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
                     b = b.encryption(enc);
@@ -1788,16 +1780,11 @@ impl PipelineConfig {
                 filter_out_of_range_sub_records,
                 ..
             } => {
-                let mut k = crate::kinesis::KinesisSource::builder(stream.clone())
+                let k = crate::kinesis::KinesisSource::builder(stream.clone())
+                    .client_options(ClientOptions::at(region.as_ref(), endpoint_url.as_ref()))
                     .start_position(self.kinesis_start()?)
                     .poll_settings(self.poll_settings()?)
                     .filter_out_of_range_sub_records(*filter_out_of_range_sub_records);
-                if let Some(r) = region {
-                    k = k.region(r.clone());
-                }
-                if let Some(u) = endpoint_url {
-                    k = k.endpoint_url(u.clone());
-                }
                 Box::new(k.build().await?)
             }
             #[cfg(not(feature = "aws"))]

@@ -1206,14 +1206,12 @@ impl Processing {
                 records.into_iter().partition(|r| r.rejection().is_some());
             errors.extend(rejected.into_iter().map(|record| {
                 let why = record.rejection().expect("partitioned on it");
-                ErrorRecord {
-                    statement: None,
-                    stage: ErrorStage::Source,
-                    attempts: 1,
-                    kind: why.kind.clone(),
-                    reason: why.reason.clone(),
+                ErrorRecord::new(
+                    ErrorStage::Source,
+                    why.kind.clone(),
+                    why.reason.clone(),
                     record,
-                }
+                )
             }));
             kept
         } else {
@@ -1241,13 +1239,13 @@ impl Processing {
             Step::Batch | Step::Cut => {
                 self.metrics.add_batch();
                 let decoded = self.decoder.decode(&records)?;
-                errors.extend(decoded.failures.iter().map(|f| ErrorRecord {
-                    statement: None,
-                    stage: ErrorStage::Decode,
-                    attempts: 1,
-                    kind: f.kind.as_str().to_owned(),
-                    reason: f.reason.clone(),
-                    record: records[f.index].clone(),
+                errors.extend(decoded.failures.iter().map(|f| {
+                    ErrorRecord::new(
+                        ErrorStage::Decode,
+                        f.kind.as_str(),
+                        f.reason.clone(),
+                        records[f.index].clone(),
+                    )
                 }));
                 let of_record = if self.program.is_stateful() {
                     self.record_partitions(&records)
@@ -1284,14 +1282,7 @@ impl Processing {
                         Some(row) => records[decoded.row_records[row]].clone(),
                         None => derived_record(issue.row.as_ref())?,
                     };
-                    errors.push(ErrorRecord {
-                        statement: issue.statement.clone(),
-                        stage: ErrorStage::Sql,
-                        attempts: 1,
-                        kind: issue.kind.clone(),
-                        reason: issue.reason.clone(),
-                        record,
-                    });
+                    errors.push(sql_error(issue, record));
                 }
                 output
             }
@@ -1322,14 +1313,7 @@ impl Processing {
         };
         if !matches!(step, Step::Batch | Step::Cut) {
             for issue in &output.issues {
-                errors.push(ErrorRecord {
-                    statement: issue.statement.clone(),
-                    stage: ErrorStage::Sql,
-                    attempts: 1,
-                    kind: issue.kind.clone(),
-                    reason: issue.reason.clone(),
-                    record: derived_record(issue.row.as_ref())?,
-                });
+                errors.push(sql_error(issue, derived_record(issue.row.as_ref())?));
             }
         }
 
@@ -1610,13 +1594,8 @@ fn apply_transform(
             tracing::warn!(transform = t.name(), records = records.len(), "{reason}");
             let failed = records
                 .into_iter()
-                .map(|record| ErrorRecord {
-                    statement: None,
-                    stage: ErrorStage::Transform,
-                    kind: "transform_failed".into(),
-                    reason: reason.clone(),
-                    attempts: 1,
-                    record,
+                .map(|record| {
+                    ErrorRecord::new(ErrorStage::Transform, "transform_failed", &reason, record)
                 })
                 .collect();
             return Ok((Vec::new(), failed));
@@ -1628,14 +1607,12 @@ fn apply_transform(
         match result {
             Transformed::Ok(payload) => kept.push(record.with_payload(payload)),
             Transformed::Dropped => {}
-            Transformed::ProcessingFailed(reason) => failed.push(ErrorRecord {
-                statement: None,
-                stage: ErrorStage::Transform,
-                kind: "processing_failed".into(),
+            Transformed::ProcessingFailed(reason) => failed.push(ErrorRecord::new(
+                ErrorStage::Transform,
+                "processing_failed",
                 reason,
-                attempts: 1,
                 record,
-            }),
+            )),
         }
     }
     Ok((kept, failed))
@@ -1685,4 +1662,15 @@ async fn run_sink(
             }
         }
     }
+}
+
+/// The error-output entry of a row that failed in SQL.
+fn sql_error(issue: &crate::sql::SqlIssue, record: Record) -> ErrorRecord {
+    ErrorRecord::new(
+        ErrorStage::Sql,
+        issue.kind.clone(),
+        issue.reason.clone(),
+        record,
+    )
+    .with_statement(issue.statement.clone())
 }

@@ -61,6 +61,87 @@ macro_rules! sdk_client {
 }
 pub(crate) use sdk_client;
 
+/// Where an AWS part's client comes from: the one given (`client`), or one built from the SDK's
+/// default chain with `region` and `endpoint` overriding it. Every builder of an AWS part (the
+/// Kinesis source, the Firehose and Kinesis sinks) holds one, with the setters of
+/// [`client_setters`].
+#[derive(Debug, Clone)]
+pub(crate) struct ClientOptions<C> {
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) client: Option<C>,
+}
+
+impl<C> Default for ClientOptions<C> {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            client: None,
+        }
+    }
+}
+
+impl<C> ClientOptions<C> {
+    /// Options with this region and endpoint (each optional), and no client.
+    pub(crate) fn at(region: Option<&String>, endpoint: Option<&String>) -> Self {
+        Self {
+            region: region.cloned(),
+            endpoint: endpoint.cloned(),
+            client: None,
+        }
+    }
+
+    /// The client given, or one `build` makes from the loaded configuration; `key` names the
+    /// configuration entry in errors.
+    pub(crate) async fn client(
+        self,
+        key: &str,
+        build: impl FnOnce(&aws_config::SdkConfig) -> C,
+    ) -> Result<C> {
+        match self.client {
+            Some(c) => Ok(c),
+            None => Ok(build(&load_config(self.region, self.endpoint, key).await?)),
+        }
+    }
+}
+
+/// The builder methods `region`, `endpoint_url` and `client` of an AWS part whose builder keeps
+/// its [`ClientOptions`] in the field `aws`.
+macro_rules! client_setters {
+    ($client:ty) => {
+        /// The AWS region (default: from the environment and profile, as the SDK resolves it).
+        pub fn region(mut self, region: impl Into<String>) -> Self {
+            self.aws.region = Some(region.into());
+            self
+        }
+
+        /// Sends requests to this endpoint instead of the region's (a VPC endpoint, a local
+        /// emulator).
+        pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+            self.aws.endpoint = Some(url.into());
+            self
+        }
+
+        /// Uses this client as it is configured (credentials, region, retries, HTTP client)
+        /// instead of building one.
+        pub fn client(mut self, client: $client) -> Self {
+            self.aws.client = Some(client);
+            self
+        }
+
+        /// All three at once (what a pipeline file gives).
+        pub(crate) fn client_options(
+            mut self,
+            options: $crate::aws::ClientOptions<$client>,
+        ) -> Self {
+            self.aws = options;
+            self
+        }
+    };
+}
+pub(crate) use client_setters;
+
 /// Exponential back-off with full jitter.
 #[derive(Debug)]
 pub(crate) struct Backoff {

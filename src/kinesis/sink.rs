@@ -153,9 +153,7 @@ pub struct KinesisSinkBuilder {
     stream: String,
     partition_key: Option<String>,
     explicit_hash_key: Option<String>,
-    region: Option<String>,
-    endpoint: Option<String>,
-    client: Option<aws_sdk_kinesis::Client>,
+    aws: crate::aws::ClientOptions<aws_sdk_kinesis::Client>,
     format: OutputFormat,
     settings: DeliverySettings,
     encryption: Option<EnvelopeEncryptor>,
@@ -168,9 +166,7 @@ impl KinesisSink {
             stream: stream.into(),
             partition_key: None,
             explicit_hash_key: None,
-            region: None,
-            endpoint: None,
-            client: None,
+            aws: Default::default(),
             format: OutputFormat::JsonLines,
             settings: DeliverySettings::default(),
             encryption: None,
@@ -308,42 +304,11 @@ impl KinesisSinkBuilder {
         self
     }
 
-    /// The AWS region (default: from the environment and profile).
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
-        self
-    }
+    crate::aws::client_setters!(aws_sdk_kinesis::Client);
 
-    /// Sends requests to this endpoint instead of the region's.
-    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
-        self
-    }
-
-    /// Uses this client as it is configured instead of building one.
-    pub fn client(mut self, client: aws_sdk_kinesis::Client) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// Seals each record in its own envelope with KMS envelope encryption (see
-    /// [`crate::crypto`]); the records' size limits apply to the envelopes.
-    pub fn encryption(mut self, encryptor: EnvelopeEncryptor) -> Self {
-        self.encryption = Some(encryptor);
-        self
-    }
-
-    /// How rows are written (default: one JSON object per record).
-    pub fn format(mut self, format: OutputFormat) -> Self {
-        self.format = format;
-        self
-    }
-
-    /// Retry and concurrency settings.
-    pub fn delivery_settings(mut self, settings: DeliverySettings) -> Self {
-        self.settings = settings;
-        self
-    }
+    crate::sink::delivery::record_sink_setters!(
+        /// How rows are written (default: one JSON object per record).
+    );
 
     /// Checks the settings and creates the client.
     pub async fn build(self) -> Result<KinesisSink> {
@@ -360,13 +325,11 @@ impl KinesisSinkBuilder {
             )
         })?;
         self.settings.validate("sinks")?;
-        let client = match self.client {
-            Some(c) => c,
-            None => {
-                let shared = crate::aws::load_config(self.region, self.endpoint, "sinks").await?;
-                crate::aws::sdk_client!(aws_sdk_kinesis, shared)
-            }
-        };
+        let client = (self.aws)
+            .client("sinks", |shared| {
+                crate::aws::sdk_client!(aws_sdk_kinesis, *shared)
+            })
+            .await?;
         let name = format!(
             "kinesis:{}",
             self.stream.rsplit('/').next().unwrap_or(&self.stream)

@@ -74,7 +74,8 @@ struct Shard {
 /// record handed on.
 ///
 /// Build one with [`KinesisSource::builder`]. Credentials and region come from the AWS SDK's
-/// default chain unless a client is given.
+/// default chain unless a client is given. The source does its own retrying; a client given with
+/// SDK retries on top reports fewer throttles.
 pub struct KinesisSource {
     api: Arc<dyn KinesisApi>,
     stream: Arc<StreamRef>,
@@ -116,9 +117,7 @@ impl fmt::Debug for KinesisSource {
 #[derive(Debug, Clone)]
 pub struct KinesisSourceBuilder {
     stream: String,
-    region: Option<String>,
-    endpoint: Option<String>,
-    client: Option<aws_sdk_kinesis::Client>,
+    aws: crate::aws::ClientOptions<aws_sdk_kinesis::Client>,
     start: StartPosition,
     settings: PollSettings,
     filter_out_of_range: bool,
@@ -129,9 +128,7 @@ impl KinesisSource {
     pub fn builder(stream: impl Into<String>) -> KinesisSourceBuilder {
         KinesisSourceBuilder {
             stream: stream.into(),
-            region: None,
-            endpoint: None,
-            client: None,
+            aws: Default::default(),
             start: StartPosition::default(),
             settings: PollSettings::default(),
             filter_out_of_range: false,
@@ -517,26 +514,7 @@ impl Source for KinesisSource {
 }
 
 impl KinesisSourceBuilder {
-    /// The AWS region (default: from the environment and profile, as the SDK resolves it).
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
-        self
-    }
-
-    /// Sends requests to this endpoint instead of the region's (a VPC endpoint, a local
-    /// emulator).
-    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
-        self
-    }
-
-    /// Uses this client as it is configured (credentials, region, retries, HTTP client) instead
-    /// of building one. The source does its own retrying; a client with SDK retries on top
-    /// reports fewer throttles.
-    pub fn client(mut self, client: aws_sdk_kinesis::Client) -> Self {
-        self.client = Some(client);
-        self
-    }
+    crate::aws::client_setters!(aws_sdk_kinesis::Client);
 
     /// Where shards without a checkpoint start (default TRIM_HORIZON).
     pub fn start_position(mut self, start: StartPosition) -> Self {
@@ -585,13 +563,11 @@ impl KinesisSourceBuilder {
             ));
         }
         let stream = StreamRef::parse(self.stream.trim());
-        let client = match self.client {
-            Some(c) => c,
-            None => {
-                let shared = crate::aws::load_config(self.region, self.endpoint, "source").await?;
-                crate::aws::sdk_client!(aws_sdk_kinesis, shared)
-            }
-        };
+        let client = (self.aws)
+            .client("source", |shared| {
+                crate::aws::sdk_client!(aws_sdk_kinesis, *shared)
+            })
+            .await?;
         let api = SdkApi {
             client,
             stream: Arc::new(stream.clone()),

@@ -6,7 +6,10 @@ use aws_sdk_firehose::types as fh;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types as ks;
 
-use super::{desired, Action, Capacity, Destination, Plan, Planned, SetupInputs, TAG_PIPELINE};
+use super::{
+    desired, Action, Capacity, Destination, Plan, Planned, PolicyDocument, SetupInputs,
+    TAG_PIPELINE,
+};
 use crate::{Error, Result};
 
 /// Clients, account and region.
@@ -596,7 +599,104 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
 
     // The key first: the other resources' policies name it.
     if encryption && found.key_arn.is_none() {
-        let key = env
+        found.key_arn = Some(env.create_key(&inputs, &alias, &mut changes).await?);
+    }
+    let mut plan = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
+    env.compare(&mut plan, &found).await?;
+    let key = found.key_arn.clone();
+    let mut key_policy = None;
+    for (r, action) in &plan.resources {
+        if matches!(action, Action::Unchanged | Action::External) {
+            continue;
+        }
+        let mut cx = Applying {
+            inputs: &inputs,
+            key: &key,
+            changes: &mut changes,
+        };
+        match r {
+            Planned::Key { policy, .. } => {
+                env.enable_rotation(&key, &alias, cx.changes).await?;
+                // The key policy names the roles: put once they exist.
+                key_policy = Some(policy.clone());
+            }
+            Planned::Bucket { name, encrypted } => {
+                env.apply_bucket(&mut cx, action, name, encrypted).await?;
+            }
+            Planned::Stream {
+                name,
+                capacity,
+                encrypted,
+            } => {
+                env.apply_stream(&mut cx, name, capacity, encrypted).await?;
+            }
+            Planned::Role {
+                name,
+                purpose,
+                trust,
+                policy,
+            } => {
+                env.apply_role(&mut cx, action, name, purpose, trust, policy)
+                    .await?;
+            }
+            Planned::DeliveryStream {
+                name,
+                role,
+                destination,
+                encrypted,
+            } => {
+                let role_arn = format!("arn:aws:iam::{}:role/{role}", env.account);
+                if *action == Action::Create {
+                    env.create_delivery_stream(
+                        &mut cx,
+                        name,
+                        role,
+                        &role_arn,
+                        destination,
+                        encrypted,
+                    )
+                    .await?;
+                } else {
+                    env.update_delivery_stream(
+                        &mut cx,
+                        action,
+                        name,
+                        &role_arn,
+                        destination,
+                        encrypted,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    if let (Some(policy), Some(k)) = (key_policy, &key) {
+        env.put_key_policy(k, &policy, &alias, &mut changes).await?;
+    }
+    Ok(ApplyReport {
+        plan: before,
+        changes,
+    })
+}
+
+/// What the steps of [`apply`] read (the file's inputs, the key's ARN) and add to (the changes
+/// made).
+struct Applying<'a> {
+    inputs: &'a SetupInputs,
+    key: &'a Option<String>,
+    changes: &'a mut Vec<String>,
+}
+
+/// The steps of [`apply`], one per kind of resource.
+impl Env {
+    /// Creates the pipeline's key and its alias; the key's ARN.
+    async fn create_key(
+        &self,
+        inputs: &SetupInputs,
+        alias: &str,
+        changes: &mut Vec<String>,
+    ) -> Result<String> {
+        let key = self
             .kms
             .create_key()
             .description(format!("rivulet pipeline `{}`", inputs.pipeline))
@@ -615,456 +715,500 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
             .and_then(|m| m.arn())
             .ok_or_else(|| Error::Setup("kms:CreateKey returned no ARN".into()))?
             .to_owned();
-        env.kms
+        self.kms
             .create_alias()
-            .alias_name(&alias)
+            .alias_name(alias)
             .target_key_id(&arn)
             .send()
             .await
             .map_err(|e| fail("kms:CreateAlias", e))?;
         changes.push(format!("created KMS key {alias} ({arn})"));
-        found.key_arn = Some(arn);
+        Ok(arn)
     }
-    let mut plan = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
-    env.compare(&mut plan, &found).await?;
-    let key = found.key_arn.clone();
-    let mut key_policy = None;
-    for (r, action) in &plan.resources {
-        if matches!(action, Action::Unchanged | Action::External) {
-            continue;
+
+    /// Turns the key's rotation on when it is off.
+    async fn enable_rotation(
+        &self,
+        key: &Option<String>,
+        alias: &str,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
+        let arn = key.as_deref().unwrap_or_default();
+        let rotation = self
+            .kms
+            .get_key_rotation_status()
+            .key_id(arn)
+            .send()
+            .await
+            .map_err(|e| fail("kms:GetKeyRotationStatus", e))?;
+        if !rotation.key_rotation_enabled() {
+            self.kms
+                .enable_key_rotation()
+                .key_id(arn)
+                .send()
+                .await
+                .map_err(|e| fail("kms:EnableKeyRotation", e))?;
+            changes.push(format!("enabled rotation of {alias}"));
         }
-        match r {
-            Planned::Key { policy, .. } => {
-                let arn = key.as_deref().unwrap_or_default();
-                let rotation = env
-                    .kms
-                    .get_key_rotation_status()
-                    .key_id(arn)
-                    .send()
-                    .await
-                    .map_err(|e| fail("kms:GetKeyRotationStatus", e))?;
-                if !rotation.key_rotation_enabled() {
-                    env.kms
-                        .enable_key_rotation()
-                        .key_id(arn)
-                        .send()
-                        .await
-                        .map_err(|e| fail("kms:EnableKeyRotation", e))?;
-                    changes.push(format!("enabled rotation of {alias}"));
-                }
-                // The key policy names the roles: put once they exist.
-                key_policy = Some(policy.clone());
+        Ok(())
+    }
+
+    /// Creates the bucket (tagged) or leaves it, and sets its default encryption to the key.
+    async fn apply_bucket(
+        &self,
+        cx: &mut Applying<'_>,
+        action: &Action,
+        name: &String,
+        encrypted: &bool,
+    ) -> Result<()> {
+        let Applying {
+            inputs,
+            key,
+            changes,
+        } = cx;
+        if *action == Action::Create {
+            let mut req = self.s3.create_bucket().bucket(name);
+            if self.region != "us-east-1" {
+                req = req.create_bucket_configuration(
+                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                            self.region.as_str(),
+                        ))
+                        .build(),
+                );
             }
-            Planned::Bucket { name, encrypted } => {
-                if *action == Action::Create {
-                    let mut req = env.s3.create_bucket().bucket(name);
-                    if env.region != "us-east-1" {
-                        req = req.create_bucket_configuration(
-                            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                                .location_constraint(
-                                    aws_sdk_s3::types::BucketLocationConstraint::from(
-                                        env.region.as_str(),
-                                    ),
-                                )
-                                .build(),
-                        );
-                    }
-                    req.send().await.map_err(|e| fail("s3:CreateBucket", e))?;
-                    env.s3
-                        .put_bucket_tagging()
-                        .bucket(name)
-                        .tagging(
-                            aws_sdk_s3::types::Tagging::builder()
-                                .tag_set(
-                                    aws_sdk_s3::types::Tag::builder()
-                                        .key(TAG_PIPELINE)
-                                        .value(&inputs.pipeline)
-                                        .build()
-                                        .map_err(|e| build_err("s3 tag", e))?,
-                                )
+            req.send().await.map_err(|e| fail("s3:CreateBucket", e))?;
+            self.s3
+                .put_bucket_tagging()
+                .bucket(name)
+                .tagging(
+                    aws_sdk_s3::types::Tagging::builder()
+                        .tag_set(
+                            aws_sdk_s3::types::Tag::builder()
+                                .key(TAG_PIPELINE)
+                                .value(&inputs.pipeline)
                                 .build()
-                                .map_err(|e| build_err("s3 tagging", e))?,
+                                .map_err(|e| build_err("s3 tag", e))?,
                         )
-                        .send()
-                        .await
-                        .map_err(|e| fail("s3:PutBucketTagging", e))?;
-                    changes.push(format!("created S3 bucket {name}"));
-                }
-                if let (true, Some(k)) = (encrypted, &key) {
-                    let by_default = aws_sdk_s3::types::ServerSideEncryptionByDefault::builder()
-                        .sse_algorithm(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                        .kms_master_key_id(k)
                         .build()
-                        .map_err(|e| build_err("s3 encryption", e))?;
-                    env.s3
-                        .put_bucket_encryption()
-                        .bucket(name)
-                        .server_side_encryption_configuration(
-                            aws_sdk_s3::types::ServerSideEncryptionConfiguration::builder()
-                                .rules(
-                                    aws_sdk_s3::types::ServerSideEncryptionRule::builder()
-                                        .apply_server_side_encryption_by_default(by_default)
-                                        // No S3 Bucket Key: with one, the encryption context
-                                        // is the bucket, not the object, and the delivery
-                                        // roles' per-prefix KMS conditions would never match.
-                                        .bucket_key_enabled(false)
-                                        .build(),
-                                )
-                                .build()
-                                .map_err(|e| build_err("s3 encryption", e))?,
+                        .map_err(|e| build_err("s3 tagging", e))?,
+                )
+                .send()
+                .await
+                .map_err(|e| fail("s3:PutBucketTagging", e))?;
+            changes.push(format!("created S3 bucket {name}"));
+        }
+        if let (true, Some(k)) = (encrypted, &key) {
+            let by_default = aws_sdk_s3::types::ServerSideEncryptionByDefault::builder()
+                .sse_algorithm(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .kms_master_key_id(k)
+                .build()
+                .map_err(|e| build_err("s3 encryption", e))?;
+            self.s3
+                .put_bucket_encryption()
+                .bucket(name)
+                .server_side_encryption_configuration(
+                    aws_sdk_s3::types::ServerSideEncryptionConfiguration::builder()
+                        .rules(
+                            aws_sdk_s3::types::ServerSideEncryptionRule::builder()
+                                .apply_server_side_encryption_by_default(by_default)
+                                // No S3 Bucket Key: with one, the encryption context
+                                // is the bucket, not the object, and the delivery
+                                // roles' per-prefix KMS conditions would never match.
+                                .bucket_key_enabled(false)
+                                .build(),
                         )
+                        .build()
+                        .map_err(|e| build_err("s3 encryption", e))?,
+                )
+                .send()
+                .await
+                .map_err(|e| fail("s3:PutBucketEncryption", e))?;
+            changes.push(format!("set default encryption of {name} to the key"));
+        }
+        Ok(())
+    }
+
+    /// Creates the stream (tagged), or changes its capacity, and encrypts it with the key.
+    async fn apply_stream(
+        &self,
+        cx: &mut Applying<'_>,
+        name: &String,
+        capacity: &Capacity,
+        encrypted: &bool,
+    ) -> Result<()> {
+        let Applying {
+            inputs,
+            key,
+            changes,
+        } = cx;
+        let current = self.stream(name).await?;
+        match current {
+            None => {
+                // Tagged in the same call: a stream never exists untagged (it would
+                // count as someone else's).
+                let mut req = self
+                    .kinesis
+                    .create_stream()
+                    .stream_name(name)
+                    .tags(TAG_PIPELINE, &inputs.pipeline);
+                req = match capacity {
+                    Capacity::Shards(n) => req.shard_count(*n as i32),
+                    Capacity::OnDemand => req.stream_mode_details(
+                        ks::StreamModeDetails::builder()
+                            .stream_mode(ks::StreamMode::OnDemand)
+                            .build()
+                            .map_err(|e| build_err("stream mode", e))?,
+                    ),
+                };
+                req.send()
+                    .await
+                    .map_err(|e| fail("kinesis:CreateStream", e))?;
+                self.wait_stream_active(name).await?;
+                // Emulators may ignore tags given at creation.
+                if self.stream(name).await?.and_then(|s| s.owner).is_none() {
+                    self.kinesis
+                        .add_tags_to_stream()
+                        .stream_name(name)
+                        .tags(TAG_PIPELINE, &inputs.pipeline)
                         .send()
                         .await
-                        .map_err(|e| fail("s3:PutBucketEncryption", e))?;
-                    changes.push(format!("set default encryption of {name} to the key"));
+                        .map_err(|e| fail("kinesis:AddTagsToStream", e))?;
                 }
+                changes.push(format!("created Kinesis stream {name} ({capacity:?})"));
             }
-            Planned::Stream {
-                name,
-                capacity,
-                encrypted,
-            } => {
-                let current = env.stream(name).await?;
-                match current {
-                    None => {
-                        // Tagged in the same call: a stream never exists untagged (it would
-                        // count as someone else's).
-                        let mut req = env
-                            .kinesis
-                            .create_stream()
-                            .stream_name(name)
-                            .tags(TAG_PIPELINE, &inputs.pipeline);
-                        req = match capacity {
-                            Capacity::Shards(n) => req.shard_count(*n as i32),
-                            Capacity::OnDemand => req.stream_mode_details(
-                                ks::StreamModeDetails::builder()
-                                    .stream_mode(ks::StreamMode::OnDemand)
-                                    .build()
-                                    .map_err(|e| build_err("stream mode", e))?,
-                            ),
-                        };
-                        req.send()
-                            .await
-                            .map_err(|e| fail("kinesis:CreateStream", e))?;
-                        env.wait_stream_active(name).await?;
-                        // Emulators may ignore tags given at creation.
-                        if env.stream(name).await?.and_then(|s| s.owner).is_none() {
-                            env.kinesis
-                                .add_tags_to_stream()
-                                .stream_name(name)
-                                .tags(TAG_PIPELINE, &inputs.pipeline)
+            Some(s) if s.capacity != *capacity => {
+                let mode = |m: ks::StreamMode| -> Result<ks::StreamModeDetails> {
+                    ks::StreamModeDetails::builder()
+                        .stream_mode(m)
+                        .build()
+                        .map_err(|e| build_err("stream mode", e))
+                };
+                match capacity {
+                    Capacity::Shards(n) => {
+                        if s.capacity == Capacity::OnDemand {
+                            self.kinesis
+                                .update_stream_mode()
+                                .stream_arn(&s.arn)
+                                .stream_mode_details(mode(ks::StreamMode::Provisioned)?)
                                 .send()
                                 .await
-                                .map_err(|e| fail("kinesis:AddTagsToStream", e))?;
+                                .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
+                            self.wait_stream_active(name).await?;
                         }
-                        changes.push(format!("created Kinesis stream {name} ({capacity:?})"));
-                    }
-                    Some(s) if s.capacity != *capacity => {
-                        let mode = |m: ks::StreamMode| -> Result<ks::StreamModeDetails> {
-                            ks::StreamModeDetails::builder()
-                                .stream_mode(m)
-                                .build()
-                                .map_err(|e| build_err("stream mode", e))
-                        };
-                        match capacity {
-                            Capacity::Shards(n) => {
-                                if s.capacity == Capacity::OnDemand {
-                                    env.kinesis
-                                        .update_stream_mode()
-                                        .stream_arn(&s.arn)
-                                        .stream_mode_details(mode(ks::StreamMode::Provisioned)?)
-                                        .send()
-                                        .await
-                                        .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
-                                    env.wait_stream_active(name).await?;
-                                }
-                                let now = env.stream(name).await?.map(|s| s.capacity);
-                                if now != Some(Capacity::Shards(*n)) {
-                                    env.kinesis
-                                        .update_shard_count()
-                                        .stream_name(name)
-                                        .target_shard_count(*n as i32)
-                                        .scaling_type(ks::ScalingType::UniformScaling)
-                                        .send()
-                                        .await
-                                        .map_err(|e| fail("kinesis:UpdateShardCount", e))?;
-                                }
-                            }
-                            Capacity::OnDemand => {
-                                env.kinesis
-                                    .update_stream_mode()
-                                    .stream_arn(&s.arn)
-                                    .stream_mode_details(mode(ks::StreamMode::OnDemand)?)
-                                    .send()
-                                    .await
-                                    .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
-                            }
+                        let now = self.stream(name).await?.map(|s| s.capacity);
+                        if now != Some(Capacity::Shards(*n)) {
+                            self.kinesis
+                                .update_shard_count()
+                                .stream_name(name)
+                                .target_shard_count(*n as i32)
+                                .scaling_type(ks::ScalingType::UniformScaling)
+                                .send()
+                                .await
+                                .map_err(|e| fail("kinesis:UpdateShardCount", e))?;
                         }
-                        env.wait_stream_active(name).await?;
-                        changes.push(format!(
-                            "changed Kinesis stream {name}: {:?} → {capacity:?}",
-                            s.capacity
-                        ));
                     }
-                    Some(_) => {}
-                }
-                if let (true, Some(k)) = (encrypted, &key) {
-                    let now = env.stream(name).await?;
-                    if now.as_ref().and_then(|s| s.key.as_ref()) != Some(k) {
-                        env.kinesis
-                            .start_stream_encryption()
-                            .stream_name(name)
-                            .encryption_type(ks::EncryptionType::Kms)
-                            .key_id(k)
+                    Capacity::OnDemand => {
+                        self.kinesis
+                            .update_stream_mode()
+                            .stream_arn(&s.arn)
+                            .stream_mode_details(mode(ks::StreamMode::OnDemand)?)
                             .send()
                             .await
-                            .map_err(|e| fail("kinesis:StartStreamEncryption", e))?;
-                        env.wait_stream_active(name).await?;
-                        changes.push(format!("encrypted Kinesis stream {name} with the key"));
+                            .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
                     }
                 }
+                self.wait_stream_active(name).await?;
+                changes.push(format!(
+                    "changed Kinesis stream {name}: {:?} → {capacity:?}",
+                    s.capacity
+                ));
             }
-            Planned::Role {
-                name,
-                purpose,
-                trust,
-                policy,
-            } => {
-                if *action == Action::Create {
-                    env.iam
-                        .create_role()
-                        .role_name(name)
-                        .description(purpose)
-                        .assume_role_policy_document(trust.to_json())
-                        .tags(
-                            aws_sdk_iam::types::Tag::builder()
-                                .key(TAG_PIPELINE)
-                                .value(&inputs.pipeline)
-                                .build()
-                                .map_err(|e| build_err("iam tag", e))?,
-                        )
-                        .send()
-                        .await
-                        .map_err(|e| fail("iam:CreateRole", e))?;
-                    changes.push(format!("created IAM role {name}"));
-                } else {
-                    env.iam
-                        .update_assume_role_policy()
-                        .role_name(name)
-                        .policy_document(trust.to_json())
-                        .send()
-                        .await
-                        .map_err(|e| fail("iam:UpdateAssumeRolePolicy", e))?;
-                }
-                env.iam
-                    .put_role_policy()
-                    .role_name(name)
-                    .policy_name("rivulet")
-                    .policy_document(policy.to_json())
+            Some(_) => {}
+        }
+        if let (true, Some(k)) = (encrypted, &key) {
+            let now = self.stream(name).await?;
+            if now.as_ref().and_then(|s| s.key.as_ref()) != Some(k) {
+                self.kinesis
+                    .start_stream_encryption()
+                    .stream_name(name)
+                    .encryption_type(ks::EncryptionType::Kms)
+                    .key_id(k)
                     .send()
                     .await
-                    .map_err(|e| fail("iam:PutRolePolicy", e))?;
-                if *action != Action::Create {
-                    changes.push(format!("updated the policies of IAM role {name}"));
-                }
-            }
-            Planned::DeliveryStream {
-                name,
-                role,
-                destination,
-                encrypted,
-            } => {
-                let role_arn = format!("arn:aws:iam::{}:role/{role}", env.account);
-                if *action == Action::Create {
-                    let mut req = env
-                        .firehose
-                        .create_delivery_stream()
-                        .delivery_stream_name(name)
-                        .delivery_stream_type(fh::DeliveryStreamType::DirectPut)
-                        .tags(
-                            fh::Tag::builder()
-                                .key(TAG_PIPELINE)
-                                .value(&inputs.pipeline)
-                                .build()
-                                .map_err(|e| build_err("firehose tag", e))?,
-                        );
-                    req = match destination {
-                        Destination::S3(_) => req.extended_s3_destination_configuration(
-                            extended_s3(&role_arn, destination, key.as_deref())?,
-                        ),
-                        Destination::Redshift {
-                            jdbc_url,
-                            table,
-                            columns,
-                            username,
-                            password_env,
-                            copy_options,
-                            ..
-                        } => {
-                            let password = std::env::var(password_env).map_err(|_| {
-                                Error::config(
-                                    format!("setup.delivery.{name}.password_env"),
-                                    format!("the environment variable {password_env} is not set"),
-                                )
-                            })?;
-                            let mut copy = fh::CopyCommand::builder().data_table_name(table);
-                            if let Some(c) = columns {
-                                copy = copy.data_table_columns(c);
-                            }
-                            if let Some(o) = copy_options {
-                                copy = copy.copy_options(o);
-                            }
-                            req.redshift_destination_configuration(
-                                fh::RedshiftDestinationConfiguration::builder()
-                                    .role_arn(&role_arn)
-                                    .cluster_jdbcurl(jdbc_url)
-                                    .copy_command(
-                                        copy.build().map_err(|e| build_err("copy command", e))?,
-                                    )
-                                    .username(username)
-                                    .password(password)
-                                    .s3_configuration(plain_s3(
-                                        &role_arn,
-                                        destination,
-                                        key.as_deref(),
-                                    )?)
-                                    .build()
-                                    .map_err(|e| build_err("redshift destination", e))?,
-                            )
-                        }
-                        Destination::OpenSearch {
-                            domain_arn,
-                            index,
-                            rotation,
-                            ..
-                        } => req.amazonopensearchservice_destination_configuration(
-                            fh::AmazonopensearchserviceDestinationConfiguration::builder()
-                                .role_arn(&role_arn)
-                                .domain_arn(domain_arn)
-                                .index_name(index)
-                                .index_rotation_period(
-                                    fh::AmazonopensearchserviceIndexRotationPeriod::from(
-                                        rotation.as_str(),
-                                    ),
-                                )
-                                .s3_backup_mode(
-                                    fh::AmazonopensearchserviceS3BackupMode::FailedDocumentsOnly,
-                                )
-                                .s3_configuration(plain_s3(&role_arn, destination, key.as_deref())?)
-                                .build()
-                                .map_err(|e| build_err("opensearch destination", e))?,
-                        ),
-                    };
-                    if let (true, Some(k)) = (encrypted, &key) {
-                        req = req.delivery_stream_encryption_configuration_input(
-                            fh::DeliveryStreamEncryptionConfigurationInput::builder()
-                                .key_type(fh::KeyType::CustomerManagedCmk)
-                                .key_arn(k)
-                                .build()
-                                .map_err(|e| build_err("delivery stream encryption", e))?,
-                        );
-                    }
-                    // A role created moments ago may not be assumable yet (IAM is eventually
-                    // consistent): retried while Firehose says so, up to the wait timeout.
-                    let started = std::time::Instant::now();
-                    loop {
-                        match req.clone().send().await {
-                            Ok(_) => break,
-                            Err(e)
-                                if e.code() == Some("InvalidArgumentException")
-                                    && started.elapsed() < env.wait =>
-                            {
-                                tracing::info!("waiting for role {role} to propagate: {e}");
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                            }
-                            Err(e) => return Err(fail("firehose:CreateDeliveryStream", e)),
-                        }
-                    }
-                    env.wait_delivery_active(name).await?;
-                    changes.push(format!("created Firehose delivery stream {name}"));
-                } else {
-                    let current = env.delivery(name).await?.unwrap_or_default();
-                    let s3 = destination.s3();
-                    let update = fh::ExtendedS3DestinationUpdate::builder()
-                        .role_arn(&role_arn)
-                        .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
-                        .prefix(&s3.prefix)
-                        .error_output_prefix(&s3.error_prefix)
-                        .buffering_hints(hints(s3))
-                        .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
-                        .set_encryption_configuration(kms_config(key.as_deref())?)
-                        .build();
-                    let mut req = env
-                        .firehose
-                        .update_destination()
-                        .delivery_stream_name(name)
-                        .current_delivery_stream_version_id(current.version.unwrap_or_default())
-                        .destination_id(current.destination_id.unwrap_or_default());
-                    let s3_update = || -> Result<fh::S3DestinationUpdate> {
-                        Ok(fh::S3DestinationUpdate::builder()
-                            .role_arn(&role_arn)
-                            .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
-                            .prefix(&s3.prefix)
-                            .error_output_prefix(&s3.error_prefix)
-                            .buffering_hints(hints(s3))
-                            .compression_format(fh::CompressionFormat::from(
-                                s3.compression.as_str(),
-                            ))
-                            .set_encryption_configuration(kms_config(key.as_deref())?)
-                            .build())
-                    };
-                    req = match destination {
-                        Destination::S3(_) => req.extended_s3_destination_update(update),
-                        Destination::Redshift { .. } => req.redshift_destination_update(
-                            fh::RedshiftDestinationUpdate::builder()
-                                .role_arn(&role_arn)
-                                .s3_update(s3_update()?)
-                                .build(),
-                        ),
-                        Destination::OpenSearch { .. } => req
-                            .amazonopensearchservice_destination_update(
-                                fh::AmazonopensearchserviceDestinationUpdate::builder()
-                                    .role_arn(&role_arn)
-                                    .s3_update(s3_update()?)
-                                    .build(),
-                            ),
-                    };
-                    req.send()
-                        .await
-                        .map_err(|e| fail("firehose:UpdateDestination", e))?;
-                    if let (true, Some(k)) = (encrypted, &key) {
-                        if current.key_arn.as_deref() != Some(k.as_str()) {
-                            env.firehose
-                                .start_delivery_stream_encryption()
-                                .delivery_stream_name(name)
-                                .delivery_stream_encryption_configuration_input(
-                                    fh::DeliveryStreamEncryptionConfigurationInput::builder()
-                                        .key_type(fh::KeyType::CustomerManagedCmk)
-                                        .key_arn(k)
-                                        .build()
-                                        .map_err(|e| build_err("delivery stream encryption", e))?,
-                                )
-                                .send()
-                                .await
-                                .map_err(|e| fail("firehose:StartDeliveryStreamEncryption", e))?;
-                        }
-                    }
-                    changes.push(format!(
-                        "updated Firehose delivery stream {name}: {}",
-                        match action {
-                            Action::Update(w) => w.join(", "),
-                            _ => String::new(),
-                        }
-                    ));
-                }
+                    .map_err(|e| fail("kinesis:StartStreamEncryption", e))?;
+                self.wait_stream_active(name).await?;
+                changes.push(format!("encrypted Kinesis stream {name} with the key"));
             }
         }
+        Ok(())
     }
-    if let (Some(policy), Some(k)) = (key_policy, &key) {
+
+    /// Creates the role (tagged) or updates its trust, and puts its inline policy.
+    async fn apply_role(
+        &self,
+        cx: &mut Applying<'_>,
+        action: &Action,
+        name: &String,
+        purpose: &String,
+        trust: &PolicyDocument,
+        policy: &PolicyDocument,
+    ) -> Result<()> {
+        let Applying {
+            inputs, changes, ..
+        } = cx;
+        if *action == Action::Create {
+            self.iam
+                .create_role()
+                .role_name(name)
+                .description(purpose)
+                .assume_role_policy_document(trust.to_json())
+                .tags(
+                    aws_sdk_iam::types::Tag::builder()
+                        .key(TAG_PIPELINE)
+                        .value(&inputs.pipeline)
+                        .build()
+                        .map_err(|e| build_err("iam tag", e))?,
+                )
+                .send()
+                .await
+                .map_err(|e| fail("iam:CreateRole", e))?;
+            changes.push(format!("created IAM role {name}"));
+        } else {
+            self.iam
+                .update_assume_role_policy()
+                .role_name(name)
+                .policy_document(trust.to_json())
+                .send()
+                .await
+                .map_err(|e| fail("iam:UpdateAssumeRolePolicy", e))?;
+        }
+        self.iam
+            .put_role_policy()
+            .role_name(name)
+            .policy_name("rivulet")
+            .policy_document(policy.to_json())
+            .send()
+            .await
+            .map_err(|e| fail("iam:PutRolePolicy", e))?;
+        if *action != Action::Create {
+            changes.push(format!("updated the policies of IAM role {name}"));
+        }
+        Ok(())
+    }
+
+    /// Creates the delivery stream (tagged, encrypted with the key), once its role can be assumed.
+    async fn create_delivery_stream(
+        &self,
+        cx: &mut Applying<'_>,
+        name: &String,
+        role: &String,
+        role_arn: &str,
+        destination: &Destination,
+        encrypted: &bool,
+    ) -> Result<()> {
+        let Applying {
+            inputs,
+            key,
+            changes,
+        } = cx;
+        let mut req = self
+            .firehose
+            .create_delivery_stream()
+            .delivery_stream_name(name)
+            .delivery_stream_type(fh::DeliveryStreamType::DirectPut)
+            .tags(
+                fh::Tag::builder()
+                    .key(TAG_PIPELINE)
+                    .value(&inputs.pipeline)
+                    .build()
+                    .map_err(|e| build_err("firehose tag", e))?,
+            );
+        req = match destination {
+            Destination::S3(_) => req.extended_s3_destination_configuration(extended_s3(
+                role_arn,
+                destination,
+                key.as_deref(),
+            )?),
+            Destination::Redshift {
+                jdbc_url,
+                table,
+                columns,
+                username,
+                password_env,
+                copy_options,
+                ..
+            } => {
+                let password = std::env::var(password_env).map_err(|_| {
+                    Error::config(
+                        format!("setup.delivery.{name}.password_env"),
+                        format!("the environment variable {password_env} is not set"),
+                    )
+                })?;
+                let mut copy = fh::CopyCommand::builder().data_table_name(table);
+                if let Some(c) = columns {
+                    copy = copy.data_table_columns(c);
+                }
+                if let Some(o) = copy_options {
+                    copy = copy.copy_options(o);
+                }
+                req.redshift_destination_configuration(
+                    fh::RedshiftDestinationConfiguration::builder()
+                        .role_arn(role_arn)
+                        .cluster_jdbcurl(jdbc_url)
+                        .copy_command(copy.build().map_err(|e| build_err("copy command", e))?)
+                        .username(username)
+                        .password(password)
+                        .s3_configuration(plain_s3(role_arn, destination, key.as_deref())?)
+                        .build()
+                        .map_err(|e| build_err("redshift destination", e))?,
+                )
+            }
+            Destination::OpenSearch {
+                domain_arn,
+                index,
+                rotation,
+                ..
+            } => req.amazonopensearchservice_destination_configuration(
+                fh::AmazonopensearchserviceDestinationConfiguration::builder()
+                    .role_arn(role_arn)
+                    .domain_arn(domain_arn)
+                    .index_name(index)
+                    .index_rotation_period(fh::AmazonopensearchserviceIndexRotationPeriod::from(
+                        rotation.as_str(),
+                    ))
+                    .s3_backup_mode(fh::AmazonopensearchserviceS3BackupMode::FailedDocumentsOnly)
+                    .s3_configuration(plain_s3(role_arn, destination, key.as_deref())?)
+                    .build()
+                    .map_err(|e| build_err("opensearch destination", e))?,
+            ),
+        };
+        if let (true, Some(k)) = (encrypted, &key) {
+            req = req.delivery_stream_encryption_configuration_input(
+                fh::DeliveryStreamEncryptionConfigurationInput::builder()
+                    .key_type(fh::KeyType::CustomerManagedCmk)
+                    .key_arn(k)
+                    .build()
+                    .map_err(|e| build_err("delivery stream encryption", e))?,
+            );
+        }
+        // A role created moments ago may not be assumable yet (IAM is eventually
+        // consistent): retried while Firehose says so, up to the wait timeout.
+        let started = std::time::Instant::now();
+        loop {
+            match req.clone().send().await {
+                Ok(_) => break,
+                Err(e)
+                    if e.code() == Some("InvalidArgumentException")
+                        && started.elapsed() < self.wait =>
+                {
+                    tracing::info!("waiting for role {role} to propagate: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(fail("firehose:CreateDeliveryStream", e)),
+            }
+        }
+        self.wait_delivery_active(name).await?;
+        changes.push(format!("created Firehose delivery stream {name}"));
+        Ok(())
+    }
+
+    /// Updates the delivery stream's destination and encryption.
+    async fn update_delivery_stream(
+        &self,
+        cx: &mut Applying<'_>,
+        action: &Action,
+        name: &String,
+        role_arn: &str,
+        destination: &Destination,
+        encrypted: &bool,
+    ) -> Result<()> {
+        let Applying { key, changes, .. } = cx;
+        let current = self.delivery(name).await?.unwrap_or_default();
+        let s3 = destination.s3();
+        let update = fh::ExtendedS3DestinationUpdate::builder()
+            .role_arn(role_arn)
+            .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
+            .prefix(&s3.prefix)
+            .error_output_prefix(&s3.error_prefix)
+            .buffering_hints(hints(s3))
+            .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
+            .set_encryption_configuration(kms_config(key.as_deref())?)
+            .build();
+        let mut req = self
+            .firehose
+            .update_destination()
+            .delivery_stream_name(name)
+            .current_delivery_stream_version_id(current.version.unwrap_or_default())
+            .destination_id(current.destination_id.unwrap_or_default());
+        let s3_update = || -> Result<fh::S3DestinationUpdate> {
+            Ok(fh::S3DestinationUpdate::builder()
+                .role_arn(role_arn)
+                .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
+                .prefix(&s3.prefix)
+                .error_output_prefix(&s3.error_prefix)
+                .buffering_hints(hints(s3))
+                .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
+                .set_encryption_configuration(kms_config(key.as_deref())?)
+                .build())
+        };
+        req = match destination {
+            Destination::S3(_) => req.extended_s3_destination_update(update),
+            Destination::Redshift { .. } => req.redshift_destination_update(
+                fh::RedshiftDestinationUpdate::builder()
+                    .role_arn(role_arn)
+                    .s3_update(s3_update()?)
+                    .build(),
+            ),
+            Destination::OpenSearch { .. } => req.amazonopensearchservice_destination_update(
+                fh::AmazonopensearchserviceDestinationUpdate::builder()
+                    .role_arn(role_arn)
+                    .s3_update(s3_update()?)
+                    .build(),
+            ),
+        };
+        req.send()
+            .await
+            .map_err(|e| fail("firehose:UpdateDestination", e))?;
+        if let (true, Some(k)) = (encrypted, &key) {
+            if current.key_arn.as_deref() != Some(k.as_str()) {
+                self.firehose
+                    .start_delivery_stream_encryption()
+                    .delivery_stream_name(name)
+                    .delivery_stream_encryption_configuration_input(
+                        fh::DeliveryStreamEncryptionConfigurationInput::builder()
+                            .key_type(fh::KeyType::CustomerManagedCmk)
+                            .key_arn(k)
+                            .build()
+                            .map_err(|e| build_err("delivery stream encryption", e))?,
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| fail("firehose:StartDeliveryStreamEncryption", e))?;
+            }
+        }
+        changes.push(format!(
+            "updated Firehose delivery stream {name}: {}",
+            match action {
+                Action::Update(w) => w.join(", "),
+                _ => String::new(),
+            }
+        ));
+        Ok(())
+    }
+
+    /// Puts the key policy (which names the roles), once the new roles are valid principals.
+    async fn put_key_policy(
+        &self,
+        k: &str,
+        policy: &PolicyDocument,
+        alias: &str,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
         // New roles may not be valid principals yet: retried while KMS says so.
         let started = std::time::Instant::now();
         loop {
-            match env
+            match self
                 .kms
                 .put_key_policy()
                 .key_id(k)
@@ -1076,7 +1220,7 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
                 Ok(_) => break,
                 Err(e)
                     if e.code() == Some("MalformedPolicyDocumentException")
-                        && started.elapsed() < env.wait =>
+                        && started.elapsed() < self.wait =>
                 {
                     tracing::info!("waiting for the key policy's roles to propagate: {e}");
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1085,11 +1229,8 @@ pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
             }
         }
         changes.push(format!("set the key policy of {alias}"));
+        Ok(())
     }
-    Ok(ApplyReport {
-        plan: before,
-        changes,
-    })
 }
 
 fn hints(s3: &super::S3Destination) -> fh::BufferingHints {

@@ -36,6 +36,33 @@ use crate::record::now_ms;
 use crate::record::Record;
 use crate::{Error, Result};
 
+/// The builder methods `encryption`, `format` and `delivery_settings` of a sink that puts records
+/// (Firehose, Kinesis), whose builder has the fields `encryption`, `format` and `settings`; the
+/// attributes given document `format`.
+macro_rules! record_sink_setters {
+    ($(#[$format_doc:meta])*) => {
+        /// Seals each record in its own envelope with KMS envelope encryption (see
+        /// [`crate::crypto`]); the records' size limits apply to the envelopes.
+        pub fn encryption(mut self, encryptor: $crate::crypto::EnvelopeEncryptor) -> Self {
+            self.encryption = Some(encryptor);
+            self
+        }
+
+        $(#[$format_doc])*
+        pub fn format(mut self, format: $crate::OutputFormat) -> Self {
+            self.format = format;
+            self
+        }
+
+        /// Retry and concurrency settings.
+        pub fn delivery_settings(mut self, settings: $crate::sink::DeliverySettings) -> Self {
+            self.settings = settings;
+            self
+        }
+    };
+}
+pub(crate) use record_sink_setters;
+
 /// How a sink retries and how much it sends at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliverySettings {
@@ -550,13 +577,14 @@ impl<R: Outbound> Shared<R> {
                     .records
                     .iter()
                     .zip(entry.errors)
-                    .map(|(record, (code, message))| ErrorRecord {
-                        statement: None,
-                        stage: ErrorStage::Sink,
-                        attempts,
-                        kind: code,
-                        reason: format!("{} after {attempts} attempts: {message}", self.name),
-                        record: record.as_error_record(now),
+                    .map(|(record, (code, message))| {
+                        ErrorRecord::new(
+                            ErrorStage::Sink,
+                            code,
+                            format!("{} after {attempts} attempts: {message}", self.name),
+                            record.as_error_record(now),
+                        )
+                        .with_attempts(attempts)
                     })
                     .collect::<Vec<_>>();
                 errors.send(rows, entry.ack.split()).await?;
@@ -701,13 +729,9 @@ impl<R: Outbound> Dispatcher<R> {
         let now = now_ms();
         let rows = records
             .iter()
-            .map(|r| ErrorRecord {
-                statement: None,
-                stage: ErrorStage::Sink,
-                attempts: 0,
-                kind: kind.to_owned(),
-                reason: why(r),
-                record: r.as_error_record(now),
+            .map(|r| {
+                ErrorRecord::new(ErrorStage::Sink, kind, why(r), r.as_error_record(now))
+                    .with_attempts(0)
             })
             .collect();
         errors.send(rows, ack).await

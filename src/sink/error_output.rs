@@ -90,6 +90,36 @@ pub fn error_schema() -> SchemaRef {
 }
 
 impl ErrorRecord {
+    /// `record`, which failed in `stage` on its first try: `kind` is the short stable category,
+    /// `reason` what is wrong.
+    pub fn new(
+        stage: ErrorStage,
+        kind: impl Into<String>,
+        reason: impl Into<String>,
+        record: Record,
+    ) -> Self {
+        Self {
+            stage,
+            kind: kind.into(),
+            reason: reason.into(),
+            attempts: 1,
+            record,
+            statement: None,
+        }
+    }
+
+    /// The same, after `attempts` tries.
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
+    /// The same, failed in `statement` (a KDA pump's name, or the stream a statement writes).
+    pub fn with_statement(mut self, statement: Option<Arc<str>>) -> Self {
+        self.statement = statement;
+        self
+    }
+
     /// Builds the error-output batch for `errors`, whose last tries failed at `now_ms`.
     pub fn to_batch(errors: &[ErrorRecord], now_ms: i64) -> RecordBatch {
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -150,14 +180,12 @@ mod tests {
     fn payload_survives_as_base64() {
         let rec = Record::new(Bytes::from_static(b"\xff\x00bad"), 5).with_partition_key("pk");
         let batch = ErrorRecord::to_batch(
-            &[ErrorRecord {
-                statement: None,
-                stage: ErrorStage::Decode,
-                kind: "malformed".into(),
-                reason: "invalid JSON".into(),
-                attempts: 1,
-                record: rec,
-            }],
+            &[ErrorRecord::new(
+                ErrorStage::Decode,
+                "malformed",
+                "invalid JSON",
+                rec,
+            )],
             9,
         );
         let col = |name: &str| batch.column_by_name(name).unwrap();

@@ -172,9 +172,7 @@ pub struct FirehoseSink {
 #[derive(Debug, Clone)]
 pub struct FirehoseSinkBuilder {
     delivery_stream: String,
-    region: Option<String>,
-    endpoint: Option<String>,
-    client: Option<aws_sdk_firehose::Client>,
+    aws: crate::aws::ClientOptions<aws_sdk_firehose::Client>,
     format: OutputFormat,
     settings: DeliverySettings,
     encryption: Option<EnvelopeEncryptor>,
@@ -185,9 +183,7 @@ impl FirehoseSink {
     pub fn builder(delivery_stream: impl Into<String>) -> FirehoseSinkBuilder {
         FirehoseSinkBuilder {
             delivery_stream: delivery_stream.into(),
-            region: None,
-            endpoint: None,
-            client: None,
+            aws: Default::default(),
             format: OutputFormat::JsonLines,
             settings: DeliverySettings::default(),
             encryption: None,
@@ -267,42 +263,11 @@ impl Sink for FirehoseSink {
 }
 
 impl FirehoseSinkBuilder {
-    /// The AWS region (default: from the environment and profile).
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
-        self
-    }
+    crate::aws::client_setters!(aws_sdk_firehose::Client);
 
-    /// Sends requests to this endpoint instead of the region's.
-    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = Some(url.into());
-        self
-    }
-
-    /// Uses this client as it is configured instead of building one.
-    pub fn client(mut self, client: aws_sdk_firehose::Client) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// Seals each record in its own envelope with KMS envelope encryption (see
-    /// [`crate::crypto`]); the records' size limits apply to the envelopes.
-    pub fn encryption(mut self, encryptor: EnvelopeEncryptor) -> Self {
-        self.encryption = Some(encryptor);
-        self
-    }
-
-    /// How rows are written (default JSON lines).
-    pub fn format(mut self, format: OutputFormat) -> Self {
-        self.format = format;
-        self
-    }
-
-    /// Retry and concurrency settings.
-    pub fn delivery_settings(mut self, settings: DeliverySettings) -> Self {
-        self.settings = settings;
-        self
-    }
+    crate::sink::delivery::record_sink_setters!(
+        /// How rows are written (default JSON lines).
+    );
 
     /// Checks the settings and creates the client.
     pub async fn build(self) -> Result<FirehoseSink> {
@@ -313,13 +278,11 @@ impl FirehoseSinkBuilder {
             ));
         }
         self.settings.validate("sinks")?;
-        let client = match self.client {
-            Some(c) => c,
-            None => {
-                let shared = crate::aws::load_config(self.region, self.endpoint, "sinks").await?;
-                crate::aws::sdk_client!(aws_sdk_firehose, shared)
-            }
-        };
+        let client = (self.aws)
+            .client("sinks", |shared| {
+                crate::aws::sdk_client!(aws_sdk_firehose, *shared)
+            })
+            .await?;
         let name = format!("firehose:{}", self.delivery_stream);
         Ok(FirehoseSink::with_api(
             name,

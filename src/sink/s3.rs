@@ -572,13 +572,13 @@ impl S3Sink {
         let records = lines
             .into_iter()
             .zip(bad)
-            .map(|(line, (_, col))| ErrorRecord {
-                statement: None,
-                stage: ErrorStage::Sink,
-                kind: "partition_key_missing".into(),
-                reason: format!("partition column `{col}` is null or empty"),
-                attempts: 1,
-                record: Record::new(line, now),
+            .map(|(line, (_, col))| {
+                ErrorRecord::new(
+                    ErrorStage::Sink,
+                    "partition_key_missing",
+                    format!("partition column `{col}` is null or empty"),
+                    Record::new(line, now),
+                )
             })
             .collect();
         errors.send(records, ack).await

@@ -25,6 +25,8 @@ mod guest;
 mod ops;
 mod program;
 mod rewrite;
+mod shape;
+mod time;
 mod watermark;
 
 pub use bounds::{MAX_BUILT_ARRAY_ELEMENTS, MAX_BUILT_VALUE_BYTES, SQL_MEMORY_LIMIT};
@@ -417,7 +419,7 @@ impl StreamQuery {
             .create_logical_plan(sql)
             .await
             .map_err(|e| Error::Sql(describe(&e)))?;
-        program::check_shape(&logical, false, false)?;
+        shape::check_shape(&logical, false, false)?;
         let plan = state
             .create_physical_plan(&logical)
             .await

@@ -62,7 +62,7 @@ impl ScalarUDFImpl for EventTime {
 
     fn return_type(&self, arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
         if let Some(t) = arg_types.first() {
-            super::program::check_time_type(t, "ORDER BY")
+            super::shape::check_time_type(t, "ORDER BY")
                 .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
         }
         Ok(DataType::Timestamp(
@@ -77,7 +77,7 @@ impl ScalarUDFImpl for EventTime {
     ) -> datafusion::error::Result<ColumnarValue> {
         let n = args.number_rows;
         let col = args.args[0].clone().into_array(n)?;
-        let (millis, _) = super::ops::time_to_millis(&col)
+        let (millis, _) = super::time::time_to_millis(&col)
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let ts = arrow::array::TimestampMillisecondArray::new(
             millis.values().clone(),

@@ -208,16 +208,19 @@ fn hundred_rows() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_guest_fails_only_its_batches_and_the_pipeline_goes_on() {
-    for (guest, reason) in [
-        ("infinite_loop", "deadline"),
-        ("memory_bomb", "memory"),
-        ("deep_recursion", "stack overflow"),
-        ("trap", "unreachable"),
-        ("wrong_length", "bytes of values"),
-        ("out_of_bounds", "outside the guest's memory"),
+    // Each guest with what stops it. The memory bomb is stopped by the memory cap, unless the
+    // machine is so loaded that its 64 MiB of writes outlast the 100 ms deadline first: either
+    // limit contains it, and which one comes first is the machine's timing, not rivulet's.
+    for (guest, reasons) in [
+        ("infinite_loop", &["deadline"][..]),
+        ("memory_bomb", &["memory", "deadline"][..]),
+        ("deep_recursion", &["stack overflow"][..]),
+        ("trap", &["unreachable"][..]),
+        ("wrong_length", &["bytes of values"][..]),
+        ("out_of_bounds", &["outside the guest's memory"][..]),
         (
             "table_bomb",
-            "table would pass its limit of 100000 elements",
+            &["table would pass its limit of 100000 elements"][..],
         ),
     ] {
         let module = hostile(guest);
@@ -241,7 +244,11 @@ async fn every_hostile_guest_fails_only_its_batches_and_the_pipeline_goes_on() {
         for b in &errors {
             let msg = b.column_by_name("errorMessage").unwrap().as_string::<i32>();
             for i in 0..b.num_rows() {
-                assert!(msg.value(i).contains(reason), "{guest}: {}", msg.value(i));
+                assert!(
+                    reasons.iter().any(|r| msg.value(i).contains(r)),
+                    "{guest}: {}",
+                    msg.value(i)
+                );
             }
         }
     }

@@ -15,8 +15,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 
 pub(crate) use group::{
-    fmt_millis, time_to_millis, BatchContext, GroupColumn, RowIssue, WindowAggregate,
-    WindowAggregatePlan, WindowSpec,
+    BatchContext, GroupColumn, RowIssue, WindowAggregate, WindowAggregatePlan, WindowSpec,
 };
 pub(crate) use over::{OverAggregate, OverPlan};
 

@@ -21,8 +21,9 @@ use datafusion::physical_expr::window::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::group::{fmt_millis, row_ids, time_to_millis, BatchContext, RowIssue};
+use super::group::{row_ids, BatchContext, RowIssue};
 use super::StreamOperator;
+use crate::sql::time::{fmt_millis, time_to_millis};
 use crate::sql::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
 use crate::{Error, Result};
 
