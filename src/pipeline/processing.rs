@@ -172,8 +172,39 @@ impl Processing {
         // Registered before any output exists, so the tracker knows the batch before its acks.
         let _ = self.tracker.send(TrackerMsg::Register(seq, position));
         let root = Ack::new(seq, Some(self.tracker.clone()));
+        self.send_raw_copy(&records, &root).await?;
+        let mut errors: Vec<ErrorRecord> = Vec::new();
+        let records = set_aside_rejected(records, &mut errors);
+        // Partitions with records in this batch, before a transform may drop some: a shard whose
+        // records are all dropped still has them coming (it is not stalled).
+        let read_from = if self.program.is_stateful() && self.transform.is_some() {
+            self.record_partitions(&records)
+        } else {
+            Vec::new()
+        };
+        let records = self.transform_records(records, &mut errors)?;
+        let output: SqlOutput = match step {
+            Step::Batch | Step::Cut => self.query(&records, &read_from, seq, &mut errors).await?,
+            Step::Tick | Step::Stop => self.program.tick(seq).await?,
+            Step::End => self.program.finish(seq).await?,
+        };
+        self.align(step);
+        let snapshotted = self.snapshot_if_due(step, seq)?;
+        if !matches!(step, Step::Batch | Step::Cut) {
+            for issue in &output.issues {
+                errors.push(sql_error(issue, derived_record(issue.row.as_ref())?));
+            }
+        }
+        self.send_output(&output, &root).await?;
+        self.send_errors(errors, &root).await?;
+        self.complete(seq, root, snapshotted);
+        Ok(())
+    }
+
+    /// Sends the batch's records to the raw-data copy: the batch counts as stored only once its
+    /// raw copy is stored too.
+    async fn send_raw_copy(&mut self, records: &[Record], root: &Ack) -> Result<()> {
         if let (Some(raw), false) = (&self.raw, records.is_empty()) {
-            // The batch counts as stored only once its raw copy is stored too.
             let copy = OutputBatch {
                 stream: Arc::from(RAW_STREAM),
                 data: OutputData::Encoded(records.iter().map(|r| r.payload().clone()).collect()),
@@ -183,32 +214,17 @@ impl Processing {
                 Error::Pipeline("the raw-data copy stopped while the pipeline was running".into())
             })?;
         }
-        let mut errors: Vec<ErrorRecord> = Vec::new();
-        // Records the source set aside go to the error output as they are.
-        let records = if records.iter().any(|r| r.rejection().is_some()) {
-            let (rejected, kept): (Vec<Record>, Vec<Record>) =
-                records.into_iter().partition(|r| r.rejection().is_some());
-            errors.extend(rejected.into_iter().map(|record| {
-                let why = record.rejection().expect("partitioned on it");
-                ErrorRecord::new(
-                    ErrorStage::Source,
-                    why.kind.clone(),
-                    why.reason.clone(),
-                    record,
-                )
-            }));
-            kept
-        } else {
-            records
-        };
-        // Partitions with records in this batch, before a transform may drop some: a shard whose
-        // records are all dropped still has them coming (it is not stalled).
-        let read_from = if self.program.is_stateful() && self.transform.is_some() {
-            self.record_partitions(&records)
-        } else {
-            Vec::new()
-        };
-        let records = match &self.transform {
+        Ok(())
+    }
+
+    /// The record transform, when there is one: the records that continue; failures into
+    /// `errors`, dropped records counted.
+    fn transform_records(
+        &self,
+        records: Vec<Record>,
+        errors: &mut Vec<ErrorRecord>,
+    ) -> Result<Vec<Record>> {
+        Ok(match &self.transform {
             Some(t) if !records.is_empty() => {
                 let total = records.len();
                 let (kept, failed) = apply_transform(t.as_ref(), records)?;
@@ -218,65 +234,73 @@ impl Processing {
                 kept
             }
             _ => records,
+        })
+    }
+
+    /// Decodes the records and runs the program on their rows; decoding and SQL failures into
+    /// `errors`. `read_from` is the partitions the batch had records of before the transform.
+    async fn query(
+        &mut self,
+        records: &[Record],
+        read_from: &[u32],
+        seq: u64,
+        errors: &mut Vec<ErrorRecord>,
+    ) -> Result<SqlOutput> {
+        self.metrics.add_batch();
+        let decoded = self.decoder.decode(records)?;
+        errors.extend(decoded.failures.iter().map(|f| {
+            ErrorRecord::new(
+                ErrorStage::Decode,
+                f.kind.as_str(),
+                f.reason.clone(),
+                records[f.index].clone(),
+            )
+        }));
+        let of_record = if self.program.is_stateful() {
+            self.record_partitions(records)
+        } else {
+            Vec::new()
         };
-        let output: SqlOutput = match step {
-            Step::Batch | Step::Cut => {
-                self.metrics.add_batch();
-                let decoded = self.decoder.decode(&records)?;
-                errors.extend(decoded.failures.iter().map(|f| {
-                    ErrorRecord::new(
-                        ErrorStage::Decode,
-                        f.kind.as_str(),
-                        f.reason.clone(),
-                        records[f.index].clone(),
-                    )
-                }));
-                let of_record = if self.program.is_stateful() {
-                    self.record_partitions(&records)
-                } else {
-                    Vec::new()
-                };
-                // With processing-time ROWTIME, a row "arrives" when it is processed: a backlog
-                // record written long ago is not ahead of its arrival.
-                let arrived_by = if self.decoder.processing_rowtime() {
-                    now_ms()
-                } else {
-                    i64::MIN
-                };
-                let (partitions, arrivals): (Vec<u32>, Vec<i64>) = if of_record.is_empty() {
-                    (Vec::new(), Vec::new())
-                } else {
-                    decoded
-                        .row_records
-                        .iter()
-                        .map(|&r| (of_record[r], records[r].arrival_time_ms().max(arrived_by)))
-                        .unzip()
-                };
-                let output = self
-                    .program
-                    .process_arrived(&decoded.batch, &partitions, &arrivals, seq)
-                    .await?;
-                if self.transform.is_some() {
-                    self.mark_records(&read_from, seq);
-                } else {
-                    self.mark_records(&of_record, seq);
-                }
-                for issue in &output.issues {
-                    let record = match issue.input_row {
-                        Some(row) => records[decoded.row_records[row]].clone(),
-                        None => derived_record(issue.row.as_ref())?,
-                    };
-                    errors.push(sql_error(issue, record));
-                }
-                output
-            }
-            Step::Tick | Step::Stop => self.program.tick(seq).await?,
-            Step::End => self.program.finish(seq).await?,
+        // With processing-time ROWTIME, a row "arrives" when it is processed: a backlog
+        // record written long ago is not ahead of its arrival.
+        let arrived_by = if self.decoder.processing_rowtime() {
+            now_ms()
+        } else {
+            i64::MIN
         };
-        self.align(step);
-        // A snapshot of the window state after this batch makes it a checkpoint: sent before any
-        // output, so the tracker has it before the batch can complete.
-        let snapshotted = match self.snapshot_every {
+        let (partitions, arrivals): (Vec<u32>, Vec<i64>) = if of_record.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            decoded
+                .row_records
+                .iter()
+                .map(|&r| (of_record[r], records[r].arrival_time_ms().max(arrived_by)))
+                .unzip()
+        };
+        let output = self
+            .program
+            .process_arrived(&decoded.batch, &partitions, &arrivals, seq)
+            .await?;
+        if self.transform.is_some() {
+            self.mark_records(read_from, seq);
+        } else {
+            self.mark_records(&of_record, seq);
+        }
+        for issue in &output.issues {
+            let record = match issue.input_row {
+                Some(row) => records[decoded.row_records[row]].clone(),
+                None => derived_record(issue.row.as_ref())?,
+            };
+            errors.push(sql_error(issue, record));
+        }
+        Ok(output)
+    }
+
+    /// Sends a snapshot of the window state after this batch, when one is due: it makes the
+    /// batch a checkpoint. Sent before any output, so the tracker has it before the batch can
+    /// complete.
+    fn snapshot_if_due(&mut self, step: Step, seq: u64) -> Result<bool> {
+        Ok(match self.snapshot_every {
             Some(every)
                 if matches!(step, Step::End | Step::Stop)
                     || (step != Step::Cut && self.last_snapshot.elapsed() >= every) =>
@@ -294,13 +318,11 @@ impl Processing {
                 true
             }
             _ => false,
-        };
-        if !matches!(step, Step::Batch | Step::Cut) {
-            for issue in &output.issues {
-                errors.push(sql_error(issue, derived_record(issue.row.as_ref())?));
-            }
-        }
+        })
+    }
 
+    /// Sends each stream's rows to the sinks that take it.
+    async fn send_output(&mut self, output: &SqlOutput, root: &Ack) -> Result<()> {
         // Output sent now may hold rows of batches still held for other open windows: those
         // batches complete only once this output is stored too.
         if !output.streams.is_empty() {
@@ -327,12 +349,17 @@ impl Processing {
                 })?;
             }
         }
+        self.metrics
+            .set_window_states(self.program.live_window_states() as u64);
+        Ok(())
+    }
+
+    /// Sends the batch's failed records to the error output.
+    async fn send_errors(&mut self, errors: Vec<ErrorRecord>, root: &Ack) -> Result<()> {
         let late = errors.iter().filter(|e| e.kind == "late").count() as u64;
         if late > 0 {
             self.metrics.add_late(late);
         }
-        self.metrics
-            .set_window_states(self.program.live_window_states() as u64);
         if !errors.is_empty() {
             self.metrics.add_error(errors.len() as u64);
             let out = OutputBatch {
@@ -344,8 +371,12 @@ impl Processing {
                 Error::Pipeline("the error output stopped while the pipeline was running".into())
             })?;
         }
-        // Earlier batches whose rows are no longer in any open window complete together with
-        // this one, whose output holds what those windows produced.
+        Ok(())
+    }
+
+    /// Completes the batch, or holds it while open windows hold its rows; earlier held batches
+    /// whose rows are no longer in any open window complete together with it.
+    fn complete(&mut self, seq: u64, root: Ack, snapshotted: bool) {
         if snapshotted {
             // The rows of every held batch are in the snapshot: they no longer wait for their
             // windows, only for what they already sent.
@@ -353,7 +384,7 @@ impl Processing {
                 ack.acknowledge();
             }
             root.acknowledge();
-            return Ok(());
+            return;
         }
         let oldest_open = self.program.oldest_open_batch();
         while let Some((s, _)) = self.held.front() {
@@ -380,7 +411,6 @@ impl Processing {
         } else {
             root.acknowledge();
         }
-        Ok(())
     }
 
     /// Pauses the partitions that run too far ahead of the watermark; at the end, none.
@@ -482,6 +512,26 @@ impl Processing {
         if let Some(e) = self.program.partition_table_mut().get_mut(p) {
             e.state = state;
         }
+    }
+}
+
+/// Records the source set aside go to the error output as they are; the others continue.
+fn set_aside_rejected(records: Vec<Record>, errors: &mut Vec<ErrorRecord>) -> Vec<Record> {
+    if records.iter().any(|r| r.rejection().is_some()) {
+        let (rejected, kept): (Vec<Record>, Vec<Record>) =
+            records.into_iter().partition(|r| r.rejection().is_some());
+        errors.extend(rejected.into_iter().map(|record| {
+            let why = record.rejection().expect("partitioned on it");
+            ErrorRecord::new(
+                ErrorStage::Source,
+                why.kind.clone(),
+                why.reason.clone(),
+                record,
+            )
+        }));
+        kept
+    } else {
+        records
     }
 }
 
