@@ -159,28 +159,12 @@ impl PipelineBuilder {
 
     /// Checks the configuration, infers the schema when none was given (reading the sample from the
     /// source; those records are processed first when the pipeline runs) and plans the query.
-    pub async fn build(self) -> Result<Pipeline> {
+    pub async fn build(mut self) -> Result<Pipeline> {
         let mut source = self
             .source
+            .take()
             .ok_or_else(|| Error::config("source", "a pipeline needs a source"))?;
-        if self.sinks.is_empty() {
-            return Err(Error::config("sinks", "a pipeline needs at least one sink"));
-        }
-        if self.batch.max_rows == 0 {
-            return Err(Error::config("batch.max_rows", "must be at least 1"));
-        }
-        if self.batch.max_latency.is_zero() || self.batch.max_latency > MAX_BATCH_LATENCY {
-            return Err(Error::config(
-                "batch.max_latency_ms",
-                format!("must be between 1 ms and {} s", MAX_BATCH_LATENCY.as_secs()),
-            ));
-        }
-        if self.checkpoint_interval.is_zero() {
-            return Err(Error::config(
-                "checkpoint.interval_ms",
-                "must be at least 1 ms",
-            ));
-        }
+        self.validate()?;
         source.set_max_batch_records(self.batch.max_rows);
         source.set_max_record_bytes(
             self.max_record_bytes
@@ -214,143 +198,13 @@ impl PipelineBuilder {
                     .map(|(name, t)| Column::new(name, t.clone()))
                     .collect::<Vec<_>>()
             });
-        let inferred = self.columns.is_none();
-        let columns = match self.columns.or(kept_columns) {
+        let given = self.columns.take();
+        let inferred = given.is_none();
+        let columns = match given.or(kept_columns) {
             Some(c) => c,
-            None => {
-                // Sample until enough records, the end of the source, or the source going idle
-                // (an empty batch) once it has given something; an idle source that has given
-                // nothing is waited for, up to INFER_WAIT.
-                let mut sample: Vec<Record> = Vec::new();
-                let started = Instant::now();
-                while sample.len() < self.infer_sample {
-                    match source.next_batch().await? {
-                        Some(b) if b.records.is_empty() => {
-                            // Kept: its position and partition events are the source's too.
-                            replay.push(b);
-                            if !sample.is_empty() || started.elapsed() >= INFER_WAIT {
-                                break;
-                            }
-                        }
-                        Some(b) => {
-                            sample.extend(b.records.iter().cloned());
-                            replay.push(b);
-                        }
-                        None => break,
-                    }
-                }
-                if let RecordFormat::Csv(opts) = &self.format {
-                    if opts.has_header {
-                        // The header is schema, not data.
-                        if let Some(first) = replay.iter_mut().find(|b| !b.records.is_empty()) {
-                            first.records.remove(0);
-                        }
-                    }
-                }
-                let mut transform_failure = None;
-                if let Some(t) = &self.transform {
-                    // The decoder sees transformed records, so the schema comes from them: the
-                    // sample is transformed batch by batch, as the pipeline will, and a batch
-                    // the transform fails on is left out of it. A CSV header stays first.
-                    let header = match &self.format {
-                        RecordFormat::Csv(o) if o.has_header => sample.first().cloned(),
-                        _ => None,
-                    };
-                    sample.clear();
-                    sample.extend(header);
-                    for b in &replay {
-                        let (kept, failed) = apply_transform(t.as_ref(), b.records.clone())?;
-                        if let Some(f) = failed.iter().find(|f| f.kind == "transform_failed") {
-                            transform_failure = Some(f.reason.clone());
-                        }
-                        sample.extend(kept);
-                    }
-                }
-                let sample_len = sample.len().min(self.infer_sample);
-                if let Some(t) = &self.transform {
-                    // Records the transform kept, the CSV header aside.
-                    let kept = sample.len() - header_rows_of(&self.format, !sample.is_empty());
-                    if kept == 0 && !replay.iter().all(|b| b.records.is_empty()) {
-                        return Err(Error::Format(match transform_failure {
-                            Some(reason) => format!(
-                                "cannot infer a schema: the record transform failed on the \
-                                 sampled records ({reason}); give the columns explicitly"
-                            ),
-                            None => format!(
-                                "cannot infer a schema: the record transform `{}` dropped or \
-                                 failed every sampled record; give the columns explicitly",
-                                t.name()
-                            ),
-                        }));
-                    }
-                }
-                if sample_len == 0 {
-                    return Err(Error::Format(
-                        "cannot infer a schema: the source yielded no records; give the columns explicitly".into(),
-                    ));
-                }
-                let schema = infer_schema(&self.format, &sample[..sample_len])?;
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| Column::new(f.name(), f.data_type().clone()))
-                    .collect()
-            }
+            None => self.infer_columns(&mut source, &mut replay).await?,
         };
-        // Metadata columns (SHARD_ID, PARTITION_KEY, …) the SQL names, unless the input has a
-        // column of that name itself.
-        let metadata: Vec<MetadataColumn> = MetadataColumn::named_in(&self.sql)
-            .into_iter()
-            .filter(|m| !columns.iter().any(|c| c.name == m.name()))
-            .collect();
-        let make_decoder = |columns: Vec<Column>| {
-            let mut decoder = RecordDecoder::builder(self.format.clone())
-                .with_columns(columns)
-                .with_metadata(metadata.clone())
-                .with_rowtime_field(self.rowtime_field.clone())
-                .with_batch_size(self.batch.max_rows);
-            if let Some(max) = self.max_record_bytes {
-                decoder = decoder.with_max_record_bytes(max);
-            }
-            decoder.build()
-        };
-        let mut decoder = make_decoder(columns.clone())?;
-        let mut program = SqlProgram::with_functions(
-            &self.sql,
-            Arc::clone(decoder.schema()),
-            self.watermark,
-            &self.functions,
-        )
-        .await?;
-        // Build only the columns the SQL reads: JSON members nobody selects are still checked
-        // for well-formedness but never turned into arrays. (CSV keeps every column: its rows
-        // are positional.)
-        if matches!(self.format, RecordFormat::Json) {
-            if let Some(used) = program.input_columns_used() {
-                let names: Vec<String> = used
-                    .iter()
-                    .map(|&i| decoder.schema().field(i).name().clone())
-                    .collect();
-                let kept: Vec<Column> = columns
-                    .iter()
-                    .filter(|c| {
-                        names.contains(&c.name)
-                            || self.rowtime_field.as_deref() == Some(c.name.as_str())
-                    })
-                    .cloned()
-                    .collect();
-                if !kept.is_empty() && kept.len() < columns.len() {
-                    decoder = make_decoder(kept)?;
-                    program = SqlProgram::with_functions(
-                        &self.sql,
-                        Arc::clone(decoder.schema()),
-                        self.watermark,
-                        &self.functions,
-                    )
-                    .await?;
-                }
-            }
-        }
+        let (decoder, mut program) = self.decoder_and_program(&columns).await?;
         let fingerprint = sql_fingerprint(&self.sql);
         if let Some(cp) = &restored {
             if cp.state.iter().any(|s| !s.is_empty()) {
@@ -364,22 +218,7 @@ impl PipelineBuilder {
                 program.restore(&cp.state)?;
             }
         }
-        let streams = program.output_streams();
-        let mut sinks = Vec::with_capacity(self.sinks.len());
-        for (stream, sink) in self.sinks {
-            let Some((name, _)) = streams.iter().find(|(n, _)| **n == *stream) else {
-                let known: Vec<&str> = streams.iter().map(|(n, _)| &**n).collect();
-                return Err(Error::config(
-                    "sinks",
-                    format!(
-                        "sink {} reads stream {stream}, which no statement writes (streams: {})",
-                        sink.name(),
-                        known.join(", ")
-                    ),
-                ));
-            };
-            sinks.push((Arc::clone(name), sink));
-        }
+        let sinks = self.match_sinks(&program)?;
         let (shutdown_tx, _) = watch::channel(false);
         let health = source.health();
         let kda = program.dialect() == crate::kda::Dialect::Kda;
@@ -438,6 +277,199 @@ impl PipelineBuilder {
             metrics: Arc::new(PipelineMetrics::default()),
             shutdown_tx: Arc::new(shutdown_tx),
         })
+    }
+
+    /// Refuses settings no pipeline can run with.
+    fn validate(&self) -> Result<()> {
+        if self.sinks.is_empty() {
+            return Err(Error::config("sinks", "a pipeline needs at least one sink"));
+        }
+        if self.batch.max_rows == 0 {
+            return Err(Error::config("batch.max_rows", "must be at least 1"));
+        }
+        if self.batch.max_latency.is_zero() || self.batch.max_latency > MAX_BATCH_LATENCY {
+            return Err(Error::config(
+                "batch.max_latency_ms",
+                format!("must be between 1 ms and {} s", MAX_BATCH_LATENCY.as_secs()),
+            ));
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err(Error::config(
+                "checkpoint.interval_ms",
+                "must be at least 1 ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Infers the input columns from a sample of the source: until enough records, the end of
+    /// the source, or the source going idle (an empty batch) once it has given something; an idle
+    /// source that has given nothing is waited for, up to `INFER_WAIT`. The batches read are kept
+    /// in `replay`, to be processed first.
+    async fn infer_columns(
+        &mut self,
+        source: &mut Box<dyn Source>,
+        replay: &mut Vec<SourceBatch>,
+    ) -> Result<Vec<Column>> {
+        let mut sample: Vec<Record> = Vec::new();
+        let started = Instant::now();
+        while sample.len() < self.infer_sample {
+            match source.next_batch().await? {
+                Some(b) if b.records.is_empty() => {
+                    // Kept: its position and partition events are the source's too.
+                    replay.push(b);
+                    if !sample.is_empty() || started.elapsed() >= INFER_WAIT {
+                        break;
+                    }
+                }
+                Some(b) => {
+                    sample.extend(b.records.iter().cloned());
+                    replay.push(b);
+                }
+                None => break,
+            }
+        }
+        if let RecordFormat::Csv(opts) = &self.format {
+            if opts.has_header {
+                // The header is schema, not data.
+                if let Some(first) = replay.iter_mut().find(|b| !b.records.is_empty()) {
+                    first.records.remove(0);
+                }
+            }
+        }
+        let mut transform_failure = None;
+        if let Some(t) = &self.transform {
+            // The decoder sees transformed records, so the schema comes from them: the
+            // sample is transformed batch by batch, as the pipeline will, and a batch
+            // the transform fails on is left out of it. A CSV header stays first.
+            let header = match &self.format {
+                RecordFormat::Csv(o) if o.has_header => sample.first().cloned(),
+                _ => None,
+            };
+            sample.clear();
+            sample.extend(header);
+            for b in replay.iter() {
+                let (kept, failed) = apply_transform(t.as_ref(), b.records.clone())?;
+                if let Some(f) = failed.iter().find(|f| f.kind == "transform_failed") {
+                    transform_failure = Some(f.reason.clone());
+                }
+                sample.extend(kept);
+            }
+        }
+        let sample_len = sample.len().min(self.infer_sample);
+        if let Some(t) = &self.transform {
+            // Records the transform kept, the CSV header aside.
+            let kept = sample.len() - header_rows_of(&self.format, !sample.is_empty());
+            if kept == 0 && !replay.iter().all(|b| b.records.is_empty()) {
+                return Err(Error::Format(match transform_failure {
+                    Some(reason) => format!(
+                        "cannot infer a schema: the record transform failed on the \
+                         sampled records ({reason}); give the columns explicitly"
+                    ),
+                    None => format!(
+                        "cannot infer a schema: the record transform `{}` dropped or \
+                         failed every sampled record; give the columns explicitly",
+                        t.name()
+                    ),
+                }));
+            }
+        }
+        if sample_len == 0 {
+            return Err(Error::Format(
+                "cannot infer a schema: the source yielded no records; give the columns explicitly"
+                    .into(),
+            ));
+        }
+        let schema = infer_schema(&self.format, &sample[..sample_len])?;
+        Ok(schema
+            .fields()
+            .iter()
+            .map(|f| Column::new(f.name(), f.data_type().clone()))
+            .collect())
+    }
+
+    /// The decoder of `columns` and the program planned over its rows. A JSON decoder builds
+    /// only the columns the SQL reads.
+    async fn decoder_and_program(
+        &mut self,
+        columns: &[Column],
+    ) -> Result<(RecordDecoder, SqlProgram)> {
+        // Metadata columns (SHARD_ID, PARTITION_KEY, …) the SQL names, unless the input has a
+        // column of that name itself.
+        let metadata: Vec<MetadataColumn> = MetadataColumn::named_in(&self.sql)
+            .into_iter()
+            .filter(|m| !columns.iter().any(|c| c.name == m.name()))
+            .collect();
+        let make_decoder = |columns: Vec<Column>| {
+            let mut decoder = RecordDecoder::builder(self.format.clone())
+                .with_columns(columns)
+                .with_metadata(metadata.clone())
+                .with_rowtime_field(self.rowtime_field.clone())
+                .with_batch_size(self.batch.max_rows);
+            if let Some(max) = self.max_record_bytes {
+                decoder = decoder.with_max_record_bytes(max);
+            }
+            decoder.build()
+        };
+        let mut decoder = make_decoder(columns.to_vec())?;
+        let mut program = SqlProgram::with_functions(
+            &self.sql,
+            Arc::clone(decoder.schema()),
+            self.watermark,
+            &self.functions,
+        )
+        .await?;
+        // Build only the columns the SQL reads: JSON members nobody selects are still checked
+        // for well-formedness but never turned into arrays. (CSV keeps every column: its rows
+        // are positional.)
+        if matches!(self.format, RecordFormat::Json) {
+            if let Some(used) = program.input_columns_used() {
+                let names: Vec<String> = used
+                    .iter()
+                    .map(|&i| decoder.schema().field(i).name().clone())
+                    .collect();
+                let kept: Vec<Column> = columns
+                    .iter()
+                    .filter(|c| {
+                        names.contains(&c.name)
+                            || self.rowtime_field.as_deref() == Some(c.name.as_str())
+                    })
+                    .cloned()
+                    .collect();
+                if !kept.is_empty() && kept.len() < columns.len() {
+                    decoder = make_decoder(kept)?;
+                    program = SqlProgram::with_functions(
+                        &self.sql,
+                        Arc::clone(decoder.schema()),
+                        self.watermark,
+                        &self.functions,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok((decoder, program))
+    }
+
+    /// Each sink with the stream it reads, which a statement must write.
+    fn match_sinks(&mut self, program: &SqlProgram) -> Result<StreamSinks> {
+        let streams = program.output_streams();
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for (stream, sink) in std::mem::take(&mut self.sinks) {
+            let Some((name, _)) = streams.iter().find(|(n, _)| **n == *stream) else {
+                let known: Vec<&str> = streams.iter().map(|(n, _)| &**n).collect();
+                return Err(Error::config(
+                    "sinks",
+                    format!(
+                        "sink {} reads stream {stream}, which no statement writes (streams: {})",
+                        sink.name(),
+                        known.join(", ")
+                    ),
+                ));
+            };
+            sinks.push((Arc::clone(name), sink));
+        }
+        Ok(sinks)
     }
 }
 

@@ -51,6 +51,9 @@ use commit::{run_source, SourceTask};
 use processing::{run_processing, Processing};
 use sink_task::{run_sink, UnstoredErrors};
 
+/// Each sink with the name of the stream it reads.
+type StreamSinks = Vec<(Arc<str>, Box<dyn Sink>)>;
+
 /// Source chunks buffered between the source and processing tasks.
 const CHUNK_QUEUE: usize = 2;
 
@@ -147,7 +150,7 @@ pub struct Pipeline {
     transform: Option<Arc<dyn RecordTransform>>,
     decoder: RecordDecoder,
     program: SqlProgram,
-    sinks: Vec<(Arc<str>, Box<dyn Sink>)>,
+    sinks: StreamSinks,
     error_sink: Box<dyn Sink>,
     raw_copy: Option<Box<dyn Sink>>,
     batch: BatchSettings,
