@@ -1,9 +1,9 @@
 //! The Kinesis Data Analytics dialect: what makes a KDA application run on rivulet's engine.
 //!
-//! A front end to [`sql`](crate::sql), which knows nothing of KDA: it hands this module the text
+//! A front end to `sql`, which knows nothing of KDA: it hands this module the text
 //! it was given, and gets back standard statements to plan and the functions KDA's SQL
 //! reference defines.
-//! - [`translate`](self::translate): application code (streams, pumps, `STEP`, stagger and sliding
+//! - `translate`: application code (streams, pumps, `STEP`, stagger and sliding
 //!   windows, the table functions) translated into rivulet's streaming statements, with the pumps
 //!   and where each was written, for errors that name them.
 //! - `functions`: KDA's scalar functions (`CHAR_TO_TIMESTAMP`, `REGEX_REPLACE`, …); `log_parse`:

@@ -8,6 +8,8 @@
 //! [`GuestGroups`] from `create_groups_accumulator`; the operator recognises the wrapper and nothing
 //! else of the aggregate, so the engine does not depend on the code that implements it.
 
+#![cfg_attr(not(feature = "wasm"), allow(dead_code))]
+
 use std::any::Any;
 use std::fmt::Debug;
 

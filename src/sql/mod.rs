@@ -14,7 +14,7 @@
 //! joins of streams, `DISTINCT`, `ORDER BY` and `LIMIT` elsewhere, subqueries — are refused with
 //! an error saying why.
 //!
-//! Kinesis Data Analytics application code is handed to [`kda`](crate::kda), which translates it
+//! Kinesis Data Analytics application code is handed to `kda`, which translates it
 //! into these statements; the engine itself knows no dialect. Aggregates whose calls can fail a
 //! whole batch (WASM guests') take part in windows through the two-phase interface of `guest`,
 //! which the engine declares and `wasm` implements.
