@@ -6,6 +6,10 @@
 //! `src/lib.rs`'s re-exports to the module defining it) all count as a use. Unit tests (a trailing
 //! `#[cfg(test)] mod tests`), `src/fuzz.rs`, `src/bin/` and test doubles are not part of the
 //! layering.
+//!
+//! The same walk bounds the length of functions: none over [`MAX_FUNCTION_LINES`] lines outside
+//! tests, except those in [`LONG_FUNCTIONS`], which are still to be split (the list may only
+//! shrink: a function that no longer needs its entry fails the test until the entry goes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,7 +77,8 @@ fn module_of(path: &Path) -> Option<String> {
 
 /// The source without comments and without a trailing unit-test module.
 fn code(text: &str) -> String {
-    let text = match text.find("#[cfg(test)]\nmod tests") {
+    // A trailing unit-test module (`mod tests;` in a file of its own is not one).
+    let text = match text.find("#[cfg(test)]\nmod tests {") {
         Some(i) => &text[..i],
         None => text,
     };
@@ -232,5 +237,144 @@ fn the_checker_sees_every_kind_of_use() {
         found,
         ["format", "record", "sink"].map(String::from).into(),
         "paths, groups and root items"
+    );
+}
+
+/// The longest a function may be, in lines from its signature to its closing brace.
+const MAX_FUNCTION_LINES: usize = 120;
+
+/// Functions longer than that, still to be split: (file under `src/`, function name).
+const LONG_FUNCTIONS: &[(&str, &str)] = &[
+    ("config/mod.rs", "build"),
+    ("config/sinks.rs", "build_sink"),
+    ("format/decode.rs", "decode"),
+    ("kda/functions.rs", "invoke_with_args"),
+    ("kda/log_parse.rs", "invoke_with_args"),
+    ("kda/translate.rs", "random_cut_forest"),
+    ("kda/translate.rs", "select"),
+    ("kda/translate.rs", "table_function"),
+    ("kda/translate.rs", "translate_with"),
+    ("kinesis/reader.rs", "read"),
+    ("pipeline/mod.rs", "run"),
+    ("setup/aws.rs", "compare"),
+    ("setup/aws.rs", "destroy"),
+    ("setup/cfn.rs", "cloudformation"),
+    ("setup/mod.rs", "desired"),
+    ("setup/mod.rs", "runtime_policy"),
+    ("source/file.rs", "take_records"),
+    ("sql/ops/group.rs", "push"),
+    ("sql/program.rs", "plan"),
+    ("sql/program.rs", "run"),
+    ("sql/rewrite.rs", "rewrite_select"),
+];
+
+/// `(name, lines)` of each function in `code` (comments removed), by brace depth.
+fn functions(code: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        let rest = ["pub(crate) ", "pub(super) ", "pub "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
+            .unwrap_or(line);
+        let rest = rest.strip_prefix("async ").unwrap_or(rest);
+        let Some(after) = rest.strip_prefix("fn ") else {
+            i += 1;
+            continue;
+        };
+        let name = ident_at(after).to_owned();
+        // Counts braces outside string and character literals until the body closes.
+        let (mut depth, mut opened, mut j) = (0i32, false, i);
+        'lines: while j < lines.len() {
+            let mut chars = lines[j].chars().peekable();
+            let mut in_str = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' if in_str => {
+                        chars.next();
+                    }
+                    '"' => in_str = !in_str,
+                    '\'' if !in_str => {
+                        // A character literal ('{', '\'', '\\'); a lifetime has no closing quote.
+                        let literal: String = chars.clone().take(3).collect();
+                        if let Some(end) = literal.find('\'').filter(|&e| e > 0) {
+                            for _ in 0..=end {
+                                chars.next();
+                            }
+                        }
+                    }
+                    '{' if !in_str => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' if !in_str => depth -= 1,
+                    ';' if !in_str && !opened => break 'lines,
+                    _ => {}
+                }
+            }
+            if opened && depth == 0 {
+                break;
+            }
+            j += 1;
+        }
+        if opened {
+            out.push((name, j - i + 1));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn no_function_is_longer_than_the_limit_outside_the_listed_ones() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    files.sort();
+    let mut long = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(src())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == "fuzz.rs" || rel.ends_with("/tests.rs") {
+            continue;
+        }
+        for (name, lines) in functions(&code(&std::fs::read_to_string(file).unwrap())) {
+            if lines > MAX_FUNCTION_LINES {
+                long.push((rel.clone(), name, lines));
+            }
+        }
+    }
+    let new: Vec<String> = long
+        .iter()
+        .filter(|(f, n, _)| !LONG_FUNCTIONS.contains(&(f.as_str(), n.as_str())))
+        .map(|(f, n, l)| format!("{f}: {n} ({l} lines)"))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines: split them\n  {}",
+        new.join("\n  ")
+    );
+    let done: Vec<String> = LONG_FUNCTIONS
+        .iter()
+        .filter(|(f, n)| !long.iter().any(|(lf, ln, _)| lf == f && ln == n))
+        .map(|(f, n)| format!("{f}: {n}"))
+        .collect();
+    assert!(
+        done.is_empty(),
+        "no longer over {MAX_FUNCTION_LINES} lines: take them off LONG_FUNCTIONS\n  {}",
+        done.join("\n  ")
+    );
+}
+
+#[test]
+fn the_length_of_a_function_is_counted_from_its_signature_to_its_closing_brace() {
+    let code = "fn a() {\n    let s = \"}\";\n    let c = '{';\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\n";
+    assert_eq!(
+        functions(code),
+        vec![("a".to_owned(), 4), ("b".to_owned(), 3)]
     );
 }
