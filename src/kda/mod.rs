@@ -6,6 +6,8 @@
 //! - `translate`: application code (streams, pumps, `STEP`, stagger and sliding
 //!   windows, the table functions) translated into rivulet's streaming statements, with the pumps
 //!   and where each was written, for errors that name them.
+//!   `table_functions` writes `TOP_K_ITEMS_TUMBLING`, `COUNT_DISTINCT_ITEMS_TUMBLING` and
+//!   `RANDOM_CUT_FOREST` as the queries they stand for; `tokens` is the token toolkit both use.
 //! - `functions`: KDA's scalar functions (`CHAR_TO_TIMESTAMP`, `REGEX_REPLACE`, …); `log_parse`:
 //!   the log-parsing functions; `rcf`: `RANDOM_CUT_FOREST`'s anomaly score.
 //! - [`KdaApplication`]: application files (KDA's `DescribeApplication` output and requests, the
@@ -15,6 +17,8 @@ mod application;
 mod functions;
 mod log_parse;
 mod rcf;
+mod table_functions;
+mod tokens;
 pub(crate) mod translate;
 
 use datafusion::logical_expr::ScalarUDF;
