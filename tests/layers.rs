@@ -263,8 +263,8 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
     ("setup/mod.rs", "runtime_policy"),
     ("source/file.rs", "take_records"),
     ("sql/ops/group.rs", "push"),
-    ("sql/program.rs", "plan"),
-    ("sql/program.rs", "run"),
+    ("sql/program/mod.rs", "run"),
+    ("sql/program/plan.rs", "plan"),
     ("sql/rewrite.rs", "rewrite_select"),
 ];
 
