@@ -1,4 +1,5 @@
-//! The AWS side of setup: what exists, and the calls that create, update and delete.
+//! The AWS side of setup: what exists, and how it differs from the plan. Creating and updating
+//! is in [`apply`](mod@apply), deleting in [`destroy`](mod@destroy).
 
 use std::time::Duration;
 
@@ -11,6 +12,12 @@ use super::{
     TAG_PIPELINE,
 };
 use crate::{Error, Result};
+
+mod apply;
+mod destroy;
+
+pub use apply::apply;
+pub use destroy::destroy;
 
 /// Clients, account and region.
 pub(crate) struct Env {
@@ -30,7 +37,7 @@ pub(crate) struct Found {
     pub(crate) key_arn: Option<String>,
 }
 
-/// What [`apply`] or [`destroy`] did.
+/// What [`apply()`] or [`destroy()`] did.
 #[derive(Debug, Clone)]
 pub struct ApplyReport {
     /// The plan as it was before (what each resource needed).
@@ -64,6 +71,33 @@ fn is_not_found(e: &impl ProvideErrorMetadata) -> bool {
                 | "ServerSideEncryptionConfigurationNotFoundError"
         )
     )
+}
+
+/// The result of an AWS call, in rivulet's terms.
+trait Call<T> {
+    /// The output, or the failure as a setup error naming the call (`service:Operation`).
+    fn or_fail(self, call: &str) -> Result<T>;
+    /// The output, `None` when AWS says the resource (or its part asked for) does not exist, or
+    /// the failure as a setup error naming the call.
+    fn if_exists(self, call: &str) -> Result<Option<T>>;
+}
+
+impl<T, E: ProvideErrorMetadata + std::error::Error> Call<T> for std::result::Result<T, E> {
+    fn or_fail(self, call: &str) -> Result<T> {
+        self.map_err(|e| fail(call, e))
+    }
+
+    fn if_exists(self, call: &str) -> Result<Option<T>> {
+        match self {
+            Ok(output) => Ok(Some(output)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(fail(call, e)),
+        }
+    }
+}
+
+fn build_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Setup(format!("{what}: {e}"))
 }
 
 /// IAM returns policy documents URL-encoded.
@@ -107,7 +141,7 @@ impl Env {
             .get_caller_identity()
             .send()
             .await
-            .map_err(|e| fail("sts:GetCallerIdentity", e))?;
+            .or_fail("sts:GetCallerIdentity")?;
         let account = who
             .account()
             .ok_or_else(|| Error::Setup("sts:GetCallerIdentity returned no account".into()))?
@@ -143,236 +177,300 @@ impl Env {
         Ok(Found { key_arn })
     }
 
-    async fn key_arn(&self, alias: &str) -> Result<Option<String>> {
-        match self.kms.describe_key().key_id(alias).send().await {
-            Ok(k) => {
-                let meta = k.key_metadata();
-                let pending = meta.and_then(|m| m.key_state()).is_some_and(|s| {
-                    matches!(
-                        s,
-                        aws_sdk_kms::types::KeyState::PendingDeletion
-                            | aws_sdk_kms::types::KeyState::PendingReplicaDeletion
-                    )
-                });
-                if pending {
-                    return Err(Error::Setup(format!(
-                        "the key of {alias} is pending deletion: cancel the deletion \
-                         (kms:CancelKeyDeletion) or delete the alias first"
-                    )));
-                }
-                Ok(meta.and_then(|m| m.arn()).map(str::to_owned))
-            }
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(fail("kms:DescribeKey", e)),
-        }
+    /// The inputs' resources, each with what apply would do to it given what exists.
+    pub(crate) async fn plan(&self, inputs: &SetupInputs, found: &Found) -> Result<Plan> {
+        let mut plan = desired(
+            inputs,
+            &self.account,
+            &self.region,
+            found.key_arn.as_deref(),
+        )?;
+        self.compare(&mut plan, found).await?;
+        Ok(plan)
     }
 
+    /// The ARN of the role named `role` in this account.
+    fn role_arn(&self, role: &str) -> String {
+        format!("arn:aws:iam::{}:role/{role}", self.account)
+    }
+
+    async fn key_arn(&self, alias: &str) -> Result<Option<String>> {
+        let Some(k) = self
+            .kms
+            .describe_key()
+            .key_id(alias)
+            .send()
+            .await
+            .if_exists("kms:DescribeKey")?
+        else {
+            return Ok(None);
+        };
+        let meta = k.key_metadata();
+        let pending = meta.and_then(|m| m.key_state()).is_some_and(|s| {
+            matches!(
+                s,
+                aws_sdk_kms::types::KeyState::PendingDeletion
+                    | aws_sdk_kms::types::KeyState::PendingReplicaDeletion
+            )
+        });
+        if pending {
+            return Err(Error::Setup(format!(
+                "the key of {alias} is pending deletion: cancel the deletion \
+                 (kms:CancelKeyDeletion) or delete the alias first"
+            )));
+        }
+        Ok(meta.and_then(|m| m.arn()).map(str::to_owned))
+    }
+}
+
+/// Planning against what exists: one comparison per kind of resource.
+impl Env {
     /// Sets each resource's action from what exists.
     pub(crate) async fn compare(&self, plan: &mut Plan, found: &Found) -> Result<()> {
         let pipeline = plan.pipeline.clone();
         for (r, action) in &mut plan.resources {
             *action = match r {
-                Planned::Key { policy, .. } => match &found.key_arn {
-                    None => Action::Create,
-                    Some(arn) => {
-                        let mut what = Vec::new();
-                        let rotation = self
-                            .kms
-                            .get_key_rotation_status()
-                            .key_id(arn)
-                            .send()
-                            .await
-                            .map_err(|e| fail("kms:GetKeyRotationStatus", e))?;
-                        if !rotation.key_rotation_enabled() {
-                            what.push("rotation".to_owned());
-                        }
-                        let current = self
-                            .kms
-                            .get_key_policy()
-                            .key_id(arn)
-                            .policy_name("default")
-                            .send()
-                            .await
-                            .map_err(|e| fail("kms:GetKeyPolicy", e))?;
-                        if !same_policy(current.policy(), policy) {
-                            what.push("key policy".to_owned());
-                        }
-                        update_or_unchanged(what)
-                    }
-                },
-                Planned::Bucket { name, encrypted } => match self.bucket_owner(name).await? {
-                    None => Action::Create,
-                    Some(owner) if owner != pipeline => Action::External,
-                    Some(_) => {
-                        let want = if *encrypted {
-                            found.key_arn.clone()
-                        } else {
-                            None
-                        };
-                        let have = self.bucket_key(name).await?;
-                        update_or_unchanged(if want.is_some() && have != want {
-                            vec!["default encryption".into()]
-                        } else {
-                            vec![]
-                        })
-                    }
-                },
+                Planned::Key { policy, .. } => self.compare_key(policy, found).await?,
+                Planned::Bucket { name, encrypted } => {
+                    self.compare_bucket(name, *encrypted, &pipeline, found)
+                        .await?
+                }
                 Planned::Stream {
                     name,
                     capacity,
                     encrypted,
-                } => match self.stream(name).await? {
-                    None => Action::Create,
-                    Some(s) if s.owner.as_deref() != Some(pipeline.as_str()) => Action::External,
-                    Some(s) => {
-                        let mut what = Vec::new();
-                        if s.capacity != *capacity {
-                            what.push(format!("capacity {:?} → {capacity:?}", s.capacity));
-                        }
-                        if *encrypted && s.key != found.key_arn {
-                            what.push("encryption".into());
-                        }
-                        update_or_unchanged(what)
-                    }
-                },
+                } => {
+                    self.compare_stream(name, capacity, *encrypted, &pipeline, found)
+                        .await?
+                }
                 Planned::Role {
                     name,
                     trust,
                     policy,
                     ..
-                } => match self.role(name).await? {
-                    None => Action::Create,
-                    Some((owner, _)) if owner.as_deref() != Some(pipeline.as_str()) => {
-                        return Err(Error::Setup(format!(
-                            "IAM role {name} exists and was not created by rivulet for pipeline \
-                             `{pipeline}`; rename the pipeline or remove the role"
-                        )));
-                    }
-                    Some((_, current_trust)) => {
-                        let mut what = Vec::new();
-                        if !same_policy(current_trust.as_deref(), trust) {
-                            what.push("trust policy".into());
-                        }
-                        let current = match self
-                            .iam
-                            .get_role_policy()
-                            .role_name(name.as_str())
-                            .policy_name("rivulet")
-                            .send()
-                            .await
-                        {
-                            Ok(p) => Some(p.policy_document().to_owned()),
-                            Err(e) if is_not_found(&e) => None,
-                            Err(e) => return Err(fail("iam:GetRolePolicy", e)),
-                        };
-                        if !same_policy(current.as_deref(), policy) {
-                            what.push("policy".into());
-                        }
-                        update_or_unchanged(what)
-                    }
-                },
+                } => self.compare_role(name, trust, policy, &pipeline).await?,
                 Planned::DeliveryStream {
                     name,
                     role,
                     destination,
                     encrypted,
-                } => match self.delivery(name).await? {
-                    None => Action::Create,
-                    Some(d) if d.owner.as_deref() != Some(pipeline.as_str()) => {
-                        return Err(Error::Setup(format!(
-                            "Firehose delivery stream {name} exists and was not created by \
-                             rivulet for pipeline `{pipeline}`: rivulet will not change its \
-                             destination; remove it from [setup.delivery] or delete it"
-                        )));
-                    }
-                    Some(d) => {
-                        let s3 = destination.s3();
-                        let mut what = Vec::new();
-                        let role_arn = format!("arn:aws:iam::{}:role/{role}", self.account);
-                        if d.role_arn.as_deref() != Some(role_arn.as_str()) {
-                            what.push("role".into());
-                        }
-                        if d.bucket_arn.as_deref()
-                            != Some(format!("arn:aws:s3:::{}", s3.bucket).as_str())
-                        {
-                            what.push("bucket".into());
-                        }
-                        if d.prefix.as_deref().unwrap_or("") != s3.prefix
-                            || d.error_prefix.as_deref().unwrap_or("") != s3.error_prefix
-                        {
-                            what.push("prefixes".into());
-                        }
-                        if d.buffering != (s3.buffer_interval_secs, s3.buffer_size_mb) {
-                            what.push(format!(
-                                "buffering {} s / {} MiB → {} s / {} MiB",
-                                d.buffering.0,
-                                d.buffering.1,
-                                s3.buffer_interval_secs,
-                                s3.buffer_size_mb
-                            ));
-                        }
-                        if d.compression.as_deref() != Some(s3.compression.as_str()) {
-                            what.push("compression".into());
-                        }
-                        if *encrypted && d.key_arn != found.key_arn {
-                            what.push("encryption".into());
-                        }
-                        update_or_unchanged(what)
-                    }
-                },
+                } => {
+                    self.compare_delivery(name, role, destination, *encrypted, &pipeline, found)
+                        .await?
+                }
             };
         }
         Ok(())
     }
 
-    async fn bucket_owner(&self, name: &str) -> Result<Option<String>> {
-        match self.s3.head_bucket().bucket(name).send().await {
-            Ok(_) => {}
-            Err(e)
-                if is_not_found(&e)
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(fail("s3:HeadBucket", e)),
+    /// The key's rotation and key policy against the plan.
+    async fn compare_key(&self, policy: &PolicyDocument, found: &Found) -> Result<Action> {
+        let Some(arn) = &found.key_arn else {
+            return Ok(Action::Create);
+        };
+        let mut what = Vec::new();
+        let rotation = self
+            .kms
+            .get_key_rotation_status()
+            .key_id(arn)
+            .send()
+            .await
+            .or_fail("kms:GetKeyRotationStatus")?;
+        if !rotation.key_rotation_enabled() {
+            what.push("rotation".to_owned());
         }
-        match self.s3.get_bucket_tagging().bucket(name).send().await {
-            Ok(t) => Ok(Some(
-                t.tag_set()
-                    .iter()
-                    .find(|t| t.key() == TAG_PIPELINE)
-                    .map(|t| t.value().to_owned())
-                    .unwrap_or_default(),
-            )),
-            Err(e) if is_not_found(&e) => Ok(Some(String::new())),
-            Err(e) => Err(fail("s3:GetBucketTagging", e)),
+        let current = self
+            .kms
+            .get_key_policy()
+            .key_id(arn)
+            .policy_name("default")
+            .send()
+            .await
+            .or_fail("kms:GetKeyPolicy")?;
+        if !same_policy(current.policy(), policy) {
+            what.push("key policy".to_owned());
         }
+        Ok(update_or_unchanged(what))
     }
 
+    /// Who owns the bucket, and its default encryption against the plan.
+    async fn compare_bucket(
+        &self,
+        name: &str,
+        encrypted: bool,
+        pipeline: &str,
+        found: &Found,
+    ) -> Result<Action> {
+        Ok(match self.bucket_owner(name).await? {
+            None => Action::Create,
+            Some(owner) if owner != pipeline => Action::External,
+            Some(_) => {
+                let want = if encrypted {
+                    found.key_arn.clone()
+                } else {
+                    None
+                };
+                let have = self.bucket_key(name).await?;
+                update_or_unchanged(if want.is_some() && have != want {
+                    vec!["default encryption".into()]
+                } else {
+                    vec![]
+                })
+            }
+        })
+    }
+
+    /// Who owns the stream, and its capacity and encryption against the plan.
+    async fn compare_stream(
+        &self,
+        name: &str,
+        capacity: &Capacity,
+        encrypted: bool,
+        pipeline: &str,
+        found: &Found,
+    ) -> Result<Action> {
+        Ok(match self.stream(name).await? {
+            None => Action::Create,
+            Some(s) if s.owner.as_deref() != Some(pipeline) => Action::External,
+            Some(s) => {
+                let mut what = Vec::new();
+                if s.capacity != *capacity {
+                    what.push(format!("capacity {:?} → {capacity:?}", s.capacity));
+                }
+                if encrypted && s.key != found.key_arn {
+                    what.push("encryption".into());
+                }
+                update_or_unchanged(what)
+            }
+        })
+    }
+
+    /// The role's trust and inline policy against the plan; a role of someone else's is an error.
+    async fn compare_role(
+        &self,
+        name: &str,
+        trust: &PolicyDocument,
+        policy: &PolicyDocument,
+        pipeline: &str,
+    ) -> Result<Action> {
+        let current_trust = match self.role(name).await? {
+            None => return Ok(Action::Create),
+            Some((owner, _)) if owner.as_deref() != Some(pipeline) => {
+                return Err(Error::Setup(format!(
+                    "IAM role {name} exists and was not created by rivulet for pipeline \
+                     `{pipeline}`; rename the pipeline or remove the role"
+                )));
+            }
+            Some((_, current_trust)) => current_trust,
+        };
+        let mut what = Vec::new();
+        if !same_policy(current_trust.as_deref(), trust) {
+            what.push("trust policy".into());
+        }
+        let current = self
+            .iam
+            .get_role_policy()
+            .role_name(name)
+            .policy_name("rivulet")
+            .send()
+            .await
+            .if_exists("iam:GetRolePolicy")?
+            .map(|p| p.policy_document().to_owned());
+        if !same_policy(current.as_deref(), policy) {
+            what.push("policy".into());
+        }
+        Ok(update_or_unchanged(what))
+    }
+
+    /// The delivery stream's settings against the plan; one of someone else's is an error.
+    async fn compare_delivery(
+        &self,
+        name: &str,
+        role: &str,
+        destination: &Destination,
+        encrypted: bool,
+        pipeline: &str,
+        found: &Found,
+    ) -> Result<Action> {
+        let d = match self.delivery(name).await? {
+            None => return Ok(Action::Create),
+            Some(d) if d.owner.as_deref() != Some(pipeline) => {
+                return Err(Error::Setup(format!(
+                    "Firehose delivery stream {name} exists and was not created by \
+                     rivulet for pipeline `{pipeline}`: rivulet will not change its \
+                     destination; remove it from [setup.delivery] or delete it"
+                )));
+            }
+            Some(d) => d,
+        };
+        Ok(update_or_unchanged(d.differences(
+            &self.role_arn(role),
+            destination,
+            encrypted,
+            found.key_arn.as_deref(),
+        )))
+    }
+}
+
+/// Reading what exists, one resource at a time (`None`: it does not exist).
+impl Env {
+    /// The bucket's `rivulet:pipeline` tag (empty when untagged).
+    async fn bucket_owner(&self, name: &str) -> Result<Option<String>> {
+        let head = self.s3.head_bucket().bucket(name).send().await;
+        // A HEAD response has no body: a missing bucket may come as a bare 404, without a code.
+        let missing = head
+            .as_ref()
+            .is_err_and(|e| e.raw_response().is_some_and(|r| r.status().as_u16() == 404));
+        if missing || head.if_exists("s3:HeadBucket")?.is_none() {
+            return Ok(None);
+        }
+        let tagging = self
+            .s3
+            .get_bucket_tagging()
+            .bucket(name)
+            .send()
+            .await
+            .if_exists("s3:GetBucketTagging")?;
+        Ok(Some(
+            tagging
+                .and_then(|t| {
+                    t.tag_set()
+                        .iter()
+                        .find(|t| t.key() == TAG_PIPELINE)
+                        .map(|t| t.value().to_owned())
+                })
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// The KMS key of the bucket's default encryption.
     async fn bucket_key(&self, name: &str) -> Result<Option<String>> {
-        match self.s3.get_bucket_encryption().bucket(name).send().await {
-            Ok(enc) => Ok(enc
-                .server_side_encryption_configuration()
+        let encryption = self
+            .s3
+            .get_bucket_encryption()
+            .bucket(name)
+            .send()
+            .await
+            .if_exists("s3:GetBucketEncryption")?;
+        Ok(encryption.and_then(|enc| {
+            enc.server_side_encryption_configuration()
                 .and_then(|c| c.rules().first())
                 .and_then(|r| r.apply_server_side_encryption_by_default())
                 .and_then(|d| d.kms_master_key_id())
-                .map(str::to_owned)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(fail("s3:GetBucketEncryption", e)),
-        }
+                .map(str::to_owned)
+        }))
     }
 
     async fn stream(&self, name: &str) -> Result<Option<StreamState>> {
-        let d = match self
+        let Some(d) = self
             .kinesis
             .describe_stream_summary()
             .stream_name(name)
             .send()
             .await
-        {
-            Ok(d) => d,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(fail("kinesis:DescribeStreamSummary", e)),
+            .if_exists("kinesis:DescribeStreamSummary")?
+        else {
+            return Ok(None);
         };
         let s = d.stream_description_summary();
         let on_demand = s
@@ -393,7 +491,7 @@ impl Env {
             .stream_name(name)
             .send()
             .await
-            .map_err(|e| fail("kinesis:ListTagsForStream", e))?;
+            .or_fail("kinesis:ListTagsForStream")?;
         let owner = tags
             .tags()
             .iter()
@@ -409,11 +507,17 @@ impl Env {
         }))
     }
 
+    /// The role's `rivulet:pipeline` tag and trust policy.
     async fn role(&self, name: &str) -> Result<Option<(Option<String>, Option<String>)>> {
-        let role = match self.iam.get_role().role_name(name).send().await {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(fail("iam:GetRole", e)),
+        let Some(role) = self
+            .iam
+            .get_role()
+            .role_name(name)
+            .send()
+            .await
+            .if_exists("iam:GetRole")?
+        else {
+            return Ok(None);
         };
         let trust = role
             .role()
@@ -425,7 +529,7 @@ impl Env {
             .role_name(name)
             .send()
             .await
-            .map_err(|e| fail("iam:ListRoleTags", e))?;
+            .or_fail("iam:ListRoleTags")?;
         let owner = tags
             .tags()
             .iter()
@@ -435,70 +539,27 @@ impl Env {
     }
 
     async fn delivery(&self, name: &str) -> Result<Option<DeliveryState>> {
-        let d = match self
+        let Some(d) = self
             .firehose
             .describe_delivery_stream()
             .delivery_stream_name(name)
             .send()
             .await
-        {
-            Ok(d) => d,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(fail("firehose:DescribeDeliveryStream", e)),
+            .if_exists("firehose:DescribeDeliveryStream")?
+        else {
+            return Ok(None);
         };
-        let desc = d.delivery_stream_description();
-        let dest = desc.and_then(|d| d.destinations().first());
-        let mut state = DeliveryState {
-            version: desc.map(|d| d.version_id().to_owned()),
-            destination_id: dest.map(|d| d.destination_id().to_owned()),
-            active: desc
-                .is_some_and(|d| d.delivery_stream_status() == &fh::DeliveryStreamStatus::Active),
-            key_arn: desc
-                .and_then(|d| d.delivery_stream_encryption_configuration())
-                // Enabled, or being enabled (a status that is absent is taken as enabled: moto
-                // leaves it out).
-                .filter(|c| {
-                    matches!(
-                        c.status(),
-                        None | Some(
-                            fh::DeliveryStreamEncryptionStatus::Enabled
-                                | fh::DeliveryStreamEncryptionStatus::Enabling
-                        )
-                    )
-                })
-                .and_then(|c| c.key_arn())
-                .map(str::to_owned),
-            ..DeliveryState::default()
-        };
-        if let Some(x) = dest.and_then(|d| d.extended_s3_destination_description()) {
-            state.role_arn = Some(x.role_arn().to_owned());
-            state.bucket_arn = Some(x.bucket_arn().to_owned());
-            state.prefix = x.prefix().map(str::to_owned);
-            state.error_prefix = x.error_output_prefix().map(str::to_owned);
-            state.buffering = buffering(x.buffering_hints());
-            state.compression = Some(x.compression_format().as_str().to_owned());
-        } else if let Some(x) = dest.and_then(|d| {
-            d.redshift_destination_description()
-                .and_then(|r| r.s3_destination_description())
-                .or_else(|| {
-                    d.amazonopensearchservice_destination_description()
-                        .and_then(|o| o.s3_destination_description())
-                })
-        }) {
-            state.role_arn = Some(x.role_arn().to_owned());
-            state.bucket_arn = Some(x.bucket_arn().to_owned());
-            state.prefix = x.prefix().map(str::to_owned);
-            state.error_prefix = x.error_output_prefix().map(str::to_owned);
-            state.buffering = buffering(x.buffering_hints());
-            state.compression = Some(x.compression_format().as_str().to_owned());
-        }
+        let mut state = d
+            .delivery_stream_description()
+            .map(DeliveryState::described)
+            .unwrap_or_default();
         let tags = self
             .firehose
             .list_tags_for_delivery_stream()
             .delivery_stream_name(name)
             .send()
             .await
-            .map_err(|e| fail("firehose:ListTagsForDeliveryStream", e))?;
+            .or_fail("firehose:ListTagsForDeliveryStream")?;
         state.owner = tags
             .tags()
             .iter()
@@ -509,30 +570,29 @@ impl Env {
     }
 
     async fn wait_stream_active(&self, name: &str) -> Result<()> {
-        let started = std::time::Instant::now();
-        loop {
-            if self.stream(name).await?.is_some_and(|s| s.active) {
-                return Ok(());
-            }
-            if started.elapsed() > self.wait {
-                return Err(Error::Setup(format!(
-                    "Kinesis stream {name} did not become ACTIVE within {} s",
-                    self.wait.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        self.wait_active(&format!("Kinesis stream {name}"), async || {
+            Ok(self.stream(name).await?.is_some_and(|s| s.active))
+        })
+        .await
     }
 
     async fn wait_delivery_active(&self, name: &str) -> Result<()> {
+        self.wait_active(&format!("Firehose delivery stream {name}"), async || {
+            Ok(self.delivery(name).await?.is_some_and(|s| s.active))
+        })
+        .await
+    }
+
+    /// Polls `active` until it holds, or fails once the wait timeout has passed.
+    async fn wait_active(&self, what: &str, active: impl AsyncFn() -> Result<bool>) -> Result<()> {
         let started = std::time::Instant::now();
         loop {
-            if self.delivery(name).await?.is_some_and(|s| s.active) {
+            if active().await? {
                 return Ok(());
             }
             if started.elapsed() > self.wait {
                 return Err(Error::Setup(format!(
-                    "Firehose delivery stream {name} did not become ACTIVE within {} s",
+                    "{what} did not become ACTIVE within {} s",
                     self.wait.as_secs()
                 )));
             }
@@ -580,870 +640,94 @@ struct DeliveryState {
     key_arn: Option<String>,
 }
 
-fn build_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Setup(format!("{what}: {e}"))
+/// Copies the S3 settings of a Firehose S3 destination description into a [`DeliveryState`]
+/// (the extended and the plain description have the same accessors and no trait in common).
+macro_rules! read_s3_description {
+    ($state:expr, $x:expr) => {{
+        $state.role_arn = Some($x.role_arn().to_owned());
+        $state.bucket_arn = Some($x.bucket_arn().to_owned());
+        $state.prefix = $x.prefix().map(str::to_owned);
+        $state.error_prefix = $x.error_output_prefix().map(str::to_owned);
+        $state.buffering = buffering($x.buffering_hints());
+        $state.compression = Some($x.compression_format().as_str().to_owned());
+    }};
 }
 
-/// Creates or updates the pipeline file's resources so that they are as planned. Idempotent:
-/// when everything is as planned, nothing is called that changes anything.
-pub async fn apply(config: &crate::PipelineConfig) -> Result<ApplyReport> {
-    let inputs = config.setup_inputs()?;
-    let env = Env::connect(&inputs).await?;
-    let mut found = env.discover(&inputs).await?;
-    let mut changes = Vec::new();
-    let encryption = inputs.section.encryption.unwrap_or(true);
-    let alias = super::key_alias(&inputs.pipeline);
-    // What the plan looked like before anything was done.
-    let mut before = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
-    env.compare(&mut before, &found).await?;
-
-    // The key first: the other resources' policies name it.
-    if encryption && found.key_arn.is_none() {
-        found.key_arn = Some(env.create_key(&inputs, &alias, &mut changes).await?);
-    }
-    let mut plan = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
-    env.compare(&mut plan, &found).await?;
-    let key = found.key_arn.clone();
-    let mut key_policy = None;
-    for (r, action) in &plan.resources {
-        if matches!(action, Action::Unchanged | Action::External) {
-            continue;
-        }
-        let mut cx = Applying {
-            inputs: &inputs,
-            key: &key,
-            changes: &mut changes,
+impl DeliveryState {
+    /// The state Firehose describes (all but the owner, which is a tag).
+    fn described(desc: &fh::DeliveryStreamDescription) -> Self {
+        let dest = desc.destinations().first();
+        let mut state = DeliveryState {
+            version: Some(desc.version_id().to_owned()),
+            destination_id: dest.map(|d| d.destination_id().to_owned()),
+            active: desc.delivery_stream_status() == &fh::DeliveryStreamStatus::Active,
+            key_arn: desc
+                .delivery_stream_encryption_configuration()
+                // Enabled, or being enabled (a status that is absent is taken as enabled: moto
+                // leaves it out).
+                .filter(|c| {
+                    matches!(
+                        c.status(),
+                        None | Some(
+                            fh::DeliveryStreamEncryptionStatus::Enabled
+                                | fh::DeliveryStreamEncryptionStatus::Enabling
+                        )
+                    )
+                })
+                .and_then(|c| c.key_arn())
+                .map(str::to_owned),
+            ..DeliveryState::default()
         };
-        match r {
-            Planned::Key { policy, .. } => {
-                env.enable_rotation(&key, &alias, cx.changes).await?;
-                // The key policy names the roles: put once they exist.
-                key_policy = Some(policy.clone());
-            }
-            Planned::Bucket { name, encrypted } => {
-                env.apply_bucket(&mut cx, action, name, encrypted).await?;
-            }
-            Planned::Stream {
-                name,
-                capacity,
-                encrypted,
-            } => {
-                env.apply_stream(&mut cx, name, capacity, encrypted).await?;
-            }
-            Planned::Role {
-                name,
-                purpose,
-                trust,
-                policy,
-            } => {
-                env.apply_role(&mut cx, action, name, purpose, trust, policy)
-                    .await?;
-            }
-            Planned::DeliveryStream {
-                name,
-                role,
-                destination,
-                encrypted,
-            } => {
-                let role_arn = format!("arn:aws:iam::{}:role/{role}", env.account);
-                if *action == Action::Create {
-                    env.create_delivery_stream(
-                        &mut cx,
-                        name,
-                        role,
-                        &role_arn,
-                        destination,
-                        encrypted,
-                    )
-                    .await?;
-                } else {
-                    env.update_delivery_stream(
-                        &mut cx,
-                        action,
-                        name,
-                        &role_arn,
-                        destination,
-                        encrypted,
-                    )
-                    .await?;
-                }
-            }
+        if let Some(x) = dest.and_then(|d| d.extended_s3_destination_description()) {
+            read_s3_description!(state, x);
+        } else if let Some(x) = dest.and_then(|d| {
+            d.redshift_destination_description()
+                .and_then(|r| r.s3_destination_description())
+                .or_else(|| {
+                    d.amazonopensearchservice_destination_description()
+                        .and_then(|o| o.s3_destination_description())
+                })
+        }) {
+            read_s3_description!(state, x);
         }
+        state
     }
-    if let (Some(policy), Some(k)) = (key_policy, &key) {
-        env.put_key_policy(k, &policy, &alias, &mut changes).await?;
-    }
-    Ok(ApplyReport {
-        plan: before,
-        changes,
-    })
-}
 
-/// What the steps of [`apply`] read (the file's inputs, the key's ARN) and add to (the changes
-/// made).
-struct Applying<'a> {
-    inputs: &'a SetupInputs,
-    key: &'a Option<String>,
-    changes: &'a mut Vec<String>,
-}
-
-/// The steps of [`apply`], one per kind of resource.
-impl Env {
-    /// Creates the pipeline's key and its alias; the key's ARN.
-    async fn create_key(
+    /// What differs from the planned role, destination and (when encrypted) key.
+    fn differences(
         &self,
-        inputs: &SetupInputs,
-        alias: &str,
-        changes: &mut Vec<String>,
-    ) -> Result<String> {
-        let key = self
-            .kms
-            .create_key()
-            .description(format!("rivulet pipeline `{}`", inputs.pipeline))
-            .tags(
-                aws_sdk_kms::types::Tag::builder()
-                    .tag_key(TAG_PIPELINE)
-                    .tag_value(&inputs.pipeline)
-                    .build()
-                    .map_err(|e| build_err("kms tag", e))?,
-            )
-            .send()
-            .await
-            .map_err(|e| fail("kms:CreateKey", e))?;
-        let arn = key
-            .key_metadata()
-            .and_then(|m| m.arn())
-            .ok_or_else(|| Error::Setup("kms:CreateKey returned no ARN".into()))?
-            .to_owned();
-        self.kms
-            .create_alias()
-            .alias_name(alias)
-            .target_key_id(&arn)
-            .send()
-            .await
-            .map_err(|e| fail("kms:CreateAlias", e))?;
-        changes.push(format!("created KMS key {alias} ({arn})"));
-        Ok(arn)
-    }
-
-    /// Turns the key's rotation on when it is off.
-    async fn enable_rotation(
-        &self,
-        key: &Option<String>,
-        alias: &str,
-        changes: &mut Vec<String>,
-    ) -> Result<()> {
-        let arn = key.as_deref().unwrap_or_default();
-        let rotation = self
-            .kms
-            .get_key_rotation_status()
-            .key_id(arn)
-            .send()
-            .await
-            .map_err(|e| fail("kms:GetKeyRotationStatus", e))?;
-        if !rotation.key_rotation_enabled() {
-            self.kms
-                .enable_key_rotation()
-                .key_id(arn)
-                .send()
-                .await
-                .map_err(|e| fail("kms:EnableKeyRotation", e))?;
-            changes.push(format!("enabled rotation of {alias}"));
-        }
-        Ok(())
-    }
-
-    /// Creates the bucket (tagged) or leaves it, and sets its default encryption to the key.
-    async fn apply_bucket(
-        &self,
-        cx: &mut Applying<'_>,
-        action: &Action,
-        name: &String,
-        encrypted: &bool,
-    ) -> Result<()> {
-        let Applying {
-            inputs,
-            key,
-            changes,
-        } = cx;
-        if *action == Action::Create {
-            let mut req = self.s3.create_bucket().bucket(name);
-            if self.region != "us-east-1" {
-                req = req.create_bucket_configuration(
-                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                            self.region.as_str(),
-                        ))
-                        .build(),
-                );
-            }
-            req.send().await.map_err(|e| fail("s3:CreateBucket", e))?;
-            self.s3
-                .put_bucket_tagging()
-                .bucket(name)
-                .tagging(
-                    aws_sdk_s3::types::Tagging::builder()
-                        .tag_set(
-                            aws_sdk_s3::types::Tag::builder()
-                                .key(TAG_PIPELINE)
-                                .value(&inputs.pipeline)
-                                .build()
-                                .map_err(|e| build_err("s3 tag", e))?,
-                        )
-                        .build()
-                        .map_err(|e| build_err("s3 tagging", e))?,
-                )
-                .send()
-                .await
-                .map_err(|e| fail("s3:PutBucketTagging", e))?;
-            changes.push(format!("created S3 bucket {name}"));
-        }
-        if let (true, Some(k)) = (encrypted, &key) {
-            let by_default = aws_sdk_s3::types::ServerSideEncryptionByDefault::builder()
-                .sse_algorithm(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .kms_master_key_id(k)
-                .build()
-                .map_err(|e| build_err("s3 encryption", e))?;
-            self.s3
-                .put_bucket_encryption()
-                .bucket(name)
-                .server_side_encryption_configuration(
-                    aws_sdk_s3::types::ServerSideEncryptionConfiguration::builder()
-                        .rules(
-                            aws_sdk_s3::types::ServerSideEncryptionRule::builder()
-                                .apply_server_side_encryption_by_default(by_default)
-                                // No S3 Bucket Key: with one, the encryption context
-                                // is the bucket, not the object, and the delivery
-                                // roles' per-prefix KMS conditions would never match.
-                                .bucket_key_enabled(false)
-                                .build(),
-                        )
-                        .build()
-                        .map_err(|e| build_err("s3 encryption", e))?,
-                )
-                .send()
-                .await
-                .map_err(|e| fail("s3:PutBucketEncryption", e))?;
-            changes.push(format!("set default encryption of {name} to the key"));
-        }
-        Ok(())
-    }
-
-    /// Creates the stream (tagged), or changes its capacity, and encrypts it with the key.
-    async fn apply_stream(
-        &self,
-        cx: &mut Applying<'_>,
-        name: &String,
-        capacity: &Capacity,
-        encrypted: &bool,
-    ) -> Result<()> {
-        let Applying {
-            inputs,
-            key,
-            changes,
-        } = cx;
-        let current = self.stream(name).await?;
-        match current {
-            None => {
-                // Tagged in the same call: a stream never exists untagged (it would
-                // count as someone else's).
-                let mut req = self
-                    .kinesis
-                    .create_stream()
-                    .stream_name(name)
-                    .tags(TAG_PIPELINE, &inputs.pipeline);
-                req = match capacity {
-                    Capacity::Shards(n) => req.shard_count(*n as i32),
-                    Capacity::OnDemand => req.stream_mode_details(
-                        ks::StreamModeDetails::builder()
-                            .stream_mode(ks::StreamMode::OnDemand)
-                            .build()
-                            .map_err(|e| build_err("stream mode", e))?,
-                    ),
-                };
-                req.send()
-                    .await
-                    .map_err(|e| fail("kinesis:CreateStream", e))?;
-                self.wait_stream_active(name).await?;
-                // Emulators may ignore tags given at creation.
-                if self.stream(name).await?.and_then(|s| s.owner).is_none() {
-                    self.kinesis
-                        .add_tags_to_stream()
-                        .stream_name(name)
-                        .tags(TAG_PIPELINE, &inputs.pipeline)
-                        .send()
-                        .await
-                        .map_err(|e| fail("kinesis:AddTagsToStream", e))?;
-                }
-                changes.push(format!("created Kinesis stream {name} ({capacity:?})"));
-            }
-            Some(s) if s.capacity != *capacity => {
-                let mode = |m: ks::StreamMode| -> Result<ks::StreamModeDetails> {
-                    ks::StreamModeDetails::builder()
-                        .stream_mode(m)
-                        .build()
-                        .map_err(|e| build_err("stream mode", e))
-                };
-                match capacity {
-                    Capacity::Shards(n) => {
-                        if s.capacity == Capacity::OnDemand {
-                            self.kinesis
-                                .update_stream_mode()
-                                .stream_arn(&s.arn)
-                                .stream_mode_details(mode(ks::StreamMode::Provisioned)?)
-                                .send()
-                                .await
-                                .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
-                            self.wait_stream_active(name).await?;
-                        }
-                        let now = self.stream(name).await?.map(|s| s.capacity);
-                        if now != Some(Capacity::Shards(*n)) {
-                            self.kinesis
-                                .update_shard_count()
-                                .stream_name(name)
-                                .target_shard_count(*n as i32)
-                                .scaling_type(ks::ScalingType::UniformScaling)
-                                .send()
-                                .await
-                                .map_err(|e| fail("kinesis:UpdateShardCount", e))?;
-                        }
-                    }
-                    Capacity::OnDemand => {
-                        self.kinesis
-                            .update_stream_mode()
-                            .stream_arn(&s.arn)
-                            .stream_mode_details(mode(ks::StreamMode::OnDemand)?)
-                            .send()
-                            .await
-                            .map_err(|e| fail("kinesis:UpdateStreamMode", e))?;
-                    }
-                }
-                self.wait_stream_active(name).await?;
-                changes.push(format!(
-                    "changed Kinesis stream {name}: {:?} → {capacity:?}",
-                    s.capacity
-                ));
-            }
-            Some(_) => {}
-        }
-        if let (true, Some(k)) = (encrypted, &key) {
-            let now = self.stream(name).await?;
-            if now.as_ref().and_then(|s| s.key.as_ref()) != Some(k) {
-                self.kinesis
-                    .start_stream_encryption()
-                    .stream_name(name)
-                    .encryption_type(ks::EncryptionType::Kms)
-                    .key_id(k)
-                    .send()
-                    .await
-                    .map_err(|e| fail("kinesis:StartStreamEncryption", e))?;
-                self.wait_stream_active(name).await?;
-                changes.push(format!("encrypted Kinesis stream {name} with the key"));
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates the role (tagged) or updates its trust, and puts its inline policy.
-    async fn apply_role(
-        &self,
-        cx: &mut Applying<'_>,
-        action: &Action,
-        name: &String,
-        purpose: &String,
-        trust: &PolicyDocument,
-        policy: &PolicyDocument,
-    ) -> Result<()> {
-        let Applying {
-            inputs, changes, ..
-        } = cx;
-        if *action == Action::Create {
-            self.iam
-                .create_role()
-                .role_name(name)
-                .description(purpose)
-                .assume_role_policy_document(trust.to_json())
-                .tags(
-                    aws_sdk_iam::types::Tag::builder()
-                        .key(TAG_PIPELINE)
-                        .value(&inputs.pipeline)
-                        .build()
-                        .map_err(|e| build_err("iam tag", e))?,
-                )
-                .send()
-                .await
-                .map_err(|e| fail("iam:CreateRole", e))?;
-            changes.push(format!("created IAM role {name}"));
-        } else {
-            self.iam
-                .update_assume_role_policy()
-                .role_name(name)
-                .policy_document(trust.to_json())
-                .send()
-                .await
-                .map_err(|e| fail("iam:UpdateAssumeRolePolicy", e))?;
-        }
-        self.iam
-            .put_role_policy()
-            .role_name(name)
-            .policy_name("rivulet")
-            .policy_document(policy.to_json())
-            .send()
-            .await
-            .map_err(|e| fail("iam:PutRolePolicy", e))?;
-        if *action != Action::Create {
-            changes.push(format!("updated the policies of IAM role {name}"));
-        }
-        Ok(())
-    }
-
-    /// Creates the delivery stream (tagged, encrypted with the key), once its role can be assumed.
-    async fn create_delivery_stream(
-        &self,
-        cx: &mut Applying<'_>,
-        name: &String,
-        role: &String,
         role_arn: &str,
         destination: &Destination,
-        encrypted: &bool,
-    ) -> Result<()> {
-        let Applying {
-            inputs,
-            key,
-            changes,
-        } = cx;
-        let mut req = self
-            .firehose
-            .create_delivery_stream()
-            .delivery_stream_name(name)
-            .delivery_stream_type(fh::DeliveryStreamType::DirectPut)
-            .tags(
-                fh::Tag::builder()
-                    .key(TAG_PIPELINE)
-                    .value(&inputs.pipeline)
-                    .build()
-                    .map_err(|e| build_err("firehose tag", e))?,
-            );
-        req = match destination {
-            Destination::S3(_) => req.extended_s3_destination_configuration(extended_s3(
-                role_arn,
-                destination,
-                key.as_deref(),
-            )?),
-            Destination::Redshift {
-                jdbc_url,
-                table,
-                columns,
-                username,
-                password_env,
-                copy_options,
-                ..
-            } => {
-                let password = std::env::var(password_env).map_err(|_| {
-                    Error::config(
-                        format!("setup.delivery.{name}.password_env"),
-                        format!("the environment variable {password_env} is not set"),
-                    )
-                })?;
-                let mut copy = fh::CopyCommand::builder().data_table_name(table);
-                if let Some(c) = columns {
-                    copy = copy.data_table_columns(c);
-                }
-                if let Some(o) = copy_options {
-                    copy = copy.copy_options(o);
-                }
-                req.redshift_destination_configuration(
-                    fh::RedshiftDestinationConfiguration::builder()
-                        .role_arn(role_arn)
-                        .cluster_jdbcurl(jdbc_url)
-                        .copy_command(copy.build().map_err(|e| build_err("copy command", e))?)
-                        .username(username)
-                        .password(password)
-                        .s3_configuration(plain_s3(role_arn, destination, key.as_deref())?)
-                        .build()
-                        .map_err(|e| build_err("redshift destination", e))?,
-                )
-            }
-            Destination::OpenSearch {
-                domain_arn,
-                index,
-                rotation,
-                ..
-            } => req.amazonopensearchservice_destination_configuration(
-                fh::AmazonopensearchserviceDestinationConfiguration::builder()
-                    .role_arn(role_arn)
-                    .domain_arn(domain_arn)
-                    .index_name(index)
-                    .index_rotation_period(fh::AmazonopensearchserviceIndexRotationPeriod::from(
-                        rotation.as_str(),
-                    ))
-                    .s3_backup_mode(fh::AmazonopensearchserviceS3BackupMode::FailedDocumentsOnly)
-                    .s3_configuration(plain_s3(role_arn, destination, key.as_deref())?)
-                    .build()
-                    .map_err(|e| build_err("opensearch destination", e))?,
-            ),
-        };
-        if let (true, Some(k)) = (encrypted, &key) {
-            req = req.delivery_stream_encryption_configuration_input(
-                fh::DeliveryStreamEncryptionConfigurationInput::builder()
-                    .key_type(fh::KeyType::CustomerManagedCmk)
-                    .key_arn(k)
-                    .build()
-                    .map_err(|e| build_err("delivery stream encryption", e))?,
-            );
-        }
-        // A role created moments ago may not be assumable yet (IAM is eventually
-        // consistent): retried while Firehose says so, up to the wait timeout.
-        let started = std::time::Instant::now();
-        loop {
-            match req.clone().send().await {
-                Ok(_) => break,
-                Err(e)
-                    if e.code() == Some("InvalidArgumentException")
-                        && started.elapsed() < self.wait =>
-                {
-                    tracing::info!("waiting for role {role} to propagate: {e}");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Err(e) => return Err(fail("firehose:CreateDeliveryStream", e)),
-            }
-        }
-        self.wait_delivery_active(name).await?;
-        changes.push(format!("created Firehose delivery stream {name}"));
-        Ok(())
-    }
-
-    /// Updates the delivery stream's destination and encryption.
-    async fn update_delivery_stream(
-        &self,
-        cx: &mut Applying<'_>,
-        action: &Action,
-        name: &String,
-        role_arn: &str,
-        destination: &Destination,
-        encrypted: &bool,
-    ) -> Result<()> {
-        let Applying { key, changes, .. } = cx;
-        let current = self.delivery(name).await?.unwrap_or_default();
+        encrypted: bool,
+        key_arn: Option<&str>,
+    ) -> Vec<String> {
         let s3 = destination.s3();
-        let update = fh::ExtendedS3DestinationUpdate::builder()
-            .role_arn(role_arn)
-            .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
-            .prefix(&s3.prefix)
-            .error_output_prefix(&s3.error_prefix)
-            .buffering_hints(hints(s3))
-            .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
-            .set_encryption_configuration(kms_config(key.as_deref())?)
-            .build();
-        let mut req = self
-            .firehose
-            .update_destination()
-            .delivery_stream_name(name)
-            .current_delivery_stream_version_id(current.version.unwrap_or_default())
-            .destination_id(current.destination_id.unwrap_or_default());
-        let s3_update = || -> Result<fh::S3DestinationUpdate> {
-            Ok(fh::S3DestinationUpdate::builder()
-                .role_arn(role_arn)
-                .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
-                .prefix(&s3.prefix)
-                .error_output_prefix(&s3.error_prefix)
-                .buffering_hints(hints(s3))
-                .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
-                .set_encryption_configuration(kms_config(key.as_deref())?)
-                .build())
-        };
-        req = match destination {
-            Destination::S3(_) => req.extended_s3_destination_update(update),
-            Destination::Redshift { .. } => req.redshift_destination_update(
-                fh::RedshiftDestinationUpdate::builder()
-                    .role_arn(role_arn)
-                    .s3_update(s3_update()?)
-                    .build(),
-            ),
-            Destination::OpenSearch { .. } => req.amazonopensearchservice_destination_update(
-                fh::AmazonopensearchserviceDestinationUpdate::builder()
-                    .role_arn(role_arn)
-                    .s3_update(s3_update()?)
-                    .build(),
-            ),
-        };
-        req.send()
-            .await
-            .map_err(|e| fail("firehose:UpdateDestination", e))?;
-        if let (true, Some(k)) = (encrypted, &key) {
-            if current.key_arn.as_deref() != Some(k.as_str()) {
-                self.firehose
-                    .start_delivery_stream_encryption()
-                    .delivery_stream_name(name)
-                    .delivery_stream_encryption_configuration_input(
-                        fh::DeliveryStreamEncryptionConfigurationInput::builder()
-                            .key_type(fh::KeyType::CustomerManagedCmk)
-                            .key_arn(k)
-                            .build()
-                            .map_err(|e| build_err("delivery stream encryption", e))?,
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| fail("firehose:StartDeliveryStreamEncryption", e))?;
-            }
+        let mut what = Vec::new();
+        if self.role_arn.as_deref() != Some(role_arn) {
+            what.push("role".into());
         }
-        changes.push(format!(
-            "updated Firehose delivery stream {name}: {}",
-            match action {
-                Action::Update(w) => w.join(", "),
-                _ => String::new(),
-            }
-        ));
-        Ok(())
-    }
-
-    /// Puts the key policy (which names the roles), once the new roles are valid principals.
-    async fn put_key_policy(
-        &self,
-        k: &str,
-        policy: &PolicyDocument,
-        alias: &str,
-        changes: &mut Vec<String>,
-    ) -> Result<()> {
-        // New roles may not be valid principals yet: retried while KMS says so.
-        let started = std::time::Instant::now();
-        loop {
-            match self
-                .kms
-                .put_key_policy()
-                .key_id(k)
-                .policy_name("default")
-                .policy(policy.to_json())
-                .send()
-                .await
-            {
-                Ok(_) => break,
-                Err(e)
-                    if e.code() == Some("MalformedPolicyDocumentException")
-                        && started.elapsed() < self.wait =>
-                {
-                    tracing::info!("waiting for the key policy's roles to propagate: {e}");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Err(e) => return Err(fail("kms:PutKeyPolicy", e)),
-            }
+        if self.bucket_arn.as_deref() != Some(format!("arn:aws:s3:::{}", s3.bucket).as_str()) {
+            what.push("bucket".into());
         }
-        changes.push(format!("set the key policy of {alias}"));
-        Ok(())
-    }
-}
-
-fn hints(s3: &super::S3Destination) -> fh::BufferingHints {
-    fh::BufferingHints::builder()
-        .interval_in_seconds(s3.buffer_interval_secs as i32)
-        .size_in_mbs(s3.buffer_size_mb as i32)
-        .build()
-}
-
-fn kms_config(key: Option<&str>) -> Result<Option<fh::EncryptionConfiguration>> {
-    let Some(k) = key else { return Ok(None) };
-    Ok(Some(
-        fh::EncryptionConfiguration::builder()
-            .kms_encryption_config(
-                fh::KmsEncryptionConfig::builder()
-                    .awskms_key_arn(k)
-                    .build()
-                    .map_err(|e| build_err("kms encryption config", e))?,
-            )
-            .build(),
-    ))
-}
-
-fn extended_s3(
-    role_arn: &str,
-    d: &Destination,
-    key: Option<&str>,
-) -> Result<fh::ExtendedS3DestinationConfiguration> {
-    let s3 = d.s3();
-    fh::ExtendedS3DestinationConfiguration::builder()
-        .role_arn(role_arn)
-        .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
-        .prefix(&s3.prefix)
-        .error_output_prefix(&s3.error_prefix)
-        .buffering_hints(hints(s3))
-        .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
-        .set_encryption_configuration(kms_config(key)?)
-        .build()
-        .map_err(|e| build_err("s3 destination", e))
-}
-
-fn plain_s3(
-    role_arn: &str,
-    d: &Destination,
-    key: Option<&str>,
-) -> Result<fh::S3DestinationConfiguration> {
-    let s3 = d.s3();
-    fh::S3DestinationConfiguration::builder()
-        .role_arn(role_arn)
-        .bucket_arn(format!("arn:aws:s3:::{}", s3.bucket))
-        .prefix(&s3.prefix)
-        .error_output_prefix(&s3.error_prefix)
-        .buffering_hints(hints(s3))
-        .compression_format(fh::CompressionFormat::from(s3.compression.as_str()))
-        .set_encryption_configuration(kms_config(key)?)
-        .build()
-        .map_err(|e| build_err("s3 configuration", e))
-}
-
-/// Removes what rivulet created for the pipeline file (everything tagged with its name), in the
-/// reverse order of creation. A stream or bucket that existed before is never touched; a bucket
-/// that still holds objects is kept (and said so), since deleting it would delete data. The key
-/// is scheduled for deletion (7 days, the shortest KMS allows) and its alias removed.
-pub async fn destroy(config: &crate::PipelineConfig) -> Result<ApplyReport> {
-    let inputs = config.setup_inputs()?;
-    let env = Env::connect(&inputs).await?;
-    let found = env.discover(&inputs).await?;
-    let mut plan = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
-    env.compare(&mut plan, &found).await?;
-    let mut changes = Vec::new();
-    let p = inputs.pipeline.as_str();
-    for (r, _) in plan.resources.iter().rev() {
-        match r {
-            Planned::DeliveryStream { name, .. } => {
-                if env
-                    .delivery(name)
-                    .await?
-                    .is_some_and(|d| d.owner.as_deref() == Some(p))
-                {
-                    env.firehose
-                        .delete_delivery_stream()
-                        .delivery_stream_name(name)
-                        .send()
-                        .await
-                        .map_err(|e| fail("firehose:DeleteDeliveryStream", e))?;
-                    changes.push(format!("deleted Firehose delivery stream {name}"));
-                }
-            }
-            Planned::Role { name, .. } => {
-                if env
-                    .role(name)
-                    .await?
-                    .is_some_and(|(o, _)| o.as_deref() == Some(p))
-                {
-                    let policies = env
-                        .iam
-                        .list_role_policies()
-                        .role_name(name)
-                        .send()
-                        .await
-                        .map_err(|e| fail("iam:ListRolePolicies", e))?;
-                    for pn in policies.policy_names() {
-                        env.iam
-                            .delete_role_policy()
-                            .role_name(name)
-                            .policy_name(pn)
-                            .send()
-                            .await
-                            .map_err(|e| fail("iam:DeleteRolePolicy", e))?;
-                    }
-                    env.iam
-                        .delete_role()
-                        .role_name(name)
-                        .send()
-                        .await
-                        .map_err(|e| fail("iam:DeleteRole", e))?;
-                    changes.push(format!("deleted IAM role {name}"));
-                }
-            }
-            Planned::Stream { name, .. } => {
-                if env
-                    .stream(name)
-                    .await?
-                    .is_some_and(|s| s.owner.as_deref() == Some(p))
-                {
-                    env.kinesis
-                        .delete_stream()
-                        .stream_name(name)
-                        .enforce_consumer_deletion(true)
-                        .send()
-                        .await
-                        .map_err(|e| fail("kinesis:DeleteStream", e))?;
-                    changes.push(format!("deleted Kinesis stream {name}"));
-                }
-            }
-            Planned::Bucket { name, .. } => {
-                if env.bucket_owner(name).await?.as_deref() == Some(p) {
-                    let objects = env
-                        .s3
-                        .list_objects_v2()
-                        .bucket(name)
-                        .max_keys(1)
-                        .send()
-                        .await
-                        .map_err(|e| fail("s3:ListObjectsV2", e))?;
-                    if objects.key_count().unwrap_or(0) > 0 {
-                        changes.push(format!(
-                            "kept S3 bucket {name}: it holds objects (empty it, then destroy \
-                             again, to delete it)"
-                        ));
-                    } else {
-                        env.s3
-                            .delete_bucket()
-                            .bucket(name)
-                            .send()
-                            .await
-                            .map_err(|e| fail("s3:DeleteBucket", e))?;
-                        changes.push(format!("deleted S3 bucket {name}"));
-                    }
-                }
-            }
-            Planned::Key { alias, .. } => {
-                let kept_data = changes.iter().any(|c| c.starts_with("kept S3 bucket"));
-                if found.key_arn.is_some() && (kept_data || super::envelope_with_setup_key(&inputs))
-                {
-                    changes.push(format!(
-                        "kept KMS key {alias}: {}",
-                        if kept_data {
-                            "a kept bucket's objects are encrypted with it"
-                        } else {
-                            "sinks sealed output with it (envelope encryption), which only it \
-                             can open; schedule its deletion yourself when that output is gone"
-                        }
-                    ));
-                    continue;
-                }
-                if let Some(arn) = &found.key_arn {
-                    let tags = env
-                        .kms
-                        .list_resource_tags()
-                        .key_id(arn)
-                        .send()
-                        .await
-                        .map_err(|e| fail("kms:ListResourceTags", e))?;
-                    let ours = tags
-                        .tags()
-                        .iter()
-                        .any(|t| t.tag_key() == TAG_PIPELINE && t.tag_value() == p);
-                    if ours {
-                        env.kms
-                            .delete_alias()
-                            .alias_name(alias)
-                            .send()
-                            .await
-                            .map_err(|e| fail("kms:DeleteAlias", e))?;
-                        // By key id, which every KMS implementation takes (moto refuses ARNs here).
-                        let key_id = arn.rsplit('/').next().unwrap_or(arn);
-                        env.kms
-                            .schedule_key_deletion()
-                            .key_id(key_id)
-                            .pending_window_in_days(7)
-                            .send()
-                            .await
-                            .map_err(|e| fail("kms:ScheduleKeyDeletion", e))?;
-                        changes.push(format!(
-                            "scheduled KMS key {arn} for deletion in 7 days and removed {alias}"
-                        ));
-                    }
-                }
-            }
+        if self.prefix.as_deref().unwrap_or("") != s3.prefix
+            || self.error_prefix.as_deref().unwrap_or("") != s3.error_prefix
+        {
+            what.push("prefixes".into());
         }
+        if self.buffering != (s3.buffer_interval_secs, s3.buffer_size_mb) {
+            what.push(format!(
+                "buffering {} s / {} MiB → {} s / {} MiB",
+                self.buffering.0, self.buffering.1, s3.buffer_interval_secs, s3.buffer_size_mb
+            ));
+        }
+        if self.compression.as_deref() != Some(s3.compression.as_str()) {
+            what.push("compression".into());
+        }
+        if encrypted && self.key_arn.as_deref() != key_arn {
+            what.push("encryption".into());
+        }
+        what
     }
-    Ok(ApplyReport { plan, changes })
 }
 
 #[cfg(test)]

@@ -234,9 +234,7 @@ impl Plan {
         let inputs = config.setup_inputs()?;
         let env = aws::Env::connect(&inputs).await?;
         let found = env.discover(&inputs).await?;
-        let mut plan = desired(&inputs, &env.account, &env.region, found.key_arn.as_deref())?;
-        env.compare(&mut plan, &found).await?;
-        Ok(plan)
+        env.plan(&inputs, &found).await
     }
 
     /// The plan without reading anything from AWS (no credentials needed): every resource as if
