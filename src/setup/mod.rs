@@ -390,23 +390,77 @@ pub(crate) fn desired(
     region: &str,
     key_arn: Option<&str>,
 ) -> Result<Plan> {
-    let s = &inputs.section;
     let arns = Arns { account, region };
     let p = &inputs.pipeline;
-    let encryption = s.encryption.unwrap_or(true);
+    let encryption = inputs.section.encryption.unwrap_or(true);
     let key = key_arn
         .map(str::to_owned)
         .unwrap_or_else(|| format!("arn:aws:kms:{region}:{account}:{KEY_PENDING}"));
-    let mut resources: Vec<Planned> = Vec::new();
-    let mut notes = Vec::new();
+    let key_in_policies = encryption.then_some(&key);
 
-    let all_deliveries: Vec<(&String, bool)> = inputs
+    let all_deliveries = delivery_streams(inputs);
+    check_inputs(inputs, region, &all_deliveries)?;
+    let buckets = buckets(inputs);
+    let streams = streams(inputs, encryption);
+    let (delivery_roles, deliveries) =
+        delivery_resources(inputs, &arns, &all_deliveries, key_in_policies)?;
+    let runtime_role = runtime_role(&arns, inputs, key_in_policies);
+
+    let mut resources: Vec<Planned> = Vec::new();
+    if encryption {
+        resources.push(Planned::Key {
+            alias: key_alias(p),
+            policy: key_policy(&arns, delivery_roles.iter().chain([&runtime_role]), &key),
+        });
+    }
+    for b in buckets {
+        resources.push(Planned::Bucket {
+            name: b,
+            encrypted: encryption,
+        });
+    }
+    resources.extend(streams);
+    resources.extend(delivery_roles);
+    resources.push(runtime_role);
+    resources.extend(deliveries);
+
+    let notes = other_keys(inputs)
+        .map(|k| {
+            format!(
+                "a sink encrypts with key `{k}`, which rivulet does not manage: the runtime role \
+                 is not granted it; grant kms:GenerateDataKey and kms:Decrypt on it yourself"
+            )
+        })
+        .collect();
+    lint_documents(&resources)?;
+    Ok(Plan {
+        pipeline: p.clone(),
+        account: account.to_owned(),
+        region: region.to_owned(),
+        resources: resources.into_iter().map(|r| (r, Action::Create)).collect(),
+        notes,
+        key_arn: key_arn.map(str::to_owned),
+    })
+}
+
+/// Every delivery stream the pipeline writes to, with whether it is the raw-data copy's (last).
+fn delivery_streams(inputs: &SetupInputs) -> Vec<(&String, bool)> {
+    inputs
         .deliveries
         .iter()
         .filter(|d| inputs.raw_delivery.as_ref() != Some(*d))
         .map(|d| (d, false))
         .chain(inputs.raw_delivery.iter().map(|d| (d, true)))
-        .collect();
+        .collect()
+}
+
+/// Refuses a `[setup]` table the pipeline cannot be planned from.
+fn check_inputs(
+    inputs: &SetupInputs,
+    region: &str,
+    all_deliveries: &[(&String, bool)],
+) -> Result<()> {
+    let s = &inputs.section;
     if region.is_empty() {
         return Err(Error::config(
             "setup.region",
@@ -427,10 +481,13 @@ pub(crate) fn desired(
             "the pipeline writes to Firehose: name the bucket the delivery streams deliver to",
         ));
     }
+    Ok(())
+}
 
-    // Buckets: the delivery bucket and the S3 sinks' buckets.
+/// The delivery bucket and the S3 sinks' buckets, each once.
+fn buckets(inputs: &SetupInputs) -> Vec<String> {
     let mut buckets: Vec<String> = Vec::new();
-    if let Some(b) = &s.bucket {
+    if let Some(b) = &inputs.section.bucket {
         buckets.push(b.clone());
     }
     for (b, _) in &inputs.s3_sinks {
@@ -438,8 +495,12 @@ pub(crate) fn desired(
             buckets.push(b.clone());
         }
     }
+    buckets
+}
 
-    // Streams.
+/// The source stream and the output streams (`0` shards in the file: on-demand).
+fn streams(inputs: &SetupInputs, encryption: bool) -> Vec<Planned> {
+    let s = &inputs.section;
     let capacity = |n: Option<u32>, default: u32| match n.unwrap_or(default) {
         0 => Capacity::OnDemand,
         n => Capacity::Shards(n),
@@ -461,25 +522,24 @@ pub(crate) fn desired(
             });
         }
     }
+    streams
+}
 
-    // Delivery streams and their roles.
+/// The delivery streams and, in the same order, the role each delivers as.
+fn delivery_resources(
+    inputs: &SetupInputs,
+    arns: &Arns<'_>,
+    all_deliveries: &[(&String, bool)],
+    key: Option<&String>,
+) -> Result<(Vec<Planned>, Vec<Planned>)> {
+    let s = &inputs.section;
     let mut delivery_roles = Vec::new();
     let mut deliveries = Vec::new();
-    for (name, raw) in &all_deliveries {
+    for (name, raw) in all_deliveries {
         let section = s.delivery.get(*name).cloned().unwrap_or_default();
         let destination = destination(name, *raw, &section, s.bucket.as_deref().unwrap_or(""))?;
-        let role = role_name(p, &format!("firehose-{name}"));
-        let policy = delivery_policy(&arns, name, &destination, encryption.then_some(&key));
-        let trust = PolicyDocument::new(vec![Statement::allow(
-            "FirehoseAssumesRole",
-            &["sts:AssumeRole"],
-            vec![],
-        )
-        .with_principal(Principal::Service("firehose.amazonaws.com".into()))
-        // Firehose names the account it acts for as the external ID (its documented trust
-        // policy); it is not documented to send `aws:SourceAccount`, which a condition would then
-        // require, and the role could not be assumed.
-        .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])]);
+        let role = role_name(&inputs.pipeline, &format!("firehose-{name}"));
+        let policy = delivery_policy(arns, name, &destination, key);
         delivery_roles.push(Planned::Role {
             name: role.clone(),
             purpose: format!(
@@ -487,24 +547,50 @@ pub(crate) fn desired(
                 destination.kind(),
                 if *raw { " (raw-data copy)" } else { "" }
             ),
-            trust,
+            trust: delivery_trust(arns.account),
             policy,
         });
         deliveries.push(Planned::DeliveryStream {
             name: (*name).clone(),
             role,
             destination,
-            encrypted: encryption,
+            encrypted: key.is_some(),
         });
     }
+    Ok((delivery_roles, deliveries))
+}
 
-    // The runtime role.
-    let runtime = role_name(p, "runtime");
-    let runtime_policy = runtime_policy(&arns, inputs, encryption.then_some(&key));
-    let principals: Vec<Principal> = if s.runtime_principals.is_empty() {
+/// Firehose may assume a delivery role when it acts for `account`.
+fn delivery_trust(account: &str) -> PolicyDocument {
+    PolicyDocument::new(vec![Statement::allow(
+        "FirehoseAssumesRole",
+        &["sts:AssumeRole"],
+        vec![],
+    )
+    .with_principal(Principal::Service("firehose.amazonaws.com".into()))
+    // Firehose names the account it acts for as the external ID (its documented trust
+    // policy); it is not documented to send `aws:SourceAccount`, which a condition would then
+    // require, and the role could not be assumed.
+    .with_condition("StringEquals", "sts:ExternalId", vec![account.to_owned()])])
+}
+
+/// The role the application running the pipeline assumes.
+fn runtime_role(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -> Planned {
+    Planned::Role {
+        name: role_name(&inputs.pipeline, "runtime"),
+        purpose: "what the application running the pipeline may do".into(),
+        trust: runtime_trust(arns, &inputs.section.runtime_principals),
+        policy: runtime_policy(arns, inputs, key),
+    }
+}
+
+/// Who may assume the runtime role: `principals` (role or user ARNs, account ids, service
+/// names), or the account when there are none.
+fn runtime_trust(arns: &Arns<'_>, principals: &[String]) -> PolicyDocument {
+    let principals: Vec<Principal> = if principals.is_empty() {
         vec![Principal::Aws(arns.root())]
     } else {
-        s.runtime_principals
+        principals
             .iter()
             .map(|p| {
                 if p.starts_with("arn:") {
@@ -517,7 +603,7 @@ pub(crate) fn desired(
             })
             .collect()
     };
-    let runtime_trust = PolicyDocument::new(
+    PolicyDocument::new(
         principals
             .into_iter()
             .enumerate()
@@ -530,46 +616,19 @@ pub(crate) fn desired(
                     st.with_condition(
                         "StringEquals",
                         "aws:SourceAccount",
-                        vec![account.to_owned()],
+                        vec![arns.account.to_owned()],
                     )
                 } else {
                     st
                 }
             })
             .collect(),
-    );
-    let runtime_role = Planned::Role {
-        name: runtime,
-        purpose: "what the application running the pipeline may do".into(),
-        trust: runtime_trust,
-        policy: runtime_policy,
-    };
+    )
+}
 
-    if encryption {
-        resources.push(Planned::Key {
-            alias: key_alias(p),
-            policy: key_policy(&arns, delivery_roles.iter().chain([&runtime_role]), &key),
-        });
-    }
-    for b in buckets {
-        resources.push(Planned::Bucket {
-            name: b,
-            encrypted: encryption,
-        });
-    }
-    resources.extend(streams);
-    resources.extend(delivery_roles);
-    resources.push(runtime_role);
-    resources.extend(deliveries);
-
-    for k in other_keys(inputs) {
-        notes.push(format!(
-            "a sink encrypts with key `{k}`, which rivulet does not manage: the runtime role is \
-             not granted it; grant kms:GenerateDataKey and kms:Decrypt on it yourself"
-        ));
-    }
-    // Every document passes the lint.
-    for r in &resources {
+/// Refuses the plan when a generated document fails [`policy::lint`].
+fn lint_documents(resources: &[Planned]) -> Result<()> {
+    for r in resources {
         let docs: Vec<(&PolicyDocument, DocumentKind, String)> = match r {
             Planned::Role {
                 name,
@@ -603,14 +662,7 @@ pub(crate) fn desired(
             }
         }
     }
-    Ok(Plan {
-        pipeline: p.clone(),
-        account: account.to_owned(),
-        region: region.to_owned(),
-        resources: resources.into_iter().map(|r| (r, Action::Create)).collect(),
-        notes,
-        key_arn: key_arn.map(str::to_owned),
-    })
+    Ok(())
 }
 
 fn destination(name: &str, raw: bool, d: &DeliverySection, bucket: &str) -> Result<Destination> {
@@ -713,6 +765,22 @@ fn objects(bucket: &str, prefix: &str) -> String {
     format!("arn:aws:s3:::{bucket}/{literal}*")
 }
 
+/// Allows `actions` on the key only through `service` (`s3`, `kinesis`) in the region; the caller
+/// adds the encryption context the service sets.
+fn key_through(
+    arns: &Arns<'_>,
+    sid: &str,
+    actions: &[&str],
+    key: &str,
+    service: &str,
+) -> Statement {
+    Statement::allow(sid, actions, vec![arn(key)]).with_condition(
+        "StringEquals",
+        "kms:ViaService",
+        vec![format!("{service}.{}.amazonaws.com", arns.region)],
+    )
+}
+
 fn delivery_policy(
     arns: &Arns<'_>,
     name: &str,
@@ -745,15 +813,12 @@ fn delivery_policy(
     let _ = name;
     if let Some(key) = key {
         st.push(
-            Statement::allow(
+            key_through(
+                arns,
                 "EncryptObjectsThroughS3",
                 &["kms:Decrypt", "kms:GenerateDataKey"],
-                vec![arn(key)],
-            )
-            .with_condition(
-                "StringEquals",
-                "kms:ViaService",
-                vec![format!("s3.{}.amazonaws.com", arns.region)],
+                key,
+                "s3",
             )
             .with_condition(
                 "StringLike",
@@ -784,7 +849,27 @@ fn delivery_policy(
     PolicyDocument::new(st)
 }
 
+/// The runtime role's policy: read the source, write the sinks, read the function modules, and
+/// use the key for each of those.
 fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -> PolicyDocument {
+    let mut st = runtime_data_statements(arns, inputs);
+    if let Some(key) = key {
+        st.extend(runtime_key_statements(arns, inputs, key));
+    }
+    PolicyDocument::new(st)
+}
+
+/// The objects the S3 sinks write, sorted, each once.
+fn sink_objects(inputs: &SetupInputs) -> Vec<String> {
+    let mut objects: Vec<String> = inputs.s3_sinks.iter().map(|(b, p)| objects(b, p)).collect();
+    objects.sort();
+    objects.dedup();
+    objects
+}
+
+/// The source stream read, the delivery streams, output streams and objects written, the
+/// function modules read.
+fn runtime_data_statements(arns: &Arns<'_>, inputs: &SetupInputs) -> Vec<Statement> {
     let mut st = Vec::new();
     if let Some(src) = &inputs.source {
         st.push(Statement::allow(
@@ -823,17 +908,10 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
         ));
     }
     if !inputs.s3_sinks.is_empty() {
-        let mut resources: Vec<Resource> = inputs
-            .s3_sinks
-            .iter()
-            .map(|(b, p)| arn(objects(b, p)))
-            .collect();
-        resources.sort();
-        resources.dedup();
         st.push(Statement::allow(
             "WriteObjects",
             &["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
-            resources,
+            sink_objects(inputs).into_iter().map(arn).collect(),
         ));
     }
     if !inputs.udf_objects.is_empty() {
@@ -847,96 +925,86 @@ fn runtime_policy(arns: &Arns<'_>, inputs: &SetupInputs, key: Option<&String>) -
                 .collect(),
         ));
     }
-    if let Some(key) = key {
-        let via_kinesis = inputs.source.is_some() || !inputs.output_streams.is_empty();
-        if via_kinesis {
-            let streams: Vec<String> = inputs
-                .source
-                .iter()
-                .chain(&inputs.output_streams)
-                .map(|n| arns.stream(n))
-                .collect();
-            st.push(
-                Statement::allow(
-                    "EncryptedStreams",
-                    &["kms:Decrypt", "kms:GenerateDataKey"],
-                    vec![arn(key)],
-                )
-                .with_condition(
-                    "StringEquals",
-                    "kms:ViaService",
-                    vec![format!("kinesis.{}.amazonaws.com", arns.region)],
-                )
-                .with_condition(
-                    "StringEquals",
-                    "kms:EncryptionContext:aws:kinesis:arn",
-                    streams,
-                ),
-            );
-        }
-        if !inputs.s3_sinks.is_empty() {
-            let mut prefixes: Vec<String> =
-                inputs.s3_sinks.iter().map(|(b, p)| objects(b, p)).collect();
-            prefixes.sort();
-            prefixes.dedup();
-            st.push(
-                Statement::allow(
-                    "EncryptedObjects",
-                    &["kms:Decrypt", "kms:GenerateDataKey"],
-                    vec![arn(key)],
-                )
-                .with_condition(
-                    "StringEquals",
-                    "kms:ViaService",
-                    vec![format!("s3.{}.amazonaws.com", arns.region)],
-                )
-                .with_condition(
-                    "StringLike",
-                    "kms:EncryptionContext:aws:s3:arn",
-                    prefixes,
-                ),
-            );
-        }
-        if envelope_with_setup_key(inputs) {
-            st.push(
-                Statement::allow(
-                    "EnvelopeEncryption",
-                    &["kms:Decrypt", "kms:GenerateDataKey"],
-                    vec![arn(key)],
-                )
-                .with_condition(
-                    "StringEquals",
-                    &format!("kms:EncryptionContext:{}", crate::crypto::CONTEXT_PIPELINE),
-                    vec![inputs.pipeline.clone()],
-                ),
-            );
-        }
-        // Function modules in a bucket the setup encrypts with the key are decrypted through S3.
-        let encrypted_buckets: Vec<&String> = inputs
-            .section
-            .bucket
+    st
+}
+
+/// The key's use for the streams, the sinks' objects, envelope encryption and the function
+/// modules in encrypted buckets, each only through the service (or context) it is for.
+fn runtime_key_statements(arns: &Arns<'_>, inputs: &SetupInputs, key: &str) -> Vec<Statement> {
+    let mut st = Vec::new();
+    let via_kinesis = inputs.source.is_some() || !inputs.output_streams.is_empty();
+    if via_kinesis {
+        let streams: Vec<String> = inputs
+            .source
             .iter()
-            .chain(inputs.s3_sinks.iter().map(|(b, _)| b))
+            .chain(&inputs.output_streams)
+            .map(|n| arns.stream(n))
             .collect();
-        let modules: Vec<String> = inputs
-            .udf_objects
-            .iter()
-            .filter(|(b, _)| encrypted_buckets.contains(&b))
-            .map(|(b, k)| format!("arn:aws:s3:::{b}/{k}"))
-            .collect();
-        if !modules.is_empty() {
-            st.push(
-                Statement::allow("DecryptFunctionModules", &["kms:Decrypt"], vec![arn(key)])
-                    .with_condition(
-                        "StringEquals",
-                        "kms:ViaService",
-                        vec![format!("s3.{}.amazonaws.com", arns.region)],
-                    )
-                    .with_condition("StringEquals", "kms:EncryptionContext:aws:s3:arn", modules),
-            );
-        }
+        st.push(
+            key_through(
+                arns,
+                "EncryptedStreams",
+                &["kms:Decrypt", "kms:GenerateDataKey"],
+                key,
+                "kinesis",
+            )
+            .with_condition(
+                "StringEquals",
+                "kms:EncryptionContext:aws:kinesis:arn",
+                streams,
+            ),
+        );
     }
-    PolicyDocument::new(st)
+    if !inputs.s3_sinks.is_empty() {
+        st.push(
+            key_through(
+                arns,
+                "EncryptedObjects",
+                &["kms:Decrypt", "kms:GenerateDataKey"],
+                key,
+                "s3",
+            )
+            .with_condition(
+                "StringLike",
+                "kms:EncryptionContext:aws:s3:arn",
+                sink_objects(inputs),
+            ),
+        );
+    }
+    if envelope_with_setup_key(inputs) {
+        st.push(
+            Statement::allow(
+                "EnvelopeEncryption",
+                &["kms:Decrypt", "kms:GenerateDataKey"],
+                vec![arn(key)],
+            )
+            .with_condition(
+                "StringEquals",
+                &format!("kms:EncryptionContext:{}", crate::crypto::CONTEXT_PIPELINE),
+                vec![inputs.pipeline.clone()],
+            ),
+        );
+    }
+    // Function modules in a bucket the setup encrypts with the key are decrypted through S3.
+    let encrypted_buckets: Vec<&String> = inputs
+        .section
+        .bucket
+        .iter()
+        .chain(inputs.s3_sinks.iter().map(|(b, _)| b))
+        .collect();
+    let modules: Vec<String> = inputs
+        .udf_objects
+        .iter()
+        .filter(|(b, _)| encrypted_buckets.contains(&b))
+        .map(|(b, k)| format!("arn:aws:s3:::{b}/{k}"))
+        .collect();
+    if !modules.is_empty() {
+        st.push(
+            key_through(arns, "DecryptFunctionModules", &["kms:Decrypt"], key, "s3")
+                .with_condition("StringEquals", "kms:EncryptionContext:aws:s3:arn", modules),
+        );
+    }
+    st
 }
 
 /// The key policy: the account administers the key, IAM policies may grant its use, AWS services
