@@ -194,6 +194,17 @@ impl Env {
         format!("arn:aws:iam::{}:role/{role}", self.account)
     }
 
+    async fn rotation_enabled(&self, key_arn: &str) -> Result<bool> {
+        let rotation = self
+            .kms
+            .get_key_rotation_status()
+            .key_id(key_arn)
+            .send()
+            .await
+            .or_fail("kms:GetKeyRotationStatus")?;
+        Ok(rotation.key_rotation_enabled())
+    }
+
     async fn key_arn(&self, alias: &str) -> Result<Option<String>> {
         let Some(k) = self
             .kms
@@ -269,14 +280,7 @@ impl Env {
             return Ok(Action::Create);
         };
         let mut what = Vec::new();
-        let rotation = self
-            .kms
-            .get_key_rotation_status()
-            .key_id(arn)
-            .send()
-            .await
-            .or_fail("kms:GetKeyRotationStatus")?;
-        if !rotation.key_rotation_enabled() {
+        if !self.rotation_enabled(arn).await? {
             what.push("rotation".to_owned());
         }
         let current = self

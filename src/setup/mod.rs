@@ -781,6 +781,18 @@ fn key_through(
     )
 }
 
+/// Allows encrypting and decrypting `objects` (ARN patterns) with the key, through S3.
+fn key_for_objects(arns: &Arns<'_>, sid: &str, key: &str, objects: Vec<String>) -> Statement {
+    key_through(
+        arns,
+        sid,
+        &["kms:Decrypt", "kms:GenerateDataKey"],
+        key,
+        "s3",
+    )
+    .with_condition("StringLike", "kms:EncryptionContext:aws:s3:arn", objects)
+}
+
 fn delivery_policy(
     arns: &Arns<'_>,
     name: &str,
@@ -812,23 +824,15 @@ fn delivery_policy(
     // the role would never use it (the original granted logs:PutLogEvents).
     let _ = name;
     if let Some(key) = key {
-        st.push(
-            key_through(
-                arns,
-                "EncryptObjectsThroughS3",
-                &["kms:Decrypt", "kms:GenerateDataKey"],
-                key,
-                "s3",
-            )
-            .with_condition(
-                "StringLike",
-                "kms:EncryptionContext:aws:s3:arn",
-                vec![
-                    objects(&s3.bucket, &s3.prefix),
-                    objects(&s3.bucket, &s3.error_prefix),
-                ],
-            ),
-        );
+        st.push(key_for_objects(
+            arns,
+            "EncryptObjectsThroughS3",
+            key,
+            vec![
+                objects(&s3.bucket, &s3.prefix),
+                objects(&s3.bucket, &s3.error_prefix),
+            ],
+        ));
     }
     if let Destination::OpenSearch { domain_arn, .. } = d {
         st.push(Statement::allow(
@@ -956,20 +960,12 @@ fn runtime_key_statements(arns: &Arns<'_>, inputs: &SetupInputs, key: &str) -> V
         );
     }
     if !inputs.s3_sinks.is_empty() {
-        st.push(
-            key_through(
-                arns,
-                "EncryptedObjects",
-                &["kms:Decrypt", "kms:GenerateDataKey"],
-                key,
-                "s3",
-            )
-            .with_condition(
-                "StringLike",
-                "kms:EncryptionContext:aws:s3:arn",
-                sink_objects(inputs),
-            ),
-        );
+        st.push(key_for_objects(
+            arns,
+            "EncryptedObjects",
+            key,
+            sink_objects(inputs),
+        ));
     }
     if envelope_with_setup_key(inputs) {
         st.push(

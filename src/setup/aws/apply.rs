@@ -178,14 +178,7 @@ impl Env {
         changes: &mut Vec<String>,
     ) -> Result<()> {
         let arn = key.as_deref().unwrap_or_default();
-        let rotation = self
-            .kms
-            .get_key_rotation_status()
-            .key_id(arn)
-            .send()
-            .await
-            .or_fail("kms:GetKeyRotationStatus")?;
-        if !rotation.key_rotation_enabled() {
+        if !self.rotation_enabled(arn).await? {
             self.kms
                 .enable_key_rotation()
                 .key_id(arn)
