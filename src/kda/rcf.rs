@@ -233,13 +233,7 @@ impl Tree {
                 match parent {
                     None => self.root = Some(cut),
                     Some(p) => {
-                        if let Node::Cut { left, right, .. } = self.node_mut(p) {
-                            if *left == at {
-                                *left = cut;
-                            } else {
-                                *right = cut;
-                            }
-                        }
+                        self.replace_child(p, at, cut);
                         self.grow_ancestors(p, point);
                     }
                 }
@@ -256,6 +250,17 @@ impl Tree {
                 } => at = if point[*dim] <= *value { *left } else { *right },
                 // A leaf always separates from a different point (its box is the point).
                 Node::Leaf { .. } => return,
+            }
+        }
+    }
+
+    /// The cut `parent`'s child `old` is `new` instead.
+    fn replace_child(&mut self, parent: NodeId, old: NodeId, new: NodeId) {
+        if let Node::Cut { left, right, .. } = self.node_mut(parent) {
+            if *left == old {
+                *left = new;
+            } else {
+                *right = new;
             }
         }
     }
@@ -341,13 +346,7 @@ impl Tree {
         match grand {
             None => self.root = Some(sibling),
             Some(g) => {
-                if let Node::Cut { left, right, .. } = self.node_mut(g) {
-                    if *left == parent {
-                        *left = sibling;
-                    } else {
-                        *right = sibling;
-                    }
-                }
+                self.replace_child(g, parent, sibling);
                 // The ancestors lose a point: their boxes may shrink.
                 let mut at = Some(g);
                 while let Some(i) = at {
