@@ -82,18 +82,6 @@ impl KdaApplication {
                 "ApplicationConfiguration",
             ],
         );
-        let v2_code = v2
-            .and_then(|c| {
-                get(
-                    c,
-                    &[
-                        "ApplicationCodeConfigurationDescription",
-                        "ApplicationCodeConfiguration",
-                    ],
-                )
-            })
-            .and_then(|c| get(c, &["CodeContentDescription", "CodeContent"]))
-            .and_then(|c| text(c, &["TextContent"]));
         let v2_sql = v2.and_then(|c| {
             get(
                 c,
@@ -103,9 +91,12 @@ impl KdaApplication {
                 ],
             )
         });
-        let sql = text(detail, &["ApplicationCode", "SQL", "Sql", "sql", "SqlCode"]).or(v2_code);
-        // The first input (v1 and v2, described or as created).
-        let input = [v2_sql, Some(detail)]
+        let sql = text(detail, &["ApplicationCode", "SQL", "Sql", "sql", "SqlCode"])
+            .or_else(|| v2.and_then(v2_code));
+        // Inputs, reference tables and outputs: v2's in its SQL configuration, v1's in the
+        // application (described or as created).
+        let sections = [v2_sql, Some(detail)];
+        let input = sections
             .into_iter()
             .flatten()
             .find_map(|c| get(c, &["InputDescriptions", "Inputs"]).and_then(|d| d.get(0)));
@@ -131,38 +122,11 @@ impl KdaApplication {
             .and_then(Value::as_array)
             .ok_or_else(|| Error::Format("the application file lists no input columns".into()))?;
         let (format, out) = read_schema(&kind, row_path, col_delim, row_delim, columns)?;
-        // Reference tables (v1 and v2, described or as created).
-        let mut references = Vec::new();
-        for list in [v2_sql, Some(detail)]
-            .into_iter()
-            .flatten()
-            .filter_map(|c| {
-                get(
-                    c,
-                    &["ReferenceDataSourceDescriptions", "ReferenceDataSources"],
-                )
-                .and_then(Value::as_array)
-            })
-        {
-            for r in list {
-                references.push(KdaReference::parse(r)?);
-            }
-        }
+        let references = references(sections)?;
         // The output format: the original solution's OutputFormatType, and each output's
         // DestinationSchema.
         let output_format = text(detail, &["OutputFormatType"]);
-        let output_formats = [v2_sql, Some(detail)]
-            .into_iter()
-            .flatten()
-            .filter_map(|c| get(c, &["OutputDescriptions", "Outputs"]).and_then(Value::as_array))
-            .flatten()
-            .filter_map(|o| {
-                let format = o
-                    .get("DestinationSchema")
-                    .and_then(|d| text(d, &["RecordFormatType"]))?;
-                Some((text(o, &["Name"])?, format))
-            })
-            .collect();
+        let output_formats = output_formats(sections);
         Ok(Self {
             sql,
             format,
@@ -173,6 +137,52 @@ impl KdaApplication {
             references,
         })
     }
+}
+
+/// The application code of a kinesisanalyticsv2 configuration.
+fn v2_code(configuration: &Value) -> Option<String> {
+    get(
+        configuration,
+        &[
+            "ApplicationCodeConfigurationDescription",
+            "ApplicationCodeConfiguration",
+        ],
+    )
+    .and_then(|c| get(c, &["CodeContentDescription", "CodeContent"]))
+    .and_then(|c| text(c, &["TextContent"]))
+}
+
+/// The reference tables of the sections that list them.
+fn references(sections: [Option<&Value>; 2]) -> Result<Vec<KdaReference>> {
+    let mut references = Vec::new();
+    for list in sections.into_iter().flatten().filter_map(|c| {
+        get(
+            c,
+            &["ReferenceDataSourceDescriptions", "ReferenceDataSources"],
+        )
+        .and_then(Value::as_array)
+    }) {
+        for r in list {
+            references.push(KdaReference::parse(r)?);
+        }
+    }
+    Ok(references)
+}
+
+/// Each output's stream and its `DestinationSchema`'s format, from the sections that list them.
+fn output_formats(sections: [Option<&Value>; 2]) -> Vec<(String, String)> {
+    sections
+        .into_iter()
+        .flatten()
+        .filter_map(|c| get(c, &["OutputDescriptions", "Outputs"]).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|o| {
+            let format = o
+                .get("DestinationSchema")
+                .and_then(|d| text(d, &["RecordFormatType"]))?;
+            Some((text(o, &["Name"])?, format))
+        })
+        .collect()
 }
 
 /// A record format and its columns, from a schema's parts.

@@ -17,20 +17,23 @@ use datafusion::logical_expr::{
 
 /// The functions, for the SQL session.
 pub(crate) fn functions() -> Vec<ScalarUDF> {
-    vec![
-        ScalarUDF::from(Kda::new(Kind::TsDiff)),
-        ScalarUDF::from(Kda::new(Kind::CharToTimestamp)),
-        ScalarUDF::from(Kda::new(Kind::TimestampToChar)),
-        ScalarUDF::from(Kda::new(Kind::RegexReplace)),
-        ScalarUDF::from(Kda::new(Kind::CurrentRowTimestamp)),
-        ScalarUDF::from(Kda::new(Kind::CharToDate)),
-        ScalarUDF::from(Kda::new(Kind::CharToTime)),
-        ScalarUDF::from(Kda::new(Kind::DateToChar)),
-        ScalarUDF::from(Kda::new(Kind::TimeToChar)),
-        ScalarUDF::from(Kda::new(Kind::ToTimestamp)),
-        ScalarUDF::from(Kda::new(Kind::UnixTimestamp)),
-        ScalarUDF::from(Kda::new(Kind::Monotonic)),
+    [
+        Kind::TsDiff,
+        Kind::CharToTimestamp,
+        Kind::TimestampToChar,
+        Kind::RegexReplace,
+        Kind::CurrentRowTimestamp,
+        Kind::CharToDate,
+        Kind::CharToTime,
+        Kind::DateToChar,
+        Kind::TimeToChar,
+        Kind::ToTimestamp,
+        Kind::UnixTimestamp,
+        Kind::Monotonic,
     ]
+    .into_iter()
+    .map(|kind| ScalarUDF::from(Kda::new(kind)))
+    .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,154 +159,184 @@ impl ScalarUDFImpl for Kda {
                 TimestampMillisecondArray::from_value(now, rows),
             )));
         }
-        let a = args.args[0].to_array(rows)?;
-        match self.kind {
-            Kind::Monotonic => return Ok(args.args[0].clone()),
-            Kind::ToTimestamp => {
-                let ms = a.as_primitive::<arrow::datatypes::Int64Type>();
-                return Ok(ColumnarValue::Array(Arc::new(
-                    TimestampMillisecondArray::from_iter(ms.iter()),
-                )));
-            }
-            Kind::UnixTimestamp => {
-                let ts = a.as_primitive::<TimestampMillisecondType>();
-                return Ok(ColumnarValue::Array(Arc::new(Int64Array::from_iter(
-                    ts.iter(),
-                ))));
-            }
-            _ => {}
-        }
-        let b = args.args[1].to_array(rows)?;
-        let out: ArrayRef = match self.kind {
-            Kind::CurrentRowTimestamp
-            | Kind::Monotonic
-            | Kind::ToTimestamp
-            | Kind::UnixTimestamp => unreachable!("answered above"),
-            Kind::RegexReplace => {
-                let c = args.args[2].to_array(rows)?;
-                let d = args.args[3].to_array(rows)?;
-                let e = args.args[4].to_array(rows)?;
-                let (text, re, rep) = (
-                    a.as_string::<i32>(),
-                    b.as_string::<i32>(),
-                    c.as_string::<i32>(),
-                );
-                let (start, nth) = (
-                    d.as_primitive::<arrow::datatypes::Int64Type>(),
-                    e.as_primitive::<arrow::datatypes::Int64Type>(),
-                );
-                let mut compiled: Option<(String, regex::Regex)> = None;
-                let mut out = Vec::with_capacity(rows);
-                for i in 0..rows {
-                    if [
-                        text.is_null(i),
-                        re.is_null(i),
-                        rep.is_null(i),
-                        start.is_null(i),
-                        nth.is_null(i),
-                    ]
-                    .contains(&true)
-                    {
-                        out.push(None);
-                        continue;
-                    }
-                    if compiled.as_ref().is_none_or(|(p, _)| p != re.value(i)) {
-                        let r = regex::Regex::new(re.value(i)).map_err(|e| {
-                            datafusion::error::DataFusionError::Execution(format!(
-                                "REGEX_REPLACE: invalid regular expression `{}`: {e}",
-                                re.value(i)
-                            ))
-                        })?;
-                        compiled = Some((re.value(i).to_owned(), r));
-                    }
-                    let r = &compiled.as_ref().expect("compiled above").1;
-                    out.push(Some(regex_replace(
-                        text.value(i),
-                        r,
-                        rep.value(i),
-                        start.value(i),
-                        nth.value(i),
-                    )?));
-                }
-                Arc::new(StringArray::from(out))
-            }
-            Kind::TsDiff => {
-                // TSDIFF(start, end): end - start in milliseconds.
-                let (a, b) = (
-                    a.as_primitive::<TimestampMillisecondType>(),
-                    b.as_primitive::<TimestampMillisecondType>(),
-                );
-                Arc::new(Int64Array::from_iter((0..rows).map(|i| {
-                    (a.is_valid(i) && b.is_valid(i)).then(|| b.value(i) - a.value(i))
-                })))
-            }
+        let args = &args.args;
+        let a = args[0].to_array(rows)?;
+        let out = match self.kind {
+            Kind::CurrentRowTimestamp => unreachable!("answered above"),
+            Kind::Monotonic => return Ok(args[0].clone()),
+            Kind::ToTimestamp => to_timestamp(&a),
+            Kind::UnixTimestamp => unix_timestamp(&a),
+            Kind::RegexReplace => regex_replace_rows(&a, args, rows)?,
+            Kind::TsDiff => tsdiff(&a, args, rows)?,
             Kind::CharToTimestamp | Kind::CharToDate | Kind::CharToTime => {
-                let (fmt, text) = (a.as_string::<i32>(), b.as_string::<i32>());
-                let mut out = Vec::with_capacity(rows);
-                for i in 0..rows {
-                    if fmt.is_null(i) || text.is_null(i) {
-                        out.push(None);
-                        continue;
-                    }
-                    let pattern = java_pattern_at(fmt.value(i), None).map_err(|c| {
-                        datafusion::error::DataFusionError::Execution(format!(
-                            "CHAR_TO_TIMESTAMP: the pattern letter {c} of `{}` is only written, \
-                             not read",
-                            fmt.value(i)
-                        ))
-                    })?;
-                    match parse(text.value(i), &pattern) {
-                        Some(ms) => out.push(Some(ms)),
-                        None => {
-                            return exec_err!(
-                                "{}: `{}` does not match the format `{}`",
-                                self.name().to_uppercase(),
-                                text.value(i),
-                                fmt.value(i)
-                            )
-                        }
-                    }
-                }
-                match self.kind {
-                    Kind::CharToDate => Arc::new(arrow::array::Date32Array::from_iter(
-                        out.iter()
-                            .map(|ms| ms.map(|ms| ms.div_euclid(DAY_MS) as i32)),
-                    )),
-                    Kind::CharToTime => Arc::new(arrow::array::Time64NanosecondArray::from_iter(
-                        out.iter()
-                            .map(|ms| ms.map(|ms| ms.rem_euclid(DAY_MS) * 1_000_000)),
-                    )),
-                    _ => Arc::new(TimestampMillisecondArray::from(out)),
-                }
+                self.char_to_time(&a, args, rows)?
             }
             Kind::TimestampToChar | Kind::DateToChar | Kind::TimeToChar => {
-                // Dates and times as the instant they start (times on 1970-01-01).
-                let b = match self.kind {
-                    Kind::DateToChar => arrow::compute::cast(&b, &timestamp())?,
-                    Kind::TimeToChar => {
-                        let t = b.as_primitive::<arrow::datatypes::Time64NanosecondType>();
-                        Arc::new(TimestampMillisecondArray::from_iter(
-                            t.iter().map(|ns| ns.map(|ns| ns / 1_000_000)),
-                        ))
-                    }
-                    _ => b,
-                };
-                let (fmt, ts) = (
-                    a.as_string::<i32>(),
-                    b.as_primitive::<TimestampMillisecondType>(),
-                );
-                Arc::new(StringArray::from_iter((0..rows).map(|i| {
-                    if fmt.is_null(i) || ts.is_null(i) {
-                        return None;
-                    }
-                    let t = chrono::DateTime::from_timestamp_millis(ts.value(i))?;
-                    let pattern = java_pattern_at(fmt.value(i), Some(&t.naive_utc())).ok()?;
-                    Some(t.format(&pattern).to_string())
-                })))
+                self.time_to_char(&a, args, rows)?
             }
         };
         Ok(ColumnarValue::Array(out))
     }
+}
+
+impl Kda {
+    /// `CHAR_TO_TIMESTAMP(format, text)`, `CHAR_TO_DATE` and `CHAR_TO_TIME`: the text read with
+    /// the Java-style format.
+    fn char_to_time(
+        &self,
+        a: &ArrayRef,
+        args: &[ColumnarValue],
+        rows: usize,
+    ) -> DfResult<ArrayRef> {
+        let b = args[1].to_array(rows)?;
+        let (fmt, text) = (a.as_string::<i32>(), b.as_string::<i32>());
+        let mut out = Vec::with_capacity(rows);
+        for i in 0..rows {
+            if fmt.is_null(i) || text.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let pattern = java_pattern_at(fmt.value(i), None).map_err(|c| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "CHAR_TO_TIMESTAMP: the pattern letter {c} of `{}` is only written, \
+                     not read",
+                    fmt.value(i)
+                ))
+            })?;
+            match parse(text.value(i), &pattern) {
+                Some(ms) => out.push(Some(ms)),
+                None => {
+                    return exec_err!(
+                        "{}: `{}` does not match the format `{}`",
+                        self.name().to_uppercase(),
+                        text.value(i),
+                        fmt.value(i)
+                    )
+                }
+            }
+        }
+        Ok(match self.kind {
+            Kind::CharToDate => Arc::new(arrow::array::Date32Array::from_iter(
+                out.iter()
+                    .map(|ms| ms.map(|ms| ms.div_euclid(DAY_MS) as i32)),
+            )),
+            Kind::CharToTime => Arc::new(arrow::array::Time64NanosecondArray::from_iter(
+                out.iter()
+                    .map(|ms| ms.map(|ms| ms.rem_euclid(DAY_MS) * 1_000_000)),
+            )),
+            _ => Arc::new(TimestampMillisecondArray::from(out)),
+        })
+    }
+
+    /// `TIMESTAMP_TO_CHAR(format, ts)`, `DATE_TO_CHAR` and `TIME_TO_CHAR`: the instant written
+    /// with the Java-style format.
+    fn time_to_char(
+        &self,
+        a: &ArrayRef,
+        args: &[ColumnarValue],
+        rows: usize,
+    ) -> DfResult<ArrayRef> {
+        let b = args[1].to_array(rows)?;
+        // Dates and times as the instant they start (times on 1970-01-01).
+        let b = match self.kind {
+            Kind::DateToChar => arrow::compute::cast(&b, &timestamp())?,
+            Kind::TimeToChar => {
+                let t = b.as_primitive::<arrow::datatypes::Time64NanosecondType>();
+                Arc::new(TimestampMillisecondArray::from_iter(
+                    t.iter().map(|ns| ns.map(|ns| ns / 1_000_000)),
+                ))
+            }
+            _ => b,
+        };
+        let (fmt, ts) = (
+            a.as_string::<i32>(),
+            b.as_primitive::<TimestampMillisecondType>(),
+        );
+        Ok(Arc::new(StringArray::from_iter((0..rows).map(|i| {
+            if fmt.is_null(i) || ts.is_null(i) {
+                return None;
+            }
+            let t = chrono::DateTime::from_timestamp_millis(ts.value(i))?;
+            let pattern = java_pattern_at(fmt.value(i), Some(&t.naive_utc())).ok()?;
+            Some(t.format(&pattern).to_string())
+        }))))
+    }
+}
+
+/// KDA's `TO_TIMESTAMP(milliseconds)`.
+fn to_timestamp(a: &ArrayRef) -> ArrayRef {
+    let ms = a.as_primitive::<arrow::datatypes::Int64Type>();
+    Arc::new(TimestampMillisecondArray::from_iter(ms.iter()))
+}
+
+/// `UNIX_TIMESTAMP(ts)`: milliseconds since the epoch.
+fn unix_timestamp(a: &ArrayRef) -> ArrayRef {
+    let ts = a.as_primitive::<TimestampMillisecondType>();
+    Arc::new(Int64Array::from_iter(ts.iter()))
+}
+
+/// `TSDIFF(start, end)`: end - start in milliseconds.
+fn tsdiff(a: &ArrayRef, args: &[ColumnarValue], rows: usize) -> DfResult<ArrayRef> {
+    let b = args[1].to_array(rows)?;
+    let (a, b) = (
+        a.as_primitive::<TimestampMillisecondType>(),
+        b.as_primitive::<TimestampMillisecondType>(),
+    );
+    Ok(Arc::new(Int64Array::from_iter((0..rows).map(|i| {
+        (a.is_valid(i) && b.is_valid(i)).then(|| b.value(i) - a.value(i))
+    }))))
+}
+
+/// `REGEX_REPLACE(original, regex, replacement, start, occurrence)` row by row, each pattern
+/// compiled once while it repeats.
+fn regex_replace_rows(a: &ArrayRef, args: &[ColumnarValue], rows: usize) -> DfResult<ArrayRef> {
+    let b = args[1].to_array(rows)?;
+    let c = args[2].to_array(rows)?;
+    let d = args[3].to_array(rows)?;
+    let e = args[4].to_array(rows)?;
+    let (text, re, rep) = (
+        a.as_string::<i32>(),
+        b.as_string::<i32>(),
+        c.as_string::<i32>(),
+    );
+    let (start, nth) = (
+        d.as_primitive::<arrow::datatypes::Int64Type>(),
+        e.as_primitive::<arrow::datatypes::Int64Type>(),
+    );
+    let mut compiled: Option<(String, regex::Regex)> = None;
+    let mut out = Vec::with_capacity(rows);
+    for i in 0..rows {
+        if [
+            text.is_null(i),
+            re.is_null(i),
+            rep.is_null(i),
+            start.is_null(i),
+            nth.is_null(i),
+        ]
+        .contains(&true)
+        {
+            out.push(None);
+            continue;
+        }
+        if compiled.as_ref().is_none_or(|(p, _)| p != re.value(i)) {
+            let r = regex::Regex::new(re.value(i)).map_err(|e| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "REGEX_REPLACE: invalid regular expression `{}`: {e}",
+                    re.value(i)
+                ))
+            })?;
+            compiled = Some((re.value(i).to_owned(), r));
+        }
+        let r = &compiled.as_ref().expect("compiled above").1;
+        out.push(Some(regex_replace(
+            text.value(i),
+            r,
+            rep.value(i),
+            start.value(i),
+            nth.value(i),
+        )?));
+    }
+    Ok(Arc::new(StringArray::from(out)))
 }
 
 /// KDA's `REGEX_REPLACE`: matches of `re` from character `start` (1-based) on are replaced, all of

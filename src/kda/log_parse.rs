@@ -31,11 +31,10 @@ const TEXT_LIMIT: usize = 1024;
 
 /// The functions, for the SQL session.
 pub(crate) fn functions() -> Vec<ScalarUDF> {
-    vec![
-        ScalarUDF::from(LogParse::new(Kind::Regex)),
-        ScalarUDF::from(LogParse::new(Kind::VariableColumn)),
-        ScalarUDF::from(LogParse::new(Kind::W3c)),
-    ]
+    [Kind::Regex, Kind::VariableColumn, Kind::W3c]
+        .into_iter()
+        .map(|kind| ScalarUDF::from(LogParse::new(kind)))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,10 +85,7 @@ impl LogParse {
 
     /// `pattern` compiled, from the cache when it was the last one.
     fn regex(&self, pattern: &str) -> DfResult<regex::Regex> {
-        let mut cache = self
-            .compiled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = lock(&self.compiled);
         if let Some((p, re)) = cache.as_ref() {
             if p == pattern {
                 return Ok(re.clone());
@@ -361,38 +357,42 @@ impl ScalarUDFImpl for LogParse {
                 ColumnarValue::Array(_) => None,
             })
             .collect();
-        {
-            let last = self
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((input, args, output)) = last.as_ref() {
-                if Arc::ptr_eq(input, &arrays[0]) && *args == scalars {
-                    return Ok(ColumnarValue::Array(Arc::clone(output)));
-                }
-            }
+        if let Some(output) = self.repeated(&arrays[0], &scalars) {
+            return Ok(ColumnarValue::Array(output));
         }
         let refs: Vec<Option<&ScalarValue>> = scalars.iter().map(Option::as_ref).collect();
         let columns = self.columns(&refs)?;
         let text = arrays[0].as_string::<i32>();
+        let parser = self.parser(&refs)?;
+        let (builders, valid) = parse_rows(text, &parser, &columns, n);
+        let array = self.rows(&columns, builders, valid)?;
+        // Only a text column that is a column of the batch is the same on the next call.
+        if matches!(args.args[0], ColumnarValue::Array(_)) {
+            *lock(&self.last) = Some((Arc::clone(&arrays[0]), scalars, Arc::clone(&array)));
+        }
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
+impl LogParse {
+    /// The last call's result, when this call has its text column and other arguments.
+    fn repeated(&self, input: &ArrayRef, scalars: &[Option<ScalarValue>]) -> Option<ArrayRef> {
+        let last = lock(&self.last);
+        let (last_input, args, output) = last.as_ref()?;
+        (Arc::ptr_eq(last_input, input) && args.as_slice() == scalars).then(|| Arc::clone(output))
+    }
+
+    /// How this function splits a line, from its literal arguments.
+    fn parser(&self, refs: &[Option<&ScalarValue>]) -> DfResult<Parser> {
         let string_arg = |i: usize| -> Option<String> {
             refs.get(i).copied().flatten().and_then(|v| match v {
                 ScalarValue::Utf8(s) => s.clone(),
                 _ => None,
             })
         };
-        enum Parser {
-            Regex(regex::Regex),
-            Split {
-                delimiter: String,
-                escape: Option<char>,
-                quotes: Option<(char, char)>,
-            },
-            W3c,
-        }
-        let parser = match self.kind {
+        Ok(match self.kind {
             Kind::Regex => {
-                Parser::Regex(self.regex(&literal(&refs, 1, "the pattern", &self.label())?)?)
+                Parser::Regex(self.regex(&literal(refs, 1, "the pattern", &self.label())?)?)
             }
             Kind::VariableColumn => {
                 let Some(delimiter) = string_arg(2).filter(|d| !d.is_empty()) else {
@@ -409,96 +409,130 @@ impl ScalarUDFImpl for LogParse {
                 }
             }
             Kind::W3c => Parser::W3c,
-        };
-        // Each row's fields go straight into one builder per column: slices of the text where
-        // they can be (no copy but the builder's), owned only where escapes were removed.
-        let mut builders: Vec<arrow::array::StringBuilder> = columns
-            .iter()
-            .map(|_| arrow::array::StringBuilder::with_capacity(n, text.values().len() / 4))
-            .collect();
-        let mut valid = Vec::with_capacity(n);
-        let mut fields: Vec<Option<Cow<'_, str>>> = Vec::new();
-        for i in 0..n {
-            fields.clear();
-            let parsed = text.is_valid(i) && {
-                let v = text.value(i);
-                match &parser {
-                    Parser::Regex(re) => match re.captures(v) {
-                        Some(caps) => {
-                            fields.extend(
-                                caps.iter()
-                                    .skip(1)
-                                    .map(|g| g.map(|m| Cow::Borrowed(m.as_str()))),
-                            );
-                            true
-                        }
-                        None => false,
-                    },
-                    Parser::Split {
-                        delimiter,
-                        escape,
-                        quotes,
-                    } => {
-                        split_fields(v, delimiter, *escape, *quotes, &mut fields);
-                        true
-                    }
-                    Parser::W3c => {
-                        w3c_fields(v, &mut fields);
-                        true
-                    }
-                }
-            };
-            valid.push(parsed);
-            for (k, (c, b)) in columns.iter().zip(&mut builders).enumerate() {
-                match fields.get(k).and_then(|f| f.as_deref()).filter(|_| parsed) {
-                    Some(v) => b.append_value(match c.limit {
-                        Some(limit) => cut(v, limit),
-                        None => v.trim(),
-                    }),
-                    None => b.append_null(),
-                }
-            }
-        }
+        })
+    }
+
+    /// The row array: the columns' values, cast to their types, and NULL rows where a line
+    /// did not parse.
+    fn rows(
+        &self,
+        columns: &[Column],
+        builders: Vec<arrow::array::StringBuilder>,
+        valid: Vec<bool>,
+    ) -> DfResult<ArrayRef> {
         let nulls = NullBuffer::from(valid);
         let mut out_fields = Vec::with_capacity(columns.len());
         let mut out_arrays = Vec::with_capacity(columns.len());
         for (c, mut b) in columns.iter().zip(builders) {
             let values: ArrayRef = Arc::new(b.finish());
-            let array = if c.data_type == DataType::Utf8 {
-                values
-            } else {
-                // A value that is not of its column's type fails the row (the batch is split
-                // until the failing row is found).
-                let options = arrow::compute::CastOptions {
-                    safe: false,
-                    ..Default::default()
-                };
-                arrow::compute::cast_with_options(&values, &c.data_type, &options).map_err(|e| {
-                    datafusion::error::DataFusionError::Execution(format!(
-                        "{}: column {}: {e}",
-                        self.label(),
-                        c.name
-                    ))
-                })?
-            };
+            out_arrays.push(self.cast(c, values)?);
             out_fields.push(Field::new(&c.name, c.data_type.clone(), true));
-            out_arrays.push(array);
         }
-        let array: ArrayRef = Arc::new(StructArray::try_new(
+        Ok(Arc::new(StructArray::try_new(
             Fields::from(out_fields),
             out_arrays,
             Some(nulls),
-        )?);
-        // Only a text column that is a column of the batch is the same on the next call.
-        if matches!(args.args[0], ColumnarValue::Array(_)) {
-            *self
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((Arc::clone(&arrays[0]), scalars.clone(), Arc::clone(&array)));
-        }
-        Ok(ColumnarValue::Array(array))
+        )?))
     }
+
+    /// A column's text values as its type.
+    fn cast(&self, c: &Column, values: ArrayRef) -> DfResult<ArrayRef> {
+        if c.data_type == DataType::Utf8 {
+            return Ok(values);
+        }
+        // A value that is not of its column's type fails the row (the batch is split until the
+        // failing row is found).
+        let options = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        arrow::compute::cast_with_options(&values, &c.data_type, &options).map_err(|e| {
+            datafusion::error::DataFusionError::Execution(format!(
+                "{}: column {}: {e}",
+                self.label(),
+                c.name
+            ))
+        })
+    }
+}
+
+/// `m` locked, even when a panic poisoned it (what it guards is a cache).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a log-parsing function splits a line into fields.
+enum Parser {
+    Regex(regex::Regex),
+    Split {
+        delimiter: String,
+        escape: Option<char>,
+        quotes: Option<(char, char)>,
+    },
+    W3c,
+}
+
+impl Parser {
+    /// The fields of `line`, into `fields`; false when the line does not parse.
+    fn fields<'a>(&self, line: &'a str, fields: &mut Vec<Option<Cow<'a, str>>>) -> bool {
+        match self {
+            Parser::Regex(re) => match re.captures(line) {
+                Some(caps) => {
+                    fields.extend(
+                        caps.iter()
+                            .skip(1)
+                            .map(|g| g.map(|m| Cow::Borrowed(m.as_str()))),
+                    );
+                    true
+                }
+                None => false,
+            },
+            Parser::Split {
+                delimiter,
+                escape,
+                quotes,
+            } => {
+                split_fields(line, delimiter, *escape, *quotes, fields);
+                true
+            }
+            Parser::W3c => {
+                w3c_fields(line, fields);
+                true
+            }
+        }
+    }
+}
+
+/// The `n` lines of `text` parsed: one text builder per column, and whether each line parsed.
+fn parse_rows(
+    text: &arrow::array::StringArray,
+    parser: &Parser,
+    columns: &[Column],
+    n: usize,
+) -> (Vec<arrow::array::StringBuilder>, Vec<bool>) {
+    // Each row's fields go straight into one builder per column: slices of the text where
+    // they can be (no copy but the builder's), owned only where escapes were removed.
+    let mut builders: Vec<arrow::array::StringBuilder> = columns
+        .iter()
+        .map(|_| arrow::array::StringBuilder::with_capacity(n, text.values().len() / 4))
+        .collect();
+    let mut valid = Vec::with_capacity(n);
+    let mut fields: Vec<Option<Cow<'_, str>>> = Vec::new();
+    for i in 0..n {
+        fields.clear();
+        let parsed = text.is_valid(i) && parser.fields(text.value(i), &mut fields);
+        valid.push(parsed);
+        for (k, (c, b)) in columns.iter().zip(&mut builders).enumerate() {
+            match fields.get(k).and_then(|f| f.as_deref()).filter(|_| parsed) {
+                Some(v) => b.append_value(match c.limit {
+                    Some(limit) => cut(v, limit),
+                    None => v.trim(),
+                }),
+                None => b.append_null(),
+            }
+        }
+    }
+    (builders, valid)
 }
 
 /// `v` cut to `limit` characters.

@@ -233,29 +233,42 @@ impl Tree {
                 match parent {
                     None => self.root = Some(cut),
                     Some(p) => {
-                        if let Node::Cut { left, right, .. } = self.node_mut(p) {
-                            if *left == at {
-                                *left = cut;
-                            } else {
-                                *right = cut;
-                            }
-                        }
+                        self.replace_child(p, at, cut);
                         self.grow_ancestors(p, point);
                     }
                 }
                 return;
             }
             // No separation here: the point goes down the node's own cut.
-            match self.node(at) {
-                Node::Cut {
-                    dim,
-                    value,
-                    left,
-                    right,
-                    ..
-                } => at = if point[*dim] <= *value { *left } else { *right },
+            match self.child_towards(at, point) {
+                Some(child) => at = child,
                 // A leaf always separates from a different point (its box is the point).
-                Node::Leaf { .. } => return,
+                None => return,
+            }
+        }
+    }
+
+    /// The child of the cut `id` on the side of `point`; `None` at a leaf.
+    fn child_towards(&self, id: NodeId, point: &[f64]) -> Option<NodeId> {
+        match self.node(id) {
+            Node::Cut {
+                dim,
+                value,
+                left,
+                right,
+                ..
+            } => Some(if point[*dim] <= *value { *left } else { *right }),
+            Node::Leaf { .. } => None,
+        }
+    }
+
+    /// The cut `parent`'s child `old` is `new` instead.
+    fn replace_child(&mut self, parent: NodeId, old: NodeId, new: NodeId) {
+        if let Node::Cut { left, right, .. } = self.node_mut(parent) {
+            if *left == old {
+                *left = new;
+            } else {
+                *right = new;
             }
         }
     }
@@ -289,18 +302,10 @@ impl Tree {
     /// The leaf holding `point`, found by the cuts.
     fn find(&self, point: &[f64]) -> Option<NodeId> {
         let mut at = self.root?;
-        loop {
-            match self.node(at) {
-                Node::Leaf { point: p, .. } => return (p.as_slice() == point).then_some(at),
-                Node::Cut {
-                    dim,
-                    value,
-                    left,
-                    right,
-                    ..
-                } => at = if point[*dim] <= *value { *left } else { *right },
-            }
+        while let Some(child) = self.child_towards(at, point) {
+            at = child;
         }
+        matches!(self.node(at), Node::Leaf { point: p, .. } if p.as_slice() == point).then_some(at)
     }
 
     /// Deletes one copy of a point of the sample (the paper's deletion: its leaf goes, and its
@@ -341,13 +346,7 @@ impl Tree {
         match grand {
             None => self.root = Some(sibling),
             Some(g) => {
-                if let Node::Cut { left, right, .. } = self.node_mut(g) {
-                    if *left == parent {
-                        *left = sibling;
-                    } else {
-                        *right = sibling;
-                    }
-                }
+                self.replace_child(g, parent, sibling);
                 // The ancestors lose a point: their boxes may shrink.
                 let mut at = Some(g);
                 while let Some(i) = at {
@@ -378,15 +377,8 @@ impl Tree {
         let total = self.total_mass();
         let mut at = root;
         let mut depth = 0usize;
-        while let Node::Cut {
-            dim,
-            value,
-            left,
-            right,
-            ..
-        } = self.node(at)
-        {
-            at = if point[*dim] <= *value { *left } else { *right };
+        while let Some(child) = self.child_towards(at, point) {
+            at = child;
             depth += 1;
         }
         let mut score = match self.node(at) {

@@ -268,182 +268,19 @@ pub(crate) fn translate(sql: &str) -> Result<Application> {
 /// they take the target stream's names and types like any select list.
 pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Result<Application> {
     let tokens = significant(sql)?;
-    for (k, t) in tokens.iter().enumerate() {
-        if let Token::Word(w) = &t.token {
-            let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
-            if w.quote_style.is_none() && call {
-                if let Some((_, why)) = UNSUPPORTED
-                    .iter()
-                    .find(|(name, _)| w.value.eq_ignore_ascii_case(name))
-                {
-                    return Err(err(t.span.start, why));
-                }
-                let in_table = k >= 2
-                    && matches!(tokens[k - 1].token, Token::LParen)
-                    && word_is(&tokens[k - 2].token, "TABLE");
-                if w.value.eq_ignore_ascii_case("RANDOM_CUT_FOREST") && !in_table {
-                    return Err(err(
-                        t.span.start,
-                        "RANDOM_CUT_FOREST is a table function: \
-                         FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM … FROM stream)))",
-                    ));
-                }
-            }
-        }
-    }
+    refuse_unsupported(&tokens)?;
     let mut streams: Vec<StreamDecl> = Vec::new();
-    let mut pumps: Vec<Pump> = Vec::new();
-    #[allow(clippy::type_complexity)]
-    let mut pending: Vec<(
-        String,
-        String,
-        u64,
-        Vec<TokenWithSpan>,
-        Option<Vec<String>>,
-        StreamDecl,
-        Vec<String>,
-        Vec<(String, Location)>,
-    )> = Vec::new();
+    let mut pending: Vec<PendingPump> = Vec::new();
     for stmt in tokens.split(|t| matches!(t.token, Token::SemiColon)) {
         if stmt.is_empty() {
             continue;
         }
-        let mut i = 0;
-        let expect = |i: &mut usize, w: &str| -> Result<()> {
-            match stmt.get(*i) {
-                Some(t) if word_is(&t.token, w) => {
-                    *i += 1;
-                    Ok(())
-                }
-                Some(t) => Err(err(
-                    t.span.start,
-                    format!("expected {w}, found `{}`", t.token),
-                )),
-                None => Err(err(
-                    stmt[stmt.len() - 1].span.end,
-                    format!("expected {w}, found the end of the statement"),
-                )),
-            }
-        };
-        expect(&mut i, "CREATE")?;
-        if stmt.get(i).is_some_and(|t| word_is(&t.token, "OR")) {
-            i += 1;
-            expect(&mut i, "REPLACE")?;
-        }
-        let kind = stmt
-            .get(i)
-            .ok_or_else(|| err(stmt[0].span.start, "expected STREAM or PUMP"))?;
-        if word_is(&kind.token, "STREAM") {
-            i += 1;
-            streams.push(stream_decl(stmt, i)?);
-        } else if word_is(&kind.token, "PUMP") {
-            i += 1;
-            let name = ident(
-                stmt.get(i)
-                    .ok_or_else(|| err(kind.span.end, "a pump needs a name"))?,
-            )?;
-            i += 1;
-            expect(&mut i, "AS")?;
-            expect(&mut i, "INSERT")?;
-            expect(&mut i, "INTO")?;
-            let target_tok = stmt
-                .get(i)
-                .ok_or_else(|| err(kind.span.end, "INSERT INTO needs a stream"))?;
-            let target = ident(target_tok)?;
-            i += 1;
-            // An optional column list, which must match the stream's.
-            let mut columns: Option<Vec<String>> = None;
-            if matches!(stmt.get(i).map(|t| &t.token), Some(Token::LParen)) {
-                let mut cols = Vec::new();
-                i += 1;
-                while let Some(t) = stmt.get(i) {
-                    match &t.token {
-                        Token::RParen => {
-                            i += 1;
-                            break;
-                        }
-                        Token::Comma => i += 1,
-                        _ => {
-                            cols.push(ident(t)?);
-                            i += 1;
-                        }
-                    }
-                }
-                columns = Some(cols);
-            }
-            let decl = streams.iter().find(|s| s.name == target).ok_or_else(|| {
-                err(
-                    target_tok.span.start,
-                    format!(
-                        "pump {name} inserts into stream {target}, which no CREATE STREAM before \
-                         it declares"
-                    ),
-                )
-            })?;
-            let line = stmt[0].span.start.line;
-            let known = |stream: &str| -> Option<Vec<String>> {
-                if stream == crate::record::SOURCE_STREAM {
-                    return source_columns.map(<[String]>::to_vec);
-                }
-                streams
-                    .iter()
-                    .find(|s| s.name == stream)
-                    .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
-            };
-            let body = match table_function(&stmt[i..], &name, &known)? {
-                Some(rewritten) => rewritten,
-                None => stmt[i..].to_vec(),
-            };
-            let (_, reads) = select(&body, decl, columns.as_deref(), &name, false, &|_| None)?;
-            let names = stmt
-                .iter()
-                .filter(|t| matches!(t.token, Token::Word(_)))
-                .filter_map(|t| ident(t).ok().map(|n| (n, t.span.start)))
-                .collect();
-            pending.push((
-                name,
-                target,
-                line,
-                body,
-                columns,
-                decl.clone(),
-                reads,
-                names,
-            ));
-        } else {
-            return Err(err(
-                kind.span.start,
-                format!(
-                    "expected CREATE OR REPLACE STREAM or PUMP, found `{}`",
-                    kind.token
-                ),
-            ));
+        match statement(stmt, &streams, source_columns)? {
+            Statement::Stream(decl) => streams.push(decl),
+            Statement::Pump(pump) => pending.push(pump),
         }
     }
-    // A stream that another pump reads carries ROWTIME: a filter's rows keep theirs, a window's
-    // rows get the window's end.
-    let read: Vec<String> = pending.iter().flat_map(|p| p.6.clone()).collect();
-    for (name, target, line, body, columns, decl, reads, names) in pending {
-        let carry = read.contains(&target);
-        let columns_of = |stream: &str| -> Option<Vec<String>> {
-            if stream == crate::record::SOURCE_STREAM {
-                return source_columns.map(<[String]>::to_vec);
-            }
-            streams
-                .iter()
-                .find(|s| s.name == stream)
-                .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
-        };
-        let (select, _) = select(&body, &decl, columns.as_deref(), &name, carry, &columns_of)?;
-        pumps.push(Pump {
-            name,
-            target: target.clone(),
-            line,
-            sql: format!("INSERT INTO {} {select}", quote(&target)),
-            reads,
-            names,
-        });
-    }
+    let pumps = translate_pumps(pending, &streams, source_columns)?;
     if pumps.is_empty() {
         return Err(Error::Sql(
             "KDA application code: no pump (CREATE OR REPLACE PUMP … AS INSERT INTO … SELECT \
@@ -453,6 +290,235 @@ pub(crate) fn translate_with(sql: &str, source_columns: Option<&[String]>) -> Re
     }
     let pumps = order(pumps)?;
     Ok(Application { streams, pumps })
+}
+
+/// Refuses the calls of [`UNSUPPORTED`] functions, and `RANDOM_CUT_FOREST` outside
+/// `FROM TABLE(…)`.
+fn refuse_unsupported(tokens: &[TokenWithSpan]) -> Result<()> {
+    for (k, t) in tokens.iter().enumerate() {
+        let Token::Word(w) = &t.token else {
+            continue;
+        };
+        let call = matches!(tokens.get(k + 1).map(|x| &x.token), Some(Token::LParen));
+        if w.quote_style.is_some() || !call {
+            continue;
+        }
+        if let Some((_, why)) = UNSUPPORTED
+            .iter()
+            .find(|(name, _)| w.value.eq_ignore_ascii_case(name))
+        {
+            return Err(err(t.span.start, why));
+        }
+        let in_table = k >= 2
+            && matches!(tokens[k - 1].token, Token::LParen)
+            && word_is(&tokens[k - 2].token, "TABLE");
+        if w.value.eq_ignore_ascii_case("RANDOM_CUT_FOREST") && !in_table {
+            return Err(err(
+                t.span.start,
+                "RANDOM_CUT_FOREST is a table function: \
+                 FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM … FROM stream)))",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A statement of application code.
+enum Statement {
+    Stream(StreamDecl),
+    Pump(PendingPump),
+}
+
+/// A pump read, before its statement is written (which needs to know whether another pump reads
+/// its stream).
+struct PendingPump {
+    name: String,
+    target: String,
+    line: u64,
+    /// Its `SELECT`, a table function written out.
+    body: Vec<TokenWithSpan>,
+    /// The `INSERT INTO` column list, when it has one.
+    columns: Option<Vec<String>>,
+    decl: StreamDecl,
+    reads: Vec<String>,
+    names: Vec<(String, Location)>,
+}
+
+/// `CREATE [OR REPLACE] STREAM …` or `CREATE [OR REPLACE] PUMP …`, a pump's target among
+/// `streams` (those declared before it).
+fn statement(
+    stmt: &[TokenWithSpan],
+    streams: &[StreamDecl],
+    source_columns: Option<&[String]>,
+) -> Result<Statement> {
+    let mut i = 0;
+    expect(stmt, &mut i, "CREATE")?;
+    if stmt.get(i).is_some_and(|t| word_is(&t.token, "OR")) {
+        i += 1;
+        expect(stmt, &mut i, "REPLACE")?;
+    }
+    let kind = stmt
+        .get(i)
+        .ok_or_else(|| err(stmt[0].span.start, "expected STREAM or PUMP"))?;
+    if word_is(&kind.token, "STREAM") {
+        stream_decl(stmt, i + 1).map(Statement::Stream)
+    } else if word_is(&kind.token, "PUMP") {
+        pump_decl(stmt, kind, i + 1, streams, source_columns).map(Statement::Pump)
+    } else {
+        Err(err(
+            kind.span.start,
+            format!(
+                "expected CREATE OR REPLACE STREAM or PUMP, found `{}`",
+                kind.token
+            ),
+        ))
+    }
+}
+
+/// The word `w` at `*i`, which then moves past it.
+fn expect(stmt: &[TokenWithSpan], i: &mut usize, w: &str) -> Result<()> {
+    match stmt.get(*i) {
+        Some(t) if word_is(&t.token, w) => {
+            *i += 1;
+            Ok(())
+        }
+        Some(t) => Err(err(
+            t.span.start,
+            format!("expected {w}, found `{}`", t.token),
+        )),
+        None => Err(err(
+            stmt[stmt.len() - 1].span.end,
+            format!("expected {w}, found the end of the statement"),
+        )),
+    }
+}
+
+/// `name AS INSERT INTO stream [(columns)] SELECT …` after `CREATE OR REPLACE PUMP` (`kind`):
+/// its select checked against its target, and the streams it reads.
+fn pump_decl(
+    stmt: &[TokenWithSpan],
+    kind: &TokenWithSpan,
+    mut i: usize,
+    streams: &[StreamDecl],
+    source_columns: Option<&[String]>,
+) -> Result<PendingPump> {
+    let name = ident(
+        stmt.get(i)
+            .ok_or_else(|| err(kind.span.end, "a pump needs a name"))?,
+    )?;
+    i += 1;
+    expect(stmt, &mut i, "AS")?;
+    expect(stmt, &mut i, "INSERT")?;
+    expect(stmt, &mut i, "INTO")?;
+    let target_tok = stmt
+        .get(i)
+        .ok_or_else(|| err(kind.span.end, "INSERT INTO needs a stream"))?;
+    let target = ident(target_tok)?;
+    i += 1;
+    let columns = insert_columns(stmt, &mut i)?;
+    let decl = streams.iter().find(|s| s.name == target).ok_or_else(|| {
+        err(
+            target_tok.span.start,
+            format!(
+                "pump {name} inserts into stream {target}, which no CREATE STREAM before \
+                 it declares"
+            ),
+        )
+    })?;
+    let line = stmt[0].span.start.line;
+    let known = |stream: &str| columns_of(streams, source_columns, stream);
+    let body = match table_function(&stmt[i..], &name, &known)? {
+        Some(rewritten) => rewritten,
+        None => stmt[i..].to_vec(),
+    };
+    let (_, reads) = select(&body, decl, columns.as_deref(), &name, false, &|_| None)?;
+    let names = stmt
+        .iter()
+        .filter(|t| matches!(t.token, Token::Word(_)))
+        .filter_map(|t| ident(t).ok().map(|n| (n, t.span.start)))
+        .collect();
+    Ok(PendingPump {
+        name,
+        target,
+        line,
+        body,
+        columns,
+        decl: decl.clone(),
+        reads,
+        names,
+    })
+}
+
+/// An optional column list after `INSERT INTO stream`, which must match the stream's.
+fn insert_columns(stmt: &[TokenWithSpan], i: &mut usize) -> Result<Option<Vec<String>>> {
+    if !matches!(stmt.get(*i).map(|t| &t.token), Some(Token::LParen)) {
+        return Ok(None);
+    }
+    let mut cols = Vec::new();
+    *i += 1;
+    while let Some(t) = stmt.get(*i) {
+        match &t.token {
+            Token::RParen => {
+                *i += 1;
+                break;
+            }
+            Token::Comma => *i += 1,
+            _ => {
+                cols.push(ident(t)?);
+                *i += 1;
+            }
+        }
+    }
+    Ok(Some(cols))
+}
+
+/// The columns of `stream`: the input's when they are known, else those its `CREATE STREAM`
+/// declares.
+fn columns_of(
+    streams: &[StreamDecl],
+    source_columns: Option<&[String]>,
+    stream: &str,
+) -> Option<Vec<String>> {
+    if stream == crate::record::SOURCE_STREAM {
+        return source_columns.map(<[String]>::to_vec);
+    }
+    streams
+        .iter()
+        .find(|s| s.name == stream)
+        .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
+}
+
+/// The pumps' statements. A stream that another pump reads carries ROWTIME: a filter's rows
+/// keep theirs, a window's rows get the window's end.
+fn translate_pumps(
+    pending: Vec<PendingPump>,
+    streams: &[StreamDecl],
+    source_columns: Option<&[String]>,
+) -> Result<Vec<Pump>> {
+    let read: Vec<String> = pending.iter().flat_map(|p| p.reads.clone()).collect();
+    let columns_of = |stream: &str| columns_of(streams, source_columns, stream);
+    pending
+        .into_iter()
+        .map(|p| {
+            let carry = read.contains(&p.target);
+            let (select, _) = select(
+                &p.body,
+                &p.decl,
+                p.columns.as_deref(),
+                &p.name,
+                carry,
+                &columns_of,
+            )?;
+            Ok(Pump {
+                name: p.name,
+                sql: format!("INSERT INTO {} {select}", quote(&p.target)),
+                target: p.target,
+                line: p.line,
+                reads: p.reads,
+                names: p.names,
+            })
+        })
+        .collect()
 }
 
 /// Pumps ordered so that a pump reading a stream comes after the pump writing it.
@@ -619,156 +685,16 @@ fn select(
     if body.first().is_some_and(|t| word_is(&t.token, "STREAM")) {
         body = &body[1..];
     }
-    // Top-level clause of each token, and the select items.
-    let mut depth = 0i32;
-    let mut clause = Clause::Select;
-    let mut clauses = Vec::with_capacity(body.len());
-    let mut reads = Vec::new();
-    for (k, t) in body.iter().enumerate() {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            _ => {}
-        }
-        if depth == 0 {
-            if word_is(&t.token, "FROM") {
-                clause = Clause::From;
-            } else if word_is(&t.token, "WHERE") {
-                clause = Clause::Where;
-            } else if word_is(&t.token, "GROUP") {
-                clause = Clause::GroupBy;
-            } else if word_is(&t.token, "HAVING")
-                || word_is(&t.token, "WINDOW")
-                || word_is(&t.token, "WINDOWED")
-                || word_is(&t.token, "ORDER")
-            {
-                clause = Clause::Other;
-            }
-        }
-        if clause == Clause::From
-            && matches!(t.token, Token::Word(_))
-            && k > 0
-            && (word_is(&body[k - 1].token, "FROM") || word_is(&body[k - 1].token, "JOIN"))
-        {
-            let name = ident(t)?;
-            if name.eq_ignore_ascii_case("error_stream") {
-                return Err(err(
-                    t.span.start,
-                    format!(
-                        "pump {pump}: error_stream cannot be read by a pump (nor could it in \
-                         Kinesis Data Analytics); its rows go to the error output, with KDA's \
-                         error_stream columns"
-                    ),
-                ));
-            }
-            reads.push(name);
-        }
-        clauses.push(clause);
-    }
-    // Window expressions of the GROUP BY, by their text, so that the same expression in the
-    // select list becomes the window's start.
-    let group_windows: Vec<String> = window_exprs(body, &clauses, Clause::GroupBy)?
-        .into_iter()
-        .map(|(_, _, text)| text)
-        .collect();
-    // The GROUP BY's window: the one on ROWTIME (KDA emits on ROWTIME); other STEP/FLOOR
-    // expressions there (an event-time minute) are plain keys. Without a ROWTIME one, the first.
-    let tumble: Option<String> = group_windows
-        .iter()
-        .find(|w| w.contains("\"ROWTIME\""))
-        .or(group_windows.first())
-        .cloned();
+    let (clauses, reads) = clauses_and_reads(body, pump)?;
+    let tumble = group_window(body, &clauses)?;
     let mut rewritten = rewrite(body, &clauses, tumble.as_deref())?;
-    // WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL …): a GROUP BY of the keys and a
-    // stagger window on ROWTIME.
-    let mut stagger: Option<(String, String)> = None;
-    if let Some(w) =
-        (0..body.len()).find(|&k| word_is(&body[k].token, "WINDOWED") && body_depth(body, k) == 0)
-    {
-        let open = w + 3;
-        let ok = word_is(
-            &body.get(w + 1).map_or(Token::EOF, |t| t.token.clone()),
-            "BY",
-        ) && body
-            .get(w + 2)
-            .is_some_and(|t| word_is(&t.token, "STAGGER"))
-            && matches!(body.get(open).map(|t| &t.token), Some(Token::LParen));
-        if !ok {
-            return Err(err(body[w].span.start, "expected WINDOWED BY STAGGER (…)"));
-        }
-        if clauses.contains(&Clause::GroupBy) {
-            return Err(err(
-                body[w].span.start,
-                "a stagger window groups by its PARTITION BY: the statement cannot have a GROUP BY too",
-            ));
-        }
-        let (close, direct) = inside(body, open).unwrap_or((body.len(), Vec::new()));
-        let partition = direct
-            .iter()
-            .find(|&&j| word_is(&body[j].token, "PARTITION"))
-            .map(|j| j + 2);
-        let range = direct
-            .iter()
-            .copied()
-            .find(|&j| word_is(&body[j].token, "RANGE"));
-        let (true, Some(p), Some(r)) = (close < body.len(), partition, range) else {
-            return Err(err(
-                body[w].span.start,
-                "write WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL 'n' unit)",
-            ));
-        };
-        let other = vec![Clause::Other; r - p];
-        let keys = rewrite(&body[p..r], &other, None)?
-            .into_iter()
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let interval = rewrite_plain(&body[r + 1..close])?.join(" ");
-        for t in rewritten.iter_mut().take(close + 1).skip(w) {
-            t.clear();
-        }
-        stagger = Some((keys, interval));
-    }
-    // Split the select list (top level commas before FROM).
+    let stagger = stagger_window(body, &clauses, &mut rewritten)?;
     let from = clauses
         .iter()
         .position(|c| *c != Clause::Select)
         .unwrap_or(clauses.len());
-    let mut items: Vec<Vec<String>> = vec![Vec::new()];
-    let mut depth = 0i32;
-    for (t, text) in body[..from].iter().zip(&rewritten[..from]) {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            Token::Comma if depth == 0 => {
-                items.push(Vec::new());
-                continue;
-            }
-            _ => {}
-        }
-        if !text.is_empty() {
-            items.last_mut().expect("one item").push(text.clone());
-        }
-    }
-    let targets: Vec<(String, String)> = match columns {
-        None => stream.columns.clone(),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                stream
-                    .columns
-                    .iter()
-                    .find(|(c, _)| c == n)
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::Sql(format!(
-                            "pump {pump}: stream {} has no column {n}",
-                            stream.name
-                        ))
-                    })
-            })
-            .collect::<Result<_>>()?,
-    };
+    let mut items = select_items(&body[..from], &rewritten[..from]);
+    let targets = target_columns(stream, columns, pump)?;
     let mut star = items.len() == 1 && items[0] == ["*"];
     if star {
         // `*` of one stream whose columns are known: those columns, by name.
@@ -793,31 +719,15 @@ fn select(
                 ),
             ));
         }
-        items
-            .iter()
-            .zip(&targets)
-            .map(|(item, (name, ty))| {
-                let mut words = item.clone();
-                // A trailing `AS alias` names the value in KDA too; the stream's column name wins.
-                if words.len() > 2 && words[words.len() - 2].eq_ignore_ascii_case("AS") {
-                    words.truncate(words.len() - 2);
-                }
-                let expr = words.join(" ");
-                let value = match ty.strip_prefix("VARCHAR(") {
-                    Some(n) => {
-                        format!("LEFT(CAST({expr} AS VARCHAR), {})", n.trim_end_matches(')'))
-                    }
-                    None => format!("CAST({expr} AS {ty})"),
-                };
-                format!("{value} AS {}", quote(name))
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        cast_to_targets(&items, &targets)
     };
     let rowtime = match (carry_rowtime && !star, tumble.as_ref(), &stagger) {
         (false, _, _) => String::new(),
-        (true, _, Some((_, interval))) => {
-            format!(", STAGGER_END(\"ROWTIME\", {interval}) AS \"ROWTIME\"")
+        (true, _, Some(stagger)) => {
+            format!(
+                ", STAGGER_END(\"ROWTIME\", {}) AS \"ROWTIME\"",
+                stagger.interval
+            )
         }
         (true, Some(w), None) => format!(", TUMBLE_END({w}) AS \"ROWTIME\""),
         (true, None, None) => ", \"ROWTIME\" AS \"ROWTIME\"".to_owned(),
@@ -829,7 +739,7 @@ fn select(
         .collect::<Vec<_>>()
         .join(" ");
     let group = match &stagger {
-        Some((keys, interval)) => {
+        Some(Stagger { keys, interval }) => {
             format!(" GROUP BY {keys}, STAGGER(\"ROWTIME\", {interval})")
         }
         None => String::new(),
@@ -838,6 +748,214 @@ fn select(
         format!("SELECT {select_list}{rowtime} {rest}{group}"),
         reads,
     ))
+}
+
+/// The top-level clause of each token of a select's body, and the streams it reads (after
+/// `FROM` or `JOIN`).
+fn clauses_and_reads(body: &[TokenWithSpan], pump: &str) -> Result<(Vec<Clause>, Vec<String>)> {
+    let mut depth = 0i32;
+    let mut clause = Clause::Select;
+    let mut clauses = Vec::with_capacity(body.len());
+    let mut reads = Vec::new();
+    for (k, t) in body.iter().enumerate() {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            clause = clause_after(&t.token).unwrap_or(clause);
+        }
+        if clause == Clause::From
+            && matches!(t.token, Token::Word(_))
+            && k > 0
+            && (word_is(&body[k - 1].token, "FROM") || word_is(&body[k - 1].token, "JOIN"))
+        {
+            let name = ident(t)?;
+            if name.eq_ignore_ascii_case("error_stream") {
+                return Err(err(
+                    t.span.start,
+                    format!(
+                        "pump {pump}: error_stream cannot be read by a pump (nor could it in \
+                         Kinesis Data Analytics); its rows go to the error output, with KDA's \
+                         error_stream columns"
+                    ),
+                ));
+            }
+            reads.push(name);
+        }
+        clauses.push(clause);
+    }
+    Ok((clauses, reads))
+}
+
+/// The clause a top-level keyword starts, if it starts one.
+fn clause_after(t: &Token) -> Option<Clause> {
+    if word_is(t, "FROM") {
+        Some(Clause::From)
+    } else if word_is(t, "WHERE") {
+        Some(Clause::Where)
+    } else if word_is(t, "GROUP") {
+        Some(Clause::GroupBy)
+    } else if ["HAVING", "WINDOW", "WINDOWED", "ORDER"]
+        .iter()
+        .any(|w| word_is(t, w))
+    {
+        Some(Clause::Other)
+    } else {
+        None
+    }
+}
+
+/// The GROUP BY's window, in its canonical text, so that the same expression in the select list
+/// becomes the window's start: the one on ROWTIME (KDA emits on ROWTIME); other STEP/FLOOR
+/// expressions there (an event-time minute) are plain keys. Without a ROWTIME one, the first.
+fn group_window(body: &[TokenWithSpan], clauses: &[Clause]) -> Result<Option<String>> {
+    let group_windows: Vec<String> = window_exprs(body, clauses, Clause::GroupBy)?
+        .into_iter()
+        .map(|(_, _, text)| text)
+        .collect();
+    Ok(group_windows
+        .iter()
+        .find(|w| w.contains("\"ROWTIME\""))
+        .or(group_windows.first())
+        .cloned())
+}
+
+/// A stagger window's keys and interval, as text.
+struct Stagger {
+    keys: String,
+    interval: String,
+}
+
+/// `WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL …)`, when the body has it: a GROUP BY
+/// of the keys and a stagger window on ROWTIME. Its tokens are cleared from `rewritten`.
+fn stagger_window(
+    body: &[TokenWithSpan],
+    clauses: &[Clause],
+    rewritten: &mut [String],
+) -> Result<Option<Stagger>> {
+    let Some(w) =
+        (0..body.len()).find(|&k| word_is(&body[k].token, "WINDOWED") && body_depth(body, k) == 0)
+    else {
+        return Ok(None);
+    };
+    let open = w + 3;
+    let ok = word_is(
+        &body.get(w + 1).map_or(Token::EOF, |t| t.token.clone()),
+        "BY",
+    ) && body
+        .get(w + 2)
+        .is_some_and(|t| word_is(&t.token, "STAGGER"))
+        && matches!(body.get(open).map(|t| &t.token), Some(Token::LParen));
+    if !ok {
+        return Err(err(body[w].span.start, "expected WINDOWED BY STAGGER (…)"));
+    }
+    if clauses.contains(&Clause::GroupBy) {
+        return Err(err(
+            body[w].span.start,
+            "a stagger window groups by its PARTITION BY: the statement cannot have a GROUP BY too",
+        ));
+    }
+    let (close, direct) = inside(body, open).unwrap_or((body.len(), Vec::new()));
+    let partition = direct
+        .iter()
+        .find(|&&j| word_is(&body[j].token, "PARTITION"))
+        .map(|j| j + 2);
+    let range = direct
+        .iter()
+        .copied()
+        .find(|&j| word_is(&body[j].token, "RANGE"));
+    let (true, Some(p), Some(r)) = (close < body.len(), partition, range) else {
+        return Err(err(
+            body[w].span.start,
+            "write WINDOWED BY STAGGER (PARTITION BY keys RANGE INTERVAL 'n' unit)",
+        ));
+    };
+    let other = vec![Clause::Other; r - p];
+    let keys = rewrite(&body[p..r], &other, None)?
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let interval = rewrite_plain(&body[r + 1..close])?.join(" ");
+    for t in rewritten.iter_mut().take(close + 1).skip(w) {
+        t.clear();
+    }
+    Ok(Some(Stagger { keys, interval }))
+}
+
+/// The select list (`list`, and `rewritten`, its text) split at top-level commas: each item's
+/// words.
+fn select_items(list: &[TokenWithSpan], rewritten: &[String]) -> Vec<Vec<String>> {
+    let mut items: Vec<Vec<String>> = vec![Vec::new()];
+    let mut depth = 0i32;
+    for (t, text) in list.iter().zip(rewritten) {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => {
+                items.push(Vec::new());
+                continue;
+            }
+            _ => {}
+        }
+        if !text.is_empty() {
+            items.last_mut().expect("one item").push(text.clone());
+        }
+    }
+    items
+}
+
+/// The columns a pump writes (name and type): the stream's, or those its `INSERT INTO` lists.
+fn target_columns(
+    stream: &StreamDecl,
+    columns: Option<&[String]>,
+    pump: &str,
+) -> Result<Vec<(String, String)>> {
+    let Some(names) = columns else {
+        return Ok(stream.columns.clone());
+    };
+    names
+        .iter()
+        .map(|n| {
+            stream
+                .columns
+                .iter()
+                .find(|(c, _)| c == n)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Sql(format!(
+                        "pump {pump}: stream {} has no column {n}",
+                        stream.name
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// The select list with each item cast to its target column's type and named as the column.
+fn cast_to_targets(items: &[Vec<String>], targets: &[(String, String)]) -> String {
+    items
+        .iter()
+        .zip(targets)
+        .map(|(item, (name, ty))| {
+            let mut words = item.clone();
+            // A trailing `AS alias` names the value in KDA too; the stream's column name wins.
+            if words.len() > 2 && words[words.len() - 2].eq_ignore_ascii_case("AS") {
+                words.truncate(words.len() - 2);
+            }
+            let expr = words.join(" ");
+            let value = match ty.strip_prefix("VARCHAR(") {
+                Some(n) => {
+                    format!("LEFT(CAST({expr} AS VARCHAR), {})", n.trim_end_matches(')'))
+                }
+                None => format!("CAST({expr} AS {ty})"),
+            };
+            format!("{value} AS {}", quote(name))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The tumbling-window expressions in `clause`: (first token, one past the last, their text).
