@@ -37,6 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // Provisioning what a pipeline file names.
     &["setup"],
+    // Benchmarks of whole pipelines.
+    &["bench"],
 ];
 
 /// Same-layer uses that are allowed (user, used).

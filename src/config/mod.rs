@@ -1071,12 +1071,25 @@ impl PipelineConfig {
     /// Builds the pipeline: opens the source and sinks and plans the query. A query the engine
     /// rejects is reported against the key `query.sql`.
     pub async fn build(&self) -> Result<Pipeline> {
+        self.build_with(None).await
+    }
+
+    /// The pipeline this file describes, reading `source` in place of its `[source]` table (a
+    /// benchmark's load, an application's own source); the rest of the file applies as written.
+    pub async fn build_with_source(&self, source: Box<dyn Source>) -> Result<Pipeline> {
+        self.build_with(Some(source)).await
+    }
+
+    async fn build_with(&self, source: Option<Box<dyn Source>>) -> Result<Pipeline> {
         let app = self.kda_application()?;
         let (format, columns) = match &app {
             Some(a) => (a.format.clone(), Some(a.columns.clone())),
             None => (self.record_format()?, self.columns()?),
         };
-        let source = self.build_source(&format, columns.is_some()).await?;
+        let source = match source {
+            Some(s) => s,
+            None => self.build_source(&format, columns.is_some()).await?,
+        };
         let sql = self.application_sql(app.as_ref())?;
         let mut b = Pipeline::builder()
             .boxed_source(source)
