@@ -35,6 +35,7 @@
 mod ack;
 #[cfg(feature = "aws")]
 mod aws;
+pub mod bench;
 mod checkpoint;
 mod config;
 #[cfg(feature = "aws")]

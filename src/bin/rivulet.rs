@@ -92,6 +92,9 @@ enum Command {
         #[arg(long)]
         endpoint_url: Option<String>,
     },
+    /// Measures a pipeline on synthetic load: throughput, production-to-commit latency
+    /// percentiles, CPU seconds per million records and peak memory.
+    Bench(BenchArgs),
     /// Provisions the pipeline's AWS resources from its `[setup]` table: streams, delivery
     /// streams, the bucket, a KMS key and least-privilege IAM roles.
     #[cfg(feature = "setup")]
@@ -99,6 +102,63 @@ enum Command {
         #[command(subcommand)]
         action: SetupAction,
     },
+}
+
+/// `rivulet bench` options.
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// A pipeline file, run with the load in place of its source (its format JSON, its event-time
+    /// member `event_time`). Without one, `--sql` (or the scenario's query) runs into a null sink.
+    pipeline: Option<PathBuf>,
+    /// The built-in load.
+    #[arg(long, value_enum, default_value_t = ScenarioArg::Ticker)]
+    scenario: ScenarioArg,
+    /// The query (default: a 10-second tumbling window per key of the scenario).
+    #[arg(long, conflicts_with = "pipeline")]
+    sql: Option<String>,
+    /// Records to produce (default 1,000,000 when no duration is given).
+    #[arg(long)]
+    records: Option<u64>,
+    /// Seconds to run.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Records per second (default: as fast as the pipeline takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Distinct keys: tickers, cars or users (default 100, 1,000, 100,000).
+    #[arg(long)]
+    keys: Option<usize>,
+    /// Pads each record to at least this many bytes.
+    #[arg(long)]
+    record_bytes: Option<usize>,
+    /// Fraction of records whose event time is set back, up to `--lateness-ms`.
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order: f64,
+    /// How far an out-of-order record is set back at most.
+    #[arg(long, default_value_t = 0)]
+    lateness_ms: u64,
+    /// The query's allowed lateness (default: `--lateness-ms`, so no record is late).
+    #[arg(long, conflicts_with = "pipeline")]
+    allowed_lateness_ms: Option<u64>,
+    /// Without `--rate`: records per second of event time.
+    #[arg(long, default_value_t = 10_000.0)]
+    event_rate: f64,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Prints the summary as JSON on standard output (the progress bar goes to standard error).
+    #[arg(long)]
+    json: bool,
+    /// Prints the change against an earlier run's `--json` summary.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    Ticker,
+    Car,
+    Clickstream,
 }
 
 /// `rivulet setup` actions.
@@ -261,6 +321,7 @@ async fn run(cli: Cli) -> rivulet::Result<()> {
                 (progress_interval > 0.0).then(|| Duration::from_secs_f64(progress_interval));
             drive(p, interval, Some(config.error_output_location())).await
         }
+        Command::Bench(args) => bench(args).await,
         Command::Replay { query, output_dir } => {
             let p = query.replay(output_dir).build().await?;
             drive(p, None, None).await
@@ -574,4 +635,108 @@ async fn setup(action: SetupAction) -> rivulet::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rivulet bench`: runs the load with a progress bar, then prints the summary.
+async fn bench(args: BenchArgs) -> rivulet::Result<()> {
+    use rivulet::bench::{compare, Bench, BenchSummary, LoadOptions, Scenario};
+    let earlier = args
+        .compare
+        .as_ref()
+        .map(BenchSummary::from_json_file)
+        .transpose()?;
+    let load = LoadOptions {
+        scenario: match args.scenario {
+            ScenarioArg::Ticker => Scenario::Ticker,
+            ScenarioArg::Car => Scenario::Car,
+            ScenarioArg::Clickstream => Scenario::Clickstream,
+        },
+        rate: args.rate,
+        records: args.records,
+        duration: args.duration_s.map(Duration::from_secs_f64),
+        keys: args.keys,
+        record_bytes: args.record_bytes,
+        out_of_order: args.out_of_order,
+        lateness: Duration::from_millis(args.lateness_ms),
+        event_rate: args.event_rate,
+        seed: args.seed,
+    };
+    let total = load
+        .records
+        .or(load.duration.is_none().then_some(1_000_000));
+    let mut bench = Bench::new(load);
+    if let Some(path) = &args.pipeline {
+        bench = bench.pipeline(PipelineConfig::from_file(path)?);
+    }
+    if let Some(sql) = &args.sql {
+        bench = bench.sql(sql.clone());
+    }
+    if let Some(ms) = args.allowed_lateness_ms {
+        bench = bench.allowed_lateness(Duration::from_millis(ms));
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos} records ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let shown = bar.clone();
+    let summary = bench
+        .run_with_progress(move |m| {
+            let s = m.snapshot();
+            shown.set_position(s.records_in);
+            shown.set_message(format!(
+                "{} rows out, {} errors",
+                s.rows_out, s.records_error
+            ));
+        })
+        .await;
+    bar.finish_and_clear();
+    let summary = summary?;
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print_summary(&summary);
+    }
+    if let Some(earlier) = earlier {
+        let lines = compare(&earlier, &summary);
+        let out: &mut dyn std::io::Write = if args.json {
+            &mut std::io::stderr()
+        } else {
+            &mut std::io::stdout()
+        };
+        let path = args.compare.as_ref().map(|p| p.display().to_string());
+        let _ = writeln!(out, "\nchange against {}:", path.unwrap_or_default());
+        for line in lines {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(s: &rivulet::bench::BenchSummary) {
+    println!("scenario      {:?}", s.scenario);
+    println!("query         {}", s.query);
+    println!(
+        "records       {} in {:.2} s: {:.0} records/s, {:.1} MB/s",
+        s.records, s.elapsed_s, s.records_per_s, s.mb_per_s
+    );
+    println!(
+        "rows out      {} ({} errors, {} late; {} records uncommitted at the end)",
+        s.rows_out, s.errors, s.late, s.uncommitted
+    );
+    println!(
+        "latency       p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms ({} records, production to commit)",
+        s.latency_ms.p50, s.latency_ms.p99, s.latency_ms.p99_9, s.latency_ms.max, s.latency_records
+    );
+    println!(
+        "cpu           {:.2} s, {:.3} s per million records",
+        s.cpu_s, s.cpu_s_per_million
+    );
+    println!("peak rss      {:.1} MiB", s.peak_rss_mib);
 }

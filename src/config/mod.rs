@@ -568,6 +568,18 @@ enum SseConfig {
 }
 
 impl SinkConfig {
+    /// The stream the sink receives, when its table names one.
+    fn stream(&self) -> Option<&str> {
+        match self {
+            Self::Stdout { stream, .. }
+            | Self::Stderr { stream, .. }
+            | Self::File { stream, .. }
+            | Self::Firehose { stream, .. }
+            | Self::Kinesis { stream, .. }
+            | Self::S3 { stream, .. } => stream.as_deref(),
+        }
+    }
+
     /// The client-side encryption of the sink, when it has one.
     fn encryption(&self) -> Option<&EncryptionConfig> {
         match self {
@@ -1059,94 +1071,26 @@ impl PipelineConfig {
     /// Builds the pipeline: opens the source and sinks and plans the query. A query the engine
     /// rejects is reported against the key `query.sql`.
     pub async fn build(&self) -> Result<Pipeline> {
+        self.build_with(None).await
+    }
+
+    /// The pipeline this file describes, reading `source` in place of its `[source]` table (a
+    /// benchmark's load, an application's own source); the rest of the file applies as written.
+    pub async fn build_with_source(&self, source: Box<dyn Source>) -> Result<Pipeline> {
+        self.build_with(Some(source)).await
+    }
+
+    async fn build_with(&self, source: Option<Box<dyn Source>>) -> Result<Pipeline> {
         let app = self.kda_application()?;
         let (format, columns) = match &app {
             Some(a) => (a.format.clone(), Some(a.columns.clone())),
             None => (self.record_format()?, self.columns()?),
         };
-        let source: Box<dyn Source> = match &self.source {
-            SourceConfig::Generator {
-                rate,
-                limit,
-                seed,
-                start_time_ms,
-            } => Box::new(
-                GeneratorSource::builder()
-                    .with_rate(*rate)
-                    .with_limit(*limit)
-                    .with_seed(*seed)
-                    .with_start_time_ms(*start_time_ms)
-                    .with_format(match format {
-                        RecordFormat::Csv(_) => GeneratorFormat::Csv,
-                        _ => GeneratorFormat::Json,
-                    })
-                    .build()?,
-            ),
-            SourceConfig::File { path, follow } => {
-                let (framing, header) = match &format {
-                    RecordFormat::Csv(o) => (
-                        Framing::CsvRows {
-                            quote: o.quote,
-                            escape: o.escape,
-                        },
-                        o.has_header,
-                    ),
-                    _ => (Framing::Lines, false),
-                };
-                // With inferred columns the pipeline reads the header itself.
-                let skip = usize::from(header && columns.is_some());
-                Box::new(
-                    FileSource::builder(self.resolve(path))
-                        .with_framing(framing)
-                        .with_follow(*follow)
-                        .with_skip_records(skip)
-                        .build()?,
-                )
-            }
-            #[cfg(feature = "aws")]
-            SourceConfig::Kinesis {
-                stream,
-                region,
-                endpoint_url,
-                filter_out_of_range_sub_records,
-                ..
-            } => {
-                let k = crate::kinesis::KinesisSource::builder(stream.clone())
-                    .client_options(ClientOptions::at(region.as_ref(), endpoint_url.as_ref()))
-                    .start_position(self.kinesis_start()?)
-                    .poll_settings(self.poll_settings()?)
-                    .filter_out_of_range_sub_records(*filter_out_of_range_sub_records);
-                Box::new(k.build().await?)
-            }
-            #[cfg(not(feature = "aws"))]
-            SourceConfig::Kinesis { .. } => {
-                self.kinesis_start()?;
-                unreachable!("kinesis_start fails without the aws feature")
-            }
+        let source = match source {
+            Some(s) => s,
+            None => self.build_source(&format, columns.is_some()).await?,
         };
-        let sql = match (&self.query.sql, &self.query.sql_file) {
-            (Some(s), _) => s.clone(),
-            (None, Some(f)) => {
-                let p = self.resolve(f);
-                std::fs::read_to_string(&p)
-                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
-            }
-            (None, None) => match app.as_ref().and_then(|a| a.sql.clone()) {
-                Some(code) => code,
-                None if app.is_some() => {
-                    return Err(Error::config(
-                        "query.application",
-                        "the application file holds no application code: give it with \
-                         `sql` or `sql_file`",
-                    ))
-                }
-                None => "SELECT * FROM source".to_owned(),
-            },
-        };
-        let sql = match &app {
-            Some(a) => a.code(&sql)?,
-            None => sql,
-        };
+        let sql = self.application_sql(app.as_ref())?;
         let mut b = Pipeline::builder()
             .boxed_source(source)
             .format(format)
@@ -1172,15 +1116,7 @@ impl PipelineConfig {
             b = b.max_record_bytes(m);
         }
         for s in &self.sinks {
-            let stream = match s {
-                SinkConfig::Stdout { stream, .. }
-                | SinkConfig::Stderr { stream, .. }
-                | SinkConfig::File { stream, .. }
-                | SinkConfig::Firehose { stream, .. }
-                | SinkConfig::Kinesis { stream, .. }
-                | SinkConfig::S3 { stream, .. } => stream.as_deref(),
-            };
-            let stream = stream.unwrap_or(crate::DESTINATION_STREAM);
+            let stream = s.stream().unwrap_or(crate::DESTINATION_STREAM);
             b = b.boxed_sink_for(stream, self.build_sink(s, stream).await?);
         }
         b = b.watermark(WatermarkSettings {
@@ -1208,5 +1144,33 @@ impl PipelineConfig {
             Error::Format(message) => Error::config("format", message),
             other => other,
         })
+    }
+
+    /// The query's SQL: `sql`, `sql_file`, or the KDA application file's code (with its
+    /// application code turned into rivulet's, when an application file is given).
+    fn application_sql(&self, app: Option<&crate::KdaApplication>) -> Result<String> {
+        let code = match (&self.query.sql, &self.query.sql_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(f)) => {
+                let p = self.resolve(f);
+                std::fs::read_to_string(&p)
+                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
+            }
+            (None, None) => match app.and_then(|a| a.sql.clone()) {
+                Some(code) => code,
+                None if app.is_some() => {
+                    return Err(Error::config(
+                        "query.application",
+                        "the application file holds no application code: give it with \
+                         `sql` or `sql_file`",
+                    ))
+                }
+                None => "SELECT * FROM source".to_owned(),
+            },
+        };
+        match app {
+            Some(a) => a.code(&code),
+            None => Ok(code),
+        }
     }
 }

@@ -38,35 +38,10 @@ impl PipelineConfig {
             .map(Some)
     }
 
+    /// The sink a `[[sinks]]` table describes, for the stream `stream`.
     pub(super) async fn build_sink(&self, s: &SinkConfig, stream: &str) -> Result<Box<dyn Sink>> {
-        // A KDA application's output format is the default of the sinks of its outputs: the
-        // output's DestinationSchema, else the file's OutputFormatType (not for the error output
-        // or the raw copy).
-        let application_csv = match stream {
-            crate::ERROR_STREAM | crate::RAW_STREAM => false,
-            _ => self
-                .kda_application()
-                .ok()
-                .flatten()
-                .and_then(|a| {
-                    a.output_formats
-                        .iter()
-                        .find(|(name, _)| name == stream)
-                        .map(|(_, f)| f.clone())
-                        .or(a.output_format)
-                })
-                .is_some_and(|f| f.eq_ignore_ascii_case("CSV")),
-        };
-        let encoding = |e: &EncodingConfig| {
-            if e.csv(application_csv) {
-                OutputFormat::Csv {
-                    delimiter: b',',
-                    header: true,
-                }
-            } else {
-                OutputFormat::JsonLines
-            }
-        };
+        let application_csv = self.application_csv(stream);
+        let encoding = |e: &EncodingConfig| text_format(e, application_csv);
         #[cfg(feature = "aws")]
         let record_format = |e: &EncodingConfig| record_format(e, application_csv);
         Ok(match s {
@@ -81,23 +56,12 @@ impl PipelineConfig {
                 encryption,
                 ..
             } => {
-                #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
-                let mut b = FileSink::builder(self.resolve(path))
+                let b = FileSink::builder(self.resolve(path))
                     .with_format(encoding(format))
                     .with_roll_bytes(*roll_bytes)
                     .with_roll_interval(roll_interval_secs.map(Duration::from_secs))
                     .with_truncate(*truncate);
-                #[cfg(feature = "aws")]
-                if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
-                    b = b.with_encryption(enc);
-                }
-                #[cfg(not(feature = "aws"))]
-                if encryption.is_some() {
-                    return Err(Error::config(
-                        "sinks.encryption",
-                        "encryption needs rivulet built with the `aws` feature",
-                    ));
-                }
+                let b = self.file_encryption(b, encryption.as_ref(), stream).await?;
                 Box::new(b.build()?)
             }
             #[cfg(feature = "aws")]
@@ -161,57 +125,24 @@ impl PipelineConfig {
                 encryption,
                 ..
             } => {
-                use crate::sink::{Compression, ObjectFormat, S3Sink, ServerSideEncryption};
-                let mut b = S3Sink::builder(bucket.clone())
+                let mut b = crate::sink::S3Sink::builder(bucket.clone())
                     .with_name(self.s3_object_name(name, stream))
                     .with_prefix(prefix.clone())
-                    .with_format(match format {
-                        ObjectFormatConfig::Json => ObjectFormat::Text(OutputFormat::JsonLines),
-                        ObjectFormatConfig::Csv => ObjectFormat::Text(OutputFormat::Csv {
-                            delimiter: b',',
-                            header: true,
-                        }),
-                        ObjectFormatConfig::Parquet => ObjectFormat::Parquet,
-                    })
-                    .with_compression(match compression {
-                        CompressionConfig::None => Compression::None,
-                        CompressionConfig::Gzip => Compression::Gzip,
-                        CompressionConfig::Zstd => Compression::Zstd,
-                        CompressionConfig::Snappy => Compression::Snappy,
-                    });
-                if let Some(n) = roll_bytes {
-                    b = b.with_roll_bytes(*n);
-                }
-                if let Some(ms) = roll_interval_ms {
-                    b = b.with_roll_interval(Duration::from_millis(*ms));
-                }
-                if let Some(n) = max_open_partitions {
-                    b = b.with_max_open_partitions(*n);
-                }
-                if let Some(n) = max_buffered_bytes {
-                    b = b.with_max_buffered_bytes(*n);
-                }
-                if let Some(n) = multipart_threshold {
-                    b = b.with_multipart_threshold(*n);
-                }
-                if let Some(r) = region {
-                    b = b.with_region(r.clone());
-                }
-                if let Some(u) = endpoint_url {
-                    b = b.with_endpoint_url(u.clone());
-                }
-                match (server_side_encryption, sse_kms_key_id) {
-                    (Some(SseConfig::Aes256), None) => {
-                        b = b.with_server_side_encryption(ServerSideEncryption::S3)
-                    }
-                    (Some(SseConfig::Kms), Some(k)) => {
-                        b = b.with_server_side_encryption(ServerSideEncryption::Kms(k.clone()))
-                    }
-                    (None, None) => {}
-                    _ => return Err(Error::config(
-                        "sinks.server_side_encryption",
-                        "use server_side_encryption = \"aes256\", or \"kms\" with sse_kms_key_id",
-                    )),
+                    .with_format(object_format(format))
+                    .with_compression((*compression).into());
+                b = s3_limits(
+                    b,
+                    *roll_bytes,
+                    *roll_interval_ms,
+                    *max_open_partitions,
+                    *max_buffered_bytes,
+                    *multipart_threshold,
+                );
+                b = s3_client(b, region.as_deref(), endpoint_url.as_deref());
+                if let Some(sse) =
+                    server_side_encryption_of(server_side_encryption, sse_kms_key_id)?
+                {
+                    b = b.with_server_side_encryption(sse);
                 }
                 if let Some(enc) = self.encryptor(encryption.as_ref(), stream).await? {
                     b = b.with_encryption(enc);
@@ -226,6 +157,149 @@ impl PipelineConfig {
                 ))
             }
         })
+    }
+
+    /// Whether a sink receiving `stream` writes CSV by default: a KDA application's output format
+    /// is the default of the sinks of its outputs (the output's DestinationSchema, else the file's
+    /// OutputFormatType), never of the error output or the raw copy.
+    fn application_csv(&self, stream: &str) -> bool {
+        match stream {
+            crate::ERROR_STREAM | crate::RAW_STREAM => false,
+            _ => self
+                .kda_application()
+                .ok()
+                .flatten()
+                .and_then(|a| {
+                    a.output_formats
+                        .iter()
+                        .find(|(name, _)| name == stream)
+                        .map(|(_, f)| f.clone())
+                        .or(a.output_format)
+                })
+                .is_some_and(|f| f.eq_ignore_ascii_case("CSV")),
+        }
+    }
+
+    /// A file sink's envelope encryption, when its table has one.
+    async fn file_encryption(
+        &self,
+        b: crate::sink::FileSinkBuilder,
+        encryption: Option<&EncryptionConfig>,
+        stream: &str,
+    ) -> Result<crate::sink::FileSinkBuilder> {
+        #[cfg(feature = "aws")]
+        if let Some(enc) = self.encryptor(encryption, stream).await? {
+            return Ok(b.with_encryption(enc));
+        }
+        #[cfg(not(feature = "aws"))]
+        if encryption.is_some() {
+            let _ = stream;
+            return Err(Error::config(
+                "sinks.encryption",
+                "encryption needs rivulet built with the `aws` feature",
+            ));
+        }
+        Ok(b)
+    }
+}
+
+/// The format of a text sink (standard output, a file): CSV with a header row, or JSON lines.
+fn text_format(format: &EncodingConfig, application_csv: bool) -> OutputFormat {
+    if format.csv(application_csv) {
+        OutputFormat::Csv {
+            delimiter: b',',
+            header: true,
+        }
+    } else {
+        OutputFormat::JsonLines
+    }
+}
+
+/// An S3 sink's object format.
+#[cfg(feature = "aws")]
+fn object_format(format: &ObjectFormatConfig) -> crate::sink::ObjectFormat {
+    use crate::sink::ObjectFormat;
+    match format {
+        ObjectFormatConfig::Json => ObjectFormat::Text(OutputFormat::JsonLines),
+        ObjectFormatConfig::Csv => ObjectFormat::Text(OutputFormat::Csv {
+            delimiter: b',',
+            header: true,
+        }),
+        ObjectFormatConfig::Parquet => ObjectFormat::Parquet,
+    }
+}
+
+#[cfg(feature = "aws")]
+impl From<CompressionConfig> for crate::sink::Compression {
+    fn from(c: CompressionConfig) -> Self {
+        match c {
+            CompressionConfig::None => Self::None,
+            CompressionConfig::Gzip => Self::Gzip,
+            CompressionConfig::Zstd => Self::Zstd,
+            CompressionConfig::Snappy => Self::Snappy,
+        }
+    }
+}
+
+/// An S3 sink's object and memory limits, where its table sets them.
+#[cfg(feature = "aws")]
+fn s3_limits(
+    mut b: crate::sink::S3SinkBuilder,
+    roll_bytes: Option<usize>,
+    roll_interval_ms: Option<u64>,
+    max_open_partitions: Option<usize>,
+    max_buffered_bytes: Option<usize>,
+    multipart_threshold: Option<usize>,
+) -> crate::sink::S3SinkBuilder {
+    if let Some(n) = roll_bytes {
+        b = b.with_roll_bytes(n);
+    }
+    if let Some(ms) = roll_interval_ms {
+        b = b.with_roll_interval(Duration::from_millis(ms));
+    }
+    if let Some(n) = max_open_partitions {
+        b = b.with_max_open_partitions(n);
+    }
+    if let Some(n) = max_buffered_bytes {
+        b = b.with_max_buffered_bytes(n);
+    }
+    if let Some(n) = multipart_threshold {
+        b = b.with_multipart_threshold(n);
+    }
+    b
+}
+
+/// The region and endpoint of an S3 sink's client, where its table sets them.
+#[cfg(feature = "aws")]
+fn s3_client(
+    mut b: crate::sink::S3SinkBuilder,
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+) -> crate::sink::S3SinkBuilder {
+    if let Some(r) = region {
+        b = b.with_region(r);
+    }
+    if let Some(u) = endpoint_url {
+        b = b.with_endpoint_url(u);
+    }
+    b
+}
+
+/// S3's own encryption of the objects (`server_side_encryption`, `sse_kms_key_id`).
+#[cfg(feature = "aws")]
+fn server_side_encryption_of(
+    sse: &Option<SseConfig>,
+    key: &Option<String>,
+) -> Result<Option<crate::sink::ServerSideEncryption>> {
+    use crate::sink::ServerSideEncryption;
+    match (sse, key) {
+        (Some(SseConfig::Aes256), None) => Ok(Some(ServerSideEncryption::S3)),
+        (Some(SseConfig::Kms), Some(k)) => Ok(Some(ServerSideEncryption::Kms(k.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(Error::config(
+            "sinks.server_side_encryption",
+            "use server_side_encryption = \"aes256\", or \"kms\" with sse_kms_key_id",
+        )),
     }
 }
 

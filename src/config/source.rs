@@ -3,6 +3,75 @@
 use super::*;
 
 impl PipelineConfig {
+    /// The source the `[source]` table describes, reading records of `format`. With
+    /// `columns_given` (the columns are not inferred), a CSV header row is skipped.
+    pub(super) async fn build_source(
+        &self,
+        format: &RecordFormat,
+        columns_given: bool,
+    ) -> Result<Box<dyn Source>> {
+        Ok(match &self.source {
+            SourceConfig::Generator {
+                rate,
+                limit,
+                seed,
+                start_time_ms,
+            } => Box::new(
+                GeneratorSource::builder()
+                    .with_rate(*rate)
+                    .with_limit(*limit)
+                    .with_seed(*seed)
+                    .with_start_time_ms(*start_time_ms)
+                    .with_format(match format {
+                        RecordFormat::Csv(_) => GeneratorFormat::Csv,
+                        _ => GeneratorFormat::Json,
+                    })
+                    .build()?,
+            ),
+            SourceConfig::File { path, follow } => {
+                let (framing, header) = match format {
+                    RecordFormat::Csv(o) => (
+                        Framing::CsvRows {
+                            quote: o.quote,
+                            escape: o.escape,
+                        },
+                        o.has_header,
+                    ),
+                    _ => (Framing::Lines, false),
+                };
+                // With inferred columns the pipeline reads the header itself.
+                let skip = usize::from(header && columns_given);
+                Box::new(
+                    FileSource::builder(self.resolve(path))
+                        .with_framing(framing)
+                        .with_follow(*follow)
+                        .with_skip_records(skip)
+                        .build()?,
+                )
+            }
+            #[cfg(feature = "aws")]
+            SourceConfig::Kinesis {
+                stream,
+                region,
+                endpoint_url,
+                filter_out_of_range_sub_records,
+                ..
+            } => {
+                let k = crate::kinesis::KinesisSource::builder(stream.clone())
+                    .client_options(ClientOptions::at(region.as_ref(), endpoint_url.as_ref()))
+                    .start_position(self.kinesis_start()?)
+                    .poll_settings(self.poll_settings()?)
+                    .filter_out_of_range_sub_records(*filter_out_of_range_sub_records);
+                Box::new(k.build().await?)
+            }
+            #[cfg(not(feature = "aws"))]
+            SourceConfig::Kinesis { .. } => {
+                self.kinesis_start()?;
+                unreachable!("kinesis_start fails without the aws feature")
+            }
+        })
+    }
+
     #[cfg(feature = "aws")]
     pub(super) fn kinesis_start(&self) -> Result<crate::kinesis::StartPosition> {
         use crate::kinesis::StartPosition;

@@ -8,6 +8,7 @@ mod decode;
 mod encode;
 mod flat_json;
 mod schema;
+mod time;
 
 pub use decode::{
     DecodeFailure, DecodeOutput, FailureKind, RecordDecoder, RecordDecoderBuilder,
@@ -15,6 +16,7 @@ pub use decode::{
 };
 pub use encode::{Encoder, OutputFormat};
 pub use schema::{infer_schema, parse_sql_type, Column, JsonPath};
+pub(crate) use time::epoch_millis;
 
 /// Name of the arrival-time column every decoded batch carries.
 pub const ROWTIME: &str = "ROWTIME";

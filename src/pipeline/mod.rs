@@ -318,51 +318,27 @@ impl Pipeline {
         // Set when a finite source has ended (not when the pipeline is stopped).
         let input_ended = Arc::new(AtomicBool::new(false));
         let (tracker_tx, tracker_rx) = mpsc::unbounded_channel::<TrackerMsg>();
-        let mut tasks: JoinSet<Result<Option<Position>>> = JoinSet::new();
+        let mut tasks = Tasks::new();
 
-        let (error_tx, error_rx) = mpsc::channel(batch.sink_queue.max(1));
-        let mut sink_txs = Vec::with_capacity(sinks.len());
-        for (stream, mut sink) in sinks {
-            sink.set_error_output(ErrorOutput::new(error_tx.clone()));
-            sink.set_checkpoint_ranges(ranges.clone());
-            let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
-            sink_txs.push((stream, tx));
-            tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
-        }
-        let raw_tx = raw_copy.map(|mut sink| {
-            sink.set_error_output(ErrorOutput::new(error_tx.clone()));
-            sink.set_checkpoint_ranges(ranges.clone());
-            let (tx, rx) = mpsc::channel(batch.sink_queue.max(1));
-            tasks.spawn(run_sink(sink, rx, Arc::new(PipelineMetrics::default())));
-            tx
-        });
-        // The error output can fail to deliver too (an AWS sink out of attempts, a record over
-        // its limit). What it gives up on is shown on standard error, but standard error is not
-        // storage: those batches are not acknowledged, and the pipeline stops.
-        let mut error_sink = error_sink;
-        let (fallback_tx, fallback_rx) = mpsc::channel(batch.sink_queue.max(1));
-        error_sink.set_error_output(ErrorOutput::new(fallback_tx));
-        error_sink.set_checkpoint_ranges(ranges);
-        tasks.spawn(run_sink(
-            Box::new(UnstoredErrors::new(error_sink.name())),
-            fallback_rx,
-            Arc::new(PipelineMetrics::default()),
-        ));
-        tasks.spawn(run_sink(
-            error_sink,
-            error_rx,
-            Arc::new(PipelineMetrics::default()),
-        ));
-
+        let outputs = tasks.spawn_sinks(
+            SinksToStart {
+                sinks,
+                raw_copy,
+                error_sink,
+            },
+            &ranges,
+            batch.sink_queue.max(1),
+            &metrics,
+        );
         tasks.spawn(run_processing(Processing {
             chunks: chunk_rx,
             tracker: tracker_tx,
             transform,
             decoder,
             program,
-            sinks: sink_txs,
-            errors: error_tx,
-            raw: raw_tx,
+            sinks: outputs.sinks,
+            errors: outputs.errors,
+            raw: outputs.raw,
             settings: batch,
             metrics: Arc::clone(&metrics),
             seq: 0,
@@ -398,35 +374,128 @@ impl Pipeline {
             ranges: ranges_tx,
         }));
 
-        let mut committed = Position::new();
-        let mut first_error: Option<Error> = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(Some(p))) => committed = p,
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    if first_error.is_none() {
-                        first_error = Some(e);
-                        // Stop reading; the other tasks drain and end as their channels close.
-                        shutdown_tx.send_replace(true);
-                    }
-                }
-                Err(join) => {
-                    if first_error.is_none() {
-                        first_error =
-                            Some(Error::Pipeline(format!("a pipeline task panicked: {join}")));
-                        shutdown_tx.send_replace(true);
-                    }
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        let committed = tasks.join(&shutdown_tx).await?;
         Ok(PipelineReport {
             metrics: metrics.snapshot(),
             committed,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// The sinks a run starts, each in a task of its own.
+struct SinksToStart {
+    sinks: StreamSinks,
+    raw_copy: Option<Box<dyn Sink>>,
+    error_sink: Box<dyn Sink>,
+}
+
+/// Where the processing task sends its output: one queue per sink.
+struct SinkQueues {
+    sinks: Vec<(Arc<str>, mpsc::Sender<OutputBatch>)>,
+    raw: Option<mpsc::Sender<OutputBatch>>,
+    errors: mpsc::Sender<OutputBatch>,
+}
+
+/// A run's tasks; each ends with the position it committed, if it commits.
+struct Tasks(JoinSet<Result<Option<Position>>>);
+
+impl Tasks {
+    fn new() -> Self {
+        Self(JoinSet::new())
+    }
+
+    fn spawn(
+        &mut self,
+        task: impl std::future::Future<Output = Result<Option<Position>>> + Send + 'static,
+    ) {
+        self.0.spawn(task);
+    }
+
+    /// Starts a task per sink, the raw-data copy and the error output, each behind a queue of
+    /// `queue` batches. What a sink cannot store goes to the error output.
+    fn spawn_sinks(
+        &mut self,
+        start: SinksToStart,
+        ranges: &CheckpointRanges,
+        queue: usize,
+        metrics: &Arc<PipelineMetrics>,
+    ) -> SinkQueues {
+        let (error_tx, error_rx) = mpsc::channel(queue);
+        let mut sinks = Vec::with_capacity(start.sinks.len());
+        for (stream, mut sink) in start.sinks {
+            sink.set_error_output(ErrorOutput::new(error_tx.clone()));
+            sink.set_checkpoint_ranges(ranges.clone());
+            let (tx, rx) = mpsc::channel(queue);
+            sinks.push((stream, tx));
+            self.spawn(run_sink(sink, rx, Arc::clone(metrics)));
+        }
+        let raw = start.raw_copy.map(|mut sink| {
+            sink.set_error_output(ErrorOutput::new(error_tx.clone()));
+            sink.set_checkpoint_ranges(ranges.clone());
+            let (tx, rx) = mpsc::channel(queue);
+            self.spawn(run_sink(sink, rx, Arc::new(PipelineMetrics::default())));
+            tx
+        });
+        self.spawn_error_output(start.error_sink, error_rx, ranges, queue);
+        SinkQueues {
+            sinks,
+            raw,
+            errors: error_tx,
+        }
+    }
+
+    /// The error output can fail to deliver too (an AWS sink out of attempts, a record over its
+    /// limit). What it gives up on is shown on standard error, but standard error is not storage:
+    /// those batches are not acknowledged, and the pipeline stops.
+    fn spawn_error_output(
+        &mut self,
+        mut error_sink: Box<dyn Sink>,
+        errors: mpsc::Receiver<OutputBatch>,
+        ranges: &CheckpointRanges,
+        queue: usize,
+    ) {
+        let (fallback_tx, fallback_rx) = mpsc::channel(queue);
+        error_sink.set_error_output(ErrorOutput::new(fallback_tx));
+        error_sink.set_checkpoint_ranges(ranges.clone());
+        self.spawn(run_sink(
+            Box::new(UnstoredErrors::new(error_sink.name())),
+            fallback_rx,
+            Arc::new(PipelineMetrics::default()),
+        ));
+        self.spawn(run_sink(
+            error_sink,
+            errors,
+            Arc::new(PipelineMetrics::default()),
+        ));
+    }
+
+    /// Waits for every task and returns the last committed position. The first task to fail
+    /// (or panic) stops the source; the others drain and end as their channels close, and that
+    /// first error is the run's.
+    async fn join(mut self, shutdown: &watch::Sender<bool>) -> Result<Position> {
+        let mut committed = Position::new();
+        let mut first_error: Option<Error> = None;
+        while let Some(joined) = self.0.join_next().await {
+            let failed = match joined {
+                Ok(Ok(Some(p))) => {
+                    committed = p;
+                    None
+                }
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some(e),
+                Err(join) => Some(Error::Pipeline(format!("a pipeline task panicked: {join}"))),
+            };
+            if let Some(e) = failed {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                    shutdown.send_replace(true);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(committed),
+        }
     }
 }

@@ -34,6 +34,8 @@
 //! ```
 
 mod abi;
+mod cache;
+mod codec;
 mod engine;
 mod udf;
 

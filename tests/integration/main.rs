@@ -2,6 +2,7 @@
 
 #[cfg(feature = "aws")]
 mod backlog;
+mod bench;
 mod cli;
 mod conformance;
 #[cfg(feature = "aws")]
