@@ -1,32 +1,34 @@
 //! Amazon S3 (or any `object_store` store) as a sink: objects rolled by size and age, keyed like
 //! Firehose keys them, named deterministically per checkpoint range.
+//!
+//! [`S3Sink`] (this module) routes each batch to the objects it belongs in and decides when an
+//! object is rolled; [`builder`] holds and checks its settings, [`partition`] splits rows by
+//! partition values and names the objects, [`object`] buffers the rows of an object in its format
+//! and compression, and [`upload`] puts it into the store.
+
+mod builder;
+mod object;
+mod partition;
+mod upload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, RecordBatch, UInt32Array};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt as _, PutPayload};
-use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
-use tokio::time::Instant;
+use object_store::ObjectStore;
 
+pub use self::builder::S3SinkBuilder;
+use self::object::OpenObject;
+pub use self::object::{Compression, ObjectFormat};
+use self::partition::group_key;
+pub use self::upload::abort_uploads_in_progress;
 use super::prefix::KeyPrefix;
-use super::{
-    CheckpointRange, CheckpointRanges, ErrorOutput, ErrorRecord, ErrorStage, OutputBatch,
-    OutputData, Sink,
-};
+use super::{CheckpointRanges, ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::ack::Ack;
 pub use crate::aws::s3::ServerSideEncryption;
-use crate::aws::s3::{build_s3, object_path};
 use crate::crypto::EnvelopeEncryptor;
-use crate::format::{Encoder, OutputFormat};
-use crate::record::Record;
+use crate::format::Encoder;
 use crate::{Error, Result};
 
 /// S3's smallest part of a multipart upload (all parts but the last): 5 MiB.
@@ -34,9 +36,6 @@ use crate::{Error, Result};
 pub const MIN_PART_BYTES: usize = 5 << 20;
 /// S3's largest object uploaded in one `PutObject`: 5 GiB (same source).
 pub const MAX_PUT_BYTES: usize = 5 << 30;
-/// Largest `roll_bytes` with envelope encryption: an envelope holds under 4 GiB, and an object can
-/// pass its roll size by one batch.
-const MAX_SEALED_OBJECT_BYTES: usize = 3 << 30;
 /// Default roll size, Firehose's default buffering size for S3: 5 MiB.
 pub const DEFAULT_ROLL_BYTES: usize = 5 << 20;
 /// Default bound on the objects open at once (one per partition value): Firehose's default
@@ -49,103 +48,8 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 /// Default roll age. Firehose buffers up to 300 s by default; a minute keeps checkpoints (which
 /// wait for the upload) closer to the data.
 pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(60);
-/// Parts of one multipart upload sent at the same time.
-const PARTS_IN_FLIGHT: usize = 4;
 /// Objects at least this large are uploaded in parts.
 pub const DEFAULT_MULTIPART_THRESHOLD: usize = 16 << 20;
-
-/// How objects are encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ObjectFormat {
-    /// JSON lines or CSV, as the other sinks write them.
-    Text(OutputFormat),
-    /// Apache Parquet, one file per object; compression applies to its pages.
-    Parquet,
-}
-
-/// Compression of objects (JSON lines and CSV: the whole object; Parquet: its pages).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Compression {
-    /// None.
-    #[default]
-    None,
-    /// gzip (`.gz`).
-    Gzip,
-    /// Zstandard (`.zst`).
-    Zstd,
-    /// Snappy, framing format (`.snappy`); for Parquet, Snappy pages.
-    Snappy,
-}
-
-impl Compression {
-    fn extension(self) -> &'static str {
-        match self {
-            Self::None => "",
-            Self::Gzip => ".gz",
-            Self::Zstd => ".zst",
-            Self::Snappy => ".snappy",
-        }
-    }
-
-    /// Compresses a whole object.
-    fn apply(self, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-        Ok(match self {
-            Self::None => data,
-            Self::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(data.len() / 4),
-                    flate2::Compression::default(),
-                );
-                e.write_all(&data)?;
-                e.finish()?
-            }
-            Self::Zstd => zstd::bulk::compress(&data, 3)?,
-            Self::Snappy => {
-                let mut e = snap::write::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
-                e.write_all(&data)?;
-                e.into_inner().map_err(|e| e.into_error())?
-            }
-        })
-    }
-
-    fn parquet(self) -> parquet::basic::Compression {
-        use parquet::basic::{Compression as C, GzipLevel, ZstdLevel};
-        match self {
-            Self::None => C::UNCOMPRESSED,
-            Self::Gzip => C::GZIP(GzipLevel::default()),
-            Self::Zstd => C::ZSTD(ZstdLevel::default()),
-            Self::Snappy => C::SNAPPY,
-        }
-    }
-}
-
-enum Body {
-    Text(Vec<u8>),
-    // In a mutex only to make the sink `Sync`: the writer's encoders are not.
-    Parquet(Box<std::sync::Mutex<ArrowWriter<Vec<u8>>>>),
-}
-
-impl Body {
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Text(b) => b.len(),
-            Self::Parquet(w) => {
-                let w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                w.bytes_written() + w.in_progress_size()
-            }
-        }
-    }
-}
-
-struct OpenObject {
-    key: String,
-    body: Body,
-    rows: u64,
-    opened: Instant,
-    acks: Vec<Ack>,
-}
 
 /// Writes output to S3 objects (or to any [`ObjectStore`]).
 ///
@@ -201,48 +105,10 @@ impl std::fmt::Debug for S3Sink {
     }
 }
 
-/// Builder for [`S3Sink`].
-#[derive(Debug)]
-pub struct S3SinkBuilder {
-    bucket: String,
-    name: String,
-    prefix: String,
-    format: ObjectFormat,
-    compression: Compression,
-    roll_bytes: usize,
-    roll_interval: Duration,
-    max_open: usize,
-    max_buffered: usize,
-    multipart_threshold: usize,
-    region: Option<String>,
-    endpoint_url: Option<String>,
-    sse: Option<ServerSideEncryption>,
-    store: Option<Arc<dyn ObjectStore>>,
-    aws_config: Option<aws_config::SdkConfig>,
-    encryption: Option<EnvelopeEncryptor>,
-}
-
 impl S3Sink {
     /// A builder writing into `bucket`.
     pub fn builder(bucket: impl Into<String>) -> S3SinkBuilder {
-        S3SinkBuilder {
-            bucket: bucket.into(),
-            name: "rivulet".into(),
-            prefix: String::new(),
-            format: ObjectFormat::Text(OutputFormat::JsonLines),
-            compression: Compression::None,
-            roll_bytes: DEFAULT_ROLL_BYTES,
-            roll_interval: DEFAULT_ROLL_INTERVAL,
-            max_open: DEFAULT_MAX_OPEN_PARTITIONS,
-            max_buffered: DEFAULT_MAX_BUFFERED_BYTES,
-            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
-            region: None,
-            endpoint_url: None,
-            sse: None,
-            store: None,
-            aws_config: None,
-            encryption: None,
-        }
+        S3SinkBuilder::new(bucket.into())
     }
 
     /// Objects uploaded so far.
@@ -292,128 +158,12 @@ impl S3Sink {
         }
     }
 
-    fn extension(&self) -> String {
-        let (base, compression) = match &self.format {
-            ObjectFormat::Parquet => ("parquet", Compression::None),
-            ObjectFormat::Text(OutputFormat::Csv { .. }) => ("csv", self.compression),
-            ObjectFormat::Text(_) => ("json", self.compression),
-        };
-        let envelope = if self.encryption.is_some() {
-            ".rve"
-        } else {
-            ""
-        };
-        format!(".{base}{}{envelope}", compression.extension())
-    }
-
-    /// The key of the next object for partition `values` in the current range: the next number
-    /// of that partition whose key this run has not issued yet (the same keys, in the same order,
-    /// when a replay of the range writes the same objects).
-    fn next_key(&mut self, values: &[String], range: &CheckpointRange) -> String {
-        if self.counters_range != range.id {
-            self.counters.clear();
-            self.issued.clear();
-            self.counters_range = Arc::clone(&range.id);
-        }
-        let group = group_key(values);
-        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-        let extension = self.extension();
-        loop {
-            let n = self.counters.entry(group.clone()).or_insert(0);
-            let seq = *n;
-            *n += 1;
-            let seed = {
-                use md5::Digest as _;
-                let d = md5::Md5::digest(format!("{}\u{1f}{group}\u{1f}{seq}", range.id));
-                u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-            };
-            let prefix = self.prefix.render(range.started_ms, &refs, seed);
-            let key = format!("{prefix}{}-{}-{seq:05}{extension}", self.name, range.id);
-            if self.issued.insert(key.clone()) {
-                return key;
-            }
-        }
-    }
-
-    fn new_body(&self, schema: Option<arrow::datatypes::SchemaRef>) -> Result<Body> {
-        Ok(match (&self.format, schema) {
-            (ObjectFormat::Parquet, Some(schema)) => {
-                let props = WriterProperties::builder()
-                    .set_compression(self.compression.parquet())
-                    .build();
-                Body::Parquet(Box::new(std::sync::Mutex::new(
-                    ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(|e| {
-                        Error::sink(&self.name, format!("starting a Parquet object: {e}"))
-                    })?,
-                )))
-            }
-            (ObjectFormat::Parquet, None) => return Err(Error::sink(
-                &self.name,
-                "encoded records (a raw copy) cannot be written as Parquet; use format \"json\"",
-            )),
-            _ => Body::Text(Vec::new()),
-        })
-    }
-
-    /// Appends `data` to the open object of `values`, opening one if needed; returns its group.
-    fn append(&mut self, values: Vec<String>, data: &OutputData, ack: Ack) -> Result<String> {
-        let group = group_key(&values);
-        if !self.open.contains_key(&group) {
-            let range = self.ranges.current();
-            let key = self.next_key(&values, &range);
-            let schema = match data {
-                OutputData::Rows(b) => Some(b.schema()),
-                OutputData::Encoded(_) => None,
-            };
-            let body = self.new_body(schema)?;
-            self.open.insert(
-                group.clone(),
-                OpenObject {
-                    key,
-                    body,
-                    rows: 0,
-                    opened: Instant::now(),
-                    acks: Vec::new(),
-                },
-            );
-        }
-        let obj = self.open.get_mut(&group).expect("opened above");
-        match (&mut obj.body, data) {
-            (Body::Text(buf), data) => {
-                let first = buf.is_empty();
-                super::encode_data(&self.encoder, data, first, buf)?;
-            }
-            (Body::Parquet(w), OutputData::Rows(b)) => w
-                .get_mut()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .write(b)
-                .map_err(|e| Error::sink(&self.name, format!("encoding Parquet: {e}")))?,
-            (Body::Parquet(_), OutputData::Encoded(_)) => return Err(Error::sink(
-                &self.name,
-                "encoded records (a raw copy) cannot be written as Parquet; use format \"json\"",
-            )),
-        }
-        obj.rows += data.len() as u64;
-        obj.acks.push(ack);
-        Ok(group)
-    }
-
     /// Uploads and acknowledges the object of `group`.
     async fn close(&mut self, group: &str) -> Result<()> {
         let Some(obj) = self.open.remove(group) else {
             return Ok(());
         };
-        let raw = match obj.body {
-            Body::Text(b) => self
-                .compression
-                .apply(b)
-                .map_err(|e| Error::io(format!("compressing {}", obj.key), e))?,
-            Body::Parquet(w) => w
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .into_inner()
-                .map_err(|e| Error::sink(&self.name, format!("finishing Parquet: {e}")))?,
-        };
+        let raw = obj.body.finish(self.compression, &obj.key, &self.name)?;
         let data = match &mut self.encryption {
             Some(enc) => {
                 let mut out = Vec::with_capacity(raw.len() + 512);
@@ -431,48 +181,6 @@ impl S3Sink {
         Ok(())
     }
 
-    async fn upload(&self, key: &str, data: Vec<u8>) -> Result<()> {
-        let path = object_path(key).map_err(|e| Error::sink(&self.name, e))?;
-        let fail = |e: object_store::Error| {
-            Error::sink(
-                &self.name,
-                format!("uploading s3://{}/{key}: {e}", self.bucket),
-            )
-        };
-        if data.len() < self.multipart_threshold && data.len() <= MAX_PUT_BYTES {
-            self.store
-                .put(&path, PutPayload::from(data))
-                .await
-                .map_err(fail)?;
-            return Ok(());
-        }
-        let upload = OpenUpload::new(self.store.put_multipart(&path).await.map_err(fail)?);
-        let part = (self.multipart_threshold / 2).max(MIN_PART_BYTES);
-        let data = Bytes::from(data);
-        let mut parts = Vec::new();
-        for at in (0..data.len()).step_by(part) {
-            let payload = PutPayload::from(data.slice(at..(at + part).min(data.len())));
-            parts.push(upload.put_part(payload).await.map_err(fail)?);
-        }
-        // At most a few parts in flight. The upload is aborted (not left open and billed) when
-        // any part or the completion fails, and when this future is dropped before it is done.
-        let sent = futures::stream::iter(parts)
-            .buffer_unordered(PARTS_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await;
-        let done = match sent {
-            Ok(_) => upload.complete().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = done {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(sink = %self.name, key, "aborting the multipart upload failed: {abort}");
-            }
-            return Err(fail(e));
-        }
-        Ok(())
-    }
-
     async fn roll_due(&mut self, all: bool) -> Result<()> {
         let due: Vec<String> = self
             .open
@@ -486,102 +194,6 @@ impl S3Sink {
             self.close(&group).await?;
         }
         Ok(())
-    }
-
-    /// Splits rows by their partition values. Rows with a null or empty value go to the error
-    /// output, as Firehose's dynamic partitioning sends them to its error prefix.
-    /// Rows without a value are sent to the error output under a split of `ack`, so the batch is
-    /// stored only once they are stored there.
-    async fn partition(
-        &self,
-        batch: &RecordBatch,
-        ack: &Ack,
-    ) -> Result<Vec<(Vec<String>, RecordBatch)>> {
-        if self.partition_columns.is_empty() {
-            return Ok(vec![(Vec::new(), batch.clone())]);
-        }
-        let (groups, bad) = self.group_rows(batch)?;
-        if !bad.is_empty() {
-            self.reject(batch, bad, ack.split()).await?;
-        }
-        let mut out = Vec::with_capacity(groups.len());
-        for (values, rows) in groups {
-            let taken = if rows.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
-            };
-            out.push((values, taken));
-        }
-        Ok(out)
-    }
-
-    /// Row indices per partition values, and the rows without a value (with the column).
-    #[allow(clippy::type_complexity)]
-    fn group_rows(
-        &self,
-        batch: &RecordBatch,
-    ) -> Result<(BTreeMap<Vec<String>, Vec<u32>>, Vec<(u32, String)>)> {
-        let mut columns = Vec::with_capacity(self.partition_columns.len());
-        for name in &self.partition_columns {
-            let idx = batch.schema().index_of(name).map_err(|_| {
-                Error::sink(
-                    &self.name,
-                    format!("the prefix names column `{name}`, which the output does not have"),
-                )
-            })?;
-            columns.push(Arc::clone(batch.column(idx)));
-        }
-        let options = FormatOptions::default();
-        let formatters = columns
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
-        let mut bad = Vec::new();
-        for row in 0..batch.num_rows() {
-            let mut values = Vec::with_capacity(columns.len());
-            let mut missing = None;
-            for (i, (col, fmt)) in columns.iter().zip(&formatters).enumerate() {
-                let v = fmt.value(row).to_string();
-                if col.is_null(row) || v.is_empty() {
-                    missing = Some(&self.partition_columns[i]);
-                    break;
-                }
-                values.push(v);
-            }
-            match missing {
-                Some(col) => bad.push((row as u32, col.clone())),
-                None => groups.entry(values).or_default().push(row as u32),
-            }
-        }
-        Ok((groups, bad))
-    }
-
-    async fn reject(&self, batch: &RecordBatch, bad: Vec<(u32, String)>, ack: Ack) -> Result<()> {
-        let Some(errors) = &self.errors else {
-            return Err(Error::sink(
-                &self.name,
-                format!("{} rows have no partition value", bad.len()),
-            ));
-        };
-        let rows = UInt32Array::from(bad.iter().map(|(r, _)| *r).collect::<Vec<_>>());
-        let taken = arrow::compute::take_record_batch(batch, &rows)?;
-        let lines = Encoder::new(OutputFormat::JsonLines).encode_lines(&taken)?;
-        let now = crate::record::now_ms();
-        let records = lines
-            .into_iter()
-            .zip(bad)
-            .map(|(line, (_, col))| {
-                ErrorRecord::new(
-                    ErrorStage::Sink,
-                    "partition_key_missing",
-                    format!("partition column `{col}` is null or empty"),
-                    Record::new(line, now),
-                )
-            })
-            .collect();
-        errors.send(records, ack).await
     }
 }
 
@@ -655,307 +267,16 @@ impl Sink for S3Sink {
     }
 }
 
-impl S3SinkBuilder {
-    /// Name used in object names and logs (default `rivulet`), like a Firehose stream's name.
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Key prefix, with Firehose's expressions (`!{timestamp:yyyy/MM/dd}`,
-    /// `!{partitionKeyFromQuery:column}`, `!{firehose:random-string}`); `yyyy/MM/dd/HH/` is
-    /// appended when it has no timestamp.
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Object format (default JSON lines).
-    pub fn with_format(mut self, format: ObjectFormat) -> Self {
-        self.format = format;
-        self
-    }
-
-    /// Compression (default none).
-    pub fn with_compression(mut self, compression: Compression) -> Self {
-        self.compression = compression;
-        self
-    }
-
-    /// Uploads an object once it holds this many bytes; default 5 MiB. JSON and CSV are counted
-    /// before compression; Parquet as the writer's estimate (pages written, compressed, plus the
-    /// row group in memory).
-    pub fn with_roll_bytes(mut self, bytes: usize) -> Self {
-        self.roll_bytes = bytes;
-        self
-    }
-
-    /// Uploads an object once it has been open this long; default 60 s.
-    pub fn with_roll_interval(mut self, interval: Duration) -> Self {
-        self.roll_interval = interval;
-        self
-    }
-
-    /// At most this many objects are open at once, one per value of the partition columns
-    /// (default [`DEFAULT_MAX_OPEN_PARTITIONS`], 500). Rows of a new value while that many are
-    /// open first upload the object opened earliest, before its roll size or age: output with
-    /// more distinct values than this per roll interval lands in more, smaller objects, and
-    /// nothing goes to the error output (where Firehose sends such rows, as
-    /// `activePartitionExceeded`).
-    pub fn with_max_open_partitions(mut self, partitions: usize) -> Self {
-        self.max_open = partitions;
-        self
-    }
-
-    /// At most this many bytes are buffered in open objects, all partitions together (default
-    /// [`DEFAULT_MAX_BUFFERED_BYTES`], 256 MiB); past it the largest open objects are uploaded
-    /// early.
-    pub fn with_max_buffered_bytes(mut self, bytes: usize) -> Self {
-        self.max_buffered = bytes;
-        self
-    }
-
-    /// Objects at least this large are uploaded in parts of half this size (at least 5 MiB);
-    /// default 16 MiB.
-    pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
-        self.multipart_threshold = bytes;
-        self
-    }
-
-    /// AWS region (default: from the environment or profile).
-    pub fn with_region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
-        self
-    }
-
-    /// Endpoint URL, e.g. a local emulator or a VPC endpoint. Path-style requests are used with it.
-    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.endpoint_url = Some(url.into());
-        self
-    }
-
-    /// Server-side encryption of every object.
-    pub fn with_server_side_encryption(mut self, sse: ServerSideEncryption) -> Self {
-        self.sse = Some(sse);
-        self
-    }
-
-    /// Client-side envelope encryption of every object (after compression).
-    pub fn with_encryption(mut self, encryptor: EnvelopeEncryptor) -> Self {
-        self.encryption = Some(encryptor);
-        self
-    }
-
-    /// Takes region, endpoint and credentials from this AWS configuration instead of the default
-    /// chain (`with_region` and `with_endpoint_url` still override it).
-    pub fn with_aws_config(mut self, config: aws_config::SdkConfig) -> Self {
-        self.aws_config = Some(config);
-        self
-    }
-
-    /// Writes to this store instead of building an S3 client (region, endpoint and server-side
-    /// encryption are then the store's business).
-    pub fn with_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    /// Checks the settings and builds the sink; credentials come from the AWS SDK's default chain.
-    pub async fn build(self) -> Result<S3Sink> {
-        if self.bucket.is_empty() {
-            return Err(Error::config("bucket", "must name a bucket"));
-        }
-        if self.roll_bytes == 0 || self.roll_interval.is_zero() {
-            return Err(Error::config(
-                "roll_bytes",
-                "roll_bytes and roll_interval_ms must be above zero",
-            ));
-        }
-        if self.max_open == 0 || self.max_buffered == 0 {
-            return Err(Error::config(
-                "max_open_partitions",
-                "max_open_partitions and max_buffered_bytes must be above zero",
-            ));
-        }
-        if self.multipart_threshold < MIN_PART_BYTES * 2 {
-            return Err(Error::config(
-                "multipart_threshold",
-                format!(
-                    "must be at least {} bytes (two parts of S3's 5 MiB minimum)",
-                    MIN_PART_BYTES * 2
-                ),
-            ));
-        }
-        if self.encryption.is_some() && self.roll_bytes > MAX_SEALED_OBJECT_BYTES {
-            return Err(Error::config(
-                "roll_bytes",
-                "with envelope encryption, objects must stay under 4 GiB: use roll_bytes of at most 3 GiB",
-            ));
-        }
-        if self.name.is_empty() || self.name.contains('/') {
-            return Err(Error::config("name", "must be non-empty and without `/`"));
-        }
-        let prefix = KeyPrefix::parse(&self.prefix, "prefix")?;
-        // Partition values are encoded and cannot break a key; the prefix's own text can.
-        let sample = prefix.render(0, &vec!["v"; prefix.columns().count()], 0);
-        object_path(&format!("{sample}{}", self.name)).map_err(|e| Error::config("prefix", e))?;
-        let partition_columns: Vec<String> = prefix.columns().map(str::to_owned).collect();
-        let store = match self.store {
-            Some(store) => store,
-            None => {
-                let shared = match self.aws_config {
-                    Some(c) => {
-                        let mut b = c.into_builder();
-                        if let Some(r) = self.region {
-                            b = b.region(aws_config::Region::new(r));
-                        }
-                        if let Some(u) = self.endpoint_url {
-                            b = b.endpoint_url(u);
-                        }
-                        b.build()
-                    }
-                    None => crate::aws::load_config(self.region, self.endpoint_url, "s3").await?,
-                };
-                Arc::new(build_s3(&self.bucket, &shared, self.sse.as_ref())?)
-            }
-        };
-        let encoder = Encoder::new(match &self.format {
-            ObjectFormat::Text(f) => f.clone(),
-            ObjectFormat::Parquet => OutputFormat::JsonLines,
-        });
-        let start = CheckpointRange::after(&crate::Position::new(), crate::record::now_ms());
-        Ok(S3Sink {
-            name: self.name,
-            bucket: self.bucket,
-            store,
-            prefix,
-            partition_columns,
-            format: self.format,
-            encoder,
-            compression: self.compression,
-            roll_bytes: self.roll_bytes,
-            roll_interval: self.roll_interval,
-            max_open: self.max_open,
-            max_buffered: self.max_buffered,
-            multipart_threshold: self.multipart_threshold,
-            encryption: self.encryption,
-            counters_range: Arc::clone(&start.id),
-            ranges: CheckpointRanges::fixed(start),
-            counters: HashMap::new(),
-            issued: HashSet::new(),
-            open: BTreeMap::new(),
-            errors: None,
-            objects_written: 0,
-            closed_early: 0,
-        })
-    }
-}
-
-/// A multipart upload shared by its uploader and the registry of uploads in progress.
-type SharedUpload = Arc<tokio::sync::Mutex<Option<Box<dyn MultipartUpload>>>>;
-
-/// Multipart uploads in progress in this process, for [`abort_uploads_in_progress`].
-static IN_PROGRESS: std::sync::Mutex<Vec<(u64, SharedUpload)>> = std::sync::Mutex::new(Vec::new());
-static NEXT_UPLOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn in_progress() -> std::sync::MutexGuard<'static, Vec<(u64, SharedUpload)>> {
-    IN_PROGRESS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A multipart upload that is aborted unless it completes: when its uploader fails, when the
-/// uploader's future is dropped (a task aborted, a pipeline stopped), and by
-/// [`abort_uploads_in_progress`].
-struct OpenUpload {
-    id: u64,
-    upload: SharedUpload,
-}
-
-impl OpenUpload {
-    fn new(upload: Box<dyn MultipartUpload>) -> Self {
-        let id = NEXT_UPLOAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let upload = Arc::new(tokio::sync::Mutex::new(Some(upload)));
-        in_progress().push((id, Arc::clone(&upload)));
-        Self { id, upload }
-    }
-
-    fn gone() -> object_store::Error {
-        object_store::Error::Generic {
-            store: "S3",
-            source: "the multipart upload was aborted".into(),
-        }
-    }
-
-    async fn put_part(&self, data: PutPayload) -> object_store::Result<object_store::UploadPart> {
-        match self.upload.lock().await.as_mut() {
-            Some(u) => Ok(u.put_part(data)),
-            None => Err(Self::gone()),
-        }
-    }
-
-    async fn complete(&self) -> object_store::Result<()> {
-        let mut slot = self.upload.lock().await;
-        let Some(u) = slot.as_mut() else {
-            return Err(Self::gone());
-        };
-        u.complete().await?;
-        *slot = None;
-        Ok(())
-    }
-
-    async fn abort(&self) -> object_store::Result<()> {
-        match self.upload.lock().await.take() {
-            Some(mut u) => u.abort().await,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for OpenUpload {
-    fn drop(&mut self) {
-        in_progress().retain(|(id, _)| *id != self.id);
-        // Still open: the uploader stopped before it completed or aborted the upload.
-        let open = match self.upload.try_lock() {
-            Ok(mut slot) => slot.take(),
-            Err(_) => None,
-        };
-        if let (Some(mut upload), Ok(runtime)) = (open, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(async move {
-                if let Err(e) = upload.abort().await {
-                    tracing::warn!("aborting an interrupted multipart upload failed: {e}");
-                }
-            });
-        }
-    }
-}
-
-/// Aborts every multipart upload of the S3 sinks of this process that is still in progress, so
-/// that none is left open (and billed) when the process exits without finishing them: the CLI
-/// calls it when a second Ctrl-C aborts a run. The sinks whose uploads it aborts fail.
-pub async fn abort_uploads_in_progress() {
-    let open: Vec<SharedUpload> = in_progress().drain(..).map(|(_, u)| u).collect();
-    for upload in open {
-        if let Some(mut u) = upload.lock().await.take() {
-            if let Err(e) = u.abort().await {
-                tracing::warn!("aborting a multipart upload failed: {e}");
-            }
-        }
-    }
-}
-
-/// A map key for partition values: each value with its length, so no two lists collide.
-fn group_key(values: &[String]) -> String {
-    values.iter().map(|v| format!("{}:{v}", v.len())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
+    use crate::sink::CheckpointRange;
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt as _;
     use object_store::memory::InMemory;
     use object_store::path::Path as ObjectPath;
+    use object_store::ObjectStoreExt as _;
 
     fn rows(n: usize, sector: &str) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -1076,6 +397,13 @@ mod tests {
         assert!(after.iter().filter(|k| k.ends_with("-00000.json")).count() == 2);
     }
 
+    /// A sink into `store` with one object per sector (in `by/<sector>/`).
+    fn by_sector(store: &Arc<InMemory>) -> S3SinkBuilder {
+        S3Sink::builder("b")
+            .with_store(Arc::clone(store) as Arc<dyn ObjectStore>)
+            .with_prefix("by/!{partitionKeyFromQuery:sector}/")
+    }
+
     /// `n` rows, row `i` of sector `s{i % values}`.
     fn spread(n: usize, values: usize) -> RecordBatch {
         let schema = rows(0, "").schema();
@@ -1114,9 +442,7 @@ mod tests {
     #[tokio::test]
     async fn open_partitions_stay_within_their_bound_and_every_row_is_stored() {
         let store = Arc::new(InMemory::new());
-        let mut s = S3Sink::builder("b")
-            .with_store(Arc::clone(&store) as Arc<dyn ObjectStore>)
-            .with_prefix("by/!{partitionKeyFromQuery:sector}/")
+        let mut s = by_sector(&store)
             .with_max_open_partitions(50)
             .build()
             .await
@@ -1162,9 +488,7 @@ mod tests {
     #[tokio::test]
     async fn buffered_bytes_stay_within_their_bound() {
         let store = Arc::new(InMemory::new());
-        let mut s = S3Sink::builder("b")
-            .with_store(Arc::clone(&store) as Arc<dyn ObjectStore>)
-            .with_prefix("by/!{partitionKeyFromQuery:sector}/")
+        let mut s = by_sector(&store)
             .with_max_buffered_bytes(10_000)
             .build()
             .await
