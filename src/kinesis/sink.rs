@@ -19,7 +19,7 @@ use crate::crypto::{seal_records, EnvelopeEncryptor};
 use crate::format::{Encoder, OutputFormat};
 use crate::record::Record;
 use crate::sink::delivery::{
-    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+    classify, entries, outcomes, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
 };
 use crate::sink::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::{Error, Result};
@@ -90,17 +90,13 @@ struct SdkKinesis {
 #[async_trait]
 impl PutApi<KinesisRecord> for SdkKinesis {
     async fn put(&self, records: &[KinesisRecord]) -> CallResult {
-        let entries = records
-            .iter()
-            .map(|r| {
-                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                    .data(aws_sdk_kinesis::primitives::Blob::new(r.data.to_vec()))
-                    .partition_key(&*r.partition_key)
-                    .set_explicit_hash_key(r.explicit_hash_key.as_deref().map(str::to_owned))
-                    .build()
-                    .map_err(|e| CallError::Fatal(e.to_string()))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let entries = entries(records, |r| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .data(aws_sdk_kinesis::primitives::Blob::new(r.data.to_vec()))
+                .partition_key(&*r.partition_key)
+                .set_explicit_hash_key(r.explicit_hash_key.as_deref().map(str::to_owned))
+                .build()
+        })?;
         let mut req = self.client.put_records().set_records(Some(entries));
         req = if self.stream.starts_with("arn:") {
             req.stream_arn(&self.stream)
@@ -108,26 +104,10 @@ impl PutApi<KinesisRecord> for SdkKinesis {
             req.stream_name(&self.stream)
         };
         match req.send().await {
-            Ok(out) => {
-                if out.records.len() != records.len() {
-                    return Err(CallError::Transient {
-                        code: "InvalidResponse".into(),
-                        message: format!(
-                            "{} answers for {} records",
-                            out.records.len(),
-                            records.len()
-                        ),
-                    });
-                }
-                Ok(out
-                    .records
-                    .into_iter()
-                    .map(|r| {
-                        r.error_code
-                            .map(|code| (code, r.error_message.unwrap_or_default()))
-                    })
-                    .collect())
-            }
+            Ok(out) => outcomes(out.records, records.len(), |r| {
+                r.error_code
+                    .map(|code| (code, r.error_message.unwrap_or_default()))
+            }),
             Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
@@ -250,22 +230,14 @@ impl Sink for KinesisSink {
                 })
                 .collect(),
         };
-        let (requests, oversized) = plan(records, LIMITS);
-        for request in requests {
-            self.dispatcher.send(request, ack.split()).await?;
-        }
-        if !oversized.is_empty() {
-            let why = |r: &KinesisRecord| {
-                format!(
-                    "{} bytes with its partition key: larger than Kinesis's limit of \
-                     {MAX_RECORD_BYTES} bytes per record",
-                    r.size()
-                )
-            };
-            self.dispatcher
-                .reject(oversized, "oversized", why, ack.split())
-                .await?;
-        }
+        let why = |r: &KinesisRecord| {
+            format!(
+                "{} bytes with its partition key: larger than Kinesis's limit of \
+                 {MAX_RECORD_BYTES} bytes per record",
+                r.size()
+            )
+        };
+        self.dispatcher.send_planned(records, why, &ack).await?;
         if !bad_keys.is_empty() {
             let column = self.partition_key.clone();
             let why = move |r: &KinesisRecord| match &r.explicit_hash_key {
