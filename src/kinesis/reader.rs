@@ -212,6 +212,8 @@ impl ShardReader {
         }
     }
 
+    /// Polls the shard until its end or until the source is gone: one GetRecords call a turn,
+    /// paced, with the iterator renewed from the last record handed on.
     async fn read(&self) -> Result<(), String> {
         let mut unpacker = self.unpacker();
         let mut state = ReadState::new(self.start.clone(), &self.settings);
@@ -236,20 +238,7 @@ impl ShardReader {
             else {
                 return Ok(());
             };
-            if let Some(last) = page.records.last() {
-                state.from = ShardOffset::After {
-                    sequence: Arc::from(last.sequence.as_str()),
-                    sub: None,
-                };
-            }
-            let behind = page.millis_behind.map(|m| m.max(0) as u64);
-            self.health.update(&self.shard.id, |h| {
-                h.records += stats.records;
-                h.out_of_range += stats.out_of_range;
-                if behind.is_some() {
-                    h.millis_behind = behind;
-                }
-            });
+            let behind = self.account_page(&page, &stats, &mut state.from);
             if raw > 0 && !self.send_records(records, state.from.clone()).await {
                 return Ok(());
             }
@@ -387,6 +376,31 @@ impl ShardReader {
             }
         }
         Ok(Some((records, stats)))
+    }
+
+    /// Moves `from` past the page and counts it in the shard's health; returns how far the shard
+    /// is behind its tip.
+    fn account_page(
+        &self,
+        page: &RecordsPage,
+        stats: &UnpackStats,
+        from: &mut ShardOffset,
+    ) -> Option<u64> {
+        if let Some(last) = page.records.last() {
+            *from = ShardOffset::After {
+                sequence: Arc::from(last.sequence.as_str()),
+                sub: None,
+            };
+        }
+        let behind = page.millis_behind.map(|m| m.max(0) as u64);
+        self.health.update(&self.shard.id, |h| {
+            h.records += stats.records;
+            h.out_of_range += stats.out_of_range;
+            if behind.is_some() {
+                h.millis_behind = behind;
+            }
+        });
+        behind
     }
 
     /// Hands records on with the offset after them; false when the source is gone.
