@@ -171,6 +171,42 @@ impl KinesisSink {
         })?;
         Ok(arrow::compute::cast(column, &DataType::Utf8)?)
     }
+    /// One record per row, keyed by the key columns; the second list holds those whose keys the
+    /// service would refuse.
+    async fn keyed_records(
+        &mut self,
+        rows: &RecordBatch,
+    ) -> Result<(Vec<KinesisRecord>, Vec<KinesisRecord>)> {
+        let payloads = seal_records(&mut self.encryption, self.encoder.encode_rows(rows)?).await?;
+        let keys = Self::keys(rows, &self.partition_key)?;
+        let keys = keys.as_string::<i32>();
+        let hash_keys = match &self.explicit_hash_key {
+            Some(name) => Some(Self::keys(rows, name)?),
+            None => None,
+        };
+        let hash_keys = hash_keys.as_ref().map(|h| h.as_string::<i32>());
+        let mut records = Vec::with_capacity(payloads.len());
+        let mut bad_keys = Vec::new();
+        for (i, data) in payloads.into_iter().enumerate() {
+            let key = (!keys.is_null(i)).then(|| keys.value(i));
+            let valid =
+                key.filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS);
+            let hash_key = hash_keys.filter(|h| !h.is_null(i)).map(|h| h.value(i));
+            // A hash key the service would refuse fails the whole call: checked here.
+            let hash_key_ok = hash_key.is_none_or(|h| super::kpl::hash_key("", Some(h)).is_some());
+            let record = KinesisRecord {
+                data,
+                partition_key: Arc::from(key.unwrap_or_default()),
+                explicit_hash_key: hash_key.map(Arc::from),
+            };
+            if valid.is_some() && hash_key_ok {
+                records.push(record);
+            } else {
+                bad_keys.push(record);
+            }
+        }
+        Ok((records, bad_keys))
+    }
 }
 
 #[async_trait]
@@ -185,50 +221,21 @@ impl Sink for KinesisSink {
 
     async fn write(&mut self, batch: OutputBatch) -> Result<()> {
         let OutputBatch { data, ack, .. } = batch;
-        let mut bad_keys = Vec::new();
-        let records: Vec<KinesisRecord> = match &data {
-            OutputData::Rows(rows) => {
-                let payloads =
-                    seal_records(&mut self.encryption, self.encoder.encode_rows(rows)?).await?;
-                let keys = Self::keys(rows, &self.partition_key)?;
-                let keys = keys.as_string::<i32>();
-                let hash_keys = match &self.explicit_hash_key {
-                    Some(name) => Some(Self::keys(rows, name)?),
-                    None => None,
-                };
-                let hash_keys = hash_keys.as_ref().map(|h| h.as_string::<i32>());
-                let mut records = Vec::with_capacity(payloads.len());
-                for (i, data) in payloads.into_iter().enumerate() {
-                    let key = (!keys.is_null(i)).then(|| keys.value(i));
-                    let valid = key
-                        .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS);
-                    let hash_key = hash_keys.filter(|h| !h.is_null(i)).map(|h| h.value(i));
-                    // A hash key the service would refuse fails the whole call: checked here.
-                    let hash_key_ok =
-                        hash_key.is_none_or(|h| super::kpl::hash_key("", Some(h)).is_some());
-                    let record = KinesisRecord {
-                        data,
-                        partition_key: Arc::from(key.unwrap_or_default()),
-                        explicit_hash_key: hash_key.map(Arc::from),
-                    };
-                    if valid.is_some() && hash_key_ok {
-                        records.push(record);
-                    } else {
-                        bad_keys.push(record);
-                    }
-                }
-                records
-            }
+        let (records, bad_keys) = match &data {
+            OutputData::Rows(rows) => self.keyed_records(rows).await?,
             // Records without columns (a raw copy) are spread over the shards.
-            OutputData::Encoded(payloads) => seal_records(&mut self.encryption, payloads.clone())
-                .await?
-                .into_iter()
-                .map(|data| KinesisRecord {
-                    data,
-                    partition_key: Arc::from(format!("{:016x}", fastrand::u64(..))),
-                    explicit_hash_key: None,
-                })
-                .collect(),
+            OutputData::Encoded(payloads) => {
+                let records = seal_records(&mut self.encryption, payloads.clone())
+                    .await?
+                    .into_iter()
+                    .map(|data| KinesisRecord {
+                        data,
+                        partition_key: Arc::from(format!("{:016x}", fastrand::u64(..))),
+                        explicit_hash_key: None,
+                    })
+                    .collect();
+                (records, Vec::new())
+            }
         };
         let why = |r: &KinesisRecord| {
             format!(
