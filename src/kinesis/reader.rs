@@ -273,8 +273,8 @@ impl ShardReader {
         unpacker
     }
 
-    /// The iterator to call with: the current one, or a new one from `state.from` (after a
-    /// back-off when getting it fails).
+    /// The iterator to call with: the current one, or a new one from `state.from` (with a
+    /// back-off first when getting it fails).
     async fn iterator(&self, state: &mut ReadState) -> Result<Step<String>, String> {
         if let Some(it) = &state.iterator {
             return Ok(Step::Go(it.clone()));
@@ -289,15 +289,12 @@ impl ShardReader {
             }
             // Nothing after the offset, ever: a closed shard read to its end.
             Ok(None) => self.end(Vec::new()).await.map(|()| Step::Stop),
-            Err(ApiError::NotFound(e)) if self.shard.closed => {
-                self.gone(&e).await.map(|()| Step::Stop)
-            }
-            Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => Err(e),
             Err(e) => {
-                check_unsent(&e, &mut state.unsent)?;
-                self.count_failure(&e);
-                tokio::time::sleep(state.backoff.next()).await;
-                Ok(Step::Again)
+                let step = self.call_failed(e, &mut state.unsent).await?;
+                if let Step::Again = step {
+                    tokio::time::sleep(state.backoff.next()).await;
+                }
+                Ok(step)
             }
         }
     }
@@ -320,15 +317,27 @@ impl ShardReader {
                 state.next_call = called + self.settings.min_interval;
                 Ok(Step::Again)
             }
-            Err(ApiError::NotFound(e)) if self.shard.closed => {
-                self.gone(&e).await.map(|()| Step::Stop)
-            }
-            Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => Err(e),
             Err(e) => {
-                check_unsent(&e, &mut state.unsent)?;
+                let step = self.call_failed(e, &mut state.unsent).await?;
+                if let Step::Again = step {
+                    let wait = state.backoff.next();
+                    state.next_call = Instant::now() + wait;
+                }
+                Ok(step)
+            }
+        }
+    }
+
+    /// What a failed call leads to: a closed shard that is gone has ended (`Stop`), a fatal
+    /// error stops the reader, and any other failure is counted, to be retried (`Again`) after
+    /// the caller backs off.
+    async fn call_failed<T>(&self, e: ApiError, unsent: &mut u32) -> Result<Step<T>, String> {
+        match e {
+            ApiError::NotFound(e) if self.shard.closed => self.gone(&e).await.map(|()| Step::Stop),
+            ApiError::Fatal(e) | ApiError::NotFound(e) => Err(e),
+            e => {
+                check_unsent(&e, unsent)?;
                 self.count_failure(&e);
-                let wait = state.backoff.next();
-                state.next_call = Instant::now() + wait;
                 Ok(Step::Again)
             }
         }
