@@ -2,9 +2,9 @@
 //!
 //! [`RecordDecoder`] (this module) runs the steps of a micro-batch: it sets oversized records
 //! aside, decodes the rest in one go (the flat-JSON fast path, else arrow's push decoders of
-//! [`push`]) and, when that fails, decodes each record alone to isolate the bad ones; then it maps
-//! the decoded columns to the output schema ([`layout`]), adds `ROWTIME` ([`rowtime`]) and the
-//! metadata columns. [`builder`] checks the columns and options and builds it.
+//! `push`) and, when that fails, decodes each record alone to isolate the bad ones; then it maps
+//! the decoded columns to the output schema (`layout`), adds `ROWTIME` (`rowtime`) and the
+//! metadata columns. `builder` checks the columns and options and builds it.
 
 mod builder;
 mod layout;

@@ -2,9 +2,9 @@
 //! Firehose keys them, named deterministically per checkpoint range.
 //!
 //! [`S3Sink`] (this module) routes each batch to the objects it belongs in and decides when an
-//! object is rolled; [`builder`] holds and checks its settings, [`partition`] splits rows by
-//! partition values and names the objects, [`object`] buffers the rows of an object in its format
-//! and compression, and [`upload`] puts it into the store.
+//! object is rolled; `builder` holds and checks its settings, `partition` splits rows by
+//! partition values and names the objects, `object` buffers the rows of an object in its format
+//! and compression, and `upload` puts it into the store.
 
 mod builder;
 mod object;
