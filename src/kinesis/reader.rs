@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::api::{ApiError, KinesisApi};
-use super::shards::{RecordUnpacker, ShardInfo, ShardOffset};
+use super::api::{ApiError, KinesisApi, RawRecord, RecordsPage};
+use super::shards::{RecordUnpacker, ShardInfo, ShardOffset, UnpackStats};
 use crate::aws::Backoff;
 use crate::metrics::SourceHealth;
 use crate::record::Record;
@@ -150,6 +150,42 @@ fn check_unsent(e: &ApiError, unsent: &mut u32) -> Result<(), String> {
     Ok(())
 }
 
+/// What a step of the read loop leads to.
+enum Step<T> {
+    /// On with this.
+    Go(T),
+    /// Back to the top of the loop.
+    Again,
+    /// Reading is over: the shard ended or the source is gone.
+    Stop,
+}
+
+/// Where a shard reader stands between two calls.
+struct ReadState {
+    /// Where a new iterator starts: the start, then after the last record delivered.
+    from: ShardOffset,
+    iterator: Option<String>,
+    backoff: Backoff,
+    next_call: Instant,
+    /// Reported caught up, with no record since.
+    caught_up: bool,
+    /// Calls in a row that could not be sent (credentials that would not load).
+    unsent: u32,
+}
+
+impl ReadState {
+    fn new(from: ShardOffset, settings: &PollSettings) -> Self {
+        Self {
+            from,
+            iterator: None,
+            backoff: Backoff::new(settings.initial_backoff, settings.max_backoff),
+            next_call: Instant::now(),
+            caught_up: false,
+            unsent: 0,
+        }
+    }
+}
+
 /// Reads one shard from `start` until its end, sending what it reads on `events`.
 pub(crate) struct ShardReader {
     pub(crate) api: Arc<dyn KinesisApi>,
@@ -176,9 +212,54 @@ impl ShardReader {
         }
     }
 
+    /// Polls the shard until its end or until the source is gone: one GetRecords call a turn,
+    /// paced, with the iterator renewed from the last record handed on.
     async fn read(&self) -> Result<(), String> {
-        let id = Arc::clone(&self.shard.id);
-        let mut unpacker = RecordUnpacker::new(Arc::clone(&id));
+        let mut unpacker = self.unpacker();
+        let mut state = ReadState::new(self.start.clone(), &self.settings);
+        loop {
+            let it = match self.iterator(&mut state).await? {
+                Step::Go(it) => it,
+                Step::Again => continue,
+                Step::Stop => return Ok(()),
+            };
+            tokio::time::sleep_until(state.next_call).await;
+            self.wait_while_paused().await;
+            let called = Instant::now();
+            let page = match self.get_records(&it, called, &mut state).await? {
+                Step::Go(page) => page,
+                Step::Again => continue,
+                Step::Stop => return Ok(()),
+            };
+            state.backoff.reset();
+            state.unsent = 0;
+            let raw = page.records.len();
+            let Some((records, stats)) = self.unpack_page(&mut unpacker, &page.records).await?
+            else {
+                return Ok(());
+            };
+            let behind = self.account_page(&page, &stats, &mut state.from);
+            if raw > 0 && !self.send_records(records, state.from.clone()).await {
+                return Ok(());
+            }
+            match page.next_iterator {
+                None => return self.end(page.child_shards).await,
+                Some(next) => state.iterator = Some(next),
+            }
+            if !self
+                .report_caught_up(raw, behind, &mut state.caught_up)
+                .await
+            {
+                return Ok(());
+            }
+            state.next_call = called + self.gap(raw, behind);
+        }
+    }
+
+    /// The shard's unpacker: KPL de-aggregation, the hash-key-range filter when asked for, and
+    /// the sub-records of the start's aggregate that were delivered before.
+    fn unpacker(&self) -> RecordUnpacker {
+        let mut unpacker = RecordUnpacker::new(Arc::clone(&self.shard.id));
         if self.filter_out_of_range {
             unpacker = unpacker.with_hash_range(self.shard.hash_range.0, self.shard.hash_range.1);
         }
@@ -189,147 +270,188 @@ impl ShardReader {
         {
             unpacker.skip_through(Arc::clone(sequence), *sub);
         }
-        // Where a new iterator starts: the start, then after the last record delivered.
-        let mut from = self.start.clone();
-        let mut iterator: Option<String> = None;
-        let mut backoff = Backoff::new(self.settings.initial_backoff, self.settings.max_backoff);
-        let mut next_call = Instant::now();
-        // Reported caught up, with no record since.
-        let mut caught_up = false;
-        // Calls in a row that could not be sent (credentials that would not load).
-        let mut unsent = 0u32;
-        loop {
-            let it = match &iterator {
-                Some(it) => it.clone(),
-                None => match self.api.shard_iterator(&id, &from).await {
-                    Ok(Some(it)) => {
-                        if from == ShardOffset::Latest {
-                            from = self.renew_latest_at.clone();
-                        }
-                        iterator = Some(it.clone());
-                        it
-                    }
-                    // Nothing after the offset, ever: a closed shard read to its end.
-                    Ok(None) => return self.end(Vec::new()).await,
-                    Err(ApiError::NotFound(e)) if self.shard.closed => return self.gone(&e).await,
-                    Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
-                    Err(e) => {
-                        check_unsent(&e, &mut unsent)?;
-                        self.count_failure(&e);
-                        tokio::time::sleep(backoff.next()).await;
-                        continue;
-                    }
-                },
-            };
-            tokio::time::sleep_until(next_call).await;
-            self.wait_while_paused().await;
-            let called = Instant::now();
-            let page = match self.api.get_records(&it, self.settings.max_records).await {
-                Ok(page) => page,
-                Err(ApiError::ExpiredIterator(e)) => {
-                    tracing::debug!(shard = %id, "renewing an expired iterator: {e}");
-                    self.health.update(&id, |h| h.renewals += 1);
-                    iterator = None;
-                    next_call = called + self.settings.min_interval;
-                    continue;
-                }
-                Err(ApiError::NotFound(e)) if self.shard.closed => return self.gone(&e).await,
-                Err(ApiError::Fatal(e) | ApiError::NotFound(e)) => return Err(e),
-                Err(e) => {
-                    check_unsent(&e, &mut unsent)?;
-                    self.count_failure(&e);
-                    let wait = backoff.next();
-                    next_call = Instant::now() + wait;
-                    continue;
-                }
-            };
-            backoff.reset();
-            unsent = 0;
-            let raw = page.records.len();
-            let mut records = Vec::new();
-            let mut bytes = 0;
-            let mut stats = super::shards::UnpackStats::default();
-            for r in &page.records {
-                let before = records.len();
-                let s = unpacker.unpack(
-                    &r.data,
-                    &r.partition_key,
-                    &r.sequence,
-                    r.arrival_ms,
-                    &mut records,
-                );
-                stats.records += s.records;
-                stats.out_of_range += s.out_of_range;
-                stats.malformed_aggregates += s.malformed_aggregates;
-                bytes += records[before..].iter().map(event_cost).sum::<usize>();
-                // Full events go on as they fill: the page's records are never all held here.
-                if records.len() >= MAX_EVENT_RECORDS || bytes >= MAX_EVENT_BYTES {
-                    let (full, rest) = cut_events(std::mem::take(&mut records));
-                    records = rest;
-                    bytes = records.iter().map(event_cost).sum();
-                    for piece in full {
-                        let Some(offset) = piece.last().and_then(offset_after) else {
-                            return Err(format!("shard {id}: a record without a sequence number"));
-                        };
-                        let event = ReaderEvent::Records {
-                            shard: Arc::clone(&id),
-                            records: piece,
-                            offset,
-                        };
-                        if self.events.send(event).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            if let Some(last) = page.records.last() {
-                from = ShardOffset::After {
-                    sequence: Arc::from(last.sequence.as_str()),
-                    sub: None,
-                };
-            }
-            let behind = page.millis_behind.map(|m| m.max(0) as u64);
-            self.health.update(&id, |h| {
-                h.records += stats.records;
-                h.out_of_range += stats.out_of_range;
-                if behind.is_some() {
-                    h.millis_behind = behind;
-                }
-            });
-            if raw > 0 {
-                let event = ReaderEvent::Records {
-                    shard: Arc::clone(&id),
-                    records,
-                    offset: from.clone(),
-                };
-                if self.events.send(event).await.is_err() {
-                    return Ok(());
-                }
-            }
-            match page.next_iterator {
-                None => return self.end(page.child_shards).await,
-                Some(next) => iterator = Some(next),
-            }
-            // Caught up: no need to ask again soon. (An empty page while behind is a gap in the
-            // shard, not the end of its records.)
-            let idle = behind == Some(0) || (raw == 0 && behind.is_none());
-            if raw > 0 {
-                caught_up = false;
-            } else if behind == Some(0) && !std::mem::replace(&mut caught_up, true) {
-                let event = ReaderEvent::CaughtUp {
-                    shard: Arc::clone(&id),
-                };
-                if self.events.send(event).await.is_err() {
-                    return Ok(());
-                }
-            }
-            let gap = if idle {
-                self.settings.idle_interval
-            } else {
-                self.settings.min_interval
-            };
-            next_call = called + gap.max(self.settings.min_interval);
+        unpacker
+    }
+
+    /// The iterator to call with: the current one, or a new one from `state.from` (with a
+    /// back-off first when getting it fails).
+    async fn iterator(&self, state: &mut ReadState) -> Result<Step<String>, String> {
+        if let Some(it) = &state.iterator {
+            return Ok(Step::Go(it.clone()));
         }
+        match self.api.shard_iterator(&self.shard.id, &state.from).await {
+            Ok(Some(it)) => {
+                if state.from == ShardOffset::Latest {
+                    state.from = self.renew_latest_at.clone();
+                }
+                state.iterator = Some(it.clone());
+                Ok(Step::Go(it))
+            }
+            // Nothing after the offset, ever: a closed shard read to its end.
+            Ok(None) => self.end(Vec::new()).await.map(|()| Step::Stop),
+            Err(e) => {
+                let step = self.call_failed(e, &mut state.unsent).await?;
+                if let Step::Again = step {
+                    tokio::time::sleep(state.backoff.next()).await;
+                }
+                Ok(step)
+            }
+        }
+    }
+
+    /// One GetRecords call made at `called`. An expired iterator is dropped to be renewed, and
+    /// other retryable failures put the next call off by a back-off.
+    async fn get_records(
+        &self,
+        it: &str,
+        called: Instant,
+        state: &mut ReadState,
+    ) -> Result<Step<RecordsPage>, String> {
+        let id = &self.shard.id;
+        match self.api.get_records(it, self.settings.max_records).await {
+            Ok(page) => Ok(Step::Go(page)),
+            Err(ApiError::ExpiredIterator(e)) => {
+                tracing::debug!(shard = %id, "renewing an expired iterator: {e}");
+                self.health.update(id, |h| h.renewals += 1);
+                state.iterator = None;
+                state.next_call = called + self.settings.min_interval;
+                Ok(Step::Again)
+            }
+            Err(e) => {
+                let step = self.call_failed(e, &mut state.unsent).await?;
+                if let Step::Again = step {
+                    let wait = state.backoff.next();
+                    state.next_call = Instant::now() + wait;
+                }
+                Ok(step)
+            }
+        }
+    }
+
+    /// What a failed call leads to: a closed shard that is gone has ended (`Stop`), a fatal
+    /// error stops the reader, and any other failure is counted, to be retried (`Again`) after
+    /// the caller backs off.
+    async fn call_failed<T>(&self, e: ApiError, unsent: &mut u32) -> Result<Step<T>, String> {
+        match e {
+            ApiError::NotFound(e) if self.shard.closed => self.gone(&e).await.map(|()| Step::Stop),
+            ApiError::Fatal(e) | ApiError::NotFound(e) => Err(e),
+            e => {
+                check_unsent(&e, unsent)?;
+                self.count_failure(&e);
+                Ok(Step::Again)
+            }
+        }
+    }
+
+    /// Unpacks a page, handing on full events as they fill; returns the records that fill no
+    /// event, with the page's counts. `None` when the source is gone.
+    async fn unpack_page(
+        &self,
+        unpacker: &mut RecordUnpacker,
+        page: &[RawRecord],
+    ) -> Result<Option<(Vec<Record>, UnpackStats)>, String> {
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut stats = UnpackStats::default();
+        for r in page {
+            let before = records.len();
+            let s = unpacker.unpack(
+                &r.data,
+                &r.partition_key,
+                &r.sequence,
+                r.arrival_ms,
+                &mut records,
+            );
+            stats.records += s.records;
+            stats.out_of_range += s.out_of_range;
+            stats.malformed_aggregates += s.malformed_aggregates;
+            bytes += records[before..].iter().map(event_cost).sum::<usize>();
+            // Full events go on as they fill: the page's records are never all held here.
+            if records.len() >= MAX_EVENT_RECORDS || bytes >= MAX_EVENT_BYTES {
+                let (full, rest) = cut_events(std::mem::take(&mut records));
+                records = rest;
+                bytes = records.iter().map(event_cost).sum();
+                for piece in full {
+                    let Some(offset) = piece.last().and_then(offset_after) else {
+                        return Err(format!(
+                            "shard {}: a record without a sequence number",
+                            self.shard.id
+                        ));
+                    };
+                    if !self.send_records(piece, offset).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(Some((records, stats)))
+    }
+
+    /// Moves `from` past the page and counts it in the shard's health; returns how far the shard
+    /// is behind its tip.
+    fn account_page(
+        &self,
+        page: &RecordsPage,
+        stats: &UnpackStats,
+        from: &mut ShardOffset,
+    ) -> Option<u64> {
+        if let Some(last) = page.records.last() {
+            *from = ShardOffset::After {
+                sequence: Arc::from(last.sequence.as_str()),
+                sub: None,
+            };
+        }
+        let behind = page.millis_behind.map(|m| m.max(0) as u64);
+        self.health.update(&self.shard.id, |h| {
+            h.records += stats.records;
+            h.out_of_range += stats.out_of_range;
+            if behind.is_some() {
+                h.millis_behind = behind;
+            }
+        });
+        behind
+    }
+
+    /// Hands records on with the offset after them; false when the source is gone.
+    async fn send_records(&self, records: Vec<Record>, offset: ShardOffset) -> bool {
+        let event = ReaderEvent::Records {
+            shard: Arc::clone(&self.shard.id),
+            records,
+            offset,
+        };
+        self.events.send(event).await.is_ok()
+    }
+
+    /// Reports the shard caught up the first time a page finds it at its tip, and forgets that
+    /// once records come; false when the source is gone.
+    async fn report_caught_up(
+        &self,
+        raw: usize,
+        behind: Option<u64>,
+        caught_up: &mut bool,
+    ) -> bool {
+        if raw > 0 {
+            *caught_up = false;
+        } else if behind == Some(0) && !std::mem::replace(caught_up, true) {
+            let event = ReaderEvent::CaughtUp {
+                shard: Arc::clone(&self.shard.id),
+            };
+            return self.events.send(event).await.is_ok();
+        }
+        true
+    }
+
+    /// The least time from one call to the next after a page of `raw` records, `behind` the tip.
+    fn gap(&self, raw: usize, behind: Option<u64>) -> Duration {
+        // Caught up: no need to ask again soon. (An empty page while behind is a gap in the
+        // shard, not the end of its records.)
+        let idle = behind == Some(0) || (raw == 0 && behind.is_none());
+        let gap = if idle {
+            self.settings.idle_interval
+        } else {
+            self.settings.min_interval
+        };
+        gap.max(self.settings.min_interval)
     }
 
     /// Waits while the pipeline pauses this shard for alignment (its event time is too far ahead).

@@ -19,7 +19,7 @@ use crate::crypto::{seal_records, EnvelopeEncryptor};
 use crate::format::{Encoder, OutputFormat};
 use crate::record::Record;
 use crate::sink::delivery::{
-    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+    classify, entries, outcomes, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
 };
 use crate::sink::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::{Error, Result};
@@ -90,17 +90,13 @@ struct SdkKinesis {
 #[async_trait]
 impl PutApi<KinesisRecord> for SdkKinesis {
     async fn put(&self, records: &[KinesisRecord]) -> CallResult {
-        let entries = records
-            .iter()
-            .map(|r| {
-                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                    .data(aws_sdk_kinesis::primitives::Blob::new(r.data.to_vec()))
-                    .partition_key(&*r.partition_key)
-                    .set_explicit_hash_key(r.explicit_hash_key.as_deref().map(str::to_owned))
-                    .build()
-                    .map_err(|e| CallError::Fatal(e.to_string()))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let entries = entries(records, |r| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .data(aws_sdk_kinesis::primitives::Blob::new(r.data.to_vec()))
+                .partition_key(&*r.partition_key)
+                .set_explicit_hash_key(r.explicit_hash_key.as_deref().map(str::to_owned))
+                .build()
+        })?;
         let mut req = self.client.put_records().set_records(Some(entries));
         req = if self.stream.starts_with("arn:") {
             req.stream_arn(&self.stream)
@@ -108,26 +104,10 @@ impl PutApi<KinesisRecord> for SdkKinesis {
             req.stream_name(&self.stream)
         };
         match req.send().await {
-            Ok(out) => {
-                if out.records.len() != records.len() {
-                    return Err(CallError::Transient {
-                        code: "InvalidResponse".into(),
-                        message: format!(
-                            "{} answers for {} records",
-                            out.records.len(),
-                            records.len()
-                        ),
-                    });
-                }
-                Ok(out
-                    .records
-                    .into_iter()
-                    .map(|r| {
-                        r.error_code
-                            .map(|code| (code, r.error_message.unwrap_or_default()))
-                    })
-                    .collect())
-            }
+            Ok(out) => outcomes(out.records, records.len(), |r| {
+                r.error_code
+                    .map(|code| (code, r.error_message.unwrap_or_default()))
+            }),
             Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
@@ -191,6 +171,42 @@ impl KinesisSink {
         })?;
         Ok(arrow::compute::cast(column, &DataType::Utf8)?)
     }
+    /// One record per row, keyed by the key columns; the second list holds those whose keys the
+    /// service would refuse.
+    async fn keyed_records(
+        &mut self,
+        rows: &RecordBatch,
+    ) -> Result<(Vec<KinesisRecord>, Vec<KinesisRecord>)> {
+        let payloads = seal_records(&mut self.encryption, self.encoder.encode_rows(rows)?).await?;
+        let keys = Self::keys(rows, &self.partition_key)?;
+        let keys = keys.as_string::<i32>();
+        let hash_keys = match &self.explicit_hash_key {
+            Some(name) => Some(Self::keys(rows, name)?),
+            None => None,
+        };
+        let hash_keys = hash_keys.as_ref().map(|h| h.as_string::<i32>());
+        let mut records = Vec::with_capacity(payloads.len());
+        let mut bad_keys = Vec::new();
+        for (i, data) in payloads.into_iter().enumerate() {
+            let key = (!keys.is_null(i)).then(|| keys.value(i));
+            let valid =
+                key.filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS);
+            let hash_key = hash_keys.filter(|h| !h.is_null(i)).map(|h| h.value(i));
+            // A hash key the service would refuse fails the whole call: checked here.
+            let hash_key_ok = hash_key.is_none_or(|h| super::kpl::hash_key("", Some(h)).is_some());
+            let record = KinesisRecord {
+                data,
+                partition_key: Arc::from(key.unwrap_or_default()),
+                explicit_hash_key: hash_key.map(Arc::from),
+            };
+            if valid.is_some() && hash_key_ok {
+                records.push(record);
+            } else {
+                bad_keys.push(record);
+            }
+        }
+        Ok((records, bad_keys))
+    }
 }
 
 #[async_trait]
@@ -205,67 +221,30 @@ impl Sink for KinesisSink {
 
     async fn write(&mut self, batch: OutputBatch) -> Result<()> {
         let OutputBatch { data, ack, .. } = batch;
-        let mut bad_keys = Vec::new();
-        let records: Vec<KinesisRecord> = match &data {
-            OutputData::Rows(rows) => {
-                let payloads =
-                    seal_records(&mut self.encryption, self.encoder.encode_rows(rows)?).await?;
-                let keys = Self::keys(rows, &self.partition_key)?;
-                let keys = keys.as_string::<i32>();
-                let hash_keys = match &self.explicit_hash_key {
-                    Some(name) => Some(Self::keys(rows, name)?),
-                    None => None,
-                };
-                let hash_keys = hash_keys.as_ref().map(|h| h.as_string::<i32>());
-                let mut records = Vec::with_capacity(payloads.len());
-                for (i, data) in payloads.into_iter().enumerate() {
-                    let key = (!keys.is_null(i)).then(|| keys.value(i));
-                    let valid = key
-                        .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS);
-                    let hash_key = hash_keys.filter(|h| !h.is_null(i)).map(|h| h.value(i));
-                    // A hash key the service would refuse fails the whole call: checked here.
-                    let hash_key_ok =
-                        hash_key.is_none_or(|h| super::kpl::hash_key("", Some(h)).is_some());
-                    let record = KinesisRecord {
-                        data,
-                        partition_key: Arc::from(key.unwrap_or_default()),
-                        explicit_hash_key: hash_key.map(Arc::from),
-                    };
-                    if valid.is_some() && hash_key_ok {
-                        records.push(record);
-                    } else {
-                        bad_keys.push(record);
-                    }
-                }
-                records
-            }
+        let (records, bad_keys) = match &data {
+            OutputData::Rows(rows) => self.keyed_records(rows).await?,
             // Records without columns (a raw copy) are spread over the shards.
-            OutputData::Encoded(payloads) => seal_records(&mut self.encryption, payloads.clone())
-                .await?
-                .into_iter()
-                .map(|data| KinesisRecord {
-                    data,
-                    partition_key: Arc::from(format!("{:016x}", fastrand::u64(..))),
-                    explicit_hash_key: None,
-                })
-                .collect(),
+            OutputData::Encoded(payloads) => {
+                let records = seal_records(&mut self.encryption, payloads.clone())
+                    .await?
+                    .into_iter()
+                    .map(|data| KinesisRecord {
+                        data,
+                        partition_key: Arc::from(format!("{:016x}", fastrand::u64(..))),
+                        explicit_hash_key: None,
+                    })
+                    .collect();
+                (records, Vec::new())
+            }
         };
-        let (requests, oversized) = plan(records, LIMITS);
-        for request in requests {
-            self.dispatcher.send(request, ack.split()).await?;
-        }
-        if !oversized.is_empty() {
-            let why = |r: &KinesisRecord| {
-                format!(
-                    "{} bytes with its partition key: larger than Kinesis's limit of \
-                     {MAX_RECORD_BYTES} bytes per record",
-                    r.size()
-                )
-            };
-            self.dispatcher
-                .reject(oversized, "oversized", why, ack.split())
-                .await?;
-        }
+        let why = |r: &KinesisRecord| {
+            format!(
+                "{} bytes with its partition key: larger than Kinesis's limit of \
+                 {MAX_RECORD_BYTES} bytes per record",
+                r.size()
+            )
+        };
+        self.dispatcher.send_planned(records, why, &ack).await?;
         if !bad_keys.is_empty() {
             let column = self.partition_key.clone();
             let why = move |r: &KinesisRecord| match &r.explicit_hash_key {

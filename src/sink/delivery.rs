@@ -175,6 +175,35 @@ where
 /// The outcome of each record of a call: `None` accepted, `Some((code, message))` failed.
 pub(crate) type CallResult = std::result::Result<Vec<Option<(String, String)>>, CallError>;
 
+/// The service's request entries for `records`, made by `entry`; a record whose entry cannot be
+/// built fails the call.
+pub(crate) fn entries<R, T, E: fmt::Display>(
+    records: &[R],
+    entry: impl Fn(&R) -> std::result::Result<T, E>,
+) -> std::result::Result<Vec<T>, CallError> {
+    records
+        .iter()
+        .map(|r| entry(r).map_err(|e| CallError::Fatal(e.to_string())))
+        .collect()
+}
+
+/// The outcome of each of the `sent` records of a call from the service's answers, in order;
+/// `error` reads an answer's error code and message. Answers that do not match the records sent
+/// fail the call (it is retried).
+pub(crate) fn outcomes<A>(
+    answers: Vec<A>,
+    sent: usize,
+    error: impl Fn(A) -> Option<(String, String)>,
+) -> CallResult {
+    if answers.len() != sent {
+        return Err(CallError::Transient {
+            code: "InvalidResponse".into(),
+            message: format!("{} answers for {} records", answers.len(), sent),
+        });
+    }
+    Ok(answers.into_iter().map(error).collect())
+}
+
 /// A record a sink sends: how large it counts against the service's limits, and what the error
 /// output keeps of it.
 pub(crate) trait Outbound: Clone + Send + Sync + 'static {
@@ -711,6 +740,26 @@ impl<R: Outbound> Dispatcher<R> {
             }
             notified.await;
         }
+    }
+
+    /// Groups `records` into requests within the service's limits and queues each under a split
+    /// of `ack`; records too large for any request go to the error output as `oversized`, with
+    /// `why` as the reason.
+    pub(crate) async fn send_planned(
+        &mut self,
+        records: Vec<R>,
+        why: impl Fn(&R) -> String,
+        ack: &Ack,
+    ) -> Result<()> {
+        let (requests, oversized) = plan(records, self.shared.limits);
+        for request in requests {
+            self.send(request, ack.split()).await?;
+        }
+        if !oversized.is_empty() {
+            self.reject(oversized, "oversized", why, ack.split())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records that cannot be sent at all go to the error output as `kind`, with `why` as the

@@ -26,7 +26,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::delivery::{
-    classify, plan, CallError, CallResult, DeliverySettings, Dispatcher, Limits, Outbound, PutApi,
+    classify, entries, outcomes, plan, CallResult, DeliverySettings, Dispatcher, Limits, Outbound,
+    PutApi,
 };
 use super::{ErrorOutput, OutputBatch, OutputData, Sink};
 use crate::crypto::{seal_records, EnvelopeEncryptor};
@@ -114,15 +115,11 @@ struct SdkFirehose {
 #[async_trait]
 impl PutApi<Bytes> for SdkFirehose {
     async fn put(&self, records: &[Bytes]) -> CallResult {
-        let entries = records
-            .iter()
-            .map(|r| {
-                aws_sdk_firehose::types::Record::builder()
-                    .data(aws_sdk_firehose::primitives::Blob::new(r.to_vec()))
-                    .build()
-                    .map_err(|e| CallError::Fatal(e.to_string()))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let entries = entries(records, |r| {
+            aws_sdk_firehose::types::Record::builder()
+                .data(aws_sdk_firehose::primitives::Blob::new(r.to_vec()))
+                .build()
+        })?;
         let sent = self
             .client
             .put_record_batch()
@@ -131,26 +128,10 @@ impl PutApi<Bytes> for SdkFirehose {
             .send()
             .await;
         match sent {
-            Ok(out) => {
-                if out.request_responses.len() != records.len() {
-                    return Err(CallError::Transient {
-                        code: "InvalidResponse".into(),
-                        message: format!(
-                            "{} answers for {} records",
-                            out.request_responses.len(),
-                            records.len()
-                        ),
-                    });
-                }
-                Ok(out
-                    .request_responses
-                    .into_iter()
-                    .map(|r| match r.error_code {
-                        Some(code) => Some((code, r.error_message.unwrap_or_default())),
-                        None => None,
-                    })
-                    .collect())
-            }
+            Ok(out) => outcomes(out.request_responses, records.len(), |r| {
+                r.error_code
+                    .map(|code| (code, r.error_message.unwrap_or_default()))
+            }),
             Err(err) => Err(classify(err, THROTTLING, FATAL)),
         }
     }
@@ -238,21 +219,13 @@ impl Sink for FirehoseSink {
                 .collect(),
         };
         let records = seal_records(&mut self.encryption, records).await?;
-        let (requests, oversized) = plan(records, LIMITS);
-        for request in requests {
-            self.dispatcher.send(request, ack.split()).await?;
-        }
-        if !oversized.is_empty() {
-            let why = |r: &Bytes| {
-                format!(
-                    "{} bytes: larger than Firehose's limit of {MAX_RECORD_BYTES} bytes per record",
-                    r.len()
-                )
-            };
-            self.dispatcher
-                .reject(oversized, "oversized", why, ack.split())
-                .await?;
-        }
+        let why = |r: &Bytes| {
+            format!(
+                "{} bytes: larger than Firehose's limit of {MAX_RECORD_BYTES} bytes per record",
+                r.len()
+            )
+        };
+        self.dispatcher.send_planned(records, why, &ack).await?;
         ack.acknowledge();
         Ok(())
     }
@@ -310,6 +283,7 @@ mod tests {
 
     use super::*;
     use crate::ack::{Ack, AckEvent, TrackerMsg};
+    use crate::sink::delivery::CallError;
 
     /// (attempt number of this record, record) → failure code.
     type FailRule = fn(u32, &[u8]) -> Option<&'static str>;

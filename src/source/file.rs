@@ -101,6 +101,182 @@ enum Piece {
     SetAside(usize, usize, &'static str, String),
 }
 
+/// One framing pass over the bytes of `pending`: where the record being framed starts, how far
+/// the scan got, and the pieces cut so far.
+struct Framer<'a> {
+    bytes: &'a [u8],
+    framing: Framing,
+    /// Longest record.
+    max: usize,
+    /// Where the record being framed starts.
+    start: usize,
+    /// Where the scan goes on.
+    i: usize,
+    in_quotes: bool,
+    dropping: bool,
+    pieces: Vec<Piece>,
+}
+
+impl<'a> Framer<'a> {
+    /// A pass over `bytes` that goes on from where `scan` stopped.
+    fn resume(bytes: &'a [u8], framing: Framing, max: usize, scan: Scan) -> Self {
+        Self {
+            bytes,
+            framing,
+            max,
+            start: 0,
+            i: scan.scanned.min(bytes.len()),
+            in_quotes: scan.in_quotes,
+            dropping: scan.dropping,
+            pieces: Vec::new(),
+        }
+    }
+
+    /// Cuts pieces until there are `limit` of them or the bytes hold no whole record more.
+    fn cut(&mut self, limit: usize) {
+        while self.pieces.len() < limit {
+            if self.dropping && !self.skip_dropped_tail() {
+                break;
+            }
+            let (end, reached) = self.record_end();
+            if end.unwrap_or(self.bytes.len()) - self.start <= self.max {
+                match end {
+                    Some(end) => {
+                        self.pieces.push(Piece::Record(self.start, end));
+                        self.start = end + 1;
+                        self.i = self.start;
+                        continue;
+                    }
+                    None => {
+                        self.i = reached;
+                        break;
+                    }
+                }
+            }
+            self.set_aside_oversized();
+        }
+    }
+
+    /// Drops the rest of an oversized record up to the next line break; false when the bytes
+    /// end first (all of them are dropped).
+    fn skip_dropped_tail(&mut self) -> bool {
+        match memchr::memchr(b'\n', &self.bytes[self.i..]) {
+            Some(p) => {
+                self.start = self.i + p + 1;
+                self.i = self.start;
+                self.dropping = false;
+                true
+            }
+            None => {
+                self.start = self.bytes.len();
+                self.i = self.start;
+                false
+            }
+        }
+    }
+
+    /// The end of the record at `start` (its line break), if the bytes hold it, and how far the
+    /// scan got.
+    fn record_end(&mut self) -> (Option<usize>, usize) {
+        let (bytes, i) = (self.bytes, self.i);
+        match self.framing {
+            Framing::Lines => match memchr::memchr(b'\n', &bytes[i..]) {
+                Some(p) => (Some(i + p), i + p),
+                None => (None, bytes.len()),
+            },
+            Framing::CsvRows { quote, escape } => {
+                let mut j = i;
+                let mut found = None;
+                while j < bytes.len() {
+                    let b = bytes[j];
+                    if self.in_quotes && Some(b) == escape && b != quote {
+                        // The escaped byte (a quote, say) is data, also when it is not
+                        // read yet: the scan then goes on past it.
+                        j += 2;
+                        continue;
+                    }
+                    if b == quote {
+                        self.in_quotes = !self.in_quotes;
+                    } else if b == b'\n' && !self.in_quotes {
+                        found = Some(j);
+                        break;
+                    }
+                    j += 1;
+                }
+                (found, j)
+            }
+        }
+    }
+
+    /// Sets aside the record at `start`, longer than `max`. A CSV record spanning lines (an
+    /// unclosed quote, most often) gives up its first line alone, and framing goes on at the next
+    /// line: nothing else is lost. Otherwise its first `max` bytes are kept and the rest dropped.
+    fn set_aside_oversized(&mut self) {
+        let (start, max) = (self.start, self.max);
+        let line = memchr::memchr(b'\n', &self.bytes[start..]).map(|p| start + p);
+        if let (Framing::CsvRows { .. }, Some(l)) = (self.framing, line) {
+            if l - start <= max {
+                self.pieces.push(Piece::SetAside(
+                    start,
+                    l,
+                    "unbalanced_quote",
+                    format!(
+                        "this line starts a CSV record of more than max_record_bytes \
+                         ({max} bytes), most likely a quoted field that is not closed: the \
+                         line is set aside and framing goes on at the next line"
+                    ),
+                ));
+                self.in_quotes = false;
+                self.start = l + 1;
+                self.i = self.start;
+                return;
+            }
+        }
+        self.pieces.push(Piece::SetAside(
+            start,
+            start + max,
+            "oversized",
+            format!(
+                "a record of more than max_record_bytes ({max} bytes): its first {max} bytes \
+                 are here, the rest up to the next line break is dropped"
+            ),
+        ));
+        self.in_quotes = false;
+        self.dropping = true;
+        self.i = start + max;
+        self.start = self.i;
+    }
+
+    /// At the end of input, a last record without a terminator counts too (unless the batch is
+    /// `full`), and the tail being dropped is all consumed.
+    fn finish(&mut self, at_eof: bool, full: bool) {
+        let len = self.bytes.len();
+        if at_eof && !full && self.start < len && !self.dropping {
+            self.pieces.push(Piece::Record(self.start, len));
+            self.start = len;
+        }
+        if at_eof && self.dropping {
+            self.start = len;
+        }
+    }
+
+    /// Where the next pass goes on, relative to the bytes that stay after `start`.
+    fn scan_after(&self, full: bool) -> Scan {
+        if full {
+            Scan {
+                dropping: self.dropping,
+                ..Scan::default()
+            }
+        } else {
+            Scan {
+                scanned: self.i.max(self.start) - self.start,
+                in_quotes: self.in_quotes,
+                dropping: self.dropping,
+            }
+        }
+    }
+}
+
 /// Bytes at the start of a file that its fingerprint covers.
 const HEAD_BYTES: u64 = 1024;
 
@@ -227,140 +403,36 @@ impl FileSource {
     /// so one stray quote costs one line rather than the rest of the file.
     fn take_records(&mut self, at_eof: bool) -> Vec<Record> {
         let limit = self.max_batch_records.max(1);
-        let max = self.max_record_bytes.max(1);
-        let bytes = &self.pending[..];
-        let mut pieces = Vec::new();
         // A scan that stopped past the end (an escape as the last byte read) resumes there; at
         // the end of input, the record it is in is the last.
-        if self.scan.scanned > bytes.len() && !at_eof {
+        if self.scan.scanned > self.pending.len() && !at_eof {
             return Vec::new();
         }
-        let mut start = 0usize;
-        let mut i = self.scan.scanned.min(bytes.len());
-        let mut in_quotes = self.scan.in_quotes;
-        let mut dropping = self.scan.dropping;
-        while pieces.len() < limit {
-            if dropping {
-                match memchr::memchr(b'\n', &bytes[i..]) {
-                    Some(p) => {
-                        start = i + p + 1;
-                        i = start;
-                        dropping = false;
-                        continue;
-                    }
-                    None => {
-                        start = bytes.len();
-                        i = start;
-                        break;
-                    }
-                }
-            }
-            // The end of the record at `start`, and how far the scan got.
-            let (end, reached) = match self.framing {
-                Framing::Lines => match memchr::memchr(b'\n', &bytes[i..]) {
-                    Some(p) => (Some(i + p), i + p),
-                    None => (None, bytes.len()),
-                },
-                Framing::CsvRows { quote, escape } => {
-                    let mut j = i;
-                    let mut found = None;
-                    while j < bytes.len() {
-                        let b = bytes[j];
-                        if in_quotes && Some(b) == escape && b != quote {
-                            // The escaped byte (a quote, say) is data, also when it is not
-                            // read yet: the scan then goes on past it.
-                            j += 2;
-                            continue;
-                        }
-                        if b == quote {
-                            in_quotes = !in_quotes;
-                        } else if b == b'\n' && !in_quotes {
-                            found = Some(j);
-                            break;
-                        }
-                        j += 1;
-                    }
-                    (found, j)
-                }
-            };
-            if end.unwrap_or(bytes.len()) - start <= max {
-                match end {
-                    Some(end) => {
-                        pieces.push(Piece::Record(start, end));
-                        start = end + 1;
-                        i = start;
-                        continue;
-                    }
-                    None => {
-                        i = reached;
-                        break;
-                    }
-                }
-            }
-            // Oversized. A CSV record spanning lines (an unclosed quote, most often) gives up
-            // its first line alone, and framing goes on at the next line: nothing else is lost.
-            let line = memchr::memchr(b'\n', &bytes[start..]).map(|p| start + p);
-            if let (Framing::CsvRows { .. }, Some(l)) = (self.framing, line) {
-                if l - start <= max {
-                    pieces.push(Piece::SetAside(
-                        start,
-                        l,
-                        "unbalanced_quote",
-                        format!(
-                            "this line starts a CSV record of more than max_record_bytes \
-                             ({max} bytes), most likely a quoted field that is not closed: the \
-                             line is set aside and framing goes on at the next line"
-                        ),
-                    ));
-                    in_quotes = false;
-                    start = l + 1;
-                    i = start;
-                    continue;
-                }
-            }
-            pieces.push(Piece::SetAside(
-                start,
-                start + max,
-                "oversized",
-                format!(
-                    "a record of more than max_record_bytes ({max} bytes): its first {max} bytes \
-                     are here, the rest up to the next line break is dropped"
-                ),
-            ));
-            in_quotes = false;
-            dropping = true;
-            i = start + max;
-            start = i;
-        }
-        let full = pieces.len() == limit;
-        if at_eof && !full && start < bytes.len() && !dropping {
-            pieces.push(Piece::Record(start, bytes.len()));
-            start = bytes.len();
-        }
-        if at_eof && dropping {
-            start = bytes.len();
-        }
-        // Rescanning starts where this scan stopped, relative to the bytes that stay.
-        self.scan = if full {
-            Scan {
-                dropping,
-                ..Scan::default()
-            }
-        } else {
-            Scan {
-                scanned: i.max(start) - start,
-                in_quotes,
-                dropping,
-            }
-        };
+        let mut framer = Framer::resume(
+            &self.pending,
+            self.framing,
+            self.max_record_bytes.max(1),
+            self.scan,
+        );
+        framer.cut(limit);
+        let full = framer.pieces.len() == limit;
+        framer.finish(at_eof, full);
+        let scan = framer.scan_after(full);
+        let Framer { start, pieces, .. } = framer;
+        self.scan = scan;
         self.waiting = full;
         self.offset += start as u64;
         let data = self.pending.split_to(start).freeze();
+        self.records_of(&data, pieces)
+    }
+
+    /// The records of the pieces cut from `data`, less the blank ones and those still to skip.
+    fn records_of(&mut self, data: &Bytes, pieces: Vec<Piece>) -> Vec<Record> {
         let arrival = now_ms();
         let mut records = Vec::with_capacity(pieces.len());
         for piece in pieces {
             match piece {
-                Piece::Record(from, to) => self.push_record(&data, from, to, arrival, &mut records),
+                Piece::Record(from, to) => self.push_record(data, from, to, arrival, &mut records),
                 Piece::SetAside(from, to, kind, reason) => {
                     if self.skip_records > 0 {
                         self.skip_records -= 1;
