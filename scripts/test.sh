@@ -42,6 +42,9 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo test --all-features"
 cargo test --all-features
 
+step "bench/peers/run.sh --tiny (the peers' outputs agree with rivulet's on a small input)"
+bench/peers/run.sh --tiny --debug
+
 step "cargo run --example quickstart (the library quickstart checks its own result)"
 cargo run --quiet --all-features --example quickstart
 

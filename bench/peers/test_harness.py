@@ -1,0 +1,54 @@
+"""The harness's agreement check: engines' outputs in their own shapes compare equal when they
+are the same rows, and a row that differs is caught."""
+import datetime
+import unittest
+
+import harness
+
+COLUMNS = [("ticker_symbol", "s"), ("window_start", "t"), ("n", "i"), ("avg_price", "f")]
+
+
+class Agreement(unittest.TestCase):
+    def test_the_same_rows_in_each_engines_shape_agree(self):
+        utc = datetime.timezone.utc
+        rivulet = [["T001", "2026-01-01T00:00:10.000Z", 3, 250.12333333333333]]
+        datafusion = [("T001", datetime.datetime(2026, 1, 1, 0, 0, 10), 3, 250.123333333333)]
+        duckdb = [("T001", datetime.datetime(2026, 1, 1, 0, 0, 10, tzinfo=utc), 3, 250.12333333333)]
+        flink = [["T001", "2026-01-01 00:00:10", 3, 250.1233333333333]]
+        want = harness.canonical(rivulet, COLUMNS)
+        for other in (datafusion, duckdb, flink):
+            self.assertEqual(harness.canonical(other, COLUMNS), want)
+
+    def test_a_differing_value_or_a_missing_row_is_caught(self):
+        a = harness.canonical([["T001", "2026-01-01T00:00:10Z", 3, 1.5],
+                               ["T002", "2026-01-01T00:00:10Z", 1, 2.0]], COLUMNS)
+        off_by_one = harness.canonical([["T001", "2026-01-01T00:00:10Z", 4, 1.5],
+                                        ["T002", "2026-01-01T00:00:10Z", 1, 2.0]], COLUMNS)
+        missing = harness.canonical([["T001", "2026-01-01T00:00:10Z", 3, 1.5]], COLUMNS)
+        shifted = harness.canonical([["T001", "2026-01-01T00:00:10.001Z", 3, 1.5],
+                                     ["T002", "2026-01-01T00:00:10Z", 1, 2.0]], COLUMNS)
+        for other in (off_by_one, missing, shifted):
+            self.assertNotEqual(a, other)
+        message = harness.disagreement("tumbling", "rivulet", a, "duckdb", off_by_one)
+        self.assertIn("only rivulet", message)
+        self.assertIn("4", message)
+
+    def test_the_generator_is_reproducible_and_ordered_in_event_time(self):
+        import os
+        import tempfile
+        d = tempfile.mkdtemp()
+        a, b = os.path.join(d, "a"), os.path.join(d, "b")
+        harness.generate(a, 500)
+        harness.generate(b, 500)
+        with open(a) as fa, open(b) as fb:
+            la, lb = fa.read(), fb.read()
+        self.assertEqual(la, lb)
+        import json
+        times = [json.loads(l)["event_time"] for l in la.splitlines()]
+        self.assertEqual(times, sorted(times))
+        self.assertEqual(times[0], "2026-01-01T00:00:00.000Z")
+        self.assertEqual(times[10], "2026-01-01T00:00:00.001Z")
+
+
+if __name__ == "__main__":
+    unittest.main()
