@@ -2,11 +2,10 @@
 //! of its columns (ISO-8601 text, epoch milliseconds or a timestamp).
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, TimestampMillisecondArray};
-use arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::{DataType, TimestampMillisecondType};
 
 use super::{DecodeFailure, FailureKind, RecordDecoder};
-use crate::format::Column;
+use crate::format::{epoch_millis, Column};
 use crate::record::Record;
 use crate::{Error, Result};
 
@@ -119,50 +118,19 @@ impl RecordDecoder {
     }
 }
 
-/// Converts a column to epoch milliseconds; values that are not times become null.
+/// Converts a column to epoch milliseconds ([`crate::format::epoch_millis`]); values that are not
+/// times become null. A column of no type that holds times (`Null` included: a sample that never
+/// had the field) is refused.
 fn to_epoch_millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
-    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
-    Ok(match array.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let strings = arrow::compute::cast(array, &DataType::Utf8)?;
-            strings
-                .as_string::<i32>()
-                .iter()
-                .map(|v| v.and_then(parse_time_ms))
-                .collect()
-        }
-        // A zoned timestamp is an instant: cast it between zones (which keeps the instant), not to
-        // a naive type (which would shift it to local wall time). A naive one is taken as UTC.
-        DataType::Timestamp(_, Some(_)) => arrow::compute::cast(
-            array,
-            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        )?
-        .as_primitive()
-        .clone(),
-        DataType::Timestamp(_, None) | DataType::Date32 | DataType::Date64 => {
-            arrow::compute::cast(array, &ms)?.as_primitive().clone()
-        }
-        t if t.is_integer() || t.is_floating() => {
-            let ints = arrow::compute::cast(array, &DataType::Int64)?;
-            ints.as_primitive::<arrow::datatypes::Int64Type>()
-                .iter()
-                .collect()
-        }
-        other => {
-            return Err(Error::Format(format!(
-                "a ROWTIME field must hold ISO-8601 strings, epoch milliseconds or timestamps, not {other}"
-            )))
-        }
-    })
-}
-
-/// Parses ISO-8601 (with or without zone; no zone means UTC) or integer epoch milliseconds.
-fn parse_time_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
+    let millis = match array.data_type() {
+        DataType::Null => None,
+        _ => epoch_millis(array)?,
+    };
+    match millis {
+        Some(m) => Ok(m.reinterpret_cast::<TimestampMillisecondType>()),
+        None => Err(Error::Format(format!(
+            "a ROWTIME field must hold ISO-8601 strings, epoch milliseconds or timestamps, not {}",
+            array.data_type()
+        ))),
     }
-    string_to_timestamp_nanos(s)
-        .ok()
-        .map(|ns| ns.div_euclid(1_000_000))
 }
