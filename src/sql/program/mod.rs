@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
-use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::TableReference;
 use datafusion::execution::registry::FunctionRegistry;
@@ -27,7 +26,7 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+use datafusion::sql::sqlparser::ast::{Query, Statement, TableObject};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -39,7 +38,8 @@ use super::rewrite::{
 use super::shape::{check_shape_with, check_time_type, has_over, sorts_or_limits};
 use super::time::fmt_millis;
 use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
-use super::{describe, mentions_rowtime, slots_read, BatchSlot, PerBatch};
+use super::{describe, register_source, slot_table, slots_read, source_projection};
+use super::{BatchSlot, PerBatch};
 use crate::format::ROWTIME;
 use crate::kda::Dialect;
 use crate::record::DESTINATION_STREAM;
