@@ -86,6 +86,11 @@ fn counts(arg: &ColumnarValue, rows: usize) -> DfResult<Vec<Option<i64>>> {
     Ok(array.as_primitive::<Int64Type>().iter().collect())
 }
 
+/// The first count over `limit`, if one is.
+fn first_over(counts: &[Option<i64>], limit: usize) -> Option<i64> {
+    counts.iter().flatten().copied().find(|n| *n > limit as i64)
+}
+
 /// Byte length of each of `rows` values of a string argument.
 fn byte_lengths(arg: &ColumnarValue, rows: usize) -> DfResult<Vec<usize>> {
     let array: ArrayRef = arg.to_array(rows)?;
@@ -112,11 +117,7 @@ impl Bounded {
         let counts = counts(n, rows)?;
         match self.kind {
             Kind::Pad => {
-                if let Some(n) = counts
-                    .iter()
-                    .flatten()
-                    .find(|n| **n > MAX_BUILT_VALUE_BYTES as i64)
-                {
+                if let Some(n) = first_over(&counts, MAX_BUILT_VALUE_BYTES) {
                     return exec_err!(
                         "{name}: a length of {n} is over the limit of {MAX_BUILT_VALUE_BYTES} \
                          characters (rivulet::MAX_BUILT_VALUE_BYTES)"
@@ -136,11 +137,7 @@ impl Bounded {
                 }
             }
             Kind::ArrayRepeat => {
-                if let Some(n) = counts
-                    .iter()
-                    .flatten()
-                    .find(|n| **n > MAX_BUILT_ARRAY_ELEMENTS as i64)
-                {
+                if let Some(n) = first_over(&counts, MAX_BUILT_ARRAY_ELEMENTS) {
                     return exec_err!(
                         "{name}: a count of {n} is over the limit of {MAX_BUILT_ARRAY_ELEMENTS} \
                          elements (rivulet::MAX_BUILT_ARRAY_ELEMENTS)"

@@ -42,7 +42,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -387,33 +387,50 @@ pub(crate) fn mentions_rowtime(sql: &str) -> bool {
         .unwrap_or(true)
 }
 
+/// The input columns the source table shows, when not all: every one but `ROWTIME`, unless
+/// `sql` names it.
+pub(crate) fn source_projection(sql: &str, input_schema: &Schema) -> Option<Vec<usize>> {
+    let keep_rowtime = mentions_rowtime(sql);
+    match input_schema.index_of(ROWTIME) {
+        Ok(i) if !keep_rowtime => Some(
+            (0..input_schema.fields().len())
+                .filter(|&c| c != i)
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// A table whose scans read what `slot` holds.
+pub(crate) fn slot_table(slot: &Arc<BatchSlot>) -> Result<Arc<StreamingTable>> {
+    Ok(Arc::new(StreamingTable::try_new(
+        Arc::clone(&slot.schema),
+        vec![Arc::clone(slot) as Arc<dyn PartitionStream>],
+    )?))
+}
+
+/// Registers the input stream, read from `slot`, under its name and its alias.
+pub(crate) fn register_source(ctx: &SessionContext, slot: &Arc<BatchSlot>) -> Result<()> {
+    let table = slot_table(slot)?;
+    for name in [SOURCE_STREAM, SOURCE_ALIAS] {
+        ctx.register_table(TableReference::bare(name), Arc::clone(&table) as _)?;
+    }
+    Ok(())
+}
+
 impl StreamQuery {
     /// Plans `sql` against input batches of `input_schema` (as produced by the decoder, with
     /// `ROWTIME` last). Fails on invalid SQL or a query that needs state (plan windowed aggregates with
     /// [`SqlProgram`]).
     pub async fn new(sql: &str, input_schema: SchemaRef) -> Result<Self> {
         let ctx = session();
-        let keep_rowtime = mentions_rowtime(sql);
-        let projection: Option<Vec<usize>> = match input_schema.index_of(ROWTIME) {
-            Ok(i) if !keep_rowtime => Some(
-                (0..input_schema.fields().len())
-                    .filter(|&c| c != i)
-                    .collect(),
-            ),
-            _ => None,
-        };
+        let projection = source_projection(sql, &input_schema);
         let table_schema = match &projection {
             Some(p) => Arc::new(input_schema.project(p)?),
             None => Arc::clone(&input_schema),
         };
         let slot = Arc::new(BatchSlot::new(Arc::clone(&table_schema)));
-        let table = Arc::new(StreamingTable::try_new(
-            Arc::clone(&table_schema),
-            vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
-        )?);
-        for name in [SOURCE_STREAM, SOURCE_ALIAS] {
-            ctx.register_table(TableReference::bare(name), Arc::clone(&table) as _)?;
-        }
+        register_source(&ctx, &slot)?;
         let state = ctx.state();
         let logical = state
             .create_logical_plan(sql)

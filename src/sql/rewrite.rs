@@ -65,10 +65,7 @@ impl ScalarUDFImpl for EventTime {
             super::shape::check_time_type(t, "ORDER BY")
                 .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
         }
-        Ok(DataType::Timestamp(
-            TimeUnit::Millisecond,
-            Some("UTC".into()),
-        ))
+        Ok(utc_millis())
     }
 
     fn invoke_with_args(
@@ -86,6 +83,11 @@ impl ScalarUDFImpl for EventTime {
         .with_timezone("UTC");
         Ok(ColumnarValue::Array(std::sync::Arc::new(ts)))
     }
+}
+
+/// The type the window markers and event times evaluate to: UTC timestamps in milliseconds.
+fn utc_millis() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
 /// The window of a rewritten query.
@@ -129,10 +131,7 @@ impl ScalarUDFImpl for WindowBound {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Timestamp(
-            TimeUnit::Millisecond,
-            Some("UTC".into()),
-        ))
+        Ok(utc_millis())
     }
 
     fn invoke_with_args(
@@ -363,36 +362,8 @@ fn rewrite_select(
         }
     }
     wrap_over_order_by(select)?;
-    let mut clause: Option<(usize, WindowClause)> = None;
-    if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
-        for (i, e) in exprs.iter().enumerate() {
-            if let Some(c) = window_clause(e)? {
-                if clause.is_some() {
-                    return Err(Error::Sql(
-                        "a query can group by one window only (one TUMBLE, HOP or SESSION)".into(),
-                    ));
-                }
-                clause = Some((i, c));
-            }
-        }
-    }
-    let Some((at, clause)) = clause else {
-        let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
-        // A join of streams is refused later with its own message; with one stream (joined to
-        // reference tables or not) the row id is unique to the stream's row.
-        let single_input = select.from.len() == 1
-            && select.from[0].joins.iter().all(|j| {
-                matches!(&j.relation, TableFactor::Table { name, .. }
-                if name.0.last().and_then(|p| p.as_ident()).is_some_and(|id| {
-                    names.references.contains(&id.value)
-                }))
-            });
-        if !grouped
-            && single_input
-            && select.distinct.is_none()
-            && !has_wildcard(select)
-            && !aggregates(select, names)
-        {
+    let Some((at, clause)) = group_window(select)? else {
+        if carries_row_id(select, names) {
             select
                 .projection
                 .push(SelectItem::UnnamedExpr(Expr::Identifier(Ident::new(
@@ -409,55 +380,115 @@ fn rewrite_select(
     if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
         exprs.splice(at..=at, [start.clone(), end.clone()]);
     }
-    let prefix = match clause.spec {
+    select_window_bounds(select, &clause, &start, &end)?;
+    Ok(Some(clause))
+}
+
+/// The window the select groups by, with its place among the group expressions; at most one.
+fn group_window(select: &Select) -> Result<Option<(usize, WindowClause)>> {
+    let mut clause: Option<(usize, WindowClause)> = None;
+    if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
+        for (i, e) in exprs.iter().enumerate() {
+            if let Some(c) = window_clause(e)? {
+                if clause.is_some() {
+                    return Err(Error::Sql(
+                        "a query can group by one window only (one TUMBLE, HOP or SESSION)".into(),
+                    ));
+                }
+                clause = Some((i, c));
+            }
+        }
+    }
+    Ok(clause)
+}
+
+/// True when a select without a window can carry its input's row id: it does not group,
+/// aggregate, dedupe or select `*`, and reads one stream.
+fn carries_row_id(select: &mut Select, names: &Names<'_>) -> bool {
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    // A join of streams is refused later with its own message; with one stream (joined to
+    // reference tables or not) the row id is unique to the stream's row.
+    let single_input = select.from.len() == 1
+        && select.from[0].joins.iter().all(|j| {
+            matches!(&j.relation, TableFactor::Table { name, .. }
+            if name.0.last().and_then(|p| p.as_ident()).is_some_and(|id| {
+                names.references.contains(&id.value)
+            }))
+        });
+    !grouped
+        && single_input
+        && select.distinct.is_none()
+        && !has_wildcard(select)
+        && !aggregates(select, names)
+}
+
+/// The name a window function is written with (`TUMBLE`, …), which its bounds' names start with.
+fn window_fn_name(spec: WindowSpec) -> &'static str {
+    match spec {
         WindowSpec::Tumbling { .. } => "TUMBLE",
         WindowSpec::Hopping { .. } => "HOP",
         WindowSpec::Session { .. } => "SESSION",
         WindowSpec::Stagger { .. } => "STAGGER",
-    };
-    let mut failure: Option<Error> = None;
-    let mut replace = |e: &mut Expr| {
-        let bound = match e {
-            Expr::Identifier(id) if id.value.eq_ignore_ascii_case("window_start") => Some(true),
-            Expr::Identifier(id) if id.value.eq_ignore_ascii_case("window_end") => Some(false),
-            Expr::Function(_) => match function_name(e).as_deref() {
-                Some(n) if n.ends_with("_START") || n.ends_with("_END") => {
-                    let (kind, is_start) = match n.strip_suffix("_START") {
-                        Some(k) => (k, true),
-                        None => (n.strip_suffix("_END").unwrap_or(n), false),
-                    };
-                    if WINDOW_FNS.contains(&kind) {
-                        if kind != prefix {
-                            failure = Some(Error::Sql(format!(
-                                "`{e}` does not match the query's window, {prefix}(…); use \
-                                 {prefix}_START / {prefix}_END"
-                            )));
-                        } else if let Some(t) = function_args(e).first() {
-                            if t.to_string() != clause.time_sql {
-                                failure = Some(Error::Sql(format!(
-                                    "`{e}` names time column `{t}`, but the query's window is on \
-                                     `{}`",
-                                    clause.time_sql
-                                )));
-                            }
-                        }
-                        Some(is_start)
-                    } else {
-                        None
+    }
+}
+
+/// Which bound of the query's window `e` names (`Some(true)` for the start), if it names one:
+/// `window_start`, `window_end`, `TUMBLE_START(…)`, …. A bound of another window, of another
+/// time column, or a window function outside `GROUP BY` sets `failure`.
+fn window_bound(e: &Expr, clause: &WindowClause, failure: &mut Option<Error>) -> Option<bool> {
+    let prefix = window_fn_name(clause.spec);
+    match e {
+        Expr::Identifier(id) if id.value.eq_ignore_ascii_case("window_start") => Some(true),
+        Expr::Identifier(id) if id.value.eq_ignore_ascii_case("window_end") => Some(false),
+        Expr::Function(_) => match function_name(e).as_deref() {
+            Some(n) if n.ends_with("_START") || n.ends_with("_END") => {
+                let (kind, is_start) = match n.strip_suffix("_START") {
+                    Some(k) => (k, true),
+                    None => (n.strip_suffix("_END").unwrap_or(n), false),
+                };
+                if !WINDOW_FNS.contains(&kind) {
+                    return None;
+                }
+                if kind != prefix {
+                    *failure = Some(Error::Sql(format!(
+                        "`{e}` does not match the query's window, {prefix}(…); use \
+                         {prefix}_START / {prefix}_END"
+                    )));
+                } else if let Some(t) = function_args(e).first() {
+                    if t.to_string() != clause.time_sql {
+                        *failure = Some(Error::Sql(format!(
+                            "`{e}` names time column `{t}`, but the query's window is on \
+                             `{}`",
+                            clause.time_sql
+                        )));
                     }
                 }
-                Some(n) if WINDOW_FNS.contains(&n) => {
-                    failure = Some(Error::Sql(format!(
-                        "`{e}` can only appear in GROUP BY; select {n}_START(…) or {n}_END(…) \
-                         for the window's bounds"
-                    )));
-                    None
-                }
-                _ => None,
-            },
+                Some(is_start)
+            }
+            Some(n) if WINDOW_FNS.contains(&n) => {
+                *failure = Some(Error::Sql(format!(
+                    "`{e}` can only appear in GROUP BY; select {n}_START(…) or {n}_END(…) \
+                     for the window's bounds"
+                )));
+                None
+            }
             _ => None,
-        };
-        match bound {
+        },
+        _ => None,
+    }
+}
+
+/// Replaces the window's bounds in the select list and `HAVING` by the marker expressions
+/// `start` and `end`.
+fn select_window_bounds(
+    select: &mut Select,
+    clause: &WindowClause,
+    start: &Expr,
+    end: &Expr,
+) -> Result<()> {
+    let mut failure: Option<Error> = None;
+    let mut replace = |e: &mut Expr| {
+        match window_bound(e, clause, &mut failure) {
             Some(true) => *e = start.clone(),
             Some(false) => *e = end.clone(),
             None => {}
@@ -489,10 +520,10 @@ fn rewrite_select(
     if let Some(h) = &mut select.having {
         let _ = visit_expressions_mut(h, &mut replace);
     }
-    if let Some(e) = failure {
-        return Err(e);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(Some(clause))
 }
 
 fn wrap_spec(spec: &mut WindowSpecAst) -> Result<()> {

@@ -4,7 +4,7 @@
 
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Aggregate, Join, LogicalPlan};
 
 use crate::{Error, Result};
 
@@ -44,79 +44,9 @@ pub(crate) fn check_shape_with(
             LogicalPlan::Sort(_) | LogicalPlan::Limit(_) if per_window && aggregates == 0 => None,
             LogicalPlan::Aggregate(a) => {
                 aggregates += 1;
-                if !windowed {
-                    Some(
-                        "an aggregate (GROUP BY, COUNT, SUM, …) over a stream never completes \
-                         without a window: add TUMBLE(ts, INTERVAL '1' MINUTE), HOP(ts, slide, \
-                         size) or SESSION(ts, gap) to GROUP BY"
-                            .into(),
-                    )
-                } else if a
-                    .group_expr
-                    .iter()
-                    .any(|e| matches!(e, datafusion::logical_expr::Expr::GroupingSet(_)))
-                {
-                    Some("GROUPING SETS, CUBE and ROLLUP are not supported on streams".into())
-                } else {
-                    None
-                }
+                aggregate_problem(a, windowed)
             }
-            LogicalPlan::Window(_) if windowed => Some(
-                "a statement can have a group window (TUMBLE, HOP, SESSION) or OVER windows, \
-                 not both; give one of them its own statement"
-                    .into(),
-            ),
-            LogicalPlan::Window(_) if !over => Some("OVER windows need state".into()),
-            LogicalPlan::Join(j) => {
-                let only_reference = |p: &LogicalPlan| {
-                    let tables = scanned(p);
-                    !tables.is_empty() && tables.iter().all(|t| reference.contains(t))
-                };
-                if only_reference(&j.left) || only_reference(&j.right) {
-                    over.then(|| {
-                        "join the reference table in a statement of its own (INSERT INTO \
-                         stream_name SELECT …), and window that stream in the next"
-                            .into()
-                    })
-                } else {
-                    Some(
-                        "a join of streams needs a time bound on both sides, which is not \
-                         supported; aggregate each stream in its own statement instead (a \
-                         reference table, loaded from a file, can be joined)"
-                            .into(),
-                    )
-                }
-            }
-            LogicalPlan::Distinct(_) => Some(
-                "SELECT DISTINCT over a stream never completes; use GROUP BY with a window".into(),
-            ),
-            LogicalPlan::Sort(_) => Some(
-                "ORDER BY over an unbounded stream never completes; rows come out in window \
-                 order (in a statement grouped by TUMBLE or HOP, ORDER BY sorts each window's \
-                 rows)"
-                    .into(),
-            ),
-            LogicalPlan::Limit(_) => Some(
-                "LIMIT over an unbounded stream is not supported (in a statement grouped by \
-                 TUMBLE or HOP, LIMIT keeps the first rows of each window)"
-                    .into(),
-            ),
-            LogicalPlan::Subquery(_) => Some(
-                "subqueries in expressions are not supported on streams; give the inner query \
-                 its own statement"
-                    .into(),
-            ),
-            LogicalPlan::RecursiveQuery(_) => {
-                Some("recursive queries are not supported on streams".into())
-            }
-            LogicalPlan::Dml(_)
-            | LogicalPlan::Ddl(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Explain(_)
-            | LogicalPlan::Analyze(_)
-            | LogicalPlan::DescribeTable(_) => Some("only SELECT queries run on a stream".into()),
-            _ => None,
+            node => node_problem(node, windowed, over, reference),
         };
         let stop = p.is_some();
         if p.is_some() {
@@ -141,6 +71,97 @@ pub(crate) fn check_shape_with(
         ));
     }
     Ok(())
+}
+
+/// Why an aggregate cannot run on a stream, if it cannot.
+fn aggregate_problem(a: &Aggregate, windowed: bool) -> Option<String> {
+    if !windowed {
+        Some(
+            "an aggregate (GROUP BY, COUNT, SUM, …) over a stream never completes \
+             without a window: add TUMBLE(ts, INTERVAL '1' MINUTE), HOP(ts, slide, \
+             size) or SESSION(ts, gap) to GROUP BY"
+                .into(),
+        )
+    } else if a
+        .group_expr
+        .iter()
+        .any(|e| matches!(e, datafusion::logical_expr::Expr::GroupingSet(_)))
+    {
+        Some("GROUPING SETS, CUBE and ROLLUP are not supported on streams".into())
+    } else {
+        None
+    }
+}
+
+/// Why a plan node other than an aggregate cannot run on a stream, if it cannot.
+fn node_problem(
+    node: &LogicalPlan,
+    windowed: bool,
+    over: bool,
+    reference: &[String],
+) -> Option<String> {
+    match node {
+        LogicalPlan::Window(_) if windowed => Some(
+            "a statement can have a group window (TUMBLE, HOP, SESSION) or OVER windows, \
+             not both; give one of them its own statement"
+                .into(),
+        ),
+        LogicalPlan::Window(_) if !over => Some("OVER windows need state".into()),
+        LogicalPlan::Join(j) => join_problem(j, over, reference),
+        LogicalPlan::Distinct(_) => {
+            Some("SELECT DISTINCT over a stream never completes; use GROUP BY with a window".into())
+        }
+        LogicalPlan::Sort(_) => Some(
+            "ORDER BY over an unbounded stream never completes; rows come out in window \
+             order (in a statement grouped by TUMBLE or HOP, ORDER BY sorts each window's \
+             rows)"
+                .into(),
+        ),
+        LogicalPlan::Limit(_) => Some(
+            "LIMIT over an unbounded stream is not supported (in a statement grouped by \
+             TUMBLE or HOP, LIMIT keeps the first rows of each window)"
+                .into(),
+        ),
+        LogicalPlan::Subquery(_) => Some(
+            "subqueries in expressions are not supported on streams; give the inner query \
+             its own statement"
+                .into(),
+        ),
+        LogicalPlan::RecursiveQuery(_) => {
+            Some("recursive queries are not supported on streams".into())
+        }
+        LogicalPlan::Dml(_)
+        | LogicalPlan::Ddl(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::Statement(_)
+        | LogicalPlan::Explain(_)
+        | LogicalPlan::Analyze(_)
+        | LogicalPlan::DescribeTable(_) => Some("only SELECT queries run on a stream".into()),
+        _ => None,
+    }
+}
+
+/// Why a join cannot run on a stream, if it cannot: only a join to `reference` tables can, and
+/// not in a statement with `OVER` windows.
+fn join_problem(j: &Join, over: bool, reference: &[String]) -> Option<String> {
+    let only_reference = |p: &LogicalPlan| {
+        let tables = scanned(p);
+        !tables.is_empty() && tables.iter().all(|t| reference.contains(t))
+    };
+    if only_reference(&j.left) || only_reference(&j.right) {
+        over.then(|| {
+            "join the reference table in a statement of its own (INSERT INTO \
+             stream_name SELECT …), and window that stream in the next"
+                .into()
+        })
+    } else {
+        Some(
+            "a join of streams needs a time bound on both sides, which is not \
+             supported; aggregate each stream in its own statement instead (a \
+             reference table, loaded from a file, can be joined)"
+                .into(),
+        )
+    }
 }
 
 /// Refuses, at plan time, a window time column of a type that cannot hold a time.

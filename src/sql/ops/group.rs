@@ -13,7 +13,7 @@ use std::time::Instant;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::kernels::cast::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::PhysicalExpr;
@@ -115,6 +115,39 @@ pub(crate) struct RowIssue {
     pub(crate) reason: String,
 }
 
+impl RowIssue {
+    pub(crate) fn new(
+        index: usize,
+        row_id: Option<u64>,
+        kind: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            index,
+            row_id,
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The row ids of a batch's rows, when the batch has them.
+pub(crate) struct RowIds(Option<UInt64Array>);
+
+impl RowIds {
+    /// The ids in the hidden row id column `col`, if there is one.
+    pub(crate) fn new(col: Option<&ArrayRef>) -> Result<Self> {
+        Ok(Self(col.map(row_ids).transpose()?))
+    }
+
+    /// The id of row `i` (`None` for rows derived from several inputs).
+    pub(crate) fn get(&self, i: usize) -> Option<u64> {
+        self.0
+            .as_ref()
+            .and_then(|r| r.is_valid(i).then(|| r.value(i)))
+    }
+}
+
 /// What a micro-batch carries besides its rows.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchContext<'a> {
@@ -128,6 +161,16 @@ pub(crate) struct BatchContext<'a> {
     /// emitted: its rows come from no partition).
     pub(crate) table: &'a PartitionTable,
     pub(crate) now: Instant,
+}
+
+impl BatchContext<'_> {
+    /// Tells `watermark` the event time `t` of the row `row_id`, in the row's source partition.
+    pub(crate) fn observe(&self, watermark: &mut WatermarkTracker, row_id: Option<u64>, t: Millis) {
+        let partition = row_id
+            .and_then(|r| self.partitions.get(r as usize).copied())
+            .unwrap_or(0);
+        watermark.observe(partition, t, (self.now, self.seq), self.table);
+    }
 }
 
 /// `settings.max_future` in milliseconds.
@@ -202,6 +245,35 @@ impl WindowState {
             Some(g) => g.len(),
             None => self.keyless_groups,
         }
+    }
+
+    /// Interns `keys` (of `count` rows) into `groups`, the rows' group indices; the window's
+    /// number of groups.
+    fn intern(
+        &mut self,
+        keys: &[ArrayRef],
+        count: usize,
+        groups: &mut Vec<usize>,
+    ) -> Result<usize> {
+        Ok(match &mut self.groups {
+            Some(g) => {
+                g.intern(keys, groups)?;
+                g.len()
+            }
+            None => {
+                groups.resize(count, 0);
+                self.keyless_groups = 1;
+                1
+            }
+        })
+    }
+
+    /// The key columns of every group, taken out.
+    fn emit_keys(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(match &mut self.groups {
+            Some(g) => g.emit(EmitTo::All)?,
+            None => Vec::new(),
+        })
     }
 }
 
@@ -379,14 +451,9 @@ impl WindowAggregate {
         }
         let time_col = self.plan.time_expr.evaluate(batch)?.into_array(n)?;
         let (times, bad) = time_to_millis(&time_col)?;
-        let row_ids: Option<UInt64Array> = match &self.plan.row_expr {
-            Some(e) => Some(row_ids(&e.evaluate(batch)?.into_array(n)?)?),
-            None => None,
-        };
-        let row_id = |i: usize| {
-            row_ids
-                .as_ref()
-                .and_then(|r| r.is_valid(i).then(|| r.value(i)))
+        let row_ids = match &self.plan.row_expr {
+            Some(e) => RowIds::new(Some(&e.evaluate(batch)?.into_array(n)?))?,
+            None => RowIds::new(None)?,
         };
         let session_keys = match self.plan.spec {
             spec if spec.per_key() && !self.sessions.is_empty() => Some(
@@ -395,101 +462,160 @@ impl WindowAggregate {
             ),
             _ => None,
         };
-        let mut issues = Vec::new();
-        let mut bad_iter = bad.into_iter().peekable();
-        let mut accepted: Vec<(u32, Millis, Millis)> = Vec::with_capacity(n); // (row, t, watermark before)
-        for i in 0..n {
-            if bad_iter.peek() == Some(&i) {
-                bad_iter.next();
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "bad_time",
-                    reason: "the window's time value is not a timestamp (ISO-8601 or epoch \
-                             milliseconds)"
-                        .into(),
-                });
-                continue;
-            }
-            if times.is_null(i) {
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "bad_time",
-                    reason: "the window's time value is null".into(),
-                });
-                continue;
-            }
-            let t = times.value(i);
-            if let Some(issue) = too_far_ahead(t, (i, row_id(i)), ctx, self.max_future) {
-                issues.push(issue);
-                continue;
-            }
-            let wm = self.watermark.watermark();
-            let late_by = match self.plan.spec {
-                WindowSpec::Tumbling { size } => {
-                    let end = floor_to(t, size) + size;
-                    (end <= wm).then_some(end)
-                }
-                WindowSpec::Hopping { slide, size } => {
-                    // The last window holding `t` ends latest.
-                    let end = floor_to(t, slide) + size;
-                    (end <= wm).then_some(end)
-                }
-                WindowSpec::Session { gap } => {
-                    let end = t.saturating_add(gap);
-                    // Not late after all when it reaches a session of its key that is still
-                    // open: it extends that session backwards.
-                    let extends_open = || {
-                        session_keys.as_ref().is_some_and(|k| {
-                            self.sessions.get(&k.row(i).owned()).is_some_and(|list| {
-                                list.iter()
-                                    .any(|s| s.start < end && t < s.last.saturating_add(gap))
-                            })
-                        })
-                    };
-                    (end <= wm && !extends_open()).then_some(end)
-                }
-                WindowSpec::Stagger { size } => {
-                    let end = t.saturating_add(size);
-                    // Not late when an open window of its key holds it.
-                    let in_open = || {
-                        session_keys.as_ref().is_some_and(|k| {
-                            self.sessions.get(&k.row(i).owned()).is_some_and(|list| {
-                                list.iter()
-                                    .any(|s| s.start <= t && t < s.start.saturating_add(size))
-                            })
-                        })
-                    };
-                    (end <= wm && !in_open()).then_some(end)
-                }
-            };
-            if let Some(end) = late_by {
-                self.late_rows += 1;
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "late",
-                    reason: format!(
-                        "event time {} is for a window that ended at {} and was already emitted \
-                         (watermark {})",
-                        fmt_time(t),
-                        fmt_time(end),
-                        fmt_time(wm)
-                    ),
-                });
-                continue;
-            }
-            accepted.push((i as u32, t, wm));
-            let partition = row_id(i)
-                .and_then(|r| ctx.partitions.get(r as usize).copied())
-                .unwrap_or(0);
-            self.watermark
-                .observe(partition, t, (ctx.now, ctx.seq), ctx.table);
-        }
+        let (accepted, mut issues) = self.admit(&times, bad, &row_ids, session_keys.as_ref(), ctx);
         if accepted.is_empty() {
             return Ok(issues);
         }
+        let rows = self.evaluate_rows(batch)?;
+        let failed = match self.plan.spec {
+            spec if spec.per_key() => {
+                let (keys, args, filters) = &rows;
+                self.push_sessions(&accepted, spec, keys, args, filters, ctx.seq)?
+            }
+            spec => self
+                .update_windows(spec, &accepted, n, &rows, ctx.seq)?
+                .into_iter()
+                .collect(),
+        };
+        for (rows, reason) in failed {
+            for i in rows {
+                let i = i as usize;
+                issues.push(RowIssue::new(i, row_ids.get(i), "sql", reason.clone()));
+            }
+        }
+        Ok(issues)
+    }
+
+    /// Sorts a batch's rows into those the windows take, as (row, time, watermark before it),
+    /// and those they refuse, with why; each row taken moves the watermark.
+    fn admit(
+        &mut self,
+        times: &Int64Array,
+        bad: Vec<usize>,
+        row_ids: &RowIds,
+        session_keys: Option<&Rows>,
+        ctx: &BatchContext<'_>,
+    ) -> (Vec<(u32, Millis, Millis)>, Vec<RowIssue>) {
+        let n = times.len();
+        let mut issues = Vec::new();
+        let mut bad = bad.into_iter().peekable();
+        let mut accepted = Vec::with_capacity(n);
+        for i in 0..n {
+            let row_id = row_ids.get(i);
+            if bad.next_if_eq(&i).is_some() {
+                issues.push(RowIssue::new(
+                    i,
+                    row_id,
+                    "bad_time",
+                    "the window's time value is not a timestamp (ISO-8601 or epoch milliseconds)",
+                ));
+                continue;
+            }
+            if times.is_null(i) {
+                issues.push(RowIssue::new(
+                    i,
+                    row_id,
+                    "bad_time",
+                    "the window's time value is null",
+                ));
+                continue;
+            }
+            let t = times.value(i);
+            if let Some(issue) = self.refusal(t, (i, row_id), session_keys, ctx) {
+                issues.push(issue);
+                continue;
+            }
+            accepted.push((i as u32, t, self.watermark.watermark()));
+            ctx.observe(&mut self.watermark, row_id, t);
+        }
+        (accepted, issues)
+    }
+
+    /// Why the windows refuse row `(index, row id)` of event time `t`, if they do: its time is
+    /// too far ahead of its arrival, or its window was already emitted.
+    fn refusal(
+        &mut self,
+        t: Millis,
+        (i, row_id): (usize, Option<u64>),
+        session_keys: Option<&Rows>,
+        ctx: &BatchContext<'_>,
+    ) -> Option<RowIssue> {
+        if let Some(issue) = too_far_ahead(t, (i, row_id), ctx, self.max_future) {
+            return Some(issue);
+        }
+        let wm = self.watermark.watermark();
+        let end = self.late_window_end(t, wm, session_keys.map(|k| (k, i)))?;
+        self.late_rows += 1;
+        Some(RowIssue::new(
+            i,
+            row_id,
+            "late",
+            format!(
+                "event time {} is for a window that ended at {} and was already emitted \
+                 (watermark {})",
+                fmt_time(t),
+                fmt_time(end),
+                fmt_time(wm)
+            ),
+        ))
+    }
+
+    /// The end of the window a row of event time `t` is for, when the watermark `wm` has passed
+    /// it. `key` is the row's key (as row `i` of the converted keys), when its key may have open
+    /// sessions or stagger windows: a row one of them takes is not late.
+    fn late_window_end(
+        &self,
+        t: Millis,
+        wm: Millis,
+        key: Option<(&Rows, usize)>,
+    ) -> Option<Millis> {
+        match self.plan.spec {
+            WindowSpec::Tumbling { size } => {
+                let end = floor_to(t, size) + size;
+                (end <= wm).then_some(end)
+            }
+            WindowSpec::Hopping { slide, size } => {
+                // The last window holding `t` ends latest.
+                let end = floor_to(t, slide) + size;
+                (end <= wm).then_some(end)
+            }
+            WindowSpec::Session { gap } => {
+                let end = t.saturating_add(gap);
+                // Not late after all when it reaches a session of its key that is still
+                // open: it extends that session backwards.
+                let extends_open = || {
+                    self.key_window_holds(key, |s| s.start < end && t < s.last.saturating_add(gap))
+                };
+                (end <= wm && !extends_open()).then_some(end)
+            }
+            WindowSpec::Stagger { size } => {
+                let end = t.saturating_add(size);
+                // Not late when an open window of its key holds it.
+                let in_open = || {
+                    self.key_window_holds(key, |s| s.start <= t && t < s.start.saturating_add(size))
+                };
+                (end <= wm && !in_open()).then_some(end)
+            }
+        }
+    }
+
+    /// True when the key (row `i` of the converted keys) has an open session or stagger window
+    /// for which `holds` is true.
+    fn key_window_holds(
+        &self,
+        key: Option<(&Rows, usize)>,
+        holds: impl Fn(&Session) -> bool,
+    ) -> bool {
+        key.is_some_and(|(k, i)| {
+            self.sessions
+                .get(&k.row(i).owned())
+                .is_some_and(|list| list.iter().any(&holds))
+        })
+    }
+
+    /// The keys, aggregate arguments and filters of every row of `batch`.
+    fn evaluate_rows(&self, batch: &RecordBatch) -> Result<RowsOf> {
+        let n = batch.num_rows();
         let keys = evaluate(&self.plan.keys, batch)?;
         let args: Vec<Vec<ArrayRef>> = self
             .plan
@@ -507,43 +633,32 @@ impl WindowAggregate {
                     .transpose()
             })
             .collect::<Result<_>>()?;
-        // Rows a guest aggregate failed on, with the reason.
-        let mut failed: Vec<(Vec<u32>, String)> = Vec::new();
-        match self.plan.spec {
-            spec if spec.per_key() => {
-                failed = self.push_sessions(&accepted, spec, &keys, &args, &filters, ctx.seq)?
+        Ok((keys, args, filters))
+    }
+
+    /// Aggregates the accepted rows of a batch of `n` rows into their tumbling or hopping
+    /// windows; the rows a guest aggregate failed on, with why.
+    fn update_windows(
+        &mut self,
+        spec: WindowSpec,
+        accepted: &[(u32, Millis, Millis)],
+        n: usize,
+        (keys, args, filters): &RowsOf,
+        seq: u64,
+    ) -> Result<Option<(Vec<u32>, String)>> {
+        let assignments = assign(spec, accepted);
+        let whole = assignments.len() == 1 && assignments[0].rows.len() == n;
+        if self.guest_aggs.is_empty() {
+            for a in assignments {
+                self.update_window(a, whole, keys, args, filters, seq)?;
             }
-            spec => {
-                let assignments = assign(spec, &accepted);
-                let whole = assignments.len() == 1 && assignments[0].rows.len() == n;
-                if self.guest_aggs.is_empty() {
-                    for a in assignments {
-                        self.update_window(a, whole, &keys, &args, &filters, ctx.seq)?;
-                    }
-                } else {
-                    #[cfg(feature = "wasm")]
-                    failed.extend(self.update_windows_guest(
-                        assignments,
-                        whole,
-                        &keys,
-                        &args,
-                        &filters,
-                        ctx.seq,
-                    )?);
-                }
-            }
+            return Ok(None);
         }
-        for (rows, reason) in failed {
-            for i in rows {
-                issues.push(RowIssue {
-                    index: i as usize,
-                    row_id: row_id(i as usize),
-                    kind: "sql",
-                    reason: reason.clone(),
-                });
-            }
-        }
-        Ok(issues)
+        #[cfg(feature = "wasm")]
+        let failed = self.update_windows_guest(assignments, whole, keys, args, filters, seq)?;
+        #[cfg(not(feature = "wasm"))]
+        let failed = None;
+        Ok(failed)
     }
 
     /// The keys, arguments and filters of an assignment's rows.
@@ -591,17 +706,7 @@ impl WindowAggregate {
         };
         let mut groups = std::mem::take(&mut state.scratch);
         groups.clear();
-        let total = match &mut state.groups {
-            Some(g) => {
-                g.intern(keys, &mut groups)?;
-                g.len()
-            }
-            None => {
-                groups.resize(count, 0);
-                state.keyless_groups = 1;
-                1
-            }
-        };
+        let total = state.intern(keys, count, &mut groups)?;
         Ok((groups, total))
     }
 
@@ -883,10 +988,7 @@ impl WindowAggregate {
         if n == 0 {
             return Ok(None);
         }
-        let keys = match &mut state.groups {
-            Some(g) => g.emit(EmitTo::All)?,
-            None => Vec::new(),
-        };
+        let keys = state.emit_keys()?;
         let mut failures = Vec::new();
         let mut aggs = Vec::with_capacity(state.accs.len());
         for (a, agg) in state.accs.iter_mut().zip(&self.plan.aggs) {
@@ -996,8 +1098,6 @@ impl WindowAggregate {
         Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
     }
 
-    /// Serialises all open state (windows, sessions, watermark) to Arrow IPC bytes. The state is
-    /// taken out and put back, so the operator continues exactly as before.
     /// The schema of a snapshot's rows: window bounds, first batch, keys, accumulator states.
     fn state_schema(&self) -> Result<Arc<Schema>> {
         let state_fields: Vec<Arc<Field>> = self
@@ -1023,16 +1123,15 @@ impl WindowAggregate {
         Ok(Arc::new(Schema::new(fields)))
     }
 
+    /// Serialises all open state (windows, sessions, watermark) to Arrow IPC bytes. The state is
+    /// taken out and put back, so the operator continues exactly as before.
     pub(crate) fn snapshot(&mut self) -> Result<Vec<u8>> {
         let schema = self.state_schema()?;
         let mut batches = Vec::new();
         let windows = std::mem::take(&mut self.windows);
         for ((end, start), mut state) in windows {
             let n = state.num_groups();
-            let keys = match &mut state.groups {
-                Some(g) => g.emit(EmitTo::All)?,
-                None => Vec::new(),
-            };
+            let keys = state.emit_keys()?;
             let mut cols: Vec<ArrayRef> = vec![
                 Arc::new(Int64Array::from(vec![start; n])),
                 Arc::new(Int64Array::from(vec![end; n])),
@@ -1135,17 +1234,7 @@ impl WindowAggregate {
             }
             let mut state = new_window_state(&self.plan, first_seq)?;
             let mut groups = Vec::new();
-            let total = match &mut state.groups {
-                Some(g) => {
-                    g.intern(&keys, &mut groups)?;
-                    g.len()
-                }
-                None => {
-                    groups.resize(n, 0);
-                    state.keyless_groups = 1;
-                    1
-                }
-            };
+            let total = state.intern(&keys, n, &mut groups)?;
             for (acc, w) in state.accs.iter_mut().zip(&widths) {
                 let cols: Vec<ArrayRef> = states.by_ref().take(*w).cloned().collect();
                 acc.merge_batch(&cols, &groups, total)?;
@@ -1259,6 +1348,25 @@ fn new_accumulators(plan: &WindowAggregatePlan) -> Result<Vec<Box<dyn Accumulato
         .collect()
 }
 
+/// Merges the states of `from` into `into`, aggregate by aggregate, up to the first that cannot
+/// merge: a guest aggregate's, whose reason is returned.
+fn merge_states(
+    into: &mut [Box<dyn Accumulator>],
+    from: &mut [Box<dyn Accumulator>],
+) -> Result<Option<String>> {
+    for (into, from) in into.iter_mut().zip(from.iter_mut()) {
+        let state = from
+            .state()?
+            .into_iter()
+            .map(|v| Ok(v.to_array()?))
+            .collect::<Result<Vec<_>>>()?;
+        if let Err(e) = into.merge_batch(&state) {
+            return guest_failure(e).map(Some);
+        }
+    }
+    Ok(None)
+}
+
 /// Adds `new` to a key's sessions, merging every session it comes within `gap` of.
 fn merge_session(list: &mut Vec<Session>, mut new: Session, gap: Millis) -> Result<()> {
     let mut i = 0;
@@ -1268,22 +1376,9 @@ fn merge_session(list: &mut Vec<Session>, mut new: Session, gap: Millis) -> Resu
             s.start < new.last.saturating_add(gap) && new.start < s.last.saturating_add(gap);
         if overlaps {
             let mut old = list.remove(i);
-            let mut merged = Ok(());
-            for (into, from) in new.accs.iter_mut().zip(old.accs.iter_mut()) {
-                let state = from
-                    .state()?
-                    .into_iter()
-                    .map(|v| Ok(v.to_array()?))
-                    .collect::<Result<Vec<_>>>()?;
-                if let Err(e) = into.merge_batch(&state) {
-                    merged = Err(e);
-                    break;
-                }
-            }
-            if let Err(e) = merged {
+            if let Some(reason) = merge_states(&mut new.accs, &mut old.accs)? {
                 // A guest aggregate that cannot merge: both sessions stay, apart, rather than
                 // one being lost. (Its merge changed nothing; others before it may have merged.)
-                let reason = guest_failure(e)?;
                 tracing::warn!("two sessions could not be merged and are emitted apart: {reason}");
                 list.insert(i, old);
                 i += 1;
@@ -1307,27 +1402,14 @@ fn merge_session(list: &mut Vec<Session>, mut new: Session, gap: Millis) -> Resu
 /// new window.
 fn merge_stagger(list: &mut Vec<Session>, mut new: Session) -> Result<()> {
     if let Some(old) = list.iter_mut().find(|s| s.start == new.start) {
-        let mut merged = Ok(());
-        for (into, from) in old.accs.iter_mut().zip(new.accs.iter_mut()) {
-            let state = from
-                .state()?
-                .into_iter()
-                .map(|v| Ok(v.to_array()?))
-                .collect::<Result<Vec<_>>>()?;
-            if let Err(e) = into.merge_batch(&state) {
-                merged = Err(e);
-                break;
-            }
-        }
-        match merged {
-            Ok(()) => {
+        match merge_states(&mut old.accs, &mut new.accs)? {
+            None => {
                 old.last = old.last.max(new.last);
                 old.first_seq = old.first_seq.min(new.first_seq);
                 return Ok(());
             }
-            Err(e) => {
-                // A guest aggregate that cannot merge: the run stays a window of its own.
-                let reason = guest_failure(e)?;
+            // A guest aggregate that cannot merge: the run stays a window of its own.
+            Some(reason) => {
                 tracing::warn!("a stagger window's rows could not be merged: {reason}");
             }
         }

@@ -21,7 +21,7 @@ use datafusion::physical_expr::window::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::group::{row_ids, BatchContext, RowIssue};
+use super::group::{BatchContext, RowIds, RowIssue};
 use super::StreamOperator;
 use crate::sql::time::{fmt_millis, time_to_millis};
 use crate::sql::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
@@ -312,15 +312,8 @@ impl OverAggregate {
         }
         let time_col = self.plan.time_expr.evaluate(batch)?.into_array(n)?;
         let (times, _) = time_to_millis(&time_col)?;
-        let row_ids: Option<UInt64Array> = match self.plan.row_column {
-            Some(c) => Some(row_ids(batch.column(c))?),
-            None => None,
-        };
-        let row_id = |i: usize| {
-            row_ids
-                .as_ref()
-                .and_then(|r| r.is_valid(i).then(|| r.value(i)))
-        };
+        let row_ids = RowIds::new(self.plan.row_column.map(|c| batch.column(c)))?;
+        let row_id = |i: usize| row_ids.get(i);
         let mut key_cols = self
             .plan
             .partition_by
@@ -345,12 +338,12 @@ impl OverAggregate {
         let mut kept = 0;
         for i in 0..n {
             if times.is_null(i) {
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "bad_time",
-                    reason: "the OVER window's time value is null or not a timestamp".into(),
-                });
+                issues.push(RowIssue::new(
+                    i,
+                    row_id(i),
+                    "bad_time",
+                    "the OVER window's time value is null or not a timestamp",
+                ));
                 continue;
             }
             let t = times.value(i);
@@ -362,22 +355,18 @@ impl OverAggregate {
             }
             let wm = self.watermark.watermark();
             if t < wm {
-                issues.push(RowIssue {
-                    index: i,
-                    row_id: row_id(i),
-                    kind: "late",
-                    reason: format!(
+                issues.push(RowIssue::new(
+                    i,
+                    row_id(i),
+                    "late",
+                    format!(
                         "event time {t} ms is behind the watermark {wm} ms: rows after it were \
                          already emitted"
                     ),
-                });
+                ));
                 continue;
             }
-            let partition = row_id(i)
-                .and_then(|r| ctx.partitions.get(r as usize).copied())
-                .unwrap_or(0);
-            self.watermark
-                .observe(partition, t, (ctx.now, ctx.seq), ctx.table);
+            ctx.observe(&mut self.watermark, row_id(i), t);
             let entry = Entry {
                 t,
                 arrival: self.arrivals,

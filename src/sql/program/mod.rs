@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
-use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::TableReference;
 use datafusion::execution::registry::FunctionRegistry;
@@ -27,7 +26,7 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+use datafusion::sql::sqlparser::ast::{Query, Statement, TableObject};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -39,7 +38,8 @@ use super::rewrite::{
 use super::shape::{check_shape_with, check_time_type, has_over, sorts_or_limits};
 use super::time::fmt_millis;
 use super::watermark::{Millis, PartitionTable, WatermarkSettings, WatermarkTracker};
-use super::{describe, mentions_rowtime, slots_read, BatchSlot, PerBatch};
+use super::{describe, register_source, slot_table, slots_read, source_projection};
+use super::{BatchSlot, PerBatch};
 use crate::format::ROWTIME;
 use crate::kda::Dialect;
 use crate::record::DESTINATION_STREAM;
@@ -508,16 +508,7 @@ impl SqlProgram {
         let mut out = SqlOutput::default();
         let mut current: HashMap<String, RecordBatch> = HashMap::new();
         if let Some(input) = input {
-            let visible = match &self.source_projection {
-                Some(p) => input.project(p)?,
-                None => input.clone(),
-            };
-            let mut cols = visible.columns().to_vec();
-            cols.push(Arc::new(UInt64Array::from_iter_values(
-                0..input.num_rows() as u64,
-            )));
-            let batch = RecordBatch::try_new(Arc::clone(&self.source_schema), cols)?;
-            current.insert(SOURCE_STREAM.to_owned(), batch);
+            current.insert(SOURCE_STREAM.to_owned(), self.source_batch(input)?);
         }
         let now = Instant::now();
         let no_partitions = PartitionTable::default();
@@ -533,9 +524,10 @@ impl SqlProgram {
                 },
                 now,
             };
+            let src = current.get(&stmt.input).filter(|b| b.num_rows() > 0);
             let result = match &mut stmt.stage {
                 Stage::Stateless(plan) => {
-                    let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) else {
+                    let Some(src) = src else {
                         continue;
                     };
                     let r = plan.execute_rows(src).await?;
@@ -543,100 +535,34 @@ impl SqlProgram {
                     r.batch
                 }
                 Stage::Windowed(w) => {
-                    if let Some(src) = current.get(&stmt.input).filter(|b| b.num_rows() > 0) {
-                        let r = w.pre.execute_rows(src).await?;
-                        push_failures(&mut out.issues, &stmt.label, src, &r.failures);
-                        let issues = w.op.process_batch(&r.batch, &ctx)?;
-                        for i in issues {
-                            out.issues.push(SqlIssue {
-                                input_row: i.row_id.map(|r| r as usize),
-                                row: i.row_id.is_none().then(|| r.batch.slice(i.index, 1)),
-                                kind: i.kind.to_owned(),
-                                reason: i.reason,
-                                statement: Some(Arc::clone(&stmt.label)),
-                            });
-                        }
-                    }
-                    if end {
-                        w.op.finish();
-                    } else {
-                        w.op.on_time(now, ctx.table);
-                    }
-                    let emitted = w.op.emit_ready()?;
-                    for (row, reason) in w.op.take_emit_issues() {
-                        out.issues.push(SqlIssue {
-                            input_row: None,
-                            row: Some(row),
-                            kind: "sql".into(),
-                            reason,
-                            statement: Some(Arc::clone(&stmt.label)),
-                        });
-                    }
-                    let emitted = match emitted.len() {
-                        0 => continue,
-                        n if n > 1 && !w.per_window => {
-                            vec![arrow::compute::concat_batches(
-                                &emitted[0].schema(),
-                                &emitted,
-                            )?]
-                        }
-                        _ => emitted,
-                    };
-                    let mut parts = Vec::with_capacity(emitted.len());
-                    for emitted in &emitted {
-                        let r = w.post.execute_rows(emitted).await?;
-                        for f in &r.failures {
-                            out.issues.push(SqlIssue {
-                                input_row: None,
-                                row: Some(emitted.slice(f.row, 1)),
-                                kind: "sql".into(),
-                                reason: f.reason.clone(),
-                                statement: Some(Arc::clone(&stmt.label)),
-                            });
-                        }
-                        parts.push(r.batch);
-                    }
-                    match parts.len() {
-                        1 => parts.pop().expect("one part"),
-                        _ => arrow::compute::concat_batches(&parts[0].schema(), &parts)?,
+                    match w.run(src, &ctx, end, &stmt.label, &mut out.issues).await? {
+                        Some(batch) => batch,
+                        None => continue,
                     }
                 }
             };
             if result.num_rows() == 0 {
                 continue;
             }
-            // As the next statements read it: every column nullable, with a row id.
-            let mut cols: Vec<ArrayRef> = Vec::with_capacity(stmt.stream_schema.fields().len());
-            for f in stmt.stream_schema.fields() {
-                match result.schema().index_of(f.name()) {
-                    Ok(i) if result.column(i).data_type() == f.data_type() => {
-                        cols.push(Arc::clone(result.column(i)))
-                    }
-                    // A later writer of a stream, in the first writer's types.
-                    Ok(i) => cols.push(arrow::compute::cast(result.column(i), f.data_type())?),
-                    Err(_) => cols.push(new_null_array(f.data_type(), result.num_rows())),
-                }
-            }
-            let mut stream_batch = RecordBatch::try_new(Arc::clone(&stmt.stream_schema), cols)?;
-            if let Some(earlier) = current.get(&*stmt.output) {
-                // Another statement wrote this stream in this micro-batch: the readers get the
-                // rows of both, in ROWTIME order.
-                stream_batch = merge_writers(earlier, &stream_batch)?;
-            }
-            let visible: Vec<usize> = (0..result.num_columns())
-                .filter(|&i| result.schema().field(i).name() != ROW_ID)
-                .collect();
-            let visible = result.project(&visible)?;
-            let visible =
-                RecordBatch::try_new(Arc::clone(&stmt.visible_schema), visible.columns().to_vec())
-                    .unwrap_or(visible);
-            out.streams.push((Arc::clone(&stmt.output), visible));
-            current.insert(stmt.output.to_string(), stream_batch);
+            stmt.publish(&result, &mut current, &mut out)?;
         }
         for slot in self.slots.values() {
             slot.set(None);
         }
         Ok(out)
+    }
+
+    /// The source stream's rows of an input batch: its visible columns and the row id.
+    fn source_batch(&self, input: &RecordBatch) -> Result<RecordBatch> {
+        let visible = match &self.source_projection {
+            Some(p) => input.project(p)?,
+            None => input.clone(),
+        };
+        let mut cols = visible.columns().to_vec();
+        cols.push(Arc::new(UInt64Array::from_iter_values(
+            0..input.num_rows() as u64,
+        )));
+        Ok(RecordBatch::try_new(Arc::clone(&self.source_schema), cols)?)
     }
 
     /// Serialises the state of every windowed statement (for checkpoints).
@@ -664,6 +590,152 @@ impl SqlProgram {
             }
         }
         Ok(())
+    }
+}
+
+impl Windowed {
+    /// Runs one micro-batch through the statement: its rows (if any) into the operator, the
+    /// watermark on, and what the operator emits through the part above it. `None` when nothing
+    /// was emitted.
+    async fn run(
+        &mut self,
+        src: Option<&RecordBatch>,
+        ctx: &BatchContext<'_>,
+        end: bool,
+        label: &Arc<str>,
+        issues: &mut Vec<SqlIssue>,
+    ) -> Result<Option<RecordBatch>> {
+        if let Some(src) = src {
+            self.take(src, ctx, label, issues).await?;
+        }
+        if end {
+            self.op.finish();
+        } else {
+            self.op.on_time(ctx.now, ctx.table);
+        }
+        let emitted = self.op.emit_ready()?;
+        for (row, reason) in self.op.take_emit_issues() {
+            issues.push(row_issue(row, reason, label));
+        }
+        let emitted = match emitted.len() {
+            0 => return Ok(None),
+            n if n > 1 && !self.per_window => {
+                vec![arrow::compute::concat_batches(
+                    &emitted[0].schema(),
+                    &emitted,
+                )?]
+            }
+            _ => emitted,
+        };
+        run_post(&self.post, &emitted, label, issues)
+            .await
+            .map(Some)
+    }
+
+    /// Runs the part below the operator on a micro-batch's rows and gives the operator its rows.
+    async fn take(
+        &mut self,
+        src: &RecordBatch,
+        ctx: &BatchContext<'_>,
+        label: &Arc<str>,
+        issues: &mut Vec<SqlIssue>,
+    ) -> Result<()> {
+        let r = self.pre.execute_rows(src).await?;
+        push_failures(issues, label, src, &r.failures);
+        for i in self.op.process_batch(&r.batch, ctx)? {
+            issues.push(SqlIssue {
+                input_row: i.row_id.map(|r| r as usize),
+                row: i.row_id.is_none().then(|| r.batch.slice(i.index, 1)),
+                kind: i.kind.to_owned(),
+                reason: i.reason,
+                statement: Some(Arc::clone(label)),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs `post`, the part above a window operator, on each batch the operator emitted, as one
+/// batch.
+async fn run_post(
+    post: &PerBatch,
+    emitted: &[RecordBatch],
+    label: &Arc<str>,
+    issues: &mut Vec<SqlIssue>,
+) -> Result<RecordBatch> {
+    let mut parts = Vec::with_capacity(emitted.len());
+    for emitted in emitted {
+        let r = post.execute_rows(emitted).await?;
+        for f in &r.failures {
+            issues.push(row_issue(emitted.slice(f.row, 1), f.reason.clone(), label));
+        }
+        parts.push(r.batch);
+    }
+    Ok(match parts.len() {
+        1 => parts.pop().expect("one part"),
+        _ => arrow::compute::concat_batches(&parts[0].schema(), &parts)?,
+    })
+}
+
+impl Statement_ {
+    /// Hands the statement's rows of a micro-batch on: to the statements after it (in
+    /// `current`, by stream name) and to the sinks (in `out`).
+    fn publish(
+        &self,
+        result: &RecordBatch,
+        current: &mut HashMap<String, RecordBatch>,
+        out: &mut SqlOutput,
+    ) -> Result<()> {
+        let mut stream_batch = self.stream_rows(result)?;
+        if let Some(earlier) = current.get(&*self.output) {
+            // Another statement wrote this stream in this micro-batch: the readers get the
+            // rows of both, in ROWTIME order.
+            stream_batch = merge_writers(earlier, &stream_batch)?;
+        }
+        out.streams
+            .push((Arc::clone(&self.output), self.visible_rows(result)?));
+        current.insert(self.output.to_string(), stream_batch);
+        Ok(())
+    }
+
+    /// The statement's rows as the next statements read them: every column nullable, with a
+    /// row id.
+    fn stream_rows(&self, result: &RecordBatch) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.stream_schema.fields().len());
+        for f in self.stream_schema.fields() {
+            match result.schema().index_of(f.name()) {
+                Ok(i) if result.column(i).data_type() == f.data_type() => {
+                    cols.push(Arc::clone(result.column(i)))
+                }
+                // A later writer of a stream, in the first writer's types.
+                Ok(i) => cols.push(arrow::compute::cast(result.column(i), f.data_type())?),
+                Err(_) => cols.push(new_null_array(f.data_type(), result.num_rows())),
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.stream_schema), cols)?)
+    }
+
+    /// The statement's rows as sinks receive them: without the row id.
+    fn visible_rows(&self, result: &RecordBatch) -> Result<RecordBatch> {
+        let visible: Vec<usize> = (0..result.num_columns())
+            .filter(|&i| result.schema().field(i).name() != ROW_ID)
+            .collect();
+        let visible = result.project(&visible)?;
+        Ok(
+            RecordBatch::try_new(Arc::clone(&self.visible_schema), visible.columns().to_vec())
+                .unwrap_or(visible),
+        )
+    }
+}
+
+/// An issue with a row that traces back to no input row (one a window emitted).
+fn row_issue(row: RecordBatch, reason: String, statement: &Arc<str>) -> SqlIssue {
+    SqlIssue {
+        input_row: None,
+        row: Some(row),
+        kind: "sql".into(),
+        reason,
+        statement: Some(Arc::clone(statement)),
     }
 }
 

@@ -10,6 +10,60 @@ impl SqlProgram {
         settings: WatermarkSettings,
         functions: &SqlFunctions,
     ) -> Result<Self> {
+        let mut planner = Planner::new(functions, settings)?;
+        let (source_projection, source_schema) = planner.register_source(sql, &input_schema)?;
+        for stmt in parse_statements(sql)? {
+            planner.add_statement(stmt).await?;
+        }
+        let mut statements = planner.statements;
+        mark_from_source(&mut statements);
+        Ok(Self {
+            statements,
+            slots: planner.slots,
+            source_projection,
+            source_schema,
+            settings,
+            table: PartitionTable::default(),
+            dialect: Dialect::Standard,
+        })
+    }
+}
+
+/// What planning the statements of a program builds up, statement by statement.
+struct Planner {
+    session: Session,
+    settings: WatermarkSettings,
+    /// The slot each stream (the source, each statement's output) is read from.
+    slots: HashMap<String, Arc<BatchSlot>>,
+    statements: Vec<Statement_>,
+    /// Streams written by several statements whose rows cannot be read as one stream, and why.
+    multi_writer: HashMap<String, String>,
+}
+
+/// The DataFusion session statements are planned in.
+struct Session {
+    ctx: SessionContext,
+    task_ctx: Arc<TaskContext>,
+    /// The reference tables statements may join.
+    reference_names: Vec<String>,
+}
+
+/// One statement's query, planned by DataFusion.
+struct PlannedQuery {
+    /// The rewritten query's text.
+    text: String,
+    /// The window of its windowed aggregate, if it has one.
+    clause: Option<WindowClause>,
+    /// It has `OVER` windows.
+    over: bool,
+    /// It sorts or limits its rows.
+    per_window: bool,
+    physical: Arc<dyn ExecutionPlan>,
+}
+
+impl Planner {
+    /// A session with the user's functions and reference tables registered.
+    fn new(functions: &SqlFunctions, settings: WatermarkSettings) -> Result<Self> {
         let mut state = streaming_state();
         for f in &functions.scalars {
             state.register_udf(Arc::new(f.clone()))?;
@@ -25,16 +79,27 @@ impl SqlProgram {
             ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table))?;
             reference_names.push(name.clone());
         }
-        let task_ctx = ctx.task_ctx();
-        let keep_rowtime = mentions_rowtime(sql);
-        let source_projection: Option<Vec<usize>> = match input_schema.index_of(ROWTIME) {
-            Ok(i) if !keep_rowtime => Some(
-                (0..input_schema.fields().len())
-                    .filter(|&c| c != i)
-                    .collect(),
-            ),
-            _ => None,
-        };
+        Ok(Self {
+            session: Session {
+                task_ctx: ctx.task_ctx(),
+                ctx,
+                reference_names,
+            },
+            settings,
+            slots: HashMap::new(),
+            statements: Vec::new(),
+            multi_writer: HashMap::new(),
+        })
+    }
+
+    /// Registers the input stream (its visible columns and the row id): the projection of the
+    /// input batches it shows, and its schema.
+    fn register_source(
+        &mut self,
+        sql: &str,
+        input_schema: &SchemaRef,
+    ) -> Result<(Option<Vec<usize>>, SchemaRef)> {
+        let source_projection = source_projection(sql, input_schema);
         let visible = match &source_projection {
             Some(p) => input_schema.project(p)?,
             None => input_schema.as_ref().clone(),
@@ -46,240 +111,304 @@ impl SqlProgram {
             .collect();
         fields.push(Field::new(ROW_ID, DataType::UInt64, true));
         let source_schema = Arc::new(Schema::new(fields));
-        let mut slots = HashMap::new();
         let source_slot = Arc::new(BatchSlot::new(Arc::clone(&source_schema)));
-        let table = Arc::new(StreamingTable::try_new(
-            Arc::clone(&source_schema),
-            vec![Arc::clone(&source_slot) as Arc<dyn PartitionStream>],
-        )?);
-        for name in [SOURCE_STREAM, SOURCE_ALIAS] {
-            ctx.register_table(TableReference::bare(name), Arc::clone(&table) as _)?;
-        }
-        slots.insert(SOURCE_STREAM.to_owned(), source_slot);
+        register_source(&self.session.ctx, &source_slot)?;
+        self.slots.insert(SOURCE_STREAM.to_owned(), source_slot);
+        Ok((source_projection, source_schema))
+    }
 
-        let parsed = Parser::parse_sql(&GenericDialect {}, sql)
-            .map_err(|e| Error::Sql(format!("cannot parse the SQL: {e}")))?;
-        if parsed.is_empty() {
-            return Err(Error::Sql("the SQL holds no statement".into()));
+    /// Plans one statement and registers the stream it writes.
+    async fn add_statement(&mut self, stmt: Statement) -> Result<()> {
+        let (output, query) = statement_target(stmt)?;
+        let second_writer = self.check_writer(&output)?;
+        let planned = self.session.plan_query(query).await?;
+        let (input_slot, input) = self.input_of(&planned)?;
+        let stage = self.stage(&planned, &input_slot)?;
+        let out_schema = planned.physical.schema();
+        let (stream_schema, visible_schema) = stream_schemas(&out_schema);
+        let stream_schema = self.register_output(&output, second_writer, stream_schema)?;
+        self.statements.push(Statement_ {
+            sql: planned.text,
+            label: Arc::from(output.as_str()),
+            input,
+            output: Arc::from(output.as_str()),
+            stage,
+            stream_schema,
+            visible_schema,
+            from_source: false,
+        });
+        Ok(())
+    }
+
+    /// Refuses a statement writing `output` where it cannot; true when an earlier statement
+    /// writes it too.
+    fn check_writer(&self, output: &str) -> Result<bool> {
+        if output == SOURCE_STREAM || output == SOURCE_ALIAS {
+            return Err(Error::Sql(format!(
+                "cannot write into the input stream {output}"
+            )));
         }
-        let mut statements: Vec<Statement_> = Vec::new();
-        // Streams written by several statements whose rows cannot be read as one stream, and why.
-        let mut multi_writer: HashMap<String, String> = HashMap::new();
-        for stmt in parsed {
-            let (output, mut query) = match stmt {
-                Statement::Query(q) => (DESTINATION_STREAM.to_owned(), q),
-                Statement::Insert(insert) => {
-                    let name = match &insert.table {
-                        TableObject::TableName(n) => {
-                            n.0.last()
-                                .and_then(|p| p.as_ident())
-                                .map(|i| i.value.clone())
-                                .unwrap_or_default()
-                        }
-                        other => {
-                            return Err(Error::Sql(format!(
-                                "INSERT INTO takes a stream name, got `{other}`"
-                            )))
-                        }
-                    };
-                    let source = insert
-                        .source
-                        .ok_or_else(|| Error::Sql(format!("INSERT INTO {name} needs a SELECT")))?;
-                    (name, source)
+        // Several statements may write one stream (as several KDA pumps insert into one
+        // destination stream) as long as no statement reads it.
+        let second_writer = self.statements.iter().any(|s| *s.output == *output);
+        if second_writer && self.statements.iter().any(|s| *s.input == *output) {
+            return Err(Error::Sql(format!(
+                "stream {output} is read by a statement before another statement writes it; \
+                 put every statement writing a stream before the statements reading it"
+            )));
+        }
+        Ok(second_writer)
+    }
+
+    /// The slot of the one stream the statement reads, and that stream's name.
+    fn input_of(&self, planned: &PlannedQuery) -> Result<(Arc<BatchSlot>, String)> {
+        let known: Vec<Arc<BatchSlot>> = self.slots.values().cloned().collect();
+        let reads = slots_read(&planned.physical, &known);
+        let [input_slot] = reads.as_slice() else {
+            return Err(Error::Sql(format!(
+                "a statement reads exactly one stream (source or an earlier statement's \
+                 stream); this one reads {}: {}",
+                reads.len(),
+                planned.text
+            )));
+        };
+        let input = self
+            .slots
+            .iter()
+            .find(|(_, s)| Arc::ptr_eq(s, input_slot))
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
+        if let Some(why) = self.multi_writer.get(&input) {
+            return Err(Error::Sql(format!(
+                "stream {input} is written by several statements whose rows differ ({why}), \
+                 and read by another; give each writer its own stream, or write the same \
+                 columns"
+            )));
+        }
+        Ok((Arc::clone(input_slot), input))
+    }
+
+    /// How the statement runs: per batch, or split around its window operator.
+    fn stage(&self, planned: &PlannedQuery, input_slot: &Arc<BatchSlot>) -> Result<Stage> {
+        let physical = &planned.physical;
+        Ok(match &planned.clause {
+            None if !planned.over => Stage::Stateless(PerBatch::new(
+                Arc::clone(physical),
+                Arc::clone(input_slot),
+                Arc::clone(&self.session.task_ctx),
+            )),
+            Some(c) => {
+                let (pre, plan, post) =
+                    split_windowed(physical, c, input_slot, &self.session.task_ctx)?;
+                let per_window = planned.per_window;
+                Stage::Windowed(Box::new(Windowed {
+                    pre,
+                    op: Box::new(WindowAggregate::new(plan, self.settings)?),
+                    post: if per_window { post.per_window() } else { post },
+                    per_window,
+                }))
+            }
+            None => {
+                let (pre, plan, post, input_schema) =
+                    split_over(physical, input_slot, &self.session.task_ctx)?;
+                Stage::Windowed(Box::new(Windowed {
+                    pre,
+                    op: Box::new(OverAggregate::new(plan, self.settings, &input_schema)?),
+                    post,
+                    per_window: false,
+                }))
+            }
+        })
+    }
+
+    /// Registers the stream a statement writes, read from a slot of `stream_schema`; for a later
+    /// writer of a stream, the schema its rows take (the first writer's, when they cast).
+    fn register_output(
+        &mut self,
+        output: &str,
+        second_writer: bool,
+        stream_schema: SchemaRef,
+    ) -> Result<SchemaRef> {
+        let slot = Arc::new(BatchSlot::new(Arc::clone(&stream_schema)));
+        let table = slot_table(&slot)?;
+        if !second_writer {
+            self.session
+                .ctx
+                .register_table(TableReference::bare(output), table as _)?;
+            self.slots.insert(output.to_owned(), slot);
+            return Ok(stream_schema);
+        }
+        // A later statement reads the writers' rows together, in the first writer's
+        // columns: the same names, of types that cast.
+        let first = self
+            .statements
+            .iter()
+            .find(|s| *s.output == *output)
+            .map(|s| Arc::clone(&s.stream_schema))
+            .unwrap_or_else(|| Arc::clone(&stream_schema));
+        match rows_differ(&first, &stream_schema) {
+            Some(why) => {
+                self.multi_writer.insert(output.to_owned(), why);
+                Ok(stream_schema)
+            }
+            // Its rows take the first writer's types, in every micro-batch.
+            None => Ok(first),
+        }
+    }
+}
+
+impl Session {
+    /// Rewrites the query for the stream, plans it, checks its shape and plans it physically.
+    async fn plan_query(&self, mut query: Box<Query>) -> Result<PlannedQuery> {
+        let state = self.ctx.state();
+        let clause = self.rewrite(&state, &mut query)?;
+        let text = query.to_string();
+        let logical = state
+            .statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(
+                query.clone(),
+            ))))
+            .await
+            .map_err(|e| plan_error(&e, &text))?;
+        let over = has_over(&logical);
+        check_shape_with(
+            &logical,
+            clause.as_ref().map(|c| c.spec.per_key()),
+            over,
+            &self.reference_names,
+        )?;
+        let per_window = sorts_or_limits(&logical);
+        let logical = state
+            .optimize(&logical)
+            .map_err(|e| plan_error(&e, &text))?;
+        let physical = physical_plan(&state, &logical, &text).await?;
+        Ok(PlannedQuery {
+            text,
+            clause,
+            over,
+            per_window,
+            physical,
+        })
+    }
+
+    /// [`rewrite_query`] with the session's aggregates and reference tables.
+    fn rewrite(&self, state: &SessionState, query: &mut Query) -> Result<Option<WindowClause>> {
+        let aggregates = state.aggregate_functions();
+        rewrite_query(
+            query,
+            &crate::sql::rewrite::Names {
+                is_aggregate: &|name| aggregates.contains_key(name),
+                references: &self.reference_names,
+            },
+        )
+    }
+}
+
+/// The statements of `sql`, parsed; at least one.
+fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
+    let parsed = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| Error::Sql(format!("cannot parse the SQL: {e}")))?;
+    if parsed.is_empty() {
+        return Err(Error::Sql("the SQL holds no statement".into()));
+    }
+    Ok(parsed)
+}
+
+/// The stream a statement writes and the query whose rows it writes.
+fn statement_target(stmt: Statement) -> Result<(String, Box<Query>)> {
+    match stmt {
+        Statement::Query(q) => Ok((DESTINATION_STREAM.to_owned(), q)),
+        Statement::Insert(insert) => {
+            let name = match &insert.table {
+                TableObject::TableName(n) => {
+                    n.0.last()
+                        .and_then(|p| p.as_ident())
+                        .map(|i| i.value.clone())
+                        .unwrap_or_default()
                 }
                 other => {
                     return Err(Error::Sql(format!(
-                        "only SELECT … and INSERT INTO stream_name SELECT … statements run on a \
-                         stream, got `{other}`"
+                        "INSERT INTO takes a stream name, got `{other}`"
                     )))
                 }
             };
-            if output == SOURCE_STREAM || output == SOURCE_ALIAS {
-                return Err(Error::Sql(format!(
-                    "cannot write into the input stream {output}"
-                )));
-            }
-            // Several statements may write one stream (as several KDA pumps insert into one
-            // destination stream) as long as no statement reads it.
-            let second_writer = statements.iter().any(|s| *s.output == *output);
-            if second_writer && statements.iter().any(|s| *s.input == *output) {
-                return Err(Error::Sql(format!(
-                    "stream {output} is read by a statement before another statement writes it; \
-                     put every statement writing a stream before the statements reading it"
-                )));
-            }
-            let state = ctx.state();
-            let aggregates = state.aggregate_functions();
-            let clause = rewrite_query(
-                &mut query,
-                &crate::sql::rewrite::Names {
-                    is_aggregate: &|name| aggregates.contains_key(name),
-                    references: &reference_names,
-                },
-            )?;
-            let text = query.to_string();
-            let logical = state
-                .statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(
-                    query.clone(),
-                ))))
-                .await
-                .map_err(|e| plan_error(&e, &text))?;
-            let over = has_over(&logical);
-            check_shape_with(
-                &logical,
-                clause.as_ref().map(|c| c.spec.per_key()),
-                over,
-                &reference_names,
-            )?;
-            let per_window = sorts_or_limits(&logical);
-            let logical = state
-                .optimize(&logical)
-                .map_err(|e| plan_error(&e, &text))?;
-            // DataFusion asserts some plan shapes with a panic (several OVER windows with
-            // different frames, for one): a statement it cannot plan is an error, not a crash.
-            let planned = {
-                use futures::FutureExt as _;
-                std::panic::AssertUnwindSafe(state.create_physical_plan(&logical))
-                    .catch_unwind()
-                    .await
-            };
-            let physical = match planned {
-                Ok(p) => p.map_err(|e| plan_error(&e, &text))?,
-                Err(panic) => {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    return Err(Error::Sql(format!(
-                        "this statement cannot be planned ({why}); OVER windows of one \
-                         statement must share their PARTITION BY, ORDER BY and frame: {text}"
-                    )));
-                }
-            };
-            let out_schema = physical.schema();
-            let known: Vec<Arc<BatchSlot>> = slots.values().cloned().collect();
-            let reads = slots_read(&physical, &known);
-            let [input_slot] = reads.as_slice() else {
-                return Err(Error::Sql(format!(
-                    "a statement reads exactly one stream (source or an earlier statement's \
-                     stream); this one reads {}: {text}",
-                    reads.len()
-                )));
-            };
-            let input = slots
-                .iter()
-                .find(|(_, s)| Arc::ptr_eq(s, input_slot))
-                .map(|(n, _)| n.clone())
+            let source = insert
+                .source
+                .ok_or_else(|| Error::Sql(format!("INSERT INTO {name} needs a SELECT")))?;
+            Ok((name, source))
+        }
+        other => Err(Error::Sql(format!(
+            "only SELECT … and INSERT INTO stream_name SELECT … statements run on a \
+             stream, got `{other}`"
+        ))),
+    }
+}
+
+/// The physical plan of `logical`. DataFusion asserts some plan shapes with a panic (several
+/// OVER windows with different frames, for one): a statement it cannot plan is an error, not a
+/// crash.
+async fn physical_plan(
+    state: &SessionState,
+    logical: &datafusion::logical_expr::LogicalPlan,
+    text: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let planned = {
+        use futures::FutureExt as _;
+        std::panic::AssertUnwindSafe(state.create_physical_plan(logical))
+            .catch_unwind()
+            .await
+    };
+    match planned {
+        Ok(p) => p.map_err(|e| plan_error(&e, text)),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            if let Some(why) = multi_writer.get(&input) {
-                return Err(Error::Sql(format!(
-                    "stream {input} is written by several statements whose rows differ ({why}), \
-                     and read by another; give each writer its own stream, or write the same \
-                     columns"
-                )));
-            }
-            let stage = match &clause {
-                None if !over => Stage::Stateless(PerBatch::new(
-                    Arc::clone(&physical),
-                    Arc::clone(input_slot),
-                    Arc::clone(&task_ctx),
-                )),
-                Some(c) => {
-                    let (pre, plan, post) = split_windowed(&physical, c, input_slot, &task_ctx)?;
-                    Stage::Windowed(Box::new(Windowed {
-                        pre,
-                        op: Box::new(WindowAggregate::new(plan, settings)?),
-                        post: if per_window { post.per_window() } else { post },
-                        per_window,
-                    }))
-                }
-                None => {
-                    let (pre, plan, post, input_schema) =
-                        split_over(&physical, input_slot, &task_ctx)?;
-                    Stage::Windowed(Box::new(Windowed {
-                        pre,
-                        op: Box::new(OverAggregate::new(plan, settings, &input_schema)?),
-                        post,
-                        per_window: false,
-                    }))
-                }
-            };
-            let mut fields: Vec<Field> = out_schema
-                .fields()
+            Err(Error::Sql(format!(
+                "this statement cannot be planned ({why}); OVER windows of one \
+                 statement must share their PARTITION BY, ORDER BY and frame: {text}"
+            )))
+        }
+    }
+}
+
+/// The schemas of a statement's stream: as other statements read it (all nullable, with the
+/// row id), and as sinks receive it (without the row id).
+fn stream_schemas(out_schema: &Schema) -> (SchemaRef, SchemaRef) {
+    let mut fields: Vec<Field> = out_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let visible_schema = Arc::new(Schema::new(
+        fields
+            .iter()
+            .filter(|f| f.name() != ROW_ID)
+            .cloned()
+            .collect::<Vec<_>>(),
+    ));
+    if !fields.iter().any(|f| f.name() == ROW_ID) {
+        fields.push(Field::new(ROW_ID, DataType::UInt64, true));
+    }
+    (nullable(&Schema::new(fields)), visible_schema)
+}
+
+/// A statement's rows carry source partitions when every writer of the stream it reads is the
+/// source or a stateless statement whose own rows do.
+fn mark_from_source(statements: &mut [Statement_]) {
+    for i in 0..statements.len() {
+        let input = statements[i].input.clone();
+        let from_source = input == SOURCE_STREAM
+            || statements[..i]
                 .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            let visible_schema = Arc::new(Schema::new(
-                fields
-                    .iter()
-                    .filter(|f| f.name() != ROW_ID)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            ));
-            if !fields.iter().any(|f| f.name() == ROW_ID) {
-                fields.push(Field::new(ROW_ID, DataType::UInt64, true));
-            }
-            let mut stream_schema = nullable(&Schema::new(fields));
-            let slot = Arc::new(BatchSlot::new(Arc::clone(&stream_schema)));
-            let table = Arc::new(StreamingTable::try_new(
-                Arc::clone(&stream_schema),
-                vec![Arc::clone(&slot) as Arc<dyn PartitionStream>],
-            )?);
-            if second_writer {
-                // A later statement reads the writers' rows together, in the first writer's
-                // columns: the same names, of types that cast.
-                let first = statements
-                    .iter()
-                    .find(|s| *s.output == *output)
-                    .map(|s| Arc::clone(&s.stream_schema))
-                    .unwrap_or_else(|| Arc::clone(&stream_schema));
-                match rows_differ(&first, &stream_schema) {
-                    Some(why) => {
-                        multi_writer.insert(output.clone(), why);
-                    }
-                    // Its rows take the first writer's types, in every micro-batch.
-                    None => stream_schema = first,
-                }
-            } else {
-                ctx.register_table(TableReference::bare(output.as_str()), table as _)?;
-                slots.insert(output.clone(), slot);
-            }
-            statements.push(Statement_ {
-                sql: text,
-                label: Arc::from(output.as_str()),
-                input,
-                output: Arc::from(output.as_str()),
-                stage,
-                stream_schema,
-                visible_schema,
-                from_source: false,
-            });
-        }
-        // A statement's rows carry source partitions when every writer of the stream it reads
-        // is the source or a stateless statement whose own rows do.
-        for i in 0..statements.len() {
-            let input = statements[i].input.clone();
-            let from_source = input == SOURCE_STREAM
-                || statements[..i]
-                    .iter()
-                    .filter(|w| *w.output == *input)
-                    .fold(None, |all: Option<bool>, w| {
-                        let carries = w.from_source && matches!(w.stage, Stage::Stateless(_));
-                        Some(all.unwrap_or(true) && carries)
-                    })
-                    .unwrap_or(false);
-            statements[i].from_source = from_source;
-        }
-        Ok(Self {
-            statements,
-            slots,
-            source_projection,
-            source_schema,
-            settings,
-            table: PartitionTable::default(),
-            dialect: Dialect::Standard,
-        })
+                .filter(|w| *w.output == *input)
+                .fold(None, |all: Option<bool>, w| {
+                    let carries = w.from_source && matches!(w.stage, Stage::Stateless(_));
+                    Some(all.unwrap_or(true) && carries)
+                })
+                .unwrap_or(false);
+        statements[i].from_source = from_source;
     }
 }
 
