@@ -8,8 +8,7 @@
 //! layering.
 //!
 //! The same walk bounds the length of functions: none over [`MAX_FUNCTION_LINES`] lines outside
-//! tests, except those in [`LONG_FUNCTIONS`], which are still to be split (the list may only
-//! shrink: a function that no longer needs its entry fails the test until the entry goes).
+//! tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -245,14 +244,6 @@ fn the_checker_sees_every_kind_of_use() {
 /// The longest a function may be, in lines from its signature to its closing brace.
 const MAX_FUNCTION_LINES: usize = 120;
 
-/// Functions longer than that, still to be split: (file under `src/`, function name).
-const LONG_FUNCTIONS: &[(&str, &str)] = &[
-    ("sql/ops/group.rs", "push"),
-    ("sql/program/mod.rs", "run"),
-    ("sql/program/plan.rs", "plan"),
-    ("sql/rewrite.rs", "rewrite_select"),
-];
-
 /// `(name, lines)` of each function in `code` (comments removed), by brace depth.
 fn functions(code: &str) -> Vec<(String, usize)> {
     let lines: Vec<&str> = code.lines().collect();
@@ -313,7 +304,7 @@ fn functions(code: &str) -> Vec<(String, usize)> {
 }
 
 #[test]
-fn no_function_is_longer_than_the_limit_outside_the_listed_ones() {
+fn no_function_is_longer_than_the_limit() {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
     files.sort();
@@ -333,25 +324,14 @@ fn no_function_is_longer_than_the_limit_outside_the_listed_ones() {
             }
         }
     }
-    let new: Vec<String> = long
+    let long: Vec<String> = long
         .iter()
-        .filter(|(f, n, _)| !LONG_FUNCTIONS.contains(&(f.as_str(), n.as_str())))
         .map(|(f, n, l)| format!("{f}: {n} ({l} lines)"))
         .collect();
     assert!(
-        new.is_empty(),
+        long.is_empty(),
         "functions over {MAX_FUNCTION_LINES} lines: split them\n  {}",
-        new.join("\n  ")
-    );
-    let done: Vec<String> = LONG_FUNCTIONS
-        .iter()
-        .filter(|(f, n)| !long.iter().any(|(lf, ln, _)| lf == f && ln == n))
-        .map(|(f, n)| format!("{f}: {n}"))
-        .collect();
-    assert!(
-        done.is_empty(),
-        "no longer over {MAX_FUNCTION_LINES} lines: take them off LONG_FUNCTIONS\n  {}",
-        done.join("\n  ")
+        long.join("\n  ")
     );
 }
 
