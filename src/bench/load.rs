@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
@@ -13,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{LoadOptions, Scenario};
 use crate::record::{now_ms, Position, Record};
-use crate::source::{PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
+use crate::source::{paced, PartitionEvent, Source, SourceBatch, DEFAULT_PARTITION};
 use crate::{Error, Result};
 
 /// The position key of the load's one partition.
@@ -238,21 +237,11 @@ impl LoadSource {
         if remaining == 0 {
             return None;
         }
-        let mut n = MAX_CHUNK.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        if let Some(rate) = self.options.rate {
-            loop {
-                let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
-                let owed = due.saturating_sub(self.produced);
-                if owed > 0 {
-                    n = n.min(usize::try_from(owed).unwrap_or(usize::MAX));
-                    break;
-                }
-                let next_at = (self.produced as f64 + 1.0) / rate;
-                let wait = (next_at - started.elapsed().as_secs_f64()).clamp(0.001, 0.2);
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            }
-        }
-        Some(n)
+        let n = MAX_CHUNK.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        Some(match self.options.rate {
+            Some(rate) => paced(rate, started, self.produced, n).await,
+            None => n,
+        })
     }
 
     /// The event time of record `i`: the wall clock when a rate is set, else a clock advancing at
@@ -341,6 +330,7 @@ impl Source for LoadSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn options(scenario: Scenario) -> LoadOptions {
         LoadOptions {

@@ -605,21 +605,11 @@ async fn setup(action: SetupAction) -> rivulet::Result<()> {
         }
         SetupAction::Apply { pipeline } => {
             let report = rivulet::setup::apply(&PipelineConfig::from_file(&pipeline)?).await?;
-            if report.changes.is_empty() {
-                println!("nothing to change");
-            }
-            for c in &report.changes {
-                println!("{c}");
-            }
+            print_changes(&report.changes, "nothing to change");
         }
         SetupAction::Destroy { pipeline } => {
             let report = rivulet::setup::destroy(&PipelineConfig::from_file(&pipeline)?).await?;
-            if report.changes.is_empty() {
-                println!("nothing to remove");
-            }
-            for c in &report.changes {
-                println!("{c}");
-            }
+            print_changes(&report.changes, "nothing to remove");
         }
         SetupAction::Export { pipeline, format } => {
             let ExportFormat::Cloudformation = format;
@@ -739,4 +729,15 @@ fn print_summary(s: &rivulet::bench::BenchSummary) {
         s.cpu_s, s.cpu_s_per_million
     );
     println!("peak rss      {:.1} MiB", s.peak_rss_mib);
+}
+
+/// What `setup apply` or `destroy` did, a line each, or `none` when it did nothing.
+#[cfg(feature = "setup")]
+fn print_changes(changes: &[impl std::fmt::Display], none: &str) {
+    if changes.is_empty() {
+        println!("{none}");
+    }
+    for c in changes {
+        println!("{c}");
+    }
 }

@@ -162,6 +162,21 @@ impl GeneratorSource {
     }
 }
 
+/// How many of at most `n` records may be produced now by a source producing `rate` records per
+/// second since `started`, `produced` of them so far; waits until at least one is due.
+pub(crate) async fn paced(rate: f64, started: Instant, produced: u64, n: usize) -> usize {
+    loop {
+        let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
+        let owed = due.saturating_sub(produced);
+        if owed > 0 {
+            return n.min(usize::try_from(owed).unwrap_or(usize::MAX));
+        }
+        let next_at = (produced as f64 + 1.0) / rate;
+        let wait = (next_at - started.elapsed().as_secs_f64()).clamp(0.001, 0.2);
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+}
+
 impl GeneratorSourceBuilder {
     /// Records per second; `None` (the default) generates as fast as the pipeline consumes.
     pub fn with_rate(mut self, records_per_second: Option<f64>) -> Self {
@@ -243,18 +258,7 @@ impl Source for GeneratorSource {
         let mut n = MAX_CHUNK.min(usize::try_from(remaining).unwrap_or(usize::MAX));
         if let Some(rate) = self.rate {
             let started = *self.started.get_or_insert_with(Instant::now);
-            // Records due by now; wait for the next one when none is.
-            loop {
-                let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
-                let owed = due.saturating_sub(self.produced);
-                if owed > 0 {
-                    n = n.min(usize::try_from(owed).unwrap_or(usize::MAX));
-                    break;
-                }
-                let next_at = (self.produced as f64 + 1.0) / rate;
-                let wait = (next_at - started.elapsed().as_secs_f64()).clamp(0.001, 0.2);
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            }
+            n = paced(rate, started, self.produced, n).await;
         }
         let batch = self.fill(n);
         if !std::mem::replace(&mut self.declared, true) {

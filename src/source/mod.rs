@@ -41,6 +41,7 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 
 pub use file::{FileSource, FileSourceBuilder, Framing};
+pub(crate) use generator::paced;
 pub use generator::{GeneratorFormat, GeneratorSource, GeneratorSourceBuilder};
 
 use crate::metrics::SourceHealth;
