@@ -119,8 +119,10 @@ async fn killed_ten_times_under_faults_every_record_is_in_s3_or_the_error_output
             throttle: 0.05,
             expire: 0.10,
             get_records_error: 0.05,
-            batch_throttle: 0.05,
-            batch_error: 0.05,
+            // A run makes some 40 to 100 PutRecordBatch calls: at 10 % each kind of call fault is
+            // all but sure to be injected (at 5 %, a run of 83 calls once drew no failed call).
+            batch_throttle: 0.10,
+            batch_error: 0.10,
             record_failure: 0.05,
             seed: 0x6b11,
             ..Faults::default()
