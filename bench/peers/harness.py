@@ -6,13 +6,14 @@ usage: harness.py --rivulet PATH [--records N] [--runs R] [--engines rivulet,dat
                   [--queries tumbling,hopping,filter] [--out DIR] [--tiny]
 
 Every engine runs on one core (the caller pins the process with taskset). A time is accepted only
-when the engine's output equals the first engine's, row for row after sorting (numbers compared to
-nine significant digits, times as epoch milliseconds); a disagreement is an error that names the
+when the engine's output equals the first engine's, row for row after sorting (floating-point
+numbers to a relative 1e-9, times as epoch milliseconds); a disagreement is an error that names the
 query, the engines and the first differing rows. Results: DIR/results.json and DIR/results.md.
 """
 import argparse
 import datetime
 import json
+import math
 import os
 import random
 import shutil
@@ -124,7 +125,7 @@ def canonical(rows, columns):
             if v is None:
                 t.append(None)
             elif kind == "f":
-                t.append(float("%.9g" % float(v)))
+                t.append(float(v))
             elif kind == "i":
                 t.append(int(v))
             elif kind == "t":
@@ -133,6 +134,21 @@ def canonical(rows, columns):
                 t.append(str(v))
         out.append(tuple(t))
     return sorted(out, key=lambda t: tuple((x is None, x) for x in t))
+
+
+def same_rows(a, b):
+    """Whether two canonical row lists hold the same rows: floats equal to a relative 1e-9 (engines
+    sum in different orders, so an average can differ in its last digits), the rest exactly."""
+    if len(a) != len(b):
+        return False
+    for ra, rb in zip(a, b):
+        for x, y in zip(ra, rb):
+            if isinstance(x, float) and isinstance(y, float):
+                if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
+                    return False
+            elif x != y:
+                return False
+    return True
 
 
 def run_rivulet(binary, sql, data, columns, work):
@@ -273,7 +289,7 @@ def main():
             secs, rows = measure(engine, query, data, work, a.runs, a.rivulet)
             if reference is None:
                 reference = (engine, rows)
-            elif rows != reference[1]:
+            elif not same_rows(rows, reference[1]):
                 failures.append(disagreement(name, reference[0], reference[1], engine, rows))
                 continue
             results.append({"query": name, "engine": engine, "records": records, "secs": secs,
@@ -387,7 +403,7 @@ def report(summary, directory):
              "harness, not this file.", "",
              f"Machine: {summary['machine']}. Every engine runs on one core (`taskset -c 0`), one after",
              "another, on the same generated input; a time is accepted only when that engine's output",
-             "equals the first engine's (rows sorted, numbers to nine significant digits).", "",
+             "equals the first engine's (rows sorted, floating-point numbers to a relative 1e-9).", "",
              "## Throughput", "", table(summary), "![rows/s per engine per query](benchmarks/throughput.svg)", ""]
     for q in queries:
         lines.append(f"- **{q}**: {QUERIES[q]['about']}.")

@@ -43,7 +43,7 @@ want=(datafusion==55.* duckdb matplotlib)
 "$venv/bin/pip" install --quiet --disable-pip-version-check "${want[@]}"
 
 if [ "$profile" = release ]; then
-  cargo build --quiet --release --bin rivulet
+  cargo build --quiet --release --all-features --bin rivulet
 else
   cargo build --quiet --all-features --bin rivulet
 fi
