@@ -234,6 +234,10 @@ struct QueryArgs {
     /// row) or an s3:// URL. Repeatable.
     #[arg(long, value_parser = parse_reference)]
     reference: Vec<(String, String)>,
+    /// A WASM module whose functions the SQL calls (built for wasm32, as `[[udfs]]` in a
+    /// pipeline file), with the default limits. Repeatable.
+    #[arg(long)]
+    udf: Vec<PathBuf>,
 }
 
 fn parse_reference(s: &str) -> std::result::Result<(String, String), String> {
@@ -260,6 +264,7 @@ impl QueryArgs {
                 ..WatermarkSettings::default()
             },
             references: self.reference,
+            udfs: self.udf,
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct ReplayOptions {
     /// Reference tables, by name: local paths or `s3://` URLs of JSON lines or CSV files with a
     /// header row (as `[[reference]]` in a pipeline file).
     pub references: Vec<(String, String)>,
+    /// WASM modules whose functions the SQL calls (as `[[udfs]]` in a pipeline file), loaded
+    /// with the default [`WasmLimits`](crate::wasm::WasmLimits). Needs the `wasm` feature.
+    pub udfs: Vec<PathBuf>,
 }
 
 impl ReplayOptions {
@@ -92,7 +95,7 @@ impl ReplayOptions {
             b = b.columns(a.columns.clone());
         }
         let app_references = app.as_ref().map_or(&[][..], |a| &a.references[..]);
-        if !self.references.is_empty() || !app_references.is_empty() {
+        if !self.references.is_empty() || !app_references.is_empty() || !self.udfs.is_empty() {
             let given: Vec<ReferenceConfig> = self
                 .references
                 .iter()
@@ -107,7 +110,7 @@ impl ReplayOptions {
             let functions = reference_tables(&given, app_references, &|p| p.to_path_buf())
                 .await
                 .map_err(|(name, e)| Error::config("--reference", format!("{name}: {e}")))?;
-            b = b.functions(functions);
+            b = b.functions(self.with_udfs(functions).await?);
         }
         if let Some(r) = &self.rowtime {
             b = b.rowtime_field(r.clone());
@@ -138,5 +141,33 @@ impl ReplayOptions {
             }
         };
         b.build().await
+    }
+
+    /// `functions` with those of the `--udf` modules added.
+    async fn with_udfs(&self, functions: crate::SqlFunctions) -> Result<crate::SqlFunctions> {
+        #[cfg(feature = "wasm")]
+        {
+            let mut functions = functions;
+            for path in &self.udfs {
+                let location = path.display().to_string();
+                let module =
+                    crate::wasm::WasmModule::load(&location, crate::wasm::WasmLimits::default())
+                        .await
+                        .map_err(|e| Error::config("--udf", format!("{location}: {e}")))?;
+                functions = module.add_to(functions);
+            }
+            Ok(functions)
+        }
+        #[cfg(not(feature = "wasm"))]
+        match self.udfs.first() {
+            None => Ok(functions),
+            Some(p) => Err(Error::config(
+                "--udf",
+                format!(
+                    "{}: WASM functions need rivulet built with the `wasm` feature",
+                    p.display()
+                ),
+            )),
+        }
     }
 }

@@ -721,3 +721,67 @@ async fn an_aggregate_state_over_the_limit_fails_its_batch_and_nothing_is_kept()
         .collect();
     assert_eq!(counts, vec![10; 10], "one window per key, of its 10 rows");
 }
+
+/// `rivulet replay --udf` loads a module whose functions the query calls, as `[[udfs]]` does in a
+/// pipeline file; without it the query names an unknown function and fails.
+#[test]
+fn replay_with_udf_calls_the_modules_functions() {
+    let Some(module) = built("haversine") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("points.ndjson");
+    std::fs::write(
+        &input,
+        "{\"id\":1,\"lat\":0.0,\"lon\":90.0}\n{\"id\":2,\"lat\":0.0,\"lon\":0.0}\n\
+         {\"id\":3,\"lat\":90.0,\"lon\":45.0}\n",
+    )
+    .unwrap();
+    let sql = dir.path().join("query.sql");
+    std::fs::write(
+        &sql,
+        "SELECT id, haversine_km(lat, lon, 0.0, 0.0) AS km FROM source",
+    )
+    .unwrap();
+    let replay = |udf: Option<&PathBuf>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rivulet"));
+        cmd.args(["replay", "--sql"])
+            .arg(&sql)
+            .arg("--input")
+            .arg(&input);
+        if let Some(m) = udf {
+            cmd.arg("--udf").arg(m);
+        }
+        cmd.output().unwrap()
+    };
+    let out = replay(Some(&module));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A quarter of a great circle of the mean Earth radius, none, and pole to equator.
+    let quarter = 6371.0088 * std::f64::consts::FRAC_PI_2;
+    let want = [(1, quarter), (2, 0.0), (3, quarter)];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (row, (id, km)) in rows.iter().zip(want) {
+        assert_eq!(row["id"], id);
+        let got = row["km"].as_f64().unwrap();
+        assert!(
+            (got - km).abs() < 1e-9 * quarter,
+            "{id}: {got} km, want {km}"
+        );
+    }
+    let out = replay(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("haversine_km"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
