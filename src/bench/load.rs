@@ -67,7 +67,13 @@ impl Latencies {
         self.outstanding.iter().map(|b| b.2).sum()
     }
 
-    fn committed_through(&mut self, seq: u64, now: Instant) {
+    /// `n` records up to sequence number `seq` (counted from 1 over the run) were produced `at`.
+    pub(super) fn produced(&mut self, seq: u64, at: Instant, n: u64) {
+        self.outstanding.push_back((seq, at, n));
+    }
+
+    /// Records up to sequence number `seq` are covered by a commit made `now`.
+    pub(super) fn committed_through(&mut self, seq: u64, now: Instant) {
         while let Some(&(last, at, n)) = self.outstanding.front() {
             if last > seq {
                 break;
@@ -280,9 +286,7 @@ impl LoadSource {
             })
             .collect();
         let mut latencies = self.latencies.lock().expect("latencies lock");
-        latencies
-            .outstanding
-            .push_back((self.produced, Instant::now(), n as u64));
+        latencies.produced(self.produced, Instant::now(), n as u64);
         SourceBatch::new(
             records,
             Position::single(PARTITION, self.produced.to_string()),

@@ -35,8 +35,12 @@ use crate::pipeline::Pipeline;
 use crate::sink::NullSink;
 use crate::{Error, PipelineConfig, Result};
 
+#[cfg(feature = "aws")]
+mod kinesis;
 mod load;
 
+#[cfg(feature = "aws")]
+pub use kinesis::KinesisLoad;
 use load::{Latencies, LoadSource};
 
 /// The built-in load.
@@ -146,6 +150,8 @@ pub struct Bench {
     allowed_lateness: Option<Duration>,
     sql: Option<String>,
     config: Option<PipelineConfig>,
+    #[cfg(feature = "aws")]
+    kinesis: Option<KinesisLoad>,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -199,6 +205,10 @@ pub struct BenchSummary {
     pub peak_rss_mib: f64,
     /// The rivulet version that ran.
     pub version: String,
+    /// The Kinesis stream the load went through (`rivulet bench --kinesis`), if any: then
+    /// latency runs from a record's arrival in the stream to the commit that covers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinesis_stream: Option<String>,
 }
 
 impl BenchSummary {
@@ -232,7 +242,17 @@ impl Bench {
             allowed_lateness: None,
             sql: None,
             config: None,
+            #[cfg(feature = "aws")]
+            kinesis: None,
         }
+    }
+
+    /// Produces the load into this Kinesis stream and reads it back with the Kinesis source,
+    /// for figures that include the source (feature `aws`).
+    #[cfg(feature = "aws")]
+    pub fn kinesis(mut self, target: KinesisLoad) -> Self {
+        self.kinesis = Some(target);
+        self
     }
 
     /// The query's allowed lateness (default: the load's [`LoadOptions::lateness`], so that no
@@ -262,12 +282,19 @@ impl Bench {
         self,
         progress: impl Fn(&PipelineMetrics) + Send + 'static,
     ) -> Result<BenchSummary> {
-        let mut load = self.load;
+        let mut load = self.load.clone();
         if load.records.is_none() && load.duration.is_none() {
             load.records = Some(1_000_000);
         }
         let latencies = Arc::new(Mutex::new(Latencies::new()));
-        let source = Box::new(LoadSource::new(load.clone(), Arc::clone(&latencies))?);
+        #[cfg(feature = "aws")]
+        let kinesis_stream = self.kinesis.as_ref().map(|k| k.stream().to_owned());
+        #[cfg(not(feature = "aws"))]
+        let kinesis_stream = None;
+        let source: Box<dyn crate::Source> = match self.kinesis_source(&load, &latencies).await? {
+            Some(s) => s,
+            None => Box::new(LoadSource::new(load.clone(), Arc::clone(&latencies))?),
+        };
         let (query, pipeline) = match self.config {
             Some(config) => (
                 config.name().to_owned(),
@@ -336,7 +363,28 @@ impl Bench {
             cpu_s_per_million: cpu_s / (m.records_in.max(1) as f64) * 1e6,
             peak_rss_mib: usage().map_or(0.0, |u| u.peak_rss_kib / 1024.0),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            kinesis_stream,
         })
+    }
+
+    /// The Kinesis source with its producer started, when the load goes through a stream.
+    async fn kinesis_source(
+        &self,
+        load: &LoadOptions,
+        latencies: &Arc<Mutex<Latencies>>,
+    ) -> Result<Option<Box<dyn crate::Source>>> {
+        #[cfg(feature = "aws")]
+        if let Some(target) = &self.kinesis {
+            let source = kinesis::KinesisBenchSource::start(
+                target.clone(),
+                load.clone(),
+                Arc::clone(latencies),
+            )
+            .await?;
+            return Ok(Some(Box::new(source)));
+        }
+        let _ = (load, latencies);
+        Ok(None)
     }
 
     /// Runs the benchmark.

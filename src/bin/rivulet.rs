@@ -152,6 +152,19 @@ struct BenchArgs {
     /// Prints the change against an earlier run's `--json` summary.
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Produces the load into this Kinesis stream (which must exist) while the pipeline reads it
+    /// with the Kinesis source: figures that include the source and the service.
+    #[cfg(feature = "aws")]
+    #[arg(long, value_name = "STREAM")]
+    kinesis: Option<String>,
+    /// Endpoint URL of Kinesis for `--kinesis` (an emulator, a VPC endpoint).
+    #[cfg(feature = "aws")]
+    #[arg(long, requires = "kinesis")]
+    endpoint_url: Option<String>,
+    /// AWS region for `--kinesis` (default: from the environment or profile).
+    #[cfg(feature = "aws")]
+    #[arg(long, requires = "kinesis")]
+    region: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -669,6 +682,17 @@ async fn bench(args: BenchArgs) -> rivulet::Result<()> {
     if let Some(ms) = args.allowed_lateness_ms {
         bench = bench.allowed_lateness(Duration::from_millis(ms));
     }
+    #[cfg(feature = "aws")]
+    if let Some(stream) = &args.kinesis {
+        let mut target = rivulet::bench::KinesisLoad::new(stream.clone());
+        if let Some(url) = &args.endpoint_url {
+            target = target.endpoint_url(url.clone());
+        }
+        if let Some(region) = &args.region {
+            target = target.region(region.clone());
+        }
+        bench = bench.kinesis(target);
+    }
     let bar = match total {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),
@@ -734,6 +758,9 @@ fn print_summary(s: &rivulet::bench::BenchSummary) {
         s.cpu_s, s.cpu_s_per_million
     );
     println!("peak rss      {:.1} MiB", s.peak_rss_mib);
+    if let Some(stream) = &s.kinesis_stream {
+        println!("through       Kinesis stream {stream} (latency from arrival in the stream)");
+    }
 }
 
 /// What `setup apply` or `destroy` did, a line each, or `none` when it did nothing.

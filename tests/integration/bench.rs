@@ -150,3 +150,75 @@ fn a_stateless_query_emits_one_row_per_record_and_compare_reads_two_summaries() 
         "{stderr}"
     );
 }
+
+/// `--kinesis`: the load goes into a 4-shard stream and back through the Kinesis source. Every
+/// record put is read and committed once, and the windows are those of the records as the SDK
+/// reads them back from the stream.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_kinesis_stream_every_record_is_read_and_its_windows_emitted() {
+    use aws_sdk_kinesis::types::ShardIteratorType;
+    use rivulet::bench::{Bench, KinesisLoad, LoadOptions, Scenario};
+
+    let Some((_moto, c)) = crate::kinesis::moto_stream("bench", 4).await else {
+        return;
+    };
+    const RECORDS: u64 = 4_000;
+    let summary = Bench::new(LoadOptions {
+        scenario: Scenario::Ticker,
+        records: Some(RECORDS),
+        // 20 s of event time, so that the run has several windows per ticker.
+        event_rate: 200.0,
+        ..LoadOptions::default()
+    })
+    .kinesis(KinesisLoad::new("bench").client(c.clone()))
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(summary.records, RECORDS, "{summary:?}");
+    assert_eq!(summary.latency_records, RECORDS, "{summary:?}");
+    assert_eq!(summary.uncommitted, 0, "{summary:?}");
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert_eq!(summary.kinesis_stream.as_deref(), Some("bench"));
+
+    // The (ticker, 10 s window) pairs of what is in the stream, read back shard by shard.
+    let mut windows = std::collections::HashSet::new();
+    let mut read = 0;
+    let listed = c.list_shards().stream_name("bench").send().await.unwrap();
+    for shard in listed.shards() {
+        let mut it = c
+            .get_shard_iterator()
+            .stream_name("bench")
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(current) = it {
+            let page = c
+                .get_records()
+                .shard_iterator(current)
+                .limit(10_000)
+                .send()
+                .await
+                .unwrap();
+            for r in page.records() {
+                let v: Value = serde_json::from_slice(r.data().as_ref()).unwrap();
+                let t = chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis();
+                windows.insert((v["ticker_symbol"].as_str().unwrap().to_owned(), t / 10_000));
+                read += 1;
+            }
+            it = if page.records().is_empty() {
+                None
+            } else {
+                page.next_shard_iterator().map(str::to_owned)
+            };
+        }
+    }
+    assert_eq!(read, RECORDS, "records in the stream");
+    assert_eq!(summary.rows_out, windows.len() as u64, "{summary:?}");
+}
