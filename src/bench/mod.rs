@@ -473,11 +473,13 @@ fn usage() -> Option<Usage> {
         return None;
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    // ru_maxrss is in KiB on Linux, in bytes on macOS.
-    let rss = if cfg!(target_os = "macos") {
-        u.ru_maxrss as f64 / 1024.0
-    } else {
-        u.ru_maxrss as f64
+    // On Linux ru_maxrss survives exec: a process started by a large one (a harness, a JVM)
+    // reports its parent's peak. VmHWM is this program image's own peak.
+    let rss = match peak_rss_linux_kib() {
+        Some(kib) => kib,
+        // ru_maxrss is in KiB on Linux, in bytes on macOS.
+        None if cfg!(target_os = "macos") => u.ru_maxrss as f64 / 1024.0,
+        None => u.ru_maxrss as f64,
     };
     Some(Usage {
         cpu_s: secs(u.ru_utime) + secs(u.ru_stime),
@@ -485,7 +487,39 @@ fn usage() -> Option<Usage> {
     })
 }
 
+/// The peak resident memory of this program image (`VmHWM` of `/proc/self/status`), in KiB, where
+/// there is one.
+#[cfg(unix)]
+fn peak_rss_linux_kib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_kib(&status)
+}
+
+/// `VmHWM` of a `/proc/<pid>/status` text, in KiB.
+fn vm_hwm_kib(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(not(unix))]
 fn usage() -> Option<Usage> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_is_read_from_vm_hwm() {
+        let status =
+            "Name:\trivulet\nVmPeak:\t  900000 kB\nVmHWM:\t   123456 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(123_456.0));
+        assert_eq!(vm_hwm_kib("Name:\tx\n"), None);
+    }
 }

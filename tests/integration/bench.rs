@@ -222,3 +222,23 @@ async fn through_a_kinesis_stream_every_record_is_read_and_its_windows_emitted()
     assert_eq!(read, RECORDS, "records in the stream");
     assert_eq!(summary.rows_out, windows.len() as u64, "{summary:?}");
 }
+
+/// The peak memory reported is the bench's own, not that of the process that started it: on
+/// Linux `getrusage`'s peak survives exec, so a bench started by a large harness used to report
+/// the harness's peak.
+#[cfg(target_os = "linux")]
+#[test]
+fn peak_memory_is_the_bench_process_own() {
+    // This process holds 1 GiB, touched, while it starts the bench.
+    let held: Vec<u8> = vec![1; 1 << 30];
+    let s = bench(&["--records", "20000"]);
+    let peak = number(&s, "peak_rss_mib");
+    assert!(peak > 0.0 && peak < 768.0, "peak {peak} MiB: {s}");
+    assert_eq!(
+        held.iter()
+            .step_by(4096)
+            .map(|&b| b as usize)
+            .sum::<usize>(),
+        1 << 18
+    );
+}
