@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -211,40 +211,14 @@ async fn write_backlog(c: &Client, stream: &str, total: i64, pace: Duration) -> 
         7,
         "4 shards, 2 split children, 1 merge child"
     );
-    for shard in listed.shards() {
-        let mut it = c
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(current) = it {
-            let page = c
-                .get_records()
-                .shard_iterator(current)
-                .limit(10_000)
-                .send()
-                .await
-                .unwrap();
-            for r in page.records() {
-                let ids = &placed[&(shard.shard_id().to_owned(), r.sequence_number().to_owned())];
-                let ms = r
-                    .approximate_arrival_timestamp()
-                    .and_then(|t| t.to_millis().ok())
-                    .expect("an arrival time");
-                for id in ids {
-                    arrival.insert(*id, ms);
-                }
-            }
-            it = if page.records().is_empty() {
-                None
-            } else {
-                page.next_shard_iterator().map(str::to_owned)
-            };
+    for (shard, r) in crate::kinesis::read_back(c, stream).await {
+        let ids = &placed[&(shard, r.sequence_number().to_owned())];
+        let ms = r
+            .approximate_arrival_timestamp()
+            .and_then(|t| t.to_millis().ok())
+            .expect("an arrival time");
+        for id in ids {
+            arrival.insert(*id, ms);
         }
     }
     (0..total)

@@ -157,7 +157,6 @@ fn a_stateless_query_emits_one_row_per_record_and_compare_reads_two_summaries() 
 #[cfg(feature = "aws")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_kinesis_stream_every_record_is_read_and_its_windows_emitted() {
-    use aws_sdk_kinesis::types::ShardIteratorType;
     use rivulet::bench::{Bench, KinesisLoad, LoadOptions, Scenario};
 
     let Some((_moto, c)) = crate::kinesis::moto_stream("bench", 4).await else {
@@ -184,40 +183,13 @@ async fn through_a_kinesis_stream_every_record_is_read_and_its_windows_emitted()
     // The (ticker, 10 s window) pairs of what is in the stream, read back shard by shard.
     let mut windows = std::collections::HashSet::new();
     let mut read = 0;
-    let listed = c.list_shards().stream_name("bench").send().await.unwrap();
-    for shard in listed.shards() {
-        let mut it = c
-            .get_shard_iterator()
-            .stream_name("bench")
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
+    for (_, r) in crate::kinesis::read_back(&c, "bench").await {
+        let v: Value = serde_json::from_slice(r.data().as_ref()).unwrap();
+        let t = chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
             .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(current) = it {
-            let page = c
-                .get_records()
-                .shard_iterator(current)
-                .limit(10_000)
-                .send()
-                .await
-                .unwrap();
-            for r in page.records() {
-                let v: Value = serde_json::from_slice(r.data().as_ref()).unwrap();
-                let t = chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
-                    .unwrap()
-                    .timestamp_millis();
-                windows.insert((v["ticker_symbol"].as_str().unwrap().to_owned(), t / 10_000));
-                read += 1;
-            }
-            it = if page.records().is_empty() {
-                None
-            } else {
-                page.next_shard_iterator().map(str::to_owned)
-            };
-        }
+            .timestamp_millis();
+        windows.insert((v["ticker_symbol"].as_str().unwrap().to_owned(), t / 10_000));
+        read += 1;
     }
     assert_eq!(read, RECORDS, "records in the stream");
     assert_eq!(summary.rows_out, windows.len() as u64, "{summary:?}");

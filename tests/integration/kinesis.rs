@@ -109,6 +109,46 @@ async fn put(c: &Client, name: &str, items: &[(i64, String)]) -> Vec<(String, St
     put_raw(c, name, records).await
 }
 
+/// Every record in `stream`, read back through the SDK from the start of every shard (closed
+/// ones included), with the id of the shard it was read from.
+pub(crate) async fn read_back(
+    c: &Client,
+    stream: &str,
+) -> Vec<(String, aws_sdk_kinesis::types::Record)> {
+    let mut out = Vec::new();
+    let listed = c.list_shards().stream_name(stream).send().await.unwrap();
+    for shard in listed.shards() {
+        let mut it = c
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(current) = it {
+            let page = c
+                .get_records()
+                .shard_iterator(current)
+                .limit(10_000)
+                .send()
+                .await
+                .unwrap();
+            it = if page.records().is_empty() {
+                None
+            } else {
+                page.next_shard_iterator().map(str::to_owned)
+            };
+            for r in page.records {
+                out.push((shard.shard_id().to_owned(), r));
+            }
+        }
+    }
+    out
+}
+
 /// A moto server with a new stream, and a client for it; `None` when moto is missing (the test is
 /// skipped, or fails where moto is required).
 pub(crate) async fn moto_stream(name: &str, shards: i32) -> Option<(MotoServer, Client)> {
