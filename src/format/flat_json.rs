@@ -164,11 +164,10 @@ impl FlatJsonDecoder {
         } else {
             loop {
                 expect(buf, p, b'"')?;
-                let (key, after) = plain_string(buf, p + 1)?;
+                let (column, after) = members.column(ordinal, buf, p + 1, &self.names)?;
                 p = skip_ws(buf, after);
                 expect(buf, p, b':')?;
                 p = skip_ws(buf, p + 1);
-                let column = members.column(ordinal, key, &self.names);
                 ordinal += 1;
                 p = match column {
                     Some(c) => {
@@ -200,27 +199,40 @@ impl FlatJsonDecoder {
 }
 
 /// Which column the n-th member of the last record went to: records of a stream usually have
-/// their members in the same order, so one comparison finds the column (or that there is none).
+/// their members in the same order, so one comparison at the member's position finds the column
+/// (or that there is none) without scanning for the name's end first.
 #[derive(Default)]
 struct MemberCache {
-    slots: Vec<(Vec<u8>, Option<usize>)>,
+    slots: Vec<(Box<[u8]>, Option<usize>)>,
 }
 
 impl MemberCache {
-    fn column(&mut self, ordinal: usize, key: &[u8], names: &[Box<[u8]>]) -> Option<usize> {
+    /// The column of the member whose name starts at `start` (after its opening quote), and the
+    /// position after the name's closing quote.
+    #[inline]
+    fn column(
+        &mut self,
+        ordinal: usize,
+        buf: &[u8],
+        start: usize,
+        names: &[Box<[u8]>],
+    ) -> Step<(Option<usize>, usize)> {
         if let Some((cached, column)) = self.slots.get(ordinal) {
-            // Member names are short: a plain loop beats a call to memcmp.
-            if cached.len() == key.len() && cached.iter().zip(key).all(|(a, b)| a == b) {
-                return *column;
+            // A cached name holds no quote or backslash, so a match followed by a quote is the
+            // whole name.
+            let end = start + cached.len();
+            if buf.get(end) == Some(&b'"') && buf[start..end] == **cached {
+                return Ok((*column, end + 1));
             }
         }
+        let (key, after) = plain_string(buf, start)?;
         let column = names.iter().position(|n| **n == *key);
         if ordinal < self.slots.len() {
-            self.slots[ordinal] = (key.to_vec(), column);
+            self.slots[ordinal] = (key.into(), column);
         } else if ordinal == self.slots.len() && ordinal < 256 {
-            self.slots.push((key.to_vec(), column));
+            self.slots.push((key.into(), column));
         }
-        column
+        Ok((column, after))
     }
 }
 
@@ -239,9 +251,28 @@ fn expect(buf: &[u8], p: usize, c: u8) -> Step<()> {
     }
 }
 
-/// Position of the first quote, backslash or control character at or after `p` (strings in
-/// records are short: a plain loop beats a vectorised search's set-up).
+/// Position of the first quote, backslash or control character at or after `p`, eight bytes at
+/// a time (strings in records are short: a word at a time beats a vectorised search's set-up).
+#[inline]
 fn string_end(buf: &[u8], mut p: usize) -> Step<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = buf.get(p..p + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // The high bit of a byte is set where the byte is a quote, a backslash or below 0x20; bytes of
+        // 0x80 and above never match (they are masked out by `!w`). A borrow can set bits above
+        // a real hit, never below one, so the lowest bit set is the first hit.
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let hits =
+            (quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES) | w.wrapping_sub(ONES * 0x20))
+                & !w
+                & HIGH;
+        if hits != 0 {
+            return Ok(p + (hits.trailing_zeros() / 8) as usize);
+        }
+        p += 8;
+    }
     while let Some(&b) = buf.get(p) {
         if b == b'"' || b == b'\\' || b < 0x20 {
             return Ok(p);
@@ -318,19 +349,89 @@ fn escaped_string(buf: &[u8], start: usize, out: &mut String) -> Step<usize> {
     }
 }
 
-/// The text of a JSON number starting at `p`, validated against the JSON grammar, and whether it
-/// is an integer (no fraction, no exponent).
-fn number(text: &str, mut p: usize) -> Step<(&str, usize, bool)> {
+/// A JSON number as scanned: its text, and its digits as an integer where that is exact.
+struct Number<'a> {
+    text: &'a str,
+    end: usize,
+    /// No fraction and no exponent.
+    integer: bool,
+    negative: bool,
+    /// The digits without the point, when there are at most 19 of them and no exponent.
+    mantissa: Option<u64>,
+    /// Digits after the point.
+    fraction_digits: usize,
+}
+
+impl Number<'_> {
+    /// The value as an `f64`, exactly as `str::parse` rounds it: a mantissa below 2^53 divided by
+    /// an exact power of ten is one correctly rounded operation (the fast path of every decimal
+    /// parser); anything else goes to the full parser.
+    #[inline]
+    fn f64(&self) -> Step<f64> {
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        match self.mantissa {
+            Some(m) if m < 1 << 53 && self.fraction_digits < POW10.len() => {
+                let v = m as f64 / POW10[self.fraction_digits];
+                Ok(if self.negative { -v } else { v })
+            }
+            _ => self.text.parse().map_err(|_| Unsupported),
+        }
+    }
+
+    /// The value as an `f32`, by the same reasoning with a mantissa below 2^24.
+    #[inline]
+    fn f32(&self) -> Step<f32> {
+        const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+        match self.mantissa {
+            Some(m) if m < 1 << 24 && self.fraction_digits < POW10.len() => {
+                let v = m as f32 / POW10[self.fraction_digits];
+                Ok(if self.negative { -v } else { v })
+            }
+            _ => self.text.parse().map_err(|_| Unsupported),
+        }
+    }
+
+    /// The value of an integer, `None` when it is not one; out of range fails.
+    #[inline]
+    fn i64(&self) -> Step<i64> {
+        if !self.integer {
+            return Err(Unsupported);
+        }
+        match self.mantissa {
+            // 18 digits or fewer always fit.
+            Some(m) if m < 1_000_000_000_000_000_000 => {
+                let v = m as i64;
+                Ok(if self.negative { -v } else { v })
+            }
+            _ => self.text.parse().map_err(|_| Unsupported),
+        }
+    }
+}
+
+/// A JSON number starting at `p`, validated against the JSON grammar.
+#[inline]
+fn number(text: &str, mut p: usize) -> Step<Number<'_>> {
     let buf = text.as_bytes();
     let start = p;
-    if buf.get(p) == Some(&b'-') {
+    let negative = buf.get(p) == Some(&b'-');
+    if negative {
         p += 1;
     }
-    let digits = |buf: &[u8], mut p: usize| {
+    let mut mantissa = 0u64;
+    let mut count = 0usize;
+    let mut digits = |buf: &[u8], mut p: usize| {
         let s = p;
-        while buf.get(p).is_some_and(u8::is_ascii_digit) {
+        while let Some(&c) = buf.get(p) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             p += 1;
         }
+        count += p - s;
         (p, p - s)
     };
     let (q, n) = digits(buf, p);
@@ -339,6 +440,7 @@ fn number(text: &str, mut p: usize) -> Step<(&str, usize, bool)> {
     }
     p = q;
     let mut integer = true;
+    let mut fraction_digits = 0;
     if buf.get(p) == Some(&b'.') {
         let (q, n) = digits(buf, p + 1);
         if n == 0 {
@@ -346,21 +448,33 @@ fn number(text: &str, mut p: usize) -> Step<(&str, usize, bool)> {
         }
         p = q;
         integer = false;
+        fraction_digits = n;
     }
+    let mut exponent = false;
     if let Some(b'e' | b'E') = buf.get(p) {
         p += 1;
         if let Some(b'+' | b'-') = buf.get(p) {
             p += 1;
         }
-        let (q, n) = digits(buf, p);
-        if n == 0 {
+        let s = p;
+        while buf.get(p).is_some_and(u8::is_ascii_digit) {
+            p += 1;
+        }
+        if p == s {
             return Err(Unsupported);
         }
-        p = q;
         integer = false;
+        exponent = true;
     }
-    // ASCII by construction, so cut at character boundaries.
-    Ok((&text[start..p], p, integer))
+    Ok(Number {
+        // ASCII by construction, so cut at character boundaries.
+        text: &text[start..p],
+        end: p,
+        integer,
+        negative,
+        mantissa: (count <= 19 && !exponent).then_some(mantissa),
+        fraction_digits,
+    })
 }
 
 fn literal(buf: &[u8], p: usize, word: &[u8]) -> Step<usize> {
@@ -407,45 +521,39 @@ fn value(text: &str, p: usize, column: &mut Column, scratch: &mut String) -> Ste
                 Ok(end)
             }
             b'-' | b'0'..=b'9' => {
-                let (digits, end, _) = number(text, p)?;
-                b.append_value(digits);
-                Ok(end)
+                let n = number(text, p)?;
+                b.append_value(n.text);
+                Ok(n.end)
             }
             _ => Err(Unsupported),
         },
         Column::Int64(b) => {
-            let (digits, end, integer) = number(text, p)?;
-            if !integer {
-                return Err(Unsupported);
-            }
-            b.append_value(digits.parse().map_err(|_| Unsupported)?);
-            Ok(end)
+            let n = number(text, p)?;
+            b.append_value(n.i64()?);
+            Ok(n.end)
         }
         Column::Int32(b) => {
-            let (digits, end, integer) = number(text, p)?;
-            if !integer {
-                return Err(Unsupported);
-            }
-            b.append_value(digits.parse().map_err(|_| Unsupported)?);
-            Ok(end)
+            let n = number(text, p)?;
+            b.append_value(n.i64()?.try_into().map_err(|_| Unsupported)?);
+            Ok(n.end)
         }
         Column::Float64(b) => {
-            let (digits, end, _) = number(text, p)?;
-            let v: f64 = digits.parse().map_err(|_| Unsupported)?;
+            let n = number(text, p)?;
+            let v = n.f64()?;
             if !v.is_finite() {
                 return Err(Unsupported);
             }
             b.append_value(v);
-            Ok(end)
+            Ok(n.end)
         }
         Column::Float32(b) => {
-            let (digits, end, _) = number(text, p)?;
-            let v: f32 = digits.parse().map_err(|_| Unsupported)?;
+            let n = number(text, p)?;
+            let v = n.f32()?;
             if !v.is_finite() {
                 return Err(Unsupported);
             }
             b.append_value(v);
-            Ok(end)
+            Ok(n.end)
         }
         Column::Boolean(b) => match c {
             b't' => {
@@ -520,6 +628,6 @@ fn skip_value(text: &str, p: usize, depth: usize) -> Step<usize> {
         b't' => literal(buf, p, b"true"),
         b'f' => literal(buf, p, b"false"),
         b'n' => literal(buf, p, b"null"),
-        _ => number(text, p).map(|(_, end, _)| end),
+        _ => number(text, p).map(|n| n.end),
     }
 }

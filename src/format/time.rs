@@ -42,17 +42,63 @@ pub(crate) fn epoch_millis(array: &ArrayRef) -> Result<Option<Int64Array>> {
 
 /// Epoch milliseconds of each string of a `Utf8` column; null where a value is not a time.
 fn strings_to_millis(array: &ArrayRef) -> Int64Array {
-    array
-        .as_string::<i32>()
-        .iter()
-        .map(|v| v.and_then(str_to_millis))
-        .collect()
+    let strings = array.as_string::<i32>();
+    let mut minutes = MinuteCache::default();
+    let mut values = Vec::with_capacity(strings.len());
+    let mut valid = arrow::array::BooleanBufferBuilder::new(strings.len());
+    let mut all_valid = true;
+    for v in strings.iter() {
+        let t = v.and_then(|s| minutes.millis(s));
+        values.push(t.unwrap_or(0));
+        valid.append(t.is_some());
+        all_valid &= t.is_some();
+    }
+    let nulls = (!all_valid).then(|| arrow::buffer::NullBuffer::new(valid.finish()));
+    Int64Array::new(values.into(), nulls)
+}
+
+/// The last minute (`YYYY-MM-DD[T ]HH:MM:`) read and its epoch milliseconds. The times of a
+/// stream advance slowly, so most strings share the minute of the string before and only their
+/// seconds need reading.
+#[derive(Default)]
+struct MinuteCache {
+    prefix: Option<[u8; MINUTE_LEN]>,
+    base: i64,
+}
+
+/// The length of `YYYY-MM-DDTHH:MM:`.
+const MINUTE_LEN: usize = 17;
+
+impl MinuteCache {
+    fn millis(&mut self, s: &str) -> Option<i64> {
+        let b = s.as_bytes();
+        if let (Some(prefix), Some(head)) = (&self.prefix, b.get(..MINUTE_LEN)) {
+            if head == prefix {
+                if let Some(ms) = second_millis(&b[MINUTE_LEN..]) {
+                    return Some(self.base + ms);
+                }
+            }
+        }
+        if let Some(base) = b.get(..MINUTE_LEN).and_then(minute_millis) {
+            if let Some(ms) = second_millis(&b[MINUTE_LEN..]) {
+                self.prefix = b[..MINUTE_LEN].try_into().ok();
+                self.base = base;
+                return Some(base + ms);
+            }
+        }
+        str_to_millis(s)
+    }
 }
 
 /// Epoch milliseconds of one string: the common `2026-01-01T00:00:03.500Z` shape read directly,
 /// integer epoch milliseconds, else Arrow's ISO-8601 parser.
 fn str_to_millis(s: &str) -> Option<i64> {
-    let s = s.trim();
+    let b = s.as_bytes();
+    // `trim` is a no-op when both ends are visible ASCII: skip its Unicode scan.
+    let s = match (b.first(), b.last()) {
+        (Some(f), Some(l)) if f.is_ascii_graphic() && l.is_ascii_graphic() => s,
+        _ => s.trim(),
+    };
     iso_utc_millis(s.as_bytes())
         .or_else(|| s.parse::<i64>().ok())
         .or_else(|| {
@@ -65,12 +111,18 @@ fn str_to_millis(s: &str) -> Option<i64> {
 /// Epoch milliseconds of `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z]` (UTC), or `None` for any other
 /// shape (which the general parser then handles).
 pub(crate) fn iso_utc_millis(b: &[u8]) -> Option<i64> {
-    fn num(b: &[u8]) -> Option<i64> {
-        b.iter().try_fold(0i64, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-        })
-    }
-    if b.len() < 19
+    let base = minute_millis(b.get(..MINUTE_LEN)?)?;
+    Some(base + second_millis(&b[MINUTE_LEN..])?)
+}
+
+fn digits2(a: u8, b: u8) -> Option<i64> {
+    (a.is_ascii_digit() && b.is_ascii_digit())
+        .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+}
+
+/// Epoch milliseconds of the minute `YYYY-MM-DD[T ]HH:MM:` (exactly [`MINUTE_LEN`] bytes).
+fn minute_millis(b: &[u8]) -> Option<i64> {
+    if b.len() != MINUTE_LEN
         || b[4] != b'-'
         || b[7] != b'-'
         || !(b[10] == b'T' || b[10] == b' ')
@@ -79,8 +131,9 @@ pub(crate) fn iso_utc_millis(b: &[u8]) -> Option<i64> {
     {
         return None;
     }
-    let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
-    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let year = digits2(b[0], b[1])? * 100 + digits2(b[2], b[3])?;
+    let (month, day) = (digits2(b[5], b[6])?, digits2(b[8], b[9])?);
+    let (hour, minute) = (digits2(b[11], b[12])?, digits2(b[14], b[15])?);
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     let month_days = [
         31,
@@ -101,11 +154,27 @@ pub(crate) fn iso_utc_millis(b: &[u8]) -> Option<i64> {
         || day > month_days[(month - 1) as usize]
         || hour > 23
         || minute > 59
-        || second > 59
     {
         return None;
     }
-    let mut rest = &b[19..];
+    // Days from 1970-01-01 of a proleptic Gregorian date (the civil-from-days inverse).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000)
+}
+
+/// Milliseconds of the rest of the time after the minute: `SS[.fraction][Z]`.
+fn second_millis(b: &[u8]) -> Option<i64> {
+    let second = digits2(*b.first()?, *b.get(1)?)?;
+    if second > 59 {
+        return None;
+    }
+    let mut rest = &b[2..];
     let mut millis = 0i64;
     if let Some((b'.', frac)) = rest.split_first() {
         let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -122,15 +191,7 @@ pub(crate) fn iso_utc_millis(b: &[u8]) -> Option<i64> {
     if !(rest.is_empty() || rest == b"Z") {
         return None;
     }
-    // Days from 1970-01-01 of a proleptic Gregorian date (the civil-from-days inverse).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+    Some(second * 1000 + millis)
 }
 
 #[cfg(test)]
@@ -173,6 +234,42 @@ mod tests {
             "not a time at all!!",
         ] {
             assert_eq!(iso_utc_millis(s.as_bytes()), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_minute_cache_never_changes_a_result() {
+        // Neighbours that share a minute, differ in it by one field, or share it and then fail.
+        let strings = [
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:59.999Z",
+            "2026-01-01T00:00:60Z",
+            "2026-01-01T00:00:07",
+            "2026-01-01T00:00:07+01:00",
+            "2026-01-01T00:00:7Z",
+            "2026-01-01T00:00:07.Z",
+            "2026-01-01T00:01:00Z",
+            "2026-01-02T00:01:00Z",
+            "2026-01-02 00:01:00.5",
+            "2026-01-02T00:01:00.5",
+            " 2026-01-02T00:01:00.5Z",
+            "2026-01-02T00:01:00.5Z ",
+            "2026-02-29T00:01:00Z",
+            "2024-02-29T00:01:00Z",
+            "2024-02-29T00:01:01.123456789Z",
+            "2024-02-29T00:01:01.1234567890Z",
+            "1767225600000",
+            "",
+        ];
+        let got = millis(Arc::new(StringArray::from(strings.to_vec())));
+        let alone: Vec<Option<i64>> = strings.iter().map(|s| str_to_millis(s)).collect();
+        assert_eq!(got, alone);
+        for (s, t) in strings.iter().zip(&got) {
+            let general = string_to_datetime(&chrono::Utc, s.trim())
+                .ok()
+                .map(|t| t.timestamp_millis())
+                .or_else(|| s.parse().ok());
+            assert_eq!(*t, general, "{s:?}");
         }
     }
 
