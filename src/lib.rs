@@ -70,7 +70,7 @@ pub use error::{Error, Result};
 pub use format::{
     infer_schema, parse_sql_type, Column, CsvOptions, DecodeFailure, DecodeOutput, Encoder,
     FailureKind, JsonPath, MetadataColumn, OutputFormat, RecordDecoder, RecordDecoderBuilder,
-    RecordFormat, DEFAULT_MAX_RECORD_BYTES, PROCESSING_ROWTIME, ROWTIME,
+    RecordFormat, DEFAULT_MAX_RECORD_BYTES, MIN_ROWS_PER_WORKER, PROCESSING_ROWTIME, ROWTIME,
 };
 pub use kda::{KdaApplication, KdaReference};
 #[cfg(feature = "aws")]

@@ -3,6 +3,7 @@
 # each query's outputs checked to agree before a time is accepted.
 #
 #   bench/peers/run.sh                      # 2 M records, every engine, best of 3, one core
+#                                           # (and rivulet_2cores: rivulet on two, where there are)
 #   bench/peers/run.sh --records 200000 --engines rivulet,datafusion,duckdb
 #   bench/peers/run.sh --tiny               # the harness's tests and the agreement on 20,000 records
 #   bench/peers/run.sh --report docs        # … and regenerate docs/benchmarks.md with its charts
@@ -17,7 +18,10 @@ cache="${RIVULET_CACHE:-$HOME/.cache/rivulet}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 venv="$cache/venv-peers"
 
-args=() engines="rivulet,datafusion,duckdb,flink" profile=release tiny=
+# rivulet on two cores beside its one core, where there are two.
+engines="rivulet,datafusion,duckdb,flink"
+[ "$(nproc)" -ge 2 ] && engines="rivulet,rivulet_2cores,datafusion,duckdb,flink"
+args=() profile=release tiny=
 while [ $# -gt 0 ]; do
   case "$1" in
     --engines) engines="$2"; shift 2 ;;

@@ -96,8 +96,13 @@ class Agreement(unittest.TestCase):
             {"query": "nexmark_q0", "input": "bids", "engine": "flink", "records": 10, "rows_per_s": 100_000.0},
             {"query": "udf_wasm", "input": "car", "engine": "rivulet", "records": 10, "rows_per_s": 1e6},
             {"query": "udf_native", "input": "car", "engine": "rivulet", "records": 10, "rows_per_s": 2e6},
+            {"query": "udf_native", "input": "car", "engine": "rivulet_2cores", "records": 10,
+             "rows_per_s": 3.6e6},
         ]}
         self.assertIn("rivulet 3.10×", harness.table(summary))
+        # Two cores against rivulet's own one core, not against a peer.
+        self.assertIn("| udf_native | 10 car | 2.00 M | 3.60 M (1.80× one core) | — |",
+                      harness.table(summary))
         self.assertIn("| nexmark_q0 | 310 K | 100 K | 155.0 K | 2.0× |", harness.nexmark_table(summary))
         self.assertIn("0.50× native", harness.udf_line(summary))
 

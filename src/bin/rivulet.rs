@@ -251,6 +251,9 @@ struct QueryArgs {
     /// pipeline file), with the default limits. Repeatable.
     #[arg(long)]
     udf: Vec<PathBuf>,
+    /// Threads that decode records side by side (default: every core the process may use).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 fn parse_reference(s: &str) -> std::result::Result<(String, String), String> {
@@ -278,6 +281,7 @@ impl QueryArgs {
             },
             references: self.reference,
             udfs: self.udf,
+            workers: self.workers,
         }
     }
 }

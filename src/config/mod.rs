@@ -149,6 +149,10 @@ use sinks::check_sink;
 /// max_rows = 8192           # a micro-batch closes at this many records…
 /// max_latency_ms = 200      # …or when its first record has waited this long
 /// sink_queue = 4            # micro-batches queued per sink
+///
+/// [runtime]                 # optional
+/// workers = 2               # threads decoding a micro-batch side by side (default: every core
+///                           # the process may use; parts are at least 2,048 records)
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +177,8 @@ pub struct PipelineConfig {
     raw_copy: Option<SinkConfig>,
     #[serde(default)]
     batch: BatchConfig,
+    #[serde(default)]
+    runtime: RuntimeConfig,
     #[serde(default)]
     checkpoint: Option<CheckpointConfig>,
     #[serde(default)]
@@ -626,6 +632,15 @@ struct EncryptionConfig {
     max_messages_per_key: Option<u64>,
 }
 
+/// The `[runtime]` table: the threads a pipeline uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeConfig {
+    /// Threads decoding a micro-batch (default: every core the process may use).
+    #[serde(default)]
+    workers: Option<usize>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchConfig {
@@ -800,6 +815,9 @@ impl PipelineConfig {
         self.check_plaintext()?;
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
+        }
+        if self.runtime.workers == Some(0) {
+            return Err(Error::config("runtime.workers", "must be at least 1"));
         }
         if !(1..=3_600_000).contains(&self.batch.max_latency_ms) {
             return Err(Error::config(
@@ -1101,6 +1119,9 @@ impl PipelineConfig {
                 max_latency: Duration::from_millis(self.batch.max_latency_ms),
                 sink_queue: self.batch.sink_queue,
             });
+        if let Some(w) = self.runtime.workers {
+            b = b.workers(w);
+        }
         if let Some(c) = columns {
             b = b.columns(c);
         }

@@ -27,6 +27,9 @@ pub struct ReplayOptions {
     /// WASM modules whose functions the SQL calls (as `[[udfs]]` in a pipeline file), loaded
     /// with the default [`WasmLimits`](crate::wasm::WasmLimits). Needs the `wasm` feature.
     pub udfs: Vec<PathBuf>,
+    /// Threads that decode records side by side (see [`PipelineBuilder::workers`](crate::PipelineBuilder::workers)); `None`:
+    /// every core the process may use.
+    pub workers: Option<usize>,
 }
 
 impl ReplayOptions {
@@ -91,6 +94,9 @@ impl ReplayOptions {
             .sql(sql.clone())
             .watermark(self.watermark)
             .batch_settings(BatchSettings::default());
+        if let Some(w) = self.workers {
+            b = b.workers(w);
+        }
         if let Some(a) = &app {
             b = b.columns(a.columns.clone());
         }

@@ -118,6 +118,8 @@ fn errors_name_the_offending_key() {
         ),
         ("[source]\ntype = \"generator\"\n[format]\ndelimiter = \";\"\n", "format.delimiter"),
         ("[source]\ntype = \"generator\"\n[batch]\nmax_rows = 0\n", "batch.max_rows"),
+        ("[source]\ntype = \"generator\"\n[runtime]\nworkers = 0\n", "runtime.workers"),
+        ("[source]\ntype = \"generator\"\n[runtime]\nthreads = 2\n", "threads"),
         ("[source]\ntype = \"file\"\npath = \"/nonexistent/in.ndjson\"\n", "source.path"),
         (
             "[source]\ntype = \"generator\"\n[checkpoint]\npath = \"cp\"\ninterval_ms = 0\n",

@@ -12,7 +12,7 @@ mod time;
 
 pub use decode::{
     DecodeFailure, DecodeOutput, FailureKind, RecordDecoder, RecordDecoderBuilder,
-    DEFAULT_MAX_RECORD_BYTES, PROCESSING_ROWTIME,
+    DEFAULT_MAX_RECORD_BYTES, MIN_ROWS_PER_WORKER, PROCESSING_ROWTIME,
 };
 pub use encode::{Encoder, OutputFormat};
 pub use schema::{infer_schema, parse_sql_type, Column, JsonPath};

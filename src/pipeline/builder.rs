@@ -157,6 +157,18 @@ impl PipelineBuilder {
         self
     }
 
+    /// Threads that decode a micro-batch's records side by side (default: the cores the process
+    /// may run on, as [`std::thread::available_parallelism`] tells). A micro-batch is split only
+    /// into parts of at least [`MIN_ROWS_PER_WORKER`](crate::MIN_ROWS_PER_WORKER)
+    /// records, so small batches stay on one thread; `1` keeps all decoding on the pipeline's
+    /// own task. With more than one, a micro-batch is also decoded on a blocking thread while the
+    /// one before it runs through the SQL: one more micro-batch of records is in memory.
+    /// Rows, their order and every delivery guarantee are the same for any number.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
     /// Checks the configuration, infers the schema when none was given (reading the sample from the
     /// source; those records are processed first when the pipeline runs) and plans the query.
     pub async fn build(mut self) -> Result<Pipeline> {
@@ -284,6 +296,9 @@ impl PipelineBuilder {
         if self.sinks.is_empty() {
             return Err(Error::config("sinks", "a pipeline needs at least one sink"));
         }
+        if self.workers == Some(0) {
+            return Err(Error::config("runtime.workers", "must be at least 1"));
+        }
         if self.batch.max_rows == 0 {
             return Err(Error::config("batch.max_rows", "must be at least 1"));
         }
@@ -400,12 +415,14 @@ impl PipelineBuilder {
             .into_iter()
             .filter(|m| !columns.iter().any(|c| c.name == m.name()))
             .collect();
+        let workers = self.workers.unwrap_or_else(default_workers);
         let make_decoder = |columns: Vec<Column>| {
             let mut decoder = RecordDecoder::builder(self.format.clone())
                 .with_columns(columns)
                 .with_metadata(metadata.clone())
                 .with_rowtime_field(self.rowtime_field.clone())
-                .with_batch_size(self.batch.max_rows);
+                .with_batch_size(self.batch.max_rows)
+                .with_workers(workers);
             if let Some(max) = self.max_record_bytes {
                 decoder = decoder.with_max_record_bytes(max);
             }
@@ -479,4 +496,9 @@ pub(super) fn header_rows_of(format: &RecordFormat, non_empty: bool) -> usize {
         RecordFormat::Csv(o) if o.has_header && non_empty => 1,
         _ => 0,
     }
+}
+
+/// The cores this process may run on (its CPU affinity included), or one when that is unknown.
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use crate::ack::{Ack, AckTracker, Commit, TrackerMsg, WindowSnapshot};
 use crate::checkpoint::{sql_fingerprint, Checkpoint, CheckpointStore};
-use crate::format::{infer_schema, Column, MetadataColumn, RecordDecoder, RecordFormat};
+use crate::format::{
+    infer_schema, Column, DecodeOutput, MetadataColumn, RecordDecoder, RecordFormat,
+};
 use crate::metrics::{MetricsSnapshot, PipelineMetrics, SourceHealth};
 use crate::record::{now_ms, Position, Record, DESTINATION_STREAM, ERROR_STREAM, RAW_STREAM};
 use crate::sink::{
@@ -214,6 +216,7 @@ pub struct PipelineBuilder {
     functions: SqlFunctions,
     checkpoint_store: Option<Arc<dyn CheckpointStore>>,
     checkpoint_interval: Duration,
+    workers: Option<usize>,
 }
 
 impl fmt::Debug for PipelineBuilder {
@@ -246,6 +249,7 @@ impl Pipeline {
             functions: SqlFunctions::default(),
             checkpoint_store: None,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            workers: None,
         }
     }
 
@@ -334,7 +338,11 @@ impl Pipeline {
             chunks: chunk_rx,
             tracker: tracker_tx,
             transform,
-            decoder,
+            processing_rowtime: decoder.processing_rowtime(),
+            overlap: decoder.workers() > 1,
+            in_flight: None,
+            after: Vec::new(),
+            decoder: Some(decoder),
             program,
             sinks: outputs.sinks,
             errors: outputs.errors,

@@ -8,7 +8,18 @@ pub(super) struct Processing {
     pub(super) chunks: mpsc::Receiver<SourceBatch>,
     pub(super) tracker: mpsc::UnboundedSender<TrackerMsg>,
     pub(super) transform: Option<Arc<dyn RecordTransform>>,
-    pub(super) decoder: RecordDecoder,
+    /// The decoder; away on a blocking thread while a micro-batch is decoded ahead
+    /// (see [`InFlight`]).
+    pub(super) decoder: Option<RecordDecoder>,
+    /// Whether `ROWTIME` is the time a record entered the pipeline.
+    pub(super) processing_rowtime: bool,
+    /// Whether a micro-batch is transformed and decoded on another thread while the one before it
+    /// runs through the SQL (with more than one worker).
+    pub(super) overlap: bool,
+    /// The micro-batch being transformed and decoded ahead, finished before any other step.
+    pub(super) in_flight: Option<InFlight>,
+    /// Partition events the next step applies after its SQL (partitions that ended).
+    pub(super) after: Vec<PartitionEvent>,
     pub(super) program: SqlProgram,
     pub(super) sinks: Vec<(Arc<str>, mpsc::Sender<OutputBatch>)>,
     pub(super) errors: mpsc::Sender<OutputBatch>,
@@ -31,6 +42,33 @@ pub(super) struct Processing {
     pub(super) alignment: Option<(Arc<PartitionAlignment>, i64)>,
 }
 
+/// A micro-batch begun: registered with the tracker, its raw copy sent, its rejected records set
+/// aside.
+pub(super) struct Begun {
+    seq: u64,
+    root: Ack,
+    step: Step,
+    errors: Vec<ErrorRecord>,
+    /// The partitions it had records of before the transform (stateful programs with one).
+    read_from: Vec<u32>,
+    /// Partition events applied once its records are through the SQL.
+    after: Vec<PartitionEvent>,
+}
+
+/// What runs before the SQL: the records left by the transform, its failures and the decoding.
+pub(super) struct Prepared {
+    records: Vec<Record>,
+    errors: Vec<ErrorRecord>,
+    decoded: Option<DecodeOutput>,
+}
+
+/// A micro-batch being transformed and decoded on a blocking thread, which hands the decoder
+/// back with the result.
+pub(super) struct InFlight {
+    begun: Begun,
+    prepared: tokio::task::JoinHandle<(RecordDecoder, Result<Prepared>)>,
+}
+
 /// Why the processing task runs the SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -50,12 +88,21 @@ pub(super) enum Step {
 pub(super) async fn run_processing(mut p: Processing) -> Result<Option<Position>> {
     let mut pending: Vec<Record> = Vec::new();
     let mut pending_pos = Position::new();
+    // `Finished` events of the pending chunks: applied once their chunks' records are through the
+    // SQL, since a partition that has ended stops holding the watermark back, and its last
+    // records must not find it already moved past them.
+    let mut pending_events: Vec<PartitionEvent> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut open = true;
     let stateful = p.program.is_stateful();
     let mut ticker = tokio::time::interval(WINDOW_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while open || !pending.is_empty() {
+        // The batch decoded ahead is finished as soon as nothing else is waiting: decoding
+        // ahead overlaps work, it never holds output back.
+        if p.in_flight.is_some() && p.chunks.is_empty() {
+            p.drain().await?;
+        }
         let mut flush = !open;
         if open {
             let wait = async {
@@ -75,14 +122,24 @@ pub(super) async fn run_processing(mut p: Processing) -> Result<Option<Position>
                 chunk = p.chunks.recv() => match chunk {
                     Some(mut chunk) => {
                         // Applied at once: a declaration must hold the watermark before any row
-                        // of the chunk is processed, and the rest describe what was read.
-                        p.apply_partition_events(&chunk.partitions);
+                        // of the chunk is processed, and the rest describe what was read, except
+                        // that a partition ended is applied after the chunk's records. Every
+                        // batch before the chunk is finished first, so it sees the partitions as
+                        // they were when it was read.
+                        if !chunk.partitions.is_empty() {
+                            p.drain().await?;
+                        }
+                        let (finished, now): (Vec<_>, Vec<_>) = std::mem::take(&mut chunk.partitions)
+                            .into_iter()
+                            .partition(|e| matches!(e, PartitionEvent::Finished { .. }));
+                        p.apply_partition_events(&now);
                         if !pending.is_empty()
                             && pending.len() + chunk.records.len() > p.settings.max_rows
                         {
                             // What is pending is whole chunks: processed on its own it ends at a
                             // known position (a checkpoint candidate), and only the new chunk is
                             // cut.
+                            p.after = std::mem::take(&mut pending_events);
                             p.process(std::mem::take(&mut pending), std::mem::take(&mut pending_pos), Step::Batch).await?;
                         }
                         if pending.is_empty() && !chunk.records.is_empty() {
@@ -112,7 +169,9 @@ pub(super) async fn run_processing(mut p: Processing) -> Result<Option<Position>
                             pending.append(&mut chunk.records);
                         }
                         pending_pos.advance(&chunk.position);
-                        flush = idle_position || pending.len() >= p.settings.max_rows;
+                        let only_events = pending.is_empty() && !finished.is_empty();
+                        pending_events.extend(finished);
+                        flush = idle_position || only_events || pending.len() >= p.settings.max_rows;
                     }
                     None => {
                         open = false;
@@ -121,13 +180,14 @@ pub(super) async fn run_processing(mut p: Processing) -> Result<Option<Position>
                 },
                 () = wait => flush = true,
                 () = tick => {
-                    if pending.is_empty() && pending_pos.is_empty() {
+                    if pending.is_empty() && pending_pos.is_empty() && pending_events.is_empty() {
                         p.process(Vec::new(), Position::new(), Step::Tick).await?;
                     }
                 }
             }
         }
-        if flush && (!pending.is_empty() || !pending_pos.is_empty()) {
+        if flush && (!pending.is_empty() || !pending_pos.is_empty() || !pending_events.is_empty()) {
+            p.after = std::mem::take(&mut pending_events);
             p.process(
                 std::mem::take(&mut pending),
                 std::mem::take(&mut pending_pos),
@@ -137,36 +197,122 @@ pub(super) async fn run_processing(mut p: Processing) -> Result<Option<Position>
             deadline = None;
         }
     }
-    if stateful && p.input_ended.load(Ordering::Acquire) {
-        // The input is complete: every window is too.
-        p.process(Vec::new(), Position::new(), Step::End).await?;
-    } else if stateful && p.snapshot_every.is_some() {
-        // Open windows go into the last checkpoint; the run after a restart completes them.
-        p.process(Vec::new(), Position::new(), Step::Stop).await?;
-    } else if !p.held.is_empty() {
-        // Stopped with windows still open: emitting them would publish partial results as final.
-        // Their input is not committed, so it is read again, and the windows completed, after a
-        // restart.
-        tracing::warn!(
-            batches = p.held.len(),
-            window_states = p.program.live_window_states(),
-            "stopping with open windows: they were not emitted, and their input will be read \
-             again after a restart"
-        );
-    }
-    // Dropped unacknowledged: the source position is not committed past rows of unemitted
-    // windows. (After a finished input, nothing is held any more.)
-    p.held.clear();
+    p.wind_up(stateful).await?;
     Ok(None)
 }
 
 impl Processing {
+    /// After the loop: the batch in flight finished, then the open windows emitted (the input
+    /// ended), snapshotted (stopped, with checkpoints) or left to be read again.
+    async fn wind_up(&mut self, stateful: bool) -> Result<()> {
+        self.drain().await?;
+        if stateful && self.input_ended.load(Ordering::Acquire) {
+            // The input is complete: every window is too.
+            self.process(Vec::new(), Position::new(), Step::End).await?;
+        } else if stateful && self.snapshot_every.is_some() {
+            // Open windows go into the last checkpoint; the run after a restart completes them.
+            self.process(Vec::new(), Position::new(), Step::Stop)
+                .await?;
+        } else if !self.held.is_empty() {
+            // Stopped with windows still open: emitting them would publish partial results as
+            // final. Their input is not committed, so it is read again, and the windows
+            // completed, after a restart.
+            tracing::warn!(
+                batches = self.held.len(),
+                window_states = self.program.live_window_states(),
+                "stopping with open windows: they were not emitted, and their input will be read \
+                 again after a restart"
+            );
+        }
+        // Dropped unacknowledged: the source position is not committed past rows of unemitted
+        // windows. (After a finished input, nothing is held any more.)
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Runs one step. With `overlap`, a micro-batch of records is begun and left decoding on a
+    /// blocking thread while the one before it is finished; every other step finishes what is in
+    /// flight first.
     pub(super) async fn process(
         &mut self,
         records: Vec<Record>,
         position: Position,
         step: Step,
     ) -> Result<()> {
+        let decode = matches!(step, Step::Batch | Step::Cut);
+        if self.overlap && decode {
+            // The batch before is decoded first (its thread hands the decoder back); it goes
+            // through the SQL while this one decodes.
+            let previous = self.join_in_flight().await?;
+            let (begun, records) = self.begin(records, position, step).await?;
+            let mut decoder = self.take_decoder();
+            let transform = self.transform.clone();
+            let metrics = Arc::clone(&self.metrics);
+            let prepared = tokio::task::spawn_blocking(move || {
+                let prepared = prepare(transform.as_deref(), &metrics, &mut decoder, records, true);
+                (decoder, prepared)
+            });
+            self.in_flight = Some(InFlight { begun, prepared });
+            if let Some((begun, prepared)) = previous {
+                self.finish(begun, prepared).await?;
+            }
+            return Ok(());
+        }
+        self.drain().await?;
+        let (begun, records) = self.begin(records, position, step).await?;
+        let decoder = self
+            .decoder
+            .as_mut()
+            .expect("the decoder is home between batches");
+        let prepared = prepare(
+            self.transform.as_deref(),
+            &self.metrics,
+            decoder,
+            records,
+            decode,
+        )?;
+        self.finish(begun, prepared).await
+    }
+
+    /// Finishes the micro-batch in flight, if any.
+    pub(super) async fn drain(&mut self) -> Result<()> {
+        match self.join_in_flight().await? {
+            Some((begun, prepared)) => self.finish(begun, prepared).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the micro-batch in flight to be decoded, taking the decoder back.
+    async fn join_in_flight(&mut self) -> Result<Option<(Begun, Prepared)>> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let (decoder, prepared) = match f.prepared.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                return Err(Error::Pipeline(format!(
+                    "the thread decoding a micro-batch stopped: {e}"
+                )))
+            }
+        };
+        self.decoder = Some(decoder);
+        Ok(Some((f.begun, prepared?)))
+    }
+
+    fn take_decoder(&mut self) -> RecordDecoder {
+        self.decoder
+            .take()
+            .expect("the decoder is home between batches")
+    }
+
+    /// Registers a step with the tracker, sends its raw copy and sets its rejected records aside.
+    async fn begin(
+        &mut self,
+        records: Vec<Record>,
+        position: Position,
+        step: Step,
+    ) -> Result<(Begun, Vec<Record>)> {
         let seq = self.seq;
         self.seq += 1;
         // Registered before any output exists, so the tracker knows the batch before its acks.
@@ -182,12 +328,40 @@ impl Processing {
         } else {
             Vec::new()
         };
-        let records = self.transform_records(records, &mut errors)?;
-        let output: SqlOutput = match step {
-            Step::Batch | Step::Cut => self.query(&records, &read_from, seq, &mut errors).await?,
-            Step::Tick | Step::Stop => self.program.tick(seq).await?,
-            Step::End => self.program.finish(seq).await?,
+        let begun = Begun {
+            seq,
+            root,
+            step,
+            errors,
+            read_from,
+            after: std::mem::take(&mut self.after),
         };
+        Ok((begun, records))
+    }
+
+    /// The SQL of a prepared step, then its output, errors and acknowledgement.
+    async fn finish(&mut self, begun: Begun, prepared: Prepared) -> Result<()> {
+        let Begun {
+            seq,
+            root,
+            step,
+            mut errors,
+            read_from,
+            after,
+        } = begun;
+        errors.extend(prepared.errors);
+        let output: SqlOutput = match (step, prepared.decoded) {
+            (Step::Batch | Step::Cut, Some(decoded)) => {
+                self.query(&prepared.records, decoded, &read_from, seq, &mut errors)
+                    .await?
+            }
+            (Step::Batch | Step::Cut, None) => {
+                unreachable!("batches of records are decoded before the SQL")
+            }
+            (Step::Tick | Step::Stop, _) => self.program.tick(seq).await?,
+            (Step::End, _) => self.program.finish(seq).await?,
+        };
+        self.apply_partition_events(&after);
         self.align(step);
         let snapshotted = self.snapshot_if_due(step, seq)?;
         if !matches!(step, Step::Batch | Step::Cut) {
@@ -217,37 +391,17 @@ impl Processing {
         Ok(())
     }
 
-    /// The record transform, when there is one: the records that continue; failures into
-    /// `errors`, dropped records counted.
-    fn transform_records(
-        &self,
-        records: Vec<Record>,
-        errors: &mut Vec<ErrorRecord>,
-    ) -> Result<Vec<Record>> {
-        Ok(match &self.transform {
-            Some(t) if !records.is_empty() => {
-                let total = records.len();
-                let (kept, failed) = apply_transform(t.as_ref(), records)?;
-                self.metrics
-                    .add_dropped((total - kept.len() - failed.len()) as u64);
-                errors.extend(failed);
-                kept
-            }
-            _ => records,
-        })
-    }
-
-    /// Decodes the records and runs the program on their rows; decoding and SQL failures into
+    /// Runs the program on the decoded rows of `records`; decoding and SQL failures into
     /// `errors`. `read_from` is the partitions the batch had records of before the transform.
     async fn query(
         &mut self,
         records: &[Record],
+        decoded: DecodeOutput,
         read_from: &[u32],
         seq: u64,
         errors: &mut Vec<ErrorRecord>,
     ) -> Result<SqlOutput> {
         self.metrics.add_batch();
-        let decoded = self.decoder.decode(records)?;
         errors.extend(decoded.failures.iter().map(|f| {
             ErrorRecord::new(
                 ErrorStage::Decode,
@@ -263,7 +417,7 @@ impl Processing {
         };
         // With processing-time ROWTIME, a row "arrives" when it is processed: a backlog
         // record written long ago is not ahead of its arrival.
-        let arrived_by = if self.decoder.processing_rowtime() {
+        let arrived_by = if self.processing_rowtime {
             now_ms()
         } else {
             i64::MIN
@@ -513,6 +667,38 @@ impl Processing {
             e.state = state;
         }
     }
+}
+
+/// What runs before the SQL, touching nothing of the pipeline but the decoder: the record
+/// transform, when there is one (dropped records counted), then, for a batch of records, the
+/// decoding.
+fn prepare(
+    transform: Option<&dyn RecordTransform>,
+    metrics: &PipelineMetrics,
+    decoder: &mut RecordDecoder,
+    records: Vec<Record>,
+    decode: bool,
+) -> Result<Prepared> {
+    let mut errors = Vec::new();
+    let records = match transform {
+        Some(t) if !records.is_empty() => {
+            let total = records.len();
+            let (kept, failed) = apply_transform(t, records)?;
+            metrics.add_dropped((total - kept.len() - failed.len()) as u64);
+            errors.extend(failed);
+            kept
+        }
+        _ => records,
+    };
+    let decoded = match decode {
+        true => Some(decoder.decode(&records)?),
+        false => None,
+    };
+    Ok(Prepared {
+        records,
+        errors,
+        decoded,
+    })
 }
 
 /// Records the source set aside go to the error output as they are; the others continue.

@@ -218,8 +218,9 @@ async fn backpressure_bounds_in_flight_records_when_a_sink_is_slow() {
     let handle = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
     // Generator chunks are at most 4,096 records: two queued, one being cut into micro-batches,
-    // plus the sink queue and the batch the sink holds.
-    let bound = 3 * 4096 + (settings.sink_queue as u64 + 2) * settings.max_rows as u64;
+    // plus the sink queue, the batch the sink holds and, with more than one worker, the
+    // micro-batch decoded ahead while the one before it is finished.
+    let bound = 3 * 4096 + (settings.sink_queue as u64 + 3) * settings.max_rows as u64;
     let mut max_seen = 0;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -527,5 +528,189 @@ async fn integer_overflow_fails_its_row_into_the_error_output_instead_of_wrappin
             failed.iter().all(|m| m.contains("verflow")),
             "{expr}: {failed:?}"
         );
+    }
+}
+
+/// A backlog of four shards read out of step: each batch is one shard's next 3,000 records, the
+/// shards' event times 25 s apart, one record in 97 malformed and one in 89 with a time that is
+/// not one. Declared up front and finished at the end, as the Kinesis source says of shards.
+#[derive(Debug)]
+struct FourShardBacklog {
+    batches: std::vec::IntoIter<SourceBatch>,
+}
+
+/// The payloads of the backlog, by shard: `(payload, good)`.
+fn four_shard_payloads() -> Vec<Vec<(String, bool)>> {
+    (0..4)
+        .map(|shard| {
+            (0..9_000i64)
+                .map(|i| {
+                    let ms = 1_767_225_600_000 + i * 37 - shard * 25_000;
+                    let t = chrono::DateTime::from_timestamp_millis(ms)
+                        .unwrap()
+                        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+                    let key = (i * 7 + shard) % 11;
+                    if i % 97 == 5 {
+                        (format!(r#"{{"k":"k{key}","v":{i},"t":"#), false)
+                    } else if i % 89 == 3 {
+                        (format!(r#"{{"k":"k{key}","v":{i},"t":"soon"}}"#), false)
+                    } else {
+                        (format!(r#"{{"k":"k{key}","v":{i},"t":"{t}"}}"#), true)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+impl FourShardBacklog {
+    fn new() -> Self {
+        let shards = four_shard_payloads();
+        let mut batches = Vec::new();
+        for part in 0..3 {
+            for (s, payloads) in shards.iter().enumerate() {
+                let shard = format!("shard-{s}");
+                let records: Vec<Record> = payloads[part * 3000..(part + 1) * 3000]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (p, _))| {
+                        // Arrived after every event time of the backlog (none is in the future).
+                        Record::new(Bytes::from(p.clone()), 1_767_226_000_000)
+                            .with_shard_id(shard.as_str())
+                            .with_sequence_number((part * 3000 + i).to_string())
+                    })
+                    .collect();
+                let mut batch =
+                    SourceBatch::new(records, Position::single(&shard, (part + 1).to_string()));
+                if part == 0 && s == 0 {
+                    batch = batch.with_partitions(
+                        (0..4).map(|s| rivulet::PartitionEvent::declared(format!("shard-{s}"))),
+                    );
+                }
+                if part == 2 {
+                    batch = batch.with_partitions([rivulet::PartitionEvent::Finished {
+                        partition: shard.as_str().into(),
+                        children: Vec::new(),
+                    }]);
+                }
+                batches.push(batch);
+            }
+        }
+        Self {
+            batches: batches.into_iter(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FourShardBacklog {
+    fn name(&self) -> &str {
+        "four-shard backlog"
+    }
+
+    async fn next_batch(&mut self) -> rivulet::Result<Option<SourceBatch>> {
+        Ok(self.batches.next())
+    }
+}
+
+/// Decoding on several threads, and a micro-batch decoded while the one before it runs through
+/// the windows, must change nothing: every good record counted in its window, every bad one in
+/// the error output, whatever the number of workers. The expected windows are computed here from
+/// the payloads as written.
+#[tokio::test]
+async fn a_four_shard_backlog_gives_the_same_windows_and_errors_with_any_number_of_workers() {
+    use std::collections::BTreeMap;
+    let mut expected: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    let mut bad = 0;
+    for (shard, payloads) in four_shard_payloads().iter().enumerate() {
+        for (i, (_, good)) in payloads.iter().enumerate() {
+            if !good {
+                bad += 1;
+                continue;
+            }
+            let i = i as i64;
+            let ms = 1_767_225_600_000 + i * 37 - shard as i64 * 25_000;
+            let key = format!("k{}", (i * 7 + shard as i64) % 11);
+            let e = expected
+                .entry((key, ms - ms.rem_euclid(10_000)))
+                .or_default();
+            e.0 += 1;
+            e.1 += i;
+        }
+    }
+    for workers in [1, 2, 3] {
+        let out = MemorySink::new();
+        let rows = out.handle();
+        let errors = MemorySink::new();
+        let error_rows = errors.handle();
+        let report = run_to_end(
+            Pipeline::builder()
+                .source(FourShardBacklog::new())
+                .columns(vec![
+                    rivulet::Column::new("k", arrow::datatypes::DataType::Utf8),
+                    rivulet::Column::new("v", arrow::datatypes::DataType::Int64),
+                    rivulet::Column::new("t", arrow::datatypes::DataType::Utf8),
+                ])
+                .rowtime_field("t")
+                .sql(
+                    "SELECT k, CAST(window_start AS BIGINT) AS w, COUNT(*) AS n, SUM(v) AS s \
+                     FROM source GROUP BY k, TUMBLE(t, INTERVAL '10' SECOND)",
+                )
+                .workers(workers)
+                .sink(out)
+                .error_output(errors),
+        )
+        .await;
+        let mut got: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        for b in rows.batches() {
+            let k = b.column_by_name("k").unwrap().as_string::<i32>();
+            let int = |name: &str| {
+                b.column_by_name(name)
+                    .unwrap()
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .clone()
+            };
+            let (w, n, s) = (int("w"), int("n"), int("s"));
+            for r in 0..b.num_rows() {
+                let before = got.insert(
+                    (k.value(r).to_owned(), w.value(r)),
+                    (n.value(r), s.value(r)),
+                );
+                assert!(
+                    before.is_none(),
+                    "{workers} workers: a window emitted twice"
+                );
+            }
+        }
+        if got != expected {
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|(k, v)| expected.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            panic!(
+                "{workers} workers: {} windows out, {} expected; expected but not out: {missing:?}; \
+                 out but not expected: {extra:?}; errors: {:?}",
+                got.len(),
+                expected.len(),
+                report.metrics
+            );
+        }
+        let errs = error_rows.batches();
+        assert_eq!(
+            errs.iter().map(|b| b.num_rows()).sum::<usize>(),
+            bad,
+            "{workers} workers"
+        );
+        assert_eq!(
+            report.metrics.records_error, bad as u64,
+            "{workers} workers"
+        );
+        assert_eq!(report.metrics.records_in, 36_000, "{workers} workers");
     }
 }

@@ -19,6 +19,7 @@ pub struct RecordDecoderBuilder {
     metadata: Vec<MetadataColumn>,
     max_record_bytes: usize,
     batch_size: usize,
+    workers: usize,
 }
 
 impl RecordDecoderBuilder {
@@ -31,6 +32,7 @@ impl RecordDecoderBuilder {
             metadata: Vec::new(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             batch_size: 8192,
+            workers: 1,
         }
     }
 
@@ -80,6 +82,15 @@ impl RecordDecoderBuilder {
         self
     }
 
+    /// Threads that decode one call's records together (default 1). With more than one, the
+    /// fast path for flat JSON objects splits the records into contiguous parts of at least
+    /// [`MIN_ROWS_PER_WORKER`](super::MIN_ROWS_PER_WORKER) and decodes them side by side; the
+    /// output is the same as with one thread. Other paths decode on the calling thread.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
     /// Builds the decoder, checking that the columns make sense together.
     pub fn build(self) -> Result<RecordDecoder> {
         self.check_columns()?;
@@ -103,6 +114,7 @@ impl RecordDecoderBuilder {
             metadata: self.metadata,
             max_record_bytes: self.max_record_bytes,
             batch_size: self.batch_size,
+            workers: self.workers,
             inner,
             flat,
         })

@@ -13,8 +13,10 @@ mod rowtime;
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 pub use self::builder::RecordDecoderBuilder;
 use self::layout::Layout;
@@ -27,6 +29,10 @@ use crate::{Error, Result};
 
 /// Default largest payload accepted: the Kinesis Data Streams record size limit (10 MiB).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 10 * 1024 * 1024;
+
+/// Fewest records a decoding thread is given
+/// ([`RecordDecoderBuilder::with_workers`]): below it, starting a thread costs more than it saves.
+pub const MIN_ROWS_PER_WORKER: usize = 2048;
 
 /// Why a record did not become a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +114,8 @@ pub struct RecordDecoder {
     metadata: Vec<MetadataColumn>,
     max_record_bytes: usize,
     batch_size: usize,
+    /// Threads the flat-JSON fast path may use for one call.
+    workers: usize,
     inner: PushDecoder,
     /// The fast path for flat JSON objects, when the columns allow it.
     flat: Option<FlatJsonDecoder>,
@@ -125,6 +133,11 @@ impl RecordDecoder {
         self.processing_rowtime
     }
 
+    /// Threads that decode one call's records ([`RecordDecoderBuilder::with_workers`]).
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// Schema of the batches produced: the columns, the metadata columns, then `ROWTIME`.
     pub fn schema(&self) -> &SchemaRef {
         &self.output_schema
@@ -138,9 +151,16 @@ impl RecordDecoder {
     /// [`DecodeOutput::failures`] and leave no row.
     pub fn decode(&mut self, records: &[Record]) -> Result<DecodeOutput> {
         let (candidates, mut failures) = self.screen_sizes(records);
-        let (raw, mut row_records) = self.decode_candidates(records, candidates, &mut failures)?;
+        let (raw, mut row_records, times) =
+            self.decode_candidates(records, candidates, &mut failures)?;
         let mut columns = self.layout.extract(&raw)?;
-        let rowtime = self.rowtimes(records, &mut columns, &mut row_records, &mut failures)?;
+        let rowtime = self.rowtimes(
+            records,
+            &mut columns,
+            &mut row_records,
+            &mut failures,
+            times,
+        )?;
         for &m in &self.metadata {
             columns.push(metadata_column(m, row_records.iter().map(|&i| &records[i])));
         }
@@ -176,25 +196,22 @@ impl RecordDecoder {
     }
 
     /// Decodes the candidates into one batch of the decode schema; returns it with the record
-    /// index of each row. Candidates that do not decode go to `failures`.
+    /// index of each row and, when the fast path read them, the times of the `ROWTIME` column.
+    /// Candidates that do not decode go to `failures`.
     fn decode_candidates(
         &mut self,
         records: &[Record],
         candidates: Vec<usize>,
         failures: &mut Vec<DecodeFailure>,
-    ) -> Result<(RecordBatch, Vec<usize>)> {
+    ) -> Result<(RecordBatch, Vec<usize>, Option<TimestampMillisecondArray>)> {
         // Fastest path: flat objects read straight into builders; it gives up on anything
         // unusual. Then the whole batch through arrow-json in one go. Any error, or a record count
         // that does not match the row count (a record holding two JSON values, or none), sends us
         // to the slow path, which isolates the bad records.
-        let flat = self
-            .flat
-            .as_ref()
-            .and_then(|f| f.decode(records, &candidates).ok());
-        let attempt = match flat {
-            Some(b) => Ok(vec![b]),
-            None => self.inner.decode_records(records, &candidates, true),
-        };
+        if let Some((batch, times)) = self.decode_flat(records, &candidates)? {
+            return Ok((batch, candidates, times));
+        }
+        let attempt = self.inner.decode_records(records, &candidates, true);
         let (batches, good) = match attempt {
             Ok(b) if row_count(&b) == candidates.len() => (b, candidates),
             _ => self.decode_around_failures(records, &candidates, failures)?,
@@ -204,7 +221,69 @@ impl RecordDecoder {
             1 => batches.into_iter().next().expect("one batch"),
             _ => arrow::compute::concat_batches(&self.decode_schema, &batches)?,
         };
-        Ok((raw, good))
+        Ok((raw, good, None))
+    }
+
+    /// The flat-JSON fast path over `candidates`, with the `ROWTIME` column's times, in
+    /// contiguous parts on up to `workers` threads; `None` when it gives up on any part.
+    fn decode_flat(
+        &self,
+        records: &[Record],
+        candidates: &[usize],
+    ) -> Result<Option<(RecordBatch, Option<TimestampMillisecondArray>)>> {
+        let Some(flat) = &self.flat else {
+            return Ok(None);
+        };
+        // The fast path's columns are the output columns (its layout is flat).
+        let time_column = self.rowtime_column;
+        let part = |indexes: &[usize]| -> Result<Option<FlatPart>> {
+            let Ok(batch) = flat.decode(records, indexes) else {
+                return Ok(None);
+            };
+            let times = match time_column {
+                Some(c) => Some(rowtime::to_epoch_millis(batch.column(c))?),
+                None => None,
+            };
+            Ok(Some((batch, times)))
+        };
+        let parts = (candidates.len() / MIN_ROWS_PER_WORKER).clamp(1, self.workers);
+        if parts == 1 {
+            return part(candidates);
+        }
+        let size = candidates.len().div_ceil(parts);
+        let decoded: Vec<Result<Option<FlatPart>>> = std::thread::scope(|scope| {
+            let others: Vec<_> = candidates[size..]
+                .chunks(size)
+                .map(|indexes| scope.spawn(move || part(indexes)))
+                .collect();
+            // The calling thread decodes the first part itself.
+            let first = part(&candidates[..size]);
+            std::iter::once(first)
+                .chain(others.into_iter().map(|h| match h.join() {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }))
+                .collect()
+        });
+        let mut batches = Vec::with_capacity(parts);
+        let mut times = Vec::with_capacity(parts);
+        for d in decoded {
+            let Some((batch, t)) = d? else {
+                return Ok(None);
+            };
+            batches.push(batch);
+            times.extend(t);
+        }
+        let batch = arrow::compute::concat_batches(&self.decode_schema, &batches)?;
+        let times = match times.is_empty() {
+            true => None,
+            false => {
+                let parts: Vec<&dyn Array> = times.iter().map(|t| t as &dyn Array).collect();
+                let all = arrow::compute::concat(&parts)?;
+                Some(all.as_primitive::<TimestampMillisecondType>().clone())
+            }
+        };
+        Ok(Some((batch, times)))
     }
 
     /// The slow path: sets aside the candidates that do not decode alone, then decodes the others
@@ -277,6 +356,9 @@ impl RecordDecoder {
     }
 }
 
+/// One part of the fast path's output: its rows, and the times of their `ROWTIME` column.
+type FlatPart = (RecordBatch, Option<TimestampMillisecondArray>);
+
 fn row_count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
@@ -306,7 +388,6 @@ fn metadata_column<'a>(m: MetadataColumn, rows: impl Iterator<Item = &'a Record>
 mod tests {
     use super::*;
     use crate::format::{Column, CsvOptions, ROWTIME};
-    use arrow::array::{Array, AsArray};
     use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
     use bytes::Bytes;
 
@@ -729,6 +810,63 @@ mod flat_json_tests {
     /// Thousands of generated records, numbers of every length and strings with every kind of
     /// byte near the scanner's eight-byte steps, members in shifting orders: the fast path must
     /// give arrow-json's result bit for bit, and must take most batches.
+    /// Parallel decoding must not change a single row, index or failure: records of one call are
+    /// split into parts, and each part's rows, `ROWTIME`s and failures must come back in order.
+    #[test]
+    fn several_workers_decode_exactly_as_one() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let lines: Vec<String> = (0..3 * MIN_ROWS_PER_WORKER + 123)
+            .map(|i| match rng.u8(0..50) {
+                // A time that is not one: a BadRowtime failure, in whichever part it falls.
+                0 => format!(r#"{{"k":"k{i}","v":{i},"t":"yesterday"}}"#),
+                // A member without a value: decodes (as null) but the time is missing.
+                1 => format!(r#"{{"k":"k{i}","v":{i}}}"#),
+                _ => format!(
+                    r#"{{"k":"k{}","v":{}.{},"t":"2026-03-0{}T10:{:02}:{:02}.{:03}Z"}}"#,
+                    rng.u8(0..9),
+                    i,
+                    rng.u16(0..1000),
+                    rng.u8(1..9),
+                    rng.u8(0..60),
+                    rng.u8(0..60),
+                    rng.u16(0..1000)
+                ),
+            })
+            .collect();
+        let columns = vec![
+            Column::new("k", DataType::Utf8),
+            Column::new("v", DataType::Float64),
+            Column::new("t", DataType::Utf8),
+        ];
+        let decoder = |workers: usize| {
+            RecordDecoder::builder(RecordFormat::Json)
+                .with_columns(columns.clone())
+                .with_rowtime_field(Some("t".into()))
+                .with_workers(workers)
+                .build()
+                .unwrap()
+        };
+        let payloads: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let mut fast = recs(&payloads);
+        // A record the fast path gives up on (nested object), then one that is not JSON: both
+        // the fast path of every part and the slow path must agree on them.
+        let mut unusual = fast.clone();
+        unusual[2 * MIN_ROWS_PER_WORKER + 5] =
+            Record::new(Bytes::from_static(br#"{"k":{"x":1},"v":1}"#), 7);
+        unusual[MIN_ROWS_PER_WORKER + 1] = Record::new(Bytes::from_static(b"{no"), 8);
+        fast.truncate(fast.len() - 1);
+        for records in [&fast, &unusual] {
+            let one = decoder(1).decode(records).unwrap();
+            assert!(one.failures.len() > 10, "{:?}", one.failures.len());
+            for workers in [2, 3, 8] {
+                let many = decoder(workers).decode(records).unwrap();
+                assert_eq!(many.batch, one.batch, "{workers} workers");
+                assert_eq!(many.row_records, one.row_records, "{workers} workers");
+                assert_eq!(many.failures, one.failures, "{workers} workers");
+            }
+        }
+    }
+
     #[test]
     fn generated_records_decode_as_arrow_json_decodes_them() {
         use arrow::array::{AsArray, Float32Array, Float64Array};

@@ -53,13 +53,15 @@ pub(super) fn rowtime_column(columns: &[Column], field: Option<&str>) -> Result<
 
 impl RecordDecoder {
     /// The `ROWTIME` of each decoded row. Rows whose `ROWTIME` field holds no time go to
-    /// `failures` and leave `columns` and `row_records`.
+    /// `failures` and leave `columns` and `row_records`. `times` are the field's times when
+    /// the decoding already converted them.
     pub(super) fn rowtimes(
         &mut self,
         records: &[Record],
         columns: &mut [ArrayRef],
         row_records: &mut Vec<usize>,
         failures: &mut Vec<DecodeFailure>,
+        times: Option<TimestampMillisecondArray>,
     ) -> Result<TimestampMillisecondArray> {
         match self.rowtime_column {
             None if self.processing_rowtime => {
@@ -73,7 +75,7 @@ impl RecordDecoder {
             None => Ok(TimestampMillisecondArray::from_iter_values(
                 row_records.iter().map(|&i| records[i].arrival_time_ms()),
             )),
-            Some(c) => self.field_rowtimes(c, columns, row_records, failures),
+            Some(c) => self.field_rowtimes(c, columns, row_records, failures, times),
         }
     }
 
@@ -84,8 +86,12 @@ impl RecordDecoder {
         columns: &mut [ArrayRef],
         row_records: &mut Vec<usize>,
         failures: &mut Vec<DecodeFailure>,
+        times: Option<TimestampMillisecondArray>,
     ) -> Result<TimestampMillisecondArray> {
-        let times = to_epoch_millis(&columns[c])?;
+        let times = match times {
+            Some(t) => t,
+            None => to_epoch_millis(&columns[c])?,
+        };
         if times.null_count() == 0 {
             return Ok(times);
         }
@@ -121,7 +127,7 @@ impl RecordDecoder {
 /// Converts a column to epoch milliseconds ([`crate::format::epoch_millis`]); values that are not
 /// times become null. A column of no type that holds times (`Null` included: a sample that never
 /// had the field) is refused.
-fn to_epoch_millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
+pub(super) fn to_epoch_millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
     let millis = match array.data_type() {
         DataType::Null => None,
         _ => epoch_millis(array)?,
