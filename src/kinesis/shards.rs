@@ -138,6 +138,44 @@ pub struct RecordUnpacker {
     range: (u128, u128),
     /// Sub-records of this sequence number up to this sub-sequence were read before a restart.
     skip: Option<(Arc<str>, u64)>,
+    key_hashes: KeyHashes,
+}
+
+/// The hash keys of one aggregate's key tables, each worked out once (one MD5 per distinct
+/// partition key, not one per sub-record); the vectors are reused from aggregate to aggregate.
+#[derive(Debug, Clone, Default)]
+struct KeyHashes {
+    /// By partition key index; `None`: not worked out yet.
+    partition: Vec<Option<u128>>,
+    /// By explicit hash key index; `Some(None)`: the key is not a decimal u128.
+    explicit: Vec<Option<Option<u128>>>,
+}
+
+impl KeyHashes {
+    /// Forgets the last aggregate's hashes; the next one has tables of these lengths.
+    fn reset(&mut self, partition_keys: usize, explicit_hash_keys: usize) {
+        self.partition.clear();
+        self.partition.resize(partition_keys, None);
+        self.explicit.clear();
+        self.explicit.resize(explicit_hash_keys, None);
+    }
+
+    /// The hash key of a sub-record, from its entries in the key tables (`None`: its explicit hash
+    /// key does not parse).
+    fn get(
+        &mut self,
+        (partition_keys, p): (&[Arc<str>], usize),
+        (explicit_hash_keys, e): (&[Arc<str>], Option<usize>),
+    ) -> Option<u128> {
+        match e {
+            Some(e) => *self.explicit[e]
+                .get_or_insert_with(|| kpl::hash_key("", Some(&explicit_hash_keys[e]))),
+            None => Some(
+                *self.partition[p]
+                    .get_or_insert_with(|| kpl::partition_key_hash(&partition_keys[p])),
+            ),
+        }
+    }
 }
 
 impl RecordUnpacker {
@@ -147,6 +185,7 @@ impl RecordUnpacker {
             shard: shard.into(),
             range: FULL_RANGE,
             skip: None,
+            key_hashes: KeyHashes::default(),
         }
     }
 
@@ -187,38 +226,50 @@ impl RecordUnpacker {
         let mut stats = UnpackStats::default();
         match kpl::deaggregate(data) {
             Ok(Some(aggregate)) => {
-                out.reserve(aggregate.records.len());
-                for (i, sub) in aggregate.records.iter().enumerate() {
+                let kpl::Aggregate {
+                    partition_keys,
+                    explicit_hash_keys,
+                    records,
+                } = aggregate;
+                out.reserve(records.len());
+                let filter = self.range != FULL_RANGE;
+                if filter {
+                    self.key_hashes
+                        .reset(partition_keys.len(), explicit_hash_keys.len());
+                }
+                for (i, sub) in records.into_iter().enumerate() {
                     let i = i as u64;
                     if skip_through.is_some_and(|s| i <= s) {
                         continue;
                     }
-                    let key = &aggregate.partition_keys[sub.partition_key_index];
-                    let explicit = sub
-                        .explicit_hash_key_index
-                        .map(|e| &*aggregate.explicit_hash_keys[e]);
-                    let mut record = Record::new(sub.data.clone(), arrival_ms)
+                    let key = &partition_keys[sub.partition_key_index];
+                    let mut record = Record::new(sub.data, arrival_ms)
                         .with_partition_key(Arc::clone(key))
                         .with_shard_id(Arc::clone(&self.shard))
                         .with_sequence_number(Arc::clone(&sequence))
                         .with_sub_sequence_number(i);
-                    if self.range != FULL_RANGE {
-                        // A sub-record whose explicit hash key does not parse is kept: it
-                        // cannot be placed.
-                        if let Some(h) = kpl::hash_key(key, explicit)
-                            .filter(|h| *h < self.range.0 || *h > self.range.1)
-                        {
-                            stats.out_of_range += 1;
-                            record = record.with_rejection(
-                                "out_of_shard_range",
-                                format!(
-                                    "sub-record {i} of an aggregated record has hash key {h}, \
-                                     outside the range {}..={} of shard {} (filtered as the KCL \
-                                     does: filter_out_of_range_sub_records = true)",
-                                    self.range.0, self.range.1, self.shard
-                                ),
-                            );
-                        }
+                    // A sub-record whose explicit hash key does not parse is kept: it cannot be
+                    // placed.
+                    if let Some(h) = filter
+                        .then(|| {
+                            self.key_hashes.get(
+                                (&partition_keys, sub.partition_key_index),
+                                (&explicit_hash_keys, sub.explicit_hash_key_index),
+                            )
+                        })
+                        .flatten()
+                        .filter(|h| *h < self.range.0 || *h > self.range.1)
+                    {
+                        stats.out_of_range += 1;
+                        record = record.with_rejection(
+                            "out_of_shard_range",
+                            format!(
+                                "sub-record {i} of an aggregated record has hash key {h}, \
+                                 outside the range {}..={} of shard {} (filtered as the KCL \
+                                 does: filter_out_of_range_sub_records = true)",
+                                self.range.0, self.range.1, self.shard
+                            ),
+                        );
                     }
                     out.push(record);
                     stats.records += 1;
