@@ -113,8 +113,9 @@ pub mod s3 {
 }
 pub use source::{
     FileSource, FileSourceBuilder, Framing, GeneratorFormat, GeneratorSource,
-    GeneratorSourceBuilder, PartitionAlignment, PartitionEvent, Source, SourceBatch,
-    DEFAULT_PARTITION,
+    GeneratorSourceBuilder, PartitionAlignment, PartitionEvent, PushHandle, PushReceipt,
+    PushSource, PushSourceOptions, PushedError, Source, SourceBatch, TryPush, DEFAULT_PARTITION,
+    DEFAULT_PUSH_MAX_BYTES, DEFAULT_PUSH_MAX_RECORDS,
 };
 pub use sql::{
     QueryOutput, RowFailure, SqlFunctions, SqlIssue, SqlOutput, SqlProgram, StreamQuery,

@@ -45,7 +45,27 @@ pub struct Record {
     sequence_number: Option<Arc<str>>,
     sub_sequence_number: Option<u64>,
     rejection: Option<Box<Rejection>>,
+    /// A row pushed as Arrow ([`PushHandle::push_rows`](crate::PushHandle::push_rows)): the
+    /// record is this row, already decoded, and its payload is empty.
+    row: Option<ArrowRow>,
 }
+
+/// One row of a shared Arrow batch.
+#[derive(Debug, Clone)]
+pub(crate) struct ArrowRow {
+    pub(crate) batch: Arc<arrow::array::RecordBatch>,
+    pub(crate) row: usize,
+}
+
+impl PartialEq for ArrowRow {
+    fn eq(&self, other: &Self) -> bool {
+        self.row == other.row
+            && (Arc::ptr_eq(&self.batch, &other.batch)
+                || self.batch.slice(self.row, 1) == other.batch.slice(other.row, 1))
+    }
+}
+
+impl Eq for ArrowRow {}
 
 /// Why a source set a record aside: the record was read, and the pipeline sends it to the error
 /// output (stage `source`) instead of processing it; it counts as stored once it is stored there.
@@ -68,6 +88,54 @@ impl Record {
             sequence_number: None,
             sub_sequence_number: None,
             rejection: None,
+            row: None,
+        }
+    }
+
+    /// A record that is row `row` of `batch`, pushed as Arrow: it is decoded by taking its
+    /// columns, and its payload is empty (the error output and the raw-data copy show it as a
+    /// JSON object).
+    pub(crate) fn arrow_row(
+        batch: Arc<arrow::array::RecordBatch>,
+        row: usize,
+        arrival_time_ms: i64,
+    ) -> Self {
+        let mut r = Self::new(Bytes::new(), arrival_time_ms);
+        r.row = Some(ArrowRow { batch, row });
+        r
+    }
+
+    /// The record with `payload` in place of the Arrow row it was.
+    pub(crate) fn into_payload(mut self, payload: Bytes) -> Self {
+        self.row = None;
+        self.payload = payload;
+        self
+    }
+
+    /// The Arrow row this record is, when it was pushed as one.
+    pub(crate) fn row(&self) -> Option<&ArrowRow> {
+        self.row.as_ref()
+    }
+
+    /// The payload, or for a record pushed as an Arrow row, the row as a JSON object: what the
+    /// error output, the raw-data copy and a record transform see of it.
+    pub fn payload_or_row_json(&self) -> Bytes {
+        match &self.row {
+            None => self.payload.clone(),
+            Some(r) => {
+                let mut out = Vec::new();
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+                let written = w.write(&r.batch.slice(r.row, 1)).and_then(|()| w.finish());
+                if written.is_err() {
+                    // A column arrow's JSON writer has no encoding for: the row is shown by its
+                    // debug form rather than lost from view.
+                    out = format!("{:?}", r.batch.slice(r.row, 1)).into_bytes();
+                }
+                if out.last() == Some(&b'\n') {
+                    out.pop();
+                }
+                Bytes::from(out)
+            }
         }
     }
 

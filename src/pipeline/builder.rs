@@ -9,13 +9,60 @@ impl PipelineBuilder {
     /// The source (required).
     pub fn source(mut self, source: impl Source + 'static) -> Self {
         self.source = Some(Box::new(source));
+        self.push_errors = None;
         self
     }
 
     /// The source, already boxed.
     pub fn boxed_source(mut self, source: Box<dyn Source>) -> Self {
         self.source = Some(source);
+        self.push_errors = None;
         self
+    }
+
+    /// Makes the source a [`PushSource`](crate::PushSource) fed by the application: returns the
+    /// builder and a [`PushHandle`](crate::PushHandle) to clone into every task that produces
+    /// records. Pushes wait while the queue is full (`options` bound it by records and bytes);
+    /// the source ends when every handle is dropped or closed, once what was pushed is stored.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> rivulet::Result<()> {
+    /// use bytes::Bytes;
+    /// use rivulet::{Column, MemorySink, Pipeline, PushSourceOptions, Record};
+    /// use arrow::datatypes::DataType;
+    ///
+    /// let sink = MemorySink::new();
+    /// let rows = sink.handle();
+    /// let (builder, handle) = Pipeline::builder().push_source(PushSourceOptions::new());
+    /// let pipeline = builder
+    ///     .columns(vec![Column::new("n", DataType::Int64)])
+    ///     .sql("SELECT n * 2 AS doubled FROM source WHERE n > 1")
+    ///     .sink(sink)
+    ///     .build()
+    ///     .await?;
+    /// let producer = tokio::spawn(async move {
+    ///     for n in 1..=3 {
+    ///         let record = Record::new(Bytes::from(format!(r#"{{"n":{n}}}"#)), 0);
+    ///         handle.push(record).await?;
+    ///     }
+    ///     // Dropping the last handle ends the source.
+    ///     Ok::<(), rivulet::Error>(())
+    /// });
+    /// let report = pipeline.run().await?;
+    /// producer.await.unwrap()?;
+    /// assert_eq!(report.metrics.records_in, 3);
+    /// assert_eq!(rows.num_rows(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn push_source(
+        mut self,
+        options: crate::source::PushSourceOptions,
+    ) -> (Self, crate::source::PushHandle) {
+        let (source, handle) = crate::source::PushSource::new(options);
+        self.push_errors = Some(source.error_observer());
+        self.source = Some(Box::new(source));
+        (self, handle)
     }
 
     /// Payload format (default JSON).
@@ -272,18 +319,7 @@ impl PipelineBuilder {
             decoder,
             program,
             sinks,
-            error_sink: {
-                let sink = self.error_sink.unwrap_or_else(|| {
-                    Box::new(crate::sink::StdoutSink::stderr(Default::default()))
-                });
-                // A Kinesis Data Analytics application's errors also carry the columns of KDA's
-                // error_stream.
-                if kda {
-                    Box::new(crate::sink::KdaErrorColumns::new(sink))
-                } else {
-                    sink
-                }
-            },
+            error_sink: error_output(self.error_sink, kda, self.push_errors),
             raw_copy: self.raw_copy,
             batch: self.batch,
             metrics: Arc::new(PipelineMetrics::default()),
@@ -343,6 +379,16 @@ impl PipelineBuilder {
                 }
                 None => break,
             }
+        }
+        if let Some(row) = sample.first().and_then(Record::row) {
+            // Rows pushed as Arrow bring their columns with them.
+            return Ok(row
+                .batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| Column::new(f.name(), f.data_type().clone()))
+                .collect());
         }
         if let RecordFormat::Csv(opts) = &self.format {
             if opts.has_header {
@@ -501,4 +547,25 @@ pub(super) fn header_rows_of(format: &RecordFormat, non_empty: bool) -> usize {
 /// The cores this process may run on (its CPU affinity included), or one when that is unknown.
 pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The pipeline's error output: the sink given (standard error by default), with the columns of
+/// KDA's error_stream for a KDA application, behind a push source's observer when it has one.
+fn error_output(
+    given: Option<Box<dyn Sink>>,
+    kda: bool,
+    push_errors: Option<crate::source::PushErrors>,
+) -> Box<dyn Sink> {
+    let sink =
+        given.unwrap_or_else(|| Box::new(crate::sink::StdoutSink::stderr(Default::default())));
+    // A Kinesis Data Analytics application's errors also carry the columns of KDA's error_stream.
+    let sink: Box<dyn Sink> = if kda {
+        Box::new(crate::sink::KdaErrorColumns::new(sink))
+    } else {
+        sink
+    };
+    match push_errors {
+        Some(observer) => Box::new(super::observed::ObservedErrorOutput::new(sink, observer)),
+        None => sink,
+    }
 }

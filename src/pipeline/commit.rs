@@ -114,6 +114,8 @@ pub(super) async fn run_source(task: SourceTask) -> Result<Option<Position>> {
     };
     let mut replay = replay.into_iter();
     let mut source_error = None;
+    // A graceful stop of a source that drains: it is read to its end, past the stop.
+    let mut draining = false;
 
     loop {
         while let Ok(msg) = tracker_rx.try_recv() {
@@ -122,14 +124,30 @@ pub(super) async fn run_source(task: SourceTask) -> Result<Option<Position>> {
             }
         }
         committer.save_due(false).await?;
-        if *shutdown.borrow() {
-            break;
+        if !draining && *shutdown.borrow() {
+            if !source.drain_on_shutdown() {
+                break;
+            }
+            draining = true;
         }
         let next = match replay.next() {
             Some(b) => Some(b),
+            None if draining => match source.next_batch().await {
+                Ok(b) => b,
+                Err(e) => {
+                    source_error = Some(e);
+                    break;
+                }
+            },
             None => tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                // Back to the top, where the stop is taken.
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 r = source.next_batch() => match r {
                     Ok(b) => b,
                     Err(e) => {
@@ -146,17 +164,28 @@ pub(super) async fn run_source(task: SourceTask) -> Result<Option<Position>> {
         };
         let bytes: u64 = batch.records.iter().map(|r| r.payload().len() as u64).sum();
         let n = batch.records.len() as u64;
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            sent = chunks.send(batch) => {
-                if sent.is_err() {
-                    // Processing has stopped (it failed); its error is reported by its task.
-                    break;
+        let permit = if draining {
+            chunks.reserve().await
+        } else {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if !source.drain_on_shutdown() {
+                        // The batch is dropped uncommitted: a restart reads it again.
+                        break;
+                    }
+                    draining = true;
+                    chunks.reserve().await
                 }
-                metrics.add_in(n, bytes);
+                permit = chunks.reserve() => permit,
             }
-        }
+        };
+        let Ok(permit) = permit else {
+            // Processing has stopped (it failed); its error is reported by its task.
+            break;
+        };
+        permit.send(batch);
+        metrics.add_in(n, bytes);
     }
     drop(chunks);
     // Wait for every batch handed out to be stored, committing as acknowledgements come in.

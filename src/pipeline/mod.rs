@@ -46,6 +46,7 @@ use crate::{Error, Result};
 
 mod builder;
 mod commit;
+mod observed;
 mod processing;
 mod sink_task;
 
@@ -217,6 +218,8 @@ pub struct PipelineBuilder {
     checkpoint_store: Option<Arc<dyn CheckpointStore>>,
     checkpoint_interval: Duration,
     workers: Option<usize>,
+    /// A push source's view of the error output, for its receipts.
+    push_errors: Option<crate::source::PushErrors>,
 }
 
 impl fmt::Debug for PipelineBuilder {
@@ -250,6 +253,7 @@ impl Pipeline {
             checkpoint_store: None,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             workers: None,
+            push_errors: None,
         }
     }
 

@@ -381,7 +381,9 @@ impl Processing {
         if let (Some(raw), false) = (&self.raw, records.is_empty()) {
             let copy = OutputBatch {
                 stream: Arc::from(RAW_STREAM),
-                data: OutputData::Encoded(records.iter().map(|r| r.payload().clone()).collect()),
+                data: OutputData::Encoded(
+                    records.iter().map(Record::payload_or_row_json).collect(),
+                ),
                 ack: root.split(),
             };
             raw.send(copy).await.map_err(|_| {
@@ -725,8 +727,21 @@ fn set_aside_rejected(records: Vec<Record>, errors: &mut Vec<ErrorRecord>) -> Ve
 /// records for those that failed. Dropped records are neither.
 pub(super) fn apply_transform(
     t: &dyn RecordTransform,
-    records: Vec<Record>,
+    mut records: Vec<Record>,
 ) -> Result<(Vec<Record>, Vec<ErrorRecord>)> {
+    if records.iter().any(|r| r.row().is_some()) {
+        // A transform reads payloads: rows pushed as Arrow are handed to it as JSON objects.
+        records = records
+            .into_iter()
+            .map(|r| match r.row() {
+                Some(_) => {
+                    let json = r.payload_or_row_json();
+                    r.into_payload(json)
+                }
+                None => r,
+            })
+            .collect();
+    }
     let results = match t.transform(&records) {
         Ok(r) if r.len() == records.len() => Ok(r),
         Ok(r) => Err(format!(

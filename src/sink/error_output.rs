@@ -139,7 +139,9 @@ impl ErrorRecord {
             )),
             Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(now_ms, n))),
             Arc::new(StringArray::from_iter_values(
-                errors.iter().map(|e| b64.encode(e.record.payload())),
+                errors
+                    .iter()
+                    .map(|e| b64.encode(e.record.payload_or_row_json())),
             )),
             Arc::new(StringArray::from_iter_values(
                 errors.iter().map(|e| e.stage.as_str()),

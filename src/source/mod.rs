@@ -35,6 +35,7 @@
 
 mod file;
 mod generator;
+mod push;
 
 use std::fmt::Debug;
 
@@ -43,6 +44,11 @@ use async_trait::async_trait;
 pub use file::{FileSource, FileSourceBuilder, Framing};
 pub(crate) use generator::paced;
 pub use generator::{GeneratorFormat, GeneratorSource, GeneratorSourceBuilder};
+pub(crate) use push::PushErrors;
+pub use push::{
+    PushHandle, PushReceipt, PushSource, PushSourceOptions, PushedError, TryPush,
+    DEFAULT_PUSH_MAX_BYTES, DEFAULT_PUSH_MAX_RECORDS,
+};
 
 use crate::metrics::SourceHealth;
 use crate::record::{Position, Record};
@@ -210,6 +216,16 @@ pub trait Source: Send + Debug {
     /// partitions.
     fn health(&self) -> Option<Arc<SourceHealth>> {
         None
+    }
+
+    /// A graceful stop was requested ([`ShutdownHandle`](crate::ShutdownHandle)). A source that
+    /// holds records it has accepted and that nobody can read again (a push source) stops taking
+    /// more, returns `true`, and then returns what it holds from
+    /// [`next_batch`](Source::next_batch) until `Ok(None)`: the pipeline processes and stores all
+    /// of it before it stops. The default returns `false`: the source is read no further, and
+    /// what it has not returned is read again after a restart.
+    fn drain_on_shutdown(&mut self) -> bool {
+        false
     }
 
     /// Every record up to `position` has been processed and its output stored. A source with

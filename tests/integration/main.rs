@@ -14,6 +14,7 @@ mod kill_loop;
 mod kinesis;
 mod partitions;
 mod pipeline;
+mod push;
 #[cfg(feature = "aws")]
 mod restarts;
 #[cfg(feature = "aws")]

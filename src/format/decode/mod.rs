@@ -6,6 +6,7 @@
 //! the decoded columns to the output schema (`layout`), adds `ROWTIME` (`rowtime`) and the
 //! metadata columns. `builder` checks the columns and options and builds it.
 
+mod arrow_rows;
 mod builder;
 mod layout;
 mod push;
@@ -150,6 +151,14 @@ impl RecordDecoder {
     /// Decodes `records` into one batch; records that do not decode are listed in
     /// [`DecodeOutput::failures`] and leave no row.
     pub fn decode(&mut self, records: &[Record]) -> Result<DecodeOutput> {
+        if records.iter().any(|r| r.row().is_some()) {
+            return self.decode_runs(records);
+        }
+        self.decode_payloads(records)
+    }
+
+    /// [`decode`](Self::decode) of records that all have payloads.
+    fn decode_payloads(&mut self, records: &[Record]) -> Result<DecodeOutput> {
         let (candidates, mut failures) = self.screen_sizes(records);
         let (raw, mut row_records, times) =
             self.decode_candidates(records, candidates, &mut failures)?;
