@@ -66,26 +66,43 @@ struct AckGroup {
     dependents: Mutex<Vec<Ack>>,
 }
 
+impl AckGroup {
+    fn take_dependents(&mut self) -> Vec<Ack> {
+        std::mem::take(
+            self.dependents
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+}
+
 impl Drop for AckGroup {
     fn drop(&mut self) {
+        // Dependents are completed by a loop, not by recursion: a session window open over many
+        // micro-batches chains a group per batch, each holding the next, and dropping such a
+        // chain recursively used stack in proportion to its length.
         let failed = self.failed.load(Ordering::Acquire);
-        let dependents = std::mem::take(
-            &mut *self
-                .dependents
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for ack in dependents {
-            if !failed {
-                ack.acknowledge();
+        let mut pending: Vec<(Ack, bool)> = self
+            .take_dependents()
+            .into_iter()
+            .map(|ack| (ack, failed))
+            .collect();
+        while let Some((mut ack, failed)) = pending.pop() {
+            // Dropped unacknowledged when the group it depends on failed: it fails too.
+            ack.done = !failed;
+            let group = Arc::clone(&ack.group);
+            drop(ack);
+            // The last handle on that group: its own dependents join the loop before it reports.
+            if let Some(mut inner) = Arc::into_inner(group) {
+                let failed = inner.failed.load(Ordering::Acquire);
+                pending.extend(inner.take_dependents().into_iter().map(|a| (a, failed)));
             }
-            // Dropped unacknowledged when this group failed: the dependent fails too.
         }
         if let Some(tx) = &self.events {
             // The receiver is gone only when the pipeline has already stopped; nothing to report then.
             let _ = tx.send(TrackerMsg::Done(AckEvent {
                 seq: self.seq,
-                failed: self.failed.load(Ordering::Acquire),
+                failed,
             }));
         }
     }
@@ -424,6 +441,40 @@ mod tests {
                 failed: true
             }]
         );
+    }
+
+    /// A window open over many micro-batches chains their groups, each attached to the next;
+    /// completing the chain must not take stack in proportion to its length.
+    #[test]
+    fn a_long_chain_of_attached_batches_completes_on_a_small_stack() {
+        const CHAIN: u64 = 200_000;
+        for fail in [false, true] {
+            let events = std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    let mut held = Ack::new(0, Some(tx.clone()));
+                    for seq in 1..CHAIN {
+                        let next = Ack::new(seq, Some(tx.clone()));
+                        next.attach(held);
+                        held = next;
+                    }
+                    if fail {
+                        drop(held);
+                    } else {
+                        held.acknowledge();
+                    }
+                    drain(&mut rx)
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(events.len() as u64, CHAIN, "every batch reports once");
+            assert!(events.iter().all(|e| e.failed == fail), "fail = {fail}");
+            let mut seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+            seqs.sort_unstable();
+            assert!(seqs.iter().copied().eq(0..CHAIN));
+        }
     }
 
     #[test]
